@@ -1,0 +1,253 @@
+//! The failover policy: `decide(params, state, observations, now) -> decisions`.
+//!
+//! # Design
+//!
+//! Every agent sends a [`Report`] to every peer on each heartbeat: its rise/fall view of each
+//! peer, the health of its local backends per service, whether it is fenced and the epoch it
+//! has applied. The Raft leader runs [`decide`] over the freshest report of every site and
+//! commits what it returns; it never acts on its own view alone.
+//!
+//! Rules, each one a property the simulation in `tests/sim.rs` checks:
+//! - A site is declared down only when a majority of voters other than it report it
+//!   unreachable (after `fall` missed probes) for at least `grace`. A blip shorter than
+//!   `grace` therefore never moves anything.
+//! - A down site comes back up when it reports itself, unfenced and caught up with the
+//!   committed epoch, and enough peers see it that with it they form a majority.
+//! - A service is unhealthy at a site only after its checks there failed (`fall`) for
+//!   `grace`; no fresh report means no verdict, and no verdict changes nothing.
+//! - Active-active: active on every up site whose backends are healthy.
+//! - Primary-standby: when the primary's site is down or its backends are unhealthy, the
+//!   primary moves to the first healthy site in config order. With `failback = "auto"` it
+//!   moves back to the preferred primary once that has been healthy for `failback_after`.
+//! - At most one move in flight per service: a service does not move again until its last
+//!   move has settled (the new primary's hold has passed where this leader applied it).
+//! - A promotion carries `hold_ms = lease + margin`: the new primary acts only that long
+//!   after applying it. Peers refuse to renew a lease for a site behind their log (see
+//!   `lease.rs`), so by then the old primary has lost its lease, whatever it can still reach.
+//!
+//! Time is a millisecond counter from the caller's clock; reports are stamped with the time
+//! they were received, and their "for N ms" durations are read back against that stamp, which
+//! can only make a reporter's verdict look younger than it is (the safe direction).
+
+use std::collections::BTreeMap;
+
+use outlast_core::config::{Config, Failback, Mode};
+use outlast_core::Health;
+
+use crate::state::*;
+
+/// What the policy needs from the config.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub sites: Vec<String>,
+    pub quorum: usize,
+    pub grace_ms: u64,
+    pub lease_ms: u64,
+    pub margin_ms: u64,
+    pub failback_after_ms: u64,
+    /// A report older than this is not evidence of anything.
+    pub report_ttl_ms: u64,
+    pub services: Vec<ServiceParams>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceParams {
+    pub name: String,
+    pub mode: Mode,
+    pub preferred: Option<String>,
+    pub failback: Failback,
+    /// Sites that have backends for this service.
+    pub sites: Vec<String>,
+}
+
+impl Params {
+    pub fn from_config(config: &Config) -> Self {
+        let t = &config.timing;
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        Params {
+            sites: config.sites.iter().map(|s| s.name.clone()).collect(),
+            quorum: config.quorum(),
+            grace_ms: ms(t.grace),
+            lease_ms: ms(t.lease),
+            margin_ms: ms(t.lease_margin()),
+            failback_after_ms: ms(t.failback_after),
+            report_ttl_ms: ms(t.probe_interval * 4).max(ms(t.lease)),
+            services: config
+                .services
+                .iter()
+                .map(|s| ServiceParams {
+                    name: s.name.clone(),
+                    mode: s.mode,
+                    preferred: s.primary.clone(),
+                    failback: s.failback,
+                    sites: config
+                        .sites
+                        .iter()
+                        .filter(|site| s.backends.get(&site.name).is_some_and(|b| !b.is_empty()))
+                        .map(|site| site.name.clone())
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn hold_ms(&self) -> u64 {
+        self.lease_ms + self.margin_ms
+    }
+}
+
+/// A report and the local time it arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at_ms: u64,
+    pub report: Report,
+}
+
+/// What the deciding agent knows: the latest report of every site (its own included), and
+/// the local times at which it applied recent changes.
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    pub reports: BTreeMap<String, Received>,
+    /// Per service: local time at which its last move settles (apply time + hold).
+    pub settles_at_ms: BTreeMap<String, u64>,
+    /// Per site: local time at which its last up/down change was applied.
+    pub site_changed_at_ms: BTreeMap<String, u64>,
+}
+
+impl Observations {
+    fn fresh(&self, p: &Params, site: &str, now: u64) -> Option<&Received> {
+        self.reports.get(site).filter(|r| now.saturating_sub(r.at_ms) <= p.report_ttl_ms)
+    }
+}
+
+/// Computes the decisions the leader should commit now. Pure: same inputs, same output.
+pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) -> Vec<Decision> {
+    let mut out = Vec::new();
+    let mut up: BTreeMap<&str, bool> = BTreeMap::new();
+
+    for site in &p.sites {
+        let is_up = state.sites.get(site) != Some(&SiteState::Down);
+        let mut unreachable = 0;
+        let mut reachable = 0;
+        for other in p.sites.iter().filter(|o| *o != site) {
+            let Some(r) = obs.fresh(p, other, now) else { continue };
+            let Some(view) = r.report.peers.get(site) else { continue };
+            match view.reachable {
+                Health::Down => {
+                    let since = r.at_ms.saturating_sub(view.for_ms);
+                    if now.saturating_sub(since) >= p.grace_ms {
+                        unreachable += 1;
+                    }
+                }
+                Health::Up => reachable += 1,
+                Health::Unknown => {}
+            }
+        }
+        let next_up = if is_up {
+            unreachable < p.quorum
+        } else {
+            // Back up once it speaks for itself, unfenced and caught up, and with the peers
+            // that see it forms a majority.
+            let own = obs.fresh(p, site, now);
+            own.is_some_and(|r| !r.report.fenced && r.report.applied_epoch >= state.epoch)
+                && reachable + 1 >= p.quorum
+        };
+        if is_up && !next_up {
+            out.push(Decision::SiteDown { site: site.clone() });
+        } else if !is_up && next_up {
+            out.push(Decision::SiteUp { site: site.clone() });
+        }
+        up.insert(site.as_str(), next_up);
+    }
+
+    for svc in &p.services {
+        let Some(current) = state.services.get(&svc.name) else { continue };
+        // Some(true): healthy; Some(false): unhealthy for at least grace; None: no verdict.
+        let status = |site: &str| -> Option<bool> {
+            if !up.get(site).copied().unwrap_or(false) || !svc.sites.iter().any(|s| s == site) {
+                return Some(false);
+            }
+            let r = obs.fresh(p, site, now)?;
+            let view = r.report.services.get(&svc.name)?;
+            match view.healthy {
+                Health::Up => Some(true),
+                Health::Down => {
+                    let since = r.at_ms.saturating_sub(view.for_ms);
+                    (now.saturating_sub(since) >= p.grace_ms).then_some(false)
+                }
+                Health::Unknown => None,
+            }
+        };
+        match svc.mode {
+            Mode::ActiveActive => {
+                let next: Vec<String> = p
+                    .sites
+                    .iter()
+                    .filter(|s| match status(s) {
+                        Some(h) => h,
+                        None => current.active_sites.contains(s),
+                    })
+                    .cloned()
+                    .collect();
+                if next != current.active_sites {
+                    out.push(Decision::Active { service: svc.name.clone(), sites: next });
+                }
+            }
+            Mode::PrimaryStandby => {
+                let settled = obs.settles_at_ms.get(&svc.name).is_none_or(|t| now >= *t);
+                if !settled {
+                    continue;
+                }
+                let primary = current.primary.as_deref();
+                let primary_ok = primary.is_some_and(|pr| status(pr) != Some(false));
+                if !primary_ok {
+                    let candidate = p
+                        .sites
+                        .iter()
+                        .find(|s| Some(s.as_str()) != primary && status(s) == Some(true));
+                    if let Some(to) = candidate {
+                        out.push(Decision::PrimaryMove {
+                            service: svc.name.clone(),
+                            from: primary.map(str::to_string),
+                            to: to.clone(),
+                            reason: MoveReason::Failover,
+                            hold_ms: if primary.is_some() { p.hold_ms() } else { 0 },
+                        });
+                    }
+                    continue;
+                }
+                let Some(pref) = svc.preferred.as_deref() else { continue };
+                if svc.failback != Failback::Auto || Some(pref) == primary {
+                    continue;
+                }
+                if status(pref) != Some(true) {
+                    continue;
+                }
+                let stable_health = obs
+                    .fresh(p, pref, now)
+                    .and_then(|r| {
+                        let v = r.report.services.get(&svc.name)?;
+                        Some(now.saturating_sub(r.at_ms.saturating_sub(v.for_ms)))
+                    })
+                    .is_some_and(|held| held >= p.failback_after_ms);
+                let stable_site = obs
+                    .site_changed_at_ms
+                    .get(pref)
+                    .is_none_or(|t| now.saturating_sub(*t) >= p.failback_after_ms);
+                if stable_health && stable_site {
+                    out.push(Decision::PrimaryMove {
+                        service: svc.name.clone(),
+                        from: primary.map(str::to_string),
+                        to: pref.to_string(),
+                        reason: MoveReason::Failback,
+                        hold_ms: p.hold_ms(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

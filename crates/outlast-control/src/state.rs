@@ -1,0 +1,169 @@
+//! The replicated state: what every agent applies, in the order Raft commits it.
+//!
+//! Each committed [`Proposal`] names the epoch it was decided on. A proposal whose base epoch
+//! is not the current one was decided on a stale view and is refused without effect, so the
+//! epoch only grows and every change carries the epoch that made it.
+
+use std::collections::BTreeMap;
+
+use outlast_core::config::{Config, Mode};
+use outlast_core::Health;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteState {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub mode: Mode,
+    /// The committed primary (primary-standby only).
+    pub primary: Option<String>,
+    /// Sites where the service is served (active-active: every healthy site; primary-standby:
+    /// the primary).
+    pub active_sites: Vec<String>,
+    /// Epoch of the last change to this service.
+    pub epoch: u64,
+    /// A new primary waits this long after applying its promotion before it acts, so that the
+    /// old primary's lease has surely run out (see `lease.rs`).
+    pub hold_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub epoch: u64,
+    pub sites: BTreeMap<String, SiteState>,
+    pub services: BTreeMap<String, ServiceState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveReason {
+    Failover,
+    Failback,
+    Switchover,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Decision {
+    SiteDown { site: String },
+    SiteUp { site: String },
+    Active { service: String, sites: Vec<String> },
+    PrimaryMove {
+        service: String,
+        from: Option<String>,
+        to: String,
+        reason: MoveReason,
+        hold_ms: u64,
+    },
+}
+
+/// One Raft log entry: decisions taken on the state at `base_epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub base_epoch: u64,
+    pub decisions: Vec<Decision>,
+}
+
+impl Proposal {
+    /// The epoch this entry makes when it applies.
+    pub fn epoch(&self) -> u64 {
+        self.base_epoch + 1
+    }
+}
+
+impl ClusterState {
+    /// The state before anything is decided: every site up, every service where the config
+    /// puts it.
+    pub fn initial(config: &Config) -> Self {
+        let sites = config.sites.iter().map(|s| (s.name.clone(), SiteState::Up)).collect();
+        let services = config
+            .services
+            .iter()
+            .map(|svc| {
+                let with_backends: Vec<String> = config
+                    .sites
+                    .iter()
+                    .filter(|s| svc.backends.get(&s.name).is_some_and(|b| !b.is_empty()))
+                    .map(|s| s.name.clone())
+                    .collect();
+                let (primary, active_sites) = match svc.mode {
+                    Mode::ActiveActive => (None, with_backends),
+                    Mode::PrimaryStandby => {
+                        let p = svc.primary.clone();
+                        (p.clone(), p.into_iter().collect())
+                    }
+                };
+                let state = ServiceState { mode: svc.mode, primary, active_sites, epoch: 0, hold_ms: 0 };
+                (svc.name.clone(), state)
+            })
+            .collect();
+        ClusterState { epoch: 0, sites, services }
+    }
+
+    /// Applies a committed proposal. Returns the decisions that took effect, or `None` when
+    /// the proposal was stale and changed nothing.
+    pub fn apply(&mut self, p: &Proposal) -> Option<Vec<Decision>> {
+        if p.base_epoch != self.epoch {
+            return None;
+        }
+        self.epoch += 1;
+        let epoch = self.epoch;
+        for d in &p.decisions {
+            match d {
+                Decision::SiteDown { site } => {
+                    self.sites.insert(site.clone(), SiteState::Down);
+                }
+                Decision::SiteUp { site } => {
+                    self.sites.insert(site.clone(), SiteState::Up);
+                }
+                Decision::Active { service, sites } => {
+                    if let Some(s) = self.services.get_mut(service) {
+                        s.active_sites = sites.clone();
+                        s.epoch = epoch;
+                    }
+                }
+                Decision::PrimaryMove { service, to, hold_ms, .. } => {
+                    if let Some(s) = self.services.get_mut(service) {
+                        s.primary = Some(to.clone());
+                        s.active_sites = vec![to.clone()];
+                        s.hold_ms = *hold_ms;
+                        s.epoch = epoch;
+                    }
+                }
+            }
+        }
+        Some(p.decisions.clone())
+    }
+}
+
+/// How one site sees a peer: its rise/fall verdict and how long it has held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub reachable: Health,
+    pub for_ms: u64,
+    /// Time since the last successful heartbeat exchange with this peer (None: never).
+    pub last_heard_ms: Option<u64>,
+}
+
+/// How one site sees a service's local backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub healthy: Health,
+    pub for_ms: u64,
+}
+
+/// What a site tells every peer on each heartbeat. Durations are relative ("for how long"),
+/// so no two sites need to agree on a clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub site: String,
+    pub applied_epoch: u64,
+    pub fenced: bool,
+    pub peers: BTreeMap<String, PeerView>,
+    pub services: BTreeMap<String, ServiceView>,
+}

@@ -1,0 +1,261 @@
+//! The config: one TOML file for all sites (DESIGN.md section 5).
+//!
+//! Parsing goes in two steps, as vector's compiler does: serde reads the raw form (which keeps
+//! spans), then [`validate`] checks the meaning and collects every problem, each with the
+//! file, line, column and a fix, before anything starts.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One thing wrong with a config, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// What is wrong.
+    pub what: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}; {}", self.file.display(), self.line, self.col, self.what, self.fix)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}; check the path given to --config")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub path: PathBuf,
+    pub cluster: Cluster,
+    pub timing: Timing,
+    pub sites: Vec<Site>,
+    pub dns: Option<Dns>,
+    pub services: Vec<Service>,
+    pub streams: Vec<Stream>,
+    pub alerts: Vec<Alert>,
+    pub api: Api,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    #[serde(skip)]
+    pub secret: String,
+    pub unsafe_two_sites: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Timing {
+    pub probe_interval: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    pub grace: Duration,
+    pub lease: Duration,
+    pub failback_after: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_millis(200),
+            fall: 3,
+            rise: 3,
+            grace: Duration::from_secs(1),
+            lease: Duration::from_secs(2),
+            failback_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timing {
+    /// How long the majority needs to call a site down: `fall` missed probes, then `grace`.
+    pub fn detection(&self) -> Duration {
+        self.probe_interval * self.fall + self.grace
+    }
+
+    /// Extra wait past a lease before a new primary acts. It covers the old primary's fence
+    /// check granularity and clock-rate differences between sites.
+    pub fn lease_margin(&self) -> Duration {
+        self.probe_interval * 2 + Duration::from_millis(100)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Site {
+    pub name: String,
+    pub address: IpAddr,
+    pub peer_port: u16,
+    pub api_port: u16,
+    pub data_dir: PathBuf,
+    pub witness: bool,
+}
+
+impl Site {
+    pub fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.peer_port)
+    }
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.api_port)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllDown {
+    FailOpen,
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Dns {
+    pub zone: String,
+    pub port: u16,
+    pub ttl: u32,
+    pub all_down: AllDown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    ActiveActive,
+    PrimaryStandby,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    Auto,
+    Manual,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum CheckKind {
+    Http { path: String, expect: u16 },
+    Tcp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    /// The preferred primary (primary-standby); always set after validation for that mode.
+    pub primary: Option<String>,
+    pub failback: Failback,
+    pub dns_name: Option<String>,
+    pub port: u16,
+    pub check: Check,
+    /// Backends per site name.
+    pub backends: BTreeMap<String, Vec<SocketAddr>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    Local,
+    Replicated,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stream {
+    pub name: String,
+    pub ack: Ack,
+    pub sinks: Vec<Sink>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sink {
+    pub url: String,
+    pub site: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum Alert {
+    Webhook { url: String },
+    Smtp { server: String, from: String, to: Vec<String> },
+    Command { argv: Vec<String> },
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Api {
+    #[serde(skip)]
+    pub token: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text; `path` names it in problems and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        validate::parse(path, text).map_err(ConfigError::Invalid)
+    }
+
+    pub fn site(&self, name: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+
+    pub fn site_index(&self, name: &str) -> Option<usize> {
+        self.sites.iter().position(|s| s.name == name)
+    }
+
+    /// Every site votes, witnesses included.
+    pub fn voters(&self) -> usize {
+        self.sites.len()
+    }
+
+    /// How many voters make a majority.
+    pub fn quorum(&self) -> usize {
+        self.voters() / 2 + 1
+    }
+}

@@ -1,0 +1,131 @@
+//! The config as written: every field that validation may complain about keeps its span.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub cluster: S<RawCluster>,
+    #[serde(default)]
+    pub timing: Option<S<RawTiming>>,
+    #[serde(default)]
+    pub sites: Vec<S<RawSite>>,
+    #[serde(default)]
+    pub dns: Option<S<RawDns>>,
+    #[serde(default)]
+    pub services: Vec<S<RawService>>,
+    #[serde(default)]
+    pub streams: Vec<S<RawStream>>,
+    #[serde(default)]
+    pub alerts: Vec<S<RawAlert>>,
+    #[serde(default)]
+    pub api: Option<S<RawApi>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: S<String>,
+    pub secret: Option<S<String>>,
+    pub secret_file: Option<S<String>>,
+    #[serde(default)]
+    pub unsafe_two_sites: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTiming {
+    pub probe_interval: Option<S<String>>,
+    pub fall: Option<S<u32>>,
+    pub rise: Option<S<u32>>,
+    pub grace: Option<S<String>>,
+    pub lease: Option<S<String>>,
+    pub failback_after: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    pub name: S<String>,
+    pub address: S<String>,
+    pub peer_port: S<u16>,
+    pub api_port: S<u16>,
+    pub data_dir: Option<S<String>>,
+    #[serde(default)]
+    pub witness: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub zone: S<String>,
+    pub port: S<u16>,
+    pub ttl: Option<S<u32>>,
+    pub all_down: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: S<String>,
+    pub protocol: Option<S<String>>,
+    pub mode: Option<S<String>>,
+    pub primary: Option<S<String>>,
+    pub failback: Option<S<String>>,
+    pub dns_name: Option<S<String>>,
+    pub port: S<u16>,
+    pub check: Option<S<RawCheck>>,
+    #[serde(default)]
+    pub backends: BTreeMap<S<String>, S<Vec<S<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub kind: S<String>,
+    pub path: Option<S<String>>,
+    pub expect: Option<S<u16>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    pub name: S<String>,
+    pub ack: Option<S<String>>,
+    #[serde(default)]
+    pub sinks: Vec<S<RawSink>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub url: S<String>,
+    pub site: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlert {
+    pub kind: S<String>,
+    pub url: Option<S<String>>,
+    pub server: Option<S<String>>,
+    pub from: Option<S<String>>,
+    #[serde(default)]
+    pub to: Vec<S<String>>,
+    #[serde(default)]
+    pub command: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    pub token: Option<S<String>>,
+    pub token_file: Option<S<String>>,
+}

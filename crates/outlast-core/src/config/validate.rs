@@ -1,0 +1,735 @@
+//! From raw config to [`Config`]: every problem found is collected, none stops the others.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::*;
+use super::*;
+use crate::duration::{format_duration, parse_duration};
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn at(&mut self, span: Range<usize>, what: impl Into<String>, fix: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            what: what.into(),
+            fix: fix.into(),
+        });
+    }
+
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        line_col(self.text, span.start).0
+    }
+
+    fn duration(&mut self, field: &str, value: Option<&S<String>>, default: Duration) -> Duration {
+        let Some(v) = value else { return default };
+        match parse_duration(v.get_ref()) {
+            Ok(d) => d,
+            Err(why) => {
+                self.at(
+                    v.span(),
+                    format!("{field} = \"{}\" is not a duration ({why})", v.get_ref()),
+                    "write it as a number and a unit, like \"200ms\", \"1s\" or \"1m30s\"",
+                );
+                default
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        field: &str,
+        value: Option<&S<String>>,
+        default: T,
+        options: &[(&str, T)],
+    ) -> T {
+        let Some(v) = value else { return default };
+        if let Some((_, t)) = options.iter().find(|(name, _)| *name == v.get_ref()) {
+            return *t;
+        }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        self.at(
+            v.span(),
+            format!("{field} = \"{}\" is not a known value", v.get_ref()),
+            format!("use one of {}", names.join(", ")),
+        );
+        default
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary_compat(offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+trait FloorBoundary {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+}
+
+impl FloorBoundary for str {
+    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
+        while i > 0 && !self.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
+fn fix_for_toml_error(message: &str) -> &'static str {
+    if message.contains("unknown field") {
+        "remove the field or correct its spelling (README.md lists every field)"
+    } else if message.contains("missing field") {
+        "add the missing field"
+    } else if message.contains("invalid type") {
+        "give the value the type shown (quote durations and names)"
+    } else {
+        "correct the TOML syntax at this place"
+    }
+}
+
+pub(super) fn parse(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
+    let mut ctx = Ctx { file, text, problems: Vec::new() };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().replace('\n', " ");
+            ctx.at(span, message.clone(), fix_for_toml_error(&message));
+            return Err(ctx.problems);
+        }
+    };
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let config = build(&mut ctx, raw, &base, file);
+    if ctx.problems.is_empty() {
+        Ok(config)
+    } else {
+        ctx.problems.sort_by_key(|p| (p.line, p.col));
+        Err(ctx.problems)
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config {
+    let cluster = cluster(ctx, &raw.cluster, base);
+    let timing = timing(ctx, raw.timing.as_ref());
+    let sites = sites(ctx, &raw.sites, base, &raw.cluster);
+    let site_names: HashMap<String, usize> =
+        sites.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+    let dns = raw.dns.as_ref().map(|d| dns(ctx, d));
+    let services = services(ctx, &raw.services, &sites, &site_names, &timing);
+    let streams = streams(ctx, &raw.streams, &site_names);
+    let alerts = alerts(ctx, &raw.alerts);
+    let api = api(ctx, raw.api.as_ref(), base);
+    clashes(ctx, &raw, &sites, dns.as_ref(), &services);
+    Config {
+        path: file.to_path_buf(),
+        cluster,
+        timing,
+        sites,
+        dns,
+        services,
+        streams,
+        alerts,
+        api,
+    }
+}
+
+fn cluster(ctx: &mut Ctx<'_>, raw: &S<RawCluster>, base: &Path) -> Cluster {
+    let c = raw.get_ref();
+    if c.name.get_ref().trim().is_empty() {
+        ctx.at(c.name.span(), "the cluster name is empty", "give the cluster a name");
+    }
+    let secret = match (&c.secret, &c.secret_file) {
+        (Some(_), Some(f)) => {
+            ctx.at(
+                f.span(),
+                "both secret and secret_file are set",
+                "keep one of them (secret_file keeps the secret out of the config)",
+            );
+            String::new()
+        }
+        (Some(s), None) => {
+            if s.get_ref().trim().is_empty() {
+                ctx.at(s.span(), "the cluster secret is empty", "set a long random secret");
+            }
+            s.get_ref().trim().to_string()
+        }
+        (None, Some(f)) => {
+            let path = resolve(base, f.get_ref());
+            match std::fs::read_to_string(&path) {
+                Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+                Ok(_) => {
+                    ctx.at(
+                        f.span(),
+                        format!("secret_file {} is empty", path.display()),
+                        "write a long random secret into it",
+                    );
+                    String::new()
+                }
+                Err(e) => {
+                    ctx.at(
+                        f.span(),
+                        format!("cannot read secret_file {}: {e}", path.display()),
+                        "create the file (relative paths start at the config's folder)",
+                    );
+                    String::new()
+                }
+            }
+        }
+        (None, None) => {
+            ctx.at(
+                raw.span(),
+                "[cluster] has neither secret nor secret_file",
+                "add secret_file = \"cluster.key\" (or secret = \"...\"): agents authenticate with it",
+            );
+            String::new()
+        }
+    };
+    Cluster { name: c.name.get_ref().clone(), secret, unsafe_two_sites: c.unsafe_two_sites }
+}
+
+fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
+    let d = Timing::default();
+    let Some(raw) = raw else { return d };
+    let t = raw.get_ref();
+    let mut count = |field: &str, v: Option<&S<u32>>, default: u32| match v {
+        Some(v) if *v.get_ref() == 0 => {
+            ctx.at(v.span(), format!("{field} = 0 can never be reached"), "use 1 or more");
+            default
+        }
+        Some(v) => *v.get_ref(),
+        None => default,
+    };
+    let fall = count("fall", t.fall.as_ref(), d.fall);
+    let rise = count("rise", t.rise.as_ref(), d.rise);
+    let timing = Timing {
+        probe_interval: ctx.duration("probe_interval", t.probe_interval.as_ref(), d.probe_interval),
+        fall,
+        rise,
+        grace: ctx.duration("grace", t.grace.as_ref(), d.grace),
+        lease: ctx.duration("lease", t.lease.as_ref(), d.lease),
+        failback_after: ctx.duration("failback_after", t.failback_after.as_ref(), d.failback_after),
+    };
+    if timing.probe_interval < Duration::from_millis(10) {
+        let span = t.probe_interval.as_ref().map(|s| s.span()).unwrap_or(raw.span());
+        ctx.at(span, "probe_interval is under 10ms", "use 10ms or more");
+    }
+    let detection = timing.detection();
+    if timing.lease <= detection {
+        let span = t.lease.as_ref().map(|s| s.span()).unwrap_or(raw.span());
+        ctx.at(
+            span,
+            format!(
+                "lease {} is not longer than detection ({} × probe_interval {} + grace {} = {}): \
+                 a primary would fence itself on a blip the others do not even act on",
+                format_duration(timing.lease),
+                timing.fall,
+                format_duration(timing.probe_interval),
+                format_duration(timing.grace),
+                format_duration(detection)
+            ),
+            format!(
+                "set lease above {}, or shorten probe_interval, fall or grace",
+                format_duration(detection)
+            ),
+        );
+    }
+    timing
+}
+
+fn sites(ctx: &mut Ctx<'_>, raw: &[S<RawSite>], base: &Path, cluster: &S<RawCluster>) -> Vec<Site> {
+    let mut out = Vec::new();
+    let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+    for s in raw {
+        let r = s.get_ref();
+        let name = r.name.get_ref().trim().to_string();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            ctx.at(
+                r.name.span(),
+                format!("site name \"{}\" is not a plain name", r.name.get_ref()),
+                "use letters, digits, '-' and '_' only",
+            );
+        }
+        if let Some(first) = seen.get(&name) {
+            let line = ctx.line_of(first);
+            ctx.at(
+                r.name.span(),
+                format!("site \"{name}\" is defined twice (first on line {line})"),
+                "give each site its own name",
+            );
+        } else {
+            seen.insert(name.clone(), r.name.span());
+        }
+        let address: IpAddr = match r.address.get_ref().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                ctx.at(
+                    r.address.span(),
+                    format!("address \"{}\" is not an IP address", r.address.get_ref()),
+                    "write an IP address such as \"127.0.0.11\" (the address gateways bind and DNS publishes)",
+                );
+                IpAddr::from([127, 0, 0, 1])
+            }
+        };
+        let data_dir = match &r.data_dir {
+            Some(d) => resolve(base, d.get_ref()),
+            None => base.join("data").join(&name),
+        };
+        out.push(Site {
+            name,
+            address,
+            peer_port: *r.peer_port.get_ref(),
+            api_port: *r.api_port.get_ref(),
+            data_dir,
+            witness: r.witness,
+        });
+    }
+    let c = cluster.get_ref();
+    if out.is_empty() {
+        ctx.at(cluster.span(), "no [[sites]] are defined", "add a [[sites]] table for every site");
+    } else if out.len() < 3 && !c.unsafe_two_sites {
+        ctx.at(
+            cluster.span(),
+            format!(
+                "only {} voting site(s): with fewer than three, a site cannot tell a dead peer \
+                 from a cut link, and one failure stops the cluster",
+                out.len()
+            ),
+            "add a witness ([[sites]] with witness = true) on a third failure domain, \
+             or set unsafe_two_sites = true in [cluster] to accept the risk",
+        );
+    }
+    if !out.is_empty() && out.iter().all(|s| s.witness) {
+        ctx.at(cluster.span(), "every site is a witness", "make at least one site a data site");
+    }
+    out
+}
+
+fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>) -> Dns {
+    let d = raw.get_ref();
+    let mut zone = d.zone.get_ref().trim().to_string();
+    if zone.is_empty() || zone == "." {
+        ctx.at(d.zone.span(), "the DNS zone is empty", "set zone = \"shop.example.\"");
+    }
+    if !zone.ends_with('.') {
+        zone.push('.');
+    }
+    let all_down = ctx.choice(
+        "all_down",
+        d.all_down.as_ref(),
+        AllDown::FailOpen,
+        &[("fail-open", AllDown::FailOpen), ("fail-closed", AllDown::FailClosed)],
+    );
+    Dns { zone, port: *d.port.get_ref(), ttl: d.ttl.as_ref().map(|t| *t.get_ref()).unwrap_or(5), all_down }
+}
+
+fn services(
+    ctx: &mut Ctx<'_>,
+    raw: &[S<RawService>],
+    sites: &[Site],
+    site_names: &HashMap<String, usize>,
+    timing: &Timing,
+) -> Vec<Service> {
+    let mut out = Vec::new();
+    let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+    let mut dns_seen: HashMap<String, Range<usize>> = HashMap::new();
+    for s in raw {
+        let r = s.get_ref();
+        let name = r.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            ctx.at(r.name.span(), "the service name is empty", "give the service a name");
+        }
+        if let Some(first) = seen.get(&name) {
+            let line = ctx.line_of(first);
+            ctx.at(
+                r.name.span(),
+                format!("service \"{name}\" is defined twice (first on line {line})"),
+                "give each service its own name",
+            );
+        } else {
+            seen.insert(name.clone(), r.name.span());
+        }
+        if let Some(d) = &r.dns_name {
+            let key = d.get_ref().to_ascii_lowercase();
+            if let Some(first) = dns_seen.get(&key) {
+                let line = ctx.line_of(first);
+                ctx.at(
+                    d.span(),
+                    format!("dns_name \"{key}\" is used twice (first on line {line})"),
+                    "give each service its own dns_name",
+                );
+            } else {
+                dns_seen.insert(key, d.span());
+            }
+        }
+        let protocol = ctx.choice(
+            "protocol",
+            r.protocol.as_ref(),
+            Protocol::Http,
+            &[("http", Protocol::Http), ("tcp", Protocol::Tcp)],
+        );
+        let mode = ctx.choice(
+            "mode",
+            r.mode.as_ref(),
+            Mode::ActiveActive,
+            &[("active-active", Mode::ActiveActive), ("primary-standby", Mode::PrimaryStandby)],
+        );
+        let failback = ctx.choice(
+            "failback",
+            r.failback.as_ref(),
+            Failback::Auto,
+            &[("auto", Failback::Auto), ("manual", Failback::Manual)],
+        );
+        let mut backends: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+        for (site, list) in &r.backends {
+            let site_name = site.get_ref().clone();
+            match site_names.get(&site_name) {
+                None => ctx.at(
+                    site.span(),
+                    format!("service \"{name}\" has backends at unknown site \"{site_name}\""),
+                    format!("name one of the [[sites]]: {}", known(site_names)),
+                ),
+                Some(&i) if sites[i].witness => ctx.at(
+                    site.span(),
+                    format!("site \"{site_name}\" is a witness and hosts nothing"),
+                    "move these backends to a data site, or set witness = false",
+                ),
+                Some(_) => {}
+            }
+            let mut addrs = Vec::new();
+            for b in list.get_ref() {
+                match b.get_ref().parse::<SocketAddr>() {
+                    Ok(a) => addrs.push(a),
+                    Err(_) => ctx.at(
+                        b.span(),
+                        format!("backend \"{}\" is not an address:port", b.get_ref()),
+                        "write it as \"127.0.0.1:9001\"",
+                    ),
+                }
+            }
+            backends.insert(site_name, addrs);
+        }
+        let has_backends = |site: &str| backends.get(site).is_some_and(|b| !b.is_empty());
+        let mut primary = r.primary.as_ref().map(|p| p.get_ref().clone());
+        if let Some(p) = &r.primary {
+            if !site_names.contains_key(p.get_ref()) {
+                ctx.at(
+                    p.span(),
+                    format!("primary \"{}\" is not a site", p.get_ref()),
+                    format!("name one of the [[sites]]: {}", known(site_names)),
+                );
+            } else if !has_backends(p.get_ref()) {
+                ctx.at(
+                    p.span(),
+                    format!("primary \"{}\" has no backends for service \"{name}\"", p.get_ref()),
+                    format!(
+                        "add {} = [\"host:port\"] under [services.backends], or name a site that has backends",
+                        p.get_ref()
+                    ),
+                );
+            }
+        }
+        if backends.values().all(|b| b.is_empty()) {
+            ctx.at(
+                r.name.span(),
+                format!("service \"{name}\" has no backends at any site"),
+                "add [services.backends] with site = [\"host:port\"] lines",
+            );
+        } else if mode == Mode::PrimaryStandby && primary.is_none() {
+            primary = sites.iter().map(|s| s.name.clone()).find(|n| has_backends(n));
+        }
+        let check = check(ctx, r.check.as_ref(), protocol, timing);
+        out.push(Service {
+            name,
+            protocol,
+            mode,
+            primary,
+            failback,
+            dns_name: r.dns_name.as_ref().map(|d| d.get_ref().clone()),
+            port: *r.port.get_ref(),
+            check,
+            backends,
+        });
+    }
+    out
+}
+
+fn check(
+    ctx: &mut Ctx<'_>,
+    raw: Option<&S<RawCheck>>,
+    protocol: Protocol,
+    timing: &Timing,
+) -> Check {
+    let default_interval = timing.probe_interval;
+    let default_timeout = timing.probe_interval.min(Duration::from_secs(1));
+    let Some(raw) = raw else {
+        let kind = match protocol {
+            Protocol::Http => CheckKind::Http { path: "/".into(), expect: 200 },
+            Protocol::Tcp => CheckKind::Tcp,
+        };
+        return Check { kind, interval: default_interval, timeout: default_timeout };
+    };
+    let c = raw.get_ref();
+    let kind = match c.kind.get_ref().as_str() {
+        "http" => CheckKind::Http {
+            path: c.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "/".into()),
+            expect: c.expect.as_ref().map(|e| *e.get_ref()).unwrap_or(200),
+        },
+        "tcp" => CheckKind::Tcp,
+        other => {
+            ctx.at(
+                c.kind.span(),
+                format!("check kind \"{other}\" is not known"),
+                "use \"http\" or \"tcp\"",
+            );
+            CheckKind::Tcp
+        }
+    };
+    if let (CheckKind::Http { path, .. }, Some(p)) = (&kind, &c.path) {
+        if !path.starts_with('/') {
+            ctx.at(p.span(), format!("check path \"{path}\" does not start with '/'"), "write it as \"/healthz\"");
+        }
+    }
+    let interval = ctx.duration("interval", c.interval.as_ref(), default_interval);
+    let timeout = ctx.duration("timeout", c.timeout.as_ref(), default_timeout.min(interval));
+    if timeout > interval {
+        let span = c.timeout.as_ref().map(|t| t.span()).unwrap_or(raw.span());
+        ctx.at(
+            span,
+            format!(
+                "check timeout {} is longer than its interval {}",
+                format_duration(timeout),
+                format_duration(interval)
+            ),
+            "make the timeout at most the interval",
+        );
+    }
+    Check { kind, interval, timeout }
+}
+
+fn streams(
+    ctx: &mut Ctx<'_>,
+    raw: &[S<RawStream>],
+    site_names: &HashMap<String, usize>,
+) -> Vec<Stream> {
+    let mut out = Vec::new();
+    let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+    for s in raw {
+        let r = s.get_ref();
+        let name = r.name.get_ref().trim().to_string();
+        if name.is_empty() || name.contains('/') {
+            ctx.at(r.name.span(), format!("stream name \"{name}\" is not usable"), "use a plain name without '/'");
+        }
+        if let Some(first) = seen.get(&name) {
+            let line = ctx.line_of(first);
+            ctx.at(
+                r.name.span(),
+                format!("stream \"{name}\" is defined twice (first on line {line})"),
+                "give each stream its own name",
+            );
+        } else {
+            seen.insert(name.clone(), r.name.span());
+        }
+        let ack = ctx.choice(
+            "ack",
+            r.ack.as_ref(),
+            Ack::Replicated,
+            &[("local", Ack::Local), ("replicated", Ack::Replicated)],
+        );
+        let mut sinks = Vec::new();
+        for sink in &r.sinks {
+            let k = sink.get_ref();
+            let url = k.url.get_ref();
+            if !["s3://", "gs://", "az://", "file://"].iter().any(|p| url.starts_with(p)) {
+                ctx.at(
+                    k.url.span(),
+                    format!("sink url \"{url}\" has no known scheme"),
+                    "start it with s3://, gs://, az:// or file://",
+                );
+            }
+            if let Some(site) = &k.site {
+                if !site_names.contains_key(site.get_ref()) {
+                    ctx.at(
+                        site.span(),
+                        format!("sink site \"{}\" is not a site", site.get_ref()),
+                        format!("name one of the [[sites]]: {}", known(site_names)),
+                    );
+                }
+            }
+            sinks.push(Sink { url: url.clone(), site: k.site.as_ref().map(|s| s.get_ref().clone()) });
+        }
+        out.push(Stream { name, ack, sinks });
+    }
+    out
+}
+
+fn alerts(ctx: &mut Ctx<'_>, raw: &[S<RawAlert>]) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for a in raw {
+        let r = a.get_ref();
+        match r.kind.get_ref().as_str() {
+            "webhook" => match &r.url {
+                Some(u) if u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://") => {
+                    out.push(Alert::Webhook { url: u.get_ref().clone() })
+                }
+                Some(u) => ctx.at(
+                    u.span(),
+                    format!("webhook url \"{}\" is not http(s)", u.get_ref()),
+                    "write it as \"https://hooks.example/outlast\"",
+                ),
+                None => ctx.at(a.span(), "a webhook alert needs a url", "add url = \"https://...\""),
+            },
+            "smtp" => {
+                let server = r.server.as_ref().map(|s| s.get_ref().clone());
+                let from = r.from.as_ref().map(|s| s.get_ref().clone());
+                match (server, from) {
+                    (Some(server), Some(from)) if !r.to.is_empty() => {
+                        if let Some(s) = &r.server {
+                            if !server.contains(':') {
+                                ctx.at(s.span(), format!("smtp server \"{server}\" has no port"), "write it as \"mail.example:25\"");
+                            }
+                        }
+                        out.push(Alert::Smtp {
+                            server,
+                            from,
+                            to: r.to.iter().map(|t| t.get_ref().clone()).collect(),
+                        })
+                    }
+                    _ => ctx.at(
+                        a.span(),
+                        "an smtp alert needs server, from and to",
+                        "add server = \"host:25\", from = \"outlast@...\" and to = [\"oncall@...\"]",
+                    ),
+                }
+            }
+            "command" => {
+                if r.command.is_empty() {
+                    ctx.at(a.span(), "a command alert needs a command", "add command = [\"/usr/local/bin/page\", \"--team\", \"ops\"]");
+                } else {
+                    out.push(Alert::Command { argv: r.command.iter().map(|c| c.get_ref().clone()).collect() });
+                }
+            }
+            other => ctx.at(
+                r.kind.span(),
+                format!("alert kind \"{other}\" is not known"),
+                "use \"webhook\", \"smtp\" or \"command\"",
+            ),
+        }
+    }
+    out
+}
+
+fn api(ctx: &mut Ctx<'_>, raw: Option<&S<RawApi>>, base: &Path) -> Api {
+    let Some(raw) = raw else { return Api::default() };
+    let r = raw.get_ref();
+    let token = match (&r.token, &r.token_file) {
+        (Some(t), None) => Some(t.get_ref().trim().to_string()),
+        (None, Some(f)) => match std::fs::read_to_string(resolve(base, f.get_ref())) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                ctx.at(f.span(), format!("cannot read token_file: {e}"), "create the file or fix the path");
+                None
+            }
+        },
+        (Some(_), Some(f)) => {
+            ctx.at(f.span(), "both token and token_file are set", "keep one of them");
+            None
+        }
+        (None, None) => None,
+    };
+    Api { token }
+}
+
+fn clashes(
+    ctx: &mut Ctx<'_>,
+    raw: &RawConfig,
+    sites: &[Site],
+    dns: Option<&Dns>,
+    services: &[Service],
+) {
+    let mut used: HashMap<SocketAddr, String> = HashMap::new();
+    let mut claim = |ctx: &mut Ctx<'_>, addr: SocketAddr, who: String, span: Range<usize>| {
+        if let Some(first) = used.get(&addr) {
+            ctx.at(
+                span,
+                format!("{addr} is used twice: by {first} and by {who}"),
+                "give each listener its own port or its site its own address",
+            );
+        } else {
+            used.insert(addr, who);
+        }
+    };
+    for (site, raw_site) in sites.iter().zip(&raw.sites) {
+        let r = raw_site.get_ref();
+        claim(ctx, site.peer_addr(), format!("site {}'s peer_port", site.name), r.peer_port.span());
+        claim(ctx, site.api_addr(), format!("site {}'s api_port", site.name), r.api_port.span());
+        if let (Some(d), Some(rd)) = (dns, &raw.dns) {
+            claim(
+                ctx,
+                SocketAddr::new(site.address, d.port),
+                format!("site {}'s DNS", site.name),
+                rd.get_ref().port.span(),
+            );
+        }
+        if site.witness {
+            continue;
+        }
+        for (svc, raw_svc) in services.iter().zip(&raw.services) {
+            claim(
+                ctx,
+                SocketAddr::new(site.address, svc.port),
+                format!("service {}'s gateway on site {}", svc.name, site.name),
+                raw_svc.get_ref().port.span(),
+            );
+        }
+    }
+    for (svc, raw_svc) in services.iter().zip(&raw.services) {
+        for (site, list) in &raw_svc.get_ref().backends {
+            for b in list.get_ref() {
+                if let Ok(addr) = b.get_ref().parse::<SocketAddr>() {
+                    if let Some(owner) = used.get(&addr) {
+                        ctx.at(
+                            b.span(),
+                            format!(
+                                "backend {addr} of service {} at site {} is outlast's own listener ({owner})",
+                                svc.name,
+                                site.get_ref()
+                            ),
+                            "point the backend at the application, not at outlast",
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn known(site_names: &HashMap<String, usize>) -> String {
+    let mut v: Vec<(&usize, &String)> = site_names.iter().map(|(n, i)| (i, n)).collect();
+    v.sort();
+    v.into_iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ")
+}
