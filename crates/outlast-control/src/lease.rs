@@ -37,12 +37,22 @@ pub struct Lease {
 
 impl Lease {
     pub fn new(lease_ms: u64, quorum: usize) -> Self {
-        Self { lease_ms, quorum, acks: BTreeMap::new() }
+        Self {
+            lease_ms,
+            quorum,
+            acks: BTreeMap::new(),
+        }
     }
 
     /// Records a heartbeat answer from `peer` to a heartbeat sent at `sent_at_ms`.
     /// An answer from a peer whose log is ahead of what this site applied is not counted.
-    pub fn record_answer(&mut self, peer: &str, sent_at_ms: u64, peer_log_epoch: u64, applied_epoch: u64) {
+    pub fn record_answer(
+        &mut self,
+        peer: &str,
+        sent_at_ms: u64,
+        peer_log_epoch: u64,
+        applied_epoch: u64,
+    ) {
         if peer_log_epoch > applied_epoch {
             return;
         }
@@ -59,11 +69,13 @@ impl Lease {
         let needed = self.quorum - own;
         let mut sent: Vec<u64> = self.acks.values().copied().collect();
         sent.sort_unstable_by(|a, b| b.cmp(a));
-        sent.get(needed - 1).map(|t| t.saturating_add(self.lease_ms))
+        sent.get(needed - 1)
+            .map(|t| t.saturating_add(self.lease_ms))
     }
 
     pub fn holds(&self, now_ms: u64, own_log_epoch: u64, applied_epoch: u64) -> bool {
-        self.expires_at(own_log_epoch, applied_epoch).is_some_and(|t| now_ms < t)
+        self.expires_at(own_log_epoch, applied_epoch)
+            .is_some_and(|t| now_ms < t)
     }
 
     /// Forgets every answer (a restarted agent starts without a lease).
@@ -100,10 +112,22 @@ mod tests {
     fn own_log_ahead_means_self_does_not_count() {
         let mut l = Lease::new(1000, 2);
         l.record_answer("west", 100, 0, 0);
-        assert_eq!(l.expires_at(1, 0), None, "one answer, self not counted: below quorum");
+        assert_eq!(
+            l.expires_at(1, 0),
+            None,
+            "one answer, self not counted: below quorum"
+        );
         l.record_answer("witness", 200, 0, 0);
-        assert_eq!(l.expires_at(1, 0), Some(1100), "two peers needed: the older one bounds it");
-        assert_eq!(l.expires_at(1, 1), Some(1200), "caught up: self counts, newest peer suffices");
+        assert_eq!(
+            l.expires_at(1, 0),
+            Some(1100),
+            "two peers needed: the older one bounds it"
+        );
+        assert_eq!(
+            l.expires_at(1, 1),
+            Some(1200),
+            "caught up: self counts, newest peer suffices"
+        );
     }
 
     #[test]

@@ -13,4 +13,7 @@ pub mod store;
 
 pub use lease::Lease;
 pub use policy::{decide, Observations, Params, Received};
-pub use state::{ClusterState, Decision, MoveReason, PeerView, Proposal, Report, ServiceState, ServiceView, SiteState};
+pub use state::{
+    ClusterState, Decision, MoveReason, PeerView, Proposal, Report, ServiceState, ServiceView,
+    SiteState,
+};

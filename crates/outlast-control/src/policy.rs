@@ -116,7 +116,9 @@ pub struct Observations {
 
 impl Observations {
     fn fresh(&self, p: &Params, site: &str, now: u64) -> Option<&Received> {
-        self.reports.get(site).filter(|r| now.saturating_sub(r.at_ms) <= p.report_ttl_ms)
+        self.reports
+            .get(site)
+            .filter(|r| now.saturating_sub(r.at_ms) <= p.report_ttl_ms)
     }
 }
 
@@ -130,8 +132,12 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
         let mut unreachable = 0;
         let mut reachable = 0;
         for other in p.sites.iter().filter(|o| *o != site) {
-            let Some(r) = obs.fresh(p, other, now) else { continue };
-            let Some(view) = r.report.peers.get(site) else { continue };
+            let Some(r) = obs.fresh(p, other, now) else {
+                continue;
+            };
+            let Some(view) = r.report.peers.get(site) else {
+                continue;
+            };
             match view.reachable {
                 Health::Down => {
                     let since = r.at_ms.saturating_sub(view.for_ms);
@@ -161,7 +167,9 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
     }
 
     for svc in &p.services {
-        let Some(current) = state.services.get(&svc.name) else { continue };
+        let Some(current) = state.services.get(&svc.name) else {
+            continue;
+        };
         // Some(true): healthy; Some(false): unhealthy for at least grace; None: no verdict.
         let status = |site: &str| -> Option<bool> {
             if !up.get(site).copied().unwrap_or(false) || !svc.sites.iter().any(|s| s == site) {
@@ -190,7 +198,10 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
                     .cloned()
                     .collect();
                 if next != current.active_sites {
-                    out.push(Decision::Active { service: svc.name.clone(), sites: next });
+                    out.push(Decision::Active {
+                        service: svc.name.clone(),
+                        sites: next,
+                    });
                 }
             }
             Mode::PrimaryStandby => {
@@ -216,7 +227,9 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
                     }
                     continue;
                 }
-                let Some(pref) = svc.preferred.as_deref() else { continue };
+                let Some(pref) = svc.preferred.as_deref() else {
+                    continue;
+                };
                 if svc.failback != Failback::Auto || Some(pref) == primary {
                     continue;
                 }

@@ -50,9 +50,16 @@ pub enum MoveReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Decision {
-    SiteDown { site: String },
-    SiteUp { site: String },
-    Active { service: String, sites: Vec<String> },
+    SiteDown {
+        site: String,
+    },
+    SiteUp {
+        site: String,
+    },
+    Active {
+        service: String,
+        sites: Vec<String>,
+    },
     PrimaryMove {
         service: String,
         from: Option<String>,
@@ -80,7 +87,11 @@ impl ClusterState {
     /// The state before anything is decided: every site up, every service where the config
     /// puts it.
     pub fn initial(config: &Config) -> Self {
-        let sites = config.sites.iter().map(|s| (s.name.clone(), SiteState::Up)).collect();
+        let sites = config
+            .sites
+            .iter()
+            .map(|s| (s.name.clone(), SiteState::Up))
+            .collect();
         let services = config
             .services
             .iter()
@@ -98,11 +109,21 @@ impl ClusterState {
                         (p.clone(), p.into_iter().collect())
                     }
                 };
-                let state = ServiceState { mode: svc.mode, primary, active_sites, epoch: 0, hold_ms: 0 };
+                let state = ServiceState {
+                    mode: svc.mode,
+                    primary,
+                    active_sites,
+                    epoch: 0,
+                    hold_ms: 0,
+                };
                 (svc.name.clone(), state)
             })
             .collect();
-        ClusterState { epoch: 0, sites, services }
+        ClusterState {
+            epoch: 0,
+            sites,
+            services,
+        }
     }
 
     /// Applies a committed proposal. Returns the decisions that took effect, or `None` when
@@ -127,7 +148,12 @@ impl ClusterState {
                         s.epoch = epoch;
                     }
                 }
-                Decision::PrimaryMove { service, to, hold_ms, .. } => {
+                Decision::PrimaryMove {
+                    service,
+                    to,
+                    hold_ms,
+                    ..
+                } => {
                     if let Some(s) = self.services.get_mut(service) {
                         s.primary = Some(to.clone());
                         s.active_sites = vec![to.clone()];
@@ -166,4 +192,7 @@ pub struct Report {
     pub fenced: bool,
     pub peers: BTreeMap<String, PeerView>,
     pub services: BTreeMap<String, ServiceView>,
+    /// Services this site is acting as primary of right now.
+    #[serde(default)]
+    pub acting: Vec<String>,
 }

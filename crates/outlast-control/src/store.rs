@@ -102,12 +102,20 @@ fn save_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
 fn load_json<T: DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => {
-            let v: Versioned<T> = serde_json::from_slice(&bytes)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+            let v: Versioned<T> = serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
             if v.version != 1 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("{}: version {} is newer than this outlast", path.display(), v.version),
+                    format!(
+                        "{}: version {} is newer than this outlast",
+                        path.display(),
+                        v.version
+                    ),
                 ));
             }
             Ok(Some(v.value))
@@ -161,8 +169,11 @@ impl LogInner {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let body = serde_json::to_vec(&value)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let mut line = serde_json::to_vec(&LogLine { crc: crc32(&body), entry: value })
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let mut line = serde_json::to_vec(&LogLine {
+            crc: crc32(&body),
+            entry: value,
+        })
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         line.push(b'\n');
         Ok(line)
     }
@@ -220,13 +231,22 @@ impl LogStore {
         let vote = load_json(&dir.join("vote.json"))?;
         let last_purged = load_json(&dir.join("purged.json"))?.flatten();
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let mut inner = LogInner { dir: dir.to_path_buf(), file, log, vote, last_purged };
+        let mut inner = LogInner {
+            dir: dir.to_path_buf(),
+            file,
+            log,
+            vote,
+            last_purged,
+        };
         if torn {
             tracing::warn!(path = %path.display(), kept = inner.log.len(), "raft log had a torn tail; cut it");
             inner.rewrite()?;
         }
         let log_epoch = Arc::new(AtomicU64::new(inner.log_epoch()));
-        Ok(Self { inner: Arc::new(Mutex::new(inner)), log_epoch })
+        Ok(Self {
+            inner: Arc::new(Mutex::new(inner)),
+            log_epoch,
+        })
     }
 
     /// The highest epoch any entry in the log would make (see `lease.rs`).
@@ -261,8 +281,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
         let inner = self.lock();
-        let last = inner.log.values().next_back().map(|e| e.log_id).or(inner.last_purged);
-        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: last })
+        let last = inner
+            .log
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged);
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -293,7 +321,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             inner.log.insert(e.log_id.index, e);
         }
         self.publish_epoch(&inner);
-        let res = inner.file.write_all(&bytes).and_then(|_| inner.file.sync_data());
+        let res = inner
+            .file
+            .write_all(&bytes)
+            .and_then(|_| inner.file.sync_data());
         let failed = res.as_ref().err().map(|e| e.to_string());
         callback.log_io_completed(res);
         match failed {
@@ -306,7 +337,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         inner.log.retain(|idx, _| *idx < log_id.index);
         self.publish_epoch(&inner);
-        inner.rewrite().map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        inner
+            .rewrite()
+            .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         Ok(())
     }
 
@@ -317,7 +350,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         inner.last_purged = Some(log_id);
         inner.log.retain(|idx, _| *idx > log_id.index);
         self.publish_epoch(&inner);
-        inner.rewrite().map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        inner
+            .rewrite()
+            .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         Ok(())
     }
 }
@@ -364,10 +399,16 @@ impl StateMachineStore {
         for (name, site) in initial.sites {
             data.state.sites.entry(name).or_insert(site);
         }
-        let snapshot = load_json::<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>(&dir.join("snapshot.json"))?;
+        let snapshot =
+            load_json::<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>(&dir.join("snapshot.json"))?;
         let applied_epoch = Arc::new(AtomicU64::new(data.state.epoch));
         Ok(Self {
-            inner: Arc::new(Mutex::new(SmInner { dir: dir.to_path_buf(), data, snapshot, snapshot_seq: 0 })),
+            inner: Arc::new(Mutex::new(SmInner {
+                dir: dir.to_path_buf(),
+                data,
+                snapshot,
+                snapshot_seq: 0,
+            })),
             changes,
             applied_epoch,
         })
@@ -401,10 +442,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 inner.snapshot_seq
             ),
         };
-        save_json(&inner.dir.join("snapshot.json"), &(meta.clone(), bytes.clone()))
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?;
+        save_json(
+            &inner.dir.join("snapshot.json"),
+            &(meta.clone(), bytes.clone()),
+        )
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?;
         inner.snapshot = Some((meta.clone(), bytes.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
     }
 }
 
@@ -429,10 +476,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             inner.data.last_applied = Some(entry.log_id);
             match &entry.payload {
-                EntryPayload::Blank => results.push(Applied { epoch: inner.data.state.epoch, decisions: vec![] }),
+                EntryPayload::Blank => results.push(Applied {
+                    epoch: inner.data.state.epoch,
+                    decisions: vec![],
+                }),
                 EntryPayload::Membership(m) => {
-                    inner.data.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    results.push(Applied { epoch: inner.data.state.epoch, decisions: vec![] });
+                    inner.data.last_membership =
+                        StoredMembership::new(Some(entry.log_id), m.clone());
+                    results.push(Applied {
+                        epoch: inner.data.state.epoch,
+                        decisions: vec![],
+                    });
                 }
                 EntryPayload::Normal(p) => match inner.data.state.apply(p) {
                     Some(decisions) => {
@@ -444,13 +498,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         });
                         results.push(Applied { epoch, decisions });
                     }
-                    None => results.push(Applied { epoch: inner.data.state.epoch, decisions: vec![] }),
+                    None => results.push(Applied {
+                        epoch: inner.data.state.epoch,
+                        decisions: vec![],
+                    }),
                 },
             }
         }
         save_json(&inner.dir.join("state.json"), &inner.data)
             .map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
-        self.applied_epoch.store(inner.data.state.epoch, Ordering::SeqCst);
+        self.applied_epoch
+            .store(inner.data.state.epoch, Ordering::SeqCst);
         drop(inner);
         for c in changes {
             // The agent may be shutting down; the state is persisted either way.
@@ -480,14 +538,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         inner.data = data;
         save_json(&inner.dir.join("state.json"), &inner.data)
             .map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
-        save_json(&inner.dir.join("snapshot.json"), &(meta.clone(), bytes.clone()))
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?;
+        save_json(
+            &inner.dir.join("snapshot.json"),
+            &(meta.clone(), bytes.clone()),
+        )
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io_err(e)))?;
         inner.snapshot = Some((meta.clone(), bytes));
         let state = inner.data.state.clone();
         self.applied_epoch.store(state.epoch, Ordering::SeqCst);
         drop(inner);
         if changed {
-            let _ = self.changes.send(AppliedChange { epoch: state.epoch, decisions: vec![], state });
+            let _ = self.changes.send(AppliedChange {
+                epoch: state.epoch,
+                decisions: vec![],
+                state,
+            });
         }
         Ok(())
     }

@@ -23,7 +23,13 @@ pub struct Hysteresis {
 
 impl Hysteresis {
     pub fn new(fall: u32, rise: u32) -> Self {
-        Self { fall: fall.max(1), rise: rise.max(1), state: Health::Unknown, passes: 0, failures: 0 }
+        Self {
+            fall: fall.max(1),
+            rise: rise.max(1),
+            state: Health::Unknown,
+            passes: 0,
+            failures: 0,
+        }
     }
 
     pub fn state(&self) -> Health {

@@ -1,1 +1,170 @@
-//! placeholder
+//! outlast-web: the HTTP face of an agent on `address:api_port`: API v1, metrics and pages.
+//!
+//! It renders what the agent hands it and never decides anything; every mutation it will
+//! accept goes through the control plane.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/status` (DESIGN.md section 5). Fields are only ever added.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub cluster: String,
+    /// The site that answers.
+    pub site: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub epoch: u64,
+    pub sites: Vec<SiteStatus>,
+    pub services: Vec<ServiceStatus>,
+    pub streams: Vec<StreamStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SiteStatus {
+    pub name: String,
+    /// up | down | fenced | maintenance
+    pub state: String,
+    pub witness: bool,
+    /// Milliseconds since the answering site last exchanged a heartbeat with this one.
+    pub last_seen_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub mode: String,
+    pub primary: Option<String>,
+    pub active_sites: Vec<String>,
+    pub epoch: u64,
+    /// Whether the primary is acting now (its hold has passed and it holds its lease), as
+    /// far as the answering site knows.
+    pub primary_acting: bool,
+    /// Local backend health at the answering site: up | down | unknown (absent: none here).
+    pub local_health: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StreamStatus {
+    pub name: String,
+    pub spool_events: u64,
+    pub spool_bytes: u64,
+    pub oldest_unshipped_ms: Option<u64>,
+    pub sink: Option<String>,
+}
+
+/// What the agent gives the web room.
+pub trait Source: Send + Sync + 'static {
+    fn status(&self) -> Status;
+    fn metrics(&self) -> String;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, reason) = match &self {
+            ApiError::NotFound(r) => (StatusCode::NOT_FOUND, r.clone()),
+        };
+        (code, Json(serde_json::json!({ "error": reason }))).into_response()
+    }
+}
+
+pub fn router(source: Arc<dyn Source>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
+        .fallback(|| async { ApiError::NotFound("no such endpoint; see /v1/status".into()) })
+        .with_state(source)
+}
+
+async fn status(State(s): State<Arc<dyn Source>>) -> Json<Status> {
+    Json(s.status())
+}
+
+async fn metrics(State(s): State<Arc<dyn Source>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics(),
+    )
+}
+
+async fn dashboard(State(s): State<Arc<dyn Source>>) -> Html<String> {
+    Html(render_dashboard(&s.status()))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A plain page that a person can read at a glance; refreshes itself every two seconds.
+pub fn render_dashboard(st: &Status) -> String {
+    let mut rows = String::new();
+    for s in &st.sites {
+        let color = match s.state.as_str() {
+            "up" => "#1a7f37",
+            "fenced" => "#9a6700",
+            _ => "#cf222e",
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}{}</td><td style=\"color:{color};font-weight:bold\">{}</td><td>{}</td></tr>",
+            esc(&s.name),
+            if s.witness { " (witness)" } else { "" },
+            esc(&s.state),
+            s.last_seen_ms
+                .map(|m| format!("{m} ms ago"))
+                .unwrap_or_else(|| "never".into())
+        ));
+    }
+    let mut svcs = String::new();
+    for s in &st.services {
+        svcs.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&s.name),
+            esc(&s.mode),
+            esc(s.primary.as_deref().unwrap_or("-")),
+            esc(&s.active_sites.join(", ")),
+            s.epoch
+        ));
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+         <title>outlast · {cluster}</title><style>body{{font-family:system-ui,sans-serif;margin:2em}}\
+         table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}</style>\
+         </head><body><h1>{cluster}</h1><p>answered by <b>{site}</b> · leader <b>{leader}</b> · term {term} · epoch {epoch}</p>\
+         <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th></tr>{rows}</table>\
+         <h2>Services</h2><table><tr><th>service</th><th>mode</th><th>primary</th><th>active at</th><th>epoch</th></tr>{svcs}</table>\
+         </body></html>",
+        cluster = esc(&st.cluster),
+        site = esc(&st.site),
+        leader = esc(st.leader.as_deref().unwrap_or("none")),
+        term = st.term,
+        epoch = st.epoch,
+    )
+}
+
+/// Serves the API until `shutdown` resolves (mini-redis's `run(listener, shutdown)` shape).
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    source: Arc<dyn Source>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(source))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

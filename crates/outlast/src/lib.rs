@@ -1,1 +1,5 @@
-//! agent
+//! The outlast binary's library: the CLI commands and the agent that wires the rooms
+//! together. `main.rs` only parses arguments, sets up tracing and calls in here.
+
+pub mod agent;
+pub mod commands;

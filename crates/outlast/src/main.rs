@@ -1,1 +1,103 @@
-fn main() {}
+//! outlast: keeps services up and data safe when a whole site is lost.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "outlast",
+    version,
+    about = "Site-loss failover with drills that prove it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one site's agent (foreground; SIGTERM drains and exits 0).
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        site: String,
+    },
+    /// Validate a config; print every problem as file:line:col (exit 64 when any).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show the cluster as one site's agent sees it.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:7401", env = "OUTLAST_API")]
+        api: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OUTLAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match cli.command {
+        Command::Check { config } => outlast::commands::check(&config),
+        Command::Agent { config, site } => match outlast::commands::load_config(&config) {
+            Err(code) => code,
+            Ok(config) => runtime(async move {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone());
+                outlast::agent::run(config, &site, shutdown).await
+            }),
+        },
+        Command::Status { api, json } => runtime(outlast::commands::status(&api, json)),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        }
+        token.cancel();
+    });
+}

@@ -6,7 +6,10 @@ use outlast_core::Health;
 use super::*;
 
 fn params(failback: Failback) -> Params {
-    let sites: Vec<String> = ["east", "west", "witness"].iter().map(|s| s.to_string()).collect();
+    let sites: Vec<String> = ["east", "west", "witness"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     Params {
         sites,
         quorum: 2,
@@ -35,7 +38,10 @@ fn params(failback: Failback) -> Params {
 }
 
 fn state() -> ClusterState {
-    let sites = ["east", "west", "witness"].iter().map(|s| (s.to_string(), SiteState::Up)).collect();
+    let sites = ["east", "west", "witness"]
+        .iter()
+        .map(|s| (s.to_string(), SiteState::Up))
+        .collect();
     let mut services = BTreeMap::new();
     services.insert(
         "db".into(),
@@ -57,7 +63,11 @@ fn state() -> ClusterState {
             hold_ms: 0,
         },
     );
-    ClusterState { epoch: 0, sites, services }
+    ClusterState {
+        epoch: 0,
+        sites,
+        services,
+    }
 }
 
 /// A report from `site` received at `at`, seeing `down` peers unreachable for `down_for` ms.
@@ -68,28 +78,56 @@ fn report(site: &str, at: u64, down: &[&str], down_for: u64, services_up: bool) 
             continue;
         }
         let view = if down.contains(&p) {
-            PeerView { reachable: Health::Down, for_ms: down_for, last_heard_ms: Some(down_for + 300) }
+            PeerView {
+                reachable: Health::Down,
+                for_ms: down_for,
+                last_heard_ms: Some(down_for + 300),
+            }
         } else {
-            PeerView { reachable: Health::Up, for_ms: 10_000, last_heard_ms: Some(50) }
+            PeerView {
+                reachable: Health::Up,
+                for_ms: 10_000,
+                last_heard_ms: Some(50),
+            }
         };
         peers.insert(p.to_string(), view);
     }
     let mut services = BTreeMap::new();
     if site != "witness" {
-        let healthy = if services_up { Health::Up } else { Health::Down };
+        let healthy = if services_up {
+            Health::Up
+        } else {
+            Health::Down
+        };
         for s in ["db", "web"] {
-            services.insert(s.to_string(), ServiceView { healthy, for_ms: 10_000 });
+            services.insert(
+                s.to_string(),
+                ServiceView {
+                    healthy,
+                    for_ms: 10_000,
+                },
+            );
         }
     }
     Received {
         at_ms: at,
-        report: Report { site: site.into(), applied_epoch: 0, fenced: false, peers, services },
+        report: Report {
+            site: site.into(),
+            applied_epoch: 0,
+            fenced: false,
+            peers,
+            services,
+            acting: vec![],
+        },
     }
 }
 
 fn obs(reports: Vec<Received>) -> Observations {
     Observations {
-        reports: reports.into_iter().map(|r| (r.report.site.clone(), r)).collect(),
+        reports: reports
+            .into_iter()
+            .map(|r| (r.report.site.clone(), r))
+            .collect(),
         ..Default::default()
     }
 }
@@ -113,7 +151,12 @@ fn majority_past_grace_declares_site_down_and_moves_primary() {
         report("witness", 10_000, &["east"], 600, true),
     ]);
     let d = decide(&p, &state(), &o, 10_000);
-    assert!(d.contains(&Decision::SiteDown { site: "east".into() }), "{d:?}");
+    assert!(
+        d.contains(&Decision::SiteDown {
+            site: "east".into()
+        }),
+        "{d:?}"
+    );
     assert!(d.contains(&Decision::PrimaryMove {
         service: "db".into(),
         from: Some("east".into()),
@@ -121,7 +164,10 @@ fn majority_past_grace_declares_site_down_and_moves_primary() {
         reason: MoveReason::Failover,
         hold_ms: 1300,
     }));
-    assert!(d.contains(&Decision::Active { service: "web".into(), sites: vec!["west".into()] }));
+    assert!(d.contains(&Decision::Active {
+        service: "web".into(),
+        sites: vec!["west".into()]
+    }));
 }
 
 #[test]
@@ -164,7 +210,10 @@ fn no_second_move_while_one_is_in_flight() {
     ]);
     o.settles_at_ms.insert("db".into(), 11_000);
     let d = decide(&p, &state(), &o, 10_000);
-    assert!(!d.iter().any(|d| matches!(d, Decision::PrimaryMove { .. })), "{d:?}");
+    assert!(
+        !d.iter().any(|d| matches!(d, Decision::PrimaryMove { .. })),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -175,14 +224,35 @@ fn failback_waits_for_stable_health_and_only_when_auto() {
     db.active_sites = vec!["west".into()];
     let mut east = report("east", 10_000, &[], 0, true);
     east.report.services.get_mut("db").expect("db").for_ms = 1_000;
-    let mut o = obs(vec![east, report("west", 10_000, &[], 0, true), report("witness", 10_000, &[], 0, true)]);
+    let mut o = obs(vec![
+        east,
+        report("west", 10_000, &[], 0, true),
+        report("witness", 10_000, &[], 0, true),
+    ]);
     let p = params(Failback::Auto);
-    assert_eq!(decide(&p, &s, &o, 10_000), vec![], "healthy for 1s < failback_after 2s");
-    o.reports.get_mut("east").expect("east").report.services.get_mut("db").expect("db").for_ms = 2_500;
+    assert_eq!(
+        decide(&p, &s, &o, 10_000),
+        vec![],
+        "healthy for 1s < failback_after 2s"
+    );
+    o.reports
+        .get_mut("east")
+        .expect("east")
+        .report
+        .services
+        .get_mut("db")
+        .expect("db")
+        .for_ms = 2_500;
     let d = decide(&p, &s, &o, 10_000);
     assert_eq!(d.len(), 1);
-    assert!(matches!(&d[0], Decision::PrimaryMove { to, reason: MoveReason::Failback, .. } if to == "east"));
-    assert_eq!(decide(&params(Failback::Manual), &s, &o, 10_000), vec![], "manual never fails back");
+    assert!(
+        matches!(&d[0], Decision::PrimaryMove { to, reason: MoveReason::Failback, .. } if to == "east")
+    );
+    assert_eq!(
+        decide(&params(Failback::Manual), &s, &o, 10_000),
+        vec![],
+        "manual never fails back"
+    );
 }
 
 #[test]
@@ -190,11 +260,22 @@ fn unhealthy_backends_move_the_primary_after_grace() {
     let p = params(Failback::Auto);
     let mut east = report("east", 10_000, &[], 0, false);
     east.report.services.get_mut("db").expect("db").for_ms = 200;
-    let o = obs(vec![east, report("west", 10_000, &[], 0, true), report("witness", 10_000, &[], 0, true)]);
+    let o = obs(vec![
+        east,
+        report("west", 10_000, &[], 0, true),
+        report("witness", 10_000, &[], 0, true),
+    ]);
     let d = decide(&p, &state(), &o, 10_000);
-    assert!(!d.iter().any(|d| matches!(d, Decision::PrimaryMove { .. })), "under grace: {d:?}");
+    assert!(
+        !d.iter().any(|d| matches!(d, Decision::PrimaryMove { .. })),
+        "under grace: {d:?}"
+    );
     let d = decide(&p, &state(), &o, 10_400);
-    assert!(d.iter().any(|d| matches!(d, Decision::PrimaryMove { to, .. } if to == "west")), "{d:?}");
+    assert!(
+        d.iter()
+            .any(|d| matches!(d, Decision::PrimaryMove { to, .. } if to == "west")),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -205,25 +286,49 @@ fn a_down_site_comes_back_only_caught_up_and_unfenced() {
     s.sites.insert("east".into(), SiteState::Down);
     let mut east = report("east", 10_000, &[], 0, true);
     east.report.applied_epoch = 2;
-    let mut o = obs(vec![east, report("west", 10_000, &[], 0, true), report("witness", 10_000, &[], 0, true)]);
+    let mut o = obs(vec![
+        east,
+        report("west", 10_000, &[], 0, true),
+        report("witness", 10_000, &[], 0, true),
+    ]);
     for r in o.reports.values_mut() {
         r.report.applied_epoch = r.report.applied_epoch.max(2);
     }
-    assert!(!decide(&p, &s, &o, 10_000).contains(&Decision::SiteUp { site: "east".into() }));
-    o.reports.get_mut("east").expect("east").report.applied_epoch = 3;
+    assert!(!decide(&p, &s, &o, 10_000).contains(&Decision::SiteUp {
+        site: "east".into()
+    }));
+    o.reports
+        .get_mut("east")
+        .expect("east")
+        .report
+        .applied_epoch = 3;
     o.reports.get_mut("east").expect("east").report.fenced = true;
-    assert!(!decide(&p, &s, &o, 10_000).contains(&Decision::SiteUp { site: "east".into() }));
+    assert!(!decide(&p, &s, &o, 10_000).contains(&Decision::SiteUp {
+        site: "east".into()
+    }));
     o.reports.get_mut("east").expect("east").report.fenced = false;
-    assert!(decide(&p, &s, &o, 10_000).contains(&Decision::SiteUp { site: "east".into() }));
+    assert!(decide(&p, &s, &o, 10_000).contains(&Decision::SiteUp {
+        site: "east".into()
+    }));
 }
 
 #[test]
 fn stale_proposal_changes_nothing() {
     let mut s = state();
-    let p = Proposal { base_epoch: 5, decisions: vec![Decision::SiteDown { site: "east".into() }] };
+    let p = Proposal {
+        base_epoch: 5,
+        decisions: vec![Decision::SiteDown {
+            site: "east".into(),
+        }],
+    };
     assert_eq!(s.apply(&p), None);
     assert_eq!(s, state());
-    let p = Proposal { base_epoch: 0, decisions: vec![Decision::SiteDown { site: "east".into() }] };
+    let p = Proposal {
+        base_epoch: 0,
+        decisions: vec![Decision::SiteDown {
+            site: "east".into(),
+        }],
+    };
     assert!(s.apply(&p).is_some());
     assert_eq!(s.epoch, 1);
     assert_eq!(s.sites["east"], SiteState::Down);

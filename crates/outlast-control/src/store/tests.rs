@@ -8,12 +8,19 @@ use crate::state::{ClusterState, Proposal};
 fn entry(index: u64, base_epoch: u64) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-        payload: EntryPayload::Normal(Proposal { base_epoch, decisions: vec![] }),
+        payload: EntryPayload::Normal(Proposal {
+            base_epoch,
+            decisions: vec![],
+        }),
     }
 }
 
 fn empty_state() -> ClusterState {
-    ClusterState { epoch: 0, sites: Default::default(), services: Default::default() }
+    ClusterState {
+        epoch: 0,
+        sites: Default::default(),
+        services: Default::default(),
+    }
 }
 
 #[tokio::test]
@@ -30,14 +37,21 @@ async fn log_survives_reopen_and_cuts_a_torn_tail() {
         }
         inner.file.write_all(&bytes).expect("write");
         // A crash in the middle of the next line.
-        inner.file.write_all(b"{\"crc\":12,\"entry\":{\"log_id").expect("write");
+        inner
+            .file
+            .write_all(b"{\"crc\":12,\"entry\":{\"log_id")
+            .expect("write");
     }
     let mut store = LogStore::open(dir.path()).expect("reopen");
     let entries = store.try_get_log_entries(0..).await.expect("read");
     assert_eq!(entries.len(), 3);
     assert_eq!(store.log_epoch_handle().load(Ordering::SeqCst), 3);
     let text = std::fs::read_to_string(dir.path().join("log.jsonl")).expect("read");
-    assert_eq!(text.lines().count(), 3, "the torn line is gone from disk too");
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "the torn line is gone from disk too"
+    );
 }
 
 #[tokio::test]
@@ -59,7 +73,11 @@ async fn a_flipped_byte_ends_the_log_there() {
     std::fs::write(&path, corrupted).expect("write");
     let mut store = LogStore::open(dir.path()).expect("reopen");
     let entries = store.try_get_log_entries(0..).await.expect("read");
-    assert_eq!(entries.len(), 1, "entry 2 fails its CRC; it and what follows are dropped");
+    assert_eq!(
+        entries.len(),
+        1,
+        "entry 2 fails its CRC; it and what follows are dropped"
+    );
 }
 
 #[tokio::test]
@@ -68,8 +86,15 @@ async fn state_machine_persists_across_restart() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     {
         let mut sm = StateMachineStore::open(dir.path(), empty_state(), tx.clone()).expect("open");
-        let res = sm.apply(vec![entry(1, 0), entry(2, 0), entry(3, 1)]).await.expect("apply");
-        assert_eq!(res.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1, 1, 2], "entry 2 is stale");
+        let res = sm
+            .apply(vec![entry(1, 0), entry(2, 0), entry(3, 1)])
+            .await
+            .expect("apply");
+        assert_eq!(
+            res.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+            vec![1, 1, 2],
+            "entry 2 is stale"
+        );
         assert_eq!(rx.try_recv().expect("change").epoch, 1);
         assert_eq!(rx.try_recv().expect("change").epoch, 2);
     }

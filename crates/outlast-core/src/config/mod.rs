@@ -29,7 +29,15 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}; {}", self.file.display(), self.line, self.col, self.what, self.fix)
+        write!(
+            f,
+            "{}:{}:{}: {}; {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.what,
+            self.fix
+        )
     }
 }
 
@@ -217,9 +225,17 @@ pub struct Sink {
 
 #[derive(Debug, Clone, Serialize)]
 pub enum Alert {
-    Webhook { url: String },
-    Smtp { server: String, from: String, to: Vec<String> },
-    Command { argv: Vec<String> },
+    Webhook {
+        url: String,
+    },
+    Smtp {
+        server: String,
+        from: String,
+        to: Vec<String>,
+    },
+    Command {
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -231,8 +247,10 @@ pub struct Api {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 

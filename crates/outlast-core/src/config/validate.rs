@@ -73,7 +73,12 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary_compat(offset)];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -103,7 +108,11 @@ fn fix_for_toml_error(message: &str) -> &'static str {
 }
 
 pub(super) fn parse(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
-    let mut ctx = Ctx { file, text, problems: Vec::new() };
+    let mut ctx = Ctx {
+        file,
+        text,
+        problems: Vec::new(),
+    };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -136,8 +145,11 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
     let cluster = cluster(ctx, &raw.cluster, base);
     let timing = timing(ctx, raw.timing.as_ref());
     let sites = sites(ctx, &raw.sites, base, &raw.cluster);
-    let site_names: HashMap<String, usize> =
-        sites.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+    let site_names: HashMap<String, usize> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), i))
+        .collect();
     let dns = raw.dns.as_ref().map(|d| dns(ctx, d));
     let services = services(ctx, &raw.services, &sites, &site_names, &timing);
     let streams = streams(ctx, &raw.streams, &site_names);
@@ -160,7 +172,11 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
 fn cluster(ctx: &mut Ctx<'_>, raw: &S<RawCluster>, base: &Path) -> Cluster {
     let c = raw.get_ref();
     if c.name.get_ref().trim().is_empty() {
-        ctx.at(c.name.span(), "the cluster name is empty", "give the cluster a name");
+        ctx.at(
+            c.name.span(),
+            "the cluster name is empty",
+            "give the cluster a name",
+        );
     }
     let secret = match (&c.secret, &c.secret_file) {
         (Some(_), Some(f)) => {
@@ -173,7 +189,11 @@ fn cluster(ctx: &mut Ctx<'_>, raw: &S<RawCluster>, base: &Path) -> Cluster {
         }
         (Some(s), None) => {
             if s.get_ref().trim().is_empty() {
-                ctx.at(s.span(), "the cluster secret is empty", "set a long random secret");
+                ctx.at(
+                    s.span(),
+                    "the cluster secret is empty",
+                    "set a long random secret",
+                );
             }
             s.get_ref().trim().to_string()
         }
@@ -208,7 +228,11 @@ fn cluster(ctx: &mut Ctx<'_>, raw: &S<RawCluster>, base: &Path) -> Cluster {
             String::new()
         }
     };
-    Cluster { name: c.name.get_ref().clone(), secret, unsafe_two_sites: c.unsafe_two_sites }
+    Cluster {
+        name: c.name.get_ref().clone(),
+        secret,
+        unsafe_two_sites: c.unsafe_two_sites,
+    }
 }
 
 fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
@@ -217,7 +241,11 @@ fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
     let t = raw.get_ref();
     let mut count = |field: &str, v: Option<&S<u32>>, default: u32| match v {
         Some(v) if *v.get_ref() == 0 => {
-            ctx.at(v.span(), format!("{field} = 0 can never be reached"), "use 1 or more");
+            ctx.at(
+                v.span(),
+                format!("{field} = 0 can never be reached"),
+                "use 1 or more",
+            );
             default
         }
         Some(v) => *v.get_ref(),
@@ -226,15 +254,27 @@ fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
     let fall = count("fall", t.fall.as_ref(), d.fall);
     let rise = count("rise", t.rise.as_ref(), d.rise);
     let timing = Timing {
-        probe_interval: ctx.duration("probe_interval", t.probe_interval.as_ref(), d.probe_interval),
+        probe_interval: ctx.duration(
+            "probe_interval",
+            t.probe_interval.as_ref(),
+            d.probe_interval,
+        ),
         fall,
         rise,
         grace: ctx.duration("grace", t.grace.as_ref(), d.grace),
         lease: ctx.duration("lease", t.lease.as_ref(), d.lease),
-        failback_after: ctx.duration("failback_after", t.failback_after.as_ref(), d.failback_after),
+        failback_after: ctx.duration(
+            "failback_after",
+            t.failback_after.as_ref(),
+            d.failback_after,
+        ),
     };
     if timing.probe_interval < Duration::from_millis(10) {
-        let span = t.probe_interval.as_ref().map(|s| s.span()).unwrap_or(raw.span());
+        let span = t
+            .probe_interval
+            .as_ref()
+            .map(|s| s.span())
+            .unwrap_or(raw.span());
         ctx.at(span, "probe_interval is under 10ms", "use 10ms or more");
     }
     let detection = timing.detection();
@@ -266,7 +306,10 @@ fn sites(ctx: &mut Ctx<'_>, raw: &[S<RawSite>], base: &Path, cluster: &S<RawClus
     for s in raw {
         let r = s.get_ref();
         let name = r.name.get_ref().trim().to_string();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             ctx.at(
                 r.name.span(),
@@ -310,7 +353,11 @@ fn sites(ctx: &mut Ctx<'_>, raw: &[S<RawSite>], base: &Path, cluster: &S<RawClus
     }
     let c = cluster.get_ref();
     if out.is_empty() {
-        ctx.at(cluster.span(), "no [[sites]] are defined", "add a [[sites]] table for every site");
+        ctx.at(
+            cluster.span(),
+            "no [[sites]] are defined",
+            "add a [[sites]] table for every site",
+        );
     } else if out.len() < 3 && !c.unsafe_two_sites {
         ctx.at(
             cluster.span(),
@@ -324,7 +371,11 @@ fn sites(ctx: &mut Ctx<'_>, raw: &[S<RawSite>], base: &Path, cluster: &S<RawClus
         );
     }
     if !out.is_empty() && out.iter().all(|s| s.witness) {
-        ctx.at(cluster.span(), "every site is a witness", "make at least one site a data site");
+        ctx.at(
+            cluster.span(),
+            "every site is a witness",
+            "make at least one site a data site",
+        );
     }
     out
 }
@@ -333,7 +384,11 @@ fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>) -> Dns {
     let d = raw.get_ref();
     let mut zone = d.zone.get_ref().trim().to_string();
     if zone.is_empty() || zone == "." {
-        ctx.at(d.zone.span(), "the DNS zone is empty", "set zone = \"shop.example.\"");
+        ctx.at(
+            d.zone.span(),
+            "the DNS zone is empty",
+            "set zone = \"shop.example.\"",
+        );
     }
     if !zone.ends_with('.') {
         zone.push('.');
@@ -342,9 +397,17 @@ fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>) -> Dns {
         "all_down",
         d.all_down.as_ref(),
         AllDown::FailOpen,
-        &[("fail-open", AllDown::FailOpen), ("fail-closed", AllDown::FailClosed)],
+        &[
+            ("fail-open", AllDown::FailOpen),
+            ("fail-closed", AllDown::FailClosed),
+        ],
     );
-    Dns { zone, port: *d.port.get_ref(), ttl: d.ttl.as_ref().map(|t| *t.get_ref()).unwrap_or(5), all_down }
+    Dns {
+        zone,
+        port: *d.port.get_ref(),
+        ttl: d.ttl.as_ref().map(|t| *t.get_ref()).unwrap_or(5),
+        all_down,
+    }
 }
 
 fn services(
@@ -361,7 +424,11 @@ fn services(
         let r = s.get_ref();
         let name = r.name.get_ref().trim().to_string();
         if name.is_empty() {
-            ctx.at(r.name.span(), "the service name is empty", "give the service a name");
+            ctx.at(
+                r.name.span(),
+                "the service name is empty",
+                "give the service a name",
+            );
         }
         if let Some(first) = seen.get(&name) {
             let line = ctx.line_of(first);
@@ -396,7 +463,10 @@ fn services(
             "mode",
             r.mode.as_ref(),
             Mode::ActiveActive,
-            &[("active-active", Mode::ActiveActive), ("primary-standby", Mode::PrimaryStandby)],
+            &[
+                ("active-active", Mode::ActiveActive),
+                ("primary-standby", Mode::PrimaryStandby),
+            ],
         );
         let failback = ctx.choice(
             "failback",
@@ -460,7 +530,10 @@ fn services(
                 "add [services.backends] with site = [\"host:port\"] lines",
             );
         } else if mode == Mode::PrimaryStandby && primary.is_none() {
-            primary = sites.iter().map(|s| s.name.clone()).find(|n| has_backends(n));
+            primary = sites
+                .iter()
+                .map(|s| s.name.clone())
+                .find(|n| has_backends(n));
         }
         let check = check(ctx, r.check.as_ref(), protocol, timing);
         out.push(Service {
@@ -488,15 +561,26 @@ fn check(
     let default_timeout = timing.probe_interval.min(Duration::from_secs(1));
     let Some(raw) = raw else {
         let kind = match protocol {
-            Protocol::Http => CheckKind::Http { path: "/".into(), expect: 200 },
+            Protocol::Http => CheckKind::Http {
+                path: "/".into(),
+                expect: 200,
+            },
             Protocol::Tcp => CheckKind::Tcp,
         };
-        return Check { kind, interval: default_interval, timeout: default_timeout };
+        return Check {
+            kind,
+            interval: default_interval,
+            timeout: default_timeout,
+        };
     };
     let c = raw.get_ref();
     let kind = match c.kind.get_ref().as_str() {
         "http" => CheckKind::Http {
-            path: c.path.as_ref().map(|p| p.get_ref().clone()).unwrap_or_else(|| "/".into()),
+            path: c
+                .path
+                .as_ref()
+                .map(|p| p.get_ref().clone())
+                .unwrap_or_else(|| "/".into()),
             expect: c.expect.as_ref().map(|e| *e.get_ref()).unwrap_or(200),
         },
         "tcp" => CheckKind::Tcp,
@@ -511,7 +595,11 @@ fn check(
     };
     if let (CheckKind::Http { path, .. }, Some(p)) = (&kind, &c.path) {
         if !path.starts_with('/') {
-            ctx.at(p.span(), format!("check path \"{path}\" does not start with '/'"), "write it as \"/healthz\"");
+            ctx.at(
+                p.span(),
+                format!("check path \"{path}\" does not start with '/'"),
+                "write it as \"/healthz\"",
+            );
         }
     }
     let interval = ctx.duration("interval", c.interval.as_ref(), default_interval);
@@ -528,7 +616,11 @@ fn check(
             "make the timeout at most the interval",
         );
     }
-    Check { kind, interval, timeout }
+    Check {
+        kind,
+        interval,
+        timeout,
+    }
 }
 
 fn streams(
@@ -542,7 +634,11 @@ fn streams(
         let r = s.get_ref();
         let name = r.name.get_ref().trim().to_string();
         if name.is_empty() || name.contains('/') {
-            ctx.at(r.name.span(), format!("stream name \"{name}\" is not usable"), "use a plain name without '/'");
+            ctx.at(
+                r.name.span(),
+                format!("stream name \"{name}\" is not usable"),
+                "use a plain name without '/'",
+            );
         }
         if let Some(first) = seen.get(&name) {
             let line = ctx.line_of(first);
@@ -564,7 +660,10 @@ fn streams(
         for sink in &r.sinks {
             let k = sink.get_ref();
             let url = k.url.get_ref();
-            if !["s3://", "gs://", "az://", "file://"].iter().any(|p| url.starts_with(p)) {
+            if !["s3://", "gs://", "az://", "file://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
                 ctx.at(
                     k.url.span(),
                     format!("sink url \"{url}\" has no known scheme"),
@@ -580,7 +679,10 @@ fn streams(
                     );
                 }
             }
-            sinks.push(Sink { url: url.clone(), site: k.site.as_ref().map(|s| s.get_ref().clone()) });
+            sinks.push(Sink {
+                url: url.clone(),
+                site: k.site.as_ref().map(|s| s.get_ref().clone()),
+            });
         }
         out.push(Stream { name, ack, sinks });
     }
@@ -593,15 +695,24 @@ fn alerts(ctx: &mut Ctx<'_>, raw: &[S<RawAlert>]) -> Vec<Alert> {
         let r = a.get_ref();
         match r.kind.get_ref().as_str() {
             "webhook" => match &r.url {
-                Some(u) if u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://") => {
-                    out.push(Alert::Webhook { url: u.get_ref().clone() })
+                Some(u)
+                    if u.get_ref().starts_with("http://")
+                        || u.get_ref().starts_with("https://") =>
+                {
+                    out.push(Alert::Webhook {
+                        url: u.get_ref().clone(),
+                    })
                 }
                 Some(u) => ctx.at(
                     u.span(),
                     format!("webhook url \"{}\" is not http(s)", u.get_ref()),
                     "write it as \"https://hooks.example/outlast\"",
                 ),
-                None => ctx.at(a.span(), "a webhook alert needs a url", "add url = \"https://...\""),
+                None => ctx.at(
+                    a.span(),
+                    "a webhook alert needs a url",
+                    "add url = \"https://...\"",
+                ),
             },
             "smtp" => {
                 let server = r.server.as_ref().map(|s| s.get_ref().clone());
@@ -628,9 +739,15 @@ fn alerts(ctx: &mut Ctx<'_>, raw: &[S<RawAlert>]) -> Vec<Alert> {
             }
             "command" => {
                 if r.command.is_empty() {
-                    ctx.at(a.span(), "a command alert needs a command", "add command = [\"/usr/local/bin/page\", \"--team\", \"ops\"]");
+                    ctx.at(
+                        a.span(),
+                        "a command alert needs a command",
+                        "add command = [\"/usr/local/bin/page\", \"--team\", \"ops\"]",
+                    );
                 } else {
-                    out.push(Alert::Command { argv: r.command.iter().map(|c| c.get_ref().clone()).collect() });
+                    out.push(Alert::Command {
+                        argv: r.command.iter().map(|c| c.get_ref().clone()).collect(),
+                    });
                 }
             }
             other => ctx.at(
@@ -644,19 +761,29 @@ fn alerts(ctx: &mut Ctx<'_>, raw: &[S<RawAlert>]) -> Vec<Alert> {
 }
 
 fn api(ctx: &mut Ctx<'_>, raw: Option<&S<RawApi>>, base: &Path) -> Api {
-    let Some(raw) = raw else { return Api::default() };
+    let Some(raw) = raw else {
+        return Api::default();
+    };
     let r = raw.get_ref();
     let token = match (&r.token, &r.token_file) {
         (Some(t), None) => Some(t.get_ref().trim().to_string()),
         (None, Some(f)) => match std::fs::read_to_string(resolve(base, f.get_ref())) {
             Ok(t) => Some(t.trim().to_string()),
             Err(e) => {
-                ctx.at(f.span(), format!("cannot read token_file: {e}"), "create the file or fix the path");
+                ctx.at(
+                    f.span(),
+                    format!("cannot read token_file: {e}"),
+                    "create the file or fix the path",
+                );
                 None
             }
         },
         (Some(_), Some(f)) => {
-            ctx.at(f.span(), "both token and token_file are set", "keep one of them");
+            ctx.at(
+                f.span(),
+                "both token and token_file are set",
+                "keep one of them",
+            );
             None
         }
         (None, None) => None,
@@ -685,8 +812,18 @@ fn clashes(
     };
     for (site, raw_site) in sites.iter().zip(&raw.sites) {
         let r = raw_site.get_ref();
-        claim(ctx, site.peer_addr(), format!("site {}'s peer_port", site.name), r.peer_port.span());
-        claim(ctx, site.api_addr(), format!("site {}'s api_port", site.name), r.api_port.span());
+        claim(
+            ctx,
+            site.peer_addr(),
+            format!("site {}'s peer_port", site.name),
+            r.peer_port.span(),
+        );
+        claim(
+            ctx,
+            site.api_addr(),
+            format!("site {}'s api_port", site.name),
+            r.api_port.span(),
+        );
         if let (Some(d), Some(rd)) = (dns, &raw.dns) {
             claim(
                 ctx,
@@ -731,5 +868,8 @@ fn clashes(
 fn known(site_names: &HashMap<String, usize>) -> String {
     let mut v: Vec<(&usize, &String)> = site_names.iter().map(|(n, i)| (i, n)).collect();
     v.sort();
-    v.into_iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ")
+    v.into_iter()
+        .map(|(_, n)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -1,0 +1,860 @@
+//! The agent: one site's process. It wires the rooms together:
+//! heartbeats and leases (this module), service probes (`outlast-health`), the policy and
+//! Raft (`outlast-control`), the API (`outlast-web`) and alerts.
+//!
+//! Flow: probes → reports to every peer → the leader runs `decide` → Raft commits →
+//! every agent applies (alerts, acting roles, metrics). Nothing acts on an uncommitted
+//! decision.
+
+pub mod alerts;
+pub mod peer;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use openraft::BasicNode;
+use outlast_control::store::{AppliedChange, LogStore, NodeId, Raft, StateMachineStore};
+use outlast_control::{
+    decide, ClusterState, Decision, Lease, MoveReason, Observations, Params, PeerView, Proposal,
+    Received, Report, ServiceView, SiteState,
+};
+use outlast_core::{Config, Health, Hysteresis};
+use outlast_health::Monitor;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::alerts::{AlertEvent, Alerter};
+use self::peer::{HeartbeatAck, NetworkFactory, PeerAuth, PeerClient, PeerHandler, PeerServer};
+
+struct PeerTrack {
+    counter: Hysteresis,
+    since_ms: u64,
+    last_heard_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct Memory {
+    settles_at_ms: BTreeMap<String, u64>,
+    site_changed_at_ms: BTreeMap<String, u64>,
+    /// Per service: local time from which this site may act as its primary.
+    acting_from_ms: BTreeMap<String, u64>,
+}
+
+/// Everything the agent's tasks share.
+pub struct Agent {
+    pub config: Config,
+    pub me: String,
+    pub my_id: NodeId,
+    params: Params,
+    start: Instant,
+    monitor: Monitor,
+    peers: Mutex<BTreeMap<String, PeerTrack>>,
+    lease: Mutex<Lease>,
+    reports: Mutex<BTreeMap<String, Received>>,
+    memory: Mutex<Memory>,
+    log_epoch: Arc<AtomicU64>,
+    applied_epoch: Arc<AtomicU64>,
+    sm: StateMachineStore,
+    raft: OnceLock<Raft>,
+    fenced: AtomicBool,
+    alerter: Alerter,
+    prometheus: Option<PrometheusHandle>,
+    names: Arc<BTreeMap<NodeId, String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Agent {
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn raft(&self) -> &Raft {
+        // Set once in `run` before any task or server starts.
+        self.raft
+            .get()
+            .expect("raft is set before the agent serves")
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft().metrics().borrow().current_leader == Some(self.my_id)
+    }
+
+    fn fenced_now(&self) -> bool {
+        let now = self.now_ms();
+        !lock(&self.lease).holds(
+            now,
+            self.log_epoch.load(Ordering::SeqCst),
+            self.applied_epoch.load(Ordering::SeqCst),
+        )
+    }
+
+    fn acting(&self, state: &ClusterState) -> Vec<String> {
+        if self.fenced_now() {
+            return Vec::new();
+        }
+        let now = self.now_ms();
+        let mem = lock(&self.memory);
+        state
+            .services
+            .iter()
+            .filter(|(_, s)| s.primary.as_deref() == Some(self.me.as_str()))
+            .filter(|(name, _)| mem.acting_from_ms.get(*name).is_none_or(|t| now >= *t))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// This site's report, sent with every heartbeat.
+    fn report(&self) -> Report {
+        let now = self.now_ms();
+        let peers = lock(&self.peers)
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.clone(),
+                    PeerView {
+                        reachable: t.counter.state(),
+                        for_ms: now.saturating_sub(t.since_ms),
+                        last_heard_ms: t.last_heard_ms.map(|h| now.saturating_sub(h)),
+                    },
+                )
+            })
+            .collect();
+        let services = self
+            .monitor
+            .snapshot()
+            .into_iter()
+            .map(|(name, h)| {
+                (
+                    name,
+                    ServiceView {
+                        healthy: h.health,
+                        for_ms: h.since.elapsed().as_millis() as u64,
+                    },
+                )
+            })
+            .collect();
+        let state = self.sm.state();
+        Report {
+            site: self.me.clone(),
+            applied_epoch: self.applied_epoch.load(Ordering::SeqCst),
+            fenced: self.fenced_now(),
+            peers,
+            services,
+            acting: self.acting(&state),
+        }
+    }
+
+    fn observations(&self) -> Observations {
+        let mem = lock(&self.memory);
+        Observations {
+            reports: lock(&self.reports).clone(),
+            settles_at_ms: mem.settles_at_ms.clone(),
+            site_changed_at_ms: mem.site_changed_at_ms.clone(),
+        }
+    }
+
+    fn record_probe(&self, peer: &str, ok: bool) {
+        let now = self.now_ms();
+        let mut peers = lock(&self.peers);
+        let Some(t) = peers.get_mut(peer) else { return };
+        if ok {
+            t.last_heard_ms = Some(now);
+        }
+        if let Some(h) = t.counter.record(ok) {
+            t.since_ms = now;
+            tracing::info!(peer, reachable = ?h, "peer reachability changed");
+            metrics::gauge!("outlast_peer_reachable", "peer" => peer.to_string())
+                .set(if h == Health::Up { 1.0 } else { 0.0 });
+        }
+    }
+
+    fn alert(&self, epoch: u64, kind: &str, key_tail: &str, fields: AlertFields, message: String) {
+        self.alerter.send(AlertEvent {
+            cluster: self.config.cluster.name.clone(),
+            epoch,
+            idempotency_key: format!("{}-{epoch}-{kind}-{key_tail}", self.config.cluster.name),
+            kind: kind.to_string(),
+            site: fields.site,
+            service: fields.service,
+            from: fields.from,
+            to: fields.to,
+            message,
+            sent_by: self.me.clone(),
+            unix_ms: unix_ms(),
+        });
+    }
+
+    /// Applies the effects of a committed change on this site.
+    fn on_applied(&self, change: AppliedChange) {
+        let now = self.now_ms();
+        metrics::gauge!("outlast_epoch").set(change.epoch as f64);
+        let leader = self.is_leader();
+        for d in &change.decisions {
+            match d {
+                Decision::SiteDown { site } | Decision::SiteUp { site } => {
+                    let down = matches!(d, Decision::SiteDown { .. });
+                    lock(&self.memory)
+                        .site_changed_at_ms
+                        .insert(site.clone(), now);
+                    tracing::warn!(site, epoch = change.epoch, down, "site state committed");
+                    if leader {
+                        let (kind, word) = if down {
+                            ("site-down", "down")
+                        } else {
+                            ("site-up", "up")
+                        };
+                        self.alert(
+                            change.epoch,
+                            kind,
+                            site,
+                            AlertFields {
+                                site: Some(site.clone()),
+                                ..Default::default()
+                            },
+                            format!("site {site} is {word}"),
+                        );
+                    }
+                }
+                Decision::Active { service, sites } => {
+                    tracing::info!(
+                        service,
+                        ?sites,
+                        epoch = change.epoch,
+                        "active sites committed"
+                    );
+                    if leader {
+                        self.alert(
+                            change.epoch,
+                            "active-changed",
+                            service,
+                            AlertFields {
+                                service: Some(service.clone()),
+                                ..Default::default()
+                            },
+                            format!("service {service} now active at [{}]", sites.join(", ")),
+                        );
+                    }
+                }
+                Decision::PrimaryMove {
+                    service,
+                    from,
+                    to,
+                    reason,
+                    hold_ms,
+                } => {
+                    {
+                        let mut mem = lock(&self.memory);
+                        mem.settles_at_ms.insert(service.clone(), now + hold_ms);
+                        if to == &self.me {
+                            mem.acting_from_ms.insert(service.clone(), now + hold_ms);
+                        }
+                    }
+                    metrics::counter!("outlast_failovers_total", "service" => service.clone(), "reason" => format!("{reason:?}").to_lowercase())
+                        .increment(1);
+                    tracing::warn!(
+                        service,
+                        ?from,
+                        to,
+                        ?reason,
+                        hold_ms,
+                        epoch = change.epoch,
+                        "primary moved"
+                    );
+                    if leader {
+                        let kind = if *reason == MoveReason::Failback {
+                            "failback"
+                        } else {
+                            "primary-moved"
+                        };
+                        self.alert(
+                            change.epoch,
+                            kind,
+                            service,
+                            AlertFields {
+                                service: Some(service.clone()),
+                                from: from.clone(),
+                                to: Some(to.clone()),
+                                ..Default::default()
+                            },
+                            format!(
+                                "service {service}: primary {} -> {to} ({reason:?})",
+                                from.as_deref().unwrap_or("none")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for (name, state) in &change.state.sites {
+            let v = if *state == SiteState::Up { 1.0 } else { 0.0 };
+            metrics::gauge!("outlast_site_up", "site" => name.clone()).set(v);
+        }
+    }
+
+    /// The status as this site sees it (DESIGN.md section 5).
+    pub fn status(&self) -> outlast_web::Status {
+        let state = self.sm.state();
+        let metrics = self.raft().metrics().borrow().clone();
+        let fenced = self.fenced_now();
+        let now = self.now_ms();
+        let reports = lock(&self.reports).clone();
+        let fresh = |site: &str| {
+            reports
+                .get(site)
+                .filter(|r| now.saturating_sub(r.at_ms) <= self.params.report_ttl_ms)
+        };
+        let peers = lock(&self.peers);
+        let sites = self
+            .config
+            .sites
+            .iter()
+            .map(|s| {
+                let committed_down = state.sites.get(&s.name) == Some(&SiteState::Down);
+                let state_word = if s.name == self.me {
+                    if fenced {
+                        "fenced"
+                    } else if committed_down {
+                        "down"
+                    } else {
+                        "up"
+                    }
+                } else if committed_down {
+                    "down"
+                } else if fresh(&s.name).is_some_and(|r| r.report.fenced) {
+                    "fenced"
+                } else {
+                    "up"
+                };
+                let last_seen_ms = if s.name == self.me {
+                    Some(0)
+                } else {
+                    peers
+                        .get(&s.name)
+                        .and_then(|t| t.last_heard_ms)
+                        .map(|h| now.saturating_sub(h))
+                };
+                outlast_web::SiteStatus {
+                    name: s.name.clone(),
+                    state: state_word.to_string(),
+                    witness: s.witness,
+                    last_seen_ms,
+                }
+            })
+            .collect();
+        drop(peers);
+        let my_acting = self.acting(&state);
+        let local = self.monitor.snapshot();
+        let services = self
+            .config
+            .services
+            .iter()
+            .filter_map(|svc| {
+                let s = state.services.get(&svc.name)?;
+                let primary_acting = match s.primary.as_deref() {
+                    Some(p) if p == self.me => my_acting.contains(&svc.name),
+                    Some(p) => fresh(p).is_some_and(|r| r.report.acting.contains(&svc.name)),
+                    None => false,
+                };
+                Some(outlast_web::ServiceStatus {
+                    name: svc.name.clone(),
+                    mode: match svc.mode {
+                        outlast_core::config::Mode::ActiveActive => "active-active".into(),
+                        outlast_core::config::Mode::PrimaryStandby => "primary-standby".into(),
+                    },
+                    primary: s.primary.clone(),
+                    active_sites: s.active_sites.clone(),
+                    epoch: s.epoch,
+                    primary_acting,
+                    local_health: local.get(&svc.name).map(|h| {
+                        match h.health {
+                            Health::Up => "up",
+                            Health::Down => "down",
+                            Health::Unknown => "unknown",
+                        }
+                        .to_string()
+                    }),
+                })
+            })
+            .collect();
+        outlast_web::Status {
+            cluster: self.config.cluster.name.clone(),
+            site: self.me.clone(),
+            leader: metrics
+                .current_leader
+                .and_then(|id| self.names.get(&id).cloned()),
+            term: metrics.current_term,
+            epoch: state.epoch,
+            sites,
+            services,
+            streams: Vec::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct AlertFields {
+    site: Option<String>,
+    service: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+impl PeerHandler for Agent {
+    fn raft(&self) -> &Raft {
+        Agent::raft(self)
+    }
+
+    fn heartbeat(&self, from: &str, report: Report) -> HeartbeatAck {
+        let at_ms = self.now_ms();
+        lock(&self.reports).insert(from.to_string(), Received { at_ms, report });
+        HeartbeatAck {
+            site: self.me.clone(),
+            log_epoch: self.log_epoch.load(Ordering::SeqCst),
+            applied_epoch: self.applied_epoch.load(Ordering::SeqCst),
+        }
+    }
+
+    fn step_down_requested(&self, from: &str) {
+        tracing::info!(from, "leader is stepping down; starting an election");
+        let raft = Agent::raft(self).clone();
+        tokio::spawn(async move {
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::warn!(error = %e, "could not start an election");
+            }
+        });
+    }
+}
+
+impl outlast_web::Source for Agent {
+    fn status(&self) -> outlast_web::Status {
+        Agent::status(self)
+    }
+
+    fn metrics(&self) -> String {
+        self.prometheus
+            .as_ref()
+            .map(|h| h.render())
+            .unwrap_or_default()
+    }
+}
+
+/// Installs the process-wide Prometheus recorder once; later calls reuse it.
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
+    let probe = config.timing.probe_interval.as_millis() as u64;
+    let election_min = (probe * 3).max(150);
+    let c = openraft::Config {
+        cluster_name: config.cluster.name.clone(),
+        heartbeat_interval: (probe / 2).max(20),
+        election_timeout_min: election_min,
+        election_timeout_max: election_min * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    };
+    Ok(c.validate()?)
+}
+
+/// Runs `site`'s agent until `shutdown` is cancelled.
+pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let my_id = config
+        .site_index(site)
+        .with_context(|| format!("site {site:?} is not in {}", config.path.display()))?
+        as NodeId;
+    let me = config.sites[my_id as usize].clone();
+    let raft_dir = me.data_dir.join("raft");
+    std::fs::create_dir_all(&raft_dir)
+        .with_context(|| format!("cannot create {}", raft_dir.display()))?;
+
+    let names: Arc<BTreeMap<NodeId, String>> = Arc::new(
+        config
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as NodeId, s.name.clone()))
+            .collect(),
+    );
+    let log = LogStore::open(&raft_dir)
+        .with_context(|| format!("cannot open Raft log in {}", raft_dir.display()))?;
+    let (changes_tx, mut changes_rx) = mpsc::unbounded_channel();
+    let sm = StateMachineStore::open(&raft_dir, ClusterState::initial(&config), changes_tx)
+        .with_context(|| format!("cannot open state in {}", raft_dir.display()))?;
+
+    let auth = Arc::new(PeerAuth::new(
+        &config.cluster.secret,
+        &me.name,
+        config.sites.iter().map(|s| s.name.clone()),
+    ));
+    let peer_addrs: BTreeMap<String, SocketAddr> = config
+        .sites
+        .iter()
+        .filter(|s| s.name != me.name)
+        .map(|s| (s.name.clone(), s.peer_addr()))
+        .collect();
+    let client = Arc::new(PeerClient::new(
+        auth.clone(),
+        me.address,
+        peer_addrs.clone(),
+    )?);
+
+    let monitor = Monitor::start(
+        &config.services,
+        &me.name,
+        me.address,
+        &config.timing,
+        shutdown.child_token(),
+    );
+    let now_peers = peer_addrs
+        .keys()
+        .map(|n| {
+            (
+                n.clone(),
+                PeerTrack {
+                    counter: Hysteresis::new(config.timing.fall, config.timing.rise),
+                    since_ms: 0,
+                    last_heard_ms: None,
+                },
+            )
+        })
+        .collect();
+    let params = Params::from_config(&config);
+    let agent = Arc::new(Agent {
+        me: me.name.clone(),
+        my_id,
+        lease: Mutex::new(Lease::new(params.lease_ms, config.quorum())),
+        params,
+        start: Instant::now(),
+        monitor,
+        peers: Mutex::new(now_peers),
+        reports: Mutex::new(BTreeMap::new()),
+        memory: Mutex::new(Memory::default()),
+        log_epoch: log.log_epoch_handle(),
+        applied_epoch: sm.applied_epoch_handle(),
+        sm: sm.clone(),
+        raft: OnceLock::new(),
+        fenced: AtomicBool::new(true),
+        alerter: Alerter::new(config.alerts.clone()),
+        prometheus: prometheus(),
+        names: names.clone(),
+        config,
+    });
+    // A restarted primary cannot know how long ago it was promoted: it waits a full hold.
+    {
+        let hold = agent.params.hold_ms();
+        let mut mem = lock(&agent.memory);
+        for (name, s) in &sm.state().services {
+            if s.primary.as_deref() == Some(me.name.as_str()) {
+                mem.acting_from_ms.insert(name.clone(), hold);
+            }
+        }
+    }
+
+    let factory = NetworkFactory {
+        client: client.clone(),
+        names: names.clone(),
+    };
+    let raft = Raft::new(
+        my_id,
+        Arc::new(raft_config(&agent.config)?),
+        factory,
+        log,
+        sm,
+    )
+    .await?;
+    let _ = agent.raft.set(raft.clone());
+    if !raft.is_initialized().await? {
+        let members: BTreeMap<NodeId, BasicNode> = agent
+            .config
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as NodeId, BasicNode::new(s.peer_addr().to_string())))
+            .collect();
+        // Every site initializes with the same membership; that is safe in openraft.
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!("initialized a new cluster"),
+            Err(e) => tracing::debug!(error = %e, "already initialized"),
+        }
+    }
+
+    let peer_listener = tokio::net::TcpListener::bind(me.peer_addr())
+        .await
+        .with_context(|| format!("cannot listen for peers on {}", me.peer_addr()))?;
+    let api_listener = tokio::net::TcpListener::bind(me.api_addr())
+        .await
+        .with_context(|| format!("cannot serve the API on {}", me.api_addr()))?;
+
+    let servers_stop = CancellationToken::new();
+    let peer_server = Arc::new(PeerServer {
+        auth,
+        handler: agent.clone(),
+    });
+    let peer_task = {
+        let stop = servers_stop.clone();
+        tokio::spawn(
+            async move {
+                axum::serve(peer_listener, peer::router(peer_server))
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }
+            .instrument(tracing::info_span!("peer-server")),
+        )
+    };
+    let api_stop = CancellationToken::new();
+    let api_task = {
+        let stop = api_stop.clone();
+        let source: Arc<dyn outlast_web::Source> = agent.clone();
+        tokio::spawn(
+            outlast_web::run(api_listener, source, async move { stop.cancelled().await })
+                .instrument(tracing::info_span!("api-server")),
+        )
+    };
+
+    let workers = CancellationToken::new();
+    // Heartbeats: one loop per peer, so a slow peer never delays the others.
+    for peer_name in peer_addrs.keys().cloned() {
+        let agent = agent.clone();
+        let client = client.clone();
+        let stop = workers.clone();
+        let span = tracing::info_span!("heartbeat", peer = %peer_name);
+        tokio::spawn(
+            async move {
+                let interval = agent.config.timing.probe_interval;
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let report = agent.report();
+                    let sent_at = agent.now_ms();
+                    let started = Instant::now();
+                    let res: Result<HeartbeatAck, _> =
+                        client.call(&peer_name, "/peer/heartbeat", &report, interval.max(Duration::from_millis(50))).await;
+                    metrics::histogram!("outlast_probe_seconds", "kind" => "peer", "peer" => peer_name.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    match res {
+                        Ok(ack) => {
+                            agent.record_probe(&peer_name, true);
+                            lock(&agent.lease).record_answer(
+                                &peer_name,
+                                sent_at,
+                                ack.log_epoch,
+                                agent.applied_epoch.load(Ordering::SeqCst),
+                            );
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "heartbeat failed");
+                            agent.record_probe(&peer_name, false);
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    // Own report, fence watch, and the leader's decisions: one loop on the probe interval.
+    {
+        let agent = agent.clone();
+        let stop = workers.clone();
+        tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(agent.config.timing.probe_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last_leader = None;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let own = agent.report();
+                    let now = agent.now_ms();
+                    lock(&agent.reports).insert(agent.me.clone(), Received { at_ms: now, report: own });
+                    watch_fence(&agent);
+                    let m = agent.raft().metrics().borrow().clone();
+                    metrics::gauge!("outlast_raft_term").set(m.current_term as f64);
+                    if m.current_leader != last_leader {
+                        metrics::counter!("outlast_leader_changes_total").increment(1);
+                        tracing::info!(leader = ?m.current_leader.and_then(|id| agent.names.get(&id).cloned()), term = m.current_term, "leader changed");
+                        last_leader = m.current_leader;
+                    }
+                    if m.current_leader == Some(agent.my_id) {
+                        lead_once(&agent).await;
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("control")),
+        );
+    }
+
+    // Apply committed changes.
+    {
+        let agent = agent.clone();
+        tokio::spawn(
+            async move {
+                while let Some(change) = changes_rx.recv().await {
+                    agent.on_applied(change);
+                }
+            }
+            .instrument(tracing::info_span!("apply")),
+        );
+    }
+
+    tracing::info!(site = %agent.me, peer = %me.peer_addr(), api = %me.api_addr(), "agent ready");
+    shutdown.cancelled().await;
+
+    // Shutdown in order: stop accepting API calls, hand over leadership, stop Raft, stop.
+    tracing::info!("shutting down");
+    api_stop.cancel();
+    if agent.is_leader() {
+        step_down(&agent, &client).await;
+    }
+    workers.cancel();
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not stop cleanly");
+    }
+    servers_stop.cancel();
+    for (name, task) in [("api", api_task), ("peer", peer_task)] {
+        match tokio::time::timeout(Duration::from_secs(3), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(server = name, error = %e, "server stopped with an error")
+            }
+            Ok(Err(e)) => tracing::warn!(server = name, error = %e, "server task failed"),
+            Err(_) => tracing::warn!(server = name, "server still draining at the deadline"),
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn watch_fence(agent: &Agent) {
+    let fenced = agent.fenced_now();
+    let was = agent.fenced.swap(fenced, Ordering::SeqCst);
+    if fenced == was {
+        return;
+    }
+    metrics::gauge!("outlast_fenced").set(if fenced { 1.0 } else { 0.0 });
+    let epoch = agent.applied_epoch.load(Ordering::SeqCst);
+    if fenced {
+        tracing::warn!(
+            epoch,
+            "lost the majority: fenced, every primary role given up"
+        );
+    } else {
+        tracing::info!(epoch, "lease held: unfenced");
+    }
+    // The startup transition (fenced until the first majority answers) is not news.
+    if agent.now_ms() > agent.params.hold_ms() * 2 || fenced {
+        let kind = if fenced { "fenced" } else { "unfenced" };
+        let key = format!("{}-{}", agent.me, agent.now_ms());
+        agent.alert(
+            epoch,
+            kind,
+            &key,
+            AlertFields {
+                site: Some(agent.me.clone()),
+                ..Default::default()
+            },
+            format!("site {} is {kind}", agent.me),
+        );
+    }
+}
+
+async fn lead_once(agent: &Arc<Agent>) {
+    let state = agent.sm.state();
+    let decisions = decide(&agent.params, &state, &agent.observations(), agent.now_ms());
+    if decisions.is_empty() {
+        return;
+    }
+    tracing::info!(epoch = state.epoch, ?decisions, "proposing");
+    let proposal = Proposal {
+        base_epoch: state.epoch,
+        decisions,
+    };
+    let timeout = agent.config.timing.lease;
+    match tokio::time::timeout(timeout, agent.raft().client_write(proposal)).await {
+        Ok(Ok(r)) => tracing::debug!(epoch = r.data.epoch, "committed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "proposal not committed"),
+        Err(_) => tracing::warn!(?timeout, "proposal not committed in time"),
+    }
+}
+
+/// Asks the most caught-up reachable peer to start an election, then waits briefly for a
+/// new leader so that the cluster is not leaderless for an election timeout.
+async fn step_down(agent: &Arc<Agent>, client: &PeerClient) {
+    let reports = lock(&agent.reports).clone();
+    let mut candidates: Vec<(u64, String)> = agent
+        .config
+        .sites
+        .iter()
+        .filter(|s| s.name != agent.me)
+        .filter(|s| {
+            lock(&agent.peers)
+                .get(&s.name)
+                .is_some_and(|t| t.counter.state() == Health::Up)
+        })
+        .map(|s| {
+            (
+                reports
+                    .get(&s.name)
+                    .map(|r| r.report.applied_epoch)
+                    .unwrap_or(0),
+                s.name.clone(),
+            )
+        })
+        .collect();
+    candidates.sort_by(|a, b| b.cmp(a));
+    for (_, name) in candidates {
+        let asked: Result<bool, _> = client
+            .call(&name, "/peer/step-down", &(), Duration::from_millis(500))
+            .await;
+        if asked.is_ok() {
+            let mut metrics = agent.raft().metrics();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                let leader = metrics.borrow().current_leader;
+                if leader.is_some() && leader != Some(agent.my_id) {
+                    tracing::info!(to = %name, "leadership handed over");
+                    return;
+                }
+                if tokio::time::timeout_at(deadline, metrics.changed())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            return;
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! `outlast check` and `outlast status`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use outlast_core::{Config, ConfigError};
+
+/// Exit status for an invalid config (EX_DATAERR would be 65; we follow the design: 64).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Loads a config, printing every problem to stderr; `Err` carries the exit status.
+pub fn load_config(path: &Path) -> Result<Config, i32> {
+    match Config::load(path) {
+        Ok(c) => Ok(c),
+        Err(e @ ConfigError::Read { .. }) => {
+            eprintln!("{e}");
+            Err(EXIT_CONFIG)
+        }
+        Err(ConfigError::Invalid(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "{} problem(s) in {}; nothing was started",
+                problems.len(),
+                path.display()
+            );
+            Err(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `outlast check`: 0 when valid, 64 with every problem listed when not.
+pub fn check(path: &Path) -> i32 {
+    match load_config(path) {
+        Ok(c) => {
+            let witnesses = c.sites.iter().filter(|s| s.witness).count();
+            println!(
+                "{}: ok: cluster {}, {} sites ({} witness), quorum {}, {} services, {} streams, {} alert targets",
+                path.display(),
+                c.cluster.name,
+                c.sites.len(),
+                witnesses,
+                c.quorum(),
+                c.services.len(),
+                c.streams.len(),
+                c.alerts.len()
+            );
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+/// `outlast status`: fetches `/v1/status` and prints it as tables (or raw JSON).
+pub async fn status(api: &str, json: bool) -> anyhow::Result<()> {
+    let url = format!("{}/v1/status", api.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let resp = client.get(&url).send().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach {url}: {e}; is the agent running? (--api URL)")
+    })?;
+    if !resp.status().is_success() {
+        anyhow::bail!("{url} answered {}", resp.status());
+    }
+    let text = resp.text().await?;
+    let st: outlast_web::Status = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{url} did not answer a status: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
+        return Ok(());
+    }
+    write!(out, "{}", render_status(&st))?;
+    Ok(())
+}
+
+pub fn render_status(st: &outlast_web::Status) -> String {
+    let mut s = format!(
+        "cluster {}  (answered by {}, leader {}, term {}, epoch {})\n\n",
+        st.cluster,
+        st.site,
+        st.leader.as_deref().unwrap_or("none"),
+        st.term,
+        st.epoch
+    );
+    s.push_str(&format!(
+        "{:<14} {:<12} {:<8} {}\n",
+        "SITE", "STATE", "WITNESS", "LAST SEEN"
+    ));
+    for site in &st.sites {
+        s.push_str(&format!(
+            "{:<14} {:<12} {:<8} {}\n",
+            site.name,
+            site.state,
+            if site.witness { "yes" } else { "" },
+            site.last_seen_ms
+                .map(|m| format!("{m} ms ago"))
+                .unwrap_or_else(|| "never".into())
+        ));
+    }
+    s.push_str(&format!(
+        "\n{:<14} {:<16} {:<10} {:<8} {:<8} {}\n",
+        "SERVICE", "MODE", "PRIMARY", "ACTING", "EPOCH", "ACTIVE AT"
+    ));
+    for svc in &st.services {
+        s.push_str(&format!(
+            "{:<14} {:<16} {:<10} {:<8} {:<8} {}\n",
+            svc.name,
+            svc.mode,
+            svc.primary.as_deref().unwrap_or("-"),
+            if svc.primary.is_none() {
+                "-"
+            } else if svc.primary_acting {
+                "yes"
+            } else {
+                "no"
+            },
+            svc.epoch,
+            svc.active_sites.join(", ")
+        ));
+    }
+    s
+}
