@@ -9,8 +9,10 @@
 //!
 //! Rules, each one a property the simulation in `tests/sim.rs` checks:
 //! - A site is declared down only when a majority of voters other than it report it
-//!   unreachable (after `fall` missed probes) for at least `grace`. A blip shorter than
-//!   `grace` therefore never moves anything.
+//!   unreachable (a `fall` verdict) and have not heard from it for `fall` probe intervals
+//!   plus `grace`. Measuring from the last heartbeat heard, not from the verdict, keeps
+//!   rise/fall counting from shifting the window: a blip shorter than `grace` never moves
+//!   anything.
 //! - A down site comes back up when it reports itself, unfenced and caught up with the
 //!   committed epoch, and enough peers see it that with it they form a majority.
 //! - A service is unhealthy at a site only after its checks there failed (`fall`) for
@@ -42,6 +44,8 @@ pub struct Params {
     pub sites: Vec<String>,
     pub quorum: usize,
     pub grace_ms: u64,
+    /// `fall` probe intervals plus `grace`: how long a majority must not hear a site.
+    pub detection_ms: u64,
     pub lease_ms: u64,
     pub margin_ms: u64,
     pub failback_after_ms: u64,
@@ -68,6 +72,7 @@ impl Params {
             sites: config.sites.iter().map(|s| s.name.clone()).collect(),
             quorum: config.quorum(),
             grace_ms: ms(t.grace),
+            detection_ms: ms(t.detection()),
             lease_ms: ms(t.lease),
             margin_ms: ms(t.lease_margin()),
             failback_after_ms: ms(t.failback_after),
@@ -140,8 +145,10 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
             };
             match view.reachable {
                 Health::Down => {
-                    let since = r.at_ms.saturating_sub(view.for_ms);
-                    if now.saturating_sub(since) >= p.grace_ms {
+                    // Never heard at all: count from when the verdict was reached.
+                    let silent_for = view.last_heard_ms.unwrap_or(view.for_ms);
+                    let since = r.at_ms.saturating_sub(silent_for);
+                    if now.saturating_sub(since) >= p.detection_ms {
                         unreachable += 1;
                     }
                 }

@@ -14,6 +14,7 @@ fn params(failback: Failback) -> Params {
         sites,
         quorum: 2,
         grace_ms: 500,
+        detection_ms: 800,
         lease_ms: 1000,
         margin_ms: 300,
         failback_after_ms: 2000,

@@ -1,0 +1,862 @@
+//! A deterministic simulation of the control plane, shared by the invariant tests beside it.
+//!
+//! What is real: [`decide`], [`Lease`], [`Hysteresis`] and [`ClusterState::apply`], the
+//! same code the agents run. What is modelled: the network (per-direction links, random
+//! delays, drops at cuts), processes (crash with the log kept, restart with memory lost,
+//! pause/resume) and Raft, abstracted to its guarantees: a leader is elected only by a
+//! majority whose logs are not ahead of its own, an entry commits once a majority holds it,
+//! and every site applies committed entries in order. Each site has its own clock running at
+//! a rate a few percent off true time.
+//!
+//! Time advances in steps of [`STEP_MS`]; everything is driven by one seeded RNG, so a
+//! failing seed replays exactly.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+
+use outlast_control::policy::ServiceParams;
+use outlast_control::{
+    decide, ClusterState, Decision, Lease, Observations, Params, PeerView, Proposal, Received,
+    Report, ServiceState, ServiceView, SiteState,
+};
+use outlast_core::config::{Failback, Mode};
+use outlast_core::{Health, Hysteresis};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub const STEP_MS: u64 = 5;
+pub const SERVICE: &str = "db";
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub sites: Vec<String>,
+    /// Sites with backends for the service, in config order.
+    pub backends: Vec<String>,
+    pub preferred: String,
+    pub probe_ms: u64,
+    pub fall: u32,
+    pub rise: u32,
+    pub grace_ms: u64,
+    pub lease_ms: u64,
+    pub failback_after_ms: u64,
+    /// Largest clock-rate error, as a fraction (0.05 = 5%).
+    pub clock_jitter: f64,
+}
+
+impl SimConfig {
+    /// The timing: probe 100ms, fall 3, grace 500ms, lease 1s.
+    pub fn three_sites() -> Self {
+        SimConfig {
+            sites: vec!["east".into(), "west".into(), "witness".into()],
+            backends: vec!["east".into(), "west".into()],
+            preferred: "east".into(),
+            probe_ms: 100,
+            fall: 3,
+            rise: 3,
+            grace_ms: 500,
+            lease_ms: 1000,
+            failback_after_ms: 3000,
+            clock_jitter: 0.05,
+        }
+    }
+
+    pub fn five_sites() -> Self {
+        SimConfig {
+            sites: ["a", "b", "c", "d", "e"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            backends: vec!["a".into(), "b".into(), "c".into()],
+            preferred: "a".into(),
+            ..Self::three_sites()
+        }
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.sites.len() / 2 + 1
+    }
+
+    pub fn margin_ms(&self) -> u64 {
+        // The same formula as outlast_core::config::Timing::lease_margin.
+        self.probe_ms * 2 + 100
+    }
+
+    pub fn detection_ms(&self) -> u64 {
+        self.probe_ms * u64::from(self.fall) + self.grace_ms
+    }
+
+    pub fn params(&self) -> Params {
+        Params {
+            sites: self.sites.clone(),
+            quorum: self.quorum(),
+            grace_ms: self.grace_ms,
+            detection_ms: self.detection_ms(),
+            lease_ms: self.lease_ms,
+            margin_ms: self.margin_ms(),
+            failback_after_ms: self.failback_after_ms,
+            report_ttl_ms: (self.probe_ms * 4).max(self.lease_ms),
+            services: vec![ServiceParams {
+                name: SERVICE.into(),
+                mode: Mode::PrimaryStandby,
+                preferred: Some(self.preferred.clone()),
+                failback: Failback::Auto,
+                sites: self.backends.clone(),
+            }],
+        }
+    }
+
+    fn initial_state(&self) -> ClusterState {
+        let mut services = BTreeMap::new();
+        services.insert(
+            SERVICE.to_string(),
+            ServiceState {
+                mode: Mode::PrimaryStandby,
+                primary: Some(self.preferred.clone()),
+                active_sites: vec![self.preferred.clone()],
+                epoch: 0,
+                hold_ms: 0,
+            },
+        );
+        ClusterState {
+            epoch: 0,
+            sites: self
+                .sites
+                .iter()
+                .map(|s| (s.clone(), SiteState::Up))
+                .collect(),
+            services,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Crash(usize),
+    Restart(usize),
+    Pause(usize),
+    Resume(usize),
+    /// Cut every link to and from a site.
+    Isolate(usize),
+    /// Cut both directions between two sites.
+    Cut(usize, usize),
+    /// Cut one direction only (from, to).
+    CutOneWay(usize, usize),
+    HealAll,
+    BackendDown(usize),
+    BackendUp(usize),
+}
+
+#[derive(Clone)]
+struct Entry {
+    term: u64,
+    proposal: Option<Proposal>,
+}
+
+struct PeerTrack {
+    counter: Hysteresis,
+    since: u64,
+    last_heard: Option<u64>,
+    pending: Option<(u64, u64)>, // (request id, sent at local ms)
+}
+
+struct Site {
+    name: String,
+    alive: bool,
+    paused: bool,
+    rate: f64,
+    offset: f64,
+    phase: u64,
+    peers: BTreeMap<String, PeerTrack>,
+    lease: Lease,
+    reports: BTreeMap<String, Received>,
+    settles_at: BTreeMap<String, u64>,
+    site_changed_at: BTreeMap<String, u64>,
+    acting_from: BTreeMap<String, u64>,
+    log: Vec<Entry>,
+    known_term: u64,
+    commit: usize,
+    applied: usize,
+    state: ClusterState,
+    has_backends: bool,
+    backend_ok: bool,
+    svc_counter: Hysteresis,
+    svc_since: u64,
+}
+
+enum Msg {
+    HbReq {
+        from: usize,
+        to: usize,
+        id: u64,
+        sent_local: u64,
+        report: Report,
+    },
+    HbResp {
+        from: usize,
+        to: usize,
+        id: u64,
+        sent_local: u64,
+        log_epoch: u64,
+    },
+    Append {
+        from: usize,
+        to: usize,
+        term: u64,
+        log: Vec<Entry>,
+        commit: usize,
+    },
+    AppendAck {
+        from: usize,
+        to: usize,
+        term: u64,
+        len: usize,
+    },
+}
+
+pub struct Sim {
+    pub cfg: SimConfig,
+    pub seed: u64,
+    params: Params,
+    rng: StdRng,
+    now: u64,
+    sites: Vec<Site>,
+    links: Vec<Vec<bool>>,
+    msgs: Vec<(u64, Msg)>,
+    faults: Vec<(u64, Fault)>,
+    leader: Option<usize>,
+    term: u64,
+    leader_lost_at: Option<u64>,
+    election_timeout: u64,
+    match_len: Vec<usize>,
+    next_id: u64,
+    sent_len: usize,
+    /// Every decision committed, with the global time it was first applied anywhere.
+    pub committed: Vec<(u64, Decision)>,
+    committed_len: usize,
+    trace: VecDeque<String>,
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let initial = cfg.initial_state();
+        let n = cfg.sites.len();
+        let sites = cfg
+            .sites
+            .iter()
+            .map(|name| Site {
+                name: name.clone(),
+                alive: true,
+                paused: false,
+                rate: 1.0 + rng.gen_range(-cfg.clock_jitter..=cfg.clock_jitter),
+                offset: rng.gen_range(0.0..100_000.0),
+                phase: rng.gen_range(0..cfg.probe_ms / STEP_MS) * STEP_MS,
+                peers: BTreeMap::new(),
+                lease: Lease::new(cfg.lease_ms, cfg.quorum()),
+                reports: BTreeMap::new(),
+                settles_at: BTreeMap::new(),
+                site_changed_at: BTreeMap::new(),
+                acting_from: BTreeMap::new(),
+                log: Vec::new(),
+                known_term: 0,
+                commit: 0,
+                applied: 0,
+                state: initial.clone(),
+                has_backends: cfg.backends.contains(name),
+                backend_ok: true,
+                svc_counter: Hysteresis::new(cfg.fall, cfg.rise),
+                svc_since: 0,
+            })
+            .collect();
+        let mut sim = Sim {
+            params: cfg.params(),
+            election_timeout: rng.gen_range(300..=600),
+            cfg,
+            seed,
+            rng,
+            now: 0,
+            sites,
+            links: vec![vec![true; n]; n],
+            msgs: Vec::new(),
+            faults: Vec::new(),
+            leader: None,
+            term: 0,
+            leader_lost_at: Some(0),
+            match_len: vec![0; n],
+            next_id: 0,
+            sent_len: 0,
+            committed: Vec::new(),
+            committed_len: 0,
+            trace: VecDeque::new(),
+        };
+        for i in 0..n {
+            sim.reset_volatile(i);
+        }
+        sim
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn site_index(&self, name: &str) -> usize {
+        self.cfg
+            .sites
+            .iter()
+            .position(|s| s == name)
+            .expect("known site")
+    }
+
+    pub fn schedule(&mut self, at: u64, fault: Fault) {
+        self.faults.push((at, fault));
+        self.faults.sort_by_key(|(t, _)| *t);
+    }
+
+    fn local(&self, i: usize) -> u64 {
+        let s = &self.sites[i];
+        (s.offset + self.now as f64 * s.rate) as u64
+    }
+
+    fn note(&mut self, what: String) {
+        if self.trace.len() > 300 {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("{:>6}ms {what}", self.now));
+    }
+
+    fn reset_volatile(&mut self, i: usize) {
+        let local = self.local(i);
+        let cfg = self.cfg.clone();
+        let hold = self.params.hold_ms();
+        let s = &mut self.sites[i];
+        s.peers = cfg
+            .sites
+            .iter()
+            .filter(|p| **p != s.name)
+            .map(|p| {
+                (
+                    p.clone(),
+                    PeerTrack {
+                        counter: Hysteresis::new(cfg.fall, cfg.rise),
+                        since: local,
+                        last_heard: None,
+                        pending: None,
+                    },
+                )
+            })
+            .collect();
+        s.lease = Lease::new(cfg.lease_ms, cfg.quorum());
+        s.reports.clear();
+        s.settles_at.clear();
+        s.site_changed_at.clear();
+        s.acting_from.clear();
+        // A restarted primary waits a whole hold, as the agent does.
+        for (name, svc) in &s.state.services {
+            if svc.primary.as_deref() == Some(s.name.as_str()) {
+                s.acting_from.insert(name.clone(), local + hold);
+            }
+        }
+        s.svc_counter = Hysteresis::new(cfg.fall, cfg.rise);
+        s.svc_since = local;
+        s.commit = s.applied;
+    }
+
+    fn log_epoch(&self, i: usize) -> u64 {
+        self.sites[i]
+            .log
+            .iter()
+            .filter_map(|e| e.proposal.as_ref().map(|p| p.epoch()))
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn runs(&self, i: usize) -> bool {
+        self.sites[i].alive && !self.sites[i].paused
+    }
+
+    fn holds_lease(&self, i: usize) -> bool {
+        let s = &self.sites[i];
+        s.lease
+            .holds(self.local(i), self.log_epoch(i), s.state.epoch)
+    }
+
+    /// Sites acting as primary of the service right now.
+    pub fn acting(&self) -> Vec<String> {
+        (0..self.sites.len())
+            .filter(|&i| self.runs(i))
+            .filter(|&i| {
+                let s = &self.sites[i];
+                let svc = &s.state.services[SERVICE];
+                svc.primary.as_deref() == Some(s.name.as_str())
+                    && self.holds_lease(i)
+                    && s.acting_from
+                        .get(SERVICE)
+                        .is_none_or(|t| self.local(i) >= *t)
+            })
+            .map(|i| self.sites[i].name.clone())
+            .collect()
+    }
+
+    fn report(&self, i: usize) -> Report {
+        let local = self.local(i);
+        let s = &self.sites[i];
+        let mut services = BTreeMap::new();
+        if s.has_backends {
+            services.insert(
+                SERVICE.to_string(),
+                ServiceView {
+                    healthy: s.svc_counter.state(),
+                    for_ms: local.saturating_sub(s.svc_since),
+                },
+            );
+        }
+        let acting = if self.acting().contains(&s.name) {
+            vec![SERVICE.to_string()]
+        } else {
+            vec![]
+        };
+        Report {
+            site: s.name.clone(),
+            applied_epoch: s.state.epoch,
+            fenced: !self.holds_lease(i),
+            peers: s
+                .peers
+                .iter()
+                .map(|(n, t)| {
+                    (
+                        n.clone(),
+                        PeerView {
+                            reachable: t.counter.state(),
+                            for_ms: local.saturating_sub(t.since),
+                            last_heard_ms: t.last_heard.map(|h| local.saturating_sub(h)),
+                        },
+                    )
+                })
+                .collect(),
+            services,
+            acting,
+        }
+    }
+
+    fn send(&mut self, msg: Msg) {
+        let delay = if self.rng.gen_bool(0.02) {
+            self.rng.gen_range(20..=60)
+        } else {
+            self.rng.gen_range(1..=15)
+        };
+        self.msgs.push((self.now + delay, msg));
+    }
+
+    fn apply_fault(&mut self, f: Fault) {
+        self.note(format!("fault {f:?}"));
+        let n = self.sites.len();
+        match f {
+            Fault::Crash(i) => self.sites[i].alive = false,
+            Fault::Restart(i) => {
+                if !self.sites[i].alive {
+                    self.sites[i].alive = true;
+                    self.sites[i].paused = false;
+                    self.reset_volatile(i);
+                }
+            }
+            Fault::Pause(i) => self.sites[i].paused = true,
+            Fault::Resume(i) => self.sites[i].paused = false,
+            Fault::Isolate(i) => {
+                for j in 0..n {
+                    if j != i {
+                        self.links[i][j] = false;
+                        self.links[j][i] = false;
+                    }
+                }
+            }
+            Fault::Cut(a, b) => {
+                self.links[a][b] = false;
+                self.links[b][a] = false;
+            }
+            Fault::CutOneWay(a, b) => self.links[a][b] = false,
+            Fault::HealAll => self.links = vec![vec![true; n]; n],
+            Fault::BackendDown(i) => self.sites[i].backend_ok = false,
+            Fault::BackendUp(i) => self.sites[i].backend_ok = true,
+        }
+    }
+
+    fn deliver(&mut self, msg: Msg) {
+        let (from, to) = match &msg {
+            Msg::HbReq { from, to, .. }
+            | Msg::HbResp { from, to, .. }
+            | Msg::Append { from, to, .. }
+            | Msg::AppendAck { from, to, .. } => (*from, *to),
+        };
+        if !self.links[from][to] || !self.runs(to) {
+            return;
+        }
+        match msg {
+            Msg::HbReq {
+                from,
+                to,
+                id,
+                sent_local,
+                report,
+            } => {
+                let at_ms = self.local(to);
+                self.sites[to]
+                    .reports
+                    .insert(self.cfg.sites[from].clone(), Received { at_ms, report });
+                let log_epoch = self.log_epoch(to);
+                self.send(Msg::HbResp {
+                    from: to,
+                    to: from,
+                    id,
+                    sent_local,
+                    log_epoch,
+                });
+            }
+            Msg::HbResp {
+                from,
+                to,
+                id,
+                sent_local,
+                log_epoch,
+            } => {
+                let local = self.local(to);
+                let peer = self.cfg.sites[from].clone();
+                let applied = self.sites[to].state.epoch;
+                let s = &mut self.sites[to];
+                let Some(t) = s.peers.get_mut(&peer) else {
+                    return;
+                };
+                if t.pending.map(|(pid, _)| pid) != Some(id) {
+                    return; // late: the probe already counted as failed
+                }
+                t.pending = None;
+                t.last_heard = Some(local);
+                if t.counter.record(true).is_some() {
+                    t.since = local;
+                }
+                s.lease.record_answer(&peer, sent_local, log_epoch, applied);
+            }
+            Msg::Append {
+                from,
+                to,
+                term,
+                log,
+                commit,
+            } => {
+                let s = &mut self.sites[to];
+                if term < s.known_term {
+                    return;
+                }
+                s.known_term = term;
+                s.log = log;
+                s.commit = s.commit.max(commit.min(s.log.len()));
+                let len = s.log.len();
+                self.send(Msg::AppendAck {
+                    from: to,
+                    to: from,
+                    term,
+                    len,
+                });
+            }
+            Msg::AppendAck {
+                from,
+                to,
+                term,
+                len,
+            } => {
+                if Some(to) == self.leader && term == self.term {
+                    self.match_len[from] = len;
+                }
+            }
+        }
+    }
+
+    fn reaches(&self, a: usize, b: usize) -> bool {
+        a == b || (self.links[a][b] && self.links[b][a] && self.runs(b))
+    }
+
+    fn raft_step(&mut self) {
+        let n = self.sites.len();
+        let q = self.cfg.quorum();
+        let leader_ok = self
+            .leader
+            .is_some_and(|l| self.runs(l) && (0..n).filter(|&j| self.reaches(l, j)).count() >= q);
+        if leader_ok {
+            self.leader_lost_at = None;
+        } else {
+            let lost = *self.leader_lost_at.get_or_insert(self.now);
+            if self.now >= lost + self.election_timeout {
+                self.elect();
+            }
+        }
+        let Some(l) = self.leader else { return };
+        if !self.runs(l) {
+            return;
+        }
+        // Commit: the largest prefix a majority holds whose last entry is of this term.
+        self.match_len[l] = self.sites[l].log.len();
+        let mut lens: Vec<usize> = self.match_len.clone();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        let majority_len = lens[q - 1];
+        let mut changed = false;
+        if majority_len > self.sites[l].commit
+            && self.sites[l].log[majority_len - 1].term == self.term
+        {
+            self.sites[l].commit = majority_len;
+            changed = true;
+        }
+        // Replicate on every new entry or commit, as openraft does, and every 50ms anyway.
+        let new_entry = self.sites[l].log.len() > self.sent_len;
+        if new_entry || changed || self.now % 50 == 0 {
+            self.sent_len = self.sites[l].log.len();
+            for j in 0..n {
+                if j != l {
+                    let msg = Msg::Append {
+                        from: l,
+                        to: j,
+                        term: self.term,
+                        log: self.sites[l].log.clone(),
+                        commit: self.sites[l].commit,
+                    };
+                    self.send(msg);
+                }
+            }
+        }
+    }
+
+    fn elect(&mut self) {
+        let n = self.sites.len();
+        let q = self.cfg.quorum();
+        let key = |s: &Site| (s.log.last().map(|e| e.term).unwrap_or(0), s.log.len());
+        let winners: Vec<usize> = (0..n)
+            .filter(|&c| self.runs(c))
+            .filter(|&c| {
+                let mine = key(&self.sites[c]);
+                (0..n)
+                    .filter(|&v| self.reaches(c, v) && key(&self.sites[v]) <= mine)
+                    .count()
+                    >= q
+            })
+            .collect();
+        self.election_timeout = self.rng.gen_range(300..=600);
+        if winners.is_empty() {
+            self.leader_lost_at = Some(self.now);
+            return;
+        }
+        let l = winners[self.rng.gen_range(0..winners.len())];
+        self.term += 1;
+        self.leader = Some(l);
+        self.leader_lost_at = None;
+        self.match_len = vec![0; n];
+        let term = self.term;
+        self.sites[l].known_term = term;
+        self.sites[l].log.push(Entry {
+            term,
+            proposal: None,
+        });
+        self.note(format!("{} elected leader, term {term}", self.cfg.sites[l]));
+    }
+
+    fn apply_committed(&mut self, i: usize) {
+        while self.sites[i].applied < self.sites[i].commit {
+            let local = self.local(i);
+            let idx = self.sites[i].applied;
+            let entry = self.sites[i].log[idx].clone();
+            self.sites[i].applied += 1;
+            let Some(p) = entry.proposal else { continue };
+            let me = self.sites[i].name.clone();
+            let Some(decisions) = self.sites[i].state.apply(&p) else {
+                continue;
+            };
+            let epoch = self.sites[i].state.epoch;
+            if epoch as usize > self.committed_len {
+                self.committed_len = epoch as usize;
+                for d in &decisions {
+                    self.committed.push((self.now, d.clone()));
+                }
+                self.note(format!("commit epoch {epoch}: {decisions:?}"));
+            }
+            let s = &mut self.sites[i];
+            for d in decisions {
+                match d {
+                    Decision::SiteDown { site } | Decision::SiteUp { site } => {
+                        s.site_changed_at.insert(site, local);
+                    }
+                    Decision::PrimaryMove {
+                        service,
+                        to,
+                        hold_ms,
+                        ..
+                    } => {
+                        s.settles_at.insert(service.clone(), local + hold_ms);
+                        if to == me {
+                            s.acting_from.insert(service, local + hold_ms);
+                        }
+                    }
+                    Decision::Active { .. } => {}
+                }
+            }
+        }
+    }
+
+    fn site_tick(&mut self, i: usize) {
+        let local = self.local(i);
+        let peers: Vec<String> = self.sites[i].peers.keys().cloned().collect();
+        for peer in peers {
+            let t = self.sites[i].peers.get_mut(&peer).expect("peer");
+            if t.pending.take().is_some() && t.counter.record(false).is_some() {
+                t.since = local;
+            }
+        }
+        {
+            let s = &mut self.sites[i];
+            if s.has_backends && s.svc_counter.record(s.backend_ok).is_some() {
+                s.svc_since = local;
+            }
+        }
+        let report = self.report(i);
+        let me = self.sites[i].name.clone();
+        self.sites[i].reports.insert(
+            me,
+            Received {
+                at_ms: local,
+                report: report.clone(),
+            },
+        );
+        let n = self.sites.len();
+        for j in 0..n {
+            if j == i {
+                continue;
+            }
+            self.next_id += 1;
+            let id = self.next_id;
+            let peer = self.cfg.sites[j].clone();
+            if let Some(t) = self.sites[i].peers.get_mut(&peer) {
+                t.pending = Some((id, local));
+            }
+            self.send(Msg::HbReq {
+                from: i,
+                to: j,
+                id,
+                sent_local: local,
+                report: report.clone(),
+            });
+        }
+        if self.leader == Some(i) {
+            let pending = self.sites[i].log.len() > self.sites[i].commit;
+            if !pending {
+                let s = &self.sites[i];
+                let obs = Observations {
+                    reports: s.reports.clone(),
+                    settles_at_ms: s.settles_at.clone(),
+                    site_changed_at_ms: s.site_changed_at.clone(),
+                };
+                let decisions = decide(&self.params, &s.state, &obs, local);
+                if !decisions.is_empty() {
+                    let base_epoch = s.state.epoch;
+                    let term = self.term;
+                    self.sites[i].log.push(Entry {
+                        term,
+                        proposal: Some(Proposal {
+                            base_epoch,
+                            decisions,
+                        }),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Advances one step; panics if two sites act as primary at once.
+    pub fn step(&mut self) {
+        self.now += STEP_MS;
+        while self.faults.first().is_some_and(|(t, _)| *t <= self.now) {
+            let (_, f) = self.faults.remove(0);
+            self.apply_fault(f);
+        }
+        let due: Vec<Msg> = {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.msgs)
+                .into_iter()
+                .partition(|(t, _)| *t <= self.now);
+            self.msgs = later;
+            due.into_iter().map(|(_, m)| m).collect()
+        };
+        for m in due {
+            self.deliver(m);
+        }
+        self.raft_step();
+        for i in 0..self.sites.len() {
+            if !self.runs(i) {
+                continue;
+            }
+            self.apply_committed(i);
+            if (self.now + self.sites[i].phase) % self.cfg.probe_ms == 0 {
+                self.site_tick(i);
+            }
+        }
+        let acting = self.acting();
+        if acting.len() > 1 {
+            panic!(
+                "seed {}: two primaries at {} ms: {acting:?}\n--- trace ---\n{}",
+                self.seed,
+                self.now,
+                self.trace.iter().cloned().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+
+    pub fn run_until(&mut self, t: u64) {
+        while self.now < t {
+            self.step();
+        }
+    }
+
+    /// Runs until `pred` holds or `limit` passes; returns the time it first held.
+    pub fn run_until_true(
+        &mut self,
+        limit: u64,
+        mut pred: impl FnMut(&Sim) -> bool,
+    ) -> Option<u64> {
+        while self.now < limit {
+            self.step();
+            if pred(self) {
+                return Some(self.now);
+            }
+        }
+        None
+    }
+
+    pub fn moves(&self) -> usize {
+        self.committed
+            .iter()
+            .filter(|(_, d)| matches!(d, Decision::PrimaryMove { .. }))
+            .count()
+    }
+
+    pub fn site_downs(&self) -> usize {
+        self.committed
+            .iter()
+            .filter(|(_, d)| matches!(d, Decision::SiteDown { .. }))
+            .count()
+    }
+
+    pub fn trace(&self) -> String {
+        self.trace.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    pub fn health_of(&self, i: usize) -> Health {
+        self.sites[i].svc_counter.state()
+    }
+}
+
+/// How many seeds a test runs: 1,000 unless OUTLAST_SIM_SEEDS says otherwise.
+pub fn seeds() -> u64 {
+    std::env::var("OUTLAST_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
+}
