@@ -67,6 +67,7 @@ pub struct Agent {
     alerter: Alerter,
     prometheus: Option<PrometheusHandle>,
     names: Arc<BTreeMap<NodeId, String>>,
+    election_timeout_max_ms: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -431,10 +432,17 @@ impl PeerHandler for Agent {
         }
     }
 
-    fn step_down_requested(&self, from: &str) {
-        tracing::info!(from, "leader is stepping down; starting an election");
+    fn step_down_requested(&self, from: &str, req: StepDown) {
+        tracing::info!(
+            from,
+            elect_in_ms = req.elect_in_ms,
+            "leader is stepping down; electing"
+        );
         let raft = Agent::raft(self).clone();
+        // Bounded: a peer cannot make us wait more than one election timeout's worth.
+        let wait = Duration::from_millis(req.elect_in_ms.min(self.election_timeout_max_ms * 2));
         tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
             if let Err(e) = raft.trigger().elect().await {
                 tracing::warn!(error = %e, "could not start an election");
             }
@@ -563,6 +571,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         alerter: Alerter::new(config.alerts.clone()),
         prometheus: prometheus(),
         names: names.clone(),
+        election_timeout_max_ms: raft_config(&config)?.election_timeout_max,
         config,
     });
     // A restarted primary cannot know how long ago it was promoted: it waits a full hold.
@@ -612,10 +621,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         .with_context(|| format!("cannot serve the API on {}", me.api_addr()))?;
 
     let servers_stop = CancellationToken::new();
-    let peer_server = Arc::new(PeerServer {
-        auth,
-        handler: agent.clone(),
-    });
+    let peer_server = Arc::new(PeerServer::new(auth, agent.clone()));
     let peer_task = {
         let stop = servers_stop.clone();
         tokio::spawn(
@@ -732,15 +738,17 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
     tracing::info!(site = %agent.me, peer = %me.peer_addr(), api = %me.api_addr(), "agent ready");
     shutdown.cancelled().await;
 
-    // Shutdown in order: stop accepting API calls, hand over leadership, stop Raft, stop.
+    // Shutdown in order: stop accepting API calls, stop deciding, stop Raft, hand over
+    // leadership, stop serving peers.
     tracing::info!("shutting down");
     api_stop.cancel();
-    if agent.is_leader() {
-        step_down(&agent, &client).await;
-    }
+    let was_leader = agent.is_leader();
     workers.cancel();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not stop cleanly");
+    }
+    if was_leader {
+        step_down(&agent, &client).await;
     }
     servers_stop.cancel();
     for (name, task) in [("api", api_task), ("peer", peer_task)] {
@@ -809,8 +817,9 @@ async fn lead_once(agent: &Arc<Agent>) {
     }
 }
 
-/// Asks the most caught-up reachable peer to start an election, then waits briefly for a
-/// new leader so that the cluster is not leaderless for an election timeout.
+/// Asks the most caught-up reachable peer to start an election as soon as the followers'
+/// Raft leader lease (`election_timeout_max` after our last heartbeat) has run out; before
+/// that they would refuse to vote. Our Raft is already stopped, so no heartbeat renews it.
 async fn step_down(agent: &Arc<Agent>, client: &PeerClient) {
     let reports = lock(&agent.reports).clone();
     let mut candidates: Vec<(u64, String)> = agent
@@ -834,27 +843,24 @@ async fn step_down(agent: &Arc<Agent>, client: &PeerClient) {
         })
         .collect();
     candidates.sort_by(|a, b| b.cmp(a));
+    let elect_in_ms = agent.election_timeout_max_ms + 50;
     for (_, name) in candidates {
+        let req = StepDown { elect_in_ms };
         let asked: Result<bool, _> = client
-            .call(&name, "/peer/step-down", &(), Duration::from_millis(500))
+            .call(&name, "/peer/step-down", &req, Duration::from_millis(500))
             .await;
-        if asked.is_ok() {
-            let mut metrics = agent.raft().metrics();
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline {
-                let leader = metrics.borrow().current_leader;
-                if leader.is_some() && leader != Some(agent.my_id) {
-                    tracing::info!(to = %name, "leadership handed over");
-                    return;
-                }
-                if tokio::time::timeout_at(deadline, metrics.changed())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+        match asked {
+            Ok(_) => {
+                tracing::info!(to = %name, elect_in_ms, "asked to take over leadership");
+                return;
             }
-            return;
+            Err(e) => tracing::debug!(to = %name, error = %e, "could not hand over"),
         }
     }
+}
+
+/// Body of `/peer/step-down`.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct StepDown {
+    pub elect_in_ms: u64,
 }

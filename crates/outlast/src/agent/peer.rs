@@ -149,12 +149,40 @@ pub struct HeartbeatAck {
 pub trait PeerHandler: Send + Sync + 'static {
     fn raft(&self) -> &outlast_control::store::Raft;
     fn heartbeat(&self, from: &str, report: outlast_control::Report) -> HeartbeatAck;
-    fn step_down_requested(&self, from: &str);
+    fn step_down_requested(&self, from: &str, req: super::StepDown);
 }
 
 pub struct PeerServer {
     pub auth: Arc<PeerAuth>,
     pub handler: Arc<dyn PeerHandler>,
+    /// When each kind of refusal was last logged: a stranger knocking ten times a second
+    /// is counted every time but logged once every ten seconds.
+    pub refusals_logged: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl PeerServer {
+    pub fn new(auth: Arc<PeerAuth>, handler: Arc<dyn PeerHandler>) -> Self {
+        Self {
+            auth,
+            handler,
+            refusals_logged: Default::default(),
+        }
+    }
+
+    fn should_log(&self, key: String) -> bool {
+        let mut seen = self
+            .refusals_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match seen.get(&key) {
+            Some(t) if now.duration_since(*t) < Duration::from_secs(10) => false,
+            _ => {
+                seen.insert(key, now);
+                true
+            }
+        }
+    }
 }
 
 fn signed(auth: &PeerAuth, path: &str, code: StatusCode, body: Vec<u8>) -> Response {
@@ -199,7 +227,9 @@ async fn handle(
     let from = match srv.auth.verify(headers.get(AUTH_HEADER), &path, &body) {
         Ok(site) => site,
         Err(e) => {
-            tracing::warn!(path, error = %e, "refused peer request");
+            if srv.should_log(e.to_string()) {
+                tracing::warn!(path, error = %e, "refused peer request (logged once per 10 s)");
+            }
             metrics::counter!("outlast_peer_auth_failures_total").increment(1);
             return (
                 StatusCode::UNAUTHORIZED,
@@ -230,10 +260,13 @@ async fn handle(
             Ok(_) => (StatusCode::BAD_REQUEST, "a site may only report for itself").into_response(),
             Err(r) => r,
         },
-        "/peer/step-down" => {
-            srv.handler.step_down_requested(&from);
-            encode(&srv.auth, &path, &true)
-        }
+        "/peer/step-down" => match decode::<super::StepDown>(&body) {
+            Ok(req) => {
+                srv.handler.step_down_requested(&from, req);
+                encode(&srv.auth, &path, &true)
+            }
+            Err(r) => r,
+        },
         _ => (StatusCode::NOT_FOUND, "no such peer endpoint").into_response(),
     }
 }

@@ -1,0 +1,386 @@
+//! Real processes for tests: `outlast agent` on 127.0.0.11, .12, .13 with a generated config
+//! in a temp dir, real backends (python's http.server), status read over HTTP. Each test
+//! passes its own port base so tests never share a socket. Everything started is killed by
+//! pid on drop. With a network namespace, every process runs inside it and partitions are
+//! made with iptables there, touching nothing outside.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SITES: [(&str, &str); 3] = [
+    ("east", "127.0.0.11"),
+    ("west", "127.0.0.12"),
+    ("witness", "127.0.0.13"),
+];
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_outlast")
+}
+
+/// Timing of the issue's acceptance: probe 100ms, fall 3, grace 500ms, lease 1s.
+pub struct Opts {
+    pub port_base: u16,
+    pub failback: &'static str,
+    pub failback_after: &'static str,
+    pub extra: String,
+    pub netns: bool,
+}
+
+impl Opts {
+    pub fn new(port_base: u16) -> Self {
+        Opts {
+            port_base,
+            failback: "auto",
+            failback_after: "2s",
+            extra: String::new(),
+            netns: false,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub opts: Opts,
+    pub netns: Option<String>,
+    pub agents: BTreeMap<String, Child>,
+    backends: Vec<Child>,
+}
+
+pub fn config_text(o: &Opts, secret: &str) -> String {
+    let b = o.port_base;
+    let mut s = format!(
+        r#"[cluster]
+name = "shop"
+secret = "{secret}"
+
+[timing]
+probe_interval = "100ms"
+fall = 3
+rise = 3
+grace = "500ms"
+lease = "1s"
+failback_after = "{fa}"
+"#,
+        fa = o.failback_after
+    );
+    for (name, addr) in SITES {
+        s.push_str(&format!(
+            "\n[[sites]]\nname = \"{name}\"\naddress = \"{addr}\"\npeer_port = {}\napi_port = {}\n",
+            b,
+            b + 1
+        ));
+        if name == "witness" {
+            s.push_str("witness = true\n");
+        }
+    }
+    s.push_str(&format!(
+        r#"
+[[services]]
+name = "db"
+protocol = "http"
+mode = "primary-standby"
+primary = "east"
+failback = "{fb}"
+port = {gw}
+check = {{ kind = "http", path = "/", interval = "100ms", timeout = "100ms" }}
+[services.backends]
+east = ["127.0.0.1:{be}"]
+west = ["127.0.0.1:{bw}"]
+"#,
+        fb = o.failback,
+        gw = b + 2,
+        be = b + 10,
+        bw = b + 11
+    ));
+    s.push_str(&o.extra);
+    s
+}
+
+/// GET over plain HTTP/1.1; `None` when nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+impl Cluster {
+    pub fn new(opts: Opts) -> Self {
+        Self::with_secret(opts, "test-secret-0123456789abcdef")
+    }
+
+    pub fn with_secret(opts: Opts, secret: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("outlast.toml");
+        std::fs::write(&config, config_text(&opts, secret)).expect("write config");
+        let netns = opts.netns.then(|| {
+            let name = format!("outlast-t{}-{}", opts.port_base, std::process::id());
+            run(Command::new("ip").args(["netns", "add", &name]));
+            run(Command::new("ip").args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"]));
+            name
+        });
+        let mut c = Cluster {
+            dir,
+            config,
+            opts,
+            netns,
+            agents: BTreeMap::new(),
+            backends: Vec::new(),
+        };
+        for port in [c.opts.port_base + 10, c.opts.port_base + 11] {
+            let root = c.dir.path().join(format!("www-{port}"));
+            std::fs::create_dir_all(&root).expect("www");
+            let child = c
+                .command("python3")
+                .args([
+                    "-m",
+                    "http.server",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--directory",
+                ])
+                .arg(&root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("python3 http.server");
+            c.backends.push(child);
+        }
+        c
+    }
+
+    /// A command that runs inside this cluster's namespace, if it has one.
+    pub fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    pub fn log_path(&self, site: &str) -> PathBuf {
+        self.dir.path().join(format!("{site}.log"))
+    }
+
+    pub fn start(&mut self, site: &str) {
+        self.start_with_config(site, &self.config.clone());
+    }
+
+    pub fn start_with_config(&mut self, site: &str, config: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(site))
+            .expect("log");
+        let child = self
+            .command(bin())
+            .args(["agent", "--config"])
+            .arg(config)
+            .args(["--site", site])
+            .env("OUTLAST_LOG", "info,openraft=warn")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
+        self.agents.insert(site.to_string(), child);
+    }
+
+    pub fn start_all(&mut self) {
+        for (name, _) in SITES {
+            self.start(name);
+        }
+    }
+
+    pub fn api(&self, site: &str) -> SocketAddr {
+        let addr = SITES.iter().find(|(n, _)| *n == site).expect("site").1;
+        format!("{addr}:{}", self.opts.port_base + 1)
+            .parse()
+            .expect("addr")
+    }
+
+    pub fn get(&self, site: &str, path: &str) -> Option<String> {
+        match &self.netns {
+            None => http_get(self.api(site), path),
+            Some(_) => {
+                // Read it from inside the namespace with our own CLI.
+                if path != "/v1/status" {
+                    let out = self
+                        .command("python3")
+                        .args(["-c", &format!("import urllib.request,sys;sys.stdout.write(urllib.request.urlopen('http://{}{path}',timeout=2).read().decode())", self.api(site))])
+                        .output()
+                        .ok()?;
+                    return out
+                        .status
+                        .success()
+                        .then(|| String::from_utf8_lossy(&out.stdout).to_string());
+                }
+                let out = self
+                    .command(bin())
+                    .args([
+                        "status",
+                        "--json",
+                        "--api",
+                        &format!("http://{}", self.api(site)),
+                    ])
+                    .output()
+                    .ok()?;
+                out.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+            }
+        }
+    }
+
+    pub fn status(&self, site: &str) -> Option<Value> {
+        self.get(site, "/v1/status")
+            .and_then(|b| serde_json::from_str(&b).ok())
+    }
+
+    /// Polls until `pred` holds on `site`'s status, or panics after `limit` with the logs.
+    pub fn wait_for(
+        &self,
+        site: &str,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(st) = self.status(site) {
+                if pred(&st) {
+                    return start.elapsed();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "{what}: not within {limit:?}\nlast status from {site}: {}\n{}",
+            self.status(site)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "none".into()),
+            self.logs()
+        );
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (name, _) in SITES {
+            let text = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {name} (last 40 lines) ---\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Waits until every site is up, the leader is known, and east acts as primary.
+    pub fn wait_healthy(&self) {
+        for (name, _) in SITES {
+            self.wait_for(name, Duration::from_secs(20), "cluster healthy", |st| {
+                st["leader"].is_string()
+                    && st["sites"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().all(|x| x["state"] == "up"))
+                    && st["services"][0]["primary"] == "east"
+                    && st["services"][0]["primary_acting"] == true
+            });
+        }
+    }
+
+    pub fn kill9(&mut self, site: &str) {
+        if let Some(mut c) = self.agents.remove(site) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self, site: &str, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.agents.remove(site)?;
+        run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Cuts every packet between `site` and the other sites (inside the namespace).
+    pub fn isolate(&self, site: &str) {
+        let me = SITES.iter().find(|(n, _)| *n == site).expect("site").1;
+        for (other, addr) in SITES {
+            if other == site {
+                continue;
+            }
+            for (src, dst) in [(me, addr), (addr, me)] {
+                let mut c = self.command("iptables");
+                c.args(["-A", "INPUT", "-s", src, "-d", dst, "-j", "DROP"]);
+                run(&mut c);
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        run(self.command("iptables").args(["-F", "INPUT"]));
+    }
+}
+
+pub fn run(c: &mut Command) {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.agents) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for mut c in std::mem::take(&mut self.backends) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+pub fn median_and_worst(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[v.len() - 1])
+}

@@ -1,0 +1,48 @@
+//! Only cluster members count: an agent started with another secret is refused by its
+//! peers and never counted for a vote, a heartbeat or a lease.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config_text, Cluster, Opts};
+
+#[test]
+fn agent_with_wrong_secret_is_not_counted() {
+    let mut c = Cluster::new(Opts::new(7480));
+    let wrong = c.dir.path().join("wrong.toml");
+    std::fs::write(&wrong, config_text(&c.opts, "a-different-secret-entirely")).expect("write");
+    c.start_with_config("east", &wrong);
+    c.start("west");
+    c.start("witness");
+
+    // The members see east as down and run the service without it.
+    c.wait_for(
+        "west",
+        Duration::from_secs(15),
+        "west and witness run without east",
+        |st| {
+            st["leader"].is_string()
+                && st["leader"] != "east"
+                && st["sites"][0]["state"] == "down"
+                && st["services"][0]["primary"] == "west"
+                && st["services"][0]["primary_acting"] == true
+        },
+    );
+    // East, counted by nobody, holds no lease and leads nothing.
+    let st = c.status("east").expect("east answers its own API");
+    assert_eq!(st["sites"][0]["state"], "fenced", "{st}");
+    assert_ne!(st["leader"], "east");
+    assert_eq!(st["services"][0]["primary_acting"], false);
+    let metrics = c.get("west", "/metrics").expect("metrics");
+    let refused: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("outlast_peer_auth_failures_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        refused > 0.0,
+        "west counted no refused peer requests:\n{metrics}"
+    );
+}
