@@ -239,6 +239,7 @@ fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
     let d = Timing::default();
     let Some(raw) = raw else { return d };
     let t = raw.get_ref();
+    let problems_before = ctx.problems.len();
     let mut count = |field: &str, v: Option<&S<u32>>, default: u32| match v {
         Some(v) if *v.get_ref() == 0 => {
             ctx.at(
@@ -278,7 +279,10 @@ fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
         ctx.at(span, "probe_interval is under 10ms", "use 10ms or more");
     }
     let detection = timing.detection();
-    if timing.lease <= detection {
+    // A duration that did not parse fell back to its default; judging the others against
+    // that default would only report a problem the user does not have.
+    let unparsed = ctx.problems.len() > problems_before;
+    if timing.lease <= detection && !unparsed {
         let span = t.lease.as_ref().map(|s| s.span()).unwrap_or(raw.span());
         ctx.at(
             span,

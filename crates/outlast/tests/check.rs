@@ -1,0 +1,303 @@
+//! `outlast check`: every problem at once, each as `file:line:col: what; fix`, exit 64.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const VALID: &str = r#"[cluster]
+name = "shop"
+secret = "0123456789abcdef"
+
+[timing]
+probe_interval = "100ms"
+fall = 3
+grace = "500ms"
+lease = "1s"
+
+[[sites]]
+name = "east"
+address = "127.0.0.11"
+peer_port = 7400
+api_port = 7401
+[[sites]]
+name = "west"
+address = "127.0.0.12"
+peer_port = 7400
+api_port = 7401
+[[sites]]
+name = "witness"
+address = "127.0.0.13"
+peer_port = 7400
+api_port = 7401
+witness = true
+
+[[services]]
+name = "web"
+mode = "primary-standby"
+primary = "east"
+port = 8080
+[services.backends]
+east = ["127.0.0.1:9001"]
+west = ["127.0.0.1:9002"]
+
+[[streams]]
+name = "clicks"
+[[streams.sinks]]
+url = "file:///tmp/sink-east"
+site = "east"
+"#;
+
+struct Checked {
+    file: PathBuf,
+    code: i32,
+    stderr: String,
+    stdout: String,
+    _dir: tempfile::TempDir,
+}
+
+fn check(text: &str) -> Checked {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("outlast.toml");
+    std::fs::write(&file, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_outlast"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run outlast check");
+    Checked {
+        file,
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        _dir: dir,
+    }
+}
+
+/// 1-based line and column of the `nth` (0-based) occurrence of `needle`, found by a plain
+/// scan independent of the implementation.
+fn at(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let offset = text
+        .match_indices(needle)
+        .nth(nth)
+        .map(|(i, _)| i)
+        .expect("needle present");
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn expect_line(c: &Checked, text: &str, needle: &str, nth: usize, message: &str) {
+    let (line, col) = at(text, needle, nth);
+    let want = format!("{}:{line}:{col}: {message}", c.file.display());
+    assert!(
+        c.stderr.lines().any(|l| l == want),
+        "missing line\n  {want}\nin\n{}",
+        c.stderr
+    );
+    assert_eq!(c.code, 64, "exit status");
+}
+
+#[test]
+fn a_valid_config_passes() {
+    let c = check(VALID);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert!(
+        c.stdout
+            .contains("ok: cluster shop, 3 sites (1 witness), quorum 2"),
+        "{}",
+        c.stdout
+    );
+}
+
+#[test]
+fn unknown_site_named_anywhere() {
+    let text = VALID
+        .replace("primary = \"east\"", "primary = \"north\"")
+        .replace(
+            "west = [\"127.0.0.1:9002\"]",
+            "south = [\"127.0.0.1:9002\"]",
+        )
+        .replace("site = \"east\"\n", "site = \"mars\"\n");
+    let c = check(&text);
+    let sites = "name one of the [[sites]]: east, west, witness";
+    expect_line(
+        &c,
+        &text,
+        "\"north\"",
+        0,
+        &format!("primary \"north\" is not a site; {sites}"),
+    );
+    expect_line(
+        &c,
+        &text,
+        "south",
+        0,
+        &format!("service \"web\" has backends at unknown site \"south\"; {sites}"),
+    );
+    expect_line(
+        &c,
+        &text,
+        "\"mars\"",
+        0,
+        &format!("sink site \"mars\" is not a site; {sites}"),
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let text = VALID.replace("name = \"west\"", "name = \"east\"").replace(
+        "[[streams]]",
+        "[[services]]\nname = \"web\"\nport = 8081\n[services.backends]\neast = [\"127.0.0.1:9003\"]\n\n[[streams]]",
+    );
+    let c = check(&text);
+    expect_line(
+        &c,
+        &text,
+        "\"east\"",
+        1,
+        "site \"east\" is defined twice (first on line 12); give each site its own name",
+    );
+    expect_line(
+        &c,
+        &text,
+        "\"web\"",
+        1,
+        "service \"web\" is defined twice (first on line 29); give each service its own name",
+    );
+}
+
+#[test]
+fn primary_without_backends() {
+    let text = VALID.replace("primary = \"east\"", "primary = \"witness\"");
+    let c = check(&text);
+    expect_line(
+        &c,
+        &text,
+        "\"witness\"",
+        1,
+        "primary \"witness\" has no backends for service \"web\"; add witness = [\"host:port\"] under [services.backends], or name a site that has backends",
+    );
+}
+
+#[test]
+fn address_port_clashes() {
+    let text = VALID.replace(
+        "api_port = 7401\n[[sites]]\nname = \"west\"",
+        "api_port = 7400\n[[sites]]\nname = \"west\"",
+    );
+    let c = check(&text);
+    expect_line(
+        &c,
+        &text,
+        "7400",
+        1,
+        "127.0.0.11:7400 is used twice: by site east's peer_port and by site east's api_port; give each listener its own port or its site its own address",
+    );
+    let text = VALID.replace("port = 8080", "port = 7401");
+    let c = check(&text);
+    expect_line(
+        &c,
+        &text,
+        "7401",
+        3,
+        "127.0.0.11:7401 is used twice: by site east's api_port and by service web's gateway on site east; give each listener its own port or its site its own address",
+    );
+}
+
+#[test]
+fn durations_that_do_not_parse_are_quoted() {
+    let text = VALID
+        .replace("grace = \"500ms\"", "grace = \"half a second\"")
+        .replace("lease = \"1s\"", "lease = \"10\"");
+    let c = check(&text);
+    let fix = "write it as a number and a unit, like \"200ms\", \"1s\" or \"1m30s\"";
+    expect_line(&c, &text, "\"half a second\"", 0, &format!("grace = \"half a second\" is not a duration (\"half a second\" does not start with a number); {fix}"));
+    expect_line(
+        &c,
+        &text,
+        "\"10\"",
+        0,
+        &format!("lease = \"10\" is not a duration (\"10\" has no unit); {fix}"),
+    );
+}
+
+#[test]
+fn lease_not_longer_than_detection() {
+    let text = VALID.replace("lease = \"1s\"", "lease = \"800ms\"");
+    let c = check(&text);
+    expect_line(
+        &c,
+        &text,
+        "\"800ms\"",
+        0,
+        "lease 800ms is not longer than detection (3 × probe_interval 100ms + grace 500ms = 800ms): a primary would fence itself on a blip the others do not even act on; set lease above 800ms, or shorten probe_interval, fall or grace",
+    );
+}
+
+#[test]
+fn fewer_than_three_voters_needs_unsafe_two_sites() {
+    let witness = "[[sites]]\nname = \"witness\"\naddress = \"127.0.0.13\"\npeer_port = 7400\napi_port = 7401\nwitness = true\n";
+    let text = VALID.replace(witness, "");
+    let c = check(&text);
+    expect_line(
+        &c,
+        &text,
+        "[cluster]",
+        0,
+        "only 2 voting site(s): with fewer than three, a site cannot tell a dead peer from a cut link, and one failure stops the cluster; add a witness ([[sites]] with witness = true) on a third failure domain, or set unsafe_two_sites = true in [cluster] to accept the risk",
+    );
+    let text = text.replace(
+        "secret = \"0123456789abcdef\"",
+        "secret = \"0123456789abcdef\"\nunsafe_two_sites = true",
+    );
+    assert_eq!(check(&text).code, 0);
+}
+
+#[test]
+fn syntax_errors_and_unknown_fields_point_at_the_place() {
+    let text = VALID.replace("fall = 3", "fall = 3\nfal = 4");
+    let c = check(&text);
+    let (line, col) = at(&text, "fal =", 0);
+    let prefix = format!("{}:{line}:{col}: unknown field `fal`", c.file.display());
+    assert!(
+        c.stderr.lines().any(|l| l.starts_with(&prefix)
+            && l.ends_with(
+                "; remove the field or correct its spelling (README.md lists every field)"
+            )),
+        "{}",
+        c.stderr
+    );
+    assert_eq!(c.code, 64);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = VALID
+        .replace("grace = \"500ms\"", "grace = \"soon\"")
+        .replace("primary = \"east\"", "primary = \"north\"")
+        .replace("mode = \"primary-standby\"", "mode = \"hot-hot\"");
+    let c = check(&text);
+    assert_eq!(c.code, 64);
+    let problems = c
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&c.file.display().to_string()))
+        .count();
+    assert_eq!(problems, 3, "{}", c.stderr);
+    assert!(c.stderr.contains("3 problem(s)"), "{}", c.stderr);
+    expect_line(&c, &text, "\"hot-hot\"", 0, "mode = \"hot-hot\" is not a known value; use one of \"active-active\", \"primary-standby\"");
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outlast"))
+        .args(["check", "--config", "/nonexistent/outlast.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read config /nonexistent/outlast.toml"),
+        "{err}"
+    );
+}
