@@ -46,7 +46,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Formats a duration the way the config writes it (`1.5s`, `200ms`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms >= 1000 && ms % 1000 == 0 {
+    if ms >= 1000 && ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else if ms >= 1000 {
         format!("{:.3}s", d.as_secs_f64())
@@ -72,9 +72,9 @@ mod tests {
     fn refuses_what_is_not_a_duration() {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration("10").expect_err("no unit").contains("no unit"));
         assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("5d").unwrap_err().contains("not a unit"));
+        assert!(parse_duration("5d").expect_err("days").contains("not a unit"));
     }
 
     #[test]

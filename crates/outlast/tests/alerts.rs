@@ -2,6 +2,9 @@
 //! with 503, so the back-off path runs), a real SMTP server, a command, and a webhook that
 //! nobody listens on (a failed delivery is logged and counted).
 
+// Synchronous test code on plain threads: there is no async runtime here to block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::BTreeMap;

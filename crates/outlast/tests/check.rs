@@ -301,3 +301,17 @@ fn a_missing_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn the_example_config_in_the_readme_checks_out() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/local.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_outlast"))
+        .args(["check", "--config", path])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,5 +1,8 @@
 //! Real agents on 127.0.0.11-13: kill -9 of the primary's agent, restart, failback, SIGTERM.
 
+// Synchronous test code on plain threads: there is no async runtime here to block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! Only cluster members count: an agent started with another secret is refused by its
 //! peers and never counted for a vote, a heartbeat or a lease.
 
+// Synchronous test code on plain threads: there is no async runtime here to block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! A partition made with iptables inside a network namespace of the test's own: the whole
 //! cluster runs in it, so nothing outside is touched.
 
+// Synchronous test code on plain threads: there is no async runtime here to block.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::time::{Duration, Instant};

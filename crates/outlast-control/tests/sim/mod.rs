@@ -607,7 +607,7 @@ impl Sim {
         }
         // Replicate on every new entry or commit, as openraft does, and every 50ms anyway.
         let new_entry = self.sites[l].log.len() > self.sent_len;
-        if new_entry || changed || self.now % 50 == 0 {
+        if new_entry || changed || self.now.is_multiple_of(50) {
             self.sent_len = self.sites[l].log.len();
             for j in 0..n {
                 if j != l {
@@ -790,7 +790,7 @@ impl Sim {
                 continue;
             }
             self.apply_committed(i);
-            if (self.now + self.sites[i].phase) % self.cfg.probe_ms == 0 {
+            if (self.now + self.sites[i].phase).is_multiple_of(self.cfg.probe_ms) {
                 self.site_tick(i);
             }
         }

@@ -645,7 +645,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
 
     let workers = CancellationToken::new();
     // Heartbeats: one loop per peer, so a slow peer never delays the others.
-    for peer_name in peer_addrs.keys().cloned() {
+    for peer_name in peer_addrs.into_keys() {
         let agent = agent.clone();
         let client = client.clone();
         let stop = workers.clone();
@@ -706,6 +706,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                     let now = agent.now_ms();
                     lock(&agent.reports).insert(agent.me.clone(), Received { at_ms: now, report: own });
                     watch_fence(&agent);
+                    export_site_states(&agent);
                     let m = agent.raft().metrics().borrow().clone();
                     metrics::gauge!("outlast_raft_term").set(m.current_term as f64);
                     if m.current_leader != last_leader {
@@ -763,6 +764,19 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `outlast_site_state{site, state}`: 1 for the state this site sees, 0 for the others.
+fn export_site_states(agent: &Agent) {
+    let status = agent.status();
+    metrics::gauge!("outlast_epoch").set(status.epoch as f64);
+    for site in status.sites {
+        for state in ["up", "down", "fenced", "maintenance"] {
+            let v = if site.state == state { 1.0 } else { 0.0 };
+            metrics::gauge!("outlast_site_state", "site" => site.name.clone(), "state" => state)
+                .set(v);
+        }
+    }
 }
 
 fn watch_fence(agent: &Agent) {

@@ -196,13 +196,12 @@ fn signed(auth: &PeerAuth, path: &str, code: StatusCode, body: Vec<u8>) -> Respo
     resp
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, (StatusCode, String)> {
     serde_json::from_slice(body).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
             format!("cannot decode request body: {e}"),
         )
-            .into_response()
     })
 }
 
@@ -242,15 +241,15 @@ async fn handle(
     match path.as_str() {
         "/raft/append" => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
             Ok(req) => encode(&srv.auth, &path, &raft.append_entries(req).await),
-            Err(r) => r,
+            Err(r) => r.into_response(),
         },
         "/raft/vote" => match decode::<VoteRequest<NodeId>>(&body) {
             Ok(req) => encode(&srv.auth, &path, &raft.vote(req).await),
-            Err(r) => r,
+            Err(r) => r.into_response(),
         },
         "/raft/snapshot" => match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
             Ok(req) => encode(&srv.auth, &path, &raft.install_snapshot(req).await),
-            Err(r) => r,
+            Err(r) => r.into_response(),
         },
         "/peer/heartbeat" => match decode::<outlast_control::Report>(&body) {
             Ok(report) if report.site == from => {
@@ -258,14 +257,14 @@ async fn handle(
                 encode(&srv.auth, &path, &ack)
             }
             Ok(_) => (StatusCode::BAD_REQUEST, "a site may only report for itself").into_response(),
-            Err(r) => r,
+            Err(r) => r.into_response(),
         },
         "/peer/step-down" => match decode::<super::StepDown>(&body) {
             Ok(req) => {
                 srv.handler.step_down_requested(&from, req);
                 encode(&srv.auth, &path, &true)
             }
-            Err(r) => r,
+            Err(r) => r.into_response(),
         },
         _ => (StatusCode::NOT_FOUND, "no such peer endpoint").into_response(),
     }

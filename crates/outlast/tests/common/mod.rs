@@ -4,6 +4,8 @@
 //! pid on drop. With a network namespace, every process runs inside it and partitions are
 //! made with iptables there, touching nothing outside.
 
+// Synchronous test code on plain threads: there is no async runtime here to block.
+#![allow(clippy::disallowed_methods)]
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
