@@ -2,7 +2,7 @@
 //!
 //! # On disk
 //! - `log.jsonl`: one log entry a line, `{"crc": u32, "entry": ...}` where `crc` is the
-//!   CRC32 (IEEE, via blake3-free arithmetic below) of the entry's JSON. Appends are fsync'd
+//!   CRC-32 (IEEE) of the entry's JSON. Appends are fsync'd
 //!   before Raft is told they are flushed. On open, a line that does not parse or whose CRC
 //!   does not match ends the log there (a torn tail from a crash) and the file is rewritten
 //!   without it; Raft then fetches those entries again from the leader.

@@ -72,9 +72,13 @@ mod tests {
     fn refuses_what_is_not_a_duration() {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("10").expect_err("no unit").contains("no unit"));
+        assert!(parse_duration("10")
+            .expect_err("no unit")
+            .contains("no unit"));
         assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("5d").expect_err("days").contains("not a unit"));
+        assert!(parse_duration("5d")
+            .expect_err("days")
+            .contains("not a unit"));
     }
 
     #[test]

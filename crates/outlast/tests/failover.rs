@@ -7,11 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{median_and_worst, Cluster, Opts};
-
-fn acting_primary_is(site: &'static str) -> impl Fn(&serde_json::Value) -> bool {
-    move |st| st["services"][0]["primary"] == site && st["services"][0]["primary_acting"] == true
-}
+use common::{all_up, median_and_worst, Cluster, Opts};
 
 /// The acceptance: with probe_interval 100ms, fall 3, grace 500ms, lease 1s, the
 /// worst of 20 kill -9 failovers (kill until west acts as primary) is under 3 s.
@@ -28,12 +24,7 @@ fn kill_primary_agent_moves_primary_within_3s_over_20_runs() {
         c.wait_healthy();
         let t0 = Instant::now();
         c.kill9("east");
-        c.wait_for(
-            "west",
-            Duration::from_secs(10),
-            "west acts as primary",
-            acting_primary_is("west"),
-        );
+        c.wait_acting("west", "west", Duration::from_secs(10));
         let took = t0.elapsed();
         let st = c.status("west").expect("status");
         let east = st["sites"]
@@ -71,12 +62,7 @@ fn killed_agent_restarts_with_its_state_rejoins_and_gets_its_role_back() {
     c.start_all();
     c.wait_healthy();
     c.kill9("east");
-    c.wait_for(
-        "west",
-        Duration::from_secs(10),
-        "west acts as primary",
-        acting_primary_is("west"),
-    );
+    c.wait_acting("west", "west", Duration::from_secs(10));
     let epoch_after_failover = c.status("west").expect("status")["epoch"]
         .as_u64()
         .expect("epoch");
@@ -99,12 +85,7 @@ fn killed_agent_restarts_with_its_state_rejoins_and_gets_its_role_back() {
                 .is_some_and(|s| s.iter().all(|x| x["state"] == "up"))
     });
     // ...and with failback = "auto" gets its role back once stable for failback_after (2s).
-    let took = c.wait_for(
-        "east",
-        Duration::from_secs(15),
-        "failback to east",
-        acting_primary_is("east"),
-    );
+    let took = c.wait_acting("east", "east", Duration::from_secs(15));
     println!("east rejoined; failback done {} ms later", took.as_millis());
     let west = c.status("west").expect("status");
     assert_eq!(west["services"][0]["primary"], "east");
@@ -119,18 +100,9 @@ fn manual_failback_never_moves_back() {
     c.start_all();
     c.wait_healthy();
     c.kill9("east");
-    c.wait_for(
-        "west",
-        Duration::from_secs(10),
-        "west acts as primary",
-        acting_primary_is("west"),
-    );
+    c.wait_acting("west", "west", Duration::from_secs(10));
     c.start("east");
-    c.wait_for("east", Duration::from_secs(10), "east rejoins", |st| {
-        st["sites"]
-            .as_array()
-            .is_some_and(|s| s.iter().all(|x| x["state"] == "up"))
-    });
+    c.wait_for("east", Duration::from_secs(10), "east rejoins", all_up);
     // Three times failback_after: an automatic failback would have happened by now.
     std::thread::sleep(Duration::from_secs(3));
     let st = c.status("east").expect("status");

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts};
+use common::{all_up, Cluster, Opts};
 
 fn site_state(st: &serde_json::Value, site: &str) -> Option<String> {
     st["sites"].as_array()?.iter().find(|s| s["name"] == site)?["state"]
@@ -31,9 +31,7 @@ fn isolated_primary_fences_within_its_lease_others_take_over_and_it_rejoins() {
             && st["services"][0]["primary_acting"] == false
     });
     let fenced_after = t0.elapsed();
-    c.wait_for("west", Duration::from_secs(10), "west takes over", |st| {
-        st["services"][0]["primary"] == "west" && st["services"][0]["primary_acting"] == true
-    });
+    c.wait_acting("west", "west", Duration::from_secs(10));
     let takeover_after = t0.elapsed();
     println!(
         "isolated east: fenced after {} ms (lease 1000 ms), west acting after {} ms",
@@ -56,16 +54,7 @@ fn isolated_primary_fences_within_its_lease_others_take_over_and_it_rejoins() {
         "east",
         Duration::from_secs(10),
         "east rejoins unfenced",
-        |st| {
-            st["sites"]
-                .as_array()
-                .is_some_and(|s| s.iter().all(|x| x["state"] == "up"))
-        },
+        all_up,
     );
-    c.wait_for(
-        "east",
-        Duration::from_secs(15),
-        "east gets its role back",
-        |st| st["services"][0]["primary"] == "east" && st["services"][0]["primary_acting"] == true,
-    );
+    c.wait_acting("east", "east", Duration::from_secs(15));
 }

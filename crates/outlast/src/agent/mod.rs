@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -31,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::alerts::{AlertEvent, Alerter};
-use self::peer::{HeartbeatAck, NetworkFactory, PeerAuth, PeerClient, PeerHandler, PeerServer};
+use self::peer::{
+    unix_ms, HeartbeatAck, NetworkFactory, PeerAuth, PeerClient, PeerHandler, PeerServer,
+};
 
 struct PeerTrack {
     counter: Hysteresis,
@@ -72,13 +74,6 @@ pub struct Agent {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Agent {

@@ -312,6 +312,16 @@ impl Cluster {
         }
     }
 
+    /// Waits until `observer` sees `primary` as the acting primary of the service.
+    pub fn wait_acting(&self, observer: &str, primary: &'static str, limit: Duration) -> Duration {
+        self.wait_for(
+            observer,
+            limit,
+            &format!("{primary} acts as primary"),
+            acting_primary_is(primary),
+        )
+    }
+
     pub fn kill9(&mut self, site: &str) {
         if let Some(mut c) = self.agents.remove(site) {
             let _ = c.kill();
@@ -353,6 +363,17 @@ impl Cluster {
     pub fn heal(&self) {
         run(self.command("iptables").args(["-F", "INPUT"]));
     }
+}
+
+pub fn acting_primary_is(site: &'static str) -> impl Fn(&Value) -> bool {
+    move |st| st["services"][0]["primary"] == site && st["services"][0]["primary_acting"] == true
+}
+
+/// Every site is up in this status.
+pub fn all_up(st: &Value) -> bool {
+    st["sites"]
+        .as_array()
+        .is_some_and(|s| s.iter().all(|x| x["state"] == "up"))
 }
 
 pub fn run(c: &mut Command) {
