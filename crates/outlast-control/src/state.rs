@@ -167,6 +167,34 @@ impl ClusterState {
     }
 }
 
+impl ClusterState {
+    /// The services `me` may act as primary of at `now_ms`: it is the committed primary, it
+    /// holds its lease, and the hold of its promotion has passed since `promoted_at_ms` (the
+    /// local time it applied the promotion, or opened the state). A service with no such
+    /// time is not acted on: not knowing when a promotion happened is never a licence.
+    pub fn acting(
+        &self,
+        me: &str,
+        promoted_at_ms: &BTreeMap<String, u64>,
+        now_ms: u64,
+        holds_lease: bool,
+    ) -> Vec<String> {
+        if !holds_lease {
+            return Vec::new();
+        }
+        self.services
+            .iter()
+            .filter(|(_, s)| s.primary.as_deref() == Some(me))
+            .filter(|(name, s)| {
+                promoted_at_ms
+                    .get(*name)
+                    .is_some_and(|t| now_ms >= t.saturating_add(s.hold_ms))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
 /// How one site sees a peer: its rise/fall verdict and how long it has held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {

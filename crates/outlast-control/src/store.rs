@@ -364,9 +364,31 @@ struct SmData {
     state: ClusterState,
 }
 
+/// Local times at which this process applied changes, kept beside the state under one lock
+/// so that nobody can see a new primary without the time it was promoted. Not replicated,
+/// not persisted: a restarted process counts from when it opened the state.
+#[derive(Debug, Clone, Default)]
+pub struct LocalTimes {
+    /// Per service: when its last primary move (or the state itself) was applied here.
+    pub services: BTreeMap<String, std::time::Instant>,
+    /// Per site: when its last up/down change was applied here.
+    pub sites: BTreeMap<String, std::time::Instant>,
+}
+
+impl LocalTimes {
+    fn all_now(state: &ClusterState) -> Self {
+        let now = std::time::Instant::now();
+        LocalTimes {
+            services: state.services.keys().map(|k| (k.clone(), now)).collect(),
+            sites: state.sites.keys().map(|k| (k.clone(), now)).collect(),
+        }
+    }
+}
+
 struct SmInner {
     dir: PathBuf,
     data: SmData,
+    times: LocalTimes,
     snapshot: Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>,
     snapshot_seq: u64,
 }
@@ -402,10 +424,12 @@ impl StateMachineStore {
         let snapshot =
             load_json::<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>(&dir.join("snapshot.json"))?;
         let applied_epoch = Arc::new(AtomicU64::new(data.state.epoch));
+        let times = LocalTimes::all_now(&data.state);
         Ok(Self {
             inner: Arc::new(Mutex::new(SmInner {
                 dir: dir.to_path_buf(),
                 data,
+                times,
                 snapshot,
                 snapshot_seq: 0,
             })),
@@ -416,6 +440,12 @@ impl StateMachineStore {
 
     pub fn state(&self) -> ClusterState {
         self.lock().data.state.clone()
+    }
+
+    /// The state and the local times of its changes, read together.
+    pub fn view(&self) -> (ClusterState, LocalTimes) {
+        let inner = self.lock();
+        (inner.data.state.clone(), inner.times.clone())
     }
 
     pub fn applied_epoch_handle(&self) -> Arc<AtomicU64> {
@@ -490,6 +520,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 EntryPayload::Normal(p) => match inner.data.state.apply(p) {
                     Some(decisions) => {
+                        let now = std::time::Instant::now();
+                        for d in &decisions {
+                            match d {
+                                Decision::PrimaryMove { service, .. } => {
+                                    inner.times.services.insert(service.clone(), now);
+                                }
+                                Decision::SiteDown { site } | Decision::SiteUp { site } => {
+                                    inner.times.sites.insert(site.clone(), now);
+                                }
+                                Decision::Active { .. } => {}
+                            }
+                        }
                         let epoch = inner.data.state.epoch;
                         changes.push(AppliedChange {
                             epoch,
@@ -535,6 +577,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_err(e)))?;
         let mut inner = self.lock();
         let changed = data.state != inner.data.state;
+        // Whatever the snapshot changed, it changed now, here.
+        inner.times = LocalTimes::all_now(&data.state);
         inner.data = data;
         save_json(&inner.dir.join("state.json"), &inner.data)
             .map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;

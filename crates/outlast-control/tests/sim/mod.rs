@@ -172,7 +172,8 @@ struct Site {
     reports: BTreeMap<String, Received>,
     settles_at: BTreeMap<String, u64>,
     site_changed_at: BTreeMap<String, u64>,
-    acting_from: BTreeMap<String, u64>,
+    /// Local time this process applied each service's promotion (or opened its state).
+    promoted_at: BTreeMap<String, u64>,
     log: Vec<Entry>,
     known_term: u64,
     commit: usize,
@@ -257,7 +258,7 @@ impl Sim {
                 reports: BTreeMap::new(),
                 settles_at: BTreeMap::new(),
                 site_changed_at: BTreeMap::new(),
-                acting_from: BTreeMap::new(),
+                promoted_at: BTreeMap::new(),
                 log: Vec::new(),
                 known_term: 0,
                 commit: 0,
@@ -328,7 +329,6 @@ impl Sim {
     fn reset_volatile(&mut self, i: usize) {
         let local = self.local(i);
         let cfg = self.cfg.clone();
-        let hold = self.params.hold_ms();
         let s = &mut self.sites[i];
         s.peers = cfg
             .sites
@@ -350,13 +350,14 @@ impl Sim {
         s.reports.clear();
         s.settles_at.clear();
         s.site_changed_at.clear();
-        s.acting_from.clear();
-        // A restarted primary waits a whole hold, as the agent does.
-        for (name, svc) in &s.state.services {
-            if svc.primary.as_deref() == Some(s.name.as_str()) {
-                s.acting_from.insert(name.clone(), local + hold);
-            }
-        }
+        // As the agent's store: a (re)started process dates every service from when it
+        // opened its state. No other restart wait: the lease must be enough.
+        s.promoted_at = s
+            .state
+            .services
+            .keys()
+            .map(|k| (k.clone(), local))
+            .collect();
         s.svc_counter = Hysteresis::new(cfg.fall, cfg.rise);
         s.svc_since = local;
         s.commit = s.applied;
@@ -381,18 +382,16 @@ impl Sim {
             .holds(self.local(i), self.log_epoch(i), s.state.epoch)
     }
 
-    /// Sites acting as primary of the service right now.
+    /// Sites acting as primary of the service right now, by the agents' own rule.
     pub fn acting(&self) -> Vec<String> {
         (0..self.sites.len())
             .filter(|&i| self.runs(i))
             .filter(|&i| {
                 let s = &self.sites[i];
-                let svc = &s.state.services[SERVICE];
-                svc.primary.as_deref() == Some(s.name.as_str())
-                    && self.holds_lease(i)
-                    && s.acting_from
-                        .get(SERVICE)
-                        .is_none_or(|t| self.local(i) >= *t)
+                let holds = self.holds_lease(i);
+                !s.state
+                    .acting(&s.name, &s.promoted_at, self.local(i), holds)
+                    .is_empty()
             })
             .map(|i| self.sites[i].name.clone())
             .collect()
@@ -664,7 +663,6 @@ impl Sim {
             let entry = self.sites[i].log[idx].clone();
             self.sites[i].applied += 1;
             let Some(p) = entry.proposal else { continue };
-            let me = self.sites[i].name.clone();
             let Some(decisions) = self.sites[i].state.apply(&p) else {
                 continue;
             };
@@ -683,15 +681,10 @@ impl Sim {
                         s.site_changed_at.insert(site, local);
                     }
                     Decision::PrimaryMove {
-                        service,
-                        to,
-                        hold_ms,
-                        ..
+                        service, hold_ms, ..
                     } => {
                         s.settles_at.insert(service.clone(), local + hold_ms);
-                        if to == me {
-                            s.acting_from.insert(service, local + hold_ms);
-                        }
+                        s.promoted_at.insert(service, local);
                     }
                     Decision::Active { .. } => {}
                 }

@@ -41,14 +41,6 @@ struct PeerTrack {
     last_heard_ms: Option<u64>,
 }
 
-#[derive(Default)]
-struct Memory {
-    settles_at_ms: BTreeMap<String, u64>,
-    site_changed_at_ms: BTreeMap<String, u64>,
-    /// Per service: local time from which this site may act as its primary.
-    acting_from_ms: BTreeMap<String, u64>,
-}
-
 /// Everything the agent's tasks share.
 pub struct Agent {
     pub config: Config,
@@ -56,11 +48,11 @@ pub struct Agent {
     pub my_id: NodeId,
     params: Params,
     start: Instant,
+    start_std: std::time::Instant,
     monitor: Monitor,
     peers: Mutex<BTreeMap<String, PeerTrack>>,
     lease: Mutex<Lease>,
     reports: Mutex<BTreeMap<String, Received>>,
-    memory: Mutex<Memory>,
     log_epoch: Arc<AtomicU64>,
     applied_epoch: Arc<AtomicU64>,
     sm: StateMachineStore,
@@ -101,19 +93,30 @@ impl Agent {
         )
     }
 
-    fn acting(&self, state: &ClusterState) -> Vec<String> {
-        if self.fenced_now() {
-            return Vec::new();
-        }
-        let now = self.now_ms();
-        let mem = lock(&self.memory);
-        state
+    /// Local time (ms since this agent started) of a store timestamp.
+    fn ms_of(&self, t: std::time::Instant) -> u64 {
+        t.saturating_duration_since(self.start_std).as_millis() as u64
+    }
+
+    /// The committed state, with the local times of its promotions and site changes.
+    fn view(&self) -> (ClusterState, BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let (state, times) = self.sm.view();
+        let promoted = times
             .services
             .iter()
-            .filter(|(_, s)| s.primary.as_deref() == Some(self.me.as_str()))
-            .filter(|(name, _)| mem.acting_from_ms.get(*name).is_none_or(|t| now >= *t))
-            .map(|(name, _)| name.clone())
-            .collect()
+            .map(|(k, t)| (k.clone(), self.ms_of(*t)))
+            .collect();
+        let sites = times
+            .sites
+            .iter()
+            .map(|(k, t)| (k.clone(), self.ms_of(*t)))
+            .collect();
+        (state, promoted, sites)
+    }
+
+    fn acting(&self) -> Vec<String> {
+        let (state, promoted, _) = self.view();
+        state.acting(&self.me, &promoted, self.now_ms(), !self.fenced_now())
     }
 
     /// This site's report, sent with every heartbeat.
@@ -146,23 +149,26 @@ impl Agent {
                 )
             })
             .collect();
-        let state = self.sm.state();
         Report {
             site: self.me.clone(),
             applied_epoch: self.applied_epoch.load(Ordering::SeqCst),
             fenced: self.fenced_now(),
             peers,
             services,
-            acting: self.acting(&state),
+            acting: self.acting(),
         }
     }
 
-    fn observations(&self) -> Observations {
-        let mem = lock(&self.memory);
+    fn observations(&self, state: &ClusterState) -> Observations {
+        let (_, promoted, sites) = self.view();
+        let settles_at_ms = promoted
+            .iter()
+            .filter_map(|(svc, t)| Some((svc.clone(), t + state.services.get(svc)?.hold_ms)))
+            .collect();
         Observations {
             reports: lock(&self.reports).clone(),
-            settles_at_ms: mem.settles_at_ms.clone(),
-            site_changed_at_ms: mem.site_changed_at_ms.clone(),
+            settles_at_ms,
+            site_changed_at_ms: sites,
         }
     }
 
@@ -199,16 +205,12 @@ impl Agent {
 
     /// Applies the effects of a committed change on this site.
     fn on_applied(&self, change: AppliedChange) {
-        let now = self.now_ms();
         metrics::gauge!("outlast_epoch").set(change.epoch as f64);
         let leader = self.is_leader();
         for d in &change.decisions {
             match d {
                 Decision::SiteDown { site } | Decision::SiteUp { site } => {
                     let down = matches!(d, Decision::SiteDown { .. });
-                    lock(&self.memory)
-                        .site_changed_at_ms
-                        .insert(site.clone(), now);
                     tracing::warn!(site, epoch = change.epoch, down, "site state committed");
                     if leader {
                         let (kind, word) = if down {
@@ -255,13 +257,6 @@ impl Agent {
                     reason,
                     hold_ms,
                 } => {
-                    {
-                        let mut mem = lock(&self.memory);
-                        mem.settles_at_ms.insert(service.clone(), now + hold_ms);
-                        if to == &self.me {
-                            mem.acting_from_ms.insert(service.clone(), now + hold_ms);
-                        }
-                    }
                     metrics::counter!("outlast_failovers_total", "service" => service.clone(), "reason" => format!("{reason:?}").to_lowercase())
                         .increment(1);
                     tracing::warn!(
@@ -355,7 +350,7 @@ impl Agent {
             })
             .collect();
         drop(peers);
-        let my_acting = self.acting(&state);
+        let my_acting = self.acting();
         let local = self.monitor.snapshot();
         let services = self
             .config
@@ -554,10 +549,10 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         lease: Mutex::new(Lease::new(params.lease_ms, config.quorum())),
         params,
         start: Instant::now(),
+        start_std: std::time::Instant::now(),
         monitor,
         peers: Mutex::new(now_peers),
         reports: Mutex::new(BTreeMap::new()),
-        memory: Mutex::new(Memory::default()),
         log_epoch: log.log_epoch_handle(),
         applied_epoch: sm.applied_epoch_handle(),
         sm: sm.clone(),
@@ -569,16 +564,9 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         election_timeout_max_ms: raft_config(&config)?.election_timeout_max,
         config,
     });
-    // A restarted primary cannot know how long ago it was promoted: it waits a full hold.
-    {
-        let hold = agent.params.hold_ms();
-        let mut mem = lock(&agent.memory);
-        for (name, s) in &sm.state().services {
-            if s.primary.as_deref() == Some(me.name.as_str()) {
-                mem.acting_from_ms.insert(name.clone(), hold);
-            }
-        }
-    }
+    // A restarted primary acts again only once it holds a lease, and peers count for its
+    // lease only when their log is not ahead of what it applied: a primary moved away while
+    // it was down is learnt before it can act (see outlast-control's lease.rs).
 
     let factory = NetworkFactory {
         client: client.clone(),
@@ -809,7 +797,12 @@ fn watch_fence(agent: &Agent) {
 
 async fn lead_once(agent: &Arc<Agent>) {
     let state = agent.sm.state();
-    let decisions = decide(&agent.params, &state, &agent.observations(), agent.now_ms());
+    let decisions = decide(
+        &agent.params,
+        &state,
+        &agent.observations(&state),
+        agent.now_ms(),
+    );
     if decisions.is_empty() {
         return;
     }
