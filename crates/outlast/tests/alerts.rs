@@ -124,7 +124,6 @@ fn site_loss_alerts_reach_webhook_mail_and_command_from_a_survivor() {
     let (hook, dead_hook, smtp_port) = (base + 20, base + 21, base + 22);
     let mail_dir = tempfile::tempdir().expect("tempdir");
     let cmd_dir = tempfile::tempdir().expect("tempdir");
-    let cmd_log = cmd_dir.path().join("command-alerts.ndjson");
     let deliveries = webhook_receiver(hook);
     let _smtp = smtp_server(mail_dir.path(), smtp_port);
 
@@ -144,9 +143,9 @@ from = "outlast@shop.test"
 to = ["oncall@shop.test"]
 [[alerts]]
 kind = "command"
-command = ["sh", "-c", "cat >> '{log}'; echo >> '{log}'"]
+command = ["sh", "-c", "cat > '{dir}/'\"$OUTLAST_IDEMPOTENCY_KEY\".json"]
 "#,
-        log = cmd_log.display()
+        dir = cmd_dir.path().display()
     );
     let mut c = Cluster::new(opts);
     c.start_all();
@@ -187,6 +186,17 @@ command = ["sh", "-c", "cat >> '{log}'; echo >> '{log}'"]
         );
     }
     let sender = down.body["sent_by"].as_str().expect("sent_by").to_string();
+    // In commit order, one at a time per target: the site-down is delivered (after its
+    // retry) before the primary move it caused is even tried.
+    let delivered_down = all
+        .iter()
+        .position(|d| d.key == down.key && d.status == 200)
+        .expect("down");
+    let first_move_try = all.iter().position(|d| d.key == moved.key).expect("move");
+    assert!(
+        delivered_down < first_move_try,
+        "alerts out of order: {all:?}"
+    );
 
     // Mail over SMTP, with the idempotency key as Message-ID.
     let key = down.key.clone().expect("key");
@@ -202,13 +212,11 @@ command = ["sh", "-c", "cat >> '{log}'; echo >> '{log}'"]
         found.then_some(())
     });
 
-    // The command got the JSON on stdin.
+    // The command got the JSON on stdin and the key in its environment.
     wait(Duration::from_secs(10), "command alert", || {
-        let text = std::fs::read_to_string(&cmd_log).ok()?;
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|v| v["kind"] == "site-down" && v["site"] == "east")
-            .then_some(())
+        let file = cmd_dir.path().join(format!("{key}.json"));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()?;
+        (v["kind"] == "site-down" && v["site"] == "east").then_some(())
     });
 
     // The webhook nobody listens on: given up after its retries, logged and counted.

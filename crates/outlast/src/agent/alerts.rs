@@ -29,88 +29,98 @@ pub struct AlertEvent {
     pub unix_ms: u64,
 }
 
-#[derive(Clone)]
+/// Delivers alerts: one queue and one worker per target, so each target gets its alerts in
+/// the order they were committed (a site down before the primary move it caused), and a
+/// slow or failing target delays only itself.
 pub struct Alerter {
-    targets: Vec<Alert>,
-    http: reqwest::Client,
+    queues: Vec<tokio::sync::mpsc::UnboundedSender<AlertEvent>>,
 }
 
 const WEBHOOK_TRIES: u32 = 6;
 
 impl Alerter {
+    /// Starts one worker per target; call inside the runtime.
     pub fn new(targets: Vec<Alert>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
-        Self { targets, http }
-    }
-
-    /// Sends `event` to every target in the background.
-    pub fn send(&self, event: AlertEvent) {
-        tracing::info!(kind = %event.kind, epoch = event.epoch, key = %event.idempotency_key, "{}", event.message);
-        for target in self.targets.clone() {
-            let this = self.clone();
-            let event = event.clone();
-            let span =
-                tracing::info_span!("alert", kind = %event.kind, key = %event.idempotency_key);
+        let mut queues = Vec::new();
+        for target in targets {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AlertEvent>();
+            queues.push(tx);
+            let http = http.clone();
+            let channel = match &target {
+                Alert::Webhook { .. } => "webhook",
+                Alert::Smtp { .. } => "smtp",
+                Alert::Command { .. } => "command",
+            };
+            let span = tracing::info_span!("alerts", channel);
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    let (channel, res) = match &target {
-                        Alert::Webhook { url } => ("webhook", this.webhook(url, &event).await),
-                        Alert::Smtp { server, from, to } => {
-                            ("smtp", smtp(server, from, to, &event).await)
-                        }
-                        Alert::Command { argv } => ("command", command(argv, &event).await),
-                    };
-                    match res {
-                        Ok(()) => {
-                            metrics::counter!("outlast_alerts_sent_total", "channel" => channel)
-                                .increment(1)
-                        }
-                        Err(e) => {
-                            tracing::warn!(channel, error = %e, "alert not delivered");
-                            metrics::counter!("outlast_alerts_failed_total", "channel" => channel)
-                                .increment(1);
+                    while let Some(event) = rx.recv().await {
+                        let res = match &target {
+                            Alert::Webhook { url } => webhook(&http, url, &event).await,
+                            Alert::Smtp { server, from, to } => {
+                                smtp(server, from, to, &event).await
+                            }
+                            Alert::Command { argv } => command(argv, &event).await,
+                        };
+                        match res {
+                            Ok(()) => {
+                                metrics::counter!("outlast_alerts_sent_total", "channel" => channel)
+                                    .increment(1)
+                            }
+                            Err(e) => {
+                                tracing::warn!(key = %event.idempotency_key, error = %e, "alert not delivered");
+                                metrics::counter!("outlast_alerts_failed_total", "channel" => channel)
+                                    .increment(1);
+                            }
                         }
                     }
                 },
                 span,
             ));
         }
+        Self { queues }
     }
 
-    async fn webhook(&self, url: &str, event: &AlertEvent) -> Result<(), String> {
-        let mut delay = Duration::from_millis(200);
-        let mut last = String::new();
-        for attempt in 1..=WEBHOOK_TRIES {
-            let res = self
-                .http
-                .post(url)
-                .header("Idempotency-Key", &event.idempotency_key)
-                .json(event)
-                .send()
-                .await;
-            match res {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                // A 4xx other than 408/429 will not get better by retrying.
-                Ok(r)
-                    if r.status().is_client_error()
-                        && ![408, 429].contains(&r.status().as_u16()) =>
-                {
-                    return Err(format!("webhook refused it with {}", r.status()));
-                }
-                Ok(r) => last = format!("status {}", r.status()),
-                Err(e) => last = e.to_string(),
-            }
-            tracing::debug!(attempt, error = %last, "webhook attempt failed");
-            if attempt < WEBHOOK_TRIES {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+    /// Queues `event` for every target.
+    pub fn send(&self, event: AlertEvent) {
+        tracing::info!(kind = %event.kind, epoch = event.epoch, key = %event.idempotency_key, "{}", event.message);
+        for q in &self.queues {
+            // A closed queue means the agent is stopping.
+            let _ = q.send(event.clone());
         }
-        Err(format!("gave up after {WEBHOOK_TRIES} attempts: {last}"))
     }
+}
+
+async fn webhook(http: &reqwest::Client, url: &str, event: &AlertEvent) -> Result<(), String> {
+    let mut delay = Duration::from_millis(200);
+    let mut last = String::new();
+    for attempt in 1..=WEBHOOK_TRIES {
+        let res = http
+            .post(url)
+            .header("Idempotency-Key", &event.idempotency_key)
+            .json(event)
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            // A 4xx other than 408/429 will not get better by retrying.
+            Ok(r) if r.status().is_client_error() && ![408, 429].contains(&r.status().as_u16()) => {
+                return Err(format!("webhook refused it with {}", r.status()));
+            }
+            Ok(r) => last = format!("status {}", r.status()),
+            Err(e) => last = e.to_string(),
+        }
+        tracing::debug!(attempt, error = %last, "webhook attempt failed");
+        if attempt < WEBHOOK_TRIES {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+    Err(format!("gave up after {WEBHOOK_TRIES} attempts: {last}"))
 }
 
 async fn smtp(server: &str, from: &str, to: &[String], event: &AlertEvent) -> Result<(), String> {
