@@ -62,6 +62,7 @@ pub struct Agent {
     prometheus: Option<PrometheusHandle>,
     names: Arc<BTreeMap<NodeId, String>>,
     election_timeout_max_ms: u64,
+    routes: tokio::sync::watch::Sender<Arc<outlast_gateway::Routes>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -299,6 +300,72 @@ impl Agent {
         }
     }
 
+    /// Where each service's gateway at this site sends requests now: local backends when the
+    /// service is active here (primary-standby: acting as primary), the gateways of the other
+    /// active sites otherwise; refused outright for primary-standby while fenced.
+    fn routes(&self) -> outlast_gateway::Routes {
+        let (state, promoted, _) = self.view();
+        let fenced = self.fenced_now();
+        let acting = state.acting(&self.me, &promoted, self.now_ms(), !fenced);
+        let health = self.monitor.snapshot();
+        let mut services = BTreeMap::new();
+        for svc in &self.config.services {
+            let Some(st) = state.services.get(&svc.name) else {
+                continue;
+            };
+            let down: Vec<SocketAddr> = health
+                .get(&svc.name)
+                .map(|h| {
+                    h.backends
+                        .iter()
+                        .filter(|b| b.health == Health::Down)
+                        .map(|b| b.addr)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let backends = svc
+                .backends
+                .get(&self.me)
+                .map(|b| b.iter().copied().filter(|a| !down.contains(a)).collect())
+                .unwrap_or_default();
+            let local = match svc.mode {
+                outlast_core::config::Mode::ActiveActive => st.active_sites.contains(&self.me),
+                outlast_core::config::Mode::PrimaryStandby => acting.contains(&svc.name),
+            };
+            let remotes = st
+                .active_sites
+                .iter()
+                .filter(|s| **s != self.me && state.sites.get(*s) != Some(&SiteState::Down))
+                .filter_map(|s| self.config.site(s))
+                .map(|s| SocketAddr::new(s.address, svc.port))
+                .collect();
+            services.insert(
+                svc.name.clone(),
+                outlast_gateway::ServiceRoute {
+                    epoch: st.epoch,
+                    local,
+                    refuse: svc.mode == outlast_core::config::Mode::PrimaryStandby && fenced,
+                    backends,
+                    remotes,
+                },
+            );
+        }
+        outlast_gateway::Routes { services }
+    }
+
+    /// Publishes the routes to the gateways when they changed.
+    fn publish_routes(&self) {
+        let next = self.routes();
+        self.routes.send_if_modified(|cur| {
+            if **cur == next {
+                false
+            } else {
+                *cur = Arc::new(next);
+                true
+            }
+        });
+    }
+
     /// The status as this site sees it (DESIGN.md section 5).
     pub fn status(&self) -> outlast_web::Status {
         let state = self.sm.state();
@@ -465,6 +532,9 @@ fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// How long a stopping gateway lets requests in flight finish.
+const GATEWAY_DRAIN: Duration = Duration::from_secs(5);
+
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
     let probe = config.timing.probe_interval.as_millis() as u64;
     let election_min = (probe * 3).max(150);
@@ -562,6 +632,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         prometheus: prometheus(),
         names: names.clone(),
         election_timeout_max_ms: raft_config(&config)?.election_timeout_max,
+        routes: tokio::sync::watch::channel(Arc::new(outlast_gateway::Routes::default())).0,
         config,
     });
     // A restarted primary acts again only once it holds a lease, and peers count for its
@@ -602,6 +673,47 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
     let api_listener = tokio::net::TcpListener::bind(me.api_addr())
         .await
         .with_context(|| format!("cannot serve the API on {}", me.api_addr()))?;
+
+    // One gateway per service on every data site (a witness hosts nothing).
+    let gateways_stop = CancellationToken::new();
+    let mut gateway_tasks = Vec::new();
+    if !me.witness {
+        let site_addresses: std::collections::HashSet<std::net::IpAddr> =
+            agent.config.sites.iter().map(|s| s.address).collect();
+        for svc in &agent.config.services {
+            let addr = SocketAddr::new(me.address, svc.port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot open the gateway of {} on {addr}", svc.name))?;
+            let routes = agent.routes.subscribe();
+            let stop = gateways_stop.clone();
+            let span = tracing::info_span!("gateway", service = %svc.name);
+            let task = match svc.protocol {
+                outlast_core::config::Protocol::Http => {
+                    let gw = Arc::new(outlast_gateway::HttpGateway::new(
+                        &svc.name, &me.name, me.address, routes,
+                    ));
+                    tokio::spawn(
+                        outlast_gateway::serve_http(listener, gw, stop, GATEWAY_DRAIN)
+                            .instrument(span),
+                    )
+                }
+                outlast_core::config::Protocol::Tcp => tokio::spawn(
+                    outlast_gateway::serve_tcp(
+                        listener,
+                        svc.name.clone(),
+                        me.address,
+                        site_addresses.clone(),
+                        routes,
+                        stop,
+                        GATEWAY_DRAIN,
+                    )
+                    .instrument(span),
+                ),
+            };
+            gateway_tasks.push(task);
+        }
+    }
 
     let servers_stop = CancellationToken::new();
     let peer_server = Arc::new(PeerServer::new(auth, agent.clone()));
@@ -689,6 +801,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                     let now = agent.now_ms();
                     lock(&agent.reports).insert(agent.me.clone(), Received { at_ms: now, report: own });
                     watch_fence(&agent);
+                    agent.publish_routes();
                     export_site_states(&agent);
                     let m = agent.raft().metrics().borrow().clone();
                     metrics::gauge!("outlast_raft_term").set(m.current_term as f64);
@@ -713,6 +826,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
             async move {
                 while let Some(change) = changes_rx.recv().await {
                     agent.on_applied(change);
+                    agent.publish_routes();
                 }
             }
             .instrument(tracing::info_span!("apply")),
@@ -726,6 +840,11 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
     // leadership, stop serving peers.
     tracing::info!("shutting down");
     api_stop.cancel();
+    // Gateways stop accepting and drain what is in flight (bounded by GATEWAY_DRAIN).
+    gateways_stop.cancel();
+    for t in gateway_tasks {
+        let _ = t.await;
+    }
     let was_leader = agent.is_leader();
     workers.cancel();
     if let Err(e) = raft.shutdown().await {

@@ -30,6 +30,9 @@ pub fn bin() -> &'static str {
 /// Timing of the issue's acceptance: probe 100ms, fall 3, grace 500ms, lease 1s.
 pub struct Opts {
     pub port_base: u16,
+    pub mode: &'static str,
+    /// Start python backends for [east, west]; a test may run its own instead.
+    pub python_backends: [bool; 2],
     pub failback: &'static str,
     pub failback_after: &'static str,
     pub extra: String,
@@ -40,6 +43,8 @@ impl Opts {
     pub fn new(port_base: u16) -> Self {
         Opts {
             port_base,
+            mode: "primary-standby",
+            python_backends: [true, true],
             failback: "auto",
             failback_after: "2s",
             extra: String::new(),
@@ -89,7 +94,7 @@ failback_after = "{fa}"
 [[services]]
 name = "db"
 protocol = "http"
-mode = "primary-standby"
+mode = "{mode}"
 primary = "east"
 failback = "{fb}"
 port = {gw}
@@ -99,6 +104,7 @@ east = ["127.0.0.1:{be}"]
 west = ["127.0.0.1:{bw}"]
 "#,
         fb = o.failback,
+        mode = o.mode,
         gw = b + 2,
         be = b + 10,
         bw = b + 11
@@ -145,24 +151,22 @@ impl Cluster {
             agents: BTreeMap::new(),
             backends: Vec::new(),
         };
-        for port in [c.opts.port_base + 10, c.opts.port_base + 11] {
-            let root = c.dir.path().join(format!("www-{port}"));
-            std::fs::create_dir_all(&root).expect("www");
+        let backends = [
+            ("east", c.opts.port_base + 10),
+            ("west", c.opts.port_base + 11),
+        ];
+        for (i, (site, port)) in backends.into_iter().enumerate() {
+            if !c.opts.python_backends[i] {
+                continue;
+            }
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
             let child = c
                 .command("python3")
-                .args([
-                    "-m",
-                    "http.server",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--directory",
-                ])
-                .arg(&root)
+                .args([script, &port.to_string(), site])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("python3 http.server");
+                .expect("python3 backend");
             c.backends.push(child);
         }
         c
@@ -320,6 +324,27 @@ impl Cluster {
             &format!("{primary} acts as primary"),
             acting_primary_is(primary),
         )
+    }
+
+    /// Kills the python backend of `site` (east or west).
+    pub fn kill_backend(&mut self, site: &str) {
+        let i = if site == "east" { 0 } else { 1 };
+        let n = self.opts.python_backends[..i]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if let Some(c) = self.backends.get_mut(n) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Address of `site`'s gateway for the test service.
+    pub fn gateway(&self, site: &str) -> SocketAddr {
+        let addr = SITES.iter().find(|(n, _)| *n == site).expect("site").1;
+        format!("{addr}:{}", self.opts.port_base + 2)
+            .parse()
+            .expect("addr")
     }
 
     pub fn kill9(&mut self, site: &str) {

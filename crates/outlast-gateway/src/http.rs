@@ -1,0 +1,491 @@
+//! The HTTP gateway: HTTP/1.1 and h2c from clients, HTTP/1.1 to backends, WebSocket
+//! upgrades passed through byte for byte.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::routes::{Balancer, Routes, ServiceRoute, Target};
+use crate::HOP_HEADER;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+type Pool = Client<HttpConnector, Full<Bytes>>;
+
+/// Attempts per request at most (the first try and two retries).
+const MAX_ATTEMPTS: usize = 3;
+/// How long a request that found nowhere to go waits for the routing to change (a failover
+/// in progress) before it is answered 503. Only requests that reached no backend wait.
+const WAIT_FOR_ROUTE: Duration = Duration::from_secs(5);
+/// Largest request body the gateway buffers (it must, to retry).
+const MAX_BODY: usize = 16 << 20;
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// One service's HTTP gateway at one site.
+pub struct HttpGateway {
+    service: String,
+    site: String,
+    source: IpAddr,
+    routes: watch::Receiver<Arc<Routes>>,
+    balancer: Balancer,
+    /// Backend connection pool, rebuilt when the routing epoch changes so that idle
+    /// keep-alive connections to a demoted backend are closed (in-flight ones finish).
+    pool: RwLock<(u64, Pool)>,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+fn new_pool(source: IpAddr) -> Pool {
+    let mut c = HttpConnector::new();
+    c.set_local_address(Some(source));
+    c.set_connect_timeout(Some(Duration::from_secs(1)));
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(c)
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.into() + "\n"))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn unavailable(msg: impl Into<String>) -> Response<Body> {
+    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+fn is_idempotent(parts: &Parts) -> bool {
+    matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    ) || parts.headers.contains_key("idempotency-key")
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+impl HttpGateway {
+    pub fn new(
+        service: &str,
+        site: &str,
+        source: IpAddr,
+        routes: watch::Receiver<Arc<Routes>>,
+    ) -> Self {
+        Self {
+            service: service.to_string(),
+            site: site.to_string(),
+            source,
+            routes,
+            balancer: Balancer::default(),
+            pool: RwLock::new((0, new_pool(source))),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    fn route(&self) -> Option<ServiceRoute> {
+        self.routes.borrow().services.get(&self.service).cloned()
+    }
+
+    fn pool(&self, epoch: u64) -> Pool {
+        {
+            let p = self.pool.read().unwrap_or_else(|p| p.into_inner());
+            if p.0 == epoch {
+                return p.1.clone();
+            }
+        }
+        let mut p = self.pool.write().unwrap_or_else(|p| p.into_inner());
+        if p.0 != epoch {
+            *p = (epoch, new_pool(self.source));
+        }
+        p.1.clone()
+    }
+
+    /// Retry budget: retries may add at most 20% to the requests, plus a small allowance.
+    fn take_retry(&self) -> bool {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let retries = self.retries.load(Ordering::Relaxed);
+        if retries < requests / 5 + 10 {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("outlast_gateway_retries_total", "service" => self.service.clone())
+                .increment(1);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The request as sent to `target`.
+    fn outgoing<B>(&self, parts: &Parts, body: B, target: &Target, peer: SocketAddr) -> Request<B> {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.uri_mut() = format!("http://{}{path}", target.addr)
+            .parse()
+            .unwrap_or_default();
+        let mut headers = parts.headers.clone();
+        let upgrade = is_upgrade(&headers);
+        let upgrade_value = headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut headers);
+        if !headers.contains_key(header::HOST) {
+            if let Some(a) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(header::HOST, a);
+            }
+        }
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        if target.remote {
+            if let Ok(v) = HeaderValue::from_str(&self.site) {
+                headers.insert(HOP_HEADER, v);
+            }
+        }
+        if let (true, Some(u)) = (upgrade, upgrade_value) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, u);
+        }
+        *req.headers_mut() = headers;
+        req
+    }
+
+    /// Waits until the routing offers somewhere to go, up to `until`.
+    async fn wait_for_targets(
+        &self,
+        may_hop: bool,
+        until: Instant,
+    ) -> Option<(ServiceRoute, Vec<Target>)> {
+        let mut rx = self.routes.clone();
+        loop {
+            if let Some(route) = self.route() {
+                if route.refuse {
+                    return None;
+                }
+                let targets = self.balancer.targets(&route, may_hop);
+                if !targets.is_empty() {
+                    return Some((route, targets));
+                }
+            }
+            let left = until.checked_duration_since(Instant::now())?;
+            if tokio::time::timeout(left, rx.changed())
+                .await
+                .ok()?
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = self.route_request(req, peer).await;
+        let code = resp.status().as_u16().to_string();
+        metrics::counter!("outlast_gateway_requests_total", "service" => self.service.clone(), "code" => code).increment(1);
+        metrics::histogram!("outlast_gateway_request_seconds", "service" => self.service.clone())
+            .record(started.elapsed().as_secs_f64());
+        Ok(resp)
+    }
+
+    async fn route_request(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if self.route().is_some_and(|r| r.refuse) {
+            return unavailable(format!(
+                "site {} is fenced; {} is served elsewhere",
+                self.site, self.service
+            ));
+        }
+        let may_hop = !req.headers().contains_key(HOP_HEADER);
+        if is_upgrade(req.headers()) {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let (parts, _) = req.into_parts();
+            return self.upgrade(parts, on_upgrade, peer, may_hop).await;
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over {MAX_BODY} bytes"),
+                );
+            }
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+            }
+        };
+        let idempotent = is_idempotent(&parts);
+        let deadline = Instant::now() + WAIT_FOR_ROUTE;
+        let mut last_error = String::from("no site can serve it");
+        let mut backoff = Duration::from_millis(50);
+        // Rounds: each tries every target once (always a different one within a round).
+        // A new round starts only when no attempt of the last one reached a backend, after
+        // the routing changed (a failover) or a short back-off (a backend busy accepting),
+        // until the deadline. Retries within a round draw on the retry budget; rounds do
+        // not, since they send nothing twice.
+        loop {
+            let Some((route, targets)) = self.wait_for_targets(may_hop, deadline).await else {
+                return unavailable(format!("{}: {last_error}", self.service));
+            };
+            let pool = self.pool(route.epoch);
+            let epoch = route.epoch;
+            for (i, t) in targets.iter().take(MAX_ATTEMPTS).enumerate() {
+                if i > 0 && !self.take_retry() {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("{}: retry budget spent: {last_error}", self.service),
+                    );
+                }
+                let out = self.outgoing(&parts, Full::new(body.clone()), t, peer);
+                match pool.request(out).await {
+                    Ok(resp) => {
+                        let (mut rparts, rbody) = resp.into_parts();
+                        strip_hop_by_hop(&mut rparts.headers);
+                        return Response::from_parts(rparts, rbody.boxed());
+                    }
+                    Err(e) if e.is_connect() => {
+                        // Never reached the backend: safe to retry whatever the method.
+                        if !t.remote {
+                            self.balancer.eject(t.addr);
+                        }
+                        last_error = format!("cannot connect to {}: {e}", t.addr);
+                    }
+                    Err(e) => {
+                        last_error = format!("{} failed after the request was sent: {e}", t.addr);
+                        if !idempotent {
+                            return text(
+                                StatusCode::BAD_GATEWAY,
+                                format!("{}: {last_error}; not retried: {} is not idempotent (send an Idempotency-Key to allow it)", self.service, parts.method),
+                            );
+                        }
+                    }
+                }
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return unavailable(format!("{}: {last_error}", self.service));
+            };
+            let mut rx = self.routes.clone();
+            let moved = async {
+                while rx.changed().await.is_ok() {
+                    if rx
+                        .borrow()
+                        .services
+                        .get(&self.service)
+                        .is_some_and(|r| r.epoch != epoch || r.local)
+                    {
+                        return;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(left.min(backoff), moved).await;
+            backoff = (backoff * 2).min(Duration::from_millis(800));
+        }
+    }
+
+    async fn upgrade(
+        &self,
+        parts: Parts,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        peer: SocketAddr,
+        may_hop: bool,
+    ) -> Response<Body> {
+        let deadline = Instant::now() + WAIT_FOR_ROUTE;
+        let Some((_, targets)) = self.wait_for_targets(may_hop, deadline).await else {
+            return unavailable(format!("{}: no site can serve it", self.service));
+        };
+        let mut last_error = String::new();
+        for t in targets.into_iter().take(MAX_ATTEMPTS) {
+            let stream = match crate::tcp::connect_from(self.source, t.addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if !t.remote {
+                        self.balancer.eject(t.addr);
+                    }
+                    last_error = format!("cannot connect to {}: {e}", t.addr);
+                    continue;
+                }
+            };
+            let (mut sender, conn) =
+                match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        last_error = e.to_string();
+                        continue;
+                    }
+                };
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            let out = self.outgoing(&parts, Empty::<Bytes>::new(), &t, peer);
+            let mut resp = match sender.send_request(out).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("upgrade failed at {}: {e}", t.addr),
+                    )
+                }
+            };
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                return resp.map(|b| b.boxed());
+            }
+            let backend = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match (on_upgrade.await, backend.await) {
+                    (Ok(client), Ok(backend)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut backend = TokioIo::new(backend);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+                    }
+                    (c, b) => tracing::debug!(
+                        client = c.is_ok(),
+                        backend = b.is_ok(),
+                        "upgrade not completed"
+                    ),
+                }
+            });
+            let (rparts, _) = resp.into_parts();
+            return Response::from_parts(
+                rparts,
+                Empty::<Bytes>::new().map_err(|e| match e {}).boxed(),
+            );
+        }
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("{}: {last_error}", self.service),
+        )
+    }
+}
+
+/// Serves `gateway` on `listener` until `shutdown`; then stops accepting and lets requests
+/// in flight finish for up to `drain`.
+pub async fn serve_http(
+    listener: TcpListener,
+    gateway: Arc<HttpGateway>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gateway.clone();
+        let svc = service_fn(move |req| gw.clone().handle(req, peer));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => tracing::warn!(service = %gateway.service, "requests still in flight at the drain deadline"),
+    }
+}

@@ -1,0 +1,23 @@
+//! outlast-gateway: each service's front door on every data site, `address:port`.
+//!
+//! It follows the committed routing ([`Routes`], published by the agent on every change)
+//! and never decides anything itself. HTTP (1.1 and h2c, WebSocket upgrades passed through)
+//! and raw TCP. Local healthy backends first, round-robin, with passive ejection on connect
+//! errors; when none is usable here, or the service is not active here, one hop to the
+//! gateway of a site where it is active (a header, or for TCP the peer's site address, stops
+//! a second hop). Retries only where safe: a request that never reached a backend (connect
+//! refused or timed out) is retried whatever its method; after that, only idempotent methods
+//! or requests with an `Idempotency-Key`, always on a different target, within a retry
+//! budget. It must never serve a primary-standby service locally on a fenced site: it
+//! answers 503 with `Retry-After` there instead.
+
+mod http;
+mod routes;
+mod tcp;
+
+pub use http::{serve_http, HttpGateway};
+pub use routes::{Routes, ServiceRoute, Target};
+pub use tcp::serve_tcp;
+
+/// Header that marks a request forwarded by another site's gateway.
+pub const HOP_HEADER: &str = "x-outlast-hop";

@@ -1,0 +1,148 @@
+//! What the gateway follows: per service, where to send requests right now.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The routing of every service as this site sees it, rebuilt by the agent on each commit
+/// and each health change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routes {
+    pub services: BTreeMap<String, ServiceRoute>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceRoute {
+    /// Epoch of the decision this route follows.
+    pub epoch: u64,
+    /// Serve with local backends: active here and, for primary-standby, acting as primary.
+    pub local: bool,
+    /// Refuse with 503 + Retry-After: primary-standby on a fenced site.
+    pub refuse: bool,
+    /// Local backends not known to be down, in config order.
+    pub backends: Vec<SocketAddr>,
+    /// Gateways of the other sites where the service is active.
+    pub remotes: Vec<SocketAddr>,
+}
+
+/// Where one attempt goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// Another site's gateway (one hop) rather than a local backend.
+    pub remote: bool,
+}
+
+/// Round-robin position and passive ejections of one service's backends.
+#[derive(Default)]
+pub(crate) struct Balancer {
+    next: AtomicUsize,
+    ejected: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+/// How long a backend that refused a connection is skipped before it is tried again.
+pub(crate) const EJECT_FOR: Duration = Duration::from_secs(2);
+
+impl Balancer {
+    pub(crate) fn eject(&self, addr: SocketAddr) {
+        let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+        e.insert(addr, Instant::now() + EJECT_FOR);
+        metrics::counter!("outlast_gateway_ejections_total", "backend" => addr.to_string())
+            .increment(1);
+    }
+
+    /// The targets to try, in order: usable local backends starting at the round-robin
+    /// position, then (unless this request already made its hop) the remote gateways.
+    pub(crate) fn targets(&self, route: &ServiceRoute, may_hop: bool) -> Vec<Target> {
+        let mut out = Vec::new();
+        if route.local && !route.backends.is_empty() {
+            let now = Instant::now();
+            let ejected = {
+                let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+                e.retain(|_, until| *until > now);
+                e.clone()
+            };
+            let n = route.backends.len();
+            let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+            let usable: Vec<SocketAddr> = (0..n)
+                .map(|i| route.backends[(start + i) % n])
+                .filter(|a| !ejected.contains_key(a))
+                .collect();
+            // With every backend ejected, still try them: ejection is a hint, not a verdict.
+            let list = if usable.is_empty() {
+                (0..n).map(|i| route.backends[(start + i) % n]).collect()
+            } else {
+                usable
+            };
+            out.extend(list.into_iter().map(|addr| Target {
+                addr,
+                remote: false,
+            }));
+        }
+        if may_hop {
+            out.extend(
+                route
+                    .remotes
+                    .iter()
+                    .map(|&addr| Target { addr, remote: true }),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> ServiceRoute {
+        ServiceRoute {
+            epoch: 1,
+            local: true,
+            refuse: false,
+            backends: vec![
+                "127.0.0.1:1".parse().expect("a"),
+                "127.0.0.1:2".parse().expect("b"),
+            ],
+            remotes: vec!["127.0.0.12:80".parse().expect("r")],
+        }
+    }
+
+    #[test]
+    fn local_first_round_robin_then_remote() {
+        let b = Balancer::default();
+        let t1 = b.targets(&route(), true);
+        let t2 = b.targets(&route(), true);
+        assert_eq!(t1.len(), 3);
+        assert_ne!(t1[0], t2[0], "round-robin moves the first choice");
+        assert!(t1[2].remote && t2[2].remote);
+    }
+
+    #[test]
+    fn hopped_requests_never_hop_again() {
+        let b = Balancer::default();
+        assert!(b.targets(&route(), false).iter().all(|t| !t.remote));
+        let mut r = route();
+        r.local = false;
+        assert!(b.targets(&r, false).is_empty());
+    }
+
+    #[test]
+    fn ejected_backends_are_skipped_until_all_are() {
+        let b = Balancer::default();
+        let r = route();
+        b.eject(r.backends[0]);
+        let t = b.targets(&r, false);
+        assert_eq!(
+            t,
+            vec![Target {
+                addr: r.backends[1],
+                remote: false
+            }]
+        );
+        b.eject(r.backends[1]);
+        assert_eq!(b.targets(&r, false).len(), 2);
+    }
+}

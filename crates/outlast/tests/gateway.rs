@@ -1,0 +1,299 @@
+//! The gateway with real agents and real backends on loopback: requests keep flowing while
+//! a backend dies, a POST that reached a backend is never sent twice, WebSocket upgrades
+//! and h2c pass through.
+
+// Synchronous test code on plain threads: there is no async runtime here to block.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Opts};
+
+/// One HTTP/1.1 request on its own connection; (status, body) or what went wrong.
+fn request(addr: SocketAddr, head: &str, body: &str) -> Result<(u16, String), String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "{head}Host: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let status = buf
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {buf:?}"))?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn get(addr: SocketAddr) -> Result<(u16, String), String> {
+    request(addr, "GET / HTTP/1.1\r\n", "")
+}
+
+/// GETs at `per_sec` for `secs`, running `fault` at `fault_at`; every outcome.
+fn load(
+    addr: SocketAddr,
+    per_sec: u64,
+    secs: u64,
+    fault_at: Duration,
+    fault: impl FnOnce(),
+) -> Vec<Result<(u16, String), String>> {
+    let start = Instant::now();
+    let total = per_sec * secs;
+    let handles = std::thread::spawn(move || {
+        let mut hs = Vec::new();
+        for i in 0..total {
+            let due = start + Duration::from_micros(i * 1_000_000 / per_sec);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            hs.push(std::thread::spawn(move || get(addr)));
+        }
+        hs
+    });
+    std::thread::sleep(fault_at);
+    fault();
+    let hs = handles.join().expect("load thread");
+    hs.into_iter()
+        .map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())))
+        .collect()
+}
+
+fn summarize(results: &[Result<(u16, String), String>]) -> (usize, usize, usize, Vec<String>) {
+    let ok = results.iter().filter(|r| matches!(r, Ok((200, _)))).count();
+    let by_west = results
+        .iter()
+        .filter(|r| matches!(r, Ok((200, b)) if b.contains("backend west")))
+        .count();
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !matches!(r, Ok((200, _))))
+        .map(|r| format!("{r:?}"))
+        .take(5)
+        .collect();
+    (results.len(), ok, by_west, failed)
+}
+
+#[test]
+fn primary_standby_loses_no_get_when_the_primary_backend_dies() {
+    let mut c = Cluster::new(Opts::new(7540));
+    c.start_all();
+    c.wait_healthy();
+    let gw = c.gateway("east");
+    assert_eq!(
+        get(gw).map(|(s, b)| (s, b.trim().to_string())),
+        Ok((200, "backend east".to_string()))
+    );
+    let results = load(gw, 100, 7, Duration::from_millis(1500), || {
+        c.kill_backend("east")
+    });
+    let (n, ok, by_west, failed) = summarize(&results);
+    println!(
+        "primary-standby: {ok}/{n} GETs answered 200, {by_west} by west after east's backend died"
+    );
+    assert_eq!(ok, n, "lost requests: {failed:?}\n{}", c.logs());
+    assert!(by_west > 0, "west never served");
+}
+
+#[test]
+fn active_active_loses_no_get_when_one_backend_dies() {
+    let mut opts = Opts::new(7560);
+    opts.mode = "active-active";
+    let mut c = Cluster::new(opts);
+    c.start_all();
+    c.wait_for("east", Duration::from_secs(20), "both sites active", |st| {
+        common::all_up(st)
+            && st["services"][0]["active_sites"] == serde_json::json!(["east", "west"])
+    });
+    let gw = c.gateway("east");
+    let results = load(gw, 100, 5, Duration::from_millis(1500), || {
+        c.kill_backend("east")
+    });
+    let (n, ok, by_west, failed) = summarize(&results);
+    println!(
+        "active-active: {ok}/{n} GETs answered 200, {by_west} by west after east's backend died"
+    );
+    assert_eq!(ok, n, "lost requests: {failed:?}");
+    assert!(by_west > 0, "west never served");
+    // West's own gateway serves too.
+    assert_eq!(get(c.gateway("west")).map(|(s, _)| s), Ok(200));
+}
+
+/// A backend that answers GETs (so its health check passes) but drops every POST after
+/// reading it whole, as a backend that crashes mid-request would.
+fn dropping_backend(port: u16) -> Arc<AtomicUsize> {
+    let posts = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind backend");
+    let seen = posts.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream);
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    return;
+                }
+                let post = line.starts_with("POST");
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let mut s = r.into_inner();
+                if post {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                } else {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                    );
+                }
+            });
+        }
+    });
+    posts
+}
+
+#[test]
+fn post_without_idempotency_key_is_never_sent_twice() {
+    let mut opts = Opts::new(7580);
+    opts.mode = "active-active";
+    opts.python_backends = [false, true];
+    let posts = dropping_backend(7590);
+    let mut c = Cluster::new(opts);
+    c.start_all();
+    c.wait_for(
+        "east",
+        Duration::from_secs(20),
+        "east's backend healthy",
+        |st| {
+            common::all_up(st)
+                && st["services"][0]["local_health"] == "up"
+                && st["services"][0]["active_sites"] == serde_json::json!(["east", "west"])
+        },
+    );
+    let gw = c.gateway("east");
+    let r = request(gw, "POST /order HTTP/1.1\r\n", "{\"sku\":1}");
+    assert!(
+        matches!(r, Ok((502, ref b)) if b.contains("not idempotent")),
+        "{r:?}"
+    );
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        1,
+        "the POST reached the backend exactly once"
+    );
+
+    // With an Idempotency-Key the same failure is retried on another target: west, whose
+    // python server answers 501 to POST, which proves the request got there.
+    let r = request(
+        gw,
+        "POST /order HTTP/1.1\r\nIdempotency-Key: order-42\r\n",
+        "{\"sku\":1}",
+    );
+    assert!(matches!(r, Ok((501, _))), "{r:?}");
+    assert_eq!(posts.load(Ordering::SeqCst), 2);
+}
+
+/// Answers GET / with 200 (health) and a WebSocket upgrade with 101, then echoes bytes.
+fn upgrade_echo_backend(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind backend");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream);
+                let mut head = String::new();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&h);
+                }
+                let mut s = r.into_inner();
+                if head.to_ascii_lowercase().contains("upgrade: websocket") {
+                    let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                } else {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn websocket_upgrade_and_h2c_pass_through() {
+    let mut opts = Opts::new(7600);
+    opts.python_backends = [false, true];
+    upgrade_echo_backend(7610);
+    let mut c = Cluster::new(opts);
+    c.start_all();
+    c.wait_healthy();
+    let mut s = TcpStream::connect(c.gateway("east")).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .expect("write");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut status = String::new();
+    r.read_line(&mut status).expect("status line");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header");
+        if h == "\r\n" {
+            break;
+        }
+    }
+    s.write_all(b"hello through the gateway").expect("write");
+    let mut echoed = [0u8; 25];
+    r.read_exact(&mut echoed).expect("echo");
+    assert_eq!(&echoed, b"hello through the gateway");
+
+    // h2c with prior knowledge, served by the same gateway.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = format!("http://{}/", c.gateway("east"));
+    let (version, code) = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("client");
+        let r = client.get(&url).send().await.expect("h2c request");
+        (r.version(), r.status().as_u16())
+    });
+    assert_eq!(version, reqwest::Version::HTTP_2);
+    assert_eq!(code, 200);
+}
