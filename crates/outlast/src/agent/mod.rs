@@ -63,6 +63,9 @@ pub struct Agent {
     names: Arc<BTreeMap<NodeId, String>>,
     election_timeout_max_ms: u64,
     routes: tokio::sync::watch::Sender<Arc<outlast_gateway::Routes>>,
+    zone: tokio::sync::watch::Sender<Arc<outlast_dns::ZoneView>>,
+    /// Per DNS name, the last non-empty answer (what `all_down = "fail-open"` keeps serving).
+    last_known: Mutex<BTreeMap<hickory_proto::rr::Name, Vec<std::net::Ipv4Addr>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -353,8 +356,87 @@ impl Agent {
         outlast_gateway::Routes { services }
     }
 
-    /// Publishes the routes to the gateways when they changed.
+    /// The zone as this site answers it (DESIGN.md: only healthy sites, short TTL).
+    fn zone_view(&self) -> Option<outlast_dns::ZoneView> {
+        use hickory_proto::rr::Name;
+        use std::net::{IpAddr, Ipv4Addr};
+        let dns = self.config.dns.as_ref()?;
+        let zone = Name::from_ascii(&dns.zone).ok()?;
+        let state = self.sm.state();
+        let v4 = |site: &str| match self.config.site(site).map(|s| s.address) {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        };
+        let up = |site: &String| state.sites.get(site) != Some(&SiteState::Down);
+        // Ready once a leader is known, a majority has reported recently, and every local
+        // backend has a verdict: the first health round has completed.
+        let now = self.now_ms();
+        let fresh = lock(&self.reports)
+            .values()
+            .filter(|r| now.saturating_sub(r.at_ms) <= self.params.report_ttl_ms)
+            .count();
+        let verdicts = self
+            .monitor
+            .snapshot()
+            .values()
+            .all(|h| h.backends.iter().all(|b| b.health != Health::Unknown));
+        let leader = self.raft().metrics().borrow().current_leader.is_some();
+        let ready = leader && verdicts && fresh >= self.config.quorum();
+        let mut names = BTreeMap::new();
+        let mut last = lock(&self.last_known);
+        for svc in &self.config.services {
+            let (Some(label), Some(st)) = (&svc.dns_name, state.services.get(&svc.name)) else {
+                continue;
+            };
+            let Ok(owner) = Name::from_ascii(label).and_then(|n| n.append_domain(&zone)) else {
+                continue;
+            };
+            let sites: Vec<&String> = match svc.mode {
+                outlast_core::config::Mode::PrimaryStandby => {
+                    st.primary.iter().filter(|p| up(p)).collect()
+                }
+                outlast_core::config::Mode::ActiveActive => {
+                    st.active_sites.iter().filter(|s| up(s)).collect()
+                }
+            };
+            let addrs: Vec<Ipv4Addr> = sites.into_iter().filter_map(|s| v4(s)).collect();
+            let addrs = if !addrs.is_empty() {
+                last.insert(owner.clone(), addrs.clone());
+                addrs
+            } else if dns.all_down == outlast_core::config::AllDown::FailOpen {
+                last.get(&owner).cloned().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            names.insert(owner.to_lowercase(), addrs);
+        }
+        Some(outlast_dns::ZoneView {
+            zone,
+            ready,
+            serial: u32::try_from(state.epoch).unwrap_or(u32::MAX),
+            ttl: dns.ttl,
+            name_servers: self
+                .config
+                .sites
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), v4(&s.name)?)))
+                .collect(),
+            names,
+        })
+    }
+
+    /// Publishes the routes to the gateways and the zone to DNS when they changed.
     fn publish_routes(&self) {
+        if let Some(view) = self.zone_view() {
+            self.zone.send_if_modified(|cur| {
+                if **cur == view {
+                    false
+                } else {
+                    *cur = Arc::new(view);
+                    true
+                }
+            });
+        }
         let next = self.routes();
         self.routes.send_if_modified(|cur| {
             if **cur == next {
@@ -633,6 +715,11 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         names: names.clone(),
         election_timeout_max_ms: raft_config(&config)?.election_timeout_max,
         routes: tokio::sync::watch::channel(Arc::new(outlast_gateway::Routes::default())).0,
+        zone: tokio::sync::watch::channel(Arc::new(outlast_dns::ZoneView::not_ready(
+            hickory_proto::rr::Name::root(),
+        )))
+        .0,
+        last_known: Mutex::new(BTreeMap::new()),
         config,
     });
     // A restarted primary acts again only once it holds a lease, and peers count for its
@@ -714,6 +801,29 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
             gateway_tasks.push(task);
         }
     }
+
+    // Every site answers DNS for the zone, the witness included.
+    let dns_stop = CancellationToken::new();
+    let dns_task = match &agent.config.dns {
+        Some(dns) => {
+            let addr = SocketAddr::new(me.address, dns.port);
+            // Bind here so that a taken port fails the start, not a background task.
+            std::net::UdpSocket::bind(addr)
+                .map(drop)
+                .with_context(|| format!("cannot serve DNS on {addr}"))?;
+            let view = agent.zone.subscribe();
+            let stop = dns_stop.clone();
+            Some(tokio::spawn(
+                async move {
+                    if let Err(e) = outlast_dns::serve(addr, view, stop).await {
+                        tracing::error!(%addr, error = %e, "DNS server failed");
+                    }
+                }
+                .instrument(tracing::info_span!("dns")),
+            ))
+        }
+        None => None,
+    };
 
     let servers_stop = CancellationToken::new();
     let peer_server = Arc::new(PeerServer::new(auth, agent.clone()));
@@ -840,6 +950,10 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
     // leadership, stop serving peers.
     tracing::info!("shutting down");
     api_stop.cancel();
+    dns_stop.cancel();
+    if let Some(t) = dns_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     // Gateways stop accepting and drain what is in flight (bounded by GATEWAY_DRAIN).
     gateways_stop.cancel();
     for t in gateway_tasks {

@@ -37,6 +37,8 @@ pub struct Opts {
     pub failback_after: &'static str,
     pub extra: String,
     pub netns: bool,
+    /// Serve DNS for shop.test. on port base+3, the service named db.shop.test.
+    pub dns: bool,
 }
 
 impl Opts {
@@ -49,6 +51,7 @@ impl Opts {
             failback_after: "2s",
             extra: String::new(),
             netns: false,
+            dns: false,
         }
     }
 }
@@ -95,6 +98,7 @@ failback_after = "{fa}"
 name = "db"
 protocol = "http"
 mode = "{mode}"
+dns_name = "db"
 primary = "east"
 failback = "{fb}"
 port = {gw}
@@ -109,6 +113,12 @@ west = ["127.0.0.1:{bw}"]
         be = b + 10,
         bw = b + 11
     ));
+    if o.dns {
+        s.push_str(&format!(
+            "\n[dns]\nzone = \"shop.test.\"\nport = {}\nttl = 5\n",
+            b + 3
+        ));
+    }
     s.push_str(&o.extra);
     s
 }

@@ -1,0 +1,135 @@
+//! outlast-dns: every site's authoritative DNS for `[dns].zone`, over UDP and TCP.
+//!
+//! Answers come from a [`ZoneView`] that the agent rebuilds from the committed routing on
+//! every change: a primary-standby service's name points at its primary's site address, an
+//! active-active one at every active site's. Every site answers the same within one probe
+//! interval of a commit, and the SOA serial is the epoch. Before the first health round has
+//! completed, every query in the zone gets SERVFAIL (no guess is better than a wrong one).
+//! It never decides routing; it only publishes what was committed.
+
+mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{LowerName, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::Server;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use view::{Answer, ZoneView};
+
+/// Answers queries from the latest [`ZoneView`].
+pub struct Handler {
+    view: watch::Receiver<Arc<ZoneView>>,
+}
+
+impl Handler {
+    pub fn new(view: watch::Receiver<Arc<ZoneView>>) -> Self {
+        Self { view }
+    }
+}
+
+fn failed(request: &Request, code: ResponseCode) -> ResponseInfo {
+    let mut metadata = Metadata::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
+    metadata.response_code = code;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let edns = request.edns.as_ref().map(|e| {
+            let mut out = Edns::new();
+            out.set_max_payload(e.max_payload().max(512));
+            out.set_version(0);
+            out
+        });
+        let code_only = |code: ResponseCode| {
+            MessageResponseBuilder::new(&request.queries, edns.as_ref())
+                .error_msg(&request.metadata, code)
+        };
+        let outcome = if request.metadata.message_type != MessageType::Query {
+            response
+                .send_response(code_only(ResponseCode::FormErr))
+                .await
+        } else if request.metadata.op_code != OpCode::Query {
+            response
+                .send_response(code_only(ResponseCode::NotImp))
+                .await
+        } else if request.queries.queries().len() != 1 {
+            response
+                .send_response(code_only(ResponseCode::FormErr))
+                .await
+        } else {
+            let q = &request.queries.queries()[0];
+            let view = self.view.borrow().clone();
+            let name: &LowerName = q.name();
+            let answer = view.answer(name, q.query_type());
+            metrics::counter!("outlast_dns_queries_total", "rcode" => answer.code.to_string())
+                .increment(1);
+            if matches!(answer.code, ResponseCode::Refused | ResponseCode::ServFail) {
+                response.send_response(code_only(answer.code)).await
+            } else {
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.authoritative = true;
+                metadata.recursion_available = false;
+                metadata.response_code = answer.code;
+                let built = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+                    metadata,
+                    answer.answers.iter(),
+                    answer.authorities.iter(),
+                    std::iter::empty::<&Record>(),
+                    answer.additionals.iter(),
+                );
+                response.send_response(built).await
+            }
+        };
+        match outcome {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS answer not sent");
+                failed(request, ResponseCode::ServFail)
+            }
+        }
+    }
+}
+
+/// Serves DNS on `addr` (UDP and TCP) until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    view: watch::Receiver<Arc<ZoneView>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let udp = tokio::net::UdpSocket::bind(addr).await?;
+    let tcp = tokio::net::TcpListener::bind(addr).await?;
+    let mut server = Server::new(Handler::new(view));
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+    shutdown.cancelled().await;
+    if let Err(e) = server.shutdown_gracefully().await {
+        tracing::warn!(error = %e, "DNS server did not stop cleanly");
+    }
+    Ok(())
+}
+
+/// The record type a query asks for, for logs.
+pub fn type_name(t: RecordType) -> String {
+    t.to_string()
+}

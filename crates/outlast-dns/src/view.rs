@@ -1,0 +1,251 @@
+//! The zone as data: what every name in it answers, built from committed routing.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, NS, SOA};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+/// The zone as every site answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneView {
+    pub zone: Name,
+    /// SERVFAIL for everything until the first health round has completed.
+    pub ready: bool,
+    /// SOA serial: the committed epoch.
+    pub serial: u32,
+    pub ttl: u32,
+    /// Name server per site: (site name, address).
+    pub name_servers: Vec<(String, Ipv4Addr)>,
+    /// A records per owner name (lower-case, fully qualified).
+    pub names: BTreeMap<Name, Vec<Ipv4Addr>>,
+}
+
+/// One query's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub code: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+}
+
+impl Answer {
+    fn code(code: ResponseCode) -> Self {
+        Answer {
+            code,
+            answers: vec![],
+            authorities: vec![],
+            additionals: vec![],
+        }
+    }
+}
+
+fn ns_name(zone: &Name, site: &str) -> Name {
+    Name::from_ascii(format!("ns-{site}"))
+        .and_then(|n| n.append_domain(zone))
+        .unwrap_or_else(|_| zone.clone())
+}
+
+impl ZoneView {
+    /// A zone that answers SERVFAIL to everything (before the first health round).
+    pub fn not_ready(zone: Name) -> Self {
+        ZoneView {
+            zone,
+            ready: false,
+            serial: 0,
+            ttl: 5,
+            name_servers: vec![],
+            names: BTreeMap::new(),
+        }
+    }
+
+    fn soa(&self) -> Record {
+        let mname = self
+            .name_servers
+            .first()
+            .map(|(s, _)| ns_name(&self.zone, s))
+            .unwrap_or_else(|| self.zone.clone());
+        let rname = Name::from_ascii("hostmaster")
+            .and_then(|n| n.append_domain(&self.zone))
+            .unwrap_or_else(|_| self.zone.clone());
+        // Refresh, retry and expire matter to secondaries; minimum is the negative TTL.
+        let soa = SOA::new(mname, rname, self.serial, 60, 10, 3600, self.ttl);
+        Record::from_rdata(self.zone.clone(), self.ttl, RData::SOA(soa))
+    }
+
+    fn a_records(&self, owner: &Name, addrs: &[Ipv4Addr]) -> Vec<Record> {
+        addrs
+            .iter()
+            .map(|ip| Record::from_rdata(owner.clone(), self.ttl, RData::A(A(*ip))))
+            .collect()
+    }
+
+    fn ns_records(&self) -> (Vec<Record>, Vec<Record>) {
+        let mut ns = Vec::new();
+        let mut glue = Vec::new();
+        for (site, ip) in &self.name_servers {
+            let host = ns_name(&self.zone, site);
+            ns.push(Record::from_rdata(
+                self.zone.clone(),
+                self.ttl,
+                RData::NS(NS(host.clone())),
+            ));
+            glue.push(Record::from_rdata(host, self.ttl, RData::A(A(*ip))));
+        }
+        (ns, glue)
+    }
+
+    /// The answer to one question. Pure, so every case is a unit test.
+    pub fn answer(&self, name: &LowerName, qtype: RecordType) -> Answer {
+        let zone = LowerName::from(&self.zone);
+        if !zone.zone_of(name) {
+            return Answer::code(ResponseCode::Refused);
+        }
+        if !self.ready {
+            return Answer::code(ResponseCode::ServFail);
+        }
+        let owner = Name::from(name.clone());
+        let nodata = |s: &Self| Answer {
+            code: ResponseCode::NoError,
+            answers: vec![],
+            authorities: vec![s.soa()],
+            additionals: vec![],
+        };
+        if *name == zone {
+            return match qtype {
+                RecordType::SOA => Answer {
+                    code: ResponseCode::NoError,
+                    answers: vec![self.soa()],
+                    authorities: vec![],
+                    additionals: vec![],
+                },
+                RecordType::NS => {
+                    let (ns, glue) = self.ns_records();
+                    Answer {
+                        code: ResponseCode::NoError,
+                        answers: ns,
+                        authorities: vec![],
+                        additionals: glue,
+                    }
+                }
+                _ => nodata(self),
+            };
+        }
+        let ns_host = self
+            .name_servers
+            .iter()
+            .find(|(s, _)| ns_name(&self.zone, s) == owner);
+        if let Some((_, ip)) = ns_host {
+            return match qtype {
+                RecordType::A => Answer {
+                    code: ResponseCode::NoError,
+                    answers: self.a_records(&owner, &[*ip]),
+                    authorities: vec![],
+                    additionals: vec![],
+                },
+                _ => nodata(self),
+            };
+        }
+        match self.names.get(&owner) {
+            Some(addrs) => match qtype {
+                RecordType::A | RecordType::ANY if !addrs.is_empty() => Answer {
+                    code: ResponseCode::NoError,
+                    answers: self.a_records(&owner, addrs),
+                    authorities: vec![],
+                    additionals: vec![],
+                },
+                _ => nodata(self),
+            },
+            None => Answer {
+                code: ResponseCode::NXDomain,
+                answers: vec![],
+                authorities: vec![self.soa()],
+                additionals: vec![],
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> ZoneView {
+        let zone = Name::from_ascii("shop.test.").expect("zone");
+        let mut names = BTreeMap::new();
+        names.insert(
+            Name::from_ascii("www.shop.test.").expect("www"),
+            vec![Ipv4Addr::new(127, 0, 0, 11), Ipv4Addr::new(127, 0, 0, 12)],
+        );
+        names.insert(Name::from_ascii("db.shop.test.").expect("db"), vec![]);
+        ZoneView {
+            zone,
+            ready: true,
+            serial: 7,
+            ttl: 5,
+            name_servers: vec![("east".into(), Ipv4Addr::new(127, 0, 0, 11))],
+            names,
+        }
+    }
+
+    fn q(name: &str) -> LowerName {
+        LowerName::from(Name::from_ascii(name).expect("name"))
+    }
+
+    #[test]
+    fn service_names_answer_their_sites() {
+        let a = view().answer(&q("WWW.shop.test."), RecordType::A);
+        assert_eq!(a.code, ResponseCode::NoError);
+        assert_eq!(a.answers.len(), 2);
+        assert!(a.answers.iter().all(|r| r.ttl == 5));
+    }
+
+    #[test]
+    fn unknown_is_nxdomain_out_of_zone_is_refused_empty_is_nodata() {
+        let v = view();
+        let a = v.answer(&q("nope.shop.test."), RecordType::A);
+        assert_eq!(a.code, ResponseCode::NXDomain);
+        assert_eq!(a.authorities.len(), 1, "negative answers carry the SOA");
+        assert_eq!(
+            v.answer(&q("example.com."), RecordType::A).code,
+            ResponseCode::Refused
+        );
+        let a = v.answer(&q("db.shop.test."), RecordType::A);
+        assert_eq!(
+            (a.code, a.answers.len(), a.authorities.len()),
+            (ResponseCode::NoError, 0, 1)
+        );
+        let a = v.answer(&q("www.shop.test."), RecordType::AAAA);
+        assert_eq!((a.code, a.answers.len()), (ResponseCode::NoError, 0));
+    }
+
+    #[test]
+    fn apex_has_soa_with_the_epoch_and_ns_with_glue() {
+        let v = view();
+        let a = v.answer(&q("shop.test."), RecordType::SOA);
+        match &a.answers[0].data {
+            RData::SOA(soa) => assert_eq!(soa.serial, 7),
+            other => panic!("{other:?}"),
+        }
+        let a = v.answer(&q("shop.test."), RecordType::NS);
+        assert_eq!((a.answers.len(), a.additionals.len()), (1, 1));
+        let a = v.answer(&q("ns-east.shop.test."), RecordType::A);
+        assert_eq!(a.answers.len(), 1);
+    }
+
+    #[test]
+    fn servfail_until_ready() {
+        let mut v = view();
+        v.ready = false;
+        assert_eq!(
+            v.answer(&q("www.shop.test."), RecordType::A).code,
+            ResponseCode::ServFail
+        );
+        assert_eq!(
+            v.answer(&q("example.com."), RecordType::A).code,
+            ResponseCode::Refused
+        );
+    }
+}
