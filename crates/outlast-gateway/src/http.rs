@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::routes::{Balancer, Routes, ServiceRoute, Target};
+use crate::routes::{Balancer, Routes, ServiceRoute, Stats, Target};
 use crate::HOP_HEADER;
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -60,6 +60,7 @@ pub struct HttpGateway {
     pool: RwLock<(u64, Pool)>,
     requests: AtomicU64,
     retries: AtomicU64,
+    stats: Arc<Stats>,
 }
 
 fn new_pool(source: IpAddr) -> Pool {
@@ -139,6 +140,7 @@ impl HttpGateway {
         site: &str,
         source: IpAddr,
         routes: watch::Receiver<Arc<Routes>>,
+        stats: Arc<Stats>,
     ) -> Self {
         Self {
             service: service.to_string(),
@@ -149,6 +151,7 @@ impl HttpGateway {
             pool: RwLock::new((0, new_pool(source))),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            stats,
         }
     }
 
@@ -265,6 +268,7 @@ impl HttpGateway {
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.request();
         let resp = self.route_request(req, peer).await;
         let code = resp.status().as_u16().to_string();
         metrics::counter!("outlast_gateway_requests_total", "service" => self.service.clone(), "code" => code).increment(1);
@@ -330,11 +334,13 @@ impl HttpGateway {
                 let out = self.outgoing(&parts, Full::new(body.clone()), t, peer);
                 match pool.request(out).await {
                     Ok(resp) => {
+                        self.stats.record(&self.service, t, true);
                         let (mut rparts, rbody) = resp.into_parts();
                         strip_hop_by_hop(&mut rparts.headers);
                         return Response::from_parts(rparts, rbody.boxed());
                     }
                     Err(e) if e.is_connect() => {
+                        self.stats.record(&self.service, t, false);
                         // Never reached the backend: safe to retry whatever the method.
                         if !t.remote {
                             self.balancer.eject(t.addr);
@@ -342,6 +348,7 @@ impl HttpGateway {
                         last_error = format!("cannot connect to {}: {e}", t.addr);
                     }
                     Err(e) => {
+                        self.stats.record(&self.service, t, false);
                         last_error = format!("{} failed after the request was sent: {e}", t.addr);
                         if !idempotent {
                             return text(

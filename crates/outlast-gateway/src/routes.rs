@@ -35,6 +35,53 @@ pub struct Target {
     pub remote: bool,
 }
 
+/// Per-target counters of one service's gateway, read by the agent for its status.
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests: std::sync::atomic::AtomicU64,
+    targets: Mutex<BTreeMap<SocketAddr, TargetStats>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TargetStats {
+    /// Requests (or TCP connections) that got an answer from this target.
+    pub served: u64,
+    /// Attempts that failed at this target (connect errors, or failures after sending).
+    pub failed: u64,
+}
+
+impl Stats {
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record(&self, service: &str, target: &Target, ok: bool) {
+        let mut t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        let e = t.entry(target.addr).or_default();
+        if ok {
+            e.served += 1;
+        } else {
+            e.failed += 1;
+        }
+        let kind = if target.remote { "site" } else { "backend" };
+        let outcome = if ok { "served" } else { "failed" };
+        metrics::counter!("outlast_gateway_target_requests_total", "service" => service.to_string(), "target" => target.addr.to_string(), "kind" => kind, "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// Requests (HTTP) or connections (TCP) received.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn targets(&self) -> BTreeMap<SocketAddr, TargetStats> {
+        self.targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Round-robin position and passive ejections of one service's backends.
 #[derive(Default)]
 pub(crate) struct Balancer {

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::routes::{Balancer, Routes};
+use crate::routes::{Balancer, Routes, Stats};
 
 /// Connects to `addr` from `source` (this site's address), within a second.
 pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
@@ -38,6 +38,7 @@ pub async fn serve_tcp(
     source: IpAddr,
     site_addresses: HashSet<IpAddr>,
     routes: watch::Receiver<Arc<Routes>>,
+    stats: Arc<Stats>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
@@ -55,8 +56,10 @@ pub async fn serve_tcp(
                 }
             },
         };
+        stats.request();
         let route = routes.borrow().services.get(&service).cloned();
         let balancer = balancer.clone();
+        let stats = stats.clone();
         let service = service.clone();
         let may_hop = !site_addresses.contains(&peer.ip());
         tracker.spawn(async move {
@@ -67,11 +70,13 @@ pub async fn serve_tcp(
             for t in balancer.targets(&route, may_hop).into_iter().take(3) {
                 match connect_from(source, t.addr).await {
                     Ok(mut upstream) => {
+                        stats.record(&service, &t, true);
                         metrics::counter!("outlast_gateway_connections_total", "service" => service.clone(), "outcome" => "proxied").increment(1);
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                         return;
                     }
                     Err(e) => {
+                        stats.record(&service, &t, false);
                         tracing::debug!(target = %t.addr, error = %e, "connect failed");
                         if !t.remote {
                             balancer.eject(t.addr);

@@ -49,6 +49,30 @@ pub struct ServiceStatus {
     pub primary_acting: bool,
     /// Local backend health at the answering site: up | down | unknown (absent: none here).
     pub local_health: Option<String>,
+    /// Requests (HTTP) or connections (TCP) received by the answering site's gateway.
+    #[serde(default)]
+    pub requests: u64,
+    /// Of those, served through another site's gateway (one hop).
+    #[serde(default)]
+    pub forwarded: u64,
+    /// The answering site's backends for this service.
+    #[serde(default)]
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    pub address: String,
+    /// up | down | unknown
+    pub health: String,
+    /// How long it has had that health.
+    pub since_ms: u64,
+    pub last_probe_ms: f64,
+    pub last_error: Option<String>,
+    /// Requests it answered through the gateway.
+    pub served: u64,
+    /// Attempts that failed at it.
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -107,6 +107,14 @@ fn primary_standby_loses_no_get_when_the_primary_backend_dies() {
     );
     assert_eq!(ok, n, "lost requests: {failed:?}\n{}", c.logs());
     assert!(by_west > 0, "west never served");
+    // Status carries per-backend health and the gateway's counters.
+    let st = c.status("east").expect("status");
+    let svc = &st["services"][0];
+    assert!(svc["requests"].as_u64() >= Some(n as u64), "{svc}");
+    assert!(svc["forwarded"].as_u64() > Some(0), "{svc}");
+    assert_eq!(svc["backends"][0]["health"], "down", "{svc}");
+    assert!(svc["backends"][0]["served"].as_u64() > Some(0), "{svc}");
+    assert!(svc["backends"][0]["failed"].as_u64() >= Some(1), "{svc}");
 }
 
 #[test]

@@ -31,6 +31,21 @@ fn isolated_primary_fences_within_its_lease_others_take_over_and_it_rejoins() {
             && st["services"][0]["primary_acting"] == false
     });
     let fenced_after = t0.elapsed();
+    // Fencing at the door: east's gateway refuses the primary-standby service outright.
+    let probe = format!(
+        "import urllib.request,urllib.error\ntry:\n urllib.request.urlopen('http://{}/',timeout=3)\n print('served')\nexcept urllib.error.HTTPError as e:\n print(e.code, e.headers.get('Retry-After'))",
+        c.gateway("east")
+    );
+    let out = c
+        .command("python3")
+        .args(["-c", &probe])
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        said, "503 1",
+        "a fenced site's gateway must refuse with 503 and Retry-After"
+    );
     c.wait_acting("west", "west", Duration::from_secs(10));
     let takeover_after = t0.elapsed();
     println!(

@@ -63,6 +63,7 @@ pub struct Agent {
     names: Arc<BTreeMap<NodeId, String>>,
     election_timeout_max_ms: u64,
     routes: tokio::sync::watch::Sender<Arc<outlast_gateway::Routes>>,
+    gateway_stats: BTreeMap<String, Arc<outlast_gateway::Stats>>,
     zone: tokio::sync::watch::Sender<Arc<outlast_dns::ZoneView>>,
     /// Per DNS name, the last non-empty answer (what `all_down = "fail-open"` keeps serving).
     last_known: Mutex<BTreeMap<hickory_proto::rr::Name, Vec<std::net::Ipv4Addr>>>,
@@ -512,6 +513,34 @@ impl Agent {
                     Some(p) => fresh(p).is_some_and(|r| r.report.acting.contains(&svc.name)),
                     None => false,
                 };
+                let stats = self.gateway_stats.get(&svc.name);
+                let counts = stats.map(|s| s.targets()).unwrap_or_default();
+                let local_addrs = svc.backends.get(&self.me).cloned().unwrap_or_default();
+                let forwarded = counts
+                    .iter()
+                    .filter(|(a, _)| !local_addrs.contains(a))
+                    .map(|(_, c)| c.served)
+                    .sum();
+                let backends = local
+                    .get(&svc.name)
+                    .map(|h| {
+                        h.backends
+                            .iter()
+                            .map(|b| {
+                                let c = counts.get(&b.addr).copied().unwrap_or_default();
+                                outlast_web::BackendStatus {
+                                    address: b.addr.to_string(),
+                                    health: health_word(b.health).to_string(),
+                                    since_ms: b.since.elapsed().as_millis() as u64,
+                                    last_probe_ms: b.last_latency.as_secs_f64() * 1000.0,
+                                    last_error: b.last_error.clone(),
+                                    served: c.served,
+                                    failed: c.failed,
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 Some(outlast_web::ServiceStatus {
                     name: svc.name.clone(),
                     mode: match svc.mode {
@@ -522,14 +551,12 @@ impl Agent {
                     active_sites: s.active_sites.clone(),
                     epoch: s.epoch,
                     primary_acting,
-                    local_health: local.get(&svc.name).map(|h| {
-                        match h.health {
-                            Health::Up => "up",
-                            Health::Down => "down",
-                            Health::Unknown => "unknown",
-                        }
-                        .to_string()
-                    }),
+                    local_health: local
+                        .get(&svc.name)
+                        .map(|h| health_word(h.health).to_string()),
+                    requests: stats.map(|s| s.requests()).unwrap_or(0),
+                    forwarded,
+                    backends,
                 })
             })
             .collect();
@@ -545,6 +572,14 @@ impl Agent {
             services,
             streams: Vec::new(),
         }
+    }
+}
+
+fn health_word(h: Health) -> &'static str {
+    match h {
+        Health::Up => "up",
+        Health::Down => "down",
+        Health::Unknown => "unknown",
     }
 }
 
@@ -715,6 +750,11 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         names: names.clone(),
         election_timeout_max_ms: raft_config(&config)?.election_timeout_max,
         routes: tokio::sync::watch::channel(Arc::new(outlast_gateway::Routes::default())).0,
+        gateway_stats: config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), Arc::default()))
+            .collect(),
         zone: tokio::sync::watch::channel(Arc::new(outlast_dns::ZoneView::not_ready(
             hickory_proto::rr::Name::root(),
         )))
@@ -778,7 +818,15 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
             let task = match svc.protocol {
                 outlast_core::config::Protocol::Http => {
                     let gw = Arc::new(outlast_gateway::HttpGateway::new(
-                        &svc.name, &me.name, me.address, routes,
+                        &svc.name,
+                        &me.name,
+                        me.address,
+                        routes,
+                        agent
+                            .gateway_stats
+                            .get(&svc.name)
+                            .cloned()
+                            .unwrap_or_default(),
                     ));
                     tokio::spawn(
                         outlast_gateway::serve_http(listener, gw, stop, GATEWAY_DRAIN)
@@ -792,6 +840,11 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                         me.address,
                         site_addresses.clone(),
                         routes,
+                        agent
+                            .gateway_stats
+                            .get(&svc.name)
+                            .cloned()
+                            .unwrap_or_default(),
                         stop,
                         GATEWAY_DRAIN,
                     )
