@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::routes::{Balancer, Routes, ServiceRoute, Stats, Target};
+use crate::routes::{Balancer, LeaseClock, Routes, Stats, Target};
 use crate::HOP_HEADER;
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -48,6 +48,36 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
+/// A worker thread's backend connection pool, rebuilt when the routing epoch changes so
+/// that idle keep-alive connections to a demoted backend are closed (in-flight ones finish).
+struct PoolCell {
+    source: IpAddr,
+    pool: RwLock<(u64, Pool)>,
+}
+
+impl PoolCell {
+    fn new(source: IpAddr) -> Self {
+        Self {
+            source,
+            pool: RwLock::new((0, new_pool(source))),
+        }
+    }
+
+    fn get(&self, epoch: u64) -> Pool {
+        {
+            let p = self.pool.read().unwrap_or_else(|p| p.into_inner());
+            if p.0 == epoch {
+                return p.1.clone();
+            }
+        }
+        let mut p = self.pool.write().unwrap_or_else(|p| p.into_inner());
+        if p.0 != epoch {
+            *p = (epoch, new_pool(self.source));
+        }
+        p.1.clone()
+    }
+}
+
 /// One service's HTTP gateway at one site.
 pub struct HttpGateway {
     service: String,
@@ -55,12 +85,13 @@ pub struct HttpGateway {
     source: IpAddr,
     routes: watch::Receiver<Arc<Routes>>,
     balancer: Balancer,
-    /// Backend connection pool, rebuilt when the routing epoch changes so that idle
-    /// keep-alive connections to a demoted backend are closed (in-flight ones finish).
-    pool: RwLock<(u64, Pool)>,
     requests: AtomicU64,
     retries: AtomicU64,
     stats: Arc<Stats>,
+    lease: Arc<LeaseClock>,
+    /// Metric handles registered once: answers by status class, and request time.
+    answered: [metrics::Counter; 5],
+    seconds: metrics::Histogram,
 }
 
 fn new_pool(source: IpAddr) -> Pool {
@@ -141,6 +172,7 @@ impl HttpGateway {
         source: IpAddr,
         routes: watch::Receiver<Arc<Routes>>,
         stats: Arc<Stats>,
+        lease: Arc<LeaseClock>,
     ) -> Self {
         Self {
             service: service.to_string(),
@@ -148,29 +180,23 @@ impl HttpGateway {
             source,
             routes,
             balancer: Balancer::default(),
-            pool: RwLock::new((0, new_pool(source))),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             stats,
+            lease,
+            answered: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                metrics::counter!("outlast_gateway_requests_total", "service" => service.to_string(), "class" => class)
+            }),
+            seconds: metrics::histogram!("outlast_gateway_request_seconds", "service" => service.to_string()),
         }
     }
 
-    fn route(&self) -> Option<ServiceRoute> {
-        self.routes.borrow().services.get(&self.service).cloned()
-    }
-
-    fn pool(&self, epoch: u64) -> Pool {
-        {
-            let p = self.pool.read().unwrap_or_else(|p| p.into_inner());
-            if p.0 == epoch {
-                return p.1.clone();
-            }
-        }
-        let mut p = self.pool.write().unwrap_or_else(|p| p.into_inner());
-        if p.0 != epoch {
-            *p = (epoch, new_pool(self.source));
-        }
-        p.1.clone()
+    fn refused(&self) -> bool {
+        self.routes
+            .borrow()
+            .services
+            .get(&self.service)
+            .is_some_and(|r| r.refuse)
     }
 
     /// Retry budget: retries may add at most 20% to the requests, plus a small allowance.
@@ -234,20 +260,17 @@ impl HttpGateway {
     }
 
     /// Waits until the routing offers somewhere to go, up to `until`.
-    async fn wait_for_targets(
-        &self,
-        may_hop: bool,
-        until: Instant,
-    ) -> Option<(ServiceRoute, Vec<Target>)> {
+    async fn wait_for_targets(&self, may_hop: bool, until: Instant) -> Option<(u64, Vec<Target>)> {
         let mut rx = self.routes.clone();
         loop {
-            if let Some(route) = self.route() {
-                if route.refuse {
+            let routes = self.routes.borrow().clone();
+            if let Some(route) = routes.services.get(&self.service) {
+                if route.refuse || (route.primary_standby && route.local && !self.lease.holds()) {
                     return None;
                 }
-                let targets = self.balancer.targets(&route, may_hop);
+                let targets = self.balancer.targets(route, may_hop);
                 if !targets.is_empty() {
-                    return Some((route, targets));
+                    return Some((route.epoch, targets));
                 }
             }
             let left = until.checked_duration_since(Instant::now())?;
@@ -263,22 +286,27 @@ impl HttpGateway {
 
     async fn handle(
         self: Arc<Self>,
+        pools: Arc<PoolCell>,
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.stats.request();
-        let resp = self.route_request(req, peer).await;
-        let code = resp.status().as_u16().to_string();
-        metrics::counter!("outlast_gateway_requests_total", "service" => self.service.clone(), "code" => code).increment(1);
-        metrics::histogram!("outlast_gateway_request_seconds", "service" => self.service.clone())
-            .record(started.elapsed().as_secs_f64());
+        let resp = self.route_request(&pools, req, peer).await;
+        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.answered[class].increment(1);
+        self.seconds.record(started.elapsed().as_secs_f64());
         Ok(resp)
     }
 
-    async fn route_request(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if self.route().is_some_and(|r| r.refuse) {
+    async fn route_request(
+        &self,
+        pools: &PoolCell,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Body> {
+        if self.refused() {
             return unavailable(format!(
                 "site {} is fenced; {} is served elsewhere",
                 self.site, self.service
@@ -291,22 +319,27 @@ impl HttpGateway {
             return self.upgrade(parts, on_upgrade, peer, may_hop).await;
         }
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over {MAX_BODY} bytes"),
-                );
-            }
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}"),
-                )
+        // Most GETs have no body: no collecting future to drive for them.
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            Bytes::new()
+        } else {
+            match Limited::new(body, MAX_BODY).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e)
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body over {MAX_BODY} bytes"),
+                    );
+                }
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the request body: {e}"),
+                    )
+                }
             }
         };
         let idempotent = is_idempotent(&parts);
@@ -319,11 +352,10 @@ impl HttpGateway {
         // until the deadline. Retries within a round draw on the retry budget; rounds do
         // not, since they send nothing twice.
         loop {
-            let Some((route, targets)) = self.wait_for_targets(may_hop, deadline).await else {
+            let Some((epoch, targets)) = self.wait_for_targets(may_hop, deadline).await else {
                 return unavailable(format!("{}: {last_error}", self.service));
             };
-            let pool = self.pool(route.epoch);
-            let epoch = route.epoch;
+            let pool = pools.get(epoch);
             for (i, t) in targets.iter().take(MAX_ATTEMPTS).enumerate() {
                 if i > 0 && !self.take_retry() {
                     return text(
@@ -457,12 +489,78 @@ impl HttpGateway {
 
 /// Serves `gateway` on `listener` until `shutdown`; then stops accepting and lets requests
 /// in flight finish for up to `drain`.
+///
+/// One worker thread per core, each with its own single-threaded runtime and backend pool,
+/// all accepting from the same socket: a request is read, proxied and answered on one
+/// thread, with no hand-off between threads (HAProxy's shape).
 pub async fn serve_http(
     listener: TcpListener,
     gateway: Arc<HttpGateway>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
+    let std_listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot hand the gateway listener to its workers");
+            return;
+        }
+    };
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut threads = Vec::new();
+    for i in 0..workers {
+        let l = match std_listener.try_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot share the gateway listener");
+                break;
+            }
+        };
+        let gw = gateway.clone();
+        let stop = shutdown.clone();
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name(format!("gw-{}-{i}", gateway.service))
+            .spawn(move || {
+                let _entered = span.enter();
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(worker(l, gw, stop, drain)),
+                    Err(e) => tracing::error!(error = %e, "cannot start a gateway worker"),
+                }
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "cannot start a gateway worker thread"),
+        }
+    }
+    drop(std_listener);
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+}
+
+async fn worker(
+    listener: std::net::TcpListener,
+    gateway: Arc<HttpGateway>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway worker cannot listen");
+            return;
+        }
+    };
+    let pools = Arc::new(PoolCell::new(gateway.source));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -479,7 +577,8 @@ pub async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
-        let svc = service_fn(move |req| gw.clone().handle(req, peer));
+        let pools = pools.clone();
+        let svc = service_fn(move |req| gw.clone().handle(pools.clone(), req, peer));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();

@@ -16,7 +16,7 @@ mod routes;
 mod tcp;
 
 pub use http::{serve_http, HttpGateway};
-pub use routes::{Routes, ServiceRoute, Stats, Target, TargetStats};
+pub use routes::{LeaseClock, Routes, ServiceRoute, Stats, Target, TargetStats};
 pub use tcp::serve_tcp;
 
 /// Header that marks a request forwarded by another site's gateway.

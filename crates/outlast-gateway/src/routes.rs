@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The routing of every service as this site sees it, rebuilt by the agent on each commit
@@ -21,10 +21,44 @@ pub struct ServiceRoute {
     pub local: bool,
     /// Refuse with 503 + Retry-After: primary-standby on a fenced site.
     pub refuse: bool,
+    /// Primary-standby: served locally only while [`LeaseClock`] says the lease holds.
+    pub primary_standby: bool,
     /// Local backends not known to be down, in config order.
     pub backends: Vec<SocketAddr>,
     /// Gateways of the other sites where the service is active.
     pub remotes: Vec<SocketAddr>,
+}
+
+/// The site's lease deadline, shared with the agent, checked by every request to a
+/// primary-standby service: the door closes the moment the lease ends, not at the next
+/// routing update.
+#[derive(Debug)]
+pub struct LeaseClock {
+    base: Instant,
+    until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LeaseClock {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            until_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaseClock {
+    /// Sets the deadline (`None`: no lease).
+    pub fn set(&self, until: Option<Instant>) {
+        let ms = until
+            .map(|t| t.saturating_duration_since(self.base).as_millis() as u64)
+            .unwrap_or(0);
+        self.until_ms.store(ms, Ordering::Release);
+    }
+
+    pub fn holds(&self) -> bool {
+        (self.base.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Acquire)
+    }
 }
 
 /// Where one attempt goes.
@@ -35,11 +69,20 @@ pub struct Target {
     pub remote: bool,
 }
 
-/// Per-target counters of one service's gateway, read by the agent for its status.
+/// Per-target counters of one service's gateway, read by the agent for its status. The
+/// request path only touches atomics and metric handles registered once per target.
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: std::sync::atomic::AtomicU64,
-    targets: Mutex<BTreeMap<SocketAddr, TargetStats>>,
+    targets: std::sync::RwLock<HashMap<SocketAddr, Arc<TargetCounters>>>,
+}
+
+#[derive(Debug)]
+struct TargetCounters {
+    served: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    served_metric: metrics::Counter,
+    failed_metric: metrics::Counter,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -55,18 +98,36 @@ impl Stats {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record(&self, service: &str, target: &Target, ok: bool) {
-        let mut t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
-        let e = t.entry(target.addr).or_default();
-        if ok {
-            e.served += 1;
-        } else {
-            e.failed += 1;
+    fn counters(&self, service: &str, target: &Target) -> Arc<TargetCounters> {
+        if let Some(c) = self
+            .targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&target.addr)
+        {
+            return c.clone();
         }
         let kind = if target.remote { "site" } else { "backend" };
-        let outcome = if ok { "served" } else { "failed" };
-        metrics::counter!("outlast_gateway_target_requests_total", "service" => service.to_string(), "target" => target.addr.to_string(), "kind" => kind, "outcome" => outcome)
-            .increment(1);
+        let labels = |outcome: &'static str| metrics::counter!("outlast_gateway_target_requests_total", "service" => service.to_string(), "target" => target.addr.to_string(), "kind" => kind, "outcome" => outcome);
+        let fresh = Arc::new(TargetCounters {
+            served: Default::default(),
+            failed: Default::default(),
+            served_metric: labels("served"),
+            failed_metric: labels("failed"),
+        });
+        let mut all = self.targets.write().unwrap_or_else(|p| p.into_inner());
+        all.entry(target.addr).or_insert(fresh).clone()
+    }
+
+    pub(crate) fn record(&self, service: &str, target: &Target, ok: bool) {
+        let c = self.counters(service, target);
+        if ok {
+            c.served.fetch_add(1, Ordering::Relaxed);
+            c.served_metric.increment(1);
+        } else {
+            c.failed.fetch_add(1, Ordering::Relaxed);
+            c.failed_metric.increment(1);
+        }
     }
 
     /// Requests (HTTP) or connections (TCP) received.
@@ -76,9 +137,19 @@ impl Stats {
 
     pub fn targets(&self) -> BTreeMap<SocketAddr, TargetStats> {
         self.targets
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .iter()
+            .map(|(a, c)| {
+                (
+                    *a,
+                    TargetStats {
+                        served: c.served.load(Ordering::Relaxed),
+                        failed: c.failed.load(Ordering::Relaxed),
+                    },
+                )
+            })
+            .collect()
     }
 }
 
@@ -106,17 +177,18 @@ impl Balancer {
         let mut out = Vec::new();
         if route.local && !route.backends.is_empty() {
             let now = Instant::now();
-            let ejected = {
-                let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-                e.retain(|_, until| *until > now);
-                e.clone()
-            };
             let n = route.backends.len();
             let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-            let usable: Vec<SocketAddr> = (0..n)
-                .map(|i| route.backends[(start + i) % n])
-                .filter(|a| !ejected.contains_key(a))
-                .collect();
+            let usable: Vec<SocketAddr> = {
+                let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+                if !e.is_empty() {
+                    e.retain(|_, until| *until > now);
+                }
+                (0..n)
+                    .map(|i| route.backends[(start + i) % n])
+                    .filter(|a| !e.contains_key(a))
+                    .collect()
+            };
             // With every backend ejected, still try them: ejection is a hint, not a verdict.
             let list = if usable.is_empty() {
                 (0..n).map(|i| route.backends[(start + i) % n]).collect()
@@ -149,6 +221,7 @@ mod tests {
             epoch: 1,
             local: true,
             refuse: false,
+            primary_standby: false,
             backends: vec![
                 "127.0.0.1:1".parse().expect("a"),
                 "127.0.0.1:2".parse().expect("b"),

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::routes::{Balancer, Routes, Stats};
+use crate::routes::{Balancer, LeaseClock, Routes, Stats};
 
 /// Connects to `addr` from `source` (this site's address), within a second.
 pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
@@ -39,6 +39,7 @@ pub async fn serve_tcp(
     site_addresses: HashSet<IpAddr>,
     routes: watch::Receiver<Arc<Routes>>,
     stats: Arc<Stats>,
+    lease: Arc<LeaseClock>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
@@ -60,10 +61,11 @@ pub async fn serve_tcp(
         let route = routes.borrow().services.get(&service).cloned();
         let balancer = balancer.clone();
         let stats = stats.clone();
+        let lease = lease.clone();
         let service = service.clone();
         let may_hop = !site_addresses.contains(&peer.ip());
         tracker.spawn(async move {
-            let Some(route) = route.filter(|r| !r.refuse) else {
+            let Some(route) = route.filter(|r| !r.refuse && !(r.primary_standby && r.local && !lease.holds())) else {
                 metrics::counter!("outlast_gateway_connections_total", "service" => service, "outcome" => "refused").increment(1);
                 return;
             };

@@ -43,8 +43,10 @@ fn isolated_primary_fences_within_its_lease_others_take_over_and_it_rejoins() {
         .expect("python3");
     let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(
-        said, "503 1",
-        "a fenced site's gateway must refuse with 503 and Retry-After"
+        said,
+        "503 1",
+        "a fenced site's gateway must refuse with 503 and Retry-After (stderr: {})",
+        String::from_utf8_lossy(&out.stderr)
     );
     c.wait_acting("west", "west", Duration::from_secs(10));
     let takeover_after = t0.elapsed();

@@ -64,6 +64,8 @@ pub struct Agent {
     election_timeout_max_ms: u64,
     routes: tokio::sync::watch::Sender<Arc<outlast_gateway::Routes>>,
     gateway_stats: BTreeMap<String, Arc<outlast_gateway::Stats>>,
+    /// The lease deadline as the gateways check it on every request.
+    lease_clock: Arc<outlast_gateway::LeaseClock>,
     zone: tokio::sync::watch::Sender<Arc<outlast_dns::ZoneView>>,
     /// Per DNS name, the last non-empty answer (what `all_down = "fail-open"` keeps serving).
     last_known: Mutex<BTreeMap<hickory_proto::rr::Name, Vec<std::net::Ipv4Addr>>>,
@@ -87,6 +89,19 @@ impl Agent {
 
     fn is_leader(&self) -> bool {
         self.raft().metrics().borrow().current_leader == Some(self.my_id)
+    }
+
+    /// Publishes the lease deadline to the gateways.
+    fn update_lease_clock(&self) {
+        let expires = lock(&self.lease).expires_at(
+            self.log_epoch.load(Ordering::SeqCst),
+            self.applied_epoch.load(Ordering::SeqCst),
+        );
+        let until = expires.map(|ms| {
+            let ms = ms.min(u64::MAX / 2);
+            self.start_std + Duration::from_millis(ms)
+        });
+        self.lease_clock.set(until);
     }
 
     fn fenced_now(&self) -> bool {
@@ -349,6 +364,7 @@ impl Agent {
                     epoch: st.epoch,
                     local,
                     refuse: svc.mode == outlast_core::config::Mode::PrimaryStandby && fenced,
+                    primary_standby: svc.mode == outlast_core::config::Mode::PrimaryStandby,
                     backends,
                     remotes,
                 },
@@ -755,6 +771,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
             .iter()
             .map(|s| (s.name.clone(), Arc::default()))
             .collect(),
+        lease_clock: Arc::default(),
         zone: tokio::sync::watch::channel(Arc::new(outlast_dns::ZoneView::not_ready(
             hickory_proto::rr::Name::root(),
         )))
@@ -827,6 +844,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                             .get(&svc.name)
                             .cloned()
                             .unwrap_or_default(),
+                        agent.lease_clock.clone(),
                     ));
                     tokio::spawn(
                         outlast_gateway::serve_http(listener, gw, stop, GATEWAY_DRAIN)
@@ -845,6 +863,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                             .get(&svc.name)
                             .cloned()
                             .unwrap_or_default(),
+                        agent.lease_clock.clone(),
                         stop,
                         GATEWAY_DRAIN,
                     )
@@ -934,6 +953,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                                 ack.log_epoch,
                                 agent.applied_epoch.load(Ordering::SeqCst),
                             );
+                            agent.update_lease_clock();
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "heartbeat failed");
@@ -1049,6 +1069,7 @@ fn export_site_states(agent: &Agent) {
 }
 
 fn watch_fence(agent: &Agent) {
+    agent.update_lease_clock();
     let fenced = agent.fenced_now();
     let was = agent.fenced.swap(fenced, Ordering::SeqCst);
     if fenced == was {
