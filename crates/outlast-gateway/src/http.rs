@@ -196,7 +196,7 @@ impl HttpGateway {
             .borrow()
             .services
             .get(&self.service)
-            .is_some_and(|r| r.refuse)
+            .is_some_and(|r| r.refuses(&self.lease))
     }
 
     /// Retry budget: retries may add at most 20% to the requests, plus a small allowance.
@@ -265,7 +265,7 @@ impl HttpGateway {
         loop {
             let routes = self.routes.borrow().clone();
             if let Some(route) = routes.services.get(&self.service) {
-                if route.refuse || (route.primary_standby && route.local && !self.lease.holds()) {
+                if route.refuses(&self.lease) {
                     return None;
                 }
                 let targets = self.balancer.targets(route, may_hop);

@@ -29,6 +29,14 @@ pub struct ServiceRoute {
     pub remotes: Vec<SocketAddr>,
 }
 
+impl ServiceRoute {
+    /// Whether this site must refuse the service: fenced, or a primary-standby service
+    /// served here whose lease has just run out.
+    pub fn refuses(&self, lease: &LeaseClock) -> bool {
+        self.refuse || (self.primary_standby && self.local && !lease.holds())
+    }
+}
+
 /// The site's lease deadline, shared with the agent, checked by every request to a
 /// primary-standby service: the door closes the moment the lease ends, not at the next
 /// routing update.

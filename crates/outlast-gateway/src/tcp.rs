@@ -65,7 +65,7 @@ pub async fn serve_tcp(
         let service = service.clone();
         let may_hop = !site_addresses.contains(&peer.ip());
         tracker.spawn(async move {
-            let Some(route) = route.filter(|r| !r.refuse && !(r.primary_standby && r.local && !lease.holds())) else {
+            let Some(route) = route.filter(|r| !r.refuses(&lease)) else {
                 metrics::counter!("outlast_gateway_connections_total", "service" => service, "outcome" => "refused").increment(1);
                 return;
             };
