@@ -7,6 +7,7 @@
 //! completed, every query in the zone gets SERVFAIL (no guess is better than a wrong one).
 //! It never decides routing; it only publishes what was committed.
 
+pub mod push;
 mod view;
 
 use std::net::SocketAddr;

@@ -166,3 +166,117 @@ fn malformed_and_random_packets_never_stop_the_server() {
     assert_eq!(short("127.0.0.12", port, "db.shop.test"), "127.0.0.11");
     assert!(c.status("west").is_some(), "the agent is still alive");
 }
+
+/// A real BIND 9 primary for shop.test on 127.0.0.1:`port` that accepts updates signed
+/// with the `outlast.` key; stopped by pid on drop.
+struct Bind {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TSIG_SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+fn bind9(port: u16) -> Bind {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("named.conf"),
+        format!(
+            "options {{ directory \"{d}\"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; \
+             pid-file \"{d}/named.pid\"; recursion no; allow-query {{ any; }}; dnssec-validation no; }};\n\
+             controls {{ }};\n\
+             key \"outlast.\" {{ algorithm hmac-sha256; secret \"{TSIG_SECRET}\"; }};\n\
+             zone \"shop.test\" {{ type primary; file \"{d}/shop.test.zone\"; allow-update {{ key \"outlast.\"; }}; }};\n"
+        ),
+    )
+    .expect("named.conf");
+    std::fs::write(
+        dir.path().join("shop.test.zone"),
+        "$TTL 60\n@ SOA ns1.shop.test. hostmaster.shop.test. 1 60 10 3600 5\n@ NS ns1.shop.test.\nns1 A 127.0.0.1\n",
+    )
+    .expect("zone");
+    let log = std::fs::File::create(dir.path().join("named.log")).expect("log");
+    let child = Command::new("named")
+        .args(["-g", "-u", "root", "-c"])
+        .arg(dir.path().join("named.conf"))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("named (Debian bind9) must be installed");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if dig("127.0.0.1", port, &["shop.test", "SOA", "+short"]).contains("hostmaster") {
+            return Bind { child, _dir: dir };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "BIND did not start: {}",
+        std::fs::read_to_string(dir.path().join("named.log")).unwrap_or_default()
+    );
+}
+
+#[test]
+fn rfc2136_push_keeps_a_real_bind_primary_in_step() {
+    let bind_port = 7673;
+    let _bind = bind9(bind_port);
+    let mut opts = Opts::new(7660);
+    opts.dns = true;
+    opts.extra = format!(
+        "\n[[dns.push]]\nserver = \"127.0.0.1:{bind_port}\"\nkey_name = \"outlast.\"\nkey_secret = \"{TSIG_SECRET}\"\n"
+    );
+    let mut c = Cluster::new(opts);
+    c.start_all();
+    c.wait_healthy();
+    let wait_bind = |want: &str, limit: Duration| -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if short("127.0.0.1", bind_port, "db.shop.test") == want {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "BIND never answered {want}: {}",
+            dig("127.0.0.1", bind_port, &["db.shop.test", "A"])
+        );
+    };
+    wait_bind("127.0.0.11", Duration::from_secs(10));
+    let t0 = Instant::now();
+    c.kill9("east");
+    wait_bind("127.0.0.12", Duration::from_secs(10));
+    println!(
+        "BIND answers west {} ms after kill -9 of east",
+        t0.elapsed().as_millis()
+    );
+    // An update with the wrong key is refused and changes nothing.
+    let zone = hickory_proto::rr::Name::from_ascii("shop.test.").expect("zone");
+    let name = hickory_proto::rr::Name::from_ascii("db.shop.test.").expect("name");
+    let wrong = outlast_dns::push::TsigKey {
+        name: hickory_proto::rr::Name::from_ascii("outlast.").expect("key"),
+        secret: b"not the secret".to_vec(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server: std::net::SocketAddr = format!("127.0.0.1:{bind_port}").parse().expect("addr");
+    let r = rt.block_on(outlast_dns::push::send_update(
+        server,
+        "127.0.0.1".parse().expect("ip"),
+        &zone,
+        &name,
+        5,
+        &["127.0.0.99".parse().expect("ip")],
+        &wrong,
+    ));
+    assert!(r.is_err(), "BIND took an update signed with the wrong key");
+    assert_eq!(short("127.0.0.1", bind_port, "db.shop.test"), "127.0.0.12");
+}

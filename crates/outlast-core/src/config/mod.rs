@@ -152,6 +152,19 @@ pub struct Dns {
     pub port: u16,
     pub ttl: u32,
     pub all_down: AllDown,
+    /// External primaries that get RFC 2136 updates.
+    pub push: Vec<DnsPush>,
+}
+
+/// `[[dns.push]]`: an external primary server updated with TSIG-signed RFC 2136 updates.
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsPush {
+    pub server: SocketAddr,
+    pub zone: String,
+    pub key_name: String,
+    /// The decoded TSIG secret (HMAC-SHA256).
+    #[serde(skip)]
+    pub key_secret: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -67,6 +67,19 @@ pub struct RawDns {
     pub port: S<u16>,
     pub ttl: Option<S<u32>>,
     pub all_down: Option<S<String>>,
+    #[serde(default)]
+    pub push: Vec<S<RawPush>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPush {
+    pub server: S<String>,
+    pub zone: Option<S<String>>,
+    pub key_name: S<String>,
+    pub key_secret: Option<S<String>>,
+    pub key_file: Option<S<String>>,
+    pub algorithm: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

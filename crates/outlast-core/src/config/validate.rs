@@ -150,7 +150,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         .enumerate()
         .map(|(i, s)| (s.name.clone(), i))
         .collect();
-    let dns = raw.dns.as_ref().map(|d| dns(ctx, d));
+    let dns = raw.dns.as_ref().map(|d| dns(ctx, d, base));
     let services = services(ctx, &raw.services, &sites, &site_names, &timing);
     let streams = streams(ctx, &raw.streams, &site_names);
     let alerts = alerts(ctx, &raw.alerts);
@@ -384,7 +384,7 @@ fn sites(ctx: &mut Ctx<'_>, raw: &[S<RawSite>], base: &Path, cluster: &S<RawClus
     out
 }
 
-fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>) -> Dns {
+fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>, base: &Path) -> Dns {
     let d = raw.get_ref();
     let mut zone = d.zone.get_ref().trim().to_string();
     if zone.is_empty() || zone == "." {
@@ -406,11 +406,17 @@ fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>) -> Dns {
             ("fail-closed", AllDown::FailClosed),
         ],
     );
+    let push = d
+        .push
+        .iter()
+        .filter_map(|p| dns_push(ctx, p, &zone, base))
+        .collect();
     Dns {
         zone,
         port: *d.port.get_ref(),
         ttl: d.ttl.as_ref().map(|t| *t.get_ref()).unwrap_or(5),
         all_down,
+        push,
     }
 }
 
@@ -876,4 +882,86 @@ fn known(site_names: &HashMap<String, usize>) -> String {
         .map(|(_, n)| n.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn dns_push(ctx: &mut Ctx<'_>, raw: &S<RawPush>, zone: &str, base: &Path) -> Option<DnsPush> {
+    use base64::Engine;
+    let p = raw.get_ref();
+    let server = match p.server.get_ref().parse::<SocketAddr>() {
+        Ok(s) => Some(s),
+        Err(_) => {
+            ctx.at(
+                p.server.span(),
+                format!(
+                    "push server \"{}\" is not an address:port",
+                    p.server.get_ref()
+                ),
+                "write it as \"192.0.2.53:53\"",
+            );
+            None
+        }
+    };
+    if let Some(a) = &p.algorithm {
+        if a.get_ref() != "hmac-sha256" {
+            ctx.at(
+                a.span(),
+                format!("TSIG algorithm \"{}\" is not supported", a.get_ref()),
+                "use \"hmac-sha256\"",
+            );
+        }
+    }
+    let (text, span) = match (&p.key_secret, &p.key_file) {
+        (Some(s), None) => (Some(s.get_ref().clone()), s.span()),
+        (None, Some(f)) => match std::fs::read_to_string(resolve(base, f.get_ref())) {
+            Ok(t) => (Some(t.trim().to_string()), f.span()),
+            Err(e) => {
+                ctx.at(
+                    f.span(),
+                    format!("cannot read key_file: {e}"),
+                    "create the file (relative paths start at the config's folder)",
+                );
+                (None, f.span())
+            }
+        },
+        _ => {
+            ctx.at(
+                raw.span(),
+                "a [[dns.push]] needs key_secret or key_file (one of them)",
+                "add key_secret = \"<base64, as in BIND's key statement>\"",
+            );
+            (None, raw.span())
+        }
+    };
+    let secret =
+        text.and_then(
+            |t| match base64::engine::general_purpose::STANDARD.decode(t.trim()) {
+                Ok(s) if !s.is_empty() => Some(s),
+                _ => {
+                    ctx.at(
+                        span,
+                        "the TSIG secret is not base64",
+                        "copy the secret from BIND's key statement (tsig-keygen prints one)",
+                    );
+                    None
+                }
+            },
+        );
+    let mut zone = p
+        .zone
+        .as_ref()
+        .map(|z| z.get_ref().clone())
+        .unwrap_or_else(|| zone.to_string());
+    if !zone.ends_with('.') {
+        zone.push('.');
+    }
+    let mut key_name = p.key_name.get_ref().clone();
+    if !key_name.ends_with('.') {
+        key_name.push('.');
+    }
+    Some(DnsPush {
+        server: server?,
+        zone,
+        key_name,
+        key_secret: secret?,
+    })
 }

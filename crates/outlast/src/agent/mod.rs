@@ -665,6 +665,75 @@ fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
+async fn push_loop(agent: Arc<Agent>, dns: outlast_core::config::Dns, stop: CancellationToken) {
+    use hickory_proto::rr::Name;
+    use outlast_dns::push::{send_update, TsigKey};
+    let source = agent.config.site(&agent.me).map(|s| s.address);
+    let Some(source) = source else { return };
+    let targets: Vec<(SocketAddr, Name, TsigKey)> = dns
+        .push
+        .iter()
+        .filter_map(|p| {
+            let zone = Name::from_ascii(&p.zone).ok()?;
+            let key = TsigKey {
+                name: Name::from_ascii(&p.key_name).ok()?,
+                secret: p.key_secret.clone(),
+            };
+            Some((p.server, zone, key))
+        })
+        .collect();
+    let mut acked: BTreeMap<(SocketAddr, Name), Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+    let mut retry_at: BTreeMap<SocketAddr, (Instant, Duration)> = BTreeMap::new();
+    let mut tick = tokio::time::interval(agent.config.timing.probe_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !agent.is_leader() {
+            acked.clear();
+            continue;
+        }
+        let view = agent.zone.borrow().clone();
+        if !view.ready {
+            continue;
+        }
+        for (server, zone, key) in &targets {
+            if retry_at
+                .get(server)
+                .is_some_and(|(t, _)| Instant::now() < *t)
+            {
+                continue;
+            }
+            for (name, addrs) in &view.names {
+                if !zone.zone_of(name) || acked.get(&(*server, name.clone())) == Some(addrs) {
+                    continue;
+                }
+                match send_update(*server, source, zone, name, view.ttl, addrs, key).await {
+                    Ok(()) => {
+                        tracing::info!(%server, %name, ?addrs, "pushed");
+                        metrics::counter!("outlast_dns_push_total", "outcome" => "ok").increment(1);
+                        acked.insert((*server, name.clone()), addrs.clone());
+                        retry_at.remove(server);
+                    }
+                    Err(e) => {
+                        let wait = retry_at
+                            .get(server)
+                            .map(|(_, w)| (*w * 2).min(Duration::from_secs(30)));
+                        let wait = wait.unwrap_or(Duration::from_millis(200));
+                        tracing::warn!(%server, %name, error = %e, retry_in = ?wait, "push not acknowledged");
+                        metrics::counter!("outlast_dns_push_total", "outcome" => "failed")
+                            .increment(1);
+                        retry_at.insert(*server, (Instant::now() + wait, wait));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// How long a stopping gateway lets requests in flight finish.
 const GATEWAY_DRAIN: Duration = Duration::from_secs(5);
 
@@ -999,6 +1068,18 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                 }
             }
             .instrument(tracing::info_span!("control")),
+        );
+    }
+
+    // RFC 2136: the leader makes every external primary hold what the zone answers,
+    // retrying each server with back-off until it says NOERROR. A new leader pushes it all
+    // again (the updates are idempotent replacements).
+    if let Some(dns) = agent.config.dns.clone().filter(|d| !d.push.is_empty()) {
+        let agent = agent.clone();
+        let stop = workers.clone();
+        tokio::spawn(
+            async move { push_loop(agent, dns, stop).await }
+                .instrument(tracing::info_span!("dns-push")),
         );
     }
 

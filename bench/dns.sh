@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# DNS answers per second: dnsperf against outlast's authoritative DNS and against gdnsd
+# (Debian) serving the same records, in turns, in one run. Prints queries/s for each and
+# the ratio.
+#   bench/dns.sh [seconds per turn (10)]
+# Installs gdnsd and dnsperf from Debian when missing. Loopback only; stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+need=()
+command -v gdnsd >/dev/null || need+=(gdnsd)
+command -v dnsperf >/dev/null || need+=(dnsperf)
+if ((${#need[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
+cargo build --release --quiet
+bin=$PWD/target/release/outlast
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+# The same zone for both: db (primary-standby, east), www (active-active, east and west).
+mkdir -p "$work/gdnsd/zones"
+cat >"$work/gdnsd/config" <<CONF
+options => {
+  listen => [ 127.0.0.31:5300 ]
+  udp_threads => 2
+  tcp_threads => 1
+}
+CONF
+cat >"$work/gdnsd/zones/shop.test" <<ZONE
+\$TTL 5
+@        SOA ns-east hostmaster 1 60 10 3600 5
+@        NS  ns-east
+@        NS  ns-west
+@        NS  ns-witness
+ns-east  A   127.0.0.11
+ns-west  A   127.0.0.12
+ns-witness A 127.0.0.13
+db       A   127.0.0.11
+www      A   127.0.0.11
+www      A   127.0.0.12
+ZONE
+gdnsd -c "$work/gdnsd" start >"$work/gdnsd.log" 2>&1 & pids+=($!)
+
+python3 crates/outlast/tests/support/backend.py 18090 east >/dev/null 2>&1 & pids+=($!)
+python3 crates/outlast/tests/support/backend.py 18091 west >/dev/null 2>&1 & pids+=($!)
+echo "bench-secret-0123456789abcdef" >"$work/cluster.key"
+cat >"$work/outlast.toml" <<CONF
+[cluster]
+name = "bench"
+secret_file = "cluster.key"
+[dns]
+zone = "shop.test."
+port = 5300
+ttl = 5
+[[sites]]
+name = "east"
+address = "127.0.0.11"
+peer_port = 18500
+api_port = 18501
+[[sites]]
+name = "west"
+address = "127.0.0.12"
+peer_port = 18500
+api_port = 18501
+[[sites]]
+name = "witness"
+address = "127.0.0.13"
+peer_port = 18500
+api_port = 18501
+witness = true
+[[services]]
+name = "db"
+mode = "primary-standby"
+primary = "east"
+dns_name = "db"
+port = 18502
+[services.backends]
+east = ["127.0.0.1:18090"]
+west = ["127.0.0.1:18091"]
+[[services]]
+name = "www"
+mode = "active-active"
+dns_name = "www"
+port = 18503
+[services.backends]
+east = ["127.0.0.1:18090"]
+west = ["127.0.0.1:18091"]
+CONF
+for s in east west witness; do
+  OUTLAST_LOG=warn "$bin" agent --config "$work/outlast.toml" --site "$s" >"$work/$s.log" 2>&1 & pids+=($!)
+done
+for _ in $(seq 1 100); do
+  a=$(dig @127.0.0.11 -p 5300 +short +time=1 +tries=1 www.shop.test A | sort | tr '\n' ' ')
+  b=$(dig @127.0.0.31 -p 5300 +short +time=1 +tries=1 www.shop.test A | sort | tr '\n' ' ')
+  if [ "$a" = "127.0.0.11 127.0.0.12 " ] && [ "$a" = "$b" ]; then break; fi
+  sleep 0.2
+done
+echo "outlast answers: $(dig @127.0.0.11 -p 5300 +short www.shop.test A | sort | tr '\n' ' ')"
+echo "gdnsd answers:   $(dig @127.0.0.31 -p 5300 +short www.shop.test A | sort | tr '\n' ' ')"
+
+printf 'db.shop.test A\nwww.shop.test A\nshop.test SOA\nnope.shop.test A\n' >"$work/queries.txt"
+run() { # server -> qps
+  dnsperf -s "$1" -p 5300 -d "$work/queries.txt" -l "$secs" -c 8 -T 2 -q 500 >"$work/perf.out" 2>&1
+  awk '/Queries per second/ {print $4}' "$work/perf.out"
+}
+echo "dnsperf: ${secs}s per turn, 8 clients, 2 threads, 500 outstanding; both servers and dnsperf share 2 cores"
+g1=$(run 127.0.0.31); o1=$(run 127.0.0.11); g2=$(run 127.0.0.31); o2=$(run 127.0.0.11)
+lost=$(awk '/Queries lost/ {print $3}' "$work/perf.out")
+awk -v g1="$g1" -v g2="$g2" -v o1="$o1" -v o2="$o2" -v lost="$lost" 'BEGIN {
+  g = (g1 + g2) / 2; o = (o1 + o2) / 2;
+  printf "gdnsd 3.8    %10.0f queries/s   (turns: %.0f, %.0f)\n", g, g1, g2;
+  printf "outlast DNS  %10.0f queries/s   (turns: %.0f, %.0f; lost in last turn: %s)\n", o, o1, o2, lost;
+  printf "ratio outlast/gdnsd: %.2f\n", o / g;
+}'
