@@ -203,7 +203,7 @@ fn bind9(port: u16) -> Bind {
     )
     .expect("zone");
     let log = std::fs::File::create(dir.path().join("named.log")).expect("log");
-    let child = Command::new("named")
+    let mut child = Command::new("named")
         .args(["-g", "-u", "root", "-c"])
         .arg(dir.path().join("named.conf"))
         .stdout(log.try_clone().expect("log"))
@@ -217,6 +217,8 @@ fn bind9(port: u16) -> Bind {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!(
         "BIND did not start: {}",
         std::fs::read_to_string(dir.path().join("named.log")).unwrap_or_default()
