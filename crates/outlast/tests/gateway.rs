@@ -305,3 +305,64 @@ fn websocket_upgrade_and_h2c_pass_through() {
     assert_eq!(version, reqwest::Version::HTTP_2);
     assert_eq!(code, 200);
 }
+
+/// Answers GET / at once (health checks) and GET /slow after two seconds.
+fn slow_backend(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind backend");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream);
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                if line.contains("/slow") {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                let mut s = r.into_inner();
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nslow\n",
+                );
+            });
+        }
+    });
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight() {
+    let mut opts = Opts::new(7700);
+    opts.python_backends = [false, true];
+    slow_backend(7710);
+    let mut c = Cluster::new(opts);
+    c.start_all();
+    c.wait_healthy();
+    let gw = c.gateway("east");
+    let inflight = std::thread::spawn(move || request(gw, "GET /slow HTTP/1.1\r\n", ""));
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let status = c
+        .terminate("east", Duration::from_secs(10))
+        .expect("east exits");
+    assert!(status.success(), "{status:?}");
+    let r = inflight.join().expect("request thread");
+    assert_eq!(
+        r.map(|(s, b)| (s, b.trim().to_string())),
+        Ok((200, "slow".to_string())),
+        "the request in flight finished"
+    );
+    println!(
+        "SIGTERM with a request in flight: answered, agent exited 0 after {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert!(
+        TcpStream::connect_timeout(&gw, Duration::from_millis(300)).is_err(),
+        "no longer accepting"
+    );
+}
