@@ -7,6 +7,7 @@
 //! completed, every query in the zone gets SERVFAIL (no guess is better than a wrong one).
 //! It never decides routing; it only publishes what was committed.
 
+mod fast;
 pub mod push;
 mod view;
 
@@ -112,18 +113,40 @@ impl RequestHandler for Handler {
     }
 }
 
-/// Serves DNS on `addr` (UDP and TCP) until `shutdown`.
+/// Serves DNS on `addr` until `shutdown`: UDP through the compiled fast path (one reader
+/// thread per core), TCP through hickory-server.
 pub async fn serve(
     addr: SocketAddr,
-    view: watch::Receiver<Arc<ZoneView>>,
+    mut view: watch::Receiver<Arc<ZoneView>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let udp = tokio::net::UdpSocket::bind(addr).await?;
+    let compiled = Arc::new(std::sync::RwLock::new(Arc::new(fast::Compiled::new(
+        view.borrow().clone(),
+    ))));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads = fast::serve_udp(addr, compiled.clone(), stop.clone())?;
     let tcp = tokio::net::TcpListener::bind(addr).await?;
-    let mut server = Server::new(Handler::new(view));
-    server.register_socket(udp);
+    let mut server = Server::new(Handler::new(view.clone()));
     server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = view.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let next = Arc::new(fast::Compiled::new(view.borrow_and_update().clone()));
+                *compiled.write().unwrap_or_else(|p| p.into_inner()) = next;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
     if let Err(e) = server.shutdown_gracefully().await {
         tracing::warn!(error = %e, "DNS server did not stop cleanly");
     }

@@ -1,0 +1,431 @@
+//! The UDP path: answers compiled once per zone change, patched per packet.
+//!
+//! Every answer the zone can give for its own names (service names, the apex, the name
+//! servers) and the common types is built once, by [`ZoneView::answer`] and hickory's
+//! encoder, into the exact response bytes. A query is then answered by copying those bytes
+//! and patching the ID, the RD bit and the question's letter case (same length). Negative
+//! answers for unknown names reuse a compiled authority section. Anything unusual (not a
+//! plain one-question query, EDNS version above 0, another class) goes through the slow
+//! path, which builds the same answer with hickory's `Message`. Malformed packets get
+//! FORMERR when they carry a readable header, silence otherwise. One blocking socket
+//! reader per core.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+
+use crate::view::ZoneView;
+
+const EDNS_PAYLOAD: u16 = 1232;
+const TYPES: [RecordType; 5] = [
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::SOA,
+    RecordType::NS,
+    RecordType::ANY,
+];
+
+/// The compiled zone.
+pub struct Compiled {
+    view: Arc<ZoneView>,
+    zone_wire: Vec<u8>,
+    /// (lower-case qname wire, qtype, with EDNS) → full response bytes.
+    answers: HashMap<(Vec<u8>, u16, bool), Vec<u8>>,
+    /// The SOA record, uncompressed, for negative answers to unknown names.
+    soa_rr: Vec<u8>,
+    /// Every name the zone has (lower-case wire): a type not compiled for one of these is
+    /// NODATA, never NXDOMAIN, so it goes to the slow path.
+    known: std::collections::HashSet<Vec<u8>>,
+}
+
+fn wire(name: &Name) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.to_lowercase().iter() {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label);
+    }
+    out.push(0);
+    out
+}
+
+fn response(view: &ZoneView, id: u16, rd: bool, query: Query, edns: bool) -> Option<Vec<u8>> {
+    let name = LowerName::from(query.name().clone());
+    let answer = view.answer(&name, query.query_type());
+    let mut msg = Message::new(id, MessageType::Response, OpCode::Query);
+    msg.metadata.recursion_desired = rd;
+    msg.metadata.response_code = answer.code;
+    msg.metadata.authoritative =
+        !matches!(answer.code, ResponseCode::Refused | ResponseCode::ServFail);
+    msg.add_query(query);
+    msg.add_answers(answer.answers);
+    msg.add_authorities(answer.authorities);
+    msg.add_additionals(answer.additionals);
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(EDNS_PAYLOAD);
+        e.set_version(0);
+        msg.set_edns(e);
+    }
+    msg.to_vec().ok()
+}
+
+impl Compiled {
+    pub fn new(view: Arc<ZoneView>) -> Self {
+        let zone_wire = wire(&view.zone);
+        let mut answers = HashMap::new();
+        let mut names: Vec<Name> = vec![view.zone.clone()];
+        names.extend(view.names.keys().cloned());
+        for (site, _) in &view.name_servers {
+            if let Ok(n) =
+                Name::from_ascii(format!("ns-{site}")).and_then(|n| n.append_domain(&view.zone))
+            {
+                names.push(n);
+            }
+        }
+        if view.ready {
+            for name in &names {
+                for t in TYPES {
+                    for edns in [false, true] {
+                        let mut q = Query::query(name.to_lowercase(), t);
+                        q.set_query_class(DNSClass::IN);
+                        if let Some(bytes) = response(&view, 0, false, q, edns) {
+                            answers.insert((wire(name), u16::from(t), edns), bytes);
+                        }
+                    }
+                }
+            }
+        }
+        let soa_rr = view
+            .answer(&LowerName::from(&view.zone), RecordType::SOA)
+            .answers
+            .first()
+            .and_then(|r| {
+                let mut buf = Vec::new();
+                // Canonical form: no compression pointers, so the bytes stand anywhere.
+                let mut enc = BinEncoder::new(&mut buf);
+                enc.set_canonical_form(true);
+                r.emit(&mut enc).ok()?;
+                Some(buf)
+            })
+            .unwrap_or_default();
+        let known = names.iter().map(wire).collect();
+        Compiled {
+            view,
+            zone_wire,
+            answers,
+            soa_rr,
+            known,
+        }
+    }
+
+    /// The answer to one packet, or `None` to stay silent.
+    pub fn answer(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        match self.fast(packet) {
+            Some(r) => Some(r),
+            None => self.slow(packet),
+        }
+    }
+
+    fn fast(&self, p: &[u8]) -> Option<Vec<u8>> {
+        if p.len() < 17 || p[2] & 0xF8 != 0 {
+            return None; // a response, or an opcode other than QUERY
+        }
+        let counts = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
+        let (qd, an, ns, ar) = (counts(4), counts(6), counts(8), counts(10));
+        if qd != 1 || an != 0 || ns != 0 || ar > 1 {
+            return None;
+        }
+        let mut i = 12;
+        let mut lower = Vec::with_capacity(64);
+        loop {
+            let len = *p.get(i)? as usize;
+            if len & 0xC0 != 0 {
+                return None; // compression in a question: slow path
+            }
+            lower.push(len as u8);
+            i += 1;
+            if len == 0 {
+                break;
+            }
+            lower.extend(p.get(i..i + len)?.iter().map(u8::to_ascii_lowercase));
+            i += len;
+        }
+        let qname_end = i;
+        let qtype = u16::from_be_bytes([*p.get(i)?, *p.get(i + 1)?]);
+        let qclass = u16::from_be_bytes([*p.get(i + 2)?, *p.get(i + 3)?]);
+        let question_end = i + 4;
+        if qclass != 1 {
+            return None;
+        }
+        let edns = if ar == 1 {
+            // Only a plain OPT record: root owner, type 41, version 0.
+            let o = p.get(question_end..question_end + 11)?;
+            if o[0] != 0 || u16::from_be_bytes([o[1], o[2]]) != 41 || o[6] != 0 {
+                return None;
+            }
+            true
+        } else {
+            if question_end != p.len() {
+                return None;
+            }
+            false
+        };
+        if !self.view.ready {
+            return None;
+        }
+        let rd = p[2] & 0x01;
+        if let Some(t) = self.answers.get(&(lower.clone(), qtype, edns)) {
+            let mut out = t.clone();
+            out[0] = p[0];
+            out[1] = p[1];
+            out[2] = (out[2] & !0x01) | rd;
+            // The question, byte for byte as asked (the case may differ).
+            out.get_mut(12..qname_end)?
+                .copy_from_slice(&p[12..qname_end]);
+            return Some(out);
+        }
+        if self.known.contains(&lower) {
+            return None;
+        }
+        // In the zone but not a name it has: NXDOMAIN with the SOA; outside: REFUSED.
+        let in_zone = lower.len() >= self.zone_wire.len() && lower.ends_with(&self.zone_wire) && {
+            // the match must start at a label boundary
+            let start = lower.len() - self.zone_wire.len();
+            let mut j = 0;
+            while j < start {
+                j += lower[j] as usize + 1;
+            }
+            j == start
+        };
+        let mut out = Vec::with_capacity(question_end + self.soa_rr.len() + 11);
+        out.extend_from_slice(&p[0..2]);
+        let (rcode, nscount) = if in_zone { (3u8, 1u16) } else { (5u8, 0u16) };
+        let aa = if in_zone { 0x04 } else { 0 };
+        out.push(0x80 | aa | rd);
+        out.push(rcode);
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&0u16.to_be_bytes());
+        out.extend_from_slice(&nscount.to_be_bytes());
+        out.extend_from_slice(&u16::from(edns).to_be_bytes());
+        out.extend_from_slice(&p[12..question_end]);
+        if in_zone {
+            out.extend_from_slice(&self.soa_rr);
+        }
+        if edns {
+            out.push(0);
+            out.extend_from_slice(&41u16.to_be_bytes());
+            out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        Some(out)
+    }
+
+    fn slow(&self, p: &[u8]) -> Option<Vec<u8>> {
+        let msg = match Message::from_vec(p) {
+            Ok(m) => m,
+            Err(_) => {
+                // FORMERR to anything with a readable query header; silence otherwise.
+                if p.len() < 12 || p[2] & 0x80 != 0 {
+                    return None;
+                }
+                let mut out = Vec::with_capacity(12);
+                out.extend_from_slice(&p[0..2]);
+                out.push(0x80 | (p[2] & 0x79));
+                out.push(1);
+                out.extend_from_slice(&[0; 8]);
+                return Some(out);
+            }
+        };
+        if msg.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let code = if msg.metadata.op_code != OpCode::Query {
+            Some(ResponseCode::NotImp)
+        } else if msg.queries.len() != 1 {
+            Some(ResponseCode::FormErr)
+        } else if msg.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            Some(ResponseCode::BADVERS)
+        } else {
+            None
+        };
+        let edns = msg.edns.is_some();
+        match code {
+            None => response(
+                &self.view,
+                msg.metadata.id,
+                msg.metadata.recursion_desired,
+                msg.queries[0].clone(),
+                edns,
+            ),
+            Some(code) => {
+                let mut out =
+                    Message::new(msg.metadata.id, MessageType::Response, msg.metadata.op_code);
+                out.metadata.response_code = code;
+                out.metadata.recursion_desired = msg.metadata.recursion_desired;
+                if edns {
+                    let mut e = Edns::new();
+                    e.set_max_payload(EDNS_PAYLOAD);
+                    e.set_rcode_high(code.high());
+                    out.set_edns(e);
+                }
+                out.to_vec().ok()
+            }
+        }
+    }
+}
+
+/// Serves UDP on `addr` with one blocking reader per core until `stop` is set.
+pub fn serve_udp(
+    addr: SocketAddr,
+    compiled: Arc<RwLock<Arc<Compiled>>>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let socket = UdpSocket::bind(addr)?;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut threads = Vec::new();
+    for i in 0..workers {
+        let s = socket.try_clone()?;
+        let compiled = compiled.clone();
+        let stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let answered = metrics::counter!("outlast_dns_queries_total", "path" => "udp");
+                    while !stop.load(Ordering::Relaxed) {
+                        let (n, from) = match s.recv_from(&mut buf) {
+                            Ok(x) => x,
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) =>
+                            {
+                                continue
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "DNS receive failed");
+                                continue;
+                            }
+                        };
+                        let c = compiled.read().unwrap_or_else(|p| p.into_inner()).clone();
+                        if let Some(out) = c.answer(&buf[..n]) {
+                            answered.increment(1);
+                            let _ = s.send_to(&out, from);
+                        }
+                    }
+                })?,
+        );
+    }
+    Ok(threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn compiled() -> Compiled {
+        let zone = Name::from_ascii("shop.test.").expect("zone");
+        let mut names = BTreeMap::new();
+        names.insert(
+            Name::from_ascii("db.shop.test.").expect("db"),
+            vec![Ipv4Addr::new(127, 0, 0, 11)],
+        );
+        Compiled::new(Arc::new(ZoneView {
+            zone,
+            ready: true,
+            serial: 3,
+            ttl: 5,
+            name_servers: vec![("east".into(), Ipv4Addr::new(127, 0, 0, 11))],
+            names,
+        }))
+    }
+
+    fn query(name: &str, t: RecordType, edns: bool) -> Vec<u8> {
+        let mut m = Message::new(0xbeef, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        let mut q = Query::query(Name::from_ascii(name).expect("name"), t);
+        q.set_query_class(DNSClass::IN);
+        m.add_query(q);
+        if edns {
+            m.set_edns(Edns::new());
+        }
+        m.to_vec().expect("encode")
+    }
+
+    /// Whatever path answers, the answer must equal the slow path's, which is hickory's
+    /// encoding of `ZoneView::answer`.
+    #[test]
+    fn fast_answers_decode_to_what_the_slow_path_gives() {
+        let c = compiled();
+        for name in [
+            "db.shop.test.",
+            "DB.Shop.TEST.",
+            "shop.test.",
+            "ns-east.shop.test.",
+            "nope.shop.test.",
+            "deep.nope.shop.test.",
+            "example.com.",
+            "test.",
+        ] {
+            for t in [
+                RecordType::A,
+                RecordType::SOA,
+                RecordType::NS,
+                RecordType::AAAA,
+                RecordType::MX,
+            ] {
+                for edns in [false, true] {
+                    let q = query(name, t, edns);
+                    let fast = c.answer(&q).expect("an answer");
+                    let slow = c.slow(&q).expect("slow");
+                    let (f, s) = (
+                        Message::from_vec(&fast).expect("fast decodes"),
+                        Message::from_vec(&slow).expect("slow decodes"),
+                    );
+                    assert_eq!(f.metadata.id, 0xbeef);
+                    assert_eq!(
+                        f.metadata.response_code, s.metadata.response_code,
+                        "{name} {t}"
+                    );
+                    assert_eq!(
+                        f.metadata.authoritative, s.metadata.authoritative,
+                        "{name} {t}"
+                    );
+                    assert!(f.metadata.recursion_desired);
+                    assert_eq!(f.queries, s.queries, "{name} {t}: the question as asked");
+                    assert_eq!(f.answers, s.answers, "{name} {t}");
+                    assert_eq!(f.authorities, s.authorities, "{name} {t}");
+                    assert_eq!(f.additionals, s.additionals, "{name} {t}");
+                    assert_eq!(f.edns.is_some(), edns, "{name} {t}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_gets_formerr_or_silence() {
+        let c = compiled();
+        assert_eq!(c.answer(&[1, 2]), None, "no header: silence");
+        let mut junk = vec![
+            0x12, 0x34, 0x01, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 3, b'a',
+        ];
+        let r = c.answer(&junk).expect("FORMERR");
+        assert_eq!(r[3] & 0x0f, 1);
+        junk[2] = 0x80; // a response: never answered
+        assert_eq!(c.answer(&junk), None);
+    }
+}
