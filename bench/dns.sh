@@ -7,16 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-need=()
-command -v gdnsd >/dev/null || need+=(gdnsd)
-command -v dnsperf >/dev/null || need+=(dnsperf)
-if ((${#need[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
-cargo build --release --quiet
-bin=$PWD/target/release/outlast
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+# shellcheck source=bench/common.sh
+source bench/common.sh
+need_packages gdnsd:gdnsd dnsperf:dnsperf
 
 # The same zone for both: db (primary-standby, east), www (active-active, east and west).
 mkdir -p "$work/gdnsd/zones"

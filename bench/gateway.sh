@@ -9,17 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${2:-50}
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-if ((${#need[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
-cargo build --release --quiet
-bin=$PWD/target/release/outlast
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+# shellcheck source=bench/common.sh
+source bench/common.sh
+need_packages haproxy:haproxy nginx:nginx-light wrk:wrk
 
 # nginx: one small static answer, on 127.0.0.1:18080.
 mkdir -p "$work/nginx"

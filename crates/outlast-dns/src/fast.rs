@@ -44,16 +44,6 @@ pub struct Compiled {
     known: std::collections::HashSet<Vec<u8>>,
 }
 
-fn wire(name: &Name) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in name.to_lowercase().iter() {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label);
-    }
-    out.push(0);
-    out
-}
-
 fn response(view: &ZoneView, id: u16, rd: bool, query: Query, edns: bool) -> Option<Vec<u8>> {
     let name = LowerName::from(query.name().clone());
     let answer = view.answer(&name, query.query_type());
@@ -77,7 +67,7 @@ fn response(view: &ZoneView, id: u16, rd: bool, query: Query, edns: bool) -> Opt
 
 impl Compiled {
     pub fn new(view: Arc<ZoneView>) -> Self {
-        let zone_wire = wire(&view.zone);
+        let zone_wire = crate::wire_name(&view.zone);
         let mut answers = HashMap::new();
         let mut names: Vec<Name> = vec![view.zone.clone()];
         names.extend(view.names.keys().cloned());
@@ -95,7 +85,7 @@ impl Compiled {
                         let mut q = Query::query(name.to_lowercase(), t);
                         q.set_query_class(DNSClass::IN);
                         if let Some(bytes) = response(&view, 0, false, q, edns) {
-                            answers.insert((wire(name), u16::from(t), edns), bytes);
+                            answers.insert((crate::wire_name(name), u16::from(t), edns), bytes);
                         }
                     }
                 }
@@ -114,7 +104,7 @@ impl Compiled {
                 Some(buf)
             })
             .unwrap_or_default();
-        let known = names.iter().map(wire).collect();
+        let known = names.iter().map(crate::wire_name).collect();
         Compiled {
             view,
             zone_wire,

@@ -26,6 +26,17 @@ use tokio_util::sync::CancellationToken;
 
 pub use view::{Answer, ZoneView};
 
+/// A name in canonical wire form: lower-case labels, uncompressed.
+pub(crate) fn wire_name(name: &hickory_proto::rr::Name) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.to_lowercase().iter() {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label);
+    }
+    out.push(0);
+    out
+}
+
 /// Answers queries from the latest [`ZoneView`].
 pub struct Handler {
     view: watch::Receiver<Arc<ZoneView>>,

@@ -50,25 +50,14 @@ pub enum PushError {
 const HMAC_SHA256: &str = "hmac-sha256.";
 const FUDGE: u16 = 300;
 
-/// A name in canonical wire form: lower-case labels, uncompressed.
-fn wire_name(name: &Name) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in name.to_lowercase().iter() {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label);
-    }
-    out.push(0);
-    out
-}
-
 /// Appends a TSIG record to an encoded message and bumps its ARCOUNT.
 pub fn sign(message: &mut Vec<u8>, key: &TsigKey, time_signed: u64) -> Result<(), PushError> {
     if message.len() < 12 {
         return Err(PushError::Encode("message shorter than a header".into()));
     }
     let algorithm = Name::from_ascii(HMAC_SHA256).map_err(|e| PushError::Encode(e.to_string()))?;
-    let key_wire = wire_name(&key.name);
-    let alg_wire = wire_name(&algorithm);
+    let key_wire = crate::wire_name(&key.name);
+    let alg_wire = crate::wire_name(&algorithm);
     let time = time_signed.to_be_bytes();
     let time48 = &time[2..8];
     let mut mac = Hmac::<Sha256>::new_from_slice(&key.secret)

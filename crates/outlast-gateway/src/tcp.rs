@@ -12,6 +12,26 @@ use tokio_util::task::TaskTracker;
 
 use crate::routes::{Balancer, LeaseClock, Routes, Stats};
 
+/// Accepts the next connection, or `None` once `shutdown` is cancelled. A failed accept
+/// (out of descriptors, say) is logged and retried after a pause instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Connects to `addr` from `source` (this site's address), within a second.
 pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
@@ -46,16 +66,8 @@ pub async fn serve_tcp(
     let balancer = Arc::new(Balancer::default());
     let tracker = TaskTracker::new();
     loop {
-        let (mut client, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((mut client, peer)) = accept(&listener, &shutdown).await else {
+            break;
         };
         stats.request();
         let route = routes.borrow().services.get(&service).cloned();

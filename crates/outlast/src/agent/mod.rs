@@ -901,6 +901,11 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
             let routes = agent.routes.subscribe();
             let stop = gateways_stop.clone();
             let span = tracing::info_span!("gateway", service = %svc.name);
+            let stats = agent
+                .gateway_stats
+                .get(&svc.name)
+                .cloned()
+                .unwrap_or_default();
             let task = match svc.protocol {
                 outlast_core::config::Protocol::Http => {
                     let gw = Arc::new(outlast_gateway::HttpGateway::new(
@@ -908,11 +913,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                         &me.name,
                         me.address,
                         routes,
-                        agent
-                            .gateway_stats
-                            .get(&svc.name)
-                            .cloned()
-                            .unwrap_or_default(),
+                        stats.clone(),
                         agent.lease_clock.clone(),
                     ));
                     tokio::spawn(
@@ -927,11 +928,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                         me.address,
                         site_addresses.clone(),
                         routes,
-                        agent
-                            .gateway_stats
-                            .get(&svc.name)
-                            .cloned()
-                            .unwrap_or_default(),
+                        stats.clone(),
                         agent.lease_clock.clone(),
                         stop,
                         GATEWAY_DRAIN,
