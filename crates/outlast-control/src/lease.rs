@@ -77,11 +77,6 @@ impl Lease {
         self.expires_at(own_log_epoch, applied_epoch)
             .is_some_and(|t| now_ms < t)
     }
-
-    /// Forgets every answer (a restarted agent starts without a lease).
-    pub fn clear(&mut self) {
-        self.acks.clear();
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{LowerName, Record, RecordType};
+use hickory_proto::rr::{LowerName, Record};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -162,9 +162,4 @@ pub async fn serve(
         tracing::warn!(error = %e, "DNS server did not stop cleanly");
     }
     Ok(())
-}
-
-/// The record type a query asks for, for logs.
-pub fn type_name(t: RecordType) -> String {
-    t.to_string()
 }
