@@ -16,3 +16,24 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+
+# Prints the [cluster] table and three sites (east, west, witness on 127.0.0.11-13).
+# usage: cluster_toml PEER_PORT API_PORT
+cluster_toml() {
+  echo "bench-secret-0123456789abcdef" >"$work/cluster.key"
+  printf '[cluster]\nname = "bench"\nsecret_file = "cluster.key"\n'
+  local site addr
+  for site in east:11 west:12 witness:13; do
+    addr=${site#*:}
+    printf '[[sites]]\nname = "%s"\naddress = "127.0.0.%s"\npeer_port = %s\napi_port = %s\n' "${site%%:*}" "$addr" "$1" "$2"
+    [ "${site%%:*}" = witness ] && printf 'witness = true\n'
+  done
+}
+
+# Starts the three agents of $work/outlast.toml.
+start_agents() {
+  local s
+  for s in east west witness; do
+    OUTLAST_LOG=warn "$bin" agent --config "$work/outlast.toml" --site "$s" >"$work/$s.log" 2>&1 & pids+=($!)
+  done
+}

@@ -37,31 +37,11 @@ gdnsd -c "$work/gdnsd" start >"$work/gdnsd.log" 2>&1 & pids+=($!)
 
 python3 crates/outlast/tests/support/backend.py 18090 east >/dev/null 2>&1 & pids+=($!)
 python3 crates/outlast/tests/support/backend.py 18091 west >/dev/null 2>&1 & pids+=($!)
-echo "bench-secret-0123456789abcdef" >"$work/cluster.key"
-cat >"$work/outlast.toml" <<CONF
-[cluster]
-name = "bench"
-secret_file = "cluster.key"
+{ cluster_toml 18500 18501; cat <<CONF
 [dns]
 zone = "shop.test."
 port = 5300
 ttl = 5
-[[sites]]
-name = "east"
-address = "127.0.0.11"
-peer_port = 18500
-api_port = 18501
-[[sites]]
-name = "west"
-address = "127.0.0.12"
-peer_port = 18500
-api_port = 18501
-[[sites]]
-name = "witness"
-address = "127.0.0.13"
-peer_port = 18500
-api_port = 18501
-witness = true
 [[services]]
 name = "db"
 mode = "primary-standby"
@@ -80,9 +60,8 @@ port = 18503
 east = ["127.0.0.1:18090"]
 west = ["127.0.0.1:18091"]
 CONF
-for s in east west witness; do
-  OUTLAST_LOG=warn "$bin" agent --config "$work/outlast.toml" --site "$s" >"$work/$s.log" 2>&1 & pids+=($!)
-done
+} >"$work/outlast.toml"
+start_agents
 for _ in $(seq 1 100); do
   a=$(dig @127.0.0.11 -p 5300 +short +time=1 +tries=1 www.shop.test A | sort | tr '\n' ' ')
   b=$(dig @127.0.0.31 -p 5300 +short +time=1 +tries=1 www.shop.test A | sort | tr '\n' ' ')

@@ -48,27 +48,7 @@ CONF
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 
 # outlast: east, west and a witness; the gateway of an active-active service on east.
-echo "bench-secret-0123456789abcdef" >"$work/cluster.key"
-cat >"$work/outlast.toml" <<CONF
-[cluster]
-name = "bench"
-secret_file = "cluster.key"
-[[sites]]
-name = "east"
-address = "127.0.0.11"
-peer_port = 18400
-api_port = 18401
-[[sites]]
-name = "west"
-address = "127.0.0.12"
-peer_port = 18400
-api_port = 18401
-[[sites]]
-name = "witness"
-address = "127.0.0.13"
-peer_port = 18400
-api_port = 18401
-witness = true
+{ cluster_toml 18400 18401; cat <<CONF
 [[services]]
 name = "web"
 mode = "active-active"
@@ -77,9 +57,8 @@ port = 18082
 east = ["127.0.0.1:18080"]
 west = ["127.0.0.1:18080"]
 CONF
-for s in east west witness; do
-  OUTLAST_LOG=warn "$bin" agent --config "$work/outlast.toml" --site "$s" >"$work/$s.log" 2>&1 & pids+=($!)
-done
+} >"$work/outlast.toml"
+start_agents
 for _ in $(seq 1 100); do
   if curl -sf http://127.0.0.11:18082/ >/dev/null 2>&1 && curl -sf http://127.0.0.21:18081/ >/dev/null 2>&1; then break; fi
   sleep 0.2

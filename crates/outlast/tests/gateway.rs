@@ -141,6 +141,26 @@ fn active_active_loses_no_get_when_one_backend_dies() {
     assert_eq!(get(c.gateway("west")).map(|(s, _)| s), Ok(200));
 }
 
+/// Reads a request line and headers; (request line, lower-case headers, Content-Length).
+fn read_head(r: &mut BufReader<TcpStream>) -> Option<(String, String, usize)> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut head = String::new();
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        head.push_str(&lower);
+    }
+    Some((line, head, len))
+}
+
 /// A backend that answers GETs (so its health check passes) but drops every POST after
 /// reading it whole, as a backend that crashes mid-request would.
 fn dropping_backend(port: u16) -> Arc<AtomicUsize> {
@@ -152,21 +172,10 @@ fn dropping_backend(port: u16) -> Arc<AtomicUsize> {
             let seen = seen.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(stream);
-                let mut line = String::new();
-                if r.read_line(&mut line).is_err() {
+                let Some((line, _, len)) = read_head(&mut r) else {
                     return;
-                }
+                };
                 let post = line.starts_with("POST");
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
                 let mut body = vec![0; len];
                 let _ = r.read_exact(&mut body);
                 let mut s = r.into_inner();
@@ -232,16 +241,11 @@ fn upgrade_echo_backend(port: u16) {
         for stream in listener.incoming().flatten() {
             std::thread::spawn(move || {
                 let mut r = BufReader::new(stream);
-                let mut head = String::new();
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    head.push_str(&h);
-                }
+                let Some((_, head, _)) = read_head(&mut r) else {
+                    return;
+                };
                 let mut s = r.into_inner();
-                if head.to_ascii_lowercase().contains("upgrade: websocket") {
+                if head.contains("upgrade: websocket") {
                     let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
                     let mut buf = [0u8; 1024];
                     while let Ok(n) = s.read(&mut buf) {
@@ -313,16 +317,9 @@ fn slow_backend(port: u16) {
         for stream in listener.incoming().flatten() {
             std::thread::spawn(move || {
                 let mut r = BufReader::new(stream);
-                let mut line = String::new();
-                if r.read_line(&mut line).is_err() {
+                let Some((line, _, _)) = read_head(&mut r) else {
                     return;
-                }
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
+                };
                 if line.contains("/slow") {
                     std::thread::sleep(Duration::from_secs(2));
                 }
