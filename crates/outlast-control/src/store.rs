@@ -2,7 +2,7 @@
 //!
 //! # On disk
 //! - `log.jsonl`: one log entry a line, `{"crc": u32, "entry": ...}` where `crc` is the
-//!   CRC-32 (IEEE) of the entry's JSON. Appends are fsync'd
+//!   CRC32C of the entry's JSON (the same checksum as the relay spool). Appends are fsync'd
 //!   before Raft is told they are flushed. On open, a line that does not parse or whose CRC
 //!   does not match ends the log there (a torn tail from a crash) and the file is rewritten
 //!   without it; Raft then fetches those entries again from the leader.
@@ -125,19 +125,6 @@ fn load_json<T: DeserializeOwned>(path: &Path) -> std::io::Result<Option<T>> {
     }
 }
 
-/// CRC-32 (IEEE), bitwise: log lines are short and rare, so no table is needed.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
-}
-
 #[derive(Serialize, Deserialize)]
 struct LogLine {
     crc: u32,
@@ -170,7 +157,7 @@ impl LogInner {
         let body = serde_json::to_vec(&value)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let mut line = serde_json::to_vec(&LogLine {
-            crc: crc32(&body),
+            crc: crc32c::crc32c(&body),
             entry: value,
         })
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
@@ -214,7 +201,7 @@ impl LogStore {
                     .ok()
                     .and_then(|l| {
                         let body = serde_json::to_vec(&l.entry).ok()?;
-                        (crc32(&body) == l.crc).then_some(l.entry)
+                        (crc32c::crc32c(&body) == l.crc).then_some(l.entry)
                     })
                     .and_then(|v| serde_json::from_value(v).ok());
                 match parsed {

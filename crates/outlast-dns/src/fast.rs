@@ -31,17 +31,19 @@ const TYPES: [RecordType; 5] = [
     RecordType::ANY,
 ];
 
+/// One name's compiled responses: (qtype, with EDNS) → bytes.
+type ByType = HashMap<(u16, bool), Vec<u8>>;
+
 /// The compiled zone.
 pub struct Compiled {
     view: Arc<ZoneView>,
     zone_wire: Vec<u8>,
-    /// (lower-case qname wire, qtype, with EDNS) → full response bytes.
-    answers: HashMap<(Vec<u8>, u16, bool), Vec<u8>>,
+    /// Lower-case qname wire → (qtype, with EDNS) → full response bytes. Every name the
+    /// zone has is a key, so a type not compiled for one is NODATA (slow path), never
+    /// NXDOMAIN.
+    answers: HashMap<Vec<u8>, ByType>,
     /// The SOA record, uncompressed, for negative answers to unknown names.
     soa_rr: Vec<u8>,
-    /// Every name the zone has (lower-case wire): a type not compiled for one of these is
-    /// NODATA, never NXDOMAIN, so it goes to the slow path.
-    known: std::collections::HashSet<Vec<u8>>,
 }
 
 fn response(view: &ZoneView, id: u16, rd: bool, query: Query, edns: bool) -> Option<Vec<u8>> {
@@ -68,7 +70,7 @@ fn response(view: &ZoneView, id: u16, rd: bool, query: Query, edns: bool) -> Opt
 impl Compiled {
     pub fn new(view: Arc<ZoneView>) -> Self {
         let zone_wire = crate::wire_name(&view.zone);
-        let mut answers = HashMap::new();
+        let mut answers: HashMap<Vec<u8>, ByType> = HashMap::new();
         let mut names: Vec<Name> = vec![view.zone.clone()];
         names.extend(view.names.keys().cloned());
         for (site, _) in &view.name_servers {
@@ -85,7 +87,10 @@ impl Compiled {
                         let mut q = Query::query(name.to_lowercase(), t);
                         q.set_query_class(DNSClass::IN);
                         if let Some(bytes) = response(&view, 0, false, q, edns) {
-                            answers.insert((crate::wire_name(name), u16::from(t), edns), bytes);
+                            answers
+                                .entry(crate::wire_name(name))
+                                .or_default()
+                                .insert((u16::from(t), edns), bytes);
                         }
                     }
                 }
@@ -104,13 +109,11 @@ impl Compiled {
                 Some(buf)
             })
             .unwrap_or_default();
-        let known = names.iter().map(crate::wire_name).collect();
         Compiled {
             view,
             zone_wire,
             answers,
             soa_rr,
-            known,
         }
     }
 
@@ -170,7 +173,8 @@ impl Compiled {
             return None;
         }
         let rd = p[2] & 0x01;
-        if let Some(t) = self.answers.get(&(lower.clone(), qtype, edns)) {
+        if let Some(types) = self.answers.get(lower.as_slice()) {
+            let t = types.get(&(qtype, edns))?;
             let mut out = t.clone();
             out[0] = p[0];
             out[1] = p[1];
@@ -179,9 +183,6 @@ impl Compiled {
             out.get_mut(12..qname_end)?
                 .copy_from_slice(&p[12..qname_end]);
             return Some(out);
-        }
-        if self.known.contains(&lower) {
-            return None;
         }
         // In the zone but not a name it has: NXDOMAIN with the SOA; outside: REFUSED.
         let in_zone = lower.len() >= self.zone_wire.len() && lower.ends_with(&self.zone_wire) && {
@@ -235,15 +236,12 @@ impl Compiled {
         if msg.metadata.message_type != MessageType::Query {
             return None;
         }
-        let code = if msg.metadata.op_code != OpCode::Query {
-            Some(ResponseCode::NotImp)
-        } else if msg.queries.len() != 1 {
-            Some(ResponseCode::FormErr)
-        } else if msg.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            Some(ResponseCode::BADVERS)
-        } else {
-            None
-        };
+        let code = crate::view::refusal(msg.metadata.op_code, msg.queries.len()).or_else(|| {
+            msg.edns
+                .as_ref()
+                .is_some_and(|e| e.version() > 0)
+                .then_some(ResponseCode::BADVERS)
+        });
         let edns = msg.edns.is_some();
         match code {
             None => response(

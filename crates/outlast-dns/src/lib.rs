@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, ResponseCode};
 use hickory_proto::rr::{LowerName, Record};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -78,18 +78,13 @@ impl RequestHandler for Handler {
             MessageResponseBuilder::new(&request.queries, edns.as_ref())
                 .error_msg(&request.metadata, code)
         };
+        let refused = view::refusal(request.metadata.op_code, request.queries.queries().len());
         let outcome = if request.metadata.message_type != MessageType::Query {
             response
                 .send_response(code_only(ResponseCode::FormErr))
                 .await
-        } else if request.metadata.op_code != OpCode::Query {
-            response
-                .send_response(code_only(ResponseCode::NotImp))
-                .await
-        } else if request.queries.queries().len() != 1 {
-            response
-                .send_response(code_only(ResponseCode::FormErr))
-                .await
+        } else if let Some(code) = refused {
+            response.send_response(code_only(code)).await
         } else {
             let q = &request.queries.queries()[0];
             let view = self.view.borrow().clone();
@@ -97,7 +92,7 @@ impl RequestHandler for Handler {
             let answer = view.answer(name, q.query_type());
             metrics::counter!("outlast_dns_queries_total", "rcode" => answer.code.to_string())
                 .increment(1);
-            if matches!(answer.code, ResponseCode::Refused | ResponseCode::ServFail) {
+            if !answer.authoritative() {
                 response.send_response(code_only(answer.code)).await
             } else {
                 let mut metadata = Metadata::response_from_request(&request.metadata);

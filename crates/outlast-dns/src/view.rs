@@ -40,6 +40,23 @@ impl Answer {
             additionals: vec![],
         }
     }
+
+    /// AA is set on every answer from the zone; not on a refusal or a failure.
+    pub fn authoritative(&self) -> bool {
+        !matches!(self.code, ResponseCode::Refused | ResponseCode::ServFail)
+    }
+}
+
+/// The answer to a query that is not a plain one-question QUERY, or `None` to answer it:
+/// another opcode is not implemented, another number of questions is a format error.
+pub fn refusal(op_code: hickory_proto::op::OpCode, questions: usize) -> Option<ResponseCode> {
+    if op_code != hickory_proto::op::OpCode::Query {
+        Some(ResponseCode::NotImp)
+    } else if questions != 1 {
+        Some(ResponseCode::FormErr)
+    } else {
+        None
+    }
 }
 
 fn ns_name(zone: &Name, site: &str) -> Name {

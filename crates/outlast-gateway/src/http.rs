@@ -85,7 +85,6 @@ pub struct HttpGateway {
     source: IpAddr,
     routes: watch::Receiver<Arc<Routes>>,
     balancer: Balancer,
-    requests: AtomicU64,
     retries: AtomicU64,
     stats: Arc<Stats>,
     lease: Arc<LeaseClock>,
@@ -180,7 +179,6 @@ impl HttpGateway {
             source,
             routes,
             balancer: Balancer::default(),
-            requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             stats,
             lease,
@@ -201,7 +199,7 @@ impl HttpGateway {
 
     /// Retry budget: retries may add at most 20% to the requests, plus a small allowance.
     fn take_retry(&self) -> bool {
-        let requests = self.requests.load(Ordering::Relaxed);
+        let requests = self.stats.requests();
         let retries = self.retries.load(Ordering::Relaxed);
         if retries < requests / 5 + 10 {
             self.retries.fetch_add(1, Ordering::Relaxed);
@@ -291,7 +289,6 @@ impl HttpGateway {
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
-        self.requests.fetch_add(1, Ordering::Relaxed);
         self.stats.request();
         let resp = self.route_request(&pools, req, peer).await;
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;

@@ -465,21 +465,22 @@ impl Agent {
         });
     }
 
-    /// The status as this site sees it (DESIGN.md section 5).
-    pub fn status(&self) -> outlast_web::Status {
-        let state = self.sm.state();
-        let metrics = self.raft().metrics().borrow().clone();
+    /// Every site's state as this site sees it: its own from its lease, the others from
+    /// the committed state and their latest fresh report.
+    fn site_states(
+        &self,
+        state: &ClusterState,
+        reports: &BTreeMap<String, Received>,
+    ) -> Vec<outlast_web::SiteStatus> {
         let fenced = self.fenced_now();
         let now = self.now_ms();
-        let reports = lock(&self.reports).clone();
         let fresh = |site: &str| {
             reports
                 .get(site)
                 .filter(|r| now.saturating_sub(r.at_ms) <= self.params.report_ttl_ms)
         };
         let peers = lock(&self.peers);
-        let sites = self
-            .config
+        self.config
             .sites
             .iter()
             .map(|s| {
@@ -514,8 +515,21 @@ impl Agent {
                     last_seen_ms,
                 }
             })
-            .collect();
-        drop(peers);
+            .collect()
+    }
+
+    /// The status as this site sees it (DESIGN.md section 5).
+    pub fn status(&self) -> outlast_web::Status {
+        let state = self.sm.state();
+        let metrics = self.raft().metrics().borrow().clone();
+        let now = self.now_ms();
+        let reports = lock(&self.reports).clone();
+        let fresh = |site: &str| {
+            reports
+                .get(site)
+                .filter(|r| now.saturating_sub(r.at_ms) <= self.params.report_ttl_ms)
+        };
+        let sites = self.site_states(&state, &reports);
         let my_acting = self.acting();
         let local = self.monitor.snapshot();
         let services = self
@@ -1135,9 +1149,10 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
 
 /// `outlast_site_state{site, state}`: 1 for the state this site sees, 0 for the others.
 fn export_site_states(agent: &Agent) {
-    let status = agent.status();
-    metrics::gauge!("outlast_epoch").set(status.epoch as f64);
-    for site in status.sites {
+    let state = agent.sm.state();
+    metrics::gauge!("outlast_epoch").set(state.epoch as f64);
+    let sites = agent.site_states(&state, &lock(&agent.reports));
+    for site in sites {
         for state in ["up", "down", "fenced", "maintenance"] {
             let v = if site.state == state { 1.0 } else { 0.0 };
             metrics::gauge!("outlast_site_state", "site" => site.name.clone(), "state" => state)
