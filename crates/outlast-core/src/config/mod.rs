@@ -228,12 +228,27 @@ pub struct Stream {
     pub name: String,
     pub ack: Ack,
     pub sinks: Vec<Sink>,
+    /// Above this many bytes in a site's spool for the stream, ingest answers 503.
+    pub max_spool_bytes: u64,
+    /// Largest accepted request body; above it, 413.
+    pub max_body_bytes: u64,
+    /// A batch (one object) closes at this many events...
+    pub batch_events: u64,
+    /// ...or when its oldest event is this old.
+    pub batch_age: Duration,
+    /// Events per second when replaying a backlog (after a sink or site outage).
+    pub replay_rate: u64,
+    /// Shipped events are kept (for duplicate detection by id) this long.
+    pub dedup_window: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Sink {
     pub url: String,
     pub site: Option<String>,
+    /// object_store configuration keys (endpoint, region, allow_http, credentials, ...).
+    #[serde(skip)]
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

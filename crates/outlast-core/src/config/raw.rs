@@ -112,6 +112,12 @@ pub struct RawCheck {
 pub struct RawStream {
     pub name: S<String>,
     pub ack: Option<S<String>>,
+    pub max_spool_bytes: Option<S<u64>>,
+    pub max_body_bytes: Option<S<u64>>,
+    pub batch_events: Option<S<u64>>,
+    pub batch_age: Option<S<String>>,
+    pub replay_rate: Option<S<u64>>,
+    pub dedup_window: Option<S<String>>,
     #[serde(default)]
     pub sinks: Vec<S<RawSink>>,
 }
@@ -121,6 +127,9 @@ pub struct RawStream {
 pub struct RawSink {
     pub url: S<String>,
     pub site: Option<S<String>>,
+    /// Passed to object_store as configuration (endpoint, region, allow_http, ...).
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

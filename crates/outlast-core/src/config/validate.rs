@@ -692,9 +692,49 @@ fn streams(
             sinks.push(Sink {
                 url: url.clone(),
                 site: k.site.as_ref().map(|s| s.get_ref().clone()),
+                options: k.options.clone(),
             });
         }
-        out.push(Stream { name, ack, sinks });
+        if sinks.is_empty() {
+            ctx.at(
+                r.name.span(),
+                format!("stream \"{name}\" has no sink"),
+                "add at least one [[streams.sinks]] with a url (s3://, gs://, az:// or file://)",
+            );
+        }
+        let mut positive = |field: &str, v: &Option<S<u64>>, default: u64| match v {
+            Some(v) if *v.get_ref() == 0 => {
+                ctx.at(
+                    v.span(),
+                    format!("{field} = 0 is not usable"),
+                    "give a number above zero",
+                );
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        };
+        let max_spool_bytes = positive("max_spool_bytes", &r.max_spool_bytes, 1 << 30);
+        let max_body_bytes = positive("max_body_bytes", &r.max_body_bytes, 8 << 20);
+        let batch_events = positive("batch_events", &r.batch_events, 10_000);
+        let replay_rate = positive("replay_rate", &r.replay_rate, 200_000);
+        let batch_age = ctx.duration("batch_age", r.batch_age.as_ref(), Duration::from_secs(1));
+        let dedup_window = ctx.duration(
+            "dedup_window",
+            r.dedup_window.as_ref(),
+            Duration::from_secs(600),
+        );
+        out.push(Stream {
+            name,
+            ack,
+            sinks,
+            max_spool_bytes,
+            max_body_bytes,
+            batch_events,
+            batch_age,
+            replay_rate,
+            dedup_window,
+        });
     }
     out
 }

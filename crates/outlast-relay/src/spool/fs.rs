@@ -2,7 +2,9 @@
 //! bytes. `RealFs` is the disk; `MemFs` (tests) keeps, per file, what is durable and what
 //! is only written, and a crash keeps a random prefix of the latter, possibly garbled.
 
+use std::fs::File;
 use std::io::{self, Write};
+use std::sync::Mutex;
 use std::path::{Path, PathBuf};
 
 pub trait Fs {
@@ -18,9 +20,26 @@ pub trait Fs {
     fn remove(&self, path: &Path) -> io::Result<()>;
 }
 
-/// The real disk.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RealFs;
+/// The real disk. It keeps the file last appended to open, and makes a folder's entry
+/// durable only for files created since their last sync.
+#[derive(Debug, Default)]
+pub struct RealFs {
+    open: Mutex<Option<(PathBuf, File)>>,
+    fresh: Mutex<Vec<PathBuf>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RealFs {
+    fn forget(&self, path: &Path) {
+        let mut open = lock(&self.open);
+        if open.as_ref().is_some_and(|(p, _)| p == path) {
+            *open = None;
+        }
+    }
+}
 
 impl Fs for RealFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -43,36 +62,61 @@ impl Fs for RealFs {
     }
 
     fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        std::fs::OpenOptions::new()
+        let mut open = lock(&self.open);
+        if let Some((p, f)) = open.as_mut() {
+            if p == path {
+                return f.write_all(data);
+            }
+        }
+        if !path.exists() {
+            lock(&self.fresh).push(path.to_path_buf());
+        }
+        let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)?
-            .write_all(data)
+            .open(path)?;
+        f.write_all(data)?;
+        *open = Some((path.to_path_buf(), f));
+        Ok(())
     }
 
     fn sync(&self, path: &Path) -> io::Result<()> {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)?
-            .sync_data()?;
+        {
+            let open = lock(&self.open);
+            match open.as_ref() {
+                Some((p, f)) if p == path => f.sync_data()?,
+                _ => std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)?
+                    .sync_data()?,
+            }
+        }
         // A new file's directory entry must be durable too.
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+        let mut fresh = lock(&self.fresh);
+        if let Some(i) = fresh.iter().position(|p| p == path) {
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            fresh.swap_remove(i);
         }
         Ok(())
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.forget(path);
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
         f.set_len(len)?;
         f.sync_all()
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.forget(from);
         std::fs::rename(from, to)
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
+        self.forget(path);
+        lock(&self.fresh).retain(|p| p != path);
         std::fs::remove_file(path)
     }
 }

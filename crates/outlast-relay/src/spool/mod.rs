@@ -84,8 +84,8 @@ pub struct SpoolStats {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
-    /// (seq, id) of every record, in order.
-    records: Vec<(u64, String)>,
+    /// (seq, id, encoded length) of every record, in order.
+    records: Vec<(u64, String, u32)>,
     bytes: u64,
 }
 
@@ -100,6 +100,8 @@ pub struct Spool<F: Fs> {
     torn: u64,
     /// Segments written since the last sync.
     dirty: Vec<PathBuf>,
+    /// The next record starts a new segment (a replica's numbering jumped).
+    gap: bool,
 }
 
 fn encode(seq: u64, id: &str, payload: &[u8]) -> Result<Vec<u8>, SpoolError> {
@@ -190,6 +192,7 @@ impl<F: Fs> Spool<F> {
             quarantined: 0,
             torn: 0,
             dirty: Vec::new(),
+            gap: false,
         };
         for (first_seq, path) in files {
             spool.next_seq = spool.next_seq.max(first_seq);
@@ -216,7 +219,13 @@ impl<F: Fs> Spool<F> {
             }
             spool.segments.push(Segment {
                 path,
-                records: records.into_iter().map(|r| (r.seq, r.id)).collect(),
+                records: records
+                    .into_iter()
+                    .map(|r| {
+                        let len = (HEADER + BODY_MIN + r.id.len() + r.payload.len()) as u32;
+                        (r.seq, r.id, len)
+                    })
+                    .collect(),
                 bytes: good as u64,
             });
         }
@@ -247,33 +256,77 @@ impl<F: Fs> Spool<F> {
                 continue;
             }
             let seq = self.next_seq;
-            let bytes = encode(seq, id, payload)?;
-            let roll = self.segments.last().is_none_or(|s| {
-                s.bytes + bytes.len() as u64 > self.max_segment_bytes && !s.records.is_empty()
-            });
-            if roll {
-                let path = self.dir.join(format!("{seq:020}.seg"));
-                self.segments.push(Segment {
-                    path,
-                    records: Vec::new(),
-                    bytes: 0,
-                });
-            }
-            let seg = self
-                .segments
-                .last_mut()
-                .expect("a segment was just ensured");
-            self.fs.append(&seg.path, &bytes).map_err(io(&seg.path))?;
-            seg.bytes += bytes.len() as u64;
-            seg.records.push((seq, id.clone()));
-            if !self.dirty.contains(&seg.path) {
-                self.dirty.push(seg.path.clone());
-            }
-            self.ids.insert(id.clone(), seq);
-            self.next_seq += 1;
+            self.put(seq, id, payload)?;
             out.push((seq, false));
         }
         Ok(out)
+    }
+
+    /// Writes a record under a sequence number chosen elsewhere (a replica keeps its
+    /// origin's numbers). A number below the next one is a repeat and is skipped (false);
+    /// a gap starts a new segment, so every segment stays contiguous.
+    pub fn append_at(&mut self, seq: u64, id: &str, payload: &[u8]) -> Result<bool, SpoolError> {
+        if seq < self.next_seq {
+            return Ok(false);
+        }
+        if seq > self.next_seq {
+            self.gap = true;
+        }
+        self.put(seq, id, payload)?;
+        Ok(true)
+    }
+
+    fn put(&mut self, seq: u64, id: &str, payload: &[u8]) -> Result<(), SpoolError> {
+        let bytes = encode(seq, id, payload)?;
+        let roll = std::mem::take(&mut self.gap)
+            || self.segments.last().is_none_or(|s| {
+                s.bytes + bytes.len() as u64 > self.max_segment_bytes && !s.records.is_empty()
+            });
+        if roll {
+            let path = self.dir.join(format!("{seq:020}.seg"));
+            self.segments.push(Segment {
+                path,
+                records: Vec::new(),
+                bytes: 0,
+            });
+        }
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("a segment was just ensured");
+        self.fs.append(&seg.path, &bytes).map_err(io(&seg.path))?;
+        seg.bytes += bytes.len() as u64;
+        seg.records.push((seq, id.to_string(), bytes.len() as u32));
+        if !self.dirty.contains(&seg.path) {
+            self.dirty.push(seg.path.clone());
+        }
+        self.ids.insert(id.to_string(), seq);
+        self.next_seq = seq + 1;
+        Ok(())
+    }
+
+    /// The sequence number of an id held in the spool.
+    pub fn lookup(&self, id: &str) -> Option<u64> {
+        self.ids.get(id).copied()
+    }
+
+    /// Events and bytes held with a sequence number above `seq`.
+    pub fn usage_after(&self, seq: u64) -> (u64, u64) {
+        let mut events = 0;
+        let mut bytes = 0;
+        for seg in self.segments.iter().rev() {
+            if seg.records.last().is_none_or(|(s, _, _)| *s <= seq) {
+                break;
+            }
+            for (s, _, len) in seg.records.iter().rev() {
+                if *s <= seq {
+                    break;
+                }
+                events += 1;
+                bytes += u64::from(*len);
+            }
+        }
+        (events, bytes)
     }
 
     /// Makes every append so far durable.
@@ -288,7 +341,7 @@ impl<F: Fs> Spool<F> {
     pub fn read(&self, from_seq: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
         let mut out = Vec::new();
         for seg in &self.segments {
-            if out.len() >= max || seg.records.last().is_none_or(|(s, _)| *s < from_seq) {
+            if out.len() >= max || seg.records.last().is_none_or(|(s, _, _)| *s < from_seq) {
                 continue;
             }
             let buf = self.fs.read(&seg.path).map_err(io(&seg.path))?;
@@ -310,14 +363,14 @@ impl<F: Fs> Spool<F> {
             && self.segments[0]
                 .records
                 .last()
-                .is_none_or(|(s, _)| *s <= through)
+                .is_none_or(|(s, _, _)| *s <= through)
         {
             let seg = self.segments.remove(0);
             // Regression (found by the model test): a removed segment must leave the
             // to-sync list too, or the next sync fails on a file that is gone.
             self.dirty.retain(|p| p != &seg.path);
             self.fs.remove(&seg.path).map_err(io(&seg.path))?;
-            for (_, id) in seg.records {
+            for (_, id, _) in seg.records {
                 self.ids.remove(&id);
             }
         }
@@ -341,6 +394,6 @@ impl<F: Fs> Spool<F> {
     pub fn first_seq(&self) -> Option<u64> {
         self.segments
             .iter()
-            .find_map(|s| s.records.first().map(|(q, _)| *q))
+            .find_map(|s| s.records.first().map(|(q, _, _)| *q))
     }
 }

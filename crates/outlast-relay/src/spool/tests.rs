@@ -211,11 +211,11 @@ fn remove_through_drops_whole_shipped_segments_only() {
 fn the_real_disk_works_the_same() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path().join("clicks");
-    let mut s = Spool::open(RealFs, &d, 4096).expect("open");
+    let mut s = Spool::open(RealFs::default(), &d, 4096).expect("open");
     s.append(&[ev("a"), ev("b")]).expect("append");
     s.sync().expect("sync");
     drop(s);
-    let s = Spool::open(RealFs, &d, 4096).expect("reopen");
+    let s = Spool::open(RealFs::default(), &d, 4096).expect("reopen");
     assert_eq!(s.read(0, 10).expect("read").len(), 2);
 }
 
