@@ -1,11 +1,214 @@
-//! outlast-relay: events that are never lost. This first part is the spool, the durable
-//! local log every accepted event goes to before it is acknowledged. Replication between
-//! sites, shipping to sinks and the ingest API build on it (issue "Events that are never
-//! lost"); they are not here yet.
+//! outlast-relay: events that are never lost.
 //!
-//! It must never acknowledge an event that is not fsync'd, and never crash-loop on a bad
-//! file: a corrupt segment is quarantined and counted.
+//! An event accepted at any site is written to that site's spool and fsync'd (group commit)
+//! before it is acknowledged; with `ack = "replicated"` it is also in another site's replica
+//! first. Each site ships its own events to sinks (its own first, the others in list order
+//! when its own fail) and deletes them once a sink has the object. When a site is declared
+//! down, one survivor, chosen from the committed cluster state the same way by everyone,
+//! ships that site's replicated events; the site, back, learns how far that went and does
+//! not ship them again.
+//!
+//! Exactly once by key: an object's key and bytes follow only from the events in it, and
+//! the range of an object is written down (and told to the peers) before it is uploaded, so
+//! a retry after a crash, or a survivor taking over, writes the same key with the same
+//! bytes. An id held twice (a client that retried on another site) is settled between the
+//! sites when they replicate: the copy that is already shipped wins, else the one from the
+//! site whose name sorts first; the other is marked never to ship.
 
+pub mod event;
+pub mod log;
+mod ship;
 pub mod spool;
+mod stream;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use outlast_core::config::Config;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use event::{BadLine, Event};
 pub use spool::{Record, Spool, SpoolError, SpoolStats};
+pub use stream::{Accepted, IngestError, StreamRelay, StreamStats};
+
+/// One event as it travels between sites.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireRecord {
+    pub seq: u64,
+    pub id: String,
+    pub ts: u64,
+    pub line: String,
+}
+
+/// An origin's events (maybe none) and its shipping progress, to a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicateReq {
+    pub stream: String,
+    pub origin: String,
+    /// The origin has shipped (or skipped) everything through this number.
+    pub shipped: u64,
+    /// The range of the object the origin is about to write, if any.
+    pub intent: Option<(u64, u64)>,
+    pub records: Vec<WireRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicateResp {
+    /// The highest sequence number of the origin's this site holds (durably).
+    pub high: u64,
+    /// Numbers of the request's events whose id this site holds from elsewhere and keeps:
+    /// the origin must not ship them.
+    pub conflicts: Vec<u64>,
+    /// This site shipped the origin's events through this number while it was down.
+    pub taken_over: u64,
+    /// This site is shipping the origin's events right now.
+    pub taking_over: bool,
+}
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How the relay reaches peer sites (the agent's authenticated peer client).
+pub trait Transport: Send + Sync + 'static {
+    fn replicate<'a>(
+        &'a self,
+        peer: &'a str,
+        req: &'a ReplicateReq,
+    ) -> BoxFut<'a, Result<ReplicateResp, String>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("stream {stream}: sink {url}: {why}")]
+    Sink {
+        stream: String,
+        url: String,
+        why: String,
+    },
+    #[error("no stream named {0:?}")]
+    UnknownStream(String),
+    #[error("{0} is not a site of this cluster")]
+    Stranger(String),
+}
+
+/// The sites in config order: (name, witness).
+#[derive(Debug, Clone)]
+pub struct Sites {
+    pub me: String,
+    pub all: Vec<(String, bool)>,
+}
+
+impl Sites {
+    /// Who ships `origin`'s events while it is down: the first data site in config order
+    /// that is not down, else the first witness that is not. Every site computes the same
+    /// from the same committed state.
+    pub fn taker(&self, origin: &str, down: &BTreeSet<String>) -> Option<&str> {
+        let alive = |(n, _): &&(String, bool)| n != origin && !down.contains(n);
+        self.all
+            .iter()
+            .filter(alive)
+            .find(|(_, w)| !w)
+            .or_else(|| self.all.iter().filter(alive).find(|(_, w)| *w))
+            .map(|(n, _)| n.as_str())
+    }
+
+    pub fn peers(&self) -> Vec<String> {
+        self.all
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| n != &self.me)
+            .collect()
+    }
+
+    pub fn is_witness(&self) -> bool {
+        self.all.iter().any(|(n, w)| n == &self.me && *w)
+    }
+}
+
+/// Every stream's relay at one site.
+pub struct Relay {
+    sites: Sites,
+    streams: BTreeMap<String, Arc<StreamRelay>>,
+    down: watch::Sender<BTreeSet<String>>,
+}
+
+impl Relay {
+    /// Opens every stream's spools under `data_dir/streams/` and its sinks.
+    pub fn open(config: &Config, me: &str, data_dir: &Path) -> Result<Self, RelayError> {
+        let sites = Sites {
+            me: me.to_string(),
+            all: config
+                .sites
+                .iter()
+                .map(|s| (s.name.clone(), s.witness))
+                .collect(),
+        };
+        if !sites.all.iter().any(|(n, _)| n == me) {
+            return Err(RelayError::Stranger(me.to_string()));
+        }
+        let (down, _) = watch::channel(BTreeSet::new());
+        let mut streams = BTreeMap::new();
+        for s in &config.streams {
+            let dir = data_dir.join("streams").join(&s.name);
+            let relay = StreamRelay::open(s.clone(), sites.clone(), &dir, down.subscribe())?;
+            streams.insert(s.name.clone(), Arc::new(relay));
+        }
+        Ok(Self {
+            sites,
+            streams,
+            down,
+        })
+    }
+
+    /// Starts the group-commit writers, replicators and shippers; they stop with `stop`.
+    pub fn start(&self, transport: Arc<dyn Transport>, stop: CancellationToken) {
+        for s in self.streams.values() {
+            s.start(transport.clone(), stop.clone());
+        }
+    }
+
+    pub fn stream(&self, name: &str) -> Result<&Arc<StreamRelay>, RelayError> {
+        self.streams
+            .get(name)
+            .ok_or_else(|| RelayError::UnknownStream(name.to_string()))
+    }
+
+    pub fn streams(&self) -> impl Iterator<Item = &Arc<StreamRelay>> {
+        self.streams.values()
+    }
+
+    pub fn is_witness(&self) -> bool {
+        self.sites.is_witness()
+    }
+
+    /// The sites the committed cluster state declares down.
+    pub fn set_down(&self, down: BTreeSet<String>) {
+        self.down.send_if_modified(|d| {
+            let changed = *d != down;
+            *d = down;
+            changed
+        });
+    }
+
+    /// A peer's replication request.
+    pub async fn receive(
+        &self,
+        from: &str,
+        req: ReplicateReq,
+    ) -> Result<ReplicateResp, RelayError> {
+        if req.origin != from {
+            return Err(RelayError::Stranger(format!(
+                "{from} sending for {}",
+                req.origin
+            )));
+        }
+        let s = self.stream(&req.stream)?.clone();
+        s.receive(req).await
+    }
+}

@@ -305,6 +305,15 @@ impl<F: Fs> Spool<F> {
         Ok(())
     }
 
+    /// Makes the next sequence number at least `seq` (numbers are never reused, even when
+    /// this spool is younger than what its peers have seen from it).
+    pub fn skip_to(&mut self, seq: u64) {
+        if seq > self.next_seq {
+            self.next_seq = seq;
+            self.gap = true;
+        }
+    }
+
     /// The sequence number of an id held in the spool.
     pub fn lookup(&self, id: &str) -> Option<u64> {
         self.ids.get(id).copied()

@@ -1,0 +1,173 @@
+//! A spool with what the shipper needs beside it, in the same folder:
+//! - `skips`: sequence numbers never to ship (the losing copy of an id held twice), as
+//!   u64 LE, appended and fsync'd;
+//! - `shipped`: every event up to this number is in a sink (or skipped), written atomically;
+//! - `intent`: the range of the object being written, written before the upload, so that
+//!   after a crash the same range (the same key, the same bytes) is written again.
+//!
+//! Shipped segments are kept for the dedup window (bounded in bytes too), so a retry of an
+//! id that was already shipped is still recognised.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::spool::{RealFs, Record, Spool, SpoolError};
+
+const MAX_SEGMENT_BYTES: u64 = 8 << 20;
+
+pub struct Log {
+    pub spool: Spool<RealFs>,
+    dir: PathBuf,
+    skips: BTreeSet<u64>,
+    shipped: u64,
+    intent: Option<(u64, u64)>,
+    /// (when, shipped-through) marks; segments through a mark are deleted once it is old.
+    retained: VecDeque<(Instant, u64)>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read_u64s(path: &Path) -> Result<Vec<u64>, SpoolError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b
+            .chunks_exact(8)
+            .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// Replaces a small file atomically and durably.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_data().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+impl Log {
+    pub fn open(dir: &Path) -> Result<Self, SpoolError> {
+        let spool = Spool::open(RealFs::default(), dir, MAX_SEGMENT_BYTES)?;
+        let skips = read_u64s(&dir.join("skips"))?.into_iter().collect();
+        let shipped = read_u64s(&dir.join("shipped"))?.first().copied().unwrap_or(0);
+        let intent = match read_u64s(&dir.join("intent"))?.as_slice() {
+            [a, b] if a <= b => Some((*a, *b)),
+            _ => None,
+        };
+        Ok(Self {
+            spool,
+            dir: dir.to_path_buf(),
+            skips,
+            shipped,
+            intent,
+            retained: VecDeque::new(),
+        })
+    }
+
+    /// Every event up to this number is in a sink or skipped.
+    pub fn shipped(&self) -> u64 {
+        self.shipped
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.spool.next_seq().saturating_sub(1)
+    }
+
+    pub fn is_skipped(&self, seq: u64) -> bool {
+        self.skips.contains(&seq)
+    }
+
+    /// Marks events never to ship, durably.
+    pub fn skip(&mut self, seqs: &[u64]) -> Result<(), SpoolError> {
+        let new: Vec<u64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| !self.skips.contains(s))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join("skips");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let bytes: Vec<u8> = new.iter().flat_map(|s| s.to_le_bytes()).collect();
+        f.write_all(&bytes).map_err(io(&path))?;
+        f.sync_data().map_err(io(&path))?;
+        self.skips.extend(new);
+        Ok(())
+    }
+
+    pub fn intent(&self) -> Option<(u64, u64)> {
+        self.intent
+    }
+
+    pub fn set_intent(&mut self, range: Option<(u64, u64)>) -> Result<(), SpoolError> {
+        let bytes: Vec<u8> = match range {
+            Some((a, b)) => [a.to_le_bytes(), b.to_le_bytes()].concat(),
+            None => Vec::new(),
+        };
+        write_atomic(&self.dir.join("intent"), &bytes)?;
+        self.intent = range;
+        Ok(())
+    }
+
+    /// Records that every event through `through` is in a sink.
+    pub fn set_shipped(&mut self, through: u64) -> Result<(), SpoolError> {
+        if through <= self.shipped {
+            return Ok(());
+        }
+        write_atomic(&self.dir.join("shipped"), &through.to_le_bytes())?;
+        self.shipped = through;
+        self.retained.push_back((Instant::now(), through));
+        // Skips at or below the shipped mark are no longer needed in memory.
+        self.skips = self.skips.split_off(&(through + 1));
+        Ok(())
+    }
+
+    /// Deletes shipped segments older than `window`, or sooner when what is kept passes
+    /// `max_bytes`.
+    pub fn trim(&mut self, window: Duration, max_bytes: u64) -> Result<(), SpoolError> {
+        let mut through = None;
+        while let Some(&(at, t)) = self.retained.front() {
+            let kept = self.spool.stats().bytes - self.spool.usage_after(self.shipped).1;
+            if at.elapsed() >= window || kept > max_bytes {
+                through = Some(t);
+                self.retained.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some(t) = through {
+            self.spool.remove_through(t)?;
+        }
+        Ok(())
+    }
+
+    /// Unshipped events: count and bytes.
+    pub fn unshipped(&self) -> (u64, u64) {
+        self.spool.usage_after(self.shipped)
+    }
+
+    /// Events from `from` on (at most `max`), whether skipped or not.
+    pub fn read(&self, from: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
+        self.spool.read(from, max)
+    }
+}

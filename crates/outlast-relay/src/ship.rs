@@ -1,0 +1,429 @@
+//! Shipping: batches of events become zstd-compressed NDJSON objects in a sink.
+//!
+//! Key: `{prefix}/{stream}/{yyyy}/{mm}/{dd}/{hh}/{origin}-{first:020}-{last:020}.ndjson.zst`,
+//! the hour (UTC) being the acceptance time of the event numbered `first`. The range is
+//! written down before the upload (the log's intent), so the same events always give the
+//! same key and the same bytes.
+//!
+//! Sinks are tried in order: the site's own (by `site`), then the others in list order.
+//! Each has its own back-off; a sink that failed is tried again once its back-off has run,
+//! and being first in the order, takes the traffic back when it recovers.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload};
+use outlast_core::config::Stream;
+use tokio_util::sync::CancellationToken;
+
+use crate::event;
+use crate::log::Log;
+use crate::stream::{lock, now_ms, StreamRelay};
+use crate::{RelayError, Transport};
+
+const PUT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub(crate) struct Sink {
+    pub url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    state: Mutex<SinkState>,
+}
+
+#[derive(Default)]
+struct SinkState {
+    down_until: Option<Instant>,
+    backoff: Duration,
+}
+
+fn sink_error(stream: &Stream, url: &str, why: impl ToString) -> RelayError {
+    RelayError::Sink {
+        stream: stream.name.clone(),
+        url: url.to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// Opens a stream's sinks in the order this site uses them.
+pub(crate) fn open_sinks(stream: &Stream, me: &str) -> Result<Vec<Sink>, RelayError> {
+    let own = stream.sinks.iter().filter(|s| s.site.as_deref() == Some(me));
+    let others = stream.sinks.iter().filter(|s| s.site.as_deref() != Some(me));
+    let mut out = Vec::new();
+    for s in own.chain(others) {
+        let url = url::Url::parse(&s.url).map_err(|e| sink_error(stream, &s.url, e))?;
+        let retry = object_store::RetryConfig {
+            backoff: Default::default(),
+            max_retries: 1,
+            retry_timeout: PUT_TIMEOUT,
+        };
+        let opts = |o: &std::collections::BTreeMap<String, String>| -> Vec<(String, String)> {
+            o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match url.scheme() {
+            "file" => {
+                let dir = url
+                    .to_file_path()
+                    .map_err(|_| sink_error(stream, &s.url, "not a local path"))?;
+                std::fs::create_dir_all(&dir).map_err(|e| sink_error(stream, &s.url, e))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| sink_error(stream, &s.url, e))?;
+                (Arc::new(fs), ObjectPath::default())
+            }
+            "s3" | "gs" | "az" => {
+                let path = ObjectPath::parse(url.path().trim_start_matches('/'))
+                    .map_err(|e| sink_error(stream, &s.url, e))?;
+                let store: Arc<dyn ObjectStore> = match url.scheme() {
+                    "s3" => {
+                        let mut b = object_store::aws::AmazonS3Builder::from_env()
+                            .with_url(s.url.clone())
+                            .with_retry(retry);
+                        for (k, v) in opts(&s.options) {
+                            let key = k.parse().map_err(|e| sink_error(stream, &s.url, e))?;
+                            b = b.with_config(key, v);
+                        }
+                        Arc::new(b.build().map_err(|e| sink_error(stream, &s.url, e))?)
+                    }
+                    "gs" => {
+                        let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                            .with_url(s.url.clone())
+                            .with_retry(retry);
+                        for (k, v) in opts(&s.options) {
+                            let key = k.parse().map_err(|e| sink_error(stream, &s.url, e))?;
+                            b = b.with_config(key, v);
+                        }
+                        Arc::new(b.build().map_err(|e| sink_error(stream, &s.url, e))?)
+                    }
+                    _ => {
+                        let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                            .with_url(s.url.clone())
+                            .with_retry(retry);
+                        for (k, v) in opts(&s.options) {
+                            let key = k.parse().map_err(|e| sink_error(stream, &s.url, e))?;
+                            b = b.with_config(key, v);
+                        }
+                        Arc::new(b.build().map_err(|e| sink_error(stream, &s.url, e))?)
+                    }
+                };
+                (store, path)
+            }
+            other => return Err(sink_error(stream, &s.url, format!("unknown scheme {other}"))),
+        };
+        out.push(Sink {
+            url: s.url.clone(),
+            store,
+            prefix,
+            state: Mutex::new(SinkState::default()),
+        });
+    }
+    Ok(out)
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The object key of a batch (without the sink's prefix).
+pub fn object_key(stream: &str, origin: &str, first: u64, last: u64, accepted_ms: u64) -> String {
+    let secs = (accepted_ms / 1000) as i64;
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let h = secs.rem_euclid(86_400) / 3600;
+    format!("{stream}/{y:04}/{m:02}/{d:02}/{h:02}/{origin}-{first:020}-{last:020}.ndjson.zst")
+}
+
+/// Writes an object to the first sink that takes it; the sink's url.
+async fn put(sinks: &[Sink], key: &str, body: bytes::Bytes) -> Option<String> {
+    for sink in sinks {
+        if lock(&sink.state)
+            .down_until
+            .is_some_and(|t| Instant::now() < t)
+        {
+            continue;
+        }
+        let path = if sink.prefix.as_ref().is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", sink.prefix))
+        };
+        let started = Instant::now();
+        let res = tokio::time::timeout(
+            PUT_TIMEOUT,
+            sink.store.put(&path, PutPayload::from(body.clone())),
+        )
+        .await;
+        let mut st = lock(&sink.state);
+        match res {
+            Ok(Ok(_)) => {
+                if st.down_until.is_some() {
+                    tracing::info!(sink = %sink.url, "relay: sink is back");
+                }
+                st.down_until = None;
+                st.backoff = Duration::ZERO;
+                metrics::histogram!("outlast_relay_put_seconds", "sink" => sink.url.clone())
+                    .record(started.elapsed().as_secs_f64());
+                return Some(sink.url.clone());
+            }
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {PUT_TIMEOUT:?}"),
+                };
+                st.backoff = (st.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                st.down_until = Some(Instant::now() + st.backoff);
+                tracing::warn!(sink = %sink.url, key, error = %why, backoff_ms = st.backoff.as_millis() as u64, "relay: sink refused an object");
+                metrics::counter!("outlast_relay_sink_errors_total", "sink" => sink.url.clone())
+                    .increment(1);
+            }
+        }
+    }
+    None
+}
+
+/// One planned object.
+struct Plan {
+    first: u64,
+    last: u64,
+    accepted_ms: u64,
+    lines: Vec<u8>,
+    events: usize,
+    fresh_intent: bool,
+}
+
+/// Decides the next object of a log (its intent if it has one), or nothing yet.
+fn plan(log: &mut Log, limit: u64, cfg: &Stream, force: bool) -> Result<Option<Plan>, RelayError> {
+    let (first, last, fresh_intent) = match log.intent() {
+        Some((a, b)) => (a, b, false),
+        None => {
+            let first = log.shipped() + 1;
+            let avail = limit.min(log.last_seq());
+            if avail < first {
+                return Ok(None);
+            }
+            let n = avail - first + 1;
+            if n < cfg.batch_events && !force {
+                let head = log.read(first, 1)?;
+                let Some(r) = head.first() else {
+                    return Ok(None);
+                };
+                let (ts, _) = event::unstored(&r.payload);
+                if now_ms().saturating_sub(ts) < cfg.batch_age.as_millis() as u64 {
+                    return Ok(None);
+                }
+            }
+            let last = first + n.min(cfg.batch_events) - 1;
+            log.set_intent(Some((first, last)))?;
+            (first, last, true)
+        }
+    };
+    let want = (last - first + 1) as usize;
+    let records = log.read(first, want)?;
+    let mut lines = Vec::new();
+    let mut events = 0;
+    let mut accepted_ms = None;
+    for r in records.iter().filter(|r| r.seq <= last) {
+        let (ts, line) = event::unstored(&r.payload);
+        accepted_ms.get_or_insert(ts);
+        if log.is_skipped(r.seq) {
+            continue;
+        }
+        lines.extend_from_slice(line);
+        lines.push(b'\n');
+        events += 1;
+    }
+    Ok(Some(Plan {
+        first,
+        last,
+        accepted_ms: accepted_ms.unwrap_or(0),
+        lines,
+        events,
+        fresh_intent,
+    }))
+}
+
+/// Which log a shipping step works on.
+#[derive(Clone)]
+enum Whose {
+    Own,
+    Replica(String),
+}
+
+fn with_log<T>(
+    s: &StreamRelay,
+    whose: &Whose,
+    f: impl FnOnce(&mut Log) -> Result<T, RelayError>,
+) -> Result<Option<T>, RelayError> {
+    match whose {
+        Whose::Own => f(&mut lock(&s.own)).map(Some),
+        Whose::Replica(o) => match lock(&s.replicas).get_mut(o) {
+            Some(l) => f(l).map(Some),
+            None => Ok(None),
+        },
+    }
+}
+
+/// Ships at most one object of a log; whether it made progress.
+async fn ship_once(
+    s: &Arc<StreamRelay>,
+    sinks: &[Sink],
+    whose: Whose,
+    limit: u64,
+    transport: &Arc<dyn Transport>,
+) -> bool {
+    let planned = {
+        let s2 = s.clone();
+        let w = whose.clone();
+        tokio::task::spawn_blocking(move || {
+            with_log(&s2, &w, |l| plan(l, limit, &s2.cfg, false)).map(Option::flatten)
+        })
+        .await
+    };
+    let plan = match planned {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return false,
+        Ok(Err(e)) => {
+            tracing::error!(stream = %s.cfg.name, error = %e, "relay: planning a batch");
+            return false;
+        }
+        Err(_) => return false,
+    };
+    let origin = match &whose {
+        Whose::Own => s.sites.me.clone(),
+        Whose::Replica(o) => o.clone(),
+    };
+    if plan.fresh_intent && matches!(whose, Whose::Own) {
+        s.announce(transport).await;
+    }
+    let mut url = None;
+    if plan.events > 0 {
+        let key = object_key(&s.cfg.name, &origin, plan.first, plan.last, plan.accepted_ms);
+        let body = match zstd::encode_all(plan.lines.as_slice(), 3) {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(e) => {
+                tracing::error!(error = %e, "relay: zstd");
+                return false;
+            }
+        };
+        url = put(sinks, &key, body).await;
+        if url.is_none() {
+            return false;
+        }
+    }
+    let done = with_log(s, &whose, |l| {
+        l.set_shipped(plan.last)?;
+        l.set_intent(None)?;
+        l.trim(s.cfg.dedup_window, s.cfg.max_spool_bytes / 4)?;
+        Ok(l.last_seq().min(limit).saturating_sub(plan.last))
+    });
+    let backlog = match done {
+        Ok(b) => b.unwrap_or(0),
+        Err(e) => {
+            tracing::error!(stream = %s.cfg.name, error = %e, "relay: recording a shipped batch");
+            return false;
+        }
+    };
+    if let Some(url) = url {
+        s.counters.objects.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("outlast_relay_objects_shipped_total", "stream" => s.cfg.name.clone(), "sink" => url.clone())
+            .increment(1);
+        *lock(&s.sink_now) = Some(url);
+    }
+    // A backlog (after a sink or site outage) is replayed at the configured pace.
+    if backlog >= s.cfg.batch_events {
+        s.counters.replays.fetch_add(1, Ordering::Relaxed);
+        let pause = Duration::from_secs_f64(plan.events as f64 / s.cfg.replay_rate as f64);
+        tokio::time::sleep(pause).await;
+    }
+    true
+}
+
+/// The shipping loop of a stream: own events, then the events of sites this one takes over.
+pub(crate) async fn shipper(
+    s: Arc<StreamRelay>,
+    sinks: Vec<Sink>,
+    transport: Arc<dyn Transport>,
+    stop: CancellationToken,
+) {
+    let mut last_oldest = Instant::now() - Duration::from_secs(10);
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let mut progress = false;
+        if !s.sites.is_witness() {
+            if let Some(limit) = s.own_shippable() {
+                progress |= ship_once(&s, &sinks, Whose::Own, limit, &transport).await;
+            }
+        }
+        let down = s.down.borrow().clone();
+        let origins: Vec<String> = lock(&s.replicas).keys().cloned().collect();
+        for origin in origins {
+            let mine =
+                down.contains(&origin) && s.sites.taker(&origin, &down) == Some(&s.sites.me);
+            let changed = {
+                let mut t = lock(&s.taking_over);
+                if mine {
+                    t.insert(origin.clone())
+                } else {
+                    t.remove(&origin)
+                }
+            };
+            if changed {
+                tracing::info!(stream = %s.cfg.name, origin, taking_over = mine, "relay: takeover of a down site's events");
+            }
+            if mine {
+                progress |=
+                    ship_once(&s, &sinks, Whose::Replica(origin), u64::MAX, &transport).await;
+            }
+        }
+        if last_oldest.elapsed() >= Duration::from_secs(1) {
+            last_oldest = Instant::now();
+            let oldest = {
+                let own = lock(&s.own);
+                own.read(own.shipped() + 1, 1)
+                    .ok()
+                    .and_then(|r| r.first().map(|r| event::unstored(&r.payload).0))
+                    .unwrap_or(0)
+            };
+            s.counters
+                .oldest_unshipped_ms
+                .store(oldest, Ordering::Relaxed);
+        }
+        if !progress {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_contract() {
+        // 2026-11-22 13:05:00 UTC
+        let ms = 1_795_352_700_000;
+        assert_eq!(
+            object_key("clicks", "east", 1, 1000, ms),
+            "clicks/2026/11/22/13/east-00000000000000000001-00000000000000001000.ndjson.zst"
+        );
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(-1), (1969, 12, 31));
+        assert_eq!(civil(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,697 @@
+//! One stream at one site: its own spool, replicas of the peers' events, the group-commit
+//! writer, the replicators (one per peer) and the shipper.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use outlast_core::config::{Ack, Stream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{self, Event};
+use crate::log::Log;
+use crate::spool::{Record, SpoolError};
+use crate::{RelayError, ReplicateReq, ReplicateResp, Sites, Transport, WireRecord};
+
+/// A peer that answered within this long counts as live: its copy gates shipping.
+const LIVE: Duration = Duration::from_secs(2);
+/// Most events in one replication request.
+const REPLICATE_MAX: usize = 4000;
+/// Own events kept in memory for the replicators.
+const RECENT_MAX: usize = 200_000;
+/// How long an ingest waits for a second site before answering 503.
+const REPLICATED_WAIT: Duration = Duration::from_secs(5);
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("this site is a witness: it holds copies but takes no events; send them to a data site")]
+    Witness,
+    #[error("the spool for {stream} holds {bytes} bytes, over its {max}-byte limit; retry later")]
+    Full { stream: String, bytes: u64, max: u64 },
+    #[error("stored here but no other site confirmed it within {0:?}; retry with the same ids")]
+    NotReplicated(Duration),
+    #[error("spool write failed: {0}")]
+    Spool(String),
+    #[error("the relay is stopping")]
+    Stopping,
+}
+
+/// What an ingest request got.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub ids: Vec<String>,
+    /// Events whose id this site already held (acknowledged, not stored again).
+    pub duplicates: usize,
+    pub site: String,
+}
+
+/// Where an event ended up.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    /// In the own spool: sequence number, and whether it was there before.
+    Own(u64, bool),
+    /// Held as another site's event (replica): already on two sites.
+    Replica,
+}
+
+struct Job {
+    events: Vec<Event>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, String>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PeerView {
+    /// The highest own sequence number the peer holds.
+    high: Option<u64>,
+    last_ok: Option<Instant>,
+    taken_over: u64,
+    taking_over: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub objects: AtomicU64,
+    pub replays: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub oldest_unshipped_ms: AtomicU64,
+}
+
+/// A stream's figures for status and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamStats {
+    pub name: String,
+    pub spool_events: u64,
+    pub spool_bytes: u64,
+    pub oldest_unshipped_ms: Option<u64>,
+    pub sink: Option<String>,
+    pub objects_shipped: u64,
+    pub replays: u64,
+    pub quarantined_segments: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    /// Per origin site: events held as its replica and not yet shipped.
+    pub replicas: BTreeMap<String, u64>,
+    /// Origins whose events this site is shipping because they are down.
+    pub taking_over: Vec<String>,
+}
+
+pub struct StreamRelay {
+    pub(crate) cfg: Stream,
+    pub(crate) sites: Sites,
+    dir: PathBuf,
+    pub(crate) own: Mutex<Log>,
+    pub(crate) replicas: Mutex<BTreeMap<String, Log>>,
+    recent: Mutex<VecDeque<Record>>,
+    jobs: mpsc::UnboundedSender<Job>,
+    jobs_rx: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
+    /// The own spool's last durable sequence number.
+    pub(crate) durable: watch::Sender<u64>,
+    /// The highest own sequence number another site holds.
+    replicated: watch::Sender<u64>,
+    peers: Mutex<BTreeMap<String, PeerView>>,
+    pub(crate) down: watch::Receiver<BTreeSet<String>>,
+    pub(crate) counters: Counters,
+    pub(crate) sink_now: Mutex<Option<String>>,
+    pub(crate) taking_over: Mutex<BTreeSet<String>>,
+    id_prefix: String,
+    id_next: AtomicU64,
+    sinks: Mutex<Option<Vec<crate::ship::Sink>>>,
+}
+
+impl StreamRelay {
+    pub(crate) fn open(
+        cfg: Stream,
+        sites: Sites,
+        dir: &Path,
+        down: watch::Receiver<BTreeSet<String>>,
+    ) -> Result<Self, RelayError> {
+        let own = Log::open(&dir.join("own"))?;
+        let mut replicas = BTreeMap::new();
+        let rdir = dir.join("replica");
+        if let Ok(entries) = std::fs::read_dir(&rdir) {
+            for e in entries.flatten() {
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if sites.all.iter().any(|(n, _)| *n == name) && name != sites.me {
+                    replicas.insert(name.clone(), Log::open(&e.path())?);
+                }
+            }
+        }
+        let last = own.last_seq();
+        let (jobs, jobs_rx) = mpsc::unbounded_channel();
+        let quarantined = own.spool.stats().quarantined_segments;
+        if quarantined > 0 {
+            metrics::counter!("outlast_relay_quarantined_segments_total", "stream" => cfg.name.clone())
+                .increment(quarantined);
+        }
+        let sinks = crate::ship::open_sinks(&cfg, &sites.me)?;
+        Ok(Self {
+            sinks: Mutex::new(Some(sinks)),
+            id_prefix: format!("{}-{:016x}", sites.me, rand::random::<u64>()),
+            id_next: AtomicU64::new(0),
+            cfg,
+            sites,
+            dir: dir.to_path_buf(),
+            own: Mutex::new(own),
+            replicas: Mutex::new(replicas),
+            recent: Mutex::new(VecDeque::new()),
+            jobs,
+            jobs_rx: Mutex::new(Some(jobs_rx)),
+            durable: watch::channel(last).0,
+            replicated: watch::channel(0).0,
+            peers: Mutex::new(BTreeMap::new()),
+            down,
+            counters: Counters::default(),
+            sink_now: Mutex::new(None),
+            taking_over: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn max_body_bytes(&self) -> u64 {
+        self.cfg.max_body_bytes
+    }
+
+    /// A fresh id for an event that came without one.
+    pub fn assign_id(&self) -> String {
+        let n = self.id_next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.id_prefix)
+    }
+
+    pub(crate) fn start(self: &Arc<Self>, transport: Arc<dyn Transport>, stop: CancellationToken) {
+        if let Some(rx) = lock(&self.jobs_rx).take() {
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("spool-{}", self.cfg.name))
+                .spawn(move || me.writer(rx));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "relay: could not start the spool writer");
+            }
+        }
+        for peer in self.sites.peers() {
+            let me = self.clone();
+            let t = transport.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { me.replicator(peer, t, stop).await });
+        }
+        let me = self.clone();
+        let sinks = lock(&self.sinks).take().unwrap_or_default();
+        tokio::spawn(async move { crate::ship::shipper(me, sinks, transport, stop).await });
+    }
+
+    /// Bytes held for this stream at this site, own and replicas, not yet shipped.
+    fn held_bytes(&self) -> u64 {
+        let own = lock(&self.own).unshipped().1;
+        let reps: u64 = lock(&self.replicas).values().map(|l| l.unshipped().1).sum();
+        own + reps
+    }
+
+    /// Takes a request's events: answers once the stream's `ack` policy holds.
+    pub async fn ingest(&self, events: Vec<Event>) -> Result<Accepted, IngestError> {
+        if self.sites.is_witness() {
+            return Err(IngestError::Witness);
+        }
+        let held = self.held_bytes();
+        if held > self.cfg.max_spool_bytes {
+            metrics::counter!("outlast_relay_refused_full_total", "stream" => self.cfg.name.clone())
+                .increment(1);
+            return Err(IngestError::Full {
+                stream: self.cfg.name.clone(),
+                bytes: held,
+                max: self.cfg.max_spool_bytes,
+            });
+        }
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job { events, reply: tx })
+            .map_err(|_| IngestError::Stopping)?;
+        let outcomes = rx
+            .await
+            .map_err(|_| IngestError::Stopping)?
+            .map_err(IngestError::Spool)?;
+        let mut need = 0;
+        let mut duplicates = 0;
+        for o in &outcomes {
+            match o {
+                Outcome::Own(seq, dup) => {
+                    need = need.max(*seq);
+                    duplicates += usize::from(*dup);
+                }
+                Outcome::Replica => duplicates += 1,
+            }
+        }
+        if self.cfg.ack == Ack::Replicated && need > 0 {
+            let mut rx = self.replicated.subscribe();
+            let ok = matches!(
+                tokio::time::timeout(REPLICATED_WAIT, rx.wait_for(|r| *r >= need)).await,
+                Ok(Ok(_))
+            );
+            if !ok {
+                return Err(IngestError::NotReplicated(REPLICATED_WAIT));
+            }
+        }
+        self.counters
+            .accepted
+            .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+        self.counters
+            .duplicates
+            .fetch_add(duplicates as u64, Ordering::Relaxed);
+        metrics::counter!("outlast_relay_events_accepted_total", "stream" => self.cfg.name.clone())
+            .increment(outcomes.len() as u64);
+        Ok(Accepted {
+            accepted: outcomes.len(),
+            ids,
+            duplicates,
+            site: self.sites.me.clone(),
+        })
+    }
+
+    /// The group-commit writer: takes every request waiting, appends them all, one fsync.
+    fn writer(&self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&jobs);
+            match result {
+                Ok(per_job) => {
+                    for (job, outcomes) in jobs.into_iter().zip(per_job) {
+                        let _ = job.reply.send(Ok(outcomes));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(stream = %self.cfg.name, error = %e, "relay: spool write failed");
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit(&self, jobs: &[Job]) -> Result<Vec<Vec<Outcome>>, SpoolError> {
+        // Ids held as another site's event are not taken again.
+        let in_replica: Vec<Vec<bool>> = {
+            let reps = lock(&self.replicas);
+            jobs.iter()
+                .map(|j| {
+                    j.events
+                        .iter()
+                        .map(|e| {
+                            reps.values().any(|l| {
+                                l.spool.lookup(&e.id).is_some_and(|s| !l.is_skipped(s))
+                            })
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let ts = now_ms();
+        let mut own = lock(&self.own);
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut fresh = Vec::new();
+        for (job, rep) in jobs.iter().zip(&in_replica) {
+            let mut outcomes = Vec::with_capacity(job.events.len());
+            for (e, in_rep) in job.events.iter().zip(rep) {
+                if *in_rep {
+                    outcomes.push(Outcome::Replica);
+                    continue;
+                }
+                let payload = event::stored(ts, &e.line);
+                let (seq, dup) = own.spool.append(&[(e.id.clone(), payload.clone())])?[0];
+                if !dup {
+                    fresh.push(Record {
+                        seq,
+                        id: e.id.clone(),
+                        payload,
+                    });
+                }
+                outcomes.push(Outcome::Own(seq, dup));
+            }
+            out.push(outcomes);
+        }
+        own.spool.sync()?;
+        let last = own.last_seq();
+        drop(own);
+        if !fresh.is_empty() {
+            let mut recent = lock(&self.recent);
+            recent.extend(fresh);
+            while recent.len() > RECENT_MAX {
+                recent.pop_front();
+            }
+        }
+        self.durable.send_replace(last);
+        Ok(out)
+    }
+
+    /// Own events from `from` on, for a replicator.
+    fn own_records(&self, from: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
+        {
+            let recent = lock(&self.recent);
+            if recent.front().is_some_and(|r| r.seq <= from) {
+                let start = (from - recent.front().map(|r| r.seq).unwrap_or(from)) as usize;
+                return Ok(recent.iter().skip(start).take(max).cloned().collect());
+            }
+        }
+        lock(&self.own).read(from, max)
+    }
+
+    /// Sends own events to one peer, in order, for ever.
+    async fn replicator(
+        self: Arc<Self>,
+        peer: String,
+        transport: Arc<dyn Transport>,
+        stop: CancellationToken,
+    ) {
+        let mut durable = self.durable.subscribe();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let known = lock(&self.peers).get(&peer).and_then(|p| p.high);
+            let mut req = {
+                let own = lock(&self.own);
+                ReplicateReq {
+                    stream: self.cfg.name.clone(),
+                    origin: self.sites.me.clone(),
+                    shipped: own.shipped(),
+                    intent: own.intent(),
+                    records: Vec::new(),
+                }
+            };
+            if let Some(high) = known {
+                let me = self.clone();
+                let got =
+                    tokio::task::spawn_blocking(move || me.own_records(high + 1, REPLICATE_MAX))
+                        .await;
+                match got {
+                    Ok(Ok(recs)) => {
+                        req.records = recs
+                            .into_iter()
+                            .map(|r| {
+                                let (ts, line) = event::unstored(&r.payload);
+                                WireRecord {
+                                    seq: r.seq,
+                                    id: r.id,
+                                    ts,
+                                    line: String::from_utf8_lossy(line).into_owned(),
+                                }
+                            })
+                            .collect();
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(stream = %self.cfg.name, error = %e, "relay: reading the spool to replicate");
+                    }
+                    Err(_) => return,
+                }
+            }
+            let sent = req.records.len();
+            let answer = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = tokio::time::timeout(Duration::from_secs(5), transport.replicate(&peer, &req)) => a,
+            };
+            match answer {
+                Ok(Ok(resp)) => {
+                    backoff = Duration::from_millis(100);
+                    self.answered(&peer, &resp);
+                    let caught_up = resp.high >= *self.durable.borrow();
+                    if sent > 0 && !caught_up {
+                        continue;
+                    }
+                }
+                other => {
+                    if let Ok(Err(e)) = &other {
+                        tracing::debug!(stream = %self.cfg.name, peer, error = %e, "relay: replication failed");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            }
+            // Wait for new events, or send a heartbeat (shipping progress) now and then.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = durable.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+        }
+    }
+
+    fn answered(&self, peer: &str, resp: &ReplicateResp) {
+        if !resp.conflicts.is_empty() {
+            let mut own = lock(&self.own);
+            let shipped = own.shipped();
+            let late = resp.conflicts.iter().filter(|s| **s <= shipped).count();
+            if late > 0 {
+                tracing::error!(stream = %self.cfg.name, peer, late, "relay: an id held twice was already shipped from here");
+            }
+            if let Err(e) = own.skip(&resp.conflicts) {
+                tracing::error!(stream = %self.cfg.name, error = %e, "relay: could not record skips");
+            }
+            self.counters
+                .conflicts
+                .fetch_add(resp.conflicts.len() as u64, Ordering::Relaxed);
+        }
+        {
+            let mut own = lock(&self.own);
+            // A peer holding numbers past ours means this spool lost data (a new disk):
+            // never reuse a number that may already name an object.
+            if resp.high > own.last_seq() {
+                own.spool.skip_to(resp.high + 1);
+            }
+            if resp.taken_over > own.shipped() && !resp.taking_over {
+                tracing::info!(stream = %self.cfg.name, peer, through = resp.taken_over, "relay: a peer shipped our events while we were down");
+                let through = resp.taken_over;
+                let clear = own.intent().is_some_and(|(a, _)| a <= through);
+                if let Err(e) = own.set_shipped(through) {
+                    tracing::error!(stream = %self.cfg.name, error = %e, "relay: could not record shipped mark");
+                }
+                if clear {
+                    let _ = own.set_intent(None);
+                }
+            }
+        }
+        let mut peers = lock(&self.peers);
+        let v = peers.entry(peer.to_string()).or_default();
+        v.high = Some(resp.high);
+        v.last_ok = Some(Instant::now());
+        v.taken_over = resp.taken_over;
+        v.taking_over = resp.taking_over;
+        let best = peers.values().filter_map(|p| p.high).max().unwrap_or(0);
+        drop(peers);
+        self.replicated.send_if_modified(|r| {
+            let changed = best > *r;
+            *r = (*r).max(best);
+            changed
+        });
+    }
+
+    /// How far own events may ship: every live peer holds them (so an id held twice is
+    /// settled first), and no peer is still shipping them for us.
+    pub(crate) fn own_shippable(&self) -> Option<u64> {
+        let durable = *self.durable.borrow();
+        let peers = lock(&self.peers);
+        let live: Vec<&PeerView> = peers
+            .values()
+            .filter(|p| p.last_ok.is_some_and(|t| t.elapsed() < LIVE))
+            .collect();
+        if live.iter().any(|p| p.taking_over) {
+            return None;
+        }
+        let floor = live.iter().filter_map(|p| p.high).min().unwrap_or(durable);
+        Some(floor.min(durable))
+    }
+
+    /// Tells every live peer the object range about to be written; waits for them.
+    pub(crate) async fn announce(&self, transport: &Arc<dyn Transport>) {
+        let req = {
+            let own = lock(&self.own);
+            ReplicateReq {
+                stream: self.cfg.name.clone(),
+                origin: self.sites.me.clone(),
+                shipped: own.shipped(),
+                intent: own.intent(),
+                records: Vec::new(),
+            }
+        };
+        let live: Vec<String> = lock(&self.peers)
+            .iter()
+            .filter(|(_, p)| p.last_ok.is_some_and(|t| t.elapsed() < LIVE))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let calls = live.iter().map(|p| {
+            let req = &req;
+            let t = transport.clone();
+            async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), t.replicate(p, req)).await;
+            }
+        });
+        for c in calls {
+            c.await;
+        }
+    }
+
+    /// A peer's events (and its shipping progress) arrive.
+    pub(crate) async fn receive(
+        self: &Arc<Self>,
+        req: ReplicateReq,
+    ) -> Result<ReplicateResp, RelayError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.receive_blocking(req))
+            .await
+            .map_err(|_| RelayError::UnknownStream("relay task stopped".into()))?
+    }
+
+    fn receive_blocking(&self, req: ReplicateReq) -> Result<ReplicateResp, RelayError> {
+        let origin = req.origin.as_str();
+        let mut conflicts = Vec::new();
+        // Settle ids this site holds as its own.
+        {
+            let mut own = lock(&self.own);
+            let mut lose = Vec::new();
+            for r in &req.records {
+                let Some(s) = own.spool.lookup(&r.id) else {
+                    continue;
+                };
+                if own.is_skipped(s) {
+                    continue;
+                }
+                let ours_shipped =
+                    s <= own.shipped() || own.intent().is_some_and(|(a, b)| (a..=b).contains(&s));
+                if ours_shipped || self.sites.me.as_str() < origin {
+                    conflicts.push(r.seq);
+                } else {
+                    lose.push(s);
+                }
+            }
+            own.skip(&lose)?;
+        }
+        let mut reps = lock(&self.replicas);
+        // Ids held as a third site's event: the same rule, between those two sites.
+        for (other, log) in reps.iter_mut().filter(|(n, _)| n.as_str() != origin) {
+            let mut lose = Vec::new();
+            for r in &req.records {
+                let Some(s) = log.spool.lookup(&r.id) else {
+                    continue;
+                };
+                if log.is_skipped(s) || conflicts.contains(&r.seq) {
+                    continue;
+                }
+                if s <= log.shipped() || other.as_str() < origin {
+                    conflicts.push(r.seq);
+                } else {
+                    lose.push(s);
+                }
+            }
+            log.skip(&lose)?;
+        }
+        if !reps.contains_key(origin) {
+            let log = Log::open(&self.dir.join("replica").join(origin))?;
+            reps.insert(origin.to_string(), log);
+        }
+        let log = reps
+            .get_mut(origin)
+            .ok_or_else(|| RelayError::Stranger(origin.to_string()))?;
+        for r in &req.records {
+            log.spool
+                .append_at(r.seq, &r.id, &event::stored(r.ts, r.line.as_bytes()))?;
+        }
+        log.spool.sync()?;
+        log.skip(&conflicts)?;
+        if req.shipped > log.shipped() {
+            log.set_shipped(req.shipped)?;
+            if log.intent().is_some_and(|(_, b)| b <= req.shipped) {
+                log.set_intent(None)?;
+            }
+        }
+        // The origin's intent binds a survivor that takes over: it writes that range first.
+        let intent = req.intent.filter(|(a, _)| *a > log.shipped());
+        if intent != log.intent() && !lock(&self.taking_over).contains(origin) {
+            log.set_intent(intent)?;
+        }
+        log.trim(self.cfg.dedup_window, self.cfg.max_spool_bytes / 4)?;
+        // What is shipped here for the origin beyond its own word was shipped by takeover.
+        let taken_over = log.shipped();
+        let high = log.last_seq();
+        drop(reps);
+        let taking_over = lock(&self.taking_over).contains(origin);
+        Ok(ReplicateResp {
+            high,
+            conflicts,
+            taken_over,
+            taking_over,
+        })
+    }
+
+    /// Figures for status and metrics.
+    pub fn stats(&self) -> StreamStats {
+        let (own_events, own_bytes, quarantined) = {
+            let own = lock(&self.own);
+            let (e, b) = own.unshipped();
+            (e, b, own.spool.stats().quarantined_segments)
+        };
+        let replicas: BTreeMap<String, u64> = lock(&self.replicas)
+            .iter()
+            .map(|(n, l)| (n.clone(), l.unshipped().0))
+            .collect();
+        let oldest = self.counters.oldest_unshipped_ms.load(Ordering::Relaxed);
+        StreamStats {
+            name: self.cfg.name.clone(),
+            spool_events: own_events,
+            spool_bytes: own_bytes,
+            oldest_unshipped_ms: (oldest > 0).then(|| now_ms().saturating_sub(oldest)),
+            sink: lock(&self.sink_now).clone(),
+            objects_shipped: self.counters.objects.load(Ordering::Relaxed),
+            replays: self.counters.replays.load(Ordering::Relaxed),
+            quarantined_segments: quarantined,
+            accepted: self.counters.accepted.load(Ordering::Relaxed),
+            duplicates: self.counters.duplicates.load(Ordering::Relaxed),
+            conflicts: self.counters.conflicts.load(Ordering::Relaxed),
+            replicas,
+            taking_over: lock(&self.taking_over).iter().cloned().collect(),
+        }
+    }
+
+    /// Own events still in the spool from `from` on (for `outlast events tail`).
+    pub fn tail(&self, from: u64, max: usize) -> Result<Vec<(u64, String)>, SpoolError> {
+        let recs = lock(&self.own).read(from, max)?;
+        Ok(recs
+            .into_iter()
+            .map(|r| {
+                let (_, line) = event::unstored(&r.payload);
+                (r.seq, String::from_utf8_lossy(line).into_owned())
+            })
+            .collect())
+    }
+}
