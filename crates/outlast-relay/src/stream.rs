@@ -617,6 +617,15 @@ impl StreamRelay {
             log.skip(&lose)?;
         }
         if !reps.contains_key(origin) {
+            if req.records.is_empty() {
+                // Nothing held for this origin yet (a witness never has events of its own).
+                return Ok(ReplicateResp {
+                    high: 0,
+                    conflicts,
+                    taken_over: 0,
+                    taking_over: false,
+                });
+            }
             let log = Log::open(&self.dir.join("replica").join(origin))?;
             reps.insert(origin.to_string(), log);
         }

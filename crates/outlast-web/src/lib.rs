@@ -9,9 +9,12 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+
+mod events;
 
 /// `GET /v1/status` (DESIGN.md section 5). Fields are only ever added.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,16 +81,58 @@ pub struct BackendStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StreamStatus {
     pub name: String,
+    /// Own events not yet in a sink.
     pub spool_events: u64,
     pub spool_bytes: u64,
     pub oldest_unshipped_ms: Option<u64>,
+    /// The sink the last object went to.
     pub sink: Option<String>,
+    #[serde(default)]
+    pub objects_shipped: u64,
+    /// Objects shipped from a backlog (after a sink or site outage), at the replay pace.
+    #[serde(default)]
+    pub replays: u64,
+    #[serde(default)]
+    pub quarantined_segments: u64,
+    #[serde(default)]
+    pub accepted: u64,
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Per origin site: its events held here as a replica, not yet shipped.
+    #[serde(default)]
+    pub replicas: std::collections::BTreeMap<String, u64>,
+    /// Down sites whose events this site ships.
+    #[serde(default)]
+    pub taking_over: Vec<String>,
+}
+
+impl From<outlast_relay::StreamStats> for StreamStatus {
+    fn from(s: outlast_relay::StreamStats) -> Self {
+        Self {
+            name: s.name,
+            spool_events: s.spool_events,
+            spool_bytes: s.spool_bytes,
+            oldest_unshipped_ms: s.oldest_unshipped_ms,
+            sink: s.sink,
+            objects_shipped: s.objects_shipped,
+            replays: s.replays,
+            quarantined_segments: s.quarantined_segments,
+            accepted: s.accepted,
+            duplicates: s.duplicates,
+            replicas: s.replicas,
+            taking_over: s.taking_over,
+        }
+    }
 }
 
 /// What the agent gives the web room.
 pub trait Source: Send + Sync + 'static {
     fn status(&self) -> Status;
     fn metrics(&self) -> String;
+    /// The event relay, when this agent has one.
+    fn relay(&self) -> Option<&outlast_relay::Relay> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +151,20 @@ impl IntoResponse for ApiError {
 }
 
 pub fn router(source: Arc<dyn Source>) -> Router {
+    // Bodies are checked against each stream's own limit (413); this bounds the read.
+    let body_limit = source
+        .relay()
+        .map(|r| r.streams().map(|s| s.max_body_bytes()).max().unwrap_or(0))
+        .unwrap_or(0)
+        .max(1 << 20) as usize
+        + 1;
     Router::new()
+        .route(
+            "/v1/streams/:name/events",
+            post(events::ingest)
+                .get(events::tail)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))

@@ -77,6 +77,74 @@ pub async fn status(api: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `outlast events send`: posts NDJSON and prints the acknowledgement.
+pub async fn events_send(api: &str, stream: &str, file: &str) -> anyhow::Result<()> {
+    let body = if file == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?
+    };
+    let url = format!("{}/v1/streams/{stream}/events", api.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let resp = client
+        .post(&url)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}; is the agent running? (--api URL)"))?;
+    let code = resp.status();
+    let text = resp.text().await?;
+    if !code.is_success() {
+        anyhow::bail!("{url} answered {code}: {}", text.trim());
+    }
+    println!("{}", text.trim());
+    Ok(())
+}
+
+/// `outlast events tail`: prints `{"seq":N,"event":{...}}` lines.
+pub async fn events_tail(api: &str, stream: &str, from: u64, follow: bool) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut next = from;
+    loop {
+        let url = format!(
+            "{}/v1/streams/{stream}/events?from={next}",
+            api.trim_end_matches('/')
+        );
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+        let code = resp.status();
+        let text = resp.text().await?;
+        if !code.is_success() {
+            anyhow::bail!("{url} answered {code}: {}", text.trim());
+        }
+        let mut out = std::io::stdout().lock();
+        for line in text.lines() {
+            writeln!(out, "{line}")?;
+            let seq = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["seq"].as_u64());
+            if let Some(seq) = seq {
+                next = next.max(seq + 1);
+            }
+        }
+        drop(out);
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub fn render_status(st: &outlast_web::Status) -> String {
     let mut s = format!(
         "cluster {}  (answered by {}, leader {}, term {}, epoch {})\n\n",

@@ -38,6 +38,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send events to a stream, or read a site's spooled events back.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Send NDJSON (one JSON object a line) from FILE or stdin; prints the ack.
+    Send {
+        stream: String,
+        /// A file of NDJSON, or "-" (the default) for stdin.
+        #[arg(default_value = "-")]
+        file: String,
+        #[arg(long, default_value = "http://127.0.0.1:7401", env = "OUTLAST_API")]
+        api: String,
+    },
+    /// Print this site's events still in its spool, from a sequence number on.
+    Tail {
+        stream: String,
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Keep printing new events as they arrive.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long, default_value = "http://127.0.0.1:7401", env = "OUTLAST_API")]
+        api: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +89,17 @@ fn main() -> ExitCode {
             }),
         },
         Command::Status { api, json } => runtime(outlast::commands::status(&api, json)),
+        Command::Events { command } => match command {
+            EventsCommand::Send { stream, file, api } => {
+                runtime(outlast::commands::events_send(&api, &stream, &file))
+            }
+            EventsCommand::Tail {
+                stream,
+                from,
+                follow,
+                api,
+            } => runtime(outlast::commands::events_tail(&api, &stream, from, follow)),
+        },
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -152,7 +152,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         .collect();
     let dns = raw.dns.as_ref().map(|d| dns(ctx, d, base));
     let services = services(ctx, &raw.services, &sites, &site_names, &timing);
-    let streams = streams(ctx, &raw.streams, &site_names);
+    let streams = streams(ctx, &raw.streams, &site_names, base);
     let alerts = alerts(ctx, &raw.alerts);
     let api = api(ctx, raw.api.as_ref(), base);
     clashes(ctx, &raw, &sites, dns.as_ref(), &services);
@@ -637,6 +637,7 @@ fn streams(
     ctx: &mut Ctx<'_>,
     raw: &[S<RawStream>],
     site_names: &HashMap<String, usize>,
+    base: &Path,
 ) -> Vec<Stream> {
     let mut out = Vec::new();
     let mut seen: HashMap<String, Range<usize>> = HashMap::new();
@@ -689,8 +690,16 @@ fn streams(
                     );
                 }
             }
+            // `file://relative/dir` is taken relative to the config file's folder.
+            let url = match url.strip_prefix("file://") {
+                Some(rest) if !rest.starts_with('/') => {
+                    let p = resolve(base, rest);
+                    format!("file://{}", std::path::absolute(&p).unwrap_or(p).display())
+                }
+                _ => url.clone(),
+            };
             sinks.push(Sink {
-                url: url.clone(),
+                url,
                 site: k.site.as_ref().map(|s| s.get_ref().clone()),
                 options: k.options.clone(),
             });

@@ -69,6 +69,7 @@ pub struct Agent {
     zone: tokio::sync::watch::Sender<Arc<outlast_dns::ZoneView>>,
     /// Per DNS name, the last non-empty answer (what `all_down = "fail-open"` keeps serving).
     last_known: Mutex<BTreeMap<hickory_proto::rr::Name, Vec<std::net::Ipv4Addr>>>,
+    relay: outlast_relay::Relay,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -444,6 +445,15 @@ impl Agent {
 
     /// Publishes the routes to the gateways and the zone to DNS when they changed.
     fn publish_routes(&self) {
+        let state = self.sm.state();
+        self.relay.set_down(
+            state
+                .sites
+                .iter()
+                .filter(|(_, s)| **s == SiteState::Down)
+                .map(|(n, _)| n.clone())
+                .collect(),
+        );
         if let Some(view) = self.zone_view() {
             self.zone.send_if_modified(|cur| {
                 if **cur == view {
@@ -600,7 +610,7 @@ impl Agent {
             epoch: state.epoch,
             sites,
             services,
-            streams: Vec::new(),
+            streams: self.relay.streams().map(|s| s.stats().into()).collect(),
         }
     }
 }
@@ -624,6 +634,10 @@ struct AlertFields {
 impl PeerHandler for Agent {
     fn raft(&self) -> &Raft {
         Agent::raft(self)
+    }
+
+    fn relay(&self) -> &outlast_relay::Relay {
+        &self.relay
     }
 
     fn heartbeat(&self, from: &str, report: Report) -> HeartbeatAck {
@@ -664,6 +678,30 @@ impl outlast_web::Source for Agent {
             .as_ref()
             .map(|h| h.render())
             .unwrap_or_default()
+    }
+
+    fn relay(&self) -> Option<&outlast_relay::Relay> {
+        Some(&self.relay)
+    }
+}
+
+/// The relay reaches peers through the authenticated peer client.
+struct RelayTransport {
+    client: Arc<PeerClient>,
+}
+
+impl outlast_relay::Transport for RelayTransport {
+    fn replicate<'a>(
+        &'a self,
+        peer: &'a str,
+        req: &'a outlast_relay::ReplicateReq,
+    ) -> outlast_relay::BoxFut<'a, Result<outlast_relay::ReplicateResp, String>> {
+        Box::pin(async move {
+            self.client
+                .call(peer, "/peer/relay", req, Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -829,7 +867,10 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         })
         .collect();
     let params = Params::from_config(&config);
+    let relay = outlast_relay::Relay::open(&config, &me.name, &me.data_dir)
+        .context("cannot open the event relay")?;
     let agent = Arc::new(Agent {
+        relay,
         me: me.name.clone(),
         my_id,
         lease: Mutex::new(Lease::new(params.lease_ms, config.quorum())),
@@ -1001,6 +1042,12 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
     };
 
     let workers = CancellationToken::new();
+    agent.relay.start(
+        Arc::new(RelayTransport {
+            client: client.clone(),
+        }),
+        workers.clone(),
+    );
     // Heartbeats: one loop per peer, so a slow peer never delays the others.
     for peer_name in peer_addrs.into_keys() {
         let agent = agent.clone();

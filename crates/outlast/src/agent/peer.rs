@@ -149,6 +149,7 @@ pub struct HeartbeatAck {
 /// What the peer server needs from the agent.
 pub trait PeerHandler: Send + Sync + 'static {
     fn raft(&self) -> &outlast_control::store::Raft;
+    fn relay(&self) -> &outlast_relay::Relay;
     fn heartbeat(&self, from: &str, report: outlast_control::Report) -> HeartbeatAck;
     fn step_down_requested(&self, from: &str, req: super::StepDown);
 }
@@ -258,6 +259,19 @@ async fn handle(
                 encode(&srv.auth, &path, &ack)
             }
             Ok(_) => (StatusCode::BAD_REQUEST, "a site may only report for itself").into_response(),
+            Err(r) => r.into_response(),
+        },
+        "/peer/relay" => match decode::<outlast_relay::ReplicateReq>(&body) {
+            Ok(req) => match srv.handler.relay().receive(&from, req).await {
+                Ok(resp) => encode(&srv.auth, &path, &resp),
+                Err(e @ outlast_relay::RelayError::UnknownStream(_)) => {
+                    (StatusCode::NOT_FOUND, e.to_string()).into_response()
+                }
+                Err(e @ outlast_relay::RelayError::Stranger(_)) => {
+                    (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+                }
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            },
             Err(r) => r.into_response(),
         },
         "/peer/step-down" => match decode::<super::StepDown>(&body) {
