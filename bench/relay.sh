@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Relay ingest: events/s acknowledged with ack = "local" and ack = "replicated" (batches of
+# 100 events of about 200 bytes, POSTed by wrk), beside the disk's own fsync'd sequential
+# write rate measured in the same run on the same filesystem; p50 and p99 ack latency.
+#   bench/relay.sh [seconds per turn (10)] [connections (32)]
+# The spools live under target/bench-relay (the real disk, not a tmpfs). Shipping runs
+# during the turns (file:// sinks on the same disk), as it would in production.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+conns=${2:-32}
+# shellcheck source=bench/common.sh
+source bench/common.sh
+need_packages wrk:wrk python3:python3
+data=$PWD/target/bench-relay
+rm -rf "$data" && mkdir -p "$data"
+trap 'cleanup; rm -rf "$data"' EXIT
+
+{
+  cluster_toml 17400 17401
+  for s in local replicated; do
+    printf '[[streams]]\nname = "%s"\nack = "%s"\nmax_spool_bytes = 8000000000\n' "$s" "$s"
+    printf '[[streams.sinks]]\nurl = "file://%s/sink-east"\nsite = "east"\n' "$data"
+    printf '[[streams.sinks]]\nurl = "file://%s/sink-west"\nsite = "west"\n' "$data"
+  done
+} >"$work/outlast.toml"
+# Spools on the real disk.
+sed -i "s|^api_port = 17401|api_port = 17401\ndata_dir = \"$data/SITE\"|" "$work/outlast.toml"
+awk '/^name = "/{site=$3; gsub(/"/,"",site)} {gsub(/SITE/, site); print}' "$work/outlast.toml" >"$work/o.toml"
+mv "$work/o.toml" "$work/outlast.toml"
+"$bin" check --config "$work/outlast.toml" >/dev/null
+start_agents
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.11:17401/v1/status 2>/dev/null | grep -q '"leader":"' && break
+  sleep 0.1
+done
+
+# One request: 100 events of about 200 bytes, without ids (the site assigns them).
+python3 - "$work/body.ndjson" <<'PY'
+import json, sys
+line = json.dumps({"type": "click", "campaign": "autumn-sale", "url": "https://shop.test/p/12345?utm_source=news", "ua": "Mozilla/5.0 (X11; Linux x86_64) outlast-bench", "pad": "x" * 40})
+open(sys.argv[1], "w").write((line + "\n") * 100)
+PY
+body_bytes=$(stat -c %s "$work/body.ndjson")
+cat >"$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-ndjson"
+local f = io.open("$work/body.ndjson", "rb"); wrk.body = f:read("*a"); f:close()
+LUA
+
+# The disk: sequential writes with an fsync after each, in the same folder as the spools.
+disk() {
+  python3 - "$data/disk-probe" "$1" "$secs" <<'PY'
+import os, sys, time
+path, size, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+buf = b"x" * size
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+n, start = 0, time.monotonic()
+while time.monotonic() - start < secs:
+    os.write(fd, buf); os.fdatasync(fd); n += 1
+el = time.monotonic() - start
+os.close(fd); os.unlink(path)
+print(f"{n * size / el:.0f} {n / el:.0f}")
+PY
+}
+
+turn() { # stream -> "events/s bytes/s p50_ms p99_ms"
+  wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$work/post.lua" "http://127.0.0.11:17401/v1/streams/$1/events" >"$work/wrk-$1.out"
+  awk -v bb="$body_bytes" '
+    function ms(v) { if (v ~ /us$/) {sub(/us$/,"",v); return v/1000} if (v ~ /ms$/) {sub(/ms$/,"",v); return v} sub(/s$/,"",v); return v*1000 }
+    /^Requests\/sec/ {rps=$2}
+    $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)}
+    /Non-2xx/ {bad=$NF}
+    END {printf "%.0f %.0f %.2f %.2f %d\n", rps*100, rps*bb, p50, p99, bad}' "$work/wrk-$1.out"
+}
+
+echo "relay bench: ${secs}s per turn, $conns connections, requests of 100 events ($body_bytes bytes)"
+read -r disk_big_bps _ < <(disk 1048576)
+read -r disk_req_bps disk_req_fps < <(disk "$body_bytes")
+read -r l_eps l_bps l_p50 l_p99 l_bad < <(turn local)
+read -r r_eps r_bps r_p50 r_p99 r_bad < <(turn replicated)
+awk -v db="$disk_big_bps" -v dr="$disk_req_bps" -v df="$disk_req_fps" -v bb="$body_bytes" \
+    -v le="$l_eps" -v lb="$l_bps" -v l50="$l_p50" -v l99="$l_p99" -v lx="$l_bad" \
+    -v re="$r_eps" -v rb="$r_bps" -v r50="$r_p50" -v r99="$r_p99" -v rx="$r_bad" 'BEGIN {
+  printf "disk, 1 MiB writes + fdatasync      %8.1f MB/s\n", db/1e6;
+  printf "disk, %d-byte writes + fdatasync  %8.1f MB/s  (%.0f fsyncs/s)\n", bb, dr/1e6, df;
+  printf "ack=local       %9.0f events/s  %7.1f MB/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d\n", le, lb/1e6, l50, l99, lx;
+  printf "ack=replicated  %9.0f events/s  %7.1f MB/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d\n", re, rb/1e6, r50, r99, rx;
+  printf "ratio acked/disk(1 MiB + fsync): local %.2f, replicated %.2f\n", lb/db, rb/db;
+  printf "ratio acked/disk(request-size + fsync): local %.2f, replicated %.2f\n", lb/dr, rb/dr;
+}'
