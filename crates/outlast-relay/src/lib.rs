@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use event::{BadLine, Event};
+pub use ship::{object_key, read_sinks, utc_timestamp};
 pub use spool::{Record, Spool, SpoolError, SpoolStats};
 pub use stream::{Accepted, IngestError, StreamRelay, StreamStats};
 

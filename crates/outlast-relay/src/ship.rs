@@ -9,6 +9,7 @@
 //! Each has its own back-off; a sink that failed is tried again once its back-off has run,
 //! and being first in the order, takes the traffic back when it recovers.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,6 +123,57 @@ pub(crate) fn open_sinks(stream: &Stream, me: &str) -> Result<Vec<Sink>, RelayEr
     Ok(out)
 }
 
+/// Every object of a stream in every sink, by key (relative to the sink's prefix): what a
+/// checker reads back. A key held by two sinks counts once; keys whose bytes differ between
+/// sinks are returned apart (that would break the exactly-once rule).
+pub async fn read_sinks(
+    stream: &Stream,
+) -> Result<(BTreeMap<String, Vec<u8>>, Vec<String>), RelayError> {
+    use futures::TryStreamExt;
+    let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut differ = Vec::new();
+    for sink in open_sinks(stream, "")? {
+        let base = if sink.prefix.as_ref().is_empty() {
+            ObjectPath::from(stream.name.as_str())
+        } else {
+            ObjectPath::from(format!("{}/{}", sink.prefix, stream.name))
+        };
+        let metas: Vec<object_store::ObjectMeta> = sink
+            .store
+            .list(Some(&base))
+            .try_collect()
+            .await
+            .map_err(|e| sink_error(stream, &sink.url, e))?;
+        for m in metas {
+            let full = m.location.to_string();
+            if !full.ends_with(".ndjson.zst") {
+                continue;
+            }
+            let key = full
+                .strip_prefix(&format!("{}/", sink.prefix))
+                .unwrap_or(&full)
+                .to_string();
+            let bytes = sink
+                .store
+                .get(&m.location)
+                .await
+                .map_err(|e| sink_error(stream, &sink.url, e))?
+                .bytes()
+                .await
+                .map_err(|e| sink_error(stream, &sink.url, e))?
+                .to_vec();
+            match out.get(&key) {
+                Some(prev) if *prev != bytes => differ.push(key),
+                Some(_) => {}
+                None => {
+                    out.insert(key, bytes);
+                }
+            }
+        }
+    }
+    Ok((out, differ))
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -134,6 +186,14 @@ fn civil(days: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// `yyyy-mm-ddThh:mm:ssZ` of a Unix time in milliseconds.
+pub fn utc_timestamp(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// The object key of a batch (without the sink's prefix).

@@ -38,6 +38,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a drill: start the config's sites here, inject the scenario's faults under a
+    /// workload, and write a report (exit 1 when an expectation fails).
+    Drill {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Folder for report.json and index.html (they are also kept under the data dir).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// A local three-site cluster, a click-tracking workload, the region-loss drill and its
+    /// report; stops everything it started.
+    Demo {
+        /// Where the demo's config, data, sinks and report go (default: a new temp folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The demo's click-tracking backend (started by `outlast demo`).
+    #[command(hide = true)]
+    DemoBackend {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        relay: String,
+        #[arg(long)]
+        site: String,
+    },
     /// Send events to a stream, or read a site's spooled events back.
     Events {
         #[command(subcommand)]
@@ -89,6 +117,15 @@ fn main() -> ExitCode {
             }),
         },
         Command::Status { api, json } => runtime(outlast::commands::status(&api, json)),
+        Command::Drill {
+            config,
+            scenario,
+            report,
+        } => outlast::demo::drill_command(config, scenario, report),
+        Command::Demo { dir } => outlast::demo::demo_command(dir),
+        Command::DemoBackend { listen, relay, site } => {
+            runtime(outlast::demo::backend(listen, relay, site))
+        }
         Command::Events { command } => match command {
             EventsCommand::Send { stream, file, api } => {
                 runtime(outlast::commands::events_send(&api, &stream, &file))
@@ -104,7 +141,7 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
+pub fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,12 @@
+//! outlast-drill: drills with a stopwatch. A scenario (faults at set times) runs against a
+//! cluster while a workload sends requests through outlast's DNS and gateway and events to
+//! a stream; every outcome is recorded with its time, analysed (RTO, failed requests,
+//! writes acked/lost/duplicated, RPO, failback) and reported as JSON and as a page.
+
+pub mod report;
+mod run;
+pub mod scenario;
+
+pub use report::Report;
+pub use run::{run_local, DrillOptions};
+pub use scenario::Scenario;

@@ -1,0 +1,616 @@
+//! Local mode: the drill starts the config's sites on this machine, owns their processes,
+//! injects the faults, drives the workload and records every outcome with its time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use indicatif::{ProgressBar, ProgressStyle};
+use outlast_core::config::{Config, Mode};
+use serde_json::Value;
+
+use crate::report::{self, FaultAt, Recording, Report, RequestOutcome};
+use crate::scenario::{Fault, Scenario};
+
+pub struct DrillOptions {
+    pub config: PathBuf,
+    pub scenario: PathBuf,
+    /// Where report.json and index.html go (also kept under the data dir's `drills/`).
+    pub report: Option<PathBuf>,
+    /// The outlast executable to start agents with.
+    pub bin: PathBuf,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The agents this drill started, by site.
+struct Sites {
+    bin: PathBuf,
+    config: PathBuf,
+    logs: PathBuf,
+    children: BTreeMap<String, Child>,
+    stopped: BTreeSet<String>,
+    /// iptables rules added by partitions (removed on heal and at the end).
+    rules: Vec<Vec<String>>,
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .context("cannot run kill")?
+        .success();
+    if !ok {
+        bail!("kill {sig} {pid} failed");
+    }
+    Ok(())
+}
+
+impl Sites {
+    fn start(&mut self, site: &str) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{site}.log")))
+            .context("cannot open the agent log")?;
+        let child = Command::new(&self.bin)
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .args(["--site", site])
+            .env("OUTLAST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start the agent of {site}"))?;
+        self.children.insert(site.to_string(), child);
+        Ok(())
+    }
+
+    fn kill(&mut self, site: &str) {
+        if let Some(mut c) = self.children.remove(site) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stopped.remove(site);
+    }
+
+    fn pid(&self, site: &str) -> anyhow::Result<u32> {
+        self.children
+            .get(site)
+            .map(|c| c.id())
+            .with_context(|| format!("{site} is not running"))
+    }
+
+    fn apply(&mut self, fault: &Fault, config: &Config) -> anyhow::Result<()> {
+        match fault {
+            Fault::Kill(s) => self.kill(s),
+            Fault::Stop(s) => {
+                signal(self.pid(s)?, "-STOP")?;
+                self.stopped.insert(s.clone());
+            }
+            Fault::Cont(s) => {
+                signal(self.pid(s)?, "-CONT")?;
+                self.stopped.remove(s);
+            }
+            Fault::Restart(s) => {
+                self.kill(s);
+                self.start(s)?;
+            }
+            Fault::Partition { sites, from } => {
+                let addr = |n: &String| {
+                    config
+                        .sites
+                        .iter()
+                        .find(|x| &x.name == n)
+                        .map(|x| x.address.to_string())
+                };
+                for a in sites.iter().filter_map(addr) {
+                    for b in from.iter().filter_map(addr) {
+                        for (src, dst) in [(&a, &b), (&b, &a)] {
+                            let rule: Vec<String> = [
+                                "INPUT", "-s", src, "-d", dst, "-m", "comment", "--comment",
+                                "outlast-drill", "-j", "DROP",
+                            ]
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect();
+                            let ok = Command::new("iptables")
+                                .arg("-I")
+                                .args(&rule)
+                                .status()
+                                .context("partition needs iptables (and root)")?
+                                .success();
+                            if !ok {
+                                bail!("iptables refused the partition rule (root needed)");
+                            }
+                            self.rules.push(rule);
+                        }
+                    }
+                }
+            }
+            Fault::Heal => self.heal(),
+        }
+        Ok(())
+    }
+
+    fn heal(&mut self) {
+        for rule in std::mem::take(&mut self.rules) {
+            let _ = Command::new("iptables").arg("-D").args(&rule).status();
+        }
+    }
+
+    /// Stops everything: CONT what was stopped, SIGTERM, then SIGKILL after 5 s.
+    fn stop_all(&mut self) {
+        self.heal();
+        for s in std::mem::take(&mut self.stopped) {
+            if let Ok(pid) = self.pid(&s) {
+                let _ = signal(pid, "-CONT");
+            }
+        }
+        for c in self.children.values() {
+            let _ = signal(c.id(), "-TERM");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, mut c) in std::mem::take(&mut self.children) {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+async fn status(http: &reqwest::Client, api: SocketAddr) -> Option<Value> {
+    let r = http
+        .get(format!("http://{api}/v1/status"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Asks outlast's DNS (any site that answers) for the service's A records: (ip, ttl).
+async fn resolve(servers: &[SocketAddr], name: &Name) -> Option<(Ipv4Addr, u32)> {
+    // Like a stub resolver: start with the server that answered last.
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    let first = LAST.load(Ordering::Relaxed) as usize % servers.len().max(1);
+    for (i, server) in servers.iter().enumerate().cycle().skip(first).take(servers.len()) {
+        let mut m = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(name.clone(), RecordType::A));
+        let bytes = m.to_vec().ok()?;
+        if sock.send_to(&bytes, server).await.is_err() {
+            continue;
+        }
+        let mut buf = [0u8; 1500];
+        let got =
+            tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await;
+        let Ok(Ok((n, _))) = got else { continue };
+        let Ok(msg) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let a = msg.answers.iter().find_map(|r| match &r.data {
+            RData::A(a) => Some((a.0, r.ttl)),
+            _ => None,
+        });
+        if a.is_some() {
+            LAST.store(i as u64, Ordering::Relaxed);
+            return a;
+        }
+    }
+    None
+}
+
+fn rand_id() -> u16 {
+    static N: AtomicU64 = AtomicU64::new(1);
+    (N.fetch_add(1, Ordering::Relaxed) % 65_000) as u16 + 1
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs a drill in local mode; returns the report and the folder it was written to.
+pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
+    let config = Config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sc = Scenario::load(&opts.scenario, &config)
+        .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+    let started_ms = unix_ms();
+    let history_root = config
+        .sites
+        .first()
+        .and_then(|s| s.data_dir.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("data"))
+        .join("drills");
+    let stamp = outlast_relay::utc_timestamp(started_ms).replace([':', '-'], "");
+    let kept = history_root.join(format!("{stamp}-{}", sc.name));
+    let out_dir = opts.report.clone().unwrap_or_else(|| kept.clone());
+    std::fs::create_dir_all(out_dir.join("logs"))
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    for s in &config.sites {
+        if std::net::TcpListener::bind(s.api_addr()).is_err() {
+            bail!(
+                "{} is taken: is a cluster already running? local mode starts its own agents",
+                s.api_addr()
+            );
+        }
+    }
+    let mut sites = Sites {
+        bin: opts.bin.clone(),
+        config: opts.config.clone(),
+        logs: out_dir.join("logs"),
+        children: BTreeMap::new(),
+        stopped: BTreeSet::new(),
+        rules: Vec::new(),
+    };
+    for s in &config.sites {
+        sites.start(&s.name)?;
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let apis: Vec<(String, SocketAddr)> = config
+        .sites
+        .iter()
+        .map(|s| (s.name.clone(), s.api_addr()))
+        .collect();
+    let service = sc
+        .workload
+        .service
+        .as_ref()
+        .and_then(|n| config.services.iter().find(|s| &s.name == n))
+        .cloned();
+
+    // Wait until the cluster is whole: a leader, every site up, the service's primary acting.
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for (_, api) in &apis {
+            let ok = status(&http, *api).await.is_some_and(|st| {
+                st["leader"].is_string()
+                    && st["sites"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().all(|s| s["state"] == "up"))
+                    && st["services"].as_array().is_some_and(|v| {
+                        v.iter()
+                            .all(|s| s["mode"] != "primary-standby" || s["primary_acting"] == true)
+                    })
+            });
+            all &= ok;
+        }
+        if all {
+            break;
+        }
+        if Instant::now() > ready_by {
+            bail!(
+                "the cluster did not come up within 30 s; see the logs in {}",
+                out_dir.join("logs").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let t0 = Instant::now();
+    let now_ms = move || t0.elapsed().as_millis() as u64;
+    let end = sc.duration;
+    let requests: Arc<Mutex<Vec<RequestOutcome>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let refused = Arc::new(AtomicU64::new(0));
+    let primaries: Arc<Mutex<Vec<(u64, Option<String>, bool)>>> = Arc::default();
+    let mut tasks = Vec::new();
+
+    // Requests: resolved through outlast's DNS (honouring the TTL), sent to the gateway.
+    if let (Some(svc), Some(dns)) = (service.clone(), config.dns.clone()) {
+        let servers: Vec<SocketAddr> = config
+            .sites
+            .iter()
+            .map(|s| SocketAddr::new(s.address, dns.port))
+            .collect();
+        let host = svc.dns_name.clone().unwrap_or_else(|| svc.name.clone());
+        let name = Name::from_ascii(format!("{host}.{}", dns.zone.trim_end_matches('.')))
+            .context("service DNS name")?;
+        let rate = sc.workload.rate;
+        let (http, requests) = (http.clone(), requests.clone());
+        tasks.push(tokio::spawn(async move {
+            let cache: Arc<Mutex<Option<(Ipv4Addr, Instant)>>> = Arc::default();
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut seq = 0u64;
+            let mut inflight = Vec::new();
+            while t0.elapsed() < end {
+                tick.tick().await;
+                seq += 1;
+                let (http, requests, cache, servers, name) =
+                    (http.clone(), requests.clone(), cache.clone(), servers.clone(), name.clone());
+                let port = svc.port;
+                inflight.push(tokio::spawn(async move {
+                    let t = now_ms();
+                    let start = Instant::now();
+                    let cached = lock(&cache).filter(|(_, until)| Instant::now() < *until);
+                    let ip = match cached {
+                        Some((ip, _)) => Some(ip),
+                        None => match resolve(&servers, &name).await {
+                            Some((ip, ttl)) => {
+                                *lock(&cache) = Some((
+                                    ip,
+                                    Instant::now() + Duration::from_secs(u64::from(ttl)),
+                                ));
+                                Some(ip)
+                            }
+                            None => None,
+                        },
+                    };
+                    let ok = match ip {
+                        Some(ip) => http
+                            .get(format!("http://{}/c/{seq}?seq={seq}", SocketAddr::new(IpAddr::V4(ip), port)))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().as_u16() < 500),
+                        None => false,
+                    };
+                    if !ok {
+                        // Like most HTTP clients: a failed connection forgets the address.
+                        *lock(&cache) = None;
+                    }
+                    lock(&requests).push(RequestOutcome {
+                        t_ms: t,
+                        ok,
+                        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+                    });
+                }));
+                inflight.retain(|h| !h.is_finished());
+            }
+            for h in inflight {
+                let _ = h.await;
+            }
+        }));
+    }
+
+    // Events: batches every 100 ms to a data site; a failure moves to the next site with the
+    // same ids.
+    if let Some(stream) = sc.workload.stream.clone() {
+        let targets: Vec<SocketAddr> = config
+            .sites
+            .iter()
+            .filter(|s| !s.witness)
+            .map(|s| s.api_addr())
+            .collect();
+        let per_batch = (sc.workload.event_rate / 10).max(1);
+        let (http, acked, refused) = (http.clone(), acked.clone(), refused.clone());
+        let name = sc.name.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut at = 0usize;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while t0.elapsed() < end {
+                tick.tick().await;
+                let ids: Vec<String> = (0..per_batch).map(|i| format!("{name}-{started_ms}-{}", n + i)).collect();
+                n += per_batch;
+                let body: String = ids
+                    .iter()
+                    .map(|id| format!("{{\"id\":\"{id}\",\"kind\":\"drill\"}}\n"))
+                    .collect();
+                for _ in 0..(targets.len() * 10) {
+                    let url = format!("http://{}/v1/streams/{stream}/events", targets[at]);
+                    let ok = http
+                        .post(&url)
+                        .body(body.clone())
+                        .timeout(Duration::from_secs(6))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    if ok {
+                        let t = now_ms();
+                        lock(&acked).extend(ids.iter().map(|id| (id.clone(), t)));
+                        break;
+                    }
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    at = (at + 1) % targets.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+
+    // Who is primary, as the first live site tells it (for the failback time).
+    {
+        let (http, primaries, apis) = (http.clone(), primaries.clone(), apis.clone());
+        let svc_name = service.as_ref().map(|s| s.name.clone());
+        tasks.push(tokio::spawn(async move {
+            while t0.elapsed() < end + Duration::from_secs(1) {
+                for (_, api) in &apis {
+                    if let Some(st) = status(&http, *api).await {
+                        let s = st["services"]
+                            .as_array()
+                            .and_then(|v| v.iter().find(|s| Some(s["name"].as_str().unwrap_or("")) == svc_name.as_deref()).cloned());
+                        if let Some(s) = s {
+                            lock(&primaries).push((
+                                now_ms(),
+                                s["primary"].as_str().map(str::to_string),
+                                s["primary_acting"] == true,
+                            ));
+                        }
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+
+    // The faults, on time, with a progress bar.
+    let bar = if opts.progress {
+        let b = ProgressBar::new(end.as_millis() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} drill {prefix} [{bar:40}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_prefix(sc.name.clone());
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut faults = Vec::new();
+    let mut restarts = Vec::new();
+    let mut steps = sc.steps.iter().peekable();
+    while t0.elapsed() < end {
+        while let Some(step) = steps.next_if(|s| t0.elapsed() >= s.at) {
+            let at_ms = now_ms();
+            if let Err(e) = sites.apply(&step.fault, &config) {
+                bar.abandon();
+                bail!("fault {} failed: {e:#}", step.fault.describe());
+            }
+            if let Fault::Restart(s) = &step.fault {
+                restarts.push((s.clone(), at_ms));
+            }
+            bar.println(format!("  {:>6.2} s  {}", at_ms as f64 / 1000.0, step.fault.describe()));
+            faults.push(FaultAt {
+                at_ms,
+                what: step.fault.describe(),
+            });
+        }
+        let ok = lock(&requests).iter().rev().take(50).filter(|r| r.ok).count();
+        bar.set_position(now_ms());
+        bar.set_message(format!(
+            "{} requests, {} writes acked, last 50 ok: {ok}",
+            lock(&requests).len(),
+            lock(&acked).len()
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    bar.finish_and_clear();
+    sites.heal();
+    for s in sites.stopped.clone() {
+        let _ = sites.apply(&Fault::Cont(s), &config);
+    }
+
+    // Let the spools drain, then read every sink back.
+    let mut stored: BTreeMap<String, usize> = BTreeMap::new();
+    if let Some(stream) = sc
+        .workload
+        .stream
+        .as_ref()
+        .and_then(|n| config.streams.iter().find(|s| &s.name == n))
+    {
+        let running: Vec<SocketAddr> = config
+            .sites
+            .iter()
+            .filter(|s| sites.children.contains_key(&s.name))
+            .map(|s| s.api_addr())
+            .collect();
+        let drain_by = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < drain_by {
+            let mut drained = true;
+            for api in &running {
+                let d = status(&http, *api).await.is_some_and(|st| {
+                    st["streams"].as_array().is_some_and(|v| {
+                        v.iter().all(|s| {
+                            s["spool_events"] == 0
+                                && s["replicas"]
+                                    .as_object()
+                                    .is_none_or(|m| m.values().all(|x| x == 0))
+                        })
+                    })
+                });
+                drained &= d;
+            }
+            if drained {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (objects, differ) = outlast_relay::read_sinks(stream)
+            .await
+            .context("cannot read the sinks back")?;
+        if !differ.is_empty() {
+            tracing::error!(?differ, "the same key holds different bytes in two sinks");
+        }
+        for bytes in objects.values() {
+            let text = zstd::decode_all(bytes.as_slice()).context("an object is not zstd")?;
+            for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                if let Some(id) = serde_json::from_slice::<Value>(line)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                {
+                    *stored.entry(id).or_default() += 1;
+                }
+            }
+        }
+    }
+    sites.stop_all();
+
+    // Failback: from a restart of the preferred primary until it acts as primary again.
+    let failback_ms = service
+        .as_ref()
+        .filter(|s| s.mode == Mode::PrimaryStandby)
+        .and_then(|svc| {
+            let preferred = svc.primary.clone()?;
+            let (_, at) = restarts.iter().find(|(s, _)| *s == preferred)?;
+            lock(&primaries)
+                .iter()
+                .find(|(t, p, acting)| t >= at && p.as_deref() == Some(&preferred) && *acting)
+                .map(|(t, _, _)| t - at)
+        });
+    let acked_all = std::mem::take(&mut *lock(&acked));
+    let acked_ids: BTreeSet<&String> = acked_all.iter().map(|(id, _)| id).collect();
+    // Only this drill's writes count (the sinks may hold others: the demo's clicks).
+    stored.retain(|id, _| acked_ids.contains(id) || id.starts_with(&format!("{}-{started_ms}-", sc.name)));
+    let rec = Recording {
+        duration_ms: end.as_millis() as u64,
+        requests: std::mem::take(&mut *lock(&requests)),
+        acked: acked_all.clone(),
+        writes_refused: refused.load(Ordering::Relaxed),
+        stored,
+        faults,
+        failback_ms,
+    };
+    let mut rec = rec;
+    rec.requests.sort_by_key(|r| r.t_ms);
+    let report = report::analyse(&sc, &rec, started_ms);
+    let history = report::history(&history_root, &sc.name);
+    write_report(&out_dir, &report, &history)?;
+    if out_dir != kept {
+        write_report(&kept, &report, &history)?;
+    }
+    Ok((report, out_dir))
+}
+
+fn write_report(dir: &Path, r: &Report, history: &[Report]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(r)?)?;
+    let mut all: Vec<Report> = history.to_vec();
+    if !all.iter().any(|h| h.started_ms == r.started_ms) {
+        all.push(r.clone());
+    }
+    std::fs::write(dir.join("index.html"), report::html(r, &all))?;
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! The drill scenario (DESIGN.md section 5): TOML, checked with line:col and a fix.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use outlast_core::config::Config;
+use outlast_core::duration::parse_duration;
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: String,
+    duration: Spanned<String>,
+    #[serde(default)]
+    workload: RawWorkload,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+    #[serde(default)]
+    expect: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    service: Option<Spanned<String>>,
+    rate: Option<u64>,
+    stream: Option<Spanned<String>>,
+    event_rate: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    at: Spanned<String>,
+    fault: Spanned<String>,
+    site: Option<Spanned<String>>,
+    sites: Option<Vec<String>>,
+    from: Option<Vec<String>>,
+    ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    Kill(String),
+    Stop(String),
+    Cont(String),
+    Restart(String),
+    Partition { sites: Vec<String>, from: Vec<String> },
+    Heal,
+}
+
+impl Fault {
+    pub fn describe(&self) -> String {
+        match self {
+            Fault::Kill(s) => format!("kill {s}"),
+            Fault::Stop(s) => format!("stop {s}"),
+            Fault::Cont(s) => format!("cont {s}"),
+            Fault::Restart(s) => format!("restart {s}"),
+            Fault::Partition { sites, from } => {
+                format!("partition {} from {}", sites.join(","), from.join(","))
+            }
+            Fault::Heal => "heal".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub at: Duration,
+    pub fault: Fault,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Op {
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = "==")]
+    Eq,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = ">")]
+    Gt,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Expect {
+    pub metric: String,
+    pub op: Op,
+    pub value: f64,
+}
+
+impl Expect {
+    pub fn holds(&self, actual: f64) -> bool {
+        match self.op {
+            Op::Lt => actual < self.value,
+            Op::Le => actual <= self.value,
+            Op::Eq => actual == self.value,
+            Op::Ge => actual >= self.value,
+            Op::Gt => actual > self.value,
+        }
+    }
+}
+
+/// Metrics an `[expect]` line may name.
+pub const METRICS: &[&str] = &[
+    "rto_ms",
+    "rpo_ms",
+    "failback_ms",
+    "requests_failed",
+    "writes_acked",
+    "writes_lost",
+    "writes_duplicated",
+];
+
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub service: Option<String>,
+    pub rate: u64,
+    pub stream: Option<String>,
+    pub event_rate: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub duration: Duration,
+    pub workload: Workload,
+    pub steps: Vec<Step>,
+    pub expect: Vec<Expect>,
+}
+
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+impl Scenario {
+    pub fn load(path: &Path, config: &Config) -> Result<Self, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+        Self::parse(path, &text, config)
+    }
+
+    /// Parses and checks a scenario against the config it runs on; every problem as
+    /// `file:line:col: what; fix`.
+    pub fn parse(path: &Path, text: &str, config: &Config) -> Result<Self, Vec<String>> {
+        let file = path.display().to_string();
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let (l, c) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            vec![format!("{file}:{l}:{c}: {}", e.message())]
+        })?;
+        let mut problems = Vec::new();
+        let mut at = |span: std::ops::Range<usize>, what: String, fix: &str| {
+            let (l, c) = line_col(text, span.start);
+            problems.push(format!("{file}:{l}:{c}: {what}; {fix}"));
+        };
+        let dur = |s: &Spanned<String>, at: &mut dyn FnMut(std::ops::Range<usize>, String, &str)| {
+            parse_duration(s.get_ref()).unwrap_or_else(|why| {
+                at(
+                    s.span(),
+                    format!("\"{}\" is not a duration ({why})", s.get_ref()),
+                    "write it like \"5s\" or \"1m30s\"",
+                );
+                Duration::ZERO
+            })
+        };
+        let duration = dur(&raw.duration, &mut at);
+        let sites: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
+        let known = sites.join(", ");
+        let site = |s: &Option<Spanned<String>>,
+                        step: &Spanned<String>,
+                        at: &mut dyn FnMut(std::ops::Range<usize>, String, &str)|
+         -> String {
+            match s {
+                Some(s) if sites.contains(&s.get_ref().as_str()) => s.get_ref().clone(),
+                Some(s) => {
+                    at(
+                        s.span(),
+                        format!("site \"{}\" is not in the config", s.get_ref()),
+                        &format!("name one of: {known}"),
+                    );
+                    String::new()
+                }
+                None => {
+                    at(
+                        step.span(),
+                        format!("fault \"{}\" needs a site", step.get_ref()),
+                        "add site = \"NAME\"",
+                    );
+                    String::new()
+                }
+            }
+        };
+        let mut steps = Vec::new();
+        for st in &raw.steps {
+            let when = dur(&st.at, &mut at);
+            if when > duration {
+                at(
+                    st.at.span(),
+                    format!("step at {} is after the drill ends", st.at.get_ref()),
+                    "make it earlier than duration",
+                );
+            }
+            let fault = match st.fault.get_ref().as_str() {
+                "kill" => Fault::Kill(site(&st.site, &st.fault, &mut at)),
+                "stop" => Fault::Stop(site(&st.site, &st.fault, &mut at)),
+                "cont" => Fault::Cont(site(&st.site, &st.fault, &mut at)),
+                "restart" => Fault::Restart(site(&st.site, &st.fault, &mut at)),
+                "heal" => Fault::Heal,
+                "partition" => {
+                    let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
+                    let (p, f) = (list(&st.sites), list(&st.from));
+                    let bad: Vec<&String> =
+                        p.iter().chain(&f).filter(|s| !sites.contains(&s.as_str())).collect();
+                    if p.is_empty() || f.is_empty() || !bad.is_empty() {
+                        at(
+                            st.fault.span(),
+                            format!("partition needs sites and from, naming sites of the config (unknown: {bad:?})"),
+                            &format!("write sites = [\"east\"], from = [\"west\", \"witness\"] with names from: {known}"),
+                        );
+                    }
+                    Fault::Partition { sites: p, from: f }
+                }
+                "delay" | "sink-down" | "sink-up" => {
+                    at(
+                        st.fault.span(),
+                        format!("fault \"{}\" is not available yet in local mode (it needs the fault proxy)", st.fault.get_ref()),
+                        "use kill, stop, cont, restart, partition or heal",
+                    );
+                    Fault::Heal
+                }
+                other => {
+                    at(
+                        st.fault.span(),
+                        format!("fault \"{other}\" is not known"),
+                        "use kill, stop, cont, restart, partition or heal",
+                    );
+                    Fault::Heal
+                }
+            };
+            let _ = st.ms;
+            steps.push(Step { at: when, fault });
+        }
+        steps.sort_by_key(|s| s.at);
+        let mut expect = Vec::new();
+        for (metric, v) in &raw.expect {
+            let text_v = v.get_ref().trim();
+            let (op, rest) = [("<=", Op::Le), (">=", Op::Ge), ("==", Op::Eq), ("<", Op::Lt), (">", Op::Gt)]
+                .iter()
+                .find_map(|(p, op)| text_v.strip_prefix(p).map(|r| (*op, r.trim())))
+                .unwrap_or((Op::Eq, text_v));
+            if !METRICS.contains(&metric.as_str()) {
+                at(
+                    v.span(),
+                    format!("expectation on unknown metric \"{metric}\""),
+                    &format!("use one of: {}", METRICS.join(", ")),
+                );
+                continue;
+            }
+            match rest.parse::<f64>() {
+                Ok(value) => expect.push(Expect {
+                    metric: metric.clone(),
+                    op,
+                    value,
+                }),
+                Err(_) => at(
+                    v.span(),
+                    format!("\"{text_v}\" is not a comparison"),
+                    "write it like \"< 3000\" or \"== 0\"",
+                ),
+            }
+        }
+        let service = raw.workload.service.as_ref().map(|s| {
+            if !config.services.iter().any(|x| &x.name == s.get_ref()) {
+                at(
+                    s.span(),
+                    format!("service \"{}\" is not in the config", s.get_ref()),
+                    "name one of the config's [[services]]",
+                );
+            }
+            s.get_ref().clone()
+        });
+        if service.is_some() && config.dns.is_none() {
+            at(0..0, "the workload resolves the service through outlast's DNS, and the config has no [dns]".into(), "add a [dns] table to the config");
+        }
+        let stream = raw.workload.stream.as_ref().map(|s| {
+            if !config.streams.iter().any(|x| &x.name == s.get_ref()) {
+                at(
+                    s.span(),
+                    format!("stream \"{}\" is not in the config", s.get_ref()),
+                    "name one of the config's [[streams]]",
+                );
+            }
+            s.get_ref().clone()
+        });
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Scenario {
+            name: raw.name,
+            duration,
+            workload: Workload {
+                service,
+                rate: raw.workload.rate.unwrap_or(100).max(1),
+                stream,
+                event_rate: raw.workload.event_rate.unwrap_or(100).max(1),
+            },
+            steps,
+            expect,
+        })
+    }
+}

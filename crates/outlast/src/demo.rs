@@ -1,0 +1,297 @@
+//! `outlast drill`, `outlast demo` and the demo's click-tracking backend.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+fn summary(r: &outlast_drill::Report, dir: &Path) -> String {
+    let ms = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+    let mut s = format!(
+        "drill {}: {}\n  downtime (RTO)   {}\n  requests         {} sent, {} failed\n  events           {} acked, {} lost, {} duplicated (RPO {} ms)\n  failback         {}\n",
+        r.scenario,
+        if r.passed { "PASSED" } else { "FAILED" },
+        ms(r.rto_ms),
+        r.requests.sent,
+        r.requests.failed,
+        r.writes.acked,
+        r.writes.lost,
+        r.writes.duplicated,
+        r.rpo_ms,
+        ms(r.failback_ms),
+    );
+    for v in &r.expectations {
+        s.push_str(&format!(
+            "  expect {} {} {}: {} ({})\n",
+            v.metric,
+            v.op,
+            v.value,
+            if v.pass { "pass" } else { "FAIL" },
+            v.actual.map(|a| a.to_string()).unwrap_or_else(|| "no value".into())
+        ));
+    }
+    s.push_str(&format!("  report           {}\n", dir.join("index.html").display()));
+    s
+}
+
+fn run_drill(opts: outlast_drill::DrillOptions) -> i32 {
+    let rt = match rt() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    match rt.block_on(outlast_drill::run_local(&opts)) {
+        Ok((report, dir)) => {
+            print!("{}", summary(&report, &dir));
+            i32::from(!report.passed)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+pub fn drill_command(config: PathBuf, scenario: PathBuf, report: Option<PathBuf>) -> i32 {
+    let bin = match std::env::current_exe() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot find the outlast executable: {e}");
+            return 1;
+        }
+    };
+    if let Err(code) = crate::commands::load_config(&config) {
+        return code;
+    }
+    run_drill(outlast_drill::DrillOptions {
+        config,
+        scenario,
+        report,
+        bin,
+        progress: true,
+    })
+}
+
+const DEMO_CONFIG: &str = r#"# Written by `outlast demo`: three sites on this machine (127.0.0.11-13).
+[cluster]
+name = "demo"
+secret = "SECRET"
+
+[timing]
+probe_interval = "100ms"
+fall = 3
+rise = 3
+grace = "500ms"
+lease = "1s"
+failback_after = "3s"
+
+[[sites]]
+name = "east"
+address = "127.0.0.11"
+peer_port = 7900
+api_port = 7901
+
+[[sites]]
+name = "west"
+address = "127.0.0.12"
+peer_port = 7900
+api_port = 7901
+
+[[sites]]
+name = "witness"
+address = "127.0.0.13"
+peer_port = 7900
+api_port = 7901
+witness = true
+
+[dns]
+zone = "demo.test."
+port = 7953
+ttl = 1
+
+[[services]]
+name = "web"
+protocol = "http"
+mode = "primary-standby"
+primary = "east"
+failback = "auto"
+dns_name = "www"
+port = 7980
+check = { kind = "http", path = "/healthz", interval = "100ms", timeout = "100ms" }
+[services.backends]
+east = ["127.0.0.1:7911"]
+west = ["127.0.0.1:7912"]
+
+[[streams]]
+name = "clicks"
+ack = "replicated"
+batch_age = "250ms"
+[[streams.sinks]]
+url = "file://sinks/east"
+site = "east"
+[[streams.sinks]]
+url = "file://sinks/west"
+site = "west"
+"#;
+
+const DEMO_SCENARIO: &str = r#"# The standard region-loss drill: steady load, lose east, bring it back, fail back.
+name = "region-loss"
+duration = "26s"
+[workload]
+service = "web"
+rate = 100
+stream = "clicks"
+event_rate = 200
+[[steps]]
+at = "5s"
+fault = "kill"
+site = "east"
+[[steps]]
+at = "12s"
+fault = "restart"
+site = "east"
+[expect]
+rto_ms = "< 3000"
+writes_lost = "== 0"
+writes_duplicated = "== 0"
+"#;
+
+/// The demo's backends, stopped by pid when dropped.
+struct Backends(Vec<Child>);
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn demo_command(dir: Option<PathBuf>) -> i32 {
+    match demo(dir) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn demo(dir: Option<PathBuf>) -> anyhow::Result<i32> {
+    let bin = std::env::current_exe().context("cannot find the outlast executable")?;
+    let dir = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("outlast-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let secret = format!("demo-{:032x}", rand::random::<u128>());
+    let config = dir.join("outlast.toml");
+    std::fs::write(&config, DEMO_CONFIG.replace("SECRET", &secret))?;
+    let scenario = dir.join("region-loss.toml");
+    std::fs::write(&scenario, DEMO_SCENARIO)?;
+    println!("outlast demo in {}", dir.display());
+    println!("  three sites: east 127.0.0.11, west 127.0.0.12, witness 127.0.0.13");
+    println!("  service web (primary east) at www.demo.test:7980, clicks stream to file sinks");
+    let mut backends = Backends(Vec::new());
+    for (site, port, api) in [("east", 7911, "127.0.0.11"), ("west", 7912, "127.0.0.12")] {
+        let log = std::fs::File::create(dir.join(format!("backend-{site}.log")))?;
+        let child = Command::new(&bin)
+            .args(["demo-backend", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--relay", &format!("http://{api}:7901"), "--site", site])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start a demo backend")?;
+        backends.0.push(child);
+    }
+    println!("  running the region-loss drill: steady load, kill east at 5 s, restart it at 12 s");
+    let code = run_drill(outlast_drill::DrillOptions {
+        config,
+        scenario,
+        report: Some(dir.join("report")),
+        bin,
+        progress: true,
+    });
+    drop(backends);
+    println!("stopped everything the demo started");
+    Ok(code)
+}
+
+#[derive(Clone)]
+struct Backend {
+    http: reqwest::Client,
+    relay: String,
+    site: String,
+    boot: u64,
+}
+
+/// A click: record it through the site's relay, then redirect to the landing page.
+async fn click(State(b): State<Backend>, UrlPath(id): UrlPath<String>) -> Response {
+    let event = serde_json::json!({
+        "id": format!("click-{}-{id}", b.boot),
+        "click": id,
+        "site": b.site,
+    });
+    let sent = b
+        .http
+        .post(format!("{}/v1/streams/clicks/events", b.relay))
+        .body(format!("{event}\n"))
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => (
+            StatusCode::FOUND,
+            [(header::LOCATION, format!("https://shop.test/landing?c={id}"))],
+            "",
+        )
+            .into_response(),
+        Ok(r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the relay answered {}", r.status()),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the relay is unreachable: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn backend(listen: SocketAddr, relay: String, site: String) -> anyhow::Result<()> {
+    let b = Backend {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(6))
+            .build()?,
+        relay: relay.trim_end_matches('/').to_string(),
+        site,
+        boot: crate::agent::peer::unix_ms(),
+    };
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/c/:id", get(click))
+        .with_state(b);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
