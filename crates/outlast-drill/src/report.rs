@@ -226,7 +226,9 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The timeline: success rate (green) and p99 latency (blue) over time, faults in red,
@@ -248,7 +250,10 @@ pub fn timeline_svg(r: &Report) -> String {
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = write!(s, r##"<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>"##);
+    let _ = write!(
+        s,
+        r##"<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>"##
+    );
     if let (Some(rto), Some(f)) = (r.rto_ms, r.faults.first()) {
         let (a, b) = (x(f.at_ms as f64), x((f.at_ms + rto) as f64));
         let _ = write!(
@@ -334,7 +339,11 @@ fn fmt_ms(v: Option<u64>) -> String {
 /// The page: headline verdict, timeline, stopwatch, expectations, trend.
 pub fn html(r: &Report, history: &[Report]) -> String {
     let mut s = String::new();
-    let verdict = if r.passed { ("PASSED", "#2a7") } else { ("FAILED", "#d22") };
+    let verdict = if r.passed {
+        ("PASSED", "#2a7")
+    } else {
+        ("FAILED", "#d22")
+    };
     let _ = write!(
         s,
         r##"<!doctype html><html><head><meta charset="utf-8"><title>drill {name}</title>
@@ -368,7 +377,12 @@ pub fn html(r: &Report, history: &[Report]) -> String {
     );
     s.push_str("<h2>Faults</h2><table><tr><th>at</th><th>fault</th></tr>");
     for f in &r.faults {
-        let _ = write!(s, "<tr><td>{:.2} s</td><td>{}</td></tr>", f.at_ms as f64 / 1000.0, esc(&f.what));
+        let _ = write!(
+            s,
+            "<tr><td>{:.2} s</td><td>{}</td></tr>",
+            f.at_ms as f64 / 1000.0,
+            esc(&f.what)
+        );
     }
     s.push_str("</table><h2>Expectations</h2><table><tr><th>metric</th><th>expected</th><th>actual</th><th></th></tr>");
     for v in &r.expectations {
@@ -378,7 +392,9 @@ pub fn html(r: &Report, history: &[Report]) -> String {
             esc(&v.metric),
             esc(&v.op),
             v.value,
-            v.actual.map(|a| a.to_string()).unwrap_or_else(|| "—".into()),
+            v.actual
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "—".into()),
             if v.pass { "#2a7" } else { "#d22" },
             if v.pass { "pass" } else { "FAIL" }
         );
@@ -386,7 +402,12 @@ pub fn html(r: &Report, history: &[Report]) -> String {
     s.push_str("</table>");
     if !history.is_empty() {
         s.push_str("<h2>Trend (this scenario, earlier drills)</h2><table><tr><th>started</th><th>RTO</th><th>failed requests</th><th>writes lost</th><th></th></tr>");
-        let max = history.iter().filter_map(|h| h.rto_ms).max().unwrap_or(1).max(1) as f64;
+        let max = history
+            .iter()
+            .filter_map(|h| h.rto_ms)
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
         for h in history {
             let bar = h.rto_ms.map(|v| 200.0 * v as f64 / max).unwrap_or(0.0);
             let _ = write!(

@@ -30,6 +30,9 @@ pub struct DrillOptions {
     pub progress: bool,
 }
 
+/// When, who was the service's primary, and whether it acted.
+type PrimarySeen = (u64, Option<String>, bool);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -120,8 +123,17 @@ impl Sites {
                     for b in from.iter().filter_map(addr) {
                         for (src, dst) in [(&a, &b), (&b, &a)] {
                             let rule: Vec<String> = [
-                                "INPUT", "-s", src, "-d", dst, "-m", "comment", "--comment",
-                                "outlast-drill", "-j", "DROP",
+                                "INPUT",
+                                "-s",
+                                src,
+                                "-d",
+                                dst,
+                                "-m",
+                                "comment",
+                                "--comment",
+                                "outlast-drill",
+                                "-j",
+                                "DROP",
                             ]
                             .iter()
                             .map(|s| s.to_string())
@@ -152,6 +164,8 @@ impl Sites {
     }
 
     /// Stops everything: CONT what was stopped, SIGTERM, then SIGKILL after 5 s.
+    // Blocking on purpose: it runs when the workload is over, and from Drop.
+    #[allow(clippy::disallowed_methods)]
     fn stop_all(&mut self) {
         self.heal();
         for s in std::mem::take(&mut self.stopped) {
@@ -198,7 +212,13 @@ async fn resolve(servers: &[SocketAddr], name: &Name) -> Option<(Ipv4Addr, u32)>
     static LAST: AtomicU64 = AtomicU64::new(0);
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.ok()?;
     let first = LAST.load(Ordering::Relaxed) as usize % servers.len().max(1);
-    for (i, server) in servers.iter().enumerate().cycle().skip(first).take(servers.len()) {
+    for (i, server) in servers
+        .iter()
+        .enumerate()
+        .cycle()
+        .skip(first)
+        .take(servers.len())
+    {
         let mut m = Message::new(rand_id(), MessageType::Query, OpCode::Query);
         m.add_query(Query::query(name.clone(), RecordType::A));
         let bytes = m.to_vec().ok()?;
@@ -206,8 +226,7 @@ async fn resolve(servers: &[SocketAddr], name: &Name) -> Option<(Ipv4Addr, u32)>
             continue;
         }
         let mut buf = [0u8; 1500];
-        let got =
-            tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await;
+        let got = tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await;
         let Ok(Ok((n, _))) = got else { continue };
         let Ok(msg) = Message::from_vec(&buf[..n]) else {
             continue;
@@ -323,7 +342,7 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
     let requests: Arc<Mutex<Vec<RequestOutcome>>> = Arc::default();
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let refused = Arc::new(AtomicU64::new(0));
-    let primaries: Arc<Mutex<Vec<(u64, Option<String>, bool)>>> = Arc::default();
+    let primaries: Arc<Mutex<Vec<PrimarySeen>>> = Arc::default();
     let mut tasks = Vec::new();
 
     // Requests: resolved through outlast's DNS (honouring the TTL), sent to the gateway.
@@ -346,8 +365,13 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
             while t0.elapsed() < end {
                 tick.tick().await;
                 seq += 1;
-                let (http, requests, cache, servers, name) =
-                    (http.clone(), requests.clone(), cache.clone(), servers.clone(), name.clone());
+                let (http, requests, cache, servers, name) = (
+                    http.clone(),
+                    requests.clone(),
+                    cache.clone(),
+                    servers.clone(),
+                    name.clone(),
+                );
                 let port = svc.port;
                 inflight.push(tokio::spawn(async move {
                     let t = now_ms();
@@ -368,7 +392,10 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
                     };
                     let ok = match ip {
                         Some(ip) => http
-                            .get(format!("http://{}/c/{seq}?seq={seq}", SocketAddr::new(IpAddr::V4(ip), port)))
+                            .get(format!(
+                                "http://{}/c/{seq}?seq={seq}",
+                                SocketAddr::new(IpAddr::V4(ip), port)
+                            ))
                             .send()
                             .await
                             .is_ok_and(|r| r.status().as_u16() < 500),
@@ -410,7 +437,9 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             while t0.elapsed() < end {
                 tick.tick().await;
-                let ids: Vec<String> = (0..per_batch).map(|i| format!("{name}-{started_ms}-{}", n + i)).collect();
+                let ids: Vec<String> = (0..per_batch)
+                    .map(|i| format!("{name}-{started_ms}-{}", n + i))
+                    .collect();
                 n += per_batch;
                 let body: String = ids
                     .iter()
@@ -446,9 +475,13 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
             while t0.elapsed() < end + Duration::from_secs(1) {
                 for (_, api) in &apis {
                     if let Some(st) = status(&http, *api).await {
-                        let s = st["services"]
-                            .as_array()
-                            .and_then(|v| v.iter().find(|s| Some(s["name"].as_str().unwrap_or("")) == svc_name.as_deref()).cloned());
+                        let s = st["services"].as_array().and_then(|v| {
+                            v.iter()
+                                .find(|s| {
+                                    Some(s["name"].as_str().unwrap_or("")) == svc_name.as_deref()
+                                })
+                                .cloned()
+                        });
                         if let Some(s) = s {
                             lock(&primaries).push((
                                 now_ms(),
@@ -489,13 +522,22 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
             if let Fault::Restart(s) = &step.fault {
                 restarts.push((s.clone(), at_ms));
             }
-            bar.println(format!("  {:>6.2} s  {}", at_ms as f64 / 1000.0, step.fault.describe()));
+            bar.println(format!(
+                "  {:>6.2} s  {}",
+                at_ms as f64 / 1000.0,
+                step.fault.describe()
+            ));
             faults.push(FaultAt {
                 at_ms,
                 what: step.fault.describe(),
             });
         }
-        let ok = lock(&requests).iter().rev().take(50).filter(|r| r.ok).count();
+        let ok = lock(&requests)
+            .iter()
+            .rev()
+            .take(50)
+            .filter(|r| r.ok)
+            .count();
         bar.set_position(now_ms());
         bar.set_message(format!(
             "{} requests, {} writes acked, last 50 ok: {ok}",
@@ -583,7 +625,9 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
     let acked_all = std::mem::take(&mut *lock(&acked));
     let acked_ids: BTreeSet<&String> = acked_all.iter().map(|(id, _)| id).collect();
     // Only this drill's writes count (the sinks may hold others: the demo's clicks).
-    stored.retain(|id, _| acked_ids.contains(id) || id.starts_with(&format!("{}-{started_ms}-", sc.name)));
+    stored.retain(|id, _| {
+        acked_ids.contains(id) || id.starts_with(&format!("{}-{started_ms}-", sc.name))
+    });
     let rec = Recording {
         duration_ms: end.as_millis() as u64,
         requests: std::mem::take(&mut *lock(&requests)),

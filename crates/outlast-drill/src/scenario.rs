@@ -48,7 +48,10 @@ pub enum Fault {
     Stop(String),
     Cont(String),
     Restart(String),
-    Partition { sites: Vec<String>, from: Vec<String> },
+    Partition {
+        sites: Vec<String>,
+        from: Vec<String>,
+    },
     Heal,
 }
 
@@ -137,7 +140,12 @@ pub struct Scenario {
 fn line_col(text: &str, at: usize) -> (usize, usize) {
     let before = &text[..at.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -153,10 +161,7 @@ impl Scenario {
     pub fn parse(path: &Path, text: &str, config: &Config) -> Result<Self, Vec<String>> {
         let file = path.display().to_string();
         let raw: Raw = toml::from_str(text).map_err(|e| {
-            let (l, c) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (l, c) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             vec![format!("{file}:{l}:{c}: {}", e.message())]
         })?;
         let mut problems = Vec::new();
@@ -164,7 +169,8 @@ impl Scenario {
             let (l, c) = line_col(text, span.start);
             problems.push(format!("{file}:{l}:{c}: {what}; {fix}"));
         };
-        let dur = |s: &Spanned<String>, at: &mut dyn FnMut(std::ops::Range<usize>, String, &str)| {
+        let dur = |s: &Spanned<String>,
+                   at: &mut dyn FnMut(std::ops::Range<usize>, String, &str)| {
             parse_duration(s.get_ref()).unwrap_or_else(|why| {
                 at(
                     s.span(),
@@ -178,8 +184,8 @@ impl Scenario {
         let sites: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
         let known = sites.join(", ");
         let site = |s: &Option<Spanned<String>>,
-                        step: &Spanned<String>,
-                        at: &mut dyn FnMut(std::ops::Range<usize>, String, &str)|
+                    step: &Spanned<String>,
+                    at: &mut dyn FnMut(std::ops::Range<usize>, String, &str)|
          -> String {
             match s {
                 Some(s) if sites.contains(&s.get_ref().as_str()) => s.get_ref().clone(),
@@ -220,8 +226,11 @@ impl Scenario {
                 "partition" => {
                     let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
                     let (p, f) = (list(&st.sites), list(&st.from));
-                    let bad: Vec<&String> =
-                        p.iter().chain(&f).filter(|s| !sites.contains(&s.as_str())).collect();
+                    let bad: Vec<&String> = p
+                        .iter()
+                        .chain(&f)
+                        .filter(|s| !sites.contains(&s.as_str()))
+                        .collect();
                     if p.is_empty() || f.is_empty() || !bad.is_empty() {
                         at(
                             st.fault.span(),
@@ -255,10 +264,16 @@ impl Scenario {
         let mut expect = Vec::new();
         for (metric, v) in &raw.expect {
             let text_v = v.get_ref().trim();
-            let (op, rest) = [("<=", Op::Le), (">=", Op::Ge), ("==", Op::Eq), ("<", Op::Lt), (">", Op::Gt)]
-                .iter()
-                .find_map(|(p, op)| text_v.strip_prefix(p).map(|r| (*op, r.trim())))
-                .unwrap_or((Op::Eq, text_v));
+            let (op, rest) = [
+                ("<=", Op::Le),
+                (">=", Op::Ge),
+                ("==", Op::Eq),
+                ("<", Op::Lt),
+                (">", Op::Gt),
+            ]
+            .iter()
+            .find_map(|(p, op)| text_v.strip_prefix(p).map(|r| (*op, r.trim())))
+            .unwrap_or((Op::Eq, text_v));
             if !METRICS.contains(&metric.as_str()) {
                 at(
                     v.span(),

@@ -47,9 +47,7 @@ pub fn parse_ndjson(
                 line: line.to_vec(),
             }),
             Some(Value::String(_)) => {
-                return Err(bad(format!(
-                    "\"id\" must be 1 to {MAX_ID} bytes long"
-                )))
+                return Err(bad(format!("\"id\" must be 1 to {MAX_ID} bytes long")))
             }
             Some(_) => return Err(bad("\"id\" must be a string".into())),
             None => {

@@ -64,7 +64,10 @@ impl Log {
     pub fn open(dir: &Path) -> Result<Self, SpoolError> {
         let spool = Spool::open(RealFs::default(), dir, MAX_SEGMENT_BYTES)?;
         let skips = read_u64s(&dir.join("skips"))?.into_iter().collect();
-        let shipped = read_u64s(&dir.join("shipped"))?.first().copied().unwrap_or(0);
+        let shipped = read_u64s(&dir.join("shipped"))?
+            .first()
+            .copied()
+            .unwrap_or(0);
         let intent = match read_u64s(&dir.join("intent"))?.as_slice() {
             [a, b] if a <= b => Some((*a, *b)),
             _ => None,

@@ -51,8 +51,14 @@ fn sink_error(stream: &Stream, url: &str, why: impl ToString) -> RelayError {
 
 /// Opens a stream's sinks in the order this site uses them.
 pub(crate) fn open_sinks(stream: &Stream, me: &str) -> Result<Vec<Sink>, RelayError> {
-    let own = stream.sinks.iter().filter(|s| s.site.as_deref() == Some(me));
-    let others = stream.sinks.iter().filter(|s| s.site.as_deref() != Some(me));
+    let own = stream
+        .sinks
+        .iter()
+        .filter(|s| s.site.as_deref() == Some(me));
+    let others = stream
+        .sinks
+        .iter()
+        .filter(|s| s.site.as_deref() != Some(me));
     let mut out = Vec::new();
     for s in own.chain(others) {
         let url = url::Url::parse(&s.url).map_err(|e| sink_error(stream, &s.url, e))?;
@@ -111,7 +117,13 @@ pub(crate) fn open_sinks(stream: &Stream, me: &str) -> Result<Vec<Sink>, RelayEr
                 };
                 (store, path)
             }
-            other => return Err(sink_error(stream, &s.url, format!("unknown scheme {other}"))),
+            other => {
+                return Err(sink_error(
+                    stream,
+                    &s.url,
+                    format!("unknown scheme {other}"),
+                ))
+            }
         };
         out.push(Sink {
             url: s.url.clone(),
@@ -193,7 +205,12 @@ pub fn utc_timestamp(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     let (y, m, d) = civil(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 /// The object key of a batch (without the sink's prefix).
@@ -368,7 +385,13 @@ async fn ship_once(
     }
     let mut url = None;
     if plan.events > 0 {
-        let key = object_key(&s.cfg.name, &origin, plan.first, plan.last, plan.accepted_ms);
+        let key = object_key(
+            &s.cfg.name,
+            &origin,
+            plan.first,
+            plan.last,
+            plan.accepted_ms,
+        );
         let body = match zstd::encode_all(plan.lines.as_slice(), 3) {
             Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
@@ -430,8 +453,7 @@ pub(crate) async fn shipper(
         let down = s.down.borrow().clone();
         let origins: Vec<String> = lock(&s.replicas).keys().cloned().collect();
         for origin in origins {
-            let mine =
-                down.contains(&origin) && s.sites.taker(&origin, &down) == Some(&s.sites.me);
+            let mine = down.contains(&origin) && s.sites.taker(&origin, &down) == Some(&s.sites.me);
             let changed = {
                 let mut t = lock(&s.taking_over);
                 if mine {

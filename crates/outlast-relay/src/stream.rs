@@ -38,10 +38,16 @@ pub(crate) fn now_ms() -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("this site is a witness: it holds copies but takes no events; send them to a data site")]
+    #[error(
+        "this site is a witness: it holds copies but takes no events; send them to a data site"
+    )]
     Witness,
     #[error("the spool for {stream} holds {bytes} bytes, over its {max}-byte limit; retry later")]
-    Full { stream: String, bytes: u64, max: u64 },
+    Full {
+        stream: String,
+        bytes: u64,
+        max: u64,
+    },
     #[error("stored here but no other site confirmed it within {0:?}; retry with the same ids")]
     NotReplicated(Duration),
     #[error("spool write failed: {0}")]
@@ -325,9 +331,8 @@ impl StreamRelay {
                     j.events
                         .iter()
                         .map(|e| {
-                            reps.values().any(|l| {
-                                l.spool.lookup(&e.id).is_some_and(|s| !l.is_skipped(s))
-                            })
+                            reps.values()
+                                .any(|l| l.spool.lookup(&e.id).is_some_and(|s| !l.is_skipped(s)))
                         })
                         .collect()
                 })

@@ -63,9 +63,9 @@ pub(crate) async fn ingest(
             let code = match &e {
                 IngestError::Witness => StatusCode::MISDIRECTED_REQUEST,
                 IngestError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                IngestError::Full { .. } | IngestError::NotReplicated(_) | IngestError::Stopping => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                IngestError::Full { .. }
+                | IngestError::NotReplicated(_)
+                | IngestError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
             };
             let mut r = refuse(code, e.to_string());
             if code == StatusCode::SERVICE_UNAVAILABLE {

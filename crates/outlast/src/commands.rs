@@ -96,7 +96,9 @@ pub async fn events_send(api: &str, stream: &str, file: &str) -> anyhow::Result<
         .body(body)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}; is the agent running? (--api URL)"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot reach {url}: {e}; is the agent running? (--api URL)")
+        })?;
     let code = resp.status();
     let text = resp.text().await?;
     if !code.is_success() {

@@ -40,10 +40,15 @@ fn summary(r: &outlast_drill::Report, dir: &Path) -> String {
             v.op,
             v.value,
             if v.pass { "pass" } else { "FAIL" },
-            v.actual.map(|a| a.to_string()).unwrap_or_else(|| "no value".into())
+            v.actual
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "no value".into())
         ));
     }
-    s.push_str(&format!("  report           {}\n", dir.join("index.html").display()));
+    s.push_str(&format!(
+        "  report           {}\n",
+        dir.join("index.html").display()
+    ));
     s
 }
 
@@ -259,7 +264,10 @@ async fn click(State(b): State<Backend>, UrlPath(id): UrlPath<String>) -> Respon
     match sent {
         Ok(r) if r.status().is_success() => (
             StatusCode::FOUND,
-            [(header::LOCATION, format!("https://shop.test/landing?c={id}"))],
+            [(
+                header::LOCATION,
+                format!("https://shop.test/landing?c={id}"),
+            )],
             "",
         )
             .into_response(),

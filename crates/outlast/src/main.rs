@@ -123,9 +123,11 @@ fn main() -> ExitCode {
             report,
         } => outlast::demo::drill_command(config, scenario, report),
         Command::Demo { dir } => outlast::demo::demo_command(dir),
-        Command::DemoBackend { listen, relay, site } => {
-            runtime(outlast::demo::backend(listen, relay, site))
-        }
+        Command::DemoBackend {
+            listen,
+            relay,
+            site,
+        } => runtime(outlast::demo::backend(listen, relay, site)),
         Command::Events { command } => match command {
             EventsCommand::Send { stream, file, api } => {
                 runtime(outlast::commands::events_send(&api, &stream, &file))

@@ -63,7 +63,10 @@ impl S3 {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
         let start = Instant::now();
         while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "s3s-fs did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "s3s-fs did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -143,7 +146,12 @@ impl Client {
         let acked = Arc::new(Mutex::new(BTreeSet::new()));
         let refused = Arc::new(Mutex::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, r, st, prefix) = (acked.clone(), refused.clone(), stop.clone(), prefix.to_string());
+        let (a, r, st, prefix) = (
+            acked.clone(),
+            refused.clone(),
+            stop.clone(),
+            prefix.to_string(),
+        );
         let handle = std::thread::spawn(move || {
             let mut n = 0u64;
             let mut at = 0usize;
@@ -205,9 +213,16 @@ fn objects(sinks: &[&S3]) -> BTreeMap<String, Vec<u8>> {
                 if p.is_dir() {
                     stack.push(p);
                 } else if p.to_string_lossy().ends_with(".ndjson.zst") {
-                    let rel = p.strip_prefix(&s.root).expect("rel").to_string_lossy().to_string();
+                    let rel = p
+                        .strip_prefix(&s.root)
+                        .expect("rel")
+                        .to_string_lossy()
+                        .to_string();
                     // Drop the bucket: the same key may be in both buckets.
-                    let key = rel.split_once('/').map(|(_, k)| k.to_string()).unwrap_or(rel);
+                    let key = rel
+                        .split_once('/')
+                        .map(|(_, k)| k.to_string())
+                        .unwrap_or(rel);
                     let bytes = std::fs::read(&p).expect("object");
                     if let Some(prev) = out.get(&key) {
                         assert_eq!(prev, &bytes, "{key} differs between sinks");
@@ -283,9 +298,12 @@ fn kill9_mid_stream_client_fails_over_nothing_lost_nothing_twice() {
     std::thread::sleep(Duration::from_secs(4));
     let (acked, refused) = client.finish();
     // West ships east's replicated events while east is down.
-    c.wait_for("west", Duration::from_secs(10), "west takes over east's events", |st| {
-        st["streams"][0]["replicas"]["east"] == 0
-    });
+    c.wait_for(
+        "west",
+        Duration::from_secs(10),
+        "west takes over east's events",
+        |st| st["streams"][0]["replicas"]["east"] == 0,
+    );
     c.start("east");
     for s in ["east", "west", "witness"] {
         c.wait_for(s, Duration::from_secs(20), "all up again", common::all_up);
@@ -296,7 +314,11 @@ fn kill9_mid_stream_client_fails_over_nothing_lost_nothing_twice() {
         "kill -9 mid-stream: {} acked, {refused} refusals retried elsewhere, {stored} stored in {objs} objects, none twice",
         acked.len()
     );
-    assert!(acked.len() >= 3000, "too few acks to mean anything: {}", acked.len());
+    assert!(
+        acked.len() >= 3000,
+        "too few acks to mean anything: {}",
+        acked.len()
+    );
 }
 
 #[test]
@@ -315,14 +337,20 @@ fn a_sink_down_for_30s_ships_to_the_next_and_comes_back() {
     east_s3.down();
     let east_url = "s3://east-bucket/raw";
     let west_url = "s3://west-bucket/raw";
-    c.wait_for("east", Duration::from_secs(10), "east ships to west's sink", |st| {
-        st["streams"][0]["sink"] == west_url
-    });
+    c.wait_for(
+        "east",
+        Duration::from_secs(10),
+        "east ships to west's sink",
+        |st| st["streams"][0]["sink"] == west_url,
+    );
     std::thread::sleep(Duration::from_secs(30));
     east_s3.up();
-    let back = c.wait_for("east", Duration::from_secs(15), "east back on its own sink", |st| {
-        st["streams"][0]["sink"] == east_url
-    });
+    let back = c.wait_for(
+        "east",
+        Duration::from_secs(15),
+        "east back on its own sink",
+        |st| st["streams"][0]["sink"] == east_url,
+    );
     std::thread::sleep(Duration::from_secs(2));
     let (acked, refused) = client.finish();
     wait_drained(&c, &["east", "west", "witness"], Duration::from_secs(20));
@@ -335,7 +363,10 @@ fn a_sink_down_for_30s_ships_to_the_next_and_comes_back() {
         .keys()
         .filter(|k| k.contains("/east-"))
         .count();
-    assert!(during > 0, "east's events did not go to west's sink while its own was down");
+    assert!(
+        during > 0,
+        "east's events did not go to west's sink while its own was down"
+    );
 }
 
 #[test]

@@ -4,8 +4,8 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::Mutex;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 pub trait Fs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
