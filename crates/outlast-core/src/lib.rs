@@ -1,12 +1,13 @@
 //! outlast-core: the config model (parsed raw, then validated with every problem reported at
 //! once with file:line:col), durations, and the rise/fall counter shared by every room that
-//! judges health.
+//! judges health, and the set of faults a drill injects into an agent.
 //!
 //! It must never do I/O beyond reading the config file and the secret file it names, and it
 //! never depends on another outlast crate.
 
 pub mod config;
 pub mod duration;
+pub mod faults;
 pub mod hysteresis;
 
 pub use config::{Config, ConfigError, Problem};

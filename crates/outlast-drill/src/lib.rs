@@ -3,10 +3,12 @@
 //! a stream; every outcome is recorded with its time, analysed (RTO, failed requests,
 //! writes acked/lost/duplicated, RPO, failback) and reported as JSON and as a page.
 
+mod proxy;
 pub mod report;
 mod run;
 pub mod scenario;
 
+pub use proxy::{Endpoint, FaultProxy, LinkState};
 pub use report::Report;
-pub use run::{run_local, DrillOptions};
+pub use run::{run, DrillOptions};
 pub use scenario::Scenario;

@@ -14,8 +14,9 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use indicatif::{ProgressBar, ProgressStyle};
 use outlast_core::config::{Config, Mode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
+use crate::proxy::{Endpoint, FaultProxy};
 use crate::report::{self, FaultAt, Recording, Report, RequestOutcome};
 use crate::scenario::{Fault, Scenario};
 
@@ -28,6 +29,8 @@ pub struct DrillOptions {
     pub bin: PathBuf,
     /// Show a progress bar.
     pub progress: bool,
+    /// Drill a cluster that is already running: faults go to the agents' `/v1/faults`.
+    pub attach: bool,
 }
 
 /// When, who was the service's primary, and whether it acted.
@@ -37,15 +40,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The agents this drill started, by site.
+/// The agents this drill started, by site (local mode).
 struct Sites {
     bin: PathBuf,
     config: PathBuf,
     logs: PathBuf,
     children: BTreeMap<String, Child>,
     stopped: BTreeSet<String>,
-    /// iptables rules added by partitions (removed on heal and at the end).
-    rules: Vec<Vec<String>>,
+    /// On every link between two sites: partitions and delays.
+    proxy: FaultProxy,
+    /// The token the agents take on `/v1/faults` (for sink faults).
+    token: String,
 }
 
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
@@ -67,11 +72,16 @@ impl Sites {
             .append(true)
             .open(self.logs.join(format!("{site}.log")))
             .context("cannot open the agent log")?;
-        let child = Command::new(&self.bin)
-            .args(["agent", "--config"])
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["agent", "--config"])
             .arg(&self.config)
-            .args(["--site", site])
+            .args(["--site", site]);
+        for (to, via) in self.proxy.dial_map(site) {
+            cmd.arg("--peer-via").arg(format!("{to}={via}"));
+        }
+        let child = cmd
             .env("OUTLAST_LOG", "info,openraft=warn")
+            .env("OUTLAST_FAULT_TOKEN", &self.token)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -96,7 +106,8 @@ impl Sites {
             .with_context(|| format!("{site} is not running"))
     }
 
-    fn apply(&mut self, fault: &Fault, config: &Config) -> anyhow::Result<()> {
+    /// The faults that act on processes and links; sink faults go through the agents' API.
+    fn apply(&mut self, fault: &Fault) -> anyhow::Result<()> {
         match fault {
             Fault::Kill(s) => self.kill(s),
             Fault::Stop(s) => {
@@ -111,63 +122,19 @@ impl Sites {
                 self.kill(s);
                 self.start(s)?;
             }
-            Fault::Partition { sites, from } => {
-                let addr = |n: &String| {
-                    config
-                        .sites
-                        .iter()
-                        .find(|x| &x.name == n)
-                        .map(|x| x.address.to_string())
-                };
-                for a in sites.iter().filter_map(addr) {
-                    for b in from.iter().filter_map(addr) {
-                        for (src, dst) in [(&a, &b), (&b, &a)] {
-                            let rule: Vec<String> = [
-                                "INPUT",
-                                "-s",
-                                src,
-                                "-d",
-                                dst,
-                                "-m",
-                                "comment",
-                                "--comment",
-                                "outlast-drill",
-                                "-j",
-                                "DROP",
-                            ]
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect();
-                            let ok = Command::new("iptables")
-                                .arg("-I")
-                                .args(&rule)
-                                .status()
-                                .context("partition needs iptables (and root)")?
-                                .success();
-                            if !ok {
-                                bail!("iptables refused the partition rule (root needed)");
-                            }
-                            self.rules.push(rule);
-                        }
-                    }
-                }
-            }
-            Fault::Heal => self.heal(),
+            Fault::Partition { sites, from } => self.proxy.between(sites, from, |l| l.cut = true),
+            Fault::Delay { site, ms } => self.proxy.around(site, |l| l.delay_ms = *ms),
+            Fault::Heal => self.proxy.heal(),
+            Fault::SinkDown(_) | Fault::SinkUp(_) => {}
         }
         Ok(())
-    }
-
-    fn heal(&mut self) {
-        for rule in std::mem::take(&mut self.rules) {
-            let _ = Command::new("iptables").arg("-D").args(&rule).status();
-        }
     }
 
     /// Stops everything: CONT what was stopped, SIGTERM, then SIGKILL after 5 s.
     // Blocking on purpose: it runs when the workload is over, and from Drop.
     #[allow(clippy::disallowed_methods)]
     fn stop_all(&mut self) {
-        self.heal();
+        self.proxy.heal();
         for s in std::mem::take(&mut self.stopped) {
             if let Ok(pid) = self.pid(&s) {
                 let _ = signal(pid, "-CONT");
@@ -193,6 +160,205 @@ impl Sites {
 impl Drop for Sites {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// What a fault sent to `/v1/faults` is undone by.
+#[derive(Debug, Clone, PartialEq)]
+enum Undo {
+    Heal,
+    Sink(Option<String>),
+}
+
+/// Faults sent to the agents' `/v1/faults` (attach mode; sink faults in local mode too).
+struct FaultApi {
+    http: reqwest::Client,
+    token: String,
+    apis: BTreeMap<String, SocketAddr>,
+    /// (site, fault id, what ends it early).
+    active: Vec<(String, u64, Option<Undo>)>,
+}
+
+impl FaultApi {
+    async fn inject(&mut self, site: &str, body: Value, undo: Option<Undo>) -> anyhow::Result<()> {
+        let api = self
+            .apis
+            .get(site)
+            .with_context(|| format!("{site} is not in the config"))?;
+        let r = self
+            .http
+            .post(format!("http://{api}/v1/faults"))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {site}'s agent at {api} to inject a fault"))?;
+        let code = r.status();
+        let answer: Value = r.json().await.unwrap_or(Value::Null);
+        if !code.is_success() {
+            bail!("{site} refused the fault ({code}): {}", answer["error"]);
+        }
+        if let Some(id) = answer["id"].as_u64() {
+            self.active.push((site.to_string(), id, undo));
+        }
+        Ok(())
+    }
+
+    /// Ends early the injected faults that `which` picks (the others end by themselves).
+    async fn undo(&mut self, which: impl Fn(&Option<Undo>) -> bool) {
+        let (ending, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|(_, _, u)| which(u));
+        self.active = keep;
+        for (site, id, _) in ending {
+            let Some(api) = self.apis.get(&site) else {
+                continue;
+            };
+            let r = self
+                .http
+                .delete(format!("http://{api}/v1/faults/{id}"))
+                .bearer_auth(&self.token)
+                .send()
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(site, id, error = %e, "could not end a fault early; it ends by itself");
+            }
+        }
+    }
+
+    /// A sink fault goes to every data site that runs.
+    async fn sink(
+        &mut self,
+        fault: &Fault,
+        sites: &[String],
+        lasting: Duration,
+    ) -> anyhow::Result<()> {
+        match fault {
+            Fault::SinkDown(which) => {
+                let body = serde_json::json!({
+                    "kind": "sink-down",
+                    "site": which,
+                    "for_ms": lasting.as_millis() as u64,
+                });
+                for s in sites {
+                    self.inject(s, body.clone(), Some(Undo::Sink(which.clone())))
+                        .await?;
+                }
+            }
+            Fault::SinkUp(which) => {
+                self.undo(|u| match (u, which) {
+                    (Some(Undo::Sink(_)), None) => true,
+                    (Some(Undo::Sink(x)), Some(w)) => x.as_ref() == Some(w),
+                    _ => false,
+                })
+                .await
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// How the drill reaches the cluster: its own agents (local) or running ones (attach).
+enum Driver {
+    Local(Sites, FaultApi),
+    Attach(FaultApi),
+}
+
+impl Driver {
+    /// Whether the drill should count `site` as running (for draining and reading status).
+    fn running(&self, site: &str) -> bool {
+        match self {
+            Driver::Local(sites, _) => sites.children.contains_key(site),
+            Driver::Attach(_) => true,
+        }
+    }
+
+    /// Carries out one step. `until_cont` is how long a `stop` lasts in attach mode (the
+    /// agent cannot be reached while stopped, so its own fault ends it).
+    async fn apply(
+        &mut self,
+        fault: &Fault,
+        config: &Config,
+        lasting: Duration,
+        until_cont: Duration,
+    ) -> anyhow::Result<()> {
+        let data_sites = |running: &dyn Fn(&str) -> bool| -> Vec<String> {
+            config
+                .sites
+                .iter()
+                .filter(|s| !s.witness && running(&s.name))
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        match self {
+            Driver::Local(sites, api) => {
+                if matches!(fault, Fault::SinkDown(_) | Fault::SinkUp(_)) {
+                    let running = data_sites(&|s| sites.children.contains_key(s));
+                    api.sink(fault, &running, lasting).await
+                } else {
+                    sites.apply(fault)
+                }
+            }
+            Driver::Attach(api) => {
+                let ms = |d: Duration| d.as_millis() as u64;
+                match fault {
+                    Fault::Kill(s) => api.inject(s, json!({"kind": "kill"}), None).await,
+                    Fault::Stop(s) => {
+                        api.inject(s, json!({"kind": "stop", "for_ms": ms(until_cont)}), None)
+                            .await
+                    }
+                    // The stop sent with the matching `stop` step ends now by itself.
+                    Fault::Cont(_) => Ok(()),
+                    Fault::Restart(s) => bail!(
+                        "restart {s} needs the agent's process, which attach mode does not own"
+                    ),
+                    Fault::Partition { sites, from } => {
+                        for (side, other) in [(sites, from), (from, sites)] {
+                            for s in side {
+                                let body = json!({"kind": "partition", "from": other, "for_ms": ms(lasting)});
+                                api.inject(s, body, Some(Undo::Heal)).await?;
+                            }
+                        }
+                        Ok(())
+                    }
+                    Fault::Delay { site, ms: d } => {
+                        // An agent delays the calls it makes; the proxy delays each
+                        // direction. Twice the delay on calls gives round trips the same
+                        // growth in both modes.
+                        let body = json!({"kind": "delay", "ms": d * 2, "for_ms": ms(lasting)});
+                        api.inject(site, body, Some(Undo::Heal)).await?;
+                        for other in config.sites.iter().filter(|x| &x.name != site) {
+                            let body = json!({"kind": "delay", "ms": d * 2, "to": [site], "for_ms": ms(lasting)});
+                            api.inject(&other.name, body, Some(Undo::Heal)).await?;
+                        }
+                        Ok(())
+                    }
+                    Fault::Heal => {
+                        api.undo(|u| *u == Some(Undo::Heal)).await;
+                        Ok(())
+                    }
+                    Fault::SinkDown(_) | Fault::SinkUp(_) => {
+                        let all = data_sites(&|_| true);
+                        api.sink(fault, &all, lasting).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Undoes what is still in force: heals links, continues stopped agents, ends faults.
+    async fn clear(&mut self) {
+        match self {
+            Driver::Local(sites, api) => {
+                sites.proxy.heal();
+                for s in sites.stopped.clone() {
+                    let _ = sites.apply(&Fault::Cont(s));
+                }
+                api.undo(|_| true).await;
+            }
+            Driver::Attach(api) => api.undo(|_| true).await,
+        }
     }
 }
 
@@ -256,7 +422,7 @@ fn unix_ms() -> u64 {
 }
 
 /// Runs a drill in local mode; returns the report and the folder it was written to.
-pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
+pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
     let config = Config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sc = Scenario::load(&opts.scenario, &config)
         .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
@@ -272,29 +438,80 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
     let out_dir = opts.report.clone().unwrap_or_else(|| kept.clone());
     std::fs::create_dir_all(out_dir.join("logs"))
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    for s in &config.sites {
-        if std::net::TcpListener::bind(s.api_addr()).is_err() {
-            bail!(
-                "{} is taken: is a cluster already running? local mode starts its own agents",
-                s.api_addr()
-            );
-        }
-    }
-    let mut sites = Sites {
-        bin: opts.bin.clone(),
-        config: opts.config.clone(),
-        logs: out_dir.join("logs"),
-        children: BTreeMap::new(),
-        stopped: BTreeSet::new(),
-        rules: Vec::new(),
-    };
-    for s in &config.sites {
-        sites.start(&s.name)?;
-    }
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(2))
         .build()?;
+    let api_of: BTreeMap<String, SocketAddr> = config
+        .sites
+        .iter()
+        .map(|s| (s.name.clone(), s.api_addr()))
+        .collect();
+    let mut driver = if opts.attach {
+        let token = config.api.token.clone().context(
+            "attach mode sends faults to the agents' /v1/faults, which needs [api] token in the config",
+        )?;
+        if let Some(st) = sc
+            .steps
+            .iter()
+            .find(|s| matches!(s.fault, Fault::Restart(_)))
+        {
+            bail!(
+                "{} needs the agent's process, which attach mode does not own; use kill (and let the site's supervisor restart it) or stop and cont",
+                st.fault.describe()
+            );
+        }
+        Driver::Attach(FaultApi {
+            http: http.clone(),
+            token,
+            apis: api_of.clone(),
+            active: Vec::new(),
+        })
+    } else {
+        for s in &config.sites {
+            if std::net::TcpListener::bind(s.api_addr()).is_err() {
+                bail!(
+                    "{} is taken: is a cluster already running? local mode starts its own agents (use --attach to drill a running cluster)",
+                    s.api_addr()
+                );
+            }
+        }
+        let endpoints: Vec<Endpoint> = config
+            .sites
+            .iter()
+            .map(|s| Endpoint {
+                name: s.name.clone(),
+                address: s.address,
+                peer: s.peer_addr(),
+            })
+            .collect();
+        let token = config
+            .api
+            .token
+            .clone()
+            .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+        let mut sites = Sites {
+            bin: opts.bin.clone(),
+            config: opts.config.clone(),
+            logs: out_dir.join("logs"),
+            children: BTreeMap::new(),
+            stopped: BTreeSet::new(),
+            proxy: FaultProxy::start(&endpoints).await?,
+            token: token.clone(),
+        };
+        for s in &config.sites {
+            sites.start(&s.name)?;
+        }
+        Driver::Local(
+            sites,
+            FaultApi {
+                http: http.clone(),
+                token,
+                apis: api_of.clone(),
+                active: Vec::new(),
+            },
+        )
+    };
     let apis: Vec<(String, SocketAddr)> = config
         .sites
         .iter()
@@ -515,8 +732,26 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
     while t0.elapsed() < end {
         while let Some(step) = steps.next_if(|s| t0.elapsed() >= s.at) {
             let at_ms = now_ms();
-            if let Err(e) = sites.apply(&step.fault, &config) {
+            // Faults sent to agents end by themselves: just after the drill, or for a
+            // stop at the matching cont.
+            let lasting = end.saturating_sub(step.at) + Duration::from_secs(10);
+            let until_cont = sc
+                .steps
+                .iter()
+                .find(|c| c.at >= step.at && matches!(&c.fault, Fault::Cont(x) if step.fault == Fault::Stop(x.clone())))
+                .map(|c| c.at - step.at)
+                .unwrap_or(lasting);
+            if let Err(e) = driver
+                .apply(
+                    &step.fault,
+                    &config,
+                    lasting,
+                    until_cont.max(Duration::from_millis(1)),
+                )
+                .await
+            {
                 bar.abandon();
+                driver.clear().await;
                 bail!("fault {} failed: {e:#}", step.fault.describe());
             }
             if let Fault::Restart(s) = &step.fault {
@@ -550,10 +785,7 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
         let _ = t.await;
     }
     bar.finish_and_clear();
-    sites.heal();
-    for s in sites.stopped.clone() {
-        let _ = sites.apply(&Fault::Cont(s), &config);
-    }
+    driver.clear().await;
 
     // Let the spools drain, then read every sink back.
     let mut stored: BTreeMap<String, usize> = BTreeMap::new();
@@ -563,12 +795,13 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
         .as_ref()
         .and_then(|n| config.streams.iter().find(|s| &s.name == n))
     {
-        let running: Vec<SocketAddr> = config
-            .sites
-            .iter()
-            .filter(|s| sites.children.contains_key(&s.name))
-            .map(|s| s.api_addr())
-            .collect();
+        let mut running: Vec<SocketAddr> = Vec::new();
+        for s in config.sites.iter().filter(|s| driver.running(&s.name)) {
+            // In attach mode a killed agent may stay down: drain the ones that answer.
+            if !opts.attach || status(&http, s.api_addr()).await.is_some() {
+                running.push(s.api_addr());
+            }
+        }
         let drain_by = Instant::now() + Duration::from_secs(30);
         while Instant::now() < drain_by {
             let mut drained = true;
@@ -608,7 +841,7 @@ pub async fn run_local(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)>
             }
         }
     }
-    sites.stop_all();
+    drop(driver);
 
     // Failback: from a restart of the preferred primary until it acts as primary again.
     let failback_ms = service

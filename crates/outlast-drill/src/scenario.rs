@@ -52,6 +52,14 @@ pub enum Fault {
         sites: Vec<String>,
         from: Vec<String>,
     },
+    /// Links to and from the site carry `ms` more latency each way.
+    Delay {
+        site: String,
+        ms: u64,
+    },
+    /// Writes to the sinks of the site (every sink when None) fail.
+    SinkDown(Option<String>),
+    SinkUp(Option<String>),
     Heal,
 }
 
@@ -65,6 +73,11 @@ impl Fault {
             Fault::Partition { sites, from } => {
                 format!("partition {} from {}", sites.join(","), from.join(","))
             }
+            Fault::Delay { site, ms } => format!("delay {site} {ms} ms"),
+            Fault::SinkDown(Some(s)) => format!("sink-down {s}"),
+            Fault::SinkDown(None) => "sink-down".into(),
+            Fault::SinkUp(Some(s)) => format!("sink-up {s}"),
+            Fault::SinkUp(None) => "sink-up".into(),
             Fault::Heal => "heal".into(),
         }
     }
@@ -240,24 +253,52 @@ impl Scenario {
                     }
                     Fault::Partition { sites: p, from: f }
                 }
-                "delay" | "sink-down" | "sink-up" => {
-                    at(
-                        st.fault.span(),
-                        format!("fault \"{}\" is not available yet in local mode (it needs the fault proxy)", st.fault.get_ref()),
-                        "use kill, stop, cont, restart, partition or heal",
-                    );
-                    Fault::Heal
+                "delay" => {
+                    let site = site(&st.site, &st.fault, &mut at);
+                    match st.ms {
+                        Some(ms) if ms <= 60_000 => Fault::Delay { site, ms },
+                        _ => {
+                            at(
+                                st.fault.span(),
+                                "delay needs ms, the latency to add (at most 60000)".into(),
+                                "add ms = 80",
+                            );
+                            Fault::Heal
+                        }
+                    }
+                }
+                "sink-down" | "sink-up" => {
+                    let sink_site = st.site.as_ref().map(|s| {
+                        let name = s.get_ref();
+                        let known_sink = config
+                            .streams
+                            .iter()
+                            .flat_map(|x| &x.sinks)
+                            .any(|k| k.site.as_deref() == Some(name.as_str()));
+                        if !known_sink {
+                            at(
+                                s.span(),
+                                format!("no sink of any stream has site = \"{name}\""),
+                                "name a site that a [[streams.sinks]] entry names, or leave site out for every sink",
+                            );
+                        }
+                        name.clone()
+                    });
+                    if st.fault.get_ref() == "sink-down" {
+                        Fault::SinkDown(sink_site)
+                    } else {
+                        Fault::SinkUp(sink_site)
+                    }
                 }
                 other => {
                     at(
                         st.fault.span(),
                         format!("fault \"{other}\" is not known"),
-                        "use kill, stop, cont, restart, partition or heal",
+                        "use kill, stop, cont, restart, partition, heal, delay, sink-down or sink-up",
                     );
                     Fault::Heal
                 }
             };
-            let _ = st.ms;
             steps.push(Step { at: when, fault });
         }
         steps.sort_by_key(|s| s.at);

@@ -141,7 +141,13 @@ pub struct Relay {
 
 impl Relay {
     /// Opens every stream's spools under `data_dir/streams/` and its sinks.
-    pub fn open(config: &Config, me: &str, data_dir: &Path) -> Result<Self, RelayError> {
+    /// `faults`: what a drill injected into this agent (a `sink-down` fails writes here).
+    pub fn open(
+        config: &Config,
+        me: &str,
+        data_dir: &Path,
+        faults: &Arc<outlast_core::faults::Faults>,
+    ) -> Result<Self, RelayError> {
         let sites = Sites {
             me: me.to_string(),
             all: config
@@ -157,7 +163,14 @@ impl Relay {
         let mut streams = BTreeMap::new();
         for s in &config.streams {
             let dir = data_dir.join("streams").join(&s.name);
-            let relay = StreamRelay::open(s.clone(), sites.clone(), &dir, down.subscribe())?;
+            let relay = StreamRelay::open(
+                s.clone(),
+                sites.clone(),
+                &dir,
+                down.subscribe(),
+                faults,
+                config.timing.lease + config.timing.lease_margin(),
+            )?;
             streams.insert(s.name.clone(), Arc::new(relay));
         }
         Ok(Self {

@@ -23,6 +23,7 @@ use crate::event;
 use crate::log::Log;
 use crate::stream::{lock, now_ms, StreamRelay};
 use crate::{RelayError, Transport};
+use outlast_core::faults::Faults;
 
 const PUT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -30,6 +31,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub(crate) struct Sink {
     pub url: String,
+    /// The site whose region the sink is in (a `sink-down` fault names it).
+    site: Option<String>,
+    faults: Arc<Faults>,
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     state: Mutex<SinkState>,
@@ -50,7 +54,11 @@ fn sink_error(stream: &Stream, url: &str, why: impl ToString) -> RelayError {
 }
 
 /// Opens a stream's sinks in the order this site uses them.
-pub(crate) fn open_sinks(stream: &Stream, me: &str) -> Result<Vec<Sink>, RelayError> {
+pub(crate) fn open_sinks(
+    stream: &Stream,
+    me: &str,
+    faults: &Arc<Faults>,
+) -> Result<Vec<Sink>, RelayError> {
     let own = stream
         .sinks
         .iter()
@@ -127,6 +135,8 @@ pub(crate) fn open_sinks(stream: &Stream, me: &str) -> Result<Vec<Sink>, RelayEr
         };
         out.push(Sink {
             url: s.url.clone(),
+            site: s.site.clone(),
+            faults: faults.clone(),
             store,
             prefix,
             state: Mutex::new(SinkState::default()),
@@ -144,7 +154,7 @@ pub async fn read_sinks(
     use futures::TryStreamExt;
     let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut differ = Vec::new();
-    for sink in open_sinks(stream, "")? {
+    for sink in open_sinks(stream, "", &Arc::default())? {
         let base = if sink.prefix.as_ref().is_empty() {
             ObjectPath::from(stream.name.as_str())
         } else {
@@ -236,11 +246,18 @@ async fn put(sinks: &[Sink], key: &str, body: bytes::Bytes) -> Option<String> {
             ObjectPath::from(format!("{}/{key}", sink.prefix))
         };
         let started = Instant::now();
-        let res = tokio::time::timeout(
-            PUT_TIMEOUT,
-            sink.store.put(&path, PutPayload::from(body.clone())),
-        )
-        .await;
+        let res = if sink.faults.sink_down(sink.site.as_deref()) {
+            Ok(Err(object_store::Error::Generic {
+                store: "fault",
+                source: "the sink is down (injected fault)".into(),
+            }))
+        } else {
+            tokio::time::timeout(
+                PUT_TIMEOUT,
+                sink.store.put(&path, PutPayload::from(body.clone())),
+            )
+            .await
+        };
         let mut st = lock(&sink.state);
         match res {
             Ok(Ok(_)) => {
@@ -276,13 +293,12 @@ struct Plan {
     accepted_ms: u64,
     lines: Vec<u8>,
     events: usize,
-    fresh_intent: bool,
 }
 
 /// Decides the next object of a log (its intent if it has one), or nothing yet.
 fn plan(log: &mut Log, limit: u64, cfg: &Stream, force: bool) -> Result<Option<Plan>, RelayError> {
-    let (first, last, fresh_intent) = match log.intent() {
-        Some((a, b)) => (a, b, false),
+    let (first, last) = match log.intent() {
+        Some((a, b)) => (a, b),
         None => {
             let first = log.shipped() + 1;
             let avail = limit.min(log.last_seq());
@@ -302,7 +318,7 @@ fn plan(log: &mut Log, limit: u64, cfg: &Stream, force: bool) -> Result<Option<P
             }
             let last = first + n.min(cfg.batch_events) - 1;
             log.set_intent(Some((first, last)))?;
-            (first, last, true)
+            (first, last)
         }
     };
     let want = (last - first + 1) as usize;
@@ -326,7 +342,6 @@ fn plan(log: &mut Log, limit: u64, cfg: &Stream, force: bool) -> Result<Option<P
         accepted_ms: accepted_ms.unwrap_or(0),
         lines,
         events,
-        fresh_intent,
     }))
 }
 
@@ -380,8 +395,11 @@ async fn ship_once(
         Whose::Own => s.sites.me.clone(),
         Whose::Replica(o) => o.clone(),
     };
-    if plan.fresh_intent && matches!(whose, Whose::Own) {
-        s.announce(transport).await;
+    if matches!(whose, Whose::Own) && *lock(&s.announced) != Some((plan.first, plan.last)) {
+        if !s.announce(transport).await {
+            return false;
+        }
+        *lock(&s.announced) = Some((plan.first, plan.last));
     }
     let mut url = None;
     if plan.events > 0 {
@@ -451,9 +469,21 @@ pub(crate) async fn shipper(
             }
         }
         let down = s.down.borrow().clone();
+        let held = {
+            let mut since = lock(&s.down_since);
+            since.retain(|o, _| down.contains(o));
+            for o in &down {
+                since.entry(o.clone()).or_insert_with(Instant::now);
+            }
+            since
+                .iter()
+                .filter(|(_, t)| t.elapsed() >= s.takeover_hold)
+                .map(|(o, _)| o.clone())
+                .collect::<std::collections::BTreeSet<String>>()
+        };
         let origins: Vec<String> = lock(&s.replicas).keys().cloned().collect();
         for origin in origins {
-            let mine = down.contains(&origin) && s.sites.taker(&origin, &down) == Some(&s.sites.me);
+            let mine = held.contains(&origin) && s.sites.taker(&origin, &down) == Some(&s.sites.me);
             let changed = {
                 let mut t = lock(&s.taking_over);
                 if mine {

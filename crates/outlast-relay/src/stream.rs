@@ -137,6 +137,12 @@ pub struct StreamRelay {
     pub(crate) counters: Counters,
     pub(crate) sink_now: Mutex<Option<String>>,
     pub(crate) taking_over: Mutex<BTreeSet<String>>,
+    /// Since when each site has been declared down, as this site learnt it: a takeover
+    /// waits `lease + margin` from then, so a cut-off origin has fenced itself first.
+    pub(crate) down_since: Mutex<BTreeMap<String, std::time::Instant>>,
+    pub(crate) takeover_hold: Duration,
+    /// The own range the peers acknowledged (see `announce`).
+    pub(crate) announced: Mutex<Option<(u64, u64)>>,
     id_prefix: String,
     id_next: AtomicU64,
     sinks: Mutex<Option<Vec<crate::ship::Sink>>>,
@@ -148,6 +154,8 @@ impl StreamRelay {
         sites: Sites,
         dir: &Path,
         down: watch::Receiver<BTreeSet<String>>,
+        faults: &Arc<outlast_core::faults::Faults>,
+        takeover_hold: Duration,
     ) -> Result<Self, RelayError> {
         let own = Log::open(&dir.join("own"))?;
         let mut replicas = BTreeMap::new();
@@ -169,7 +177,7 @@ impl StreamRelay {
             metrics::counter!("outlast_relay_quarantined_segments_total", "stream" => cfg.name.clone())
                 .increment(quarantined);
         }
-        let sinks = crate::ship::open_sinks(&cfg, &sites.me)?;
+        let sinks = crate::ship::open_sinks(&cfg, &sites.me, faults)?;
         Ok(Self {
             sinks: Mutex::new(Some(sinks)),
             id_prefix: format!("{}-{:016x}", sites.me, rand::random::<u64>()),
@@ -189,6 +197,9 @@ impl StreamRelay {
             counters: Counters::default(),
             sink_now: Mutex::new(None),
             taking_over: Mutex::new(BTreeSet::new()),
+            down_since: Mutex::new(BTreeMap::new()),
+            takeover_hold,
+            announced: Mutex::new(None),
         })
     }
 
@@ -538,8 +549,14 @@ impl StreamRelay {
         Some(floor.min(durable))
     }
 
-    /// Tells every live peer the object range about to be written; waits for them.
-    pub(crate) async fn announce(&self, transport: &Arc<dyn Transport>) {
+    /// Tells the peers the object range about to be written; whether it may be written.
+    ///
+    /// Every data site that could take these events over (any other data site not declared
+    /// down) must hold the range before it is written: a survivor that takes over then
+    /// writes that same range first, under the same key, so one event never lands in two
+    /// objects. A site that cannot reach such a peer (it is the one cut off) ships nothing
+    /// of its own until it can, and none once a peer says it is taking over.
+    pub(crate) async fn announce(&self, transport: &Arc<dyn Transport>) -> bool {
         let req = {
             let own = lock(&self.own);
             ReplicateReq {
@@ -550,21 +567,34 @@ impl StreamRelay {
                 records: Vec::new(),
             }
         };
-        let live: Vec<String> = lock(&self.peers)
+        let down = self.down.borrow().clone();
+        let required: Vec<String> = self
+            .sites
+            .all
             .iter()
-            .filter(|(_, p)| p.last_ok.is_some_and(|t| t.elapsed() < LIVE))
+            .filter(|(n, witness)| !witness && *n != self.sites.me && !down.contains(n))
             .map(|(n, _)| n.clone())
             .collect();
-        let calls = live.iter().map(|p| {
-            let req = &req;
-            let t = transport.clone();
-            async move {
-                let _ = tokio::time::timeout(Duration::from_secs(2), t.replicate(p, req)).await;
+        let mut targets: BTreeSet<String> = required.iter().cloned().collect();
+        targets.extend(
+            lock(&self.peers)
+                .iter()
+                .filter(|(_, p)| p.last_ok.is_some_and(|t| t.elapsed() < LIVE))
+                .map(|(n, _)| n.clone()),
+        );
+        let mut ok = true;
+        for p in &targets {
+            let answer =
+                tokio::time::timeout(Duration::from_secs(2), transport.replicate(p, &req)).await;
+            match answer {
+                Ok(Ok(resp)) => {
+                    self.answered(p, &resp);
+                    ok &= !resp.taking_over;
+                }
+                _ => ok &= !required.contains(p),
             }
-        });
-        for c in calls {
-            c.await;
         }
+        ok
     }
 
     /// A peer's events (and its shipping progress) arrive.

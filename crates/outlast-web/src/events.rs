@@ -10,11 +10,7 @@ use axum::Json;
 use outlast_relay::{event, IngestError};
 use serde::Deserialize;
 
-use crate::Source;
-
-fn refuse(code: StatusCode, reason: impl Into<String>) -> Response {
-    (code, Json(serde_json::json!({ "error": reason.into() }))).into_response()
-}
+use crate::{refuse, Source};
 
 fn no_relay() -> Response {
     refuse(StatusCode::NOT_FOUND, "this agent has no event streams")

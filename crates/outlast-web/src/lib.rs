@@ -15,6 +15,14 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 mod events;
+mod faults;
+
+pub use outlast_core::faults::{FaultKind, FaultView};
+
+/// A refusal with its reason as JSON (`{"error": ...}`).
+pub(crate) fn refuse(code: StatusCode, reason: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": reason.into() }))).into_response()
+}
 
 /// `GET /v1/status` (DESIGN.md section 5). Fields are only ever added.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -28,6 +36,9 @@ pub struct Status {
     pub sites: Vec<SiteStatus>,
     pub services: Vec<ServiceStatus>,
     pub streams: Vec<StreamStatus>,
+    /// Faults a drill injected into the answering agent, still active.
+    #[serde(default)]
+    pub faults: Vec<FaultView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -133,6 +144,27 @@ pub trait Source: Send + Sync + 'static {
     fn relay(&self) -> Option<&outlast_relay::Relay> {
         None
     }
+    /// The token `/v1/faults` wants; None turns fault injection off.
+    fn fault_token(&self) -> Option<&str> {
+        None
+    }
+    /// Injects a fault that ends by itself after `lasting`; why not, when it cannot.
+    fn inject_fault(
+        &self,
+        kind: FaultKind,
+        lasting: std::time::Duration,
+    ) -> Result<FaultView, String> {
+        let _ = (kind, lasting);
+        Err("this agent takes no faults".into())
+    }
+    fn faults(&self) -> Vec<FaultView> {
+        Vec::new()
+    }
+    /// Ends one fault or all of them; how many ended.
+    fn clear_faults(&self, id: Option<u64>) -> usize {
+        let _ = id;
+        0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +197,13 @@ pub fn router(source: Arc<dyn Source>) -> Router {
                 .get(events::tail)
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
+        .route(
+            "/v1/faults",
+            get(faults::list)
+                .post(faults::add)
+                .delete(faults::clear_all),
+        )
+        .route("/v1/faults/:id", axum::routing::delete(faults::clear_one))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))
@@ -224,6 +263,22 @@ pub fn render_dashboard(st: &Status) -> String {
             s.epoch
         ));
     }
+    let faults = if st.faults.is_empty() {
+        String::new()
+    } else {
+        let items: String = st
+            .faults
+            .iter()
+            .map(|f| {
+                format!(
+                    "<li>{} (ends in {:.1} s)</li>",
+                    esc(&f.kind.describe()),
+                    f.remaining_ms as f64 / 1000.0
+                )
+            })
+            .collect();
+        format!("<h2 style=\"color:#cf222e\">Injected faults</h2><ul>{items}</ul>")
+    };
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
          <title>outlast · {cluster}</title><style>body{{font-family:system-ui,sans-serif;margin:2em}}\
@@ -231,7 +286,7 @@ pub fn render_dashboard(st: &Status) -> String {
          </head><body><h1>{cluster}</h1><p>answered by <b>{site}</b> · leader <b>{leader}</b> · term {term} · epoch {epoch}</p>\
          <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th></tr>{rows}</table>\
          <h2>Services</h2><table><tr><th>service</th><th>mode</th><th>primary</th><th>active at</th><th>epoch</th></tr>{svcs}</table>\
-         </body></html>",
+         {faults}</body></html>",
         cluster = esc(&st.cluster),
         site = esc(&st.site),
         leader = esc(st.leader.as_deref().unwrap_or("none")),

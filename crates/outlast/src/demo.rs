@@ -60,7 +60,7 @@ fn run_drill(opts: outlast_drill::DrillOptions) -> i32 {
             return 1;
         }
     };
-    match rt.block_on(outlast_drill::run_local(&opts)) {
+    match rt.block_on(outlast_drill::run(&opts)) {
         Ok((report, dir)) => {
             print!("{}", summary(&report, &dir));
             i32::from(!report.passed)
@@ -72,7 +72,12 @@ fn run_drill(opts: outlast_drill::DrillOptions) -> i32 {
     }
 }
 
-pub fn drill_command(config: PathBuf, scenario: PathBuf, report: Option<PathBuf>) -> i32 {
+pub fn drill_command(
+    config: PathBuf,
+    scenario: PathBuf,
+    report: Option<PathBuf>,
+    attach: bool,
+) -> i32 {
     let bin = match std::env::current_exe() {
         Ok(b) => b,
         Err(e) => {
@@ -89,6 +94,7 @@ pub fn drill_command(config: PathBuf, scenario: PathBuf, report: Option<PathBuf>
         report,
         bin,
         progress: true,
+        attach,
     })
 }
 
@@ -234,6 +240,7 @@ fn demo(dir: Option<PathBuf>) -> anyhow::Result<i32> {
         report: Some(dir.join("report")),
         bin,
         progress: true,
+        attach: false,
     });
     drop(backends);
     println!("stopped everything the demo started");

@@ -25,6 +25,9 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         site: String,
+        /// SITE=ADDR: dial that site's peer port at ADDR instead (a drill's fault proxy).
+        #[arg(long, value_name = "SITE=ADDR", value_parser = parse_peer_via)]
+        peer_via: Vec<(String, std::net::SocketAddr)>,
     },
     /// Validate a config; print every problem as file:line:col (exit 64 when any).
     Check {
@@ -38,8 +41,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a drill: start the config's sites here, inject the scenario's faults under a
-    /// workload, and write a report (exit 1 when an expectation fails).
+    /// Run a drill: start the config's sites here (or --attach to running ones), inject the
+    /// scenario's faults under a workload, and write a report (exit 1 when an expectation
+    /// fails).
     Drill {
         #[arg(long)]
         config: PathBuf,
@@ -48,6 +52,9 @@ enum Command {
         /// Folder for report.json and index.html (they are also kept under the data dir).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Drill the agents already running: faults go to their /v1/faults ([api] token).
+        #[arg(long)]
+        attach: bool,
     },
     /// A local three-site cluster, a click-tracking workload, the region-loss drill and its
     /// report; stops everything it started.
@@ -97,6 +104,16 @@ enum EventsCommand {
     },
 }
 
+fn parse_peer_via(s: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let (site, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not SITE=ADDR (like west=127.0.0.1:7500)"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{addr:?} is not an address like 127.0.0.1:7500: {e}"))?;
+    Ok((site.to_string(), addr))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -108,12 +125,22 @@ fn main() -> ExitCode {
         .init();
     let code = match cli.command {
         Command::Check { config } => outlast::commands::check(&config),
-        Command::Agent { config, site } => match outlast::commands::load_config(&config) {
+        Command::Agent {
+            config,
+            site,
+            peer_via,
+        } => match outlast::commands::load_config(&config) {
             Err(code) => code,
             Ok(config) => runtime(async move {
                 let shutdown = CancellationToken::new();
                 spawn_signal_handler(shutdown.clone());
-                outlast::agent::run(config, &site, shutdown).await
+                let opts = outlast::agent::AgentOptions {
+                    peer_via: peer_via.into_iter().collect(),
+                    fault_token: std::env::var("OUTLAST_FAULT_TOKEN")
+                        .ok()
+                        .filter(|t| !t.is_empty()),
+                };
+                outlast::agent::run(config, &site, opts, shutdown).await
             }),
         },
         Command::Status { api, json } => runtime(outlast::commands::status(&api, json)),
@@ -121,7 +148,8 @@ fn main() -> ExitCode {
             config,
             scenario,
             report,
-        } => outlast::demo::drill_command(config, scenario, report),
+            attach,
+        } => outlast::demo::drill_command(config, scenario, report, attach),
         Command::Demo { dir } => outlast::demo::demo_command(dir),
         Command::DemoBackend {
             listen,

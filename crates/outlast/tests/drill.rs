@@ -65,7 +65,11 @@ writes_duplicated = "== 0"
 /// Runs a drill with python backends on base+10/+11; returns the report and the exit code.
 fn drill(base: u16, steps: &str, extra_expect: &str) -> (Value, i32) {
     let dir = tempfile::tempdir().expect("tmp");
-    let (config, scenario) = setup(dir.path(), base, steps, extra_expect);
+    drill_in(dir.path(), base, steps, extra_expect)
+}
+
+fn drill_in(dir: &Path, base: u16, steps: &str, extra_expect: &str) -> (Value, i32) {
+    let (config, scenario) = setup(dir, base, steps, extra_expect);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
     let mut backends: Vec<std::process::Child> = [("east", base + 10), ("west", base + 11)]
         .iter()
@@ -78,7 +82,7 @@ fn drill(base: u16, steps: &str, extra_expect: &str) -> (Value, i32) {
                 .expect("backend")
         })
         .collect();
-    let report = dir.path().join("report");
+    let report = dir.join("report");
     let out = Command::new(common::bin())
         .args(["drill", "--config"])
         .arg(&config)
@@ -202,3 +206,205 @@ fn a_bad_scenario_is_refused_with_line_and_column() {
     // Nothing was started: the ports are free.
     assert!(std::net::TcpListener::bind("127.0.0.11:7921").is_ok());
 }
+
+#[test]
+fn a_small_delay_on_the_peer_links_moves_nothing() {
+    // 20 ms each way through the fault proxy: round trips stay under the probe timeout.
+    let (r, code) = drill(
+        7940,
+        "[[steps]]\nat = \"2s\"\nfault = \"delay\"\nsite = \"east\"\nms = 20\n[[steps]]\nat = \"9s\"\nfault = \"heal\"\n",
+        "requests_failed = \"== 0\"",
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["faults"][0]["what"], "delay east 20 ms");
+    assert_eq!(rto(&r), 0, "nothing failed, so nothing to recover: {r}");
+    assert_eq!(r["writes"]["lost"], 0);
+}
+
+#[test]
+fn a_delay_longer_than_the_probe_timeout_is_a_cut_to_the_detector() {
+    // 250 ms each way: every heartbeat to or from east misses its 100 ms timeout, so the
+    // majority declares east down and west takes over, as with a cut.
+    let (r, code) = drill(
+        7960,
+        "[[steps]]\nat = \"2s\"\nfault = \"delay\"\nsite = \"east\"\nms = 250\n[[steps]]\nat = \"7s\"\nfault = \"heal\"\n",
+        "",
+    );
+    assert_eq!(code, 0, "{r}");
+    let rto = rto(&r);
+    println!("250 ms delay on east: RTO {rto} ms");
+    assert!(rto > 0 && rto < 4000, "{r}");
+    assert_eq!(r["writes"]["lost"], 0);
+    assert_eq!(r["writes"]["duplicated"], 0);
+}
+
+#[test]
+fn a_sink_outage_ships_to_the_next_sink_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (r, code) = drill_in(
+        dir.path(),
+        7980,
+        "[[steps]]\nat = \"1s\"\nfault = \"sink-down\"\nsite = \"east\"\n[[steps]]\nat = \"8s\"\nfault = \"sink-up\"\nsite = \"east\"\n",
+        "requests_failed = \"== 0\"",
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["faults"][0]["what"], "sink-down east");
+    assert_eq!(r["writes"]["lost"], 0, "{r}");
+    assert_eq!(r["writes"]["duplicated"], 0, "{r}");
+    // While east's sink was down, east's own events went to west's sink.
+    let in_west = objects(&dir.path().join("sinks/west"), "east-");
+    let in_east = objects(&dir.path().join("sinks/east"), "east-");
+    println!("east's objects: {in_east} in its own sink, {in_west} in west's");
+    assert!(
+        in_west > 0,
+        "east shipped to the next sink during the outage"
+    );
+    assert!(in_east > 0, "east shipped to its own sink before and after");
+}
+
+/// Objects under `dir` whose key starts with `origin` (the origin site's prefix).
+fn objects(dir: &Path, origin: &str) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e.file_name().to_string_lossy().starts_with(origin) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn attach_mode_partitions_running_agents_through_their_fault_api() {
+    let mut o = common::Opts::new(8000);
+    o.dns = true;
+    o.extra = format!(
+        "\n[api]\ntoken = \"{TOKEN}\"\n[[streams]]\nname = \"clicks\"\nack = \"replicated\"\nbatch_age = \"200ms\"\n[[streams.sinks]]\nurl = \"file://sinks/east\"\nsite = \"east\"\n"
+    );
+    let mut c = common::Cluster::new(o);
+    c.start_all();
+    c.wait_healthy();
+
+    // The fault API refuses without the token, and with a wrong one.
+    let api = c.api("east");
+    let post = |auth: Option<&str>, body: &str| -> u16 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(api).expect("connect");
+        let auth = auth
+            .map(|a| format!("Authorization: Bearer {a}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "POST /v1/faults HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(post(None, r#"{"kind":"stop"}"#), 401);
+    assert_eq!(post(Some("nope"), r#"{"kind":"stop"}"#), 401);
+    assert_eq!(
+        post(Some(TOKEN), r#"{"kind":"partition","from":["mars"]}"#),
+        400
+    );
+    assert_eq!(post(Some(TOKEN), r#"{"kind":"flood"}"#), 400);
+    assert_eq!(
+        post(Some(TOKEN), r#"{"kind":"stop","for":"5s"}"#),
+        400,
+        "a misspelt field is refused, not ignored"
+    );
+    assert!(
+        c.status("east")
+            .is_some_and(|s| s["faults"] == serde_json::json!([])),
+        "refused faults change nothing"
+    );
+
+    // A restart needs the process: attach mode refuses it before touching anything.
+    let scenario = c.dir.path().join("restart.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"r\"\nduration = \"5s\"\n[[steps]]\nat = \"1s\"\nfault = \"restart\"\nsite = \"east\"\n",
+    )
+    .expect("scenario");
+    let out = Command::new(common::bin())
+        .args(["drill", "--attach", "--config"])
+        .arg(&c.config)
+        .arg("--scenario")
+        .arg(&scenario)
+        .output()
+        .expect("outlast drill");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("attach mode does not own"), "{err}");
+
+    // Cut east off for 4 s through the agents' own fault API, then heal.
+    let scenario = c.dir.path().join("cut.toml");
+    std::fs::write(
+        &scenario,
+        r#"name = "attach-cut"
+duration = "12s"
+[workload]
+service = "db"
+rate = 100
+stream = "clicks"
+event_rate = 200
+[[steps]]
+at = "2s"
+fault = "partition"
+sites = ["east"]
+from = ["west", "witness"]
+[[steps]]
+at = "6s"
+fault = "heal"
+[expect]
+writes_lost = "== 0"
+writes_duplicated = "== 0"
+"#,
+    )
+    .expect("scenario");
+    let report = c.dir.path().join("report");
+    let out = Command::new(common::bin())
+        .args(["drill", "--attach", "--config"])
+        .arg(&c.config)
+        .arg("--scenario")
+        .arg(&scenario)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("outlast drill");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let r: Value = serde_json::from_slice(
+        &std::fs::read(report.join("report.json")).unwrap_or_else(|e| {
+            panic!(
+                "no report ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                c.logs()
+            )
+        }),
+    )
+    .expect("json");
+    assert_eq!(out.status.code(), Some(0), "{r}");
+    let rto = rto(&r);
+    println!("attach, 4 s cut: RTO {rto} ms");
+    assert!(rto > 0 && rto < 4000, "{r}");
+    // The drill ended its faults: the agents carry none, and the cluster is whole again.
+    c.wait_for(
+        "east",
+        std::time::Duration::from_secs(10),
+        "faults ended and every site up",
+        |s| s["faults"] == serde_json::json!([]) && common::all_up(s),
+    );
+}
+
+const TOKEN: &str = "drill-token-0123456789";

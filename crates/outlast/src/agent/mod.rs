@@ -7,6 +7,7 @@
 //! decision.
 
 pub mod alerts;
+mod faults;
 pub mod peer;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use outlast_control::{
     decide, ClusterState, Decision, Lease, MoveReason, Observations, Params, PeerView, Proposal,
     Received, Report, ServiceView, SiteState,
 };
+use outlast_core::faults::Faults;
 use outlast_core::{Config, Health, Hysteresis};
 use outlast_health::Monitor;
 use tokio::sync::mpsc;
@@ -70,6 +72,20 @@ pub struct Agent {
     /// Per DNS name, the last non-empty answer (what `all_down = "fail-open"` keeps serving).
     last_known: Mutex<BTreeMap<hickory_proto::rr::Name, Vec<std::net::Ipv4Addr>>>,
     relay: outlast_relay::Relay,
+    /// Faults a drill injected through `/v1/faults`; they end by themselves.
+    faults: Arc<Faults>,
+    /// The token `/v1/faults` wants (`[api] token`, else the drill's own).
+    fault_token: Option<String>,
+}
+
+/// What `outlast agent` may be told beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// Dial these sites' peer ports at another address: a local drill puts its fault
+    /// proxy there.
+    pub peer_via: BTreeMap<String, SocketAddr>,
+    /// A token for `/v1/faults` only, when the config sets none (given by a local drill).
+    pub fault_token: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -611,6 +627,7 @@ impl Agent {
             sites,
             services,
             streams: self.relay.streams().map(|s| s.stats().into()).collect(),
+            faults: self.faults.list(),
         }
     }
 }
@@ -682,6 +699,31 @@ impl outlast_web::Source for Agent {
 
     fn relay(&self) -> Option<&outlast_relay::Relay> {
         Some(&self.relay)
+    }
+
+    fn fault_token(&self) -> Option<&str> {
+        self.fault_token.as_deref()
+    }
+
+    fn inject_fault(
+        &self,
+        kind: outlast_core::faults::FaultKind,
+        lasting: Duration,
+    ) -> Result<outlast_core::faults::FaultView, String> {
+        let sites = self.config.sites.iter().map(|s| s.name.clone()).collect();
+        faults::inject(&self.faults, &self.me, &sites, kind, lasting)
+    }
+
+    fn faults(&self) -> Vec<outlast_core::faults::FaultView> {
+        self.faults.list()
+    }
+
+    fn clear_faults(&self, id: Option<u64>) -> usize {
+        let n = self.faults.clear(id);
+        if n > 0 {
+            tracing::info!(ended = n, "faults ended on request");
+        }
+        n
     }
 }
 
@@ -805,7 +847,12 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
 }
 
 /// Runs `site`'s agent until `shutdown` is cancelled.
-pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    site: &str,
+    opts: AgentOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let my_id = config
         .site_index(site)
         .with_context(|| format!("site {site:?} is not in {}", config.path.display()))?
@@ -840,10 +887,21 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         .filter(|s| s.name != me.name)
         .map(|s| (s.name.clone(), s.peer_addr()))
         .collect();
+    for name in opts.peer_via.keys() {
+        if !peer_addrs.contains_key(name) {
+            anyhow::bail!("--peer-via names {name:?}, which is not another site of this cluster");
+        }
+    }
+    let dial: BTreeMap<String, SocketAddr> = peer_addrs
+        .iter()
+        .map(|(n, a)| (n.clone(), opts.peer_via.get(n).copied().unwrap_or(*a)))
+        .collect();
+    let faults: Arc<Faults> = Arc::default();
     let client = Arc::new(PeerClient::new(
         auth.clone(),
         me.address,
-        peer_addrs.clone(),
+        dial,
+        faults.clone(),
     )?);
 
     let monitor = Monitor::start(
@@ -867,7 +925,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         })
         .collect();
     let params = Params::from_config(&config);
-    let relay = outlast_relay::Relay::open(&config, &me.name, &me.data_dir)
+    let relay = outlast_relay::Relay::open(&config, &me.name, &me.data_dir, &faults)
         .context("cannot open the event relay")?;
     let agent = Arc::new(Agent {
         relay,
@@ -901,6 +959,8 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         )))
         .0,
         last_known: Mutex::new(BTreeMap::new()),
+        faults: faults.clone(),
+        fault_token: config.api.token.clone().or(opts.fault_token),
         config,
     });
     // A restarted primary acts again only once it holds a lease, and peers count for its
@@ -1019,7 +1079,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
     };
 
     let servers_stop = CancellationToken::new();
-    let peer_server = Arc::new(PeerServer::new(auth, agent.clone()));
+    let peer_server = Arc::new(PeerServer::new(auth, agent.clone(), faults));
     let peer_task = {
         let stop = servers_stop.clone();
         tokio::spawn(

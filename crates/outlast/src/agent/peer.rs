@@ -28,6 +28,7 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use outlast_control::store::{NodeId, TypeConfig};
+use outlast_core::faults::Faults;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -157,16 +158,19 @@ pub trait PeerHandler: Send + Sync + 'static {
 pub struct PeerServer {
     pub auth: Arc<PeerAuth>,
     pub handler: Arc<dyn PeerHandler>,
+    /// Injected faults: a partition refuses the cut-off sites' requests here too.
+    pub faults: Arc<Faults>,
     /// When each kind of refusal was last logged: a stranger knocking ten times a second
     /// is counted every time but logged once every ten seconds.
     pub refusals_logged: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl PeerServer {
-    pub fn new(auth: Arc<PeerAuth>, handler: Arc<dyn PeerHandler>) -> Self {
+    pub fn new(auth: Arc<PeerAuth>, handler: Arc<dyn PeerHandler>, faults: Arc<Faults>) -> Self {
         Self {
             auth,
             handler,
+            faults,
             refusals_logged: Default::default(),
         }
     }
@@ -239,6 +243,13 @@ async fn handle(
                 .into_response();
         }
     };
+    if srv.faults.cut(&from) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{from} is cut off from this site by an injected partition"),
+        )
+            .into_response();
+    }
     let raft = srv.handler.raft();
     match path.as_str() {
         "/raft/append" => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
@@ -294,6 +305,8 @@ pub fn router(server: Arc<PeerServer>) -> axum::Router {
 /// Why a peer call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    #[error("peer {site} cut off by an injected partition")]
+    Cut { site: String },
     #[error("peer {site} unreachable: {source}")]
     Transport {
         site: String,
@@ -326,6 +339,7 @@ pub struct PeerClient {
     auth: Arc<PeerAuth>,
     /// Site name → peer socket address.
     peers: BTreeMap<String, SocketAddr>,
+    faults: Arc<Faults>,
 }
 
 impl PeerClient {
@@ -333,6 +347,7 @@ impl PeerClient {
         auth: Arc<PeerAuth>,
         source: IpAddr,
         peers: BTreeMap<String, SocketAddr>,
+        faults: Arc<Faults>,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .local_address(source)
@@ -340,7 +355,12 @@ impl PeerClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()?;
-        Ok(Self { http, auth, peers })
+        Ok(Self {
+            http,
+            auth,
+            peers,
+            faults,
+        })
     }
 
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
@@ -359,6 +379,13 @@ impl PeerClient {
                 code: 0,
                 reason: "not a peer".into(),
             })?;
+        if self.faults.cut(site) {
+            return Err(CallError::Cut { site: site.into() });
+        }
+        let delay = self.faults.delay(site);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay.min(timeout)).await;
+        }
         let body = serde_json::to_vec(req).map_err(|source| CallError::Decode {
             site: site.into(),
             source,
@@ -458,7 +485,7 @@ impl Network {
         match res {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(e @ CallError::Transport { .. }) => {
+            Err(e @ (CallError::Transport { .. } | CallError::Cut { .. })) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
