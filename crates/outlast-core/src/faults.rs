@@ -6,6 +6,7 @@
 //! and the relay asks `sink_down` before each object it writes.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -72,7 +73,7 @@ struct Active {
 #[derive(Default)]
 pub struct Faults {
     active: Mutex<Vec<Active>>,
-    next: Mutex<u64>,
+    next: AtomicU64,
 }
 
 impl Faults {
@@ -85,11 +86,7 @@ impl Faults {
 
     /// Adds a fault for `lasting` (at most [`MAX_FAULT`]); its id.
     pub fn add(&self, kind: FaultKind, lasting: Duration) -> FaultView {
-        let id = {
-            let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
-            *n += 1;
-            *n
-        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let lasting = lasting.min(MAX_FAULT);
         self.live().push(Active {
             id,

@@ -8,7 +8,6 @@ pub mod report;
 mod run;
 pub mod scenario;
 
-pub use proxy::{Endpoint, FaultProxy, LinkState};
 pub use report::Report;
 pub use run::{run, DrillOptions};
 pub use scenario::Scenario;

@@ -102,7 +102,8 @@ impl FaultProxy {
         }
     }
 
-    pub fn state(&self, from: &str, to: &str) -> Option<LinkState> {
+    #[cfg(test)]
+    fn state(&self, from: &str, to: &str) -> Option<LinkState> {
         self.links
             .get(&(from.to_string(), to.to_string()))
             .map(|l| *l.state.borrow())

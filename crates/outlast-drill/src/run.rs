@@ -283,23 +283,21 @@ impl Driver {
         lasting: Duration,
         until_cont: Duration,
     ) -> anyhow::Result<()> {
-        let data_sites = |running: &dyn Fn(&str) -> bool| -> Vec<String> {
-            config
+        if matches!(fault, Fault::SinkDown(_) | Fault::SinkUp(_)) {
+            // Every data site that runs writes to the sinks, so each must see the fault.
+            let targets: Vec<String> = config
                 .sites
                 .iter()
-                .filter(|s| !s.witness && running(&s.name))
+                .filter(|s| !s.witness && self.running(&s.name))
                 .map(|s| s.name.clone())
-                .collect()
-        };
+                .collect();
+            let api = match self {
+                Driver::Local(_, api) | Driver::Attach(api) => api,
+            };
+            return api.sink(fault, &targets, lasting).await;
+        }
         match self {
-            Driver::Local(sites, api) => {
-                if matches!(fault, Fault::SinkDown(_) | Fault::SinkUp(_)) {
-                    let running = data_sites(&|s| sites.children.contains_key(s));
-                    api.sink(fault, &running, lasting).await
-                } else {
-                    sites.apply(fault)
-                }
-            }
+            Driver::Local(sites, _) => sites.apply(fault),
             Driver::Attach(api) => {
                 let ms = |d: Duration| d.as_millis() as u64;
                 match fault {
@@ -338,10 +336,7 @@ impl Driver {
                         api.undo(|u| *u == Some(Undo::Heal)).await;
                         Ok(())
                     }
-                    Fault::SinkDown(_) | Fault::SinkUp(_) => {
-                        let all = data_sites(&|_| true);
-                        api.sink(fault, &all, lasting).await
-                    }
+                    Fault::SinkDown(_) | Fault::SinkUp(_) => Ok(()),
                 }
             }
         }
@@ -419,6 +414,48 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Where the workload's requests go: the service's DNS name and gateway port, and the
+/// resolved address with its TTL (like a stub resolver's cache).
+struct Target {
+    servers: Vec<SocketAddr>,
+    name: Name,
+    port: u16,
+}
+
+type DnsCache = Mutex<Option<(Ipv4Addr, Instant)>>;
+
+/// One workload request: resolved through outlast's DNS (honouring the TTL), sent to the
+/// gateway with its sequence number; whether it succeeded.
+async fn request(http: &reqwest::Client, to: &Target, seq: u64, cache: &DnsCache) -> bool {
+    let cached = lock(cache).filter(|(_, until)| Instant::now() < *until);
+    let ip = match cached {
+        Some((ip, _)) => Some(ip),
+        None => match resolve(&to.servers, &to.name).await {
+            Some((ip, ttl)) => {
+                *lock(cache) = Some((ip, Instant::now() + Duration::from_secs(u64::from(ttl))));
+                Some(ip)
+            }
+            None => None,
+        },
+    };
+    let ok = match ip {
+        Some(ip) => http
+            .get(format!(
+                "http://{}/c/{seq}?seq={seq}",
+                SocketAddr::new(IpAddr::V4(ip), to.port)
+            ))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() < 500),
+        None => false,
+    };
+    if !ok {
+        // Like most HTTP clients: a failed connection forgets the address.
+        *lock(cache) = None;
+    }
+    ok
 }
 
 /// Runs a drill in local mode; returns the report and the folder it was written to.
@@ -524,7 +561,25 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
         .and_then(|n| config.services.iter().find(|s| &s.name == n))
         .cloned();
 
-    // Wait until the cluster is whole: a leader, every site up, the service's primary acting.
+    let target: Option<Arc<Target>> = match (&service, &config.dns) {
+        (Some(svc), Some(dns)) => {
+            let host = svc.dns_name.clone().unwrap_or_else(|| svc.name.clone());
+            Some(Arc::new(Target {
+                servers: config
+                    .sites
+                    .iter()
+                    .map(|s| SocketAddr::new(s.address, dns.port))
+                    .collect(),
+                name: Name::from_ascii(format!("{host}.{}", dns.zone.trim_end_matches('.')))
+                    .context("service DNS name")?,
+                port: svc.port,
+            }))
+        }
+        _ => None,
+    };
+
+    // Wait until the cluster is whole: a leader, every site up, the service's primary acting,
+    // and one request through DNS and the gateway served (so start-up is not downtime).
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
         let mut all = true;
@@ -542,7 +597,15 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
             all &= ok;
         }
         if all {
-            break;
+            match &target {
+                Some(t) => {
+                    let fresh = DnsCache::default();
+                    if request(&http, t, 0, &fresh).await {
+                        break;
+                    }
+                }
+                None => break,
+            }
         }
         if Instant::now() > ready_by {
             bail!(
@@ -563,65 +626,27 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
     let mut tasks = Vec::new();
 
     // Requests: resolved through outlast's DNS (honouring the TTL), sent to the gateway.
-    if let (Some(svc), Some(dns)) = (service.clone(), config.dns.clone()) {
-        let servers: Vec<SocketAddr> = config
-            .sites
-            .iter()
-            .map(|s| SocketAddr::new(s.address, dns.port))
-            .collect();
-        let host = svc.dns_name.clone().unwrap_or_else(|| svc.name.clone());
-        let name = Name::from_ascii(format!("{host}.{}", dns.zone.trim_end_matches('.')))
-            .context("service DNS name")?;
+    if let Some(target) = target.clone() {
         let rate = sc.workload.rate;
         let (http, requests) = (http.clone(), requests.clone());
         tasks.push(tokio::spawn(async move {
-            let cache: Arc<Mutex<Option<(Ipv4Addr, Instant)>>> = Arc::default();
+            let cache: Arc<DnsCache> = Arc::default();
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
             let mut seq = 0u64;
             let mut inflight = Vec::new();
             while t0.elapsed() < end {
                 tick.tick().await;
                 seq += 1;
-                let (http, requests, cache, servers, name) = (
+                let (http, requests, cache, target) = (
                     http.clone(),
                     requests.clone(),
                     cache.clone(),
-                    servers.clone(),
-                    name.clone(),
+                    target.clone(),
                 );
-                let port = svc.port;
                 inflight.push(tokio::spawn(async move {
                     let t = now_ms();
                     let start = Instant::now();
-                    let cached = lock(&cache).filter(|(_, until)| Instant::now() < *until);
-                    let ip = match cached {
-                        Some((ip, _)) => Some(ip),
-                        None => match resolve(&servers, &name).await {
-                            Some((ip, ttl)) => {
-                                *lock(&cache) = Some((
-                                    ip,
-                                    Instant::now() + Duration::from_secs(u64::from(ttl)),
-                                ));
-                                Some(ip)
-                            }
-                            None => None,
-                        },
-                    };
-                    let ok = match ip {
-                        Some(ip) => http
-                            .get(format!(
-                                "http://{}/c/{seq}?seq={seq}",
-                                SocketAddr::new(IpAddr::V4(ip), port)
-                            ))
-                            .send()
-                            .await
-                            .is_ok_and(|r| r.status().as_u16() < 500),
-                        None => false,
-                    };
-                    if !ok {
-                        // Like most HTTP clients: a failed connection forgets the address.
-                        *lock(&cache) = None;
-                    }
+                    let ok = request(&http, &target, seq, &cache).await;
                     lock(&requests).push(RequestOutcome {
                         t_ms: t,
                         ok,
