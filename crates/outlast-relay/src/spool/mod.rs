@@ -84,8 +84,9 @@ pub struct SpoolStats {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
-    /// (seq, id, encoded length) of every record, in order.
-    records: Vec<(u64, String, u32)>,
+    /// (seq, id, end offset in the segment) of every record, in order: the bytes of the
+    /// records after any one are a subtraction, not a walk.
+    records: Vec<(u64, String, u64)>,
     bytes: u64,
 }
 
@@ -221,9 +222,9 @@ impl<F: Fs> Spool<F> {
                 path,
                 records: records
                     .into_iter()
-                    .map(|r| {
-                        let len = (HEADER + BODY_MIN + r.id.len() + r.payload.len()) as u32;
-                        (r.seq, r.id, len)
+                    .scan(0u64, |end, r| {
+                        *end += (HEADER + BODY_MIN + r.id.len() + r.payload.len()) as u64;
+                        Some((r.seq, r.id, *end))
                     })
                     .collect(),
                 bytes: good as u64,
@@ -296,7 +297,7 @@ impl<F: Fs> Spool<F> {
             .expect("a segment was just ensured");
         self.fs.append(&seg.path, &bytes).map_err(io(&seg.path))?;
         seg.bytes += bytes.len() as u64;
-        seg.records.push((seq, id.to_string(), bytes.len() as u32));
+        seg.records.push((seq, id.to_string(), seg.bytes));
         if !self.dirty.contains(&seg.path) {
             self.dirty.push(seg.path.clone());
         }
@@ -324,16 +325,17 @@ impl<F: Fs> Spool<F> {
         let mut events = 0;
         let mut bytes = 0;
         for seg in self.segments.iter().rev() {
-            if seg.records.last().is_none_or(|(s, _, _)| *s <= seq) {
+            let Some((last, _, end)) = seg.records.last() else {
+                continue;
+            };
+            if *last <= seq {
                 break;
             }
-            for (s, _, len) in seg.records.iter().rev() {
-                if *s <= seq {
-                    break;
-                }
-                events += 1;
-                bytes += u64::from(*len);
-            }
+            // Called on every ingest (back-pressure): a binary search, not a walk.
+            let after = seg.records.partition_point(|(s, _, _)| *s <= seq);
+            let start = after.checked_sub(1).map(|i| seg.records[i].2).unwrap_or(0);
+            events += (seg.records.len() - after) as u64;
+            bytes += end - start;
         }
         (events, bytes)
     }

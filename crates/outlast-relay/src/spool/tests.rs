@@ -329,3 +329,31 @@ proptest! {
         prop_assert!(all.len() == n || st.quarantined_segments + st.torn_tails_cut > 0, "a loss must be counted");
     }
 }
+
+#[test]
+fn usage_after_counts_the_records_above_a_mark_in_every_segment() {
+    let fs = MemFs::default();
+    let mut s = Spool::open(fs.clone(), &dir(), 150).expect("open");
+    for i in 0..25 {
+        s.append(&[ev(&format!("e{i}"))]).expect("append");
+    }
+    s.sync().expect("sync");
+    assert!(s.stats().segments > 3);
+    let reopened = Spool::open(fs, &dir(), 150).expect("reopen");
+    for spool in [&s, &reopened] {
+        let all = spool.read(0, usize::MAX).expect("read");
+        assert_eq!(spool.usage_after(0).1, spool.stats().bytes);
+        for mark in 0..=26 {
+            let above: Vec<_> = all.iter().filter(|r| r.seq > mark).collect();
+            let bytes: u64 = above
+                .iter()
+                .map(|r| (HEADER + BODY_MIN + r.id.len() + r.payload.len()) as u64)
+                .sum();
+            assert_eq!(
+                spool.usage_after(mark),
+                (above.len() as u64, bytes),
+                "mark {mark}"
+            );
+        }
+    }
+}
