@@ -180,33 +180,37 @@ impl Balancer {
     }
 
     /// The targets to try, in order: usable local backends starting at the round-robin
-    /// position, then (unless this request already made its hop) the remote gateways.
+    /// position, then (unless this request already made its hop) the remote gateways, then,
+    /// when every local backend is ejected, those. Ejection is a hint, not a verdict: an
+    /// ejected backend is still tried, but after the other sites, so that a dead backend
+    /// does not cost every request a retry (and the retry budget) while its health check
+    /// catches up.
     pub(crate) fn targets(&self, route: &ServiceRoute, may_hop: bool) -> Vec<Target> {
         let mut out = Vec::new();
+        let mut ejected = Vec::new();
         if route.local && !route.backends.is_empty() {
             let now = Instant::now();
             let n = route.backends.len();
             let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-            let usable: Vec<SocketAddr> = {
-                let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-                if !e.is_empty() {
-                    e.retain(|_, until| *until > now);
+            let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
+            if !e.is_empty() {
+                e.retain(|_, until| *until > now);
+            }
+            for addr in (0..n).map(|i| route.backends[(start + i) % n]) {
+                let t = Target {
+                    addr,
+                    remote: false,
+                };
+                if e.contains_key(&addr) {
+                    ejected.push(t);
+                } else {
+                    out.push(t);
                 }
-                (0..n)
-                    .map(|i| route.backends[(start + i) % n])
-                    .filter(|a| !e.contains_key(a))
-                    .collect()
-            };
-            // With every backend ejected, still try them: ejection is a hint, not a verdict.
-            let list = if usable.is_empty() {
-                (0..n).map(|i| route.backends[(start + i) % n]).collect()
-            } else {
-                usable
-            };
-            out.extend(list.into_iter().map(|addr| Target {
-                addr,
-                remote: false,
-            }));
+            }
+        }
+        // While some local backend is usable, the ejected ones are skipped.
+        if !out.is_empty() {
+            ejected.clear();
         }
         if may_hop {
             out.extend(
@@ -216,6 +220,7 @@ impl Balancer {
                     .map(|&addr| Target { addr, remote: true }),
             );
         }
+        out.extend(ejected);
         out
     }
 }
@@ -272,5 +277,10 @@ mod tests {
         );
         b.eject(r.backends[1]);
         assert_eq!(b.targets(&r, false).len(), 2);
+        // With every local backend ejected, another site's gateway comes first; the ejected
+        // ones are still tried after it.
+        let t = b.targets(&r, true);
+        assert_eq!(t.len(), 3);
+        assert!(t[0].remote && !t[1].remote && !t[2].remote, "{t:?}");
     }
 }
