@@ -126,12 +126,14 @@ pub async fn serve(
     mut view: watch::Receiver<Arc<ZoneView>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let compiled = Arc::new(std::sync::RwLock::new(Arc::new(fast::Compiled::new(
+    let published = Arc::new(fast::Published::new(fast::Compiled::new(
         view.borrow().clone(),
-    ))));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let threads = fast::serve_udp(addr, compiled.clone(), stop.clone())?;
+    )));
+    // TCP first and without SO_REUSEPORT: a second server on this address fails here
+    // instead of silently sharing the UDP port with the first.
     let tcp = tokio::net::TcpListener::bind(addr).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads = fast::serve_udp(addr, published.clone(), stop.clone())?;
     let mut server = Server::new(Handler::new(view.clone()));
     server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
     loop {
@@ -141,8 +143,7 @@ pub async fn serve(
                 if changed.is_err() {
                     break;
                 }
-                let next = Arc::new(fast::Compiled::new(view.borrow_and_update().clone()));
-                *compiled.write().unwrap_or_else(|p| p.into_inner()) = next;
+                published.publish(fast::Compiled::new(view.borrow_and_update().clone()));
             }
         }
     }
