@@ -46,6 +46,7 @@ backend nginx
   server n1 127.0.0.1:18080
 CONF
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+haproxy_pid=$!
 
 # outlast: east, west and a witness; the gateway of an active-active service on east.
 { cluster_toml 18400 18401; cat <<CONF
@@ -59,31 +60,39 @@ west = ["127.0.0.1:18080"]
 CONF
 } >"$work/outlast.toml"
 start_agents
+east_pid=${pids[-3]}
 for _ in $(seq 1 100); do
   if curl -sf http://127.0.0.11:18082/ >/dev/null 2>&1 && curl -sf http://127.0.0.21:18081/ >/dev/null 2>&1; then break; fi
   sleep 0.2
 done
 
-run() { # url -> "rps p99_ms"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU, 1/100 s
+run() { # url [pid] -> "rps p99_ms cpu_us_per_request"
+  local before=0 after=0
+  [ -n "${2:-}" ] && before=$(ticks "$2")
   wrk -t2 -c"$conns" -d"${secs}s" --latency "$1" >"$work/wrk.out"
-  local rps p99
-  rps=$(awk '/^Requests\/sec/ {print $2}' "$work/wrk.out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' "$work/wrk.out")
-  echo "$rps $p99"
+  [ -n "${2:-}" ] && after=$(ticks "$2")
+  awk -v cpu=$((after - before)) '
+    /^Requests\/sec/ {rps = $2}
+    /requests in/ {n = $1}
+    $1 == "99%" {v = $2; if (v ~ /us$/) {sub(/us$/, "", v); v = v / 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v)} else if (v ~ /s$/) {sub(/s$/, "", v); v = v * 1000}; p99 = v}
+    END {print rps, p99, cpu * 10000 / n}' "$work/wrk.out"
 }
 
 echo "wrk: ${secs}s per turn, ${conns} connections, 2 threads; nginx, HAProxy and outlast share 2 cores"
-read -r d_rps d_p99 < <(run http://127.0.0.1:18080/)
-read -r h1_rps h1_p99 < <(run http://127.0.0.21:18081/)
-read -r o1_rps o1_p99 < <(run http://127.0.0.11:18082/)
-read -r h2_rps h2_p99 < <(run http://127.0.0.21:18081/)
-read -r o2_rps o2_p99 < <(run http://127.0.0.11:18082/)
+read -r d_rps d_p99 _ < <(run http://127.0.0.1:18080/)
+read -r h1_rps h1_p99 h1_cpu < <(run http://127.0.0.21:18081/ "$haproxy_pid")
+read -r o1_rps o1_p99 o1_cpu < <(run http://127.0.0.11:18082/ "$east_pid")
+read -r h2_rps h2_p99 h2_cpu < <(run http://127.0.0.21:18081/ "$haproxy_pid")
+read -r o2_rps o2_p99 o2_cpu < <(run http://127.0.0.11:18082/ "$east_pid")
 awk -v d="$d_rps" -v dp="$d_p99" -v h1="$h1_rps" -v h2="$h2_rps" -v o1="$o1_rps" -v o2="$o2_rps" \
-    -v hp1="$h1_p99" -v hp2="$h2_p99" -v op1="$o1_p99" -v op2="$o2_p99" 'BEGIN {
+    -v hp1="$h1_p99" -v hp2="$h2_p99" -v op1="$o1_p99" -v op2="$o2_p99" \
+    -v hc1="$h1_cpu" -v hc2="$h2_cpu" -v oc1="$o1_cpu" -v oc2="$o2_cpu" 'BEGIN {
   h = (h1 + h2) / 2; o = (o1 + o2) / 2; hp = (hp1 + hp2) / 2; op = (op1 + op2) / 2;
+  hc = (hc1 + hc2) / 2; oc = (oc1 + oc2) / 2;
   printf "nginx direct      %10.0f req/s   p99 %6.2f ms\n", d, dp;
-  printf "HAProxy 2.6       %10.0f req/s   p99 %6.2f ms   (turns: %.0f, %.0f)\n", h, hp, h1, h2;
-  printf "outlast gateway   %10.0f req/s   p99 %6.2f ms   (turns: %.0f, %.0f)\n", o, op, o1, o2;
-  printf "ratio outlast/HAProxy: %.2f\n", o / h;
+  printf "HAProxy 2.6       %10.0f req/s   p99 %6.2f ms   %5.1f µs CPU per request   (turns: %.0f, %.0f)\n", h, hp, hc, h1, h2;
+  printf "outlast gateway   %10.0f req/s   p99 %6.2f ms   %5.1f µs CPU per request   (turns: %.0f, %.0f)\n", o, op, oc, o1, o2;
+  printf "ratio outlast/HAProxy: %.2f req/s, %.2f CPU per request (below 1 = cheaper)\n", o / h, oc / hc;
   printf "p99 added over direct: HAProxy %+.2f ms, outlast %+.2f ms\n", hp - dp, op - dp;
 }'

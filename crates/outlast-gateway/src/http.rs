@@ -2,9 +2,9 @@
 //! upgrades passed through byte for byte.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,19 +15,17 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::pool::{ConnPool, SendError};
 use crate::routes::{Balancer, LeaseClock, Routes, Stats, Target};
 use crate::HOP_HEADER;
 
 type Body = BoxBody<Bytes, hyper::Error>;
-type Pool = Client<HttpConnector, Full<Bytes>>;
 
 /// Attempts per request at most (the first try and two retries).
 const MAX_ATTEMPTS: usize = 3;
@@ -37,46 +35,18 @@ const WAIT_FOR_ROUTE: Duration = Duration::from_secs(5);
 /// Largest request body the gateway buffers (it must, to retry).
 const MAX_BODY: usize = 16 << 20;
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
-
-/// A worker thread's backend connection pool, rebuilt when the routing epoch changes so
-/// that idle keep-alive connections to a demoted backend are closed (in-flight ones finish).
-struct PoolCell {
-    source: IpAddr,
-    pool: RwLock<(u64, Pool)>,
-}
-
-impl PoolCell {
-    fn new(source: IpAddr) -> Self {
-        Self {
-            source,
-            pool: RwLock::new((0, new_pool(source))),
-        }
-    }
-
-    fn get(&self, epoch: u64) -> Pool {
-        {
-            let p = self.pool.read().unwrap_or_else(|p| p.into_inner());
-            if p.0 == epoch {
-                return p.1.clone();
-            }
-        }
-        let mut p = self.pool.write().unwrap_or_else(|p| p.into_inner());
-        if p.0 != epoch {
-            *p = (epoch, new_pool(self.source));
-        }
-        p.1.clone()
-    }
-}
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// One service's HTTP gateway at one site.
 pub struct HttpGateway {
@@ -91,16 +61,6 @@ pub struct HttpGateway {
     /// Metric handles registered once: answers by status class, and request time.
     answered: [metrics::Counter; 5],
     seconds: metrics::Histogram,
-}
-
-fn new_pool(source: IpAddr) -> Pool {
-    let mut c = HttpConnector::new();
-    c.set_local_address(Some(source));
-    c.set_connect_timeout(Some(Duration::from_secs(1)));
-    c.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(c)
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -144,24 +104,25 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
-            v.split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
-    headers.remove(header::UPGRADE);
 }
 
 impl HttpGateway {
@@ -211,19 +172,26 @@ impl HttpGateway {
         }
     }
 
-    /// The request as sent to `target`.
-    fn outgoing<B>(&self, parts: &Parts, body: B, target: &Target, peer: SocketAddr) -> Request<B> {
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+    /// The request as sent to `target`. `client` is the client's address as a header
+    /// value (made once per connection).
+    fn outgoing<B>(
+        &self,
+        parts: &Parts,
+        body: B,
+        target: &Target,
+        client: &HeaderValue,
+    ) -> Request<B> {
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.version_mut() = Version::HTTP_11;
-        *req.uri_mut() = format!("http://{}{path}", target.addr)
-            .parse()
-            .unwrap_or_default();
+        // Origin form, as HTTP/1.1 sends it to a server (h2c requests arrive absolute).
+        *req.uri_mut() = match parts.uri.path_and_query() {
+            Some(_) if parts.uri.scheme().is_none() && parts.uri.authority().is_none() => {
+                parts.uri.clone()
+            }
+            Some(p) => hyper::Uri::from(p.clone()),
+            None => hyper::Uri::from_static("/"),
+        };
         let mut headers = parts.headers.clone();
         let upgrade = is_upgrade(&headers);
         let upgrade_value = headers.get(header::UPGRADE).cloned();
@@ -237,12 +205,12 @@ impl HttpGateway {
                 headers.insert(header::HOST, a);
             }
         }
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", peer.ip()),
-            None => peer.ip().to_string(),
+        let xff = match headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+            Some(prev) => HeaderValue::from_bytes(&[prev, b", ", client.as_bytes()].concat()).ok(),
+            None => Some(client.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
+        if let Some(v) = xff {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
         }
         if target.remote {
             if let Ok(v) = HeaderValue::from_str(&self.site) {
@@ -284,13 +252,13 @@ impl HttpGateway {
 
     async fn handle(
         self: Arc<Self>,
-        pools: Arc<PoolCell>,
+        pool: Arc<ConnPool>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        client: HeaderValue,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         self.stats.request();
-        let resp = self.route_request(&pools, req, peer).await;
+        let resp = self.route_request(&pool, req, &client).await;
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         self.answered[class].increment(1);
         self.seconds.record(started.elapsed().as_secs_f64());
@@ -299,9 +267,9 @@ impl HttpGateway {
 
     async fn route_request(
         &self,
-        pools: &PoolCell,
+        pool: &Arc<ConnPool>,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        client: &HeaderValue,
     ) -> Response<Body> {
         if self.refused() {
             return unavailable(format!(
@@ -313,7 +281,7 @@ impl HttpGateway {
         if is_upgrade(req.headers()) {
             let on_upgrade = hyper::upgrade::on(&mut req);
             let (parts, _) = req.into_parts();
-            return self.upgrade(parts, on_upgrade, peer, may_hop).await;
+            return self.upgrade(parts, on_upgrade, client, may_hop).await;
         }
         let (parts, body) = req.into_parts();
         // Most GETs have no body: no collecting future to drive for them.
@@ -352,7 +320,6 @@ impl HttpGateway {
             let Some((epoch, targets)) = self.wait_for_targets(may_hop, deadline).await else {
                 return unavailable(format!("{}: {last_error}", self.service));
             };
-            let pool = pools.get(epoch);
             for (i, t) in targets.iter().take(MAX_ATTEMPTS).enumerate() {
                 if i > 0 && !self.take_retry() {
                     return text(
@@ -360,23 +327,23 @@ impl HttpGateway {
                         format!("{}: retry budget spent: {last_error}", self.service),
                     );
                 }
-                let out = self.outgoing(&parts, Full::new(body.clone()), t, peer);
-                match pool.request(out).await {
+                let out = self.outgoing(&parts, Full::new(body.clone()), t, client);
+                match pool.send(epoch, t.addr, out).await {
                     Ok(resp) => {
                         self.stats.record(&self.service, t, true);
                         let (mut rparts, rbody) = resp.into_parts();
                         strip_hop_by_hop(&mut rparts.headers);
                         return Response::from_parts(rparts, rbody.boxed());
                     }
-                    Err(e) if e.is_connect() => {
+                    Err(SendError::NotSent(e)) => {
                         self.stats.record(&self.service, t, false);
                         // Never reached the backend: safe to retry whatever the method.
                         if !t.remote {
                             self.balancer.eject(t.addr);
                         }
-                        last_error = format!("cannot connect to {}: {e}", t.addr);
+                        last_error = e;
                     }
-                    Err(e) => {
+                    Err(SendError::AfterSend(e)) => {
                         self.stats.record(&self.service, t, false);
                         last_error = format!("{} failed after the request was sent: {e}", t.addr);
                         if !idempotent {
@@ -413,7 +380,7 @@ impl HttpGateway {
         &self,
         parts: Parts,
         on_upgrade: hyper::upgrade::OnUpgrade,
-        peer: SocketAddr,
+        client: &HeaderValue,
         may_hop: bool,
     ) -> Response<Body> {
         let deadline = Instant::now() + WAIT_FOR_ROUTE;
@@ -443,7 +410,7 @@ impl HttpGateway {
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });
-            let out = self.outgoing(&parts, Empty::<Bytes>::new(), &t, peer);
+            let out = self.outgoing(&parts, Empty::<Bytes>::new(), &t, client);
             let mut resp = match sender.send_request(out).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -557,7 +524,7 @@ async fn worker(
             return;
         }
     };
-    let pools = Arc::new(PoolCell::new(gateway.source));
+    let pool = Arc::new(ConnPool::new(gateway.source));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -566,8 +533,10 @@ async fn worker(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
-        let pools = pools.clone();
-        let svc = service_fn(move |req| gw.clone().handle(pools.clone(), req, peer));
+        let pool = pool.clone();
+        let client = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let svc = service_fn(move |req| gw.clone().handle(pool.clone(), req, client.clone()));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .into_owned();

@@ -12,6 +12,7 @@
 //! answers 503 with `Retry-After` there instead.
 
 mod http;
+mod pool;
 mod routes;
 mod tcp;
 
