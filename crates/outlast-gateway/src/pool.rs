@@ -136,7 +136,9 @@ impl ConnPool {
         let stream = crate::tcp::connect_from(self.source, addr)
             .await
             .map_err(|e| SendError::NotSent(format!("cannot connect to {addr}: {e}")))?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::NotSent(format!("cannot talk HTTP/1.1 to {addr}: {e}")))?;
         tokio::spawn(async move {
