@@ -4,7 +4,10 @@
 //! behind the time it was accepted: `accepted_ms: u64 LE | line`. The time decides the
 //! object key's hour, so the same events always give the same key.
 
-use serde_json::{Map, Value};
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
 
 /// Longest id accepted, in bytes.
 pub const MAX_ID: usize = 200;
@@ -23,8 +26,76 @@ pub struct Event {
     pub line: Vec<u8>,
 }
 
+/// A line's top-level `id` member, found while the whole line is checked to be one JSON
+/// object, without building it (an ingest's hottest step).
+struct TopLevelId(Option<Value>);
+
+/// Whether an object key is `id`.
+struct IsId(bool);
+
+impl<'de> Deserialize<'de> for IsId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = IsId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IsId, E> {
+                Ok(IsId(v == "id"))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for TopLevelId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevelId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevelId, A::Error> {
+                let mut id = None;
+                while let Some(IsId(is_id)) = map.next_key()? {
+                    if is_id {
+                        // The last one counts, as when the line is read as a map.
+                        id = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(TopLevelId(id))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `line` (a JSON object) with `"id":<id>` as its first member.
+fn with_id(line: &[u8], id: &str) -> Vec<u8> {
+    let quoted = serde_json::to_string(id).unwrap_or_else(|_| format!("\"{id}\""));
+    let brace = line.iter().position(|b| *b == b'{').unwrap_or(0);
+    let empty = line[brace + 1..]
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'}');
+    let mut out = Vec::with_capacity(line.len() + quoted.len() + 6);
+    out.extend_from_slice(&line[..=brace]);
+    out.extend_from_slice(b"\"id\":");
+    out.extend_from_slice(quoted.as_bytes());
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(&line[brace + 1..]);
+    out
+}
+
 /// Parses a body. Every line must be valid or none is taken. `assign` gives an id to an
-/// event that has none; the line is then stored with that id added.
+/// event that has none; the line is then stored with that id added as its first member.
+/// Lines are otherwise stored byte for byte as sent.
 pub fn parse_ndjson(
     body: &[u8],
     mut assign: impl FnMut() -> String,
@@ -36,14 +107,16 @@ pub fn parse_ndjson(
             continue;
         }
         let bad = |why: String| BadLine { line: i + 1, why };
-        let mut obj: Map<String, Value> = match serde_json::from_slice::<Value>(line) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err(bad("expected a JSON object".into())),
+        let id = match serde_json::from_slice::<TopLevelId>(line) {
+            Ok(TopLevelId(id)) => id,
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                return Err(bad("expected a JSON object".into()))
+            }
             Err(e) => return Err(bad(format!("not JSON: {e}"))),
         };
-        match obj.get("id") {
+        match id {
             Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID => out.push(Event {
-                id: id.clone(),
+                id,
                 line: line.to_vec(),
             }),
             Some(Value::String(_)) => {
@@ -52,8 +125,7 @@ pub fn parse_ndjson(
             Some(_) => return Err(bad("\"id\" must be a string".into())),
             None => {
                 let id = assign();
-                obj.insert("id".into(), Value::String(id.clone()));
-                let line = serde_json::to_vec(&obj).map_err(|e| bad(e.to_string()))?;
+                let line = with_id(line, &id);
                 out.push(Event { id, line });
             }
         }
@@ -67,6 +139,15 @@ pub fn stored(accepted_ms: u64, line: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&accepted_ms.to_le_bytes());
     v.extend_from_slice(line);
     v
+}
+
+/// A stored line as text. Lines were checked to be JSON when accepted, so this is a copy
+/// after a fast UTF-8 check; a damaged one is repaired with replacement characters.
+pub fn line_text(line: &[u8]) -> String {
+    match std::str::from_utf8(line) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(line).into_owned(),
+    }
 }
 
 /// Splits a stored payload into its acceptance time and line.
@@ -109,6 +190,46 @@ mod tests {
         assert_eq!(e.to_string(), "line 1: \"id\" must be a string");
         let long = format!("{{\"id\":\"{}\"}}", "x".repeat(MAX_ID + 1));
         assert!(parse_ndjson(long.as_bytes(), || "g".into()).is_err());
+    }
+
+    #[test]
+    fn an_assigned_id_is_spliced_into_the_line_as_sent() {
+        let evs = parse_ndjson(
+            b"  { \"b\" : [1, {\"id\": 5}], \"a\":\"\\u00e9\" }\n{}\n{ }",
+            || "g-1".into(),
+        )
+        .expect("valid");
+        assert_eq!(
+            evs[0].line,
+            b"  {\"id\":\"g-1\", \"b\" : [1, {\"id\": 5}], \"a\":\"\\u00e9\" }"
+        );
+        assert_eq!(evs[1].line, b"{\"id\":\"g-1\"}");
+        assert_eq!(evs[2].line, b"{\"id\":\"g-1\" }");
+        for e in &evs {
+            let v: Value = serde_json::from_slice(&e.line).expect("still JSON");
+            assert_eq!(v["id"], "g-1");
+        }
+        // A nested "id" is not the event's; the last top-level one is.
+        let evs = parse_ndjson(
+            b"{\"x\":{\"id\":\"inner\"},\"id\":\"a\",\"id\":\"b\"}",
+            || "g".into(),
+        )
+        .expect("valid");
+        assert_eq!(evs[0].id, "b");
+        for bad in [
+            &b"{\"id\":\"a\"} x"[..],
+            b"{\"a\":1,}",
+            b"\"s\"",
+            b"17",
+            b"null",
+            b"{\"a\" 1}",
+        ] {
+            assert!(
+                parse_ndjson(bad, || "g".into()).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

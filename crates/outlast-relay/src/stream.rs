@@ -438,7 +438,7 @@ impl StreamRelay {
                                     seq: r.seq,
                                     id: r.id,
                                     ts,
-                                    line: String::from_utf8_lossy(line).into_owned(),
+                                    line: event::line_text(line),
                                 }
                             })
                             .collect();
@@ -734,7 +734,7 @@ impl StreamRelay {
             .into_iter()
             .map(|r| {
                 let (_, line) = event::unstored(&r.payload);
-                (r.seq, String::from_utf8_lossy(line).into_owned())
+                (r.seq, event::line_text(line))
             })
             .collect())
     }
