@@ -20,6 +20,7 @@ pub mod log;
 mod ship;
 pub mod spool;
 mod stream;
+mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

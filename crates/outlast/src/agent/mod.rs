@@ -739,8 +739,15 @@ impl outlast_relay::Transport for RelayTransport {
         req: &'a outlast_relay::ReplicateReq,
     ) -> outlast_relay::BoxFut<'a, Result<outlast_relay::ReplicateResp, String>> {
         Box::pin(async move {
+            let frame = req.encode()?;
             self.client
-                .call(peer, "/peer/relay", req, Duration::from_secs(5))
+                .call_with(
+                    peer,
+                    "/peer/relay-frame",
+                    frame,
+                    "application/octet-stream",
+                    Duration::from_secs(5),
+                )
                 .await
                 .map_err(|e| e.to_string())
         })

@@ -272,7 +272,17 @@ async fn handle(
             Ok(_) => (StatusCode::BAD_REQUEST, "a site may only report for itself").into_response(),
             Err(r) => r.into_response(),
         },
-        "/peer/relay" => match decode::<outlast_relay::ReplicateReq>(&body) {
+        // The JSON form is still taken from agents that predate the binary frame.
+        "/peer/relay" | "/peer/relay-frame" => match if path == "/peer/relay" {
+            decode::<outlast_relay::ReplicateReq>(&body)
+        } else {
+            outlast_relay::ReplicateReq::decode(&body).map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot decode relay frame: {e}"),
+                )
+            })
+        } {
             Ok(req) => match srv.handler.relay().receive(&from, req).await {
                 Ok(resp) => encode(&srv.auth, &path, &resp),
                 Err(e @ outlast_relay::RelayError::UnknownStream(_)) => {
@@ -370,6 +380,23 @@ impl PeerClient {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
+        let body = serde_json::to_vec(req).map_err(|source| CallError::Decode {
+            site: site.into(),
+            source,
+        })?;
+        self.call_with(site, path, body, "application/json", timeout)
+            .await
+    }
+
+    /// [`call`](Self::call) with a body already encoded (the relay's binary frames).
+    pub async fn call_with<Resp: DeserializeOwned>(
+        &self,
+        site: &str,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
         let addr = self
             .peers
             .get(site)
@@ -386,15 +413,11 @@ impl PeerClient {
         if !delay.is_zero() {
             tokio::time::sleep(delay.min(timeout)).await;
         }
-        let body = serde_json::to_vec(req).map_err(|source| CallError::Decode {
-            site: site.into(),
-            source,
-        })?;
         let resp = self
             .http
             .post(format!("http://{addr}{path}"))
             .header(AUTH_HEADER, self.auth.sign(path, &body))
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .timeout(timeout)
             .body(body)
             .send()
