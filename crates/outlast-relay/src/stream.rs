@@ -361,7 +361,7 @@ impl StreamRelay {
                     continue;
                 }
                 let payload = event::stored(ts, &e.line);
-                let (seq, dup) = own.spool.append(&[(e.id.clone(), payload.clone())])?[0];
+                let (seq, dup) = own.spool.append_one(&e.id, &payload)?;
                 if !dup {
                     fresh.push(Record {
                         seq,

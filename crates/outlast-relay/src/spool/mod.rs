@@ -252,17 +252,20 @@ impl<F: Fs> Spool<F> {
     /// Writes a batch. Returns each event's sequence number and whether it was already in
     /// the spool (then nothing is written for it). Not acknowledged until [`Self::sync`].
     pub fn append(&mut self, batch: &[(String, Vec<u8>)]) -> Result<Vec<(u64, bool)>, SpoolError> {
-        let mut out = Vec::with_capacity(batch.len());
-        for (id, payload) in batch {
-            if let Some(&seq) = self.ids.get(id) {
-                out.push((seq, true));
-                continue;
-            }
-            let seq = self.next_seq;
-            self.put(seq, id, payload)?;
-            out.push((seq, false));
+        batch
+            .iter()
+            .map(|(id, payload)| self.append_one(id, payload))
+            .collect()
+    }
+
+    /// [`Self::append`] for one record.
+    pub fn append_one(&mut self, id: &str, payload: &[u8]) -> Result<(u64, bool), SpoolError> {
+        if let Some(&seq) = self.ids.get(id) {
+            return Ok((seq, true));
         }
-        Ok(out)
+        let seq = self.next_seq;
+        self.put(seq, id, payload)?;
+        Ok((seq, false))
     }
 
     /// Writes a record under a sequence number chosen elsewhere (a replica keeps its
