@@ -20,7 +20,7 @@ pub mod log;
 mod ship;
 pub mod spool;
 mod stream;
-mod wire;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -76,10 +76,11 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How the relay reaches peer sites (the agent's authenticated peer client).
 pub trait Transport: Send + Sync + 'static {
+    /// Sends a [`ReplicateReq`] in its binary form (see [`wire`]).
     fn replicate<'a>(
         &'a self,
         peer: &'a str,
-        req: &'a ReplicateReq,
+        frame: Vec<u8>,
     ) -> BoxFut<'a, Result<ReplicateResp, String>>;
 }
 

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{self, Event};
 use crate::log::Log;
 use crate::spool::{Record, SpoolError};
-use crate::{RelayError, ReplicateReq, ReplicateResp, Sites, Transport, WireRecord};
+use crate::wire::FrameWriter;
+use crate::{RelayError, ReplicateReq, ReplicateResp, Sites, Transport};
 
 /// A peer that answered within this long counts as live: its copy gates shipping.
 const LIVE: Duration = Duration::from_secs(2);
@@ -387,16 +388,51 @@ impl StreamRelay {
         Ok(out)
     }
 
-    /// Own events from `from` on, for a replicator.
-    fn own_records(&self, from: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
-        {
-            let recent = lock(&self.recent);
-            if recent.front().is_some_and(|r| r.seq <= from) {
-                let start = (from - recent.front().map(|r| r.seq).unwrap_or(from)) as usize;
-                return Ok(recent.iter().skip(start).take(max).cloned().collect());
+    /// A replicator's frame: this site's shipping progress and, when the peer's position
+    /// is known, up to `max` own events from `from` on, written straight from the recent
+    /// events in memory (or read from the spool when they are older). A spool that cannot
+    /// be read still lets the progress through.
+    fn own_frame(
+        &self,
+        from: Option<u64>,
+        shipped: u64,
+        intent: Option<(u64, u64)>,
+        max: usize,
+    ) -> Result<(Vec<u8>, usize), String> {
+        let mut w = FrameWriter::new(&self.cfg.name, &self.sites.me, shipped, intent)?;
+        let push = |w: &mut FrameWriter, r: &Record| {
+            let (ts, line) = event::unstored(&r.payload);
+            w.push(r.seq, ts, &r.id, line)
+        };
+        if let Some(from) = from {
+            let in_memory = {
+                let recent = lock(&self.recent);
+                match recent.front() {
+                    Some(first) if first.seq <= from => {
+                        let start = (from - first.seq) as usize;
+                        for r in recent.iter().skip(start).take(max) {
+                            push(&mut w, r)?;
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if !in_memory {
+                match lock(&self.own).read(from, max) {
+                    Ok(recs) => {
+                        for r in &recs {
+                            push(&mut w, r)?;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(stream = %self.cfg.name, error = %e, "relay: reading the spool to replicate");
+                    }
+                }
             }
         }
-        lock(&self.own).read(from, max)
+        let n = w.len();
+        Ok((w.finish(), n))
     }
 
     /// Sends own events to one peer, in order, for ever.
@@ -413,46 +449,30 @@ impl StreamRelay {
                 return;
             }
             let known = lock(&self.peers).get(&peer).and_then(|p| p.high);
-            let mut req = {
+            let (shipped, intent) = {
                 let own = lock(&self.own);
-                ReplicateReq {
-                    stream: self.cfg.name.clone(),
-                    origin: self.sites.me.clone(),
-                    shipped: own.shipped(),
-                    intent: own.intent(),
-                    records: Vec::new(),
-                }
+                (own.shipped(), own.intent())
             };
-            if let Some(high) = known {
-                let me = self.clone();
-                let got =
-                    tokio::task::spawn_blocking(move || me.own_records(high + 1, REPLICATE_MAX))
-                        .await;
-                match got {
-                    Ok(Ok(recs)) => {
-                        req.records = recs
-                            .into_iter()
-                            .map(|r| {
-                                let (ts, line) = event::unstored(&r.payload);
-                                WireRecord {
-                                    seq: r.seq,
-                                    id: r.id,
-                                    ts,
-                                    line: event::line_text(line),
-                                }
-                            })
-                            .collect();
+            let me = self.clone();
+            let built = tokio::task::spawn_blocking(move || {
+                me.own_frame(known.map(|h| h + 1), shipped, intent, REPLICATE_MAX)
+            })
+            .await;
+            let (frame, sent) = match built {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::error!(stream = %self.cfg.name, error = %e, "relay: cannot frame events to replicate");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!(stream = %self.cfg.name, error = %e, "relay: reading the spool to replicate");
-                    }
-                    Err(_) => return,
+                    continue;
                 }
-            }
-            let sent = req.records.len();
+                Err(_) => return,
+            };
             let answer = tokio::select! {
                 _ = stop.cancelled() => return,
-                a = tokio::time::timeout(Duration::from_secs(5), transport.replicate(&peer, &req)) => a,
+                a = tokio::time::timeout(Duration::from_secs(5), transport.replicate(&peer, frame)) => a,
             };
             match answer {
                 Ok(Ok(resp)) => {
@@ -557,14 +577,15 @@ impl StreamRelay {
     /// objects. A site that cannot reach such a peer (it is the one cut off) ships nothing
     /// of its own until it can, and none once a peer says it is taking over.
     pub(crate) async fn announce(&self, transport: &Arc<dyn Transport>) -> bool {
-        let req = {
+        let frame = {
             let own = lock(&self.own);
-            ReplicateReq {
-                stream: self.cfg.name.clone(),
-                origin: self.sites.me.clone(),
-                shipped: own.shipped(),
-                intent: own.intent(),
-                records: Vec::new(),
+            FrameWriter::new(&self.cfg.name, &self.sites.me, own.shipped(), own.intent())
+        };
+        let frame = match frame {
+            Ok(w) => w.finish(),
+            Err(e) => {
+                tracing::error!(stream = %self.cfg.name, error = %e, "relay: cannot frame the intent");
+                return false;
             }
         };
         let down = self.down.borrow().clone();
@@ -584,8 +605,11 @@ impl StreamRelay {
         );
         let mut ok = true;
         for p in &targets {
-            let answer =
-                tokio::time::timeout(Duration::from_secs(2), transport.replicate(p, &req)).await;
+            let answer = tokio::time::timeout(
+                Duration::from_secs(2),
+                transport.replicate(p, frame.clone()),
+            )
+            .await;
             match answer {
                 Ok(Ok(resp)) => {
                     self.answered(p, &resp);

@@ -25,38 +25,77 @@ fn put_str16(out: &mut Vec<u8>, s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Builds a frame record by record, straight from where the events are held.
+pub struct FrameWriter {
+    buf: Vec<u8>,
+    count_at: usize,
+    count: u32,
+}
+
+impl FrameWriter {
+    pub fn new(
+        stream: &str,
+        origin: &str,
+        shipped: u64,
+        intent: Option<(u64, u64)>,
+    ) -> Result<Self, String> {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.extend_from_slice(MAGIC);
+        put_str16(&mut buf, stream)?;
+        put_str16(&mut buf, origin)?;
+        buf.extend_from_slice(&shipped.to_le_bytes());
+        match intent {
+            None => buf.push(0),
+            Some((a, b)) => {
+                buf.push(1);
+                buf.extend_from_slice(&a.to_le_bytes());
+                buf.extend_from_slice(&b.to_le_bytes());
+            }
+        }
+        let count_at = buf.len();
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        Ok(FrameWriter {
+            buf,
+            count_at,
+            count: 0,
+        })
+    }
+
+    pub fn push(&mut self, seq: u64, ts: u64, id: &str, line: &[u8]) -> Result<(), String> {
+        let n = u32::try_from(line.len()).map_err(|_| "an event line over 4 GiB")?;
+        let count = self.count.checked_add(1).ok_or("too many records")?;
+        self.buf.extend_from_slice(&seq.to_le_bytes());
+        self.buf.extend_from_slice(&ts.to_le_bytes());
+        put_str16(&mut self.buf, id)?;
+        self.buf.extend_from_slice(&n.to_le_bytes());
+        self.buf.extend_from_slice(line);
+        self.count = count;
+        Ok(())
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+        self.buf
+    }
+}
+
 impl ReplicateReq {
     /// The frame; fails only for a name, id or line too long for its length field.
     pub fn encode(&self) -> Result<Vec<u8>, String> {
-        let size: usize = self
-            .records
-            .iter()
-            .map(|r| 22 + r.id.len() + r.line.len())
-            .sum();
-        let mut out = Vec::with_capacity(64 + self.stream.len() + self.origin.len() + size);
-        out.extend_from_slice(MAGIC);
-        put_str16(&mut out, &self.stream)?;
-        put_str16(&mut out, &self.origin)?;
-        out.extend_from_slice(&self.shipped.to_le_bytes());
-        match self.intent {
-            None => out.push(0),
-            Some((a, b)) => {
-                out.push(1);
-                out.extend_from_slice(&a.to_le_bytes());
-                out.extend_from_slice(&b.to_le_bytes());
-            }
-        }
-        let count = u32::try_from(self.records.len()).map_err(|_| "too many records")?;
-        out.extend_from_slice(&count.to_le_bytes());
+        let mut w = FrameWriter::new(&self.stream, &self.origin, self.shipped, self.intent)?;
         for r in &self.records {
-            out.extend_from_slice(&r.seq.to_le_bytes());
-            out.extend_from_slice(&r.ts.to_le_bytes());
-            put_str16(&mut out, &r.id)?;
-            let n = u32::try_from(r.line.len()).map_err(|_| "an event line over 4 GiB")?;
-            out.extend_from_slice(&n.to_le_bytes());
-            out.extend_from_slice(r.line.as_bytes());
+            w.push(r.seq, r.ts, &r.id, r.line.as_bytes())?;
         }
-        Ok(out)
+        Ok(w.finish())
     }
 
     pub fn decode(frame: &[u8]) -> Result<ReplicateReq, String> {

@@ -736,10 +736,9 @@ impl outlast_relay::Transport for RelayTransport {
     fn replicate<'a>(
         &'a self,
         peer: &'a str,
-        req: &'a outlast_relay::ReplicateReq,
+        frame: Vec<u8>,
     ) -> outlast_relay::BoxFut<'a, Result<outlast_relay::ReplicateResp, String>> {
         Box::pin(async move {
-            let frame = req.encode()?;
             self.client
                 .call_with(
                     peer,
