@@ -103,27 +103,32 @@ pub struct Spool<F: Fs> {
     torn: u64,
     /// Segments written since the last sync.
     dirty: Vec<PathBuf>,
+    /// The last record's encoding, kept for its capacity.
+    scratch: Vec<u8>,
     /// The next record starts a new segment (a replica's numbering jumped).
     gap: bool,
 }
 
-fn encode(seq: u64, id: &str, payload: &[u8]) -> Result<Vec<u8>, SpoolError> {
+/// Encodes a record into `out` (cleared first): one copy of the payload, no allocation
+/// once `out` has grown.
+fn encode_into(out: &mut Vec<u8>, seq: u64, id: &str, payload: &[u8]) -> Result<(), SpoolError> {
     let id_len = u16::try_from(id.len()).map_err(|_| SpoolError::IdTooLong(id.len()))?;
     let body_len = BODY_MIN + id.len() + payload.len();
     if body_len > MAX_BODY {
         return Err(SpoolError::TooLarge(body_len));
     }
-    let mut body = Vec::with_capacity(body_len);
-    body.push(VERSION);
-    body.extend_from_slice(&seq.to_le_bytes());
-    body.extend_from_slice(&id_len.to_le_bytes());
-    body.extend_from_slice(id.as_bytes());
-    body.extend_from_slice(payload);
-    let mut out = Vec::with_capacity(HEADER + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.clear();
+    out.reserve(HEADER + body_len);
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // the CRC, once the body is there
+    out.push(VERSION);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&id_len.to_le_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&out[HEADER..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// Decodes the record at `buf[at..]`: the record and its encoded length, or `None`.
@@ -195,6 +200,7 @@ impl<F: Fs> Spool<F> {
             quarantined: 0,
             torn: 0,
             dirty: Vec::new(),
+            scratch: Vec::new(),
             gap: false,
         };
         for (first_seq, path) in files {
@@ -283,7 +289,8 @@ impl<F: Fs> Spool<F> {
     }
 
     fn put(&mut self, seq: u64, id: &str, payload: &[u8]) -> Result<(), SpoolError> {
-        let bytes = encode(seq, id, payload)?;
+        let mut bytes = std::mem::take(&mut self.scratch);
+        encode_into(&mut bytes, seq, id, payload)?;
         let roll = std::mem::take(&mut self.gap)
             || self.segments.last().is_none_or(|s| {
                 s.bytes + bytes.len() as u64 > self.max_segment_bytes && !s.records.is_empty()
@@ -302,6 +309,7 @@ impl<F: Fs> Spool<F> {
             .expect("a segment was just ensured");
         self.fs.append(&seg.path, &bytes).map_err(io(&seg.path))?;
         seg.bytes += bytes.len() as u64;
+        self.scratch = bytes;
         seg.records.push((seq, id.to_string(), seg.bytes));
         if !self.dirty.contains(&seg.path) {
             self.dirty.push(seg.path.clone());
