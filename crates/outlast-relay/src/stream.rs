@@ -78,8 +78,14 @@ enum Outcome {
 
 struct Job {
     events: Vec<Event>,
-    reply: oneshot::Sender<Result<Vec<Outcome>, String>>,
+    /// The outcomes, and the events given back so that they are freed by the task that
+    /// made them rather than by the writer (a cross-thread free is slow, and the writer is
+    /// every request's critical path).
+    reply: oneshot::Sender<Committed>,
 }
+
+/// A job's answer: each event's outcome and the events themselves, or why none was kept.
+type Committed = Result<(Vec<Outcome>, Vec<Event>), String>;
 
 #[derive(Debug, Clone, Default)]
 struct PeerView {
@@ -261,15 +267,15 @@ impl StreamRelay {
                 max: self.cfg.max_spool_bytes,
             });
         }
-        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job { events, reply: tx })
             .map_err(|_| IngestError::Stopping)?;
-        let outcomes = rx
+        let (outcomes, events) = rx
             .await
             .map_err(|_| IngestError::Stopping)?
             .map_err(IngestError::Spool)?;
+        let ids: Vec<String> = events.into_iter().map(|e| e.id).collect();
         let mut need = 0;
         let mut duplicates = 0;
         for o in &outcomes {
@@ -321,7 +327,7 @@ impl StreamRelay {
             match result {
                 Ok(per_job) => {
                     for (job, outcomes) in jobs.into_iter().zip(per_job) {
-                        let _ = job.reply.send(Ok(outcomes));
+                        let _ = job.reply.send(Ok((outcomes, job.events)));
                     }
                 }
                 Err(e) => {

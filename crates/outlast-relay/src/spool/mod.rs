@@ -31,6 +31,7 @@ mod fs;
 #[cfg(test)]
 mod tests;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -266,11 +267,18 @@ impl<F: Fs> Spool<F> {
 
     /// [`Self::append`] for one record.
     pub fn append_one(&mut self, id: &str, payload: &[u8]) -> Result<(u64, bool), SpoolError> {
-        if let Some(&seq) = self.ids.get(id) {
-            return Ok((seq, true));
-        }
         let seq = self.next_seq;
-        self.put(seq, id, payload)?;
+        // One hash per event: the id is claimed first and given up if the write fails.
+        match self.ids.entry(id.to_string()) {
+            Entry::Occupied(o) => return Ok((*o.get(), true)),
+            Entry::Vacant(v) => {
+                v.insert(seq);
+            }
+        }
+        if let Err(e) = self.write(seq, id, payload) {
+            self.ids.remove(id);
+            return Err(e);
+        }
         Ok((seq, false))
     }
 
@@ -289,6 +297,13 @@ impl<F: Fs> Spool<F> {
     }
 
     fn put(&mut self, seq: u64, id: &str, payload: &[u8]) -> Result<(), SpoolError> {
+        self.write(seq, id, payload)?;
+        self.ids.insert(id.to_string(), seq);
+        Ok(())
+    }
+
+    /// Writes a record (not durable until [`Self::sync`]) without indexing its id.
+    fn write(&mut self, seq: u64, id: &str, payload: &[u8]) -> Result<(), SpoolError> {
         let mut bytes = std::mem::take(&mut self.scratch);
         encode_into(&mut bytes, seq, id, payload)?;
         let roll = std::mem::take(&mut self.gap)
@@ -314,7 +329,6 @@ impl<F: Fs> Spool<F> {
         if !self.dirty.contains(&seg.path) {
             self.dirty.push(seg.path.clone());
         }
-        self.ids.insert(id.to_string(), seq);
         self.next_seq = seq + 1;
         Ok(())
     }
