@@ -525,6 +525,7 @@ async fn worker(
         }
     };
     let pool = Arc::new(ConnPool::new(gateway.source));
+    let sweeper = tokio::spawn(pool.clone().sweep_every(Duration::from_secs(10)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // One buffer per answer and a plain send: cheaper than writev for small messages.
@@ -554,4 +555,5 @@ async fn worker(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain) => tracing::warn!(service = %gateway.service, "requests still in flight at the drain deadline"),
     }
+    sweeper.abort();
 }

@@ -7,7 +7,8 @@
 //! request written to a pooled connection that turns out to be closed (the backend's
 //! keep-alive timer raced us) comes back unsent and goes to the next connection, so that
 //! race never reaches the retry logic. A new routing epoch empties the pool: keep-alive
-//! connections to a demoted backend close once their requests are done.
+//! connections to a demoted backend close once their requests are done. A sweep every 10 s
+//! closes connections idle for over 30 s.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -35,6 +36,7 @@ const STALE_TRIES: usize = 4;
 
 pub(crate) struct ConnPool {
     source: IpAddr,
+    idle_for: Duration,
     idle: Mutex<Idle>,
 }
 
@@ -67,9 +69,36 @@ impl Idle {
 
 impl ConnPool {
     pub(crate) fn new(source: IpAddr) -> Self {
+        Self::with_idle_for(source, IDLE_FOR)
+    }
+
+    fn with_idle_for(source: IpAddr, idle_for: Duration) -> Self {
         Self {
             source,
+            idle_for,
             idle: Mutex::new(Idle::default()),
+        }
+    }
+
+    /// Closes connections idle for longer than the idle time, and forgets closed ones.
+    pub(crate) fn sweep(&self) {
+        let mut idle = self.lock();
+        for list in idle.conns.values_mut() {
+            list.retain(|(since, s)| since.elapsed() <= self.idle_for && !s.is_closed());
+        }
+        idle.conns.retain(|_, list| !list.is_empty());
+    }
+
+    /// Sweeps every `every` for as long as the pool is in use elsewhere.
+    pub(crate) async fn sweep_every(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if Arc::strong_count(&self) == 1 {
+                return;
+            }
+            self.sweep();
         }
     }
 
@@ -91,7 +120,7 @@ impl ConnPool {
                 let list = idle.conns.get_mut(&addr)?;
                 while list
                     .front()
-                    .is_some_and(|(since, _)| since.elapsed() > IDLE_FOR)
+                    .is_some_and(|(since, _)| since.elapsed() > self.idle_for)
                 {
                     list.pop_front();
                 }
@@ -355,6 +384,24 @@ mod tests {
             );
         }
         assert_eq!(opened.load(Ordering::SeqCst), 30);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_by_the_sweep() {
+        let (addr, opened, closed) = backend(false).await;
+        let pool = Arc::new(ConnPool::with_idle_for(
+            "127.0.0.1".parse().expect("ip"),
+            Duration::from_millis(100),
+        ));
+        assert!(fetch(&pool, 1, addr).await.is_ok());
+        pool.sweep();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(closed.load(Ordering::SeqCst), 0, "not idle long enough yet");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pool.sweep();
+        assert_eq!(settle(&closed, 1).await, 1, "closed once idle too long");
+        assert!(fetch(&pool, 1, addr).await.is_ok());
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
