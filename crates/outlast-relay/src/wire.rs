@@ -89,15 +89,6 @@ impl FrameWriter {
 }
 
 impl ReplicateReq {
-    /// The frame; fails only for a name, id or line too long for its length field.
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
-        let mut w = FrameWriter::new(&self.stream, &self.origin, self.shipped, self.intent)?;
-        for r in &self.records {
-            w.push(r.seq, r.ts, &r.id, r.line.as_bytes())?;
-        }
-        Ok(w.finish())
-    }
-
     pub fn decode(frame: &[u8]) -> Result<ReplicateReq, String> {
         let mut r = Reader { buf: frame, at: 0 };
         if r.take(4)? != MAGIC {
@@ -183,6 +174,15 @@ mod tests {
 
     use super::*;
 
+    /// The frame of a whole request (agents write theirs record by record).
+    fn encode(r: &ReplicateReq) -> Result<Vec<u8>, String> {
+        let mut w = FrameWriter::new(&r.stream, &r.origin, r.shipped, r.intent)?;
+        for rec in &r.records {
+            w.push(rec.seq, rec.ts, &rec.id, rec.line.as_bytes())?;
+        }
+        Ok(w.finish())
+    }
+
     fn req() -> ReplicateReq {
         ReplicateReq {
             stream: "clicks".into(),
@@ -213,20 +213,20 @@ mod tests {
     #[test]
     fn a_frame_round_trips() {
         let r = req();
-        let back = ReplicateReq::decode(&r.encode().expect("encode")).expect("decode");
+        let back = ReplicateReq::decode(&encode(&r).expect("encode")).expect("decode");
         assert!(same(&r, &back));
         let empty = ReplicateReq {
             intent: None,
             records: vec![],
             ..req()
         };
-        let back = ReplicateReq::decode(&empty.encode().expect("encode")).expect("decode");
+        let back = ReplicateReq::decode(&encode(&empty).expect("encode")).expect("decode");
         assert!(same(&empty, &back));
     }
 
     #[test]
     fn damaged_frames_are_refused() {
-        let f = req().encode().expect("encode");
+        let f = encode(&req()).expect("encode");
         for cut in 0..f.len() {
             assert!(ReplicateReq::decode(&f[..cut]).is_err(), "cut at {cut}");
         }
@@ -263,7 +263,7 @@ mod tests {
                     .map(|(i, (id, line, ts))| WireRecord { seq: i as u64, id, ts, line })
                     .collect(),
             };
-            let back = ReplicateReq::decode(&r.encode().expect("encode")).expect("decode");
+            let back = ReplicateReq::decode(&encode(&r).expect("encode")).expect("decode");
             prop_assert!(same(&r, &back));
         }
     }
