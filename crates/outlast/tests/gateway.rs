@@ -128,6 +128,25 @@ fn active_active_loses_no_get_when_one_backend_dies() {
             && st["services"][0]["active_sites"] == serde_json::json!(["east", "west"])
     });
     let gw = c.gateway("east");
+    // Steady state first (as the primary-standby test has): east's gateway serves from its
+    // own backend and west's gateway answers. Routing can say "active" a moment before
+    // the health checks and the other gateway have caught up, and load sent then measures
+    // start-up, not the loss of a backend.
+    let ready = Instant::now();
+    while !(get(gw).is_ok_and(|(s, b)| s == 200 && b.contains("backend east"))
+        && get(c.gateway("west")).is_ok_and(|(s, _)| s == 200))
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(20),
+            "the gateways never settled\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "gateways settled {:?} after both sites were active",
+        ready.elapsed()
+    );
     let results = load(gw, 100, 5, Duration::from_millis(1500), || {
         c.kill_backend("east")
     });
