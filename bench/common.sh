@@ -37,3 +37,6 @@ start_agents() {
     OUTLAST_LOG=warn "$bin" agent --config "$work/outlast.toml" --site "$s" >"$work/$s.log" 2>&1 & pids+=($!)
   done
 }
+
+# CPU (user + system) a process has used so far, in 1/100 s.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -74,7 +74,6 @@ echo "outlast answers: $(dig @127.0.0.11 -p 5300 +short www.shop.test A | sort |
 echo "gdnsd answers:   $(dig @127.0.0.31 -p 5300 +short www.shop.test A | sort | tr '\n' ' ')"
 
 printf 'db.shop.test A\nwww.shop.test A\nshop.test SOA\nnope.shop.test A\n' >"$work/queries.txt"
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU, 1/100 s
 run() { # server pid -> "qps lost cpu-µs-per-answer"
   local before after
   before=$(ticks "$2")

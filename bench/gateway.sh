@@ -66,7 +66,6 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU, 1/100 s
 run() { # url [pid] -> "rps p99_ms cpu_us_per_request"
   local before=0 after=0
   [ -n "${2:-}" ] && before=$(ticks "$2")

@@ -583,12 +583,13 @@ impl StreamRelay {
     /// objects. A site that cannot reach such a peer (it is the one cut off) ships nothing
     /// of its own until it can, and none once a peer says it is taking over.
     pub(crate) async fn announce(&self, transport: &Arc<dyn Transport>) -> bool {
-        let frame = {
+        let (shipped, intent) = {
             let own = lock(&self.own);
-            FrameWriter::new(&self.cfg.name, &self.sites.me, own.shipped(), own.intent())
+            (own.shipped(), own.intent())
         };
-        let frame = match frame {
-            Ok(w) => w.finish(),
+        // The replicators' frame without events: the progress and the intent only.
+        let frame = match self.own_frame(None, shipped, intent, 0) {
+            Ok((frame, _)) => frame,
             Err(e) => {
                 tracing::error!(stream = %self.cfg.name, error = %e, "relay: cannot frame the intent");
                 return false;
