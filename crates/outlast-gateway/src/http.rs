@@ -312,19 +312,26 @@ impl HttpGateway {
         let mut last_error = String::from("no site can serve it");
         let mut backoff = Duration::from_millis(50);
         // Rounds: each tries every target once (always a different one within a round).
-        // A new round starts only when no attempt of the last one reached a backend, after
-        // the routing changed (a failover) or a short back-off (a backend busy accepting),
-        // until the deadline. Retries within a round draw on the retry budget; rounds do
-        // not, since they send nothing twice.
+        // When every attempt of a round failed (none sent, or the request is idempotent), a
+        // new round starts after the routing changed (a failover) or a short back-off (a
+        // backend busy accepting), until the deadline: a GET in flight when a primary's
+        // backend dies is answered by the new primary. Retries within a round draw on the
+        // retry budget; rounds do not.
         loop {
             let Some((epoch, targets)) = self.wait_for_targets(may_hop, deadline).await else {
                 return unavailable(format!("{}: {last_error}", self.service));
             };
+            // What each attempt of this round met, for the answer if none succeeds.
+            let mut round: Vec<String> = Vec::new();
             for (i, t) in targets.iter().take(MAX_ATTEMPTS).enumerate() {
                 if i > 0 && !self.take_retry() {
                     return text(
                         StatusCode::BAD_GATEWAY,
-                        format!("{}: retry budget spent: {last_error}", self.service),
+                        format!(
+                            "{}: retry budget spent after: {}",
+                            self.service,
+                            round.join("; ")
+                        ),
                     );
                 }
                 let out = self.outgoing(&parts, Full::new(body.clone()), t, client);
@@ -341,19 +348,22 @@ impl HttpGateway {
                         if !t.remote {
                             self.balancer.eject(t.addr);
                         }
-                        last_error = e;
+                        round.push(e);
                     }
                     Err(SendError::AfterSend(e)) => {
                         self.stats.record(&self.service, t, false);
-                        last_error = format!("{} failed after the request was sent: {e}", t.addr);
+                        round.push(format!("{} failed after the request was sent: {e}", t.addr));
                         if !idempotent {
                             return text(
                                 StatusCode::BAD_GATEWAY,
-                                format!("{}: {last_error}; not retried: {} is not idempotent (send an Idempotency-Key to allow it)", self.service, parts.method),
+                                format!("{}: {}; not retried: {} is not idempotent (send an Idempotency-Key to allow it)", self.service, round.join("; "), parts.method),
                             );
                         }
                     }
                 }
+            }
+            if !round.is_empty() {
+                last_error = round.join("; ");
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return unavailable(format!("{}: {last_error}", self.service));

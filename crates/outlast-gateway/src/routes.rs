@@ -25,6 +25,11 @@ pub struct ServiceRoute {
     pub primary_standby: bool,
     /// Local backends not known to be down, in config order.
     pub backends: Vec<SocketAddr>,
+    /// When the health check last saw each local backend come up (absent: never yet). A
+    /// backend ejected for a refused connection is used again as soon as it comes up after
+    /// the ejection, not only when the ejection runs out (a backend still starting when the
+    /// first request came).
+    pub up_since: BTreeMap<SocketAddr, Instant>,
     /// Gateways of the other sites where the service is active.
     pub remotes: Vec<SocketAddr>,
 }
@@ -165,6 +170,7 @@ impl Stats {
 #[derive(Default)]
 pub(crate) struct Balancer {
     next: AtomicUsize,
+    /// Ejected backends and when they were ejected.
     ejected: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
@@ -174,7 +180,7 @@ pub(crate) const EJECT_FOR: Duration = Duration::from_secs(2);
 impl Balancer {
     pub(crate) fn eject(&self, addr: SocketAddr) {
         let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        e.insert(addr, Instant::now() + EJECT_FOR);
+        e.insert(addr, Instant::now());
         metrics::counter!("outlast_gateway_ejections_total", "backend" => addr.to_string())
             .increment(1);
     }
@@ -194,7 +200,10 @@ impl Balancer {
             let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
             let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
             if !e.is_empty() {
-                e.retain(|_, until| *until > now);
+                e.retain(|addr, at| {
+                    now.duration_since(*at) < EJECT_FOR
+                        && route.up_since.get(addr).is_none_or(|up| up <= at)
+                });
             }
             for addr in (0..n).map(|i| route.backends[(start + i) % n]) {
                 let t = Target {
@@ -240,6 +249,7 @@ mod tests {
                 "127.0.0.1:2".parse().expect("b"),
             ],
             remotes: vec!["127.0.0.12:80".parse().expect("r")],
+            up_since: BTreeMap::new(),
         }
     }
 
@@ -282,5 +292,19 @@ mod tests {
         let t = b.targets(&r, true);
         assert_eq!(t.len(), 3);
         assert!(t[0].remote && !t[1].remote && !t[2].remote, "{t:?}");
+    }
+
+    #[test]
+    fn an_ejection_ends_when_the_backend_comes_up_after_it() {
+        let b = Balancer::default();
+        let mut r = route();
+        r.up_since.insert(r.backends[0], Instant::now());
+        b.eject(r.backends[0]);
+        // Up before the ejection: still ejected.
+        assert_eq!(b.targets(&r, false).len(), 1);
+        r.up_since
+            .insert(r.backends[0], Instant::now() + Duration::from_millis(1));
+        let t = b.targets(&r, false);
+        assert_eq!(t.len(), 2, "{t:?}");
     }
 }

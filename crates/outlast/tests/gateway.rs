@@ -117,24 +117,14 @@ fn primary_standby_loses_no_get_when_the_primary_backend_dies() {
     assert!(svc["backends"][0]["failed"].as_u64() >= Some(1), "{svc}");
 }
 
-#[test]
-fn active_active_loses_no_get_when_one_backend_dies() {
-    let mut opts = Opts::new(7560);
-    opts.mode = "active-active";
-    let mut c = Cluster::new(opts);
-    c.start_all();
-    c.wait_for("east", Duration::from_secs(20), "both sites active", |st| {
-        common::all_up(st)
-            && st["services"][0]["active_sites"] == serde_json::json!(["east", "west"])
-    });
-    let gw = c.gateway("east");
-    // Steady state first (as the primary-standby test has): east's gateway serves from its
-    // own backend and west's gateway answers. Routing can say "active" a moment before
-    // the health checks and the other gateway have caught up, and load sent then measures
-    // start-up, not the loss of a backend.
+/// Waits for the steady state (as the primary-standby test has): each site's gateway
+/// serves a GET from its own backend (its answer contains `east_body`, `west_body`).
+/// Routing can say "active" a moment before the health checks and the other gateway have
+/// caught up, and requests sent then measure start-up, not what the test is about.
+fn settle(c: &Cluster, east_body: &str, west_body: &str) {
     let ready = Instant::now();
-    while !(get(gw).is_ok_and(|(s, b)| s == 200 && b.contains("backend east"))
-        && get(c.gateway("west")).is_ok_and(|(s, _)| s == 200))
+    while !(get(c.gateway("east")).is_ok_and(|(s, b)| s == 200 && b.contains(east_body))
+        && get(c.gateway("west")).is_ok_and(|(s, b)| s == 200 && b.contains(west_body)))
     {
         assert!(
             ready.elapsed() < Duration::from_secs(20),
@@ -147,6 +137,20 @@ fn active_active_loses_no_get_when_one_backend_dies() {
         "gateways settled {:?} after both sites were active",
         ready.elapsed()
     );
+}
+
+#[test]
+fn active_active_loses_no_get_when_one_backend_dies() {
+    let mut opts = Opts::new(7560);
+    opts.mode = "active-active";
+    let mut c = Cluster::new(opts);
+    c.start_all();
+    c.wait_for("east", Duration::from_secs(20), "both sites active", |st| {
+        common::all_up(st)
+            && st["services"][0]["active_sites"] == serde_json::json!(["east", "west"])
+    });
+    let gw = c.gateway("east");
+    settle(&c, "backend east", "backend west");
     let results = load(gw, 100, 5, Duration::from_millis(1500), || {
         c.kill_backend("east")
     });
@@ -230,11 +234,14 @@ fn post_without_idempotency_key_is_never_sent_twice() {
                 && st["services"][0]["active_sites"] == serde_json::json!(["east", "west"])
         },
     );
+    // The dropping backend answers GET with "ok".
+    settle(&c, "ok", "backend west");
     let gw = c.gateway("east");
     let r = request(gw, "POST /order HTTP/1.1\r\n", "{\"sku\":1}");
     assert!(
         matches!(r, Ok((502, ref b)) if b.contains("not idempotent")),
-        "{r:?}"
+        "{r:?}\n{}",
+        c.logs()
     );
     assert_eq!(
         posts.load(Ordering::SeqCst),
@@ -249,7 +256,7 @@ fn post_without_idempotency_key_is_never_sent_twice() {
         "POST /order HTTP/1.1\r\nIdempotency-Key: order-42\r\n",
         "{\"sku\":1}",
     );
-    assert!(matches!(r, Ok((501, _))), "{r:?}");
+    assert!(matches!(r, Ok((501, _))), "{r:?}\n{}", c.logs());
     assert_eq!(posts.load(Ordering::SeqCst), 2);
 }
 

@@ -349,16 +349,19 @@ impl Agent {
             let Some(st) = state.services.get(&svc.name) else {
                 continue;
             };
-            let down: Vec<SocketAddr> = health
-                .get(&svc.name)
-                .map(|h| {
-                    h.backends
-                        .iter()
-                        .filter(|b| b.health == Health::Down)
-                        .map(|b| b.addr)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let probed = health.get(&svc.name).map(|h| h.backends.as_slice());
+            let down: Vec<SocketAddr> = probed
+                .unwrap_or_default()
+                .iter()
+                .filter(|b| b.health == Health::Down)
+                .map(|b| b.addr)
+                .collect();
+            let up_since = probed
+                .unwrap_or_default()
+                .iter()
+                .filter(|b| b.health == Health::Up)
+                .map(|b| (b.addr, b.since.into_std()))
+                .collect();
             let backends = svc
                 .backends
                 .get(&self.me)
@@ -384,6 +387,7 @@ impl Agent {
                     primary_standby: svc.mode == outlast_core::config::Mode::PrimaryStandby,
                     backends,
                     remotes,
+                    up_since,
                 },
             );
         }
