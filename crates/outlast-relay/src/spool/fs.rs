@@ -12,6 +12,12 @@ pub trait Fs {
     /// Files directly in `dir` (not recursive), any order.
     fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Up to `len` bytes from `offset` on (fewer where the file ends).
+    fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let all = self.read(path)?;
+        let from = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
+        Ok(all[from..all.len().min(from.saturating_add(len))].to_vec())
+    }
     /// Appends, creating the file when missing. Not durable until `sync`.
     fn append(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     fn sync(&self, path: &Path) -> io::Result<()>;
@@ -63,6 +69,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Up to `len` bytes of `file` from `offset` on: fewer only where the file ends.
+fn read_fully_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
 impl RealFs {
     /// Writes what is held for `path` and closes it.
     fn forget(&self, path: &Path) -> io::Result<()> {
@@ -99,6 +122,26 @@ impl Fs for RealFs {
         std::fs::read(path)
     }
 
+    fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        // The file being appended to: its held bytes are written first, and the read goes
+        // through a second handle so that appends need not wait for it.
+        let open_file = {
+            let mut open = lock(&self.open);
+            match open.as_mut().filter(|f| f.path == path) {
+                Some(f) => {
+                    f.flush()?;
+                    Some(f.file.try_clone()?)
+                }
+                None => None,
+            }
+        };
+        let file = match open_file {
+            Some(f) => f,
+            None => File::open(path)?,
+        };
+        read_fully_at(&file, offset, len)
+    }
+
     fn append(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut open = lock(&self.open);
         let f = match open.as_mut() {
@@ -110,8 +153,10 @@ impl Fs for RealFs {
                 if !path.exists() {
                     lock(&self.fresh).push(path.to_path_buf());
                 }
+                // Readable too: range reads of it go through a clone of this handle.
                 let file = std::fs::OpenOptions::new()
                     .create(true)
+                    .read(true)
                     .append(true)
                     .open(path)?;
                 open.insert(OpenFile {
@@ -190,7 +235,13 @@ mod tests {
             b"one two ",
             "a read sees held bytes"
         );
+        assert_eq!(fs.read_range(&a, 4, 3).expect("range"), b"two");
         fs.append(&a, b"three").expect("append");
+        assert_eq!(
+            fs.read_range(&a, 8, 100).expect("range"),
+            b"three",
+            "a range read sees held bytes; it ends where the file does"
+        );
         fs.append(&b, b"x").expect("append"); // switches file: a's bytes are written
         assert_eq!(std::fs::read(&a).expect("read a"), b"one two three");
         let big = vec![7u8; WRITE_BUFFER + 1];

@@ -375,21 +375,28 @@ impl<F: Fs> Spool<F> {
         Ok(())
     }
 
-    /// Up to `max` records from `from_seq` on, in order.
+    /// Up to `max` records from `from_seq` on, in order. Only the bytes of those records
+    /// are read, found through the index of end offsets (not the whole segment).
     pub fn read(&self, from_seq: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
         let mut out = Vec::new();
         for seg in &self.segments {
-            if out.len() >= max || seg.records.last().is_none_or(|(s, _, _)| *s < from_seq) {
+            if out.len() >= max {
+                break;
+            }
+            if seg.records.last().is_none_or(|(s, _, _)| *s < from_seq) {
                 continue;
             }
-            let buf = self.fs.read(&seg.path).map_err(io(&seg.path))?;
+            let want = max - out.len();
+            let first = seg.records.partition_point(|(s, _, _)| *s < from_seq);
+            let start = first.checked_sub(1).map_or(0, |i| seg.records[i].2);
+            let end = seg.records[first.saturating_add(want).min(seg.records.len()) - 1].2;
+            let len = usize::try_from(end - start).unwrap_or(usize::MAX);
+            let buf = self
+                .fs
+                .read_range(&seg.path, start, len)
+                .map_err(io(&seg.path))?;
             let (records, _, _) = scan(&buf);
-            out.extend(
-                records
-                    .into_iter()
-                    .filter(|r| r.seq >= from_seq)
-                    .take(max - out.len()),
-            );
+            out.extend(records.into_iter().filter(|r| r.seq >= from_seq).take(want));
         }
         Ok(out)
     }
