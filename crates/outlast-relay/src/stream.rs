@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{self, Event};
 use crate::log::Log;
-use crate::spool::{Record, SpoolError};
+use crate::spool::{IdKey, Record, SpoolError};
 use crate::wire::FrameWriter;
 use crate::{RelayError, ReplicateReq, ReplicateResp, Sites, Transport};
 
@@ -78,6 +78,8 @@ enum Outcome {
 
 struct Job {
     events: Vec<Event>,
+    /// Each event's id key, made by the ingesting task (in parallel) for the writer.
+    keys: Vec<IdKey>,
     /// The outcomes, and the events given back so that they are freed by the task that
     /// made them rather than by the writer (a cross-thread free is slow, and the writer is
     /// every request's critical path).
@@ -269,7 +271,11 @@ impl StreamRelay {
         }
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(Job { events, reply: tx })
+            .send(Job {
+                keys: events.iter().map(|e| IdKey::of(&e.id)).collect(),
+                events,
+                reply: tx,
+            })
             .map_err(|_| IngestError::Stopping)?;
         let (outcomes, events) = rx
             .await
@@ -346,11 +352,11 @@ impl StreamRelay {
             let reps = lock(&self.replicas);
             jobs.iter()
                 .map(|j| {
-                    j.events
+                    j.keys
                         .iter()
-                        .map(|e| {
+                        .map(|k| {
                             reps.values()
-                                .any(|l| l.spool.lookup(&e.id).is_some_and(|s| !l.is_skipped(s)))
+                                .any(|l| l.spool.lookup_key(*k).is_some_and(|s| !l.is_skipped(s)))
                         })
                         .collect()
                 })
@@ -362,13 +368,13 @@ impl StreamRelay {
         let mut fresh = Vec::new();
         for (job, rep) in jobs.iter().zip(&in_replica) {
             let mut outcomes = Vec::with_capacity(job.events.len());
-            for (e, in_rep) in job.events.iter().zip(rep) {
+            for ((e, key), in_rep) in job.events.iter().zip(&job.keys).zip(rep) {
                 if *in_rep {
                     outcomes.push(Outcome::Replica);
                     continue;
                 }
                 let payload = event::stored(ts, &e.line);
-                let (seq, dup) = own.spool.append_one(&e.id, &payload)?;
+                let (seq, dup) = own.spool.append_keyed(&e.id, *key, &payload)?;
                 if !dup {
                     fresh.push(Record {
                         seq,
@@ -642,12 +648,14 @@ impl StreamRelay {
     fn receive_blocking(&self, req: ReplicateReq) -> Result<ReplicateResp, RelayError> {
         let origin = req.origin.as_str();
         let mut conflicts = Vec::new();
+        // Each id hashed once, for every spool it is looked up in and the one it goes to.
+        let keys: Vec<IdKey> = req.records.iter().map(|r| IdKey::of(&r.id)).collect();
         // Settle ids this site holds as its own.
         {
             let mut own = lock(&self.own);
             let mut lose = Vec::new();
-            for r in &req.records {
-                let Some(s) = own.spool.lookup(&r.id) else {
+            for (r, key) in req.records.iter().zip(&keys) {
+                let Some(s) = own.spool.lookup_key(*key) else {
                     continue;
                 };
                 if own.is_skipped(s) {
@@ -667,8 +675,8 @@ impl StreamRelay {
         // Ids held as a third site's event: the same rule, between those two sites.
         for (other, log) in reps.iter_mut().filter(|(n, _)| n.as_str() != origin) {
             let mut lose = Vec::new();
-            for r in &req.records {
-                let Some(s) = log.spool.lookup(&r.id) else {
+            for (r, key) in req.records.iter().zip(&keys) {
+                let Some(s) = log.spool.lookup_key(*key) else {
                     continue;
                 };
                 if log.is_skipped(s) || conflicts.contains(&r.seq) {
@@ -698,9 +706,13 @@ impl StreamRelay {
         let log = reps
             .get_mut(origin)
             .ok_or_else(|| RelayError::Stranger(origin.to_string()))?;
-        for r in &req.records {
-            log.spool
-                .append_at(r.seq, &r.id, &event::stored(r.ts, r.line.as_bytes()))?;
+        for (r, key) in req.records.iter().zip(&keys) {
+            log.spool.append_at_keyed(
+                r.seq,
+                &r.id,
+                *key,
+                &event::stored(r.ts, r.line.as_bytes()),
+            )?;
         }
         log.spool.sync()?;
         log.skip(&conflicts)?;

@@ -33,7 +33,9 @@ mod tests;
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 pub use fs::{Fs, RealFs};
 
@@ -65,6 +67,42 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
+/// An event id as the spool indexes it: 128 bits of a keyed hash of the id (SipHash-1-3
+/// under two keys drawn once per process). A fixed-size key needs no allocation and no
+/// pointer to follow on a lookup, where a `String` key cost two allocations per event and
+/// a cache miss per probe. Two different ids share a key with probability about
+/// n²/2¹²⁹ (below 10⁻²⁴ for ten million ids), and ids chosen to collide would need the
+/// process's keys, which never leave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdKey(u128);
+
+impl IdKey {
+    pub fn of(id: &str) -> Self {
+        static KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+        let (a, b) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
+        IdKey((u128::from(a.hash_one(id)) << 64) | u128::from(b.hash_one(id)))
+    }
+}
+
+/// The map's hasher for [`IdKey`]s, which are already uniform: their low 64 bits.
+#[derive(Default)]
+struct KeyBits(u64);
+
+impl Hasher for KeyBits {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for IdKey (write_u128); kept correct for any other input.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
 /// One stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -85,9 +123,9 @@ pub struct SpoolStats {
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
-    /// (seq, id, end offset in the segment) of every record, in order: the bytes of the
-    /// records after any one are a subtraction, not a walk.
-    records: Vec<(u64, String, u64)>,
+    /// (seq, id key, end offset in the segment) of every record, in order: the bytes of
+    /// the records after any one are a subtraction, not a walk.
+    records: Vec<(u64, IdKey, u64)>,
     bytes: u64,
 }
 
@@ -97,9 +135,8 @@ pub struct Spool<F: Fs> {
     max_segment_bytes: u64,
     segments: Vec<Segment>,
     next_seq: u64,
-    /// foldhash, seeded per process: ids come from clients, so the map must not be
-    /// floodable with chosen collisions, but SipHash cost a tenth of an ingest.
-    ids: HashMap<String, u64, foldhash::fast::RandomState>,
+    /// Every held id's sequence number.
+    ids: HashMap<IdKey, u64, BuildHasherDefault<KeyBits>>,
     quarantined: u64,
     torn: u64,
     /// Segments written since the last sync.
@@ -224,16 +261,18 @@ impl<F: Fs> Spool<F> {
                 spool.fs.truncate(&path, good as u64).map_err(io(&path))?;
                 spool.torn += 1;
             }
-            for r in &records {
-                spool.ids.insert(r.id.clone(), r.seq);
+            let keys: Vec<IdKey> = records.iter().map(|r| IdKey::of(&r.id)).collect();
+            for (r, k) in records.iter().zip(&keys) {
+                spool.ids.insert(*k, r.seq);
             }
             spool.segments.push(Segment {
                 path,
                 records: records
                     .into_iter()
-                    .scan(0u64, |end, r| {
+                    .zip(keys)
+                    .scan(0u64, |end, (r, k)| {
                         *end += (HEADER + BODY_MIN + r.id.len() + r.payload.len()) as u64;
-                        Some((r.seq, r.id, *end))
+                        Some((r.seq, k, *end))
                     })
                     .collect(),
                 bytes: good as u64,
@@ -267,16 +306,26 @@ impl<F: Fs> Spool<F> {
 
     /// [`Self::append`] for one record.
     pub fn append_one(&mut self, id: &str, payload: &[u8]) -> Result<(u64, bool), SpoolError> {
+        self.append_keyed(id, IdKey::of(id), payload)
+    }
+
+    /// [`Self::append_one`] with the id's key already made (`key` is `IdKey::of(id)`).
+    pub fn append_keyed(
+        &mut self,
+        id: &str,
+        key: IdKey,
+        payload: &[u8],
+    ) -> Result<(u64, bool), SpoolError> {
         let seq = self.next_seq;
-        // One hash per event: the id is claimed first and given up if the write fails.
-        match self.ids.entry(id.to_string()) {
+        // One probe per event: the id is claimed first and given up if the write fails.
+        match self.ids.entry(key) {
             Entry::Occupied(o) => return Ok((*o.get(), true)),
             Entry::Vacant(v) => {
                 v.insert(seq);
             }
         }
-        if let Err(e) = self.write(seq, id, payload) {
-            self.ids.remove(id);
+        if let Err(e) = self.write(seq, id, key, payload) {
+            self.ids.remove(&key);
             return Err(e);
         }
         Ok((seq, false))
@@ -286,24 +335,30 @@ impl<F: Fs> Spool<F> {
     /// origin's numbers). A number below the next one is a repeat and is skipped (false);
     /// a gap starts a new segment, so every segment stays contiguous.
     pub fn append_at(&mut self, seq: u64, id: &str, payload: &[u8]) -> Result<bool, SpoolError> {
+        self.append_at_keyed(seq, id, IdKey::of(id), payload)
+    }
+
+    /// [`Self::append_at`] with the id's key already made (`key` is `IdKey::of(id)`).
+    pub fn append_at_keyed(
+        &mut self,
+        seq: u64,
+        id: &str,
+        key: IdKey,
+        payload: &[u8],
+    ) -> Result<bool, SpoolError> {
         if seq < self.next_seq {
             return Ok(false);
         }
         if seq > self.next_seq {
             self.gap = true;
         }
-        self.put(seq, id, payload)?;
+        self.write(seq, id, key, payload)?;
+        self.ids.insert(key, seq);
         Ok(true)
     }
 
-    fn put(&mut self, seq: u64, id: &str, payload: &[u8]) -> Result<(), SpoolError> {
-        self.write(seq, id, payload)?;
-        self.ids.insert(id.to_string(), seq);
-        Ok(())
-    }
-
     /// Writes a record (not durable until [`Self::sync`]) without indexing its id.
-    fn write(&mut self, seq: u64, id: &str, payload: &[u8]) -> Result<(), SpoolError> {
+    fn write(&mut self, seq: u64, id: &str, key: IdKey, payload: &[u8]) -> Result<(), SpoolError> {
         let mut bytes = std::mem::take(&mut self.scratch);
         encode_into(&mut bytes, seq, id, payload)?;
         let roll = std::mem::take(&mut self.gap)
@@ -325,7 +380,7 @@ impl<F: Fs> Spool<F> {
         self.fs.append(&seg.path, &bytes).map_err(io(&seg.path))?;
         seg.bytes += bytes.len() as u64;
         self.scratch = bytes;
-        seg.records.push((seq, id.to_string(), seg.bytes));
+        seg.records.push((seq, key, seg.bytes));
         if !self.dirty.contains(&seg.path) {
             self.dirty.push(seg.path.clone());
         }
@@ -344,7 +399,12 @@ impl<F: Fs> Spool<F> {
 
     /// The sequence number of an id held in the spool.
     pub fn lookup(&self, id: &str) -> Option<u64> {
-        self.ids.get(id).copied()
+        self.lookup_key(IdKey::of(id))
+    }
+
+    /// [`Self::lookup`] by the id's key.
+    pub fn lookup_key(&self, key: IdKey) -> Option<u64> {
+        self.ids.get(&key).copied()
     }
 
     /// Events and bytes held with a sequence number above `seq`.
@@ -415,8 +475,8 @@ impl<F: Fs> Spool<F> {
             // to-sync list too, or the next sync fails on a file that is gone.
             self.dirty.retain(|p| p != &seg.path);
             self.fs.remove(&seg.path).map_err(io(&seg.path))?;
-            for (_, id, _) in seg.records {
-                self.ids.remove(&id);
+            for (_, key, _) in seg.records {
+                self.ids.remove(&key);
             }
         }
         Ok(())
