@@ -76,16 +76,27 @@ impl<'de> Deserialize<'de> for TopLevelId {
 
 /// `line` (a JSON object) with `"id":<id>` as its first member.
 fn with_id(line: &[u8], id: &str) -> Vec<u8> {
-    let quoted = serde_json::to_string(id).unwrap_or_else(|_| format!("\"{id}\""));
+    // Ids this site assigns need no escaping; any other goes through serde_json.
+    let plain = id
+        .bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f);
+    let escaped;
+    let quoted: &str = if plain {
+        id
+    } else {
+        escaped = serde_json::to_string(id).unwrap_or_else(|_| format!("\"{id}\""));
+        &escaped[1..escaped.len() - 1]
+    };
     let brace = line.iter().position(|b| *b == b'{').unwrap_or(0);
     let empty = line[brace + 1..]
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'}');
-    let mut out = Vec::with_capacity(line.len() + quoted.len() + 6);
+    let mut out = Vec::with_capacity(line.len() + quoted.len() + 8);
     out.extend_from_slice(&line[..=brace]);
-    out.extend_from_slice(b"\"id\":");
+    out.extend_from_slice(b"\"id\":\"");
     out.extend_from_slice(quoted.as_bytes());
+    out.push(b'"');
     if !empty {
         out.push(b',');
     }
@@ -208,6 +219,13 @@ mod tests {
         for e in &evs {
             let v: Value = serde_json::from_slice(&e.line).expect("still JSON");
             assert_eq!(v["id"], "g-1");
+        }
+        // An assigned id that JSON must escape (a site name with a quote) stays valid.
+        for id in ["we\"st-1", "a\\b", "tab\there", "é-1"] {
+            let evs = parse_ndjson(b"{\"x\":1}", || id.to_string()).expect("valid");
+            let v: Value = serde_json::from_slice(&evs[0].line).expect("still JSON");
+            assert_eq!(v["id"], id);
+            assert_eq!(v["x"], 1);
         }
         // A nested "id" is not the event's; the last top-level one is.
         let evs = parse_ndjson(
