@@ -80,6 +80,7 @@ fn dns_follows_the_primary_and_drops_a_killed_site_within_one_detection_window()
         "SOA serial is the epoch: {soa}"
     );
 
+    let leader = c.status("west").expect("status")["leader"].clone();
     let t0 = Instant::now();
     c.kill9("east");
     let mut moved = None;
@@ -92,12 +93,19 @@ fn dns_follows_the_primary_and_drops_a_killed_site_within_one_detection_window()
     }
     let moved = moved.expect("DNS never moved to west");
     println!(
-        "DNS answer moved from east to west {} ms after kill -9 (detection window 800 ms)",
+        "DNS answer moved from east to west {} ms after kill -9 (detection window 800 ms; leader before: {leader})",
         moved.as_millis()
     );
     // One detection window (fall 3 × 100ms + grace 500ms), plus one decision tick and the
-    // commit; the new answer does not wait for the hold, west's gateway does.
-    assert!(moved < Duration::from_millis(1200), "took {moved:?}");
+    // commit; the new answer does not wait for the hold, west's gateway does. When east
+    // led the Raft group, the decision also waits for a new leader: up to one election
+    // timeout (at most 600 ms with a 100 ms probe), which mostly overlaps the window
+    // (measured: 1000 ms with east leading, 790–940 ms otherwise).
+    let bound = if leader == "east" { 1800 } else { 1200 };
+    assert!(
+        moved < Duration::from_millis(bound),
+        "took {moved:?} (leader before the kill: {leader})"
+    );
     assert_eq!(
         short("127.0.0.13", port, "db.shop.test"),
         "127.0.0.12",
@@ -251,6 +259,7 @@ fn rfc2136_push_keeps_a_real_bind_primary_in_step() {
         );
     };
     wait_bind("127.0.0.11", Duration::from_secs(10));
+    let leader = c.status("west").expect("status")["leader"].clone();
     let t0 = Instant::now();
     c.kill9("east");
     wait_bind("127.0.0.12", Duration::from_secs(10));
