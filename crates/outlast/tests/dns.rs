@@ -259,7 +259,6 @@ fn rfc2136_push_keeps_a_real_bind_primary_in_step() {
         );
     };
     wait_bind("127.0.0.11", Duration::from_secs(10));
-    let leader = c.status("west").expect("status")["leader"].clone();
     let t0 = Instant::now();
     c.kill9("east");
     wait_bind("127.0.0.12", Duration::from_secs(10));
