@@ -386,9 +386,12 @@ impl StreamRelay {
             }
             out.push(outcomes);
         }
-        own.spool.sync()?;
+        // The fsync runs without the stream's lock: ingests (which read the spool's size)
+        // and replicators need it, and the disk is the slowest step of a commit.
+        let sync = own.spool.start_sync()?;
         let last = own.last_seq();
         drop(own);
+        sync.finish()?;
         if !fresh.is_empty() {
             let mut recent = lock(&self.recent);
             recent.extend(fresh);
@@ -431,7 +434,7 @@ impl StreamRelay {
                 }
             };
             if !in_memory {
-                match lock(&self.own).read(from, max) {
+                match self.read_durable(from, max) {
                     Ok(recs) => {
                         for r in &recs {
                             push(&mut w, r)?;
@@ -770,9 +773,19 @@ impl StreamRelay {
         }
     }
 
+    /// Own events from `from` on that are durable: the writer fsyncs without the stream's
+    /// lock, so the spool may hold records a crash would still take back, which must not
+    /// reach a peer (their numbers would be reused) or a reader.
+    fn read_durable(&self, from: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
+        let durable = *self.durable.borrow();
+        let mut recs = lock(&self.own).read(from, max)?;
+        recs.retain(|r| r.seq <= durable);
+        Ok(recs)
+    }
+
     /// Own events still in the spool from `from` on (for `outlast events tail`).
     pub fn tail(&self, from: u64, max: usize) -> Result<Vec<(u64, String)>, SpoolError> {
-        let recs = lock(&self.own).read(from, max)?;
+        let recs = self.read_durable(from, max)?;
         Ok(recs
             .into_iter()
             .map(|r| {

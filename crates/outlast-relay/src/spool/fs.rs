@@ -20,10 +20,36 @@ pub trait Fs {
     }
     /// Appends, creating the file when missing. Not durable until `sync`.
     fn append(&self, path: &Path, data: &[u8]) -> io::Result<()>;
-    fn sync(&self, path: &Path) -> io::Result<()>;
+    /// Starts making what was appended to `path` so far durable; the returned step
+    /// finishes it and may run outside any lock the caller holds (appends made meanwhile
+    /// are not covered). A layer may do all of it here and return an empty step.
+    fn start_sync(&self, path: &Path) -> io::Result<SyncStep>;
+    fn sync(&self, path: &Path) -> io::Result<()> {
+        self.start_sync(path)?.finish()
+    }
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The rest of a sync: the files to fsync (data only) and the folders whose entries must
+/// become durable.
+#[derive(Debug, Default)]
+pub struct SyncStep {
+    files: Vec<File>,
+    dirs: Vec<File>,
+}
+
+impl SyncStep {
+    pub fn finish(self) -> io::Result<()> {
+        for f in &self.files {
+            f.sync_data()?;
+        }
+        for d in &self.dirs {
+            d.sync_all()?;
+        }
+        Ok(())
+    }
 }
 
 /// The real disk. It keeps the file last appended to open, gathers appends to it in memory
@@ -173,29 +199,30 @@ impl Fs for RealFs {
         Ok(())
     }
 
-    fn sync(&self, path: &Path) -> io::Result<()> {
-        {
+    fn start_sync(&self, path: &Path) -> io::Result<SyncStep> {
+        let mut step = SyncStep::default();
+        // Held bytes are written now; the fsync itself goes through a second handle, so
+        // that appends and reads need not wait for the disk.
+        let file = {
             let mut open = lock(&self.open);
             match open.as_mut() {
                 Some(f) if f.path == path => {
                     f.flush()?;
-                    f.file.sync_data()?
+                    f.file.try_clone()?
                 }
-                _ => std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(path)?
-                    .sync_data()?,
+                _ => std::fs::OpenOptions::new().append(true).open(path)?,
             }
-        }
+        };
+        step.files.push(file);
         // A new file's directory entry must be durable too.
         let mut fresh = lock(&self.fresh);
         if let Some(i) = fresh.iter().position(|p| p == path) {
             if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
+                step.dirs.push(File::open(dir)?);
             }
             fresh.swap_remove(i);
         }
-        Ok(())
+        Ok(step)
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

@@ -37,7 +37,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use fs::{Fs, RealFs};
+pub use fs::{Fs, RealFs, SyncStep};
 
 const VERSION: u8 = 1;
 const HEADER: usize = 8;
@@ -153,6 +153,19 @@ pub struct Spool<F: Fs> {
     scratch: Vec<u8>,
     /// The next record starts a new segment (a replica's numbering jumped).
     gap: bool,
+}
+
+/// The disk's part of a [`Spool::sync`], run without the spool.
+#[must_use = "nothing is durable until finish() returns"]
+pub struct SpoolSync(Vec<(PathBuf, SyncStep)>);
+
+impl SpoolSync {
+    pub fn finish(self) -> Result<(), SpoolError> {
+        for (path, step) in self.0 {
+            step.finish().map_err(io(&path))?;
+        }
+        Ok(())
+    }
 }
 
 /// Encodes a record into `out` (cleared first): one copy of the payload, no allocation
@@ -437,10 +450,20 @@ impl<F: Fs> Spool<F> {
 
     /// Makes every append so far durable.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        self.start_sync()?.finish()
+    }
+
+    /// [`Self::sync`] in two steps: this one writes what is held and takes handles; the
+    /// returned one waits for the disk and needs no access to the spool, so a caller can
+    /// let go of its lock on the spool meanwhile. Appends made after this call are not
+    /// covered by it.
+    pub fn start_sync(&mut self) -> Result<SpoolSync, SpoolError> {
+        let mut steps = Vec::new();
         for path in std::mem::take(&mut self.dirty) {
-            self.fs.sync(&path).map_err(io(&path))?;
+            let step = self.fs.start_sync(&path).map_err(io(&path))?;
+            steps.push((path, step));
         }
-        Ok(())
+        Ok(SpoolSync(steps))
     }
 
     /// Up to `max` records from `from_seq` on, in order. Only the bytes of those records

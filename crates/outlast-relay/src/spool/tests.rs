@@ -47,14 +47,14 @@ impl Fs for MemFs {
             .extend_from_slice(data);
         Ok(())
     }
-    fn sync(&self, path: &Path) -> io::Result<()> {
+    fn start_sync(&self, path: &Path) -> io::Result<SyncStep> {
         let mut files = self.0.borrow_mut();
         let f = files
             .get_mut(path)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let pending = std::mem::take(&mut f.pending);
         f.durable.extend(pending);
-        Ok(())
+        Ok(SyncStep::default())
     }
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let mut files = self.0.borrow_mut();
