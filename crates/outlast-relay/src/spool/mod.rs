@@ -111,6 +111,34 @@ impl Hasher for KeyBits {
     }
 }
 
+/// Every held id's sequence number, in shards that grow one at a time: a map of millions
+/// of ids doubling in one piece stopped the writer (and every ingest waiting on it) for
+/// tens of milliseconds; a shard holds 1/64 of them.
+struct IdMap(Vec<HashMap<IdKey, u64, BuildHasherDefault<KeyBits>>>);
+
+const ID_SHARDS: usize = 64;
+
+impl Default for IdMap {
+    fn default() -> Self {
+        IdMap((0..ID_SHARDS).map(|_| HashMap::default()).collect())
+    }
+}
+
+impl IdMap {
+    /// Where `key` lives: chosen by the half of it the shards' tables do not hash by.
+    fn index(key: IdKey) -> usize {
+        (key.0[0] % ID_SHARDS as u64) as usize
+    }
+
+    fn shard(&mut self, key: IdKey) -> &mut HashMap<IdKey, u64, BuildHasherDefault<KeyBits>> {
+        &mut self.0[Self::index(key)]
+    }
+
+    fn get(&self, key: IdKey) -> Option<u64> {
+        self.0[Self::index(key)].get(&key).copied()
+    }
+}
+
 /// One stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -144,7 +172,7 @@ pub struct Spool<F: Fs> {
     segments: Vec<Segment>,
     next_seq: u64,
     /// Every held id's sequence number.
-    ids: HashMap<IdKey, u64, BuildHasherDefault<KeyBits>>,
+    ids: IdMap,
     quarantined: u64,
     torn: u64,
     /// Segments written since the last sync.
@@ -255,7 +283,7 @@ impl<F: Fs> Spool<F> {
             max_segment_bytes: max_segment_bytes.max(64),
             segments: Vec::new(),
             next_seq: files.first().map(|(f, _)| *f).unwrap_or(1),
-            ids: HashMap::default(),
+            ids: IdMap::default(),
             quarantined: 0,
             torn: 0,
             dirty: Vec::new(),
@@ -284,7 +312,7 @@ impl<F: Fs> Spool<F> {
             }
             let keys: Vec<IdKey> = records.iter().map(|r| IdKey::of(&r.id)).collect();
             for (r, k) in records.iter().zip(&keys) {
-                spool.ids.insert(*k, r.seq);
+                spool.ids.shard(*k).insert(*k, r.seq);
             }
             spool.segments.push(Segment {
                 path,
@@ -339,14 +367,14 @@ impl<F: Fs> Spool<F> {
     ) -> Result<(u64, bool), SpoolError> {
         let seq = self.next_seq;
         // One probe per event: the id is claimed first and given up if the write fails.
-        match self.ids.entry(key) {
+        match self.ids.shard(key).entry(key) {
             Entry::Occupied(o) => return Ok((*o.get(), true)),
             Entry::Vacant(v) => {
                 v.insert(seq);
             }
         }
         if let Err(e) = self.write(seq, id, key, payload) {
-            self.ids.remove(&key);
+            self.ids.shard(key).remove(&key);
             return Err(e);
         }
         Ok((seq, false))
@@ -374,7 +402,7 @@ impl<F: Fs> Spool<F> {
             self.gap = true;
         }
         self.write(seq, id, key, payload)?;
-        self.ids.insert(key, seq);
+        self.ids.shard(key).insert(key, seq);
         Ok(true)
     }
 
@@ -425,7 +453,7 @@ impl<F: Fs> Spool<F> {
 
     /// [`Self::lookup`] by the id's key.
     pub fn lookup_key(&self, key: IdKey) -> Option<u64> {
-        self.ids.get(&key).copied()
+        self.ids.get(key)
     }
 
     /// Events and bytes held with a sequence number above `seq`.
@@ -507,7 +535,7 @@ impl<F: Fs> Spool<F> {
             self.dirty.retain(|p| p != &seg.path);
             self.fs.remove(&seg.path).map_err(io(&seg.path))?;
             for (_, key, _) in seg.records {
-                self.ids.remove(&key);
+                self.ids.shard(key).remove(&key);
             }
         }
         Ok(())
