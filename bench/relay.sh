@@ -30,6 +30,7 @@ awk '/^name = "/{site=$3; gsub(/"/,"",site)} {gsub(/SITE/, site); print}' "$work
 mv "$work/o.toml" "$work/outlast.toml"
 "$bin" check --config "$work/outlast.toml" >/dev/null
 start_agents
+site_pids=("${pids[-3]}" "${pids[-2]}" "${pids[-1]}") # east (takes the events), west, witness
 for _ in $(seq 1 100); do
   curl -sf http://127.0.0.11:17401/v1/status 2>/dev/null | grep -q '"leader":"' && break
   sleep 0.1
@@ -64,28 +65,56 @@ print(f"{n * size / el:.0f} {n / el:.0f}")
 PY
 }
 
-turn() { # stream -> "events/s bytes/s p50_ms p99_ms"
+# CPU (1/100 s) each site has used so far, space-separated.
+site_ticks() { local p; for p in "${site_pids[@]}"; do printf '%s ' "$(ticks "$p")"; done; }
+
+# Waits (up to 30 s) until the sites are nearly idle: replication and shipping of one
+# turn's events must not be billed to the next turn.
+settle() {
+  local i a b
+  for i in $(seq 1 60); do
+    a=$(site_ticks | awk '{print $1 + $2 + $3}')
+    sleep 0.5
+    b=$(site_ticks | awk '{print $1 + $2 + $3}')
+    [ $((b - a)) -le 5 ] && return 0
+  done
+}
+
+turn() { # stream -> "events/s bytes/s p50_ms p99_ms non2xx east_us west_us witness_us" (CPU per event)
+  local before after
+  before=$(site_ticks)
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$work/post.lua" "http://127.0.0.11:17401/v1/streams/$1/events" >"$work/wrk-$1.out"
-  awk -v bb="$body_bytes" '
+  after=$(site_ticks)
+  awk -v bb="$body_bytes" -v before="$before" -v after="$after" '
     function ms(v) { if (v ~ /us$/) {sub(/us$/,"",v); return v/1000} if (v ~ /ms$/) {sub(/ms$/,"",v); return v} sub(/s$/,"",v); return v*1000 }
     /^Requests\/sec/ {rps=$2}
+    /requests in/ {n=$1}
     $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)}
     /Non-2xx/ {bad=$NF}
-    END {printf "%.0f %.0f %.2f %.2f %d\n", rps*100, rps*bb, p50, p99, bad}' "$work/wrk-$1.out"
+    END {
+      split(before, b, " "); split(after, a, " ");
+      printf "%.0f %.0f %.2f %.2f %d", rps*100, rps*bb, p50, p99, bad;
+      for (i = 1; i <= 3; i++) printf " %.2f", (a[i] - b[i]) * 10000 / (n * 100);
+      printf "\n" }' "$work/wrk-$1.out"
 }
 
 echo "relay bench: ${secs}s per turn, $conns connections, requests of 100 events ($body_bytes bytes)"
 read -r disk_big_bps _ < <(disk 1048576)
 read -r disk_req_bps disk_req_fps < <(disk "$body_bytes")
-read -r l_eps l_bps l_p50 l_p99 l_bad < <(turn local)
-read -r r_eps r_bps r_p50 r_p99 r_bad < <(turn replicated)
+read -r l_eps l_bps l_p50 l_p99 l_bad l_ce l_cw l_cx < <(turn local)
+settle
+read -r r_eps r_bps r_p50 r_p99 r_bad r_ce r_cw r_cx < <(turn replicated)
 awk -v db="$disk_big_bps" -v dr="$disk_req_bps" -v df="$disk_req_fps" -v bb="$body_bytes" \
     -v le="$l_eps" -v lb="$l_bps" -v l50="$l_p50" -v l99="$l_p99" -v lx="$l_bad" \
-    -v re="$r_eps" -v rb="$r_bps" -v r50="$r_p50" -v r99="$r_p99" -v rx="$r_bad" 'BEGIN {
+    -v re="$r_eps" -v rb="$r_bps" -v r50="$r_p50" -v r99="$r_p99" -v rx="$r_bad" \
+    -v lce="$l_ce" -v lcw="$l_cw" -v lcx="$l_cx" -v rce="$r_ce" -v rcw="$r_cw" -v rcx="$r_cx" 'BEGIN {
   printf "disk, 1 MiB writes + fdatasync      %8.1f MB/s\n", db/1e6;
   printf "disk, %d-byte writes + fdatasync  %8.1f MB/s  (%.0f fsyncs/s)\n", bb, dr/1e6, df;
   printf "ack=local       %9.0f events/s  %7.1f MB/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d\n", le, lb/1e6, l50, l99, lx;
   printf "ack=replicated  %9.0f events/s  %7.1f MB/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d\n", re, rb/1e6, r50, r99, rx;
   printf "ratio acked/disk(1 MiB + fsync): local %.2f, replicated %.2f\n", lb/db, rb/db;
   printf "ratio acked/disk(request-size + fsync): local %.2f, replicated %.2f\n", lb/dr, rb/dr;
+  printf "CPU per event (µs; the three sites share these 2 cores with wrk):\n";
+  printf "  ack=local       east %.2f  west %.2f  witness %.2f\n", lce, lcw, lcx;
+  printf "  ack=replicated  east %.2f  west %.2f  witness %.2f\n", rce, rcw, rcx;
 }'
