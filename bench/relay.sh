@@ -70,13 +70,14 @@ site_ticks() { local p; for p in "${site_pids[@]}"; do printf '%s ' "$(ticks "$p
 
 # Waits (up to 30 s) until the sites are nearly idle: replication and shipping of one
 # turn's events must not be billed to the next turn.
-settle() {
+settle() { # says on stderr how long it waited
+  local t0=$SECONDS
   local i a b
   for i in $(seq 1 60); do
     a=$(site_ticks | awk '{print $1 + $2 + $3}')
     sleep 0.5
     b=$(site_ticks | awk '{print $1 + $2 + $3}')
-    [ $((b - a)) -le 5 ] && return 0
+    if [ $((b - a)) -le 5 ]; then echo "settled in $((SECONDS - t0)) s" >&2; return 0; fi
   done
 }
 

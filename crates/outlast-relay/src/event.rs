@@ -147,9 +147,15 @@ pub fn parse_ndjson(
 /// The stored form: acceptance time, then the line.
 pub fn stored(accepted_ms: u64, line: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + line.len());
-    v.extend_from_slice(&accepted_ms.to_le_bytes());
+    v.extend_from_slice(&stored_prefix(accepted_ms));
     v.extend_from_slice(line);
     v
+}
+
+/// What [`stored`] puts before the line, for writers that store the two parts without
+/// joining them.
+pub fn stored_prefix(accepted_ms: u64) -> [u8; 8] {
+    accepted_ms.to_le_bytes()
 }
 
 /// A stored line as text. Lines were checked to be JSON when accepted, so this is a copy

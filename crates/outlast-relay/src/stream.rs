@@ -710,12 +710,9 @@ impl StreamRelay {
             .get_mut(origin)
             .ok_or_else(|| RelayError::Stranger(origin.to_string()))?;
         for (r, key) in req.records.iter().zip(&keys) {
-            log.spool.append_at_keyed(
-                r.seq,
-                &r.id,
-                *key,
-                &event::stored(r.ts, r.line.as_bytes()),
-            )?;
+            let ts = event::stored_prefix(r.ts);
+            log.spool
+                .append_at_keyed(r.seq, &r.id, *key, &[&ts, r.line.as_bytes()])?;
         }
         log.spool.sync()?;
         log.skip(&conflicts)?;

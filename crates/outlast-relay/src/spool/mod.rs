@@ -196,11 +196,11 @@ impl SpoolSync {
     }
 }
 
-/// Encodes a record into `out` (cleared first): one copy of the payload, no allocation
-/// once `out` has grown.
-fn encode_into(out: &mut Vec<u8>, seq: u64, id: &str, payload: &[u8]) -> Result<(), SpoolError> {
+/// Encodes a record into `out` (cleared first): the payload is the concatenation of
+/// `payload`'s parts, copied once, with no allocation once `out` has grown.
+fn encode_into(out: &mut Vec<u8>, seq: u64, id: &str, payload: &[&[u8]]) -> Result<(), SpoolError> {
     let id_len = u16::try_from(id.len()).map_err(|_| SpoolError::IdTooLong(id.len()))?;
-    let body_len = BODY_MIN + id.len() + payload.len();
+    let body_len = BODY_MIN + id.len() + payload.iter().map(|p| p.len()).sum::<usize>();
     if body_len > MAX_BODY {
         return Err(SpoolError::TooLarge(body_len));
     }
@@ -212,7 +212,9 @@ fn encode_into(out: &mut Vec<u8>, seq: u64, id: &str, payload: &[u8]) -> Result<
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&id_len.to_le_bytes());
     out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(payload);
+    for part in payload {
+        out.extend_from_slice(part);
+    }
     let crc = crc32c::crc32c(&out[HEADER..]);
     out[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
@@ -373,7 +375,7 @@ impl<F: Fs> Spool<F> {
                 v.insert(seq);
             }
         }
-        if let Err(e) = self.write(seq, id, key, payload) {
+        if let Err(e) = self.write(seq, id, key, &[payload]) {
             self.ids.shard(key).remove(&key);
             return Err(e);
         }
@@ -384,16 +386,17 @@ impl<F: Fs> Spool<F> {
     /// origin's numbers). A number below the next one is a repeat and is skipped (false);
     /// a gap starts a new segment, so every segment stays contiguous.
     pub fn append_at(&mut self, seq: u64, id: &str, payload: &[u8]) -> Result<bool, SpoolError> {
-        self.append_at_keyed(seq, id, IdKey::of(id), payload)
+        self.append_at_keyed(seq, id, IdKey::of(id), &[payload])
     }
 
-    /// [`Self::append_at`] with the id's key already made (`key` is `IdKey::of(id)`).
+    /// [`Self::append_at`] with the id's key already made (`key` is `IdKey::of(id)`) and
+    /// the payload in parts (stored as their concatenation, without joining them first).
     pub fn append_at_keyed(
         &mut self,
         seq: u64,
         id: &str,
         key: IdKey,
-        payload: &[u8],
+        payload: &[&[u8]],
     ) -> Result<bool, SpoolError> {
         if seq < self.next_seq {
             return Ok(false);
@@ -407,7 +410,13 @@ impl<F: Fs> Spool<F> {
     }
 
     /// Writes a record (not durable until [`Self::sync`]) without indexing its id.
-    fn write(&mut self, seq: u64, id: &str, key: IdKey, payload: &[u8]) -> Result<(), SpoolError> {
+    fn write(
+        &mut self,
+        seq: u64,
+        id: &str,
+        key: IdKey,
+        payload: &[&[u8]],
+    ) -> Result<(), SpoolError> {
         let mut bytes = std::mem::take(&mut self.scratch);
         encode_into(&mut bytes, seq, id, payload)?;
         let roll = std::mem::take(&mut self.gap)
