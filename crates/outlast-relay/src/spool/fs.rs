@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub trait Fs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
@@ -38,10 +38,23 @@ pub trait Fs {
 pub struct SyncStep {
     files: Vec<File>,
     dirs: Vec<File>,
+    /// New files whose folder entry this step makes durable, and the list to put them
+    /// back on if it fails, so that the next sync tries their folder again.
+    fresh: Option<(Arc<Mutex<Vec<PathBuf>>>, Vec<PathBuf>)>,
 }
 
 impl SyncStep {
-    pub fn finish(self) -> io::Result<()> {
+    pub fn finish(mut self) -> io::Result<()> {
+        let r = self.run();
+        if r.is_err() {
+            if let Some((list, paths)) = self.fresh.take() {
+                lock(&list).extend(paths);
+            }
+        }
+        r
+    }
+
+    fn run(&self) -> io::Result<()> {
         for f in &self.files {
             f.sync_data()?;
         }
@@ -59,7 +72,7 @@ impl SyncStep {
 #[derive(Debug, Default)]
 pub struct RealFs {
     open: Mutex<Option<OpenFile>>,
-    fresh: Mutex<Vec<PathBuf>>,
+    fresh: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 /// Appended bytes held before they are written.
@@ -220,7 +233,8 @@ impl Fs for RealFs {
             if let Some(dir) = path.parent() {
                 step.dirs.push(File::open(dir)?);
             }
-            fresh.swap_remove(i);
+            let new = fresh.swap_remove(i);
+            step.fresh = Some((self.fresh.clone(), vec![new]));
         }
         Ok(step)
     }
@@ -295,5 +309,26 @@ mod tests {
             b"one!",
             "written when dropped"
         );
+    }
+
+    /// A sync that fails leaves a new file's folder entry to the next sync, which tries it
+    /// again (before, the file was forgotten as new and a later sync skipped its folder).
+    #[test]
+    fn a_failed_sync_keeps_the_folder_entry_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a");
+        let fs = RealFs::default();
+        fs.append(&a, b"x").expect("append");
+        let mut step = fs.start_sync(&a).expect("start");
+        assert!(lock(&fs.fresh).is_empty(), "taken by the step");
+        // A file that cannot be fsync'd (a character device) makes the step fail.
+        step.files
+            .push(File::open("/dev/null").expect("open /dev/null"));
+        assert!(step.finish().is_err());
+        assert_eq!(*lock(&fs.fresh), vec![a.clone()], "put back");
+        let step = fs.start_sync(&a).expect("start");
+        assert_eq!(step.dirs.len(), 1, "the folder is synced this time");
+        step.finish().expect("sync");
+        assert!(lock(&fs.fresh).is_empty());
     }
 }
