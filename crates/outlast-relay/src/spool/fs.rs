@@ -40,8 +40,11 @@ pub struct SyncStep {
     dirs: Vec<File>,
     /// New files whose folder entry this step makes durable, and the list to put them
     /// back on if it fails, so that the next sync tries their folder again.
-    fresh: Option<(Arc<Mutex<Vec<PathBuf>>>, Vec<PathBuf>)>,
+    fresh: Option<(FreshList, Vec<PathBuf>)>,
 }
+
+/// Files created since their folder entry was last made durable.
+type FreshList = Arc<Mutex<Vec<PathBuf>>>;
 
 impl SyncStep {
     pub fn finish(mut self) -> io::Result<()> {
@@ -72,7 +75,7 @@ impl SyncStep {
 #[derive(Debug, Default)]
 pub struct RealFs {
     open: Mutex<Option<OpenFile>>,
-    fresh: Arc<Mutex<Vec<PathBuf>>>,
+    fresh: FreshList,
 }
 
 /// Appended bytes held before they are written.
