@@ -137,6 +137,14 @@ impl IdMap {
     fn get(&self, key: IdKey) -> Option<u64> {
         self.0[Self::index(key)].get(&key).copied()
     }
+
+    fn insert(&mut self, key: IdKey, seq: u64) {
+        self.shard(key).insert(key, seq);
+    }
+
+    fn remove(&mut self, key: IdKey) {
+        self.shard(key).remove(&key);
+    }
 }
 
 /// One stored event.
@@ -312,20 +320,19 @@ impl<F: Fs> Spool<F> {
                 spool.fs.truncate(&path, good as u64).map_err(io(&path))?;
                 spool.torn += 1;
             }
-            let keys: Vec<IdKey> = records.iter().map(|r| IdKey::of(&r.id)).collect();
-            for (r, k) in records.iter().zip(&keys) {
-                spool.ids.shard(*k).insert(*k, r.seq);
-            }
+            let ids = &mut spool.ids;
+            let index = records
+                .into_iter()
+                .scan(0u64, |end, r| {
+                    let key = IdKey::of(&r.id);
+                    ids.insert(key, r.seq);
+                    *end += (HEADER + BODY_MIN + r.id.len() + r.payload.len()) as u64;
+                    Some((r.seq, key, *end))
+                })
+                .collect();
             spool.segments.push(Segment {
                 path,
-                records: records
-                    .into_iter()
-                    .zip(keys)
-                    .scan(0u64, |end, (r, k)| {
-                        *end += (HEADER + BODY_MIN + r.id.len() + r.payload.len()) as u64;
-                        Some((r.seq, k, *end))
-                    })
-                    .collect(),
+                records: index,
                 bytes: good as u64,
             });
         }
@@ -376,7 +383,7 @@ impl<F: Fs> Spool<F> {
             }
         }
         if let Err(e) = self.write(seq, id, key, &[payload]) {
-            self.ids.shard(key).remove(&key);
+            self.ids.remove(key);
             return Err(e);
         }
         Ok((seq, false))
@@ -405,7 +412,7 @@ impl<F: Fs> Spool<F> {
             self.gap = true;
         }
         self.write(seq, id, key, payload)?;
-        self.ids.shard(key).insert(key, seq);
+        self.ids.insert(key, seq);
         Ok(true)
     }
 
@@ -544,7 +551,7 @@ impl<F: Fs> Spool<F> {
             self.dirty.retain(|p| p != &seg.path);
             self.fs.remove(&seg.path).map_err(io(&seg.path))?;
             for (_, key, _) in seg.records {
-                self.ids.shard(key).remove(&key);
+                self.ids.remove(key);
             }
         }
         Ok(())
