@@ -10,12 +10,11 @@
 //! connections to a demoted backend close once their requests are done. A sweep every 10 s
 //! closes connections idle for over 30 s.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,7 +42,7 @@ pub(crate) struct ConnPool {
 #[derive(Default)]
 struct Idle {
     epoch: u64,
-    conns: HashMap<SocketAddr, VecDeque<(Instant, Sender)>>,
+    conns: rustc_hash::FxHashMap<SocketAddr, VecDeque<(Instant, Sender)>>,
 }
 
 /// Why a request got no response.
@@ -108,43 +107,35 @@ impl ConnPool {
 
     /// An idle connection to `addr` that can take a request now. Busy ones (their last
     /// response was read but the connection has not yet gone back to idle) stay pooled.
-    async fn checkout(&self, epoch: u64, addr: SocketAddr) -> Option<Sender> {
-        let mut busy = Vec::new();
-        let mut found = None;
-        loop {
-            let next = {
-                let mut idle = self.lock();
-                if !idle.at(epoch) {
-                    break;
+    /// Not async: readiness is asked with a waker that nobody waits on, since a connection
+    /// that is not ready now is passed over, not waited for (and the request's future
+    /// stays small).
+    fn checkout(&self, epoch: u64, addr: SocketAddr) -> Option<Sender> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut idle = self.lock();
+        if !idle.at(epoch) {
+            return None;
+        }
+        let list = idle.conns.get_mut(&addr)?;
+        while list
+            .front()
+            .is_some_and(|(since, _)| since.elapsed() > self.idle_for)
+        {
+            list.pop_front();
+        }
+        // Newest first; busy ones are kept in their place, closed ones dropped.
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            match list[i].1.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => return list.remove(i).map(|(_, s)| s),
+                Poll::Ready(Err(_)) => {
+                    list.remove(i);
                 }
-                let list = idle.conns.get_mut(&addr)?;
-                while list
-                    .front()
-                    .is_some_and(|(since, _)| since.elapsed() > self.idle_for)
-                {
-                    list.pop_front();
-                }
-                list.pop_back()
-            };
-            let Some((since, mut sender)) = next else {
-                break;
-            };
-            match poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await {
-                Poll::Ready(Ok(())) => {
-                    found = Some(sender);
-                    break;
-                }
-                Poll::Ready(Err(_)) => {} // closed: dropped
-                Poll::Pending => busy.push((since, sender)),
+                Poll::Pending => {}
             }
         }
-        if !busy.is_empty() {
-            let mut idle = self.lock();
-            if idle.at(epoch) {
-                idle.conns.entry(addr).or_default().extend(busy);
-            }
-        }
-        found
+        None
     }
 
     fn give_back(&self, epoch: u64, addr: SocketAddr, sender: Sender) {
@@ -188,14 +179,15 @@ impl ConnPool {
         let mut stale = 0;
         loop {
             let pooled = if stale < STALE_TRIES {
-                self.checkout(epoch, addr).await
+                self.checkout(epoch, addr)
             } else {
                 None
             };
             let fresh = pooled.is_none();
             let mut sender = match pooled {
                 Some(s) => s,
-                None => self.connect(addr).await?,
+                // Boxed: the connecting future is large and seldom needed.
+                None => Box::pin(self.connect(addr)).await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {

@@ -1,6 +1,8 @@
 //! What the gateway follows: per service, where to send requests right now.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,7 +89,7 @@ pub struct Target {
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: std::sync::atomic::AtomicU64,
-    targets: std::sync::RwLock<HashMap<SocketAddr, Arc<TargetCounters>>>,
+    targets: std::sync::RwLock<FxHashMap<SocketAddr, Arc<TargetCounters>>>,
 }
 
 #[derive(Debug)]
@@ -171,7 +173,7 @@ impl Stats {
 pub(crate) struct Balancer {
     next: AtomicUsize,
     /// Ejected backends and when they were ejected.
-    ejected: Mutex<HashMap<SocketAddr, Instant>>,
+    ejected: Mutex<FxHashMap<SocketAddr, Instant>>,
 }
 
 /// How long a backend that refused a connection is skipped before it is tried again.
