@@ -114,12 +114,6 @@ fn parse_peer_via(s: &str) -> Result<(String, std::net::SocketAddr), String> {
     Ok((site.to_string(), addr))
 }
 
-/// mimalloc: the gateway and the relay allocate and free small buffers per request from
-/// per-thread workers; it keeps those on thread-local pages (glibc malloc cost about 4% of
-/// the gateway's CPU in a profile).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
