@@ -10,8 +10,13 @@ need_packages() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
-cargo build --release --quiet
-bin=$PWD/target/release/outlast
+# OUTLAST_BIN=path runs that binary instead of building this checkout (to compare builds).
+if [ -n "${OUTLAST_BIN:-}" ]; then
+  bin=$OUTLAST_BIN
+else
+  cargo build --release --quiet
+  bin=$PWD/target/release/outlast
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
