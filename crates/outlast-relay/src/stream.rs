@@ -419,12 +419,14 @@ impl StreamRelay {
             let (ts, line) = event::unstored(&r.payload);
             w.push(r.seq, ts, &r.id, line)
         };
+        let size = |r: &Record| FrameWriter::record_bytes(&r.id, r.payload.len());
         if let Some(from) = from {
             let in_memory = {
                 let recent = lock(&self.recent);
                 match recent.front() {
                     Some(first) if first.seq <= from => {
                         let start = (from - first.seq) as usize;
+                        w.reserve(recent.iter().skip(start).take(max).map(size).sum());
                         for r in recent.iter().skip(start).take(max) {
                             push(&mut w, r)?;
                         }
@@ -436,6 +438,7 @@ impl StreamRelay {
             if !in_memory {
                 match self.read_durable(from, max) {
                     Ok(recs) => {
+                        w.reserve(recs.iter().map(size).sum());
                         for r in &recs {
                             push(&mut w, r)?;
                         }

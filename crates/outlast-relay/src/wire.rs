@@ -73,6 +73,17 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Bytes a record of `id` and a `line_len`-byte line takes in a frame.
+    pub fn record_bytes(id: &str, line_len: usize) -> usize {
+        8 + 8 + 2 + id.len() + 4 + line_len
+    }
+
+    /// Makes room for `bytes` more bytes of records at once (a frame of megabytes grown by
+    /// doubling copies itself over and over, into fresh pages each time).
+    pub fn reserve(&mut self, bytes: usize) {
+        self.buf.reserve(bytes);
+    }
+
     /// Records pushed so far.
     pub fn len(&self) -> usize {
         self.count as usize
