@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The gateway's own work per proxied request, counted in instructions: east's agent runs
+# under valgrind (callgrind), wrk sends GETs through its gateway to nginx, and the count of
+# a quiet window is taken from the count of a loaded one of the same length. Unlike
+# requests/s on a shared 2-core VM (which move ±10% between runs), the count moves by 1-2%,
+# so it shows what a change to the request path saves. User space only: the kernel's share
+# (about two thirds of the CPU on loopback) is not in it.
+#   bench/gateway-instructions.sh [seconds per window (10)] [connections (10)]
+# Prints instructions per request and the ten functions of the request path that cost the
+# most (inclusive). Installs valgrind, nginx-light and wrk from Debian when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+conns=${2:-10}
+# shellcheck source=bench/common.sh
+source bench/common.sh
+need_packages valgrind:valgrind callgrind_annotate:valgrind nginx:nginx-light wrk:wrk
+
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:18180; location / { return 200 "hello from nginx\n"; } }
+}
+CONF
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+
+{ cluster_toml 18500 18501; cat <<CONF
+[[services]]
+name = "web"
+mode = "active-active"
+port = 18182
+[services.backends]
+east = ["127.0.0.1:18180"]
+west = ["127.0.0.1:18180"]
+CONF
+} >"$work/outlast.toml"
+
+# East under callgrind, counting nothing until asked; west and the witness as usual.
+OUTLAST_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
+  --callgrind-out-file="$work/cg.out" \
+  "$bin" agent --config "$work/outlast.toml" --site east >"$work/east.log" 2>&1 & pids+=($!)
+east=$!
+for s in west witness; do
+  OUTLAST_LOG=warn "$bin" agent --config "$work/outlast.toml" --site "$s" >"$work/$s.log" 2>&1 & pids+=($!)
+done
+ready=0
+for _ in $(seq 1 300); do
+  if curl -sf http://127.0.0.11:18182/ >/dev/null 2>&1; then ready=1; break; fi
+  sleep 0.2
+done
+[ "$ready" = 1 ] || { echo "east's gateway did not answer within 60 s; its log:" >&2; cat "$work/east.log" >&2; exit 1; }
+sleep 2
+
+callgrind_control -i on "$east" >/dev/null 2>&1
+sleep "$secs"
+callgrind_control -d "$east" >/dev/null 2>&1 # dump 1: the quiet window
+wrk -t1 -c"$conns" -d"${secs}s" http://127.0.0.11:18182/ >"$work/wrk.out"
+callgrind_control -d "$east" >/dev/null 2>&1 # dump 2: the loaded window
+
+total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
+quiet=$(total "$work/cg.out.1")
+loaded=$(total "$work/cg.out.2")
+n=$(awk '/requests in/ {print $1}' "$work/wrk.out")
+[ -n "$n" ] && [ "$n" -gt 0 ] || { echo "wrk completed no request" >&2; exit 1; }
+echo "gateway under callgrind: ${secs}s windows, wrk -c$conns: $n requests"
+echo "instructions per request (user space): $(((loaded - quiet) / n))"
+echo "  (quiet window $quiet, loaded window $loaded)"
+echo "most costly in the request path (inclusive, per request):"
+callgrind_annotate --inclusive=yes "$work/cg.out.2" 2>/dev/null |
+  awk -v n="$n" '/^ *[0-9,]+ \(/ && !/x\)$/ && /outlast_gateway::(http|pool|routes)::/ && !/::\{\{closure\}\}::\{\{closure\}\}/ {
+      c = $1; gsub(",", "", c); f = $0; sub(/^[^)]*\)  */, "", f); sub(/^[^:]*\.rs:/, "", f); sub(/ \[\/.*$/, "", f);
+      if (!seen[f]++) printf "  %8.0f  %s\n", c / n, f }' | head -n 10
