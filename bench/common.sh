@@ -35,13 +35,44 @@ cluster_toml() {
   done
 }
 
-# Starts the three agents of $work/outlast.toml.
+# Starts the three agents of $work/outlast.toml; east's pid is then ${pids[-3]}. Words
+# given go in front of east's command (a profiler that runs it, say).
+# usage: start_agents [WRAPPER...]
 start_agents() {
-  local s
+  local s wrap
   for s in east west witness; do
-    OUTLAST_LOG=warn "$bin" agent --config "$work/outlast.toml" --site "$s" >"$work/$s.log" 2>&1 & pids+=($!)
+    wrap=()
+    [ "$s" = east ] && wrap=("$@")
+    OUTLAST_LOG=warn "${wrap[@]}" "$bin" agent --config "$work/outlast.toml" --site "$s" >"$work/$s.log" 2>&1 & pids+=($!)
   done
 }
 
 # CPU (user + system) a process has used so far, in 1/100 s.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# Starts nginx (one worker) answering every request with one small static body, on
+# 127.0.0.1:PORT.
+# usage: start_nginx PORT
+start_nginx() {
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:$1 backlog=4096; location / { return 200 "hello from nginx\n"; } }
+}
+CONF
+  nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+}
+
+# Prints an active-active service "web" on PORT whose one backend at east and west is ADDR.
+# usage: web_service_toml PORT ADDR
+web_service_toml() {
+  printf '[[services]]\nname = "web"\nmode = "active-active"\nport = %s\n' "$1"
+  printf '[services.backends]\neast = ["%s"]\nwest = ["%s"]\n' "$2" "$2"
+}

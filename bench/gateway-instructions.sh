@@ -16,40 +16,12 @@ conns=${2:-10}
 source bench/common.sh
 need_packages valgrind:valgrind callgrind_annotate:valgrind nginx:nginx-light wrk:wrk
 
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 100000;
-  server { listen 127.0.0.1:18180; location / { return 200 "hello from nginx\n"; } }
-}
-CONF
-nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
-
-{ cluster_toml 18500 18501; cat <<CONF
-[[services]]
-name = "web"
-mode = "active-active"
-port = 18182
-[services.backends]
-east = ["127.0.0.1:18180"]
-west = ["127.0.0.1:18180"]
-CONF
-} >"$work/outlast.toml"
+start_nginx 18180
+{ cluster_toml 18600 18601; web_service_toml 18182 127.0.0.1:18180; } >"$work/outlast.toml"
 
 # East under callgrind, counting nothing until asked; west and the witness as usual.
-OUTLAST_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
-  --callgrind-out-file="$work/cg.out" \
-  "$bin" agent --config "$work/outlast.toml" --site east >"$work/east.log" 2>&1 & pids+=($!)
-east=$!
-for s in west witness; do
-  OUTLAST_LOG=warn "$bin" agent --config "$work/outlast.toml" --site "$s" >"$work/$s.log" 2>&1 & pids+=($!)
-done
+start_agents valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out"
+east=${pids[-3]}
 ready=0
 for _ in $(seq 1 300); do
   if curl -sf http://127.0.0.11:18182/ >/dev/null 2>&1; then ready=1; break; fi

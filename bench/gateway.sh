@@ -14,20 +14,7 @@ source bench/common.sh
 need_packages haproxy:haproxy nginx:nginx-light wrk:wrk
 
 # nginx: one small static answer, on 127.0.0.1:18080.
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000;
-  server { listen 127.0.0.1:18080 backlog=4096; location / { return 200 "hello from nginx\n"; } }
-}
-CONF
-nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" & pids+=($!)
+start_nginx 18080
 
 # HAProxy 2.6 on 127.0.0.21:18081 in front of it.
 cat >"$work/haproxy.cfg" <<CONF
@@ -49,16 +36,7 @@ haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 haproxy_pid=$!
 
 # outlast: east, west and a witness; the gateway of an active-active service on east.
-{ cluster_toml 18400 18401; cat <<CONF
-[[services]]
-name = "web"
-mode = "active-active"
-port = 18082
-[services.backends]
-east = ["127.0.0.1:18080"]
-west = ["127.0.0.1:18080"]
-CONF
-} >"$work/outlast.toml"
+{ cluster_toml 18400 18401; web_service_toml 18082 127.0.0.1:18080; } >"$work/outlast.toml"
 start_agents
 east_pid=${pids[-3]}
 for _ in $(seq 1 100); do
