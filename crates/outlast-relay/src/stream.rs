@@ -157,6 +157,24 @@ pub struct StreamRelay {
     sinks: Mutex<Option<Vec<crate::ship::Sink>>>,
 }
 
+/// Pushes own records to a replication frame, with room made for all of them first (a
+/// frame of megabytes grown by doubling copies itself over and over).
+fn push_all<'a>(
+    w: &mut FrameWriter,
+    recs: impl Iterator<Item = &'a Record> + Clone,
+) -> Result<(), String> {
+    w.reserve(
+        recs.clone()
+            .map(|r| FrameWriter::record_bytes(&r.id, event::unstored(&r.payload).1.len()))
+            .sum(),
+    );
+    for r in recs {
+        let (ts, line) = event::unstored(&r.payload);
+        w.push(r.seq, ts, &r.id, line)?;
+    }
+    Ok(())
+}
+
 impl StreamRelay {
     pub(crate) fn open(
         cfg: Stream,
@@ -415,21 +433,13 @@ impl StreamRelay {
         max: usize,
     ) -> Result<(Vec<u8>, usize), String> {
         let mut w = FrameWriter::new(&self.cfg.name, &self.sites.me, shipped, intent)?;
-        let push = |w: &mut FrameWriter, r: &Record| {
-            let (ts, line) = event::unstored(&r.payload);
-            w.push(r.seq, ts, &r.id, line)
-        };
-        let size = |r: &Record| FrameWriter::record_bytes(&r.id, r.payload.len());
         if let Some(from) = from {
             let in_memory = {
                 let recent = lock(&self.recent);
                 match recent.front() {
                     Some(first) if first.seq <= from => {
                         let start = (from - first.seq) as usize;
-                        w.reserve(recent.iter().skip(start).take(max).map(size).sum());
-                        for r in recent.iter().skip(start).take(max) {
-                            push(&mut w, r)?;
-                        }
+                        push_all(&mut w, recent.iter().skip(start).take(max))?;
                         true
                     }
                     _ => false,
@@ -437,12 +447,7 @@ impl StreamRelay {
             };
             if !in_memory {
                 match self.read_durable(from, max) {
-                    Ok(recs) => {
-                        w.reserve(recs.iter().map(size).sum());
-                        for r in &recs {
-                            push(&mut w, r)?;
-                        }
-                    }
+                    Ok(recs) => push_all(&mut w, recs.iter())?,
                     Err(e) => {
                         tracing::error!(stream = %self.cfg.name, error = %e, "relay: reading the spool to replicate");
                     }

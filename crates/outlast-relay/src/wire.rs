@@ -78,8 +78,7 @@ impl FrameWriter {
         8 + 8 + 2 + id.len() + 4 + line_len
     }
 
-    /// Makes room for `bytes` more bytes of records at once (a frame of megabytes grown by
-    /// doubling copies itself over and over, into fresh pages each time).
+    /// Makes room for `bytes` more bytes of records at once.
     pub fn reserve(&mut self, bytes: usize) {
         self.buf.reserve(bytes);
     }
