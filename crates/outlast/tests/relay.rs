@@ -236,16 +236,20 @@ fn objects(sinks: &[&S3]) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Proves the rule: every acked id stored, none twice. Returns (objects, events stored).
-fn check(sinks: &[&S3], acked: &BTreeSet<String>) -> (usize, usize) {
+/// A missing id is reported with the objects each sink holds (key and events) and the
+/// agents' last log lines, to tell a batch never shipped from one overwritten.
+fn check(c: &Cluster, sinks: &[&S3], acked: &BTreeSet<String>) -> (usize, usize) {
     let objs = objects(sinks);
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut total = 0;
+    let mut per_object: Vec<(String, usize)> = Vec::new();
     for (key, bytes) in &objs {
         assert!(
             key.starts_with("raw/clicks/") && key.ends_with(".ndjson.zst"),
             "key {key} is not of the contract's shape"
         );
         let text = zstd::decode_all(bytes.as_slice()).expect("zstd object");
+        let mut in_object = 0;
         for line in String::from_utf8(text).expect("utf-8").lines() {
             let v: serde_json::Value = serde_json::from_str(line).expect("json line");
             let id = v["id"].as_str().expect("id").to_string();
@@ -253,14 +257,18 @@ fn check(sinks: &[&S3], acked: &BTreeSet<String>) -> (usize, usize) {
                 panic!("id {id} stored twice: in {first} and in {key}");
             }
             total += 1;
+            in_object += 1;
         }
+        per_object.push((key.clone(), in_object));
     }
     let missing: Vec<&String> = acked.iter().filter(|id| !seen.contains_key(*id)).collect();
     assert!(
         missing.is_empty(),
-        "{} acknowledged ids are in no sink, e.g. {:?}",
+        "{} acknowledged ids are in no sink, e.g. {:?}\nobjects (key: events): {:?}\n{}",
         missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>()
+        missing.iter().take(5).collect::<Vec<_>>(),
+        per_object,
+        c.logs()
     );
     (objs.len(), total)
 }
@@ -309,7 +317,7 @@ fn kill9_mid_stream_client_fails_over_nothing_lost_nothing_twice() {
         c.wait_for(s, Duration::from_secs(20), "all up again", common::all_up);
     }
     wait_drained(&c, &["east", "west", "witness"], Duration::from_secs(20));
-    let (objs, stored) = check(&[&east_s3, &west_s3], &acked);
+    let (objs, stored) = check(&c, &[&east_s3, &west_s3], &acked);
     println!(
         "kill -9 mid-stream: {} acked, {refused} refusals retried elsewhere, {stored} stored in {objs} objects, none twice",
         acked.len()
@@ -354,7 +362,7 @@ fn a_sink_down_for_30s_ships_to_the_next_and_comes_back() {
     std::thread::sleep(Duration::from_secs(2));
     let (acked, refused) = client.finish();
     wait_drained(&c, &["east", "west", "witness"], Duration::from_secs(20));
-    let (objs, stored) = check(&[&east_s3, &west_s3], &acked);
+    let (objs, stored) = check(&c, &[&east_s3, &west_s3], &acked);
     println!(
         "sink down 30 s: {} acked ({refused} refusals), {stored} stored in {objs} objects; east back on its own sink {back:?} after it returned",
         acked.len()
@@ -392,7 +400,7 @@ fn restart_everything_mid_stream() {
         c.wait_for(s, Duration::from_secs(20), "all up again", common::all_up);
     }
     wait_drained(&c, &["east", "west", "witness"], Duration::from_secs(20));
-    let (objs, stored) = check(&[&east_s3, &west_s3], &acked);
+    let (objs, stored) = check(&c, &[&east_s3, &west_s3], &acked);
     println!(
         "restart of everything: {} acked ({refused} refusals), {stored} stored in {objs} objects, none twice",
         acked.len()
