@@ -1,6 +1,7 @@
 //! A spool with what the shipper needs beside it, in the same folder:
 //! - `skips`: sequence numbers never to ship (the losing copy of an id held twice), as
-//!   u64 LE, appended and fsync'd;
+//!   u64 LE, appended and fsync'd; kept as long as their records are in the spool (a skip
+//!   is what tells a peer's later copy of the id that it is the one to keep);
 //! - `shipped`: every event up to this number is in a sink (or skipped), written atomically;
 //! - `intent`: the range of the object being written, written before the upload, so that
 //!   after a crash the same range (the same key, the same bytes) is written again.
@@ -140,8 +141,9 @@ impl Log {
         write_atomic(&self.dir.join("shipped"), &through.to_le_bytes())?;
         self.shipped = through;
         self.retained.push_back((Instant::now(), through));
-        // Skips at or below the shipped mark are no longer needed in memory.
-        self.skips = self.skips.split_off(&(through + 1));
+        // The skips stay while their records are in the spool: a peer's copy of a skipped
+        // id that arrives later is looked up here, and a shipped past skip must not read as
+        // "ours is shipped" (both copies would be skipped). `trim` lets them go.
         Ok(())
     }
 
@@ -160,8 +162,23 @@ impl Log {
         }
         if let Some(t) = through {
             self.spool.remove_through(t)?;
+            self.forget_skips()?;
         }
         Ok(())
+    }
+
+    /// Drops the skips of records no longer in the spool, in memory and in the file.
+    fn forget_skips(&mut self) -> Result<(), SpoolError> {
+        let first = self
+            .spool
+            .first_seq()
+            .unwrap_or_else(|| self.spool.next_seq());
+        if self.skips.first().is_none_or(|s| *s >= first) {
+            return Ok(());
+        }
+        self.skips = self.skips.split_off(&first);
+        let bytes: Vec<u8> = self.skips.iter().flat_map(|s| s.to_le_bytes()).collect();
+        write_atomic(&self.dir.join("skips"), &bytes)
     }
 
     /// Unshipped events: count and bytes.
@@ -172,5 +189,54 @@ impl Log {
     /// Events from `from` on (at most `max`), whether skipped or not.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
         self.spool.read(from, max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Skips live as long as their records: past the shipped mark they are still answered,
+    /// and once a trim removed their segment they leave memory and the file.
+    #[test]
+    fn skips_last_as_long_as_their_records() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut log = Log::open(tmp.path()).expect("open");
+        let payload = vec![b'x'; 64 << 10];
+        let mut seqs = Vec::new();
+        // Enough for a second segment.
+        for i in 0..(MAX_SEGMENT_BYTES / (64 << 10) + 4) {
+            let (s, _) = log
+                .spool
+                .append_one(&format!("id-{i}"), &payload)
+                .expect("append");
+            seqs.push(s);
+        }
+        log.spool.sync().expect("sync");
+        let (early, late) = (seqs[1], seqs[seqs.len() - 1]);
+        log.skip(&[early, late]).expect("skip");
+        log.set_shipped(late).expect("shipped");
+        assert!(log.is_skipped(early) && log.is_skipped(late));
+        drop(log);
+        let mut log = Log::open(tmp.path()).expect("reopen");
+        assert!(log.is_skipped(early) && log.is_skipped(late), "read back");
+        // set_shipped again to queue the mark for trimming, then trim it all at once.
+        log.set_shipped(late + 1).expect("shipped");
+        log.trim(Duration::ZERO, 0).expect("trim");
+        assert!(log.spool.lookup("id-1").is_none(), "first segment gone");
+        assert!(
+            !log.is_skipped(early),
+            "the skip of a removed record is dropped"
+        );
+        assert!(
+            log.is_skipped(late),
+            "the last segment (and its skip) stays"
+        );
+        drop(log);
+        let log = Log::open(tmp.path()).expect("reopen");
+        assert!(
+            !log.is_skipped(early) && log.is_skipped(late),
+            "the file agrees"
+        );
     }
 }

@@ -576,20 +576,28 @@ impl StreamRelay {
         });
     }
 
-    /// How far own events may ship: every live peer holds them (so an id held twice is
-    /// settled first), and no peer is still shipping them for us.
+    /// How far own events may ship: every peer whose copy settles ids held twice holds
+    /// them first. Those are the live peers and every data site not declared down, live or
+    /// not (one not heard from since this site started holds nothing yet, as far as it
+    /// knows). Otherwise a range could be put in the intent, which wins every settlement,
+    /// while the peer still holds its own copy of an id unsettled: if that copy is in the
+    /// peer's intent too, each side skips its own and the event is in no object. Nothing
+    /// ships while a live peer is shipping these events for this site.
     pub(crate) fn own_shippable(&self) -> Option<u64> {
-        let durable = *self.durable.borrow();
+        let mut floor = *self.durable.borrow();
+        let down = self.down.borrow().clone();
         let peers = lock(&self.peers);
-        let live: Vec<&PeerView> = peers
-            .values()
-            .filter(|p| p.last_ok.is_some_and(|t| t.elapsed() < LIVE))
-            .collect();
-        if live.iter().any(|p| p.taking_over) {
-            return None;
+        for (name, witness) in self.sites.all.iter().filter(|(n, _)| *n != self.sites.me) {
+            let view = peers.get(name);
+            let live = view.is_some_and(|p| p.last_ok.is_some_and(|t| t.elapsed() < LIVE));
+            if live && view.is_some_and(|p| p.taking_over) {
+                return None;
+            }
+            if live || (!witness && !down.contains(name)) {
+                floor = floor.min(view.and_then(|p| p.high).unwrap_or(0));
+            }
         }
-        let floor = live.iter().filter_map(|p| p.high).min().unwrap_or(durable);
-        Some(floor.min(durable))
+        Some(floor)
     }
 
     /// Tells the peers the object range about to be written; whether it may be written.
@@ -798,5 +806,119 @@ impl StreamRelay {
                 (r.seq, event::line_text(line))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WireRecord;
+
+    fn relay(me: &str, dir: &Path) -> StreamRelay {
+        let cfg = Stream {
+            name: "clicks".into(),
+            ack: Ack::Local,
+            sinks: Vec::new(),
+            max_spool_bytes: 1 << 30,
+            max_body_bytes: 1 << 20,
+            batch_events: 100,
+            batch_age: Duration::from_millis(200),
+            replay_rate: 1000,
+            dedup_window: Duration::from_secs(3600),
+        };
+        let sites = Sites {
+            me: me.into(),
+            all: vec![("east".into(), false), ("west".into(), false)],
+        };
+        let (_, down) = watch::channel(BTreeSet::new());
+        StreamRelay::open(
+            cfg,
+            sites,
+            dir,
+            down,
+            &Arc::default(),
+            Duration::from_secs(1),
+        )
+        .expect("open")
+    }
+
+    fn req(origin: &str, seq: u64, id: &str) -> ReplicateReq {
+        ReplicateReq {
+            stream: "clicks".into(),
+            origin: origin.into(),
+            shipped: 0,
+            intent: None,
+            records: vec![WireRecord {
+                seq,
+                id: id.into(),
+                ts: 1,
+                line: "{}".into(),
+            }],
+        }
+    }
+
+    /// An id held at two sites after a client retried: west's copy lost the settlement and
+    /// was skipped, then shipped past (in no object). When east's copy reaches west after
+    /// that, west must not claim the id: east's copy is the only one left.
+    #[test]
+    fn a_skipped_copy_shipped_past_does_not_claim_the_id() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let west = relay("west", tmp.path());
+        {
+            let mut own = lock(&west.own);
+            let (w, _) = own
+                .spool
+                .append_one("r-1700", &event::stored(1, b"{}"))
+                .expect("append");
+            own.spool.sync().expect("sync");
+            own.skip(&[w]).expect("skip");
+            own.set_intent(Some((w, w))).expect("intent");
+            own.set_shipped(w).expect("shipped");
+            own.set_intent(None).expect("intent");
+            assert!(own.is_skipped(w), "the skip is forgotten once shipped past");
+        }
+        let resp = west
+            .receive_blocking(req("east", 1, "r-1700"))
+            .expect("receive");
+        assert!(
+            resp.conflicts.is_empty(),
+            "west claimed an id whose copy it skipped: east would skip its own too"
+        );
+        drop(west);
+        // The same after a restart (the skips file is read back).
+        let west = relay("west", tmp.path());
+        let resp = west
+            .receive_blocking(req("east", 1, "r-1700"))
+            .expect("receive");
+        assert!(resp.conflicts.is_empty(), "after a restart: {resp:?}");
+    }
+
+    /// Own events ship only once every data site not declared down holds them: after a
+    /// restart, before a peer has answered, nothing is shippable.
+    #[test]
+    fn own_events_wait_for_every_data_site() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let east = relay("east", tmp.path());
+        {
+            let mut own = lock(&east.own);
+            for i in 0..3 {
+                own.spool
+                    .append_one(&format!("e-{i}"), &event::stored(1, b"{}"))
+                    .expect("append");
+            }
+            own.spool.sync().expect("sync");
+        }
+        east.durable.send_replace(3);
+        assert_eq!(east.own_shippable(), Some(0), "west not heard from yet");
+        let resp = |high| ReplicateResp {
+            high,
+            conflicts: Vec::new(),
+            taken_over: 0,
+            taking_over: false,
+        };
+        east.answered("west", &resp(2));
+        assert_eq!(east.own_shippable(), Some(2), "what west holds");
+        east.answered("west", &resp(5));
+        assert_eq!(east.own_shippable(), Some(3), "no further than durable");
     }
 }
