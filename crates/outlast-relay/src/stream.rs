@@ -154,6 +154,8 @@ pub struct StreamRelay {
     pub(crate) announced: Mutex<Option<(u64, u64)>>,
     id_prefix: String,
     id_next: AtomicU64,
+    /// The secret key of assigned ids' numbers (see `assign_id`).
+    id_key: std::hash::RandomState,
     sinks: Mutex<Option<Vec<crate::ship::Sink>>>,
 }
 
@@ -173,6 +175,29 @@ fn push_all<'a>(
         w.push(r.seq, ts, &r.id, line)?;
     }
     Ok(())
+}
+
+/// A keyed permutation of 64-bit numbers: a balanced Feistel network of four rounds whose
+/// round function is SipHash under `key` (a pseudo-random permutation to whoever lacks it).
+fn permute(key: &std::hash::RandomState, n: u64) -> u64 {
+    use std::hash::BuildHasher;
+    let (mut l, mut r) = ((n >> 32) as u32, n as u32);
+    for round in 0u8..4 {
+        let f = key.hash_one((round, r)) as u32;
+        (l, r) = (r, l ^ f);
+    }
+    (u64::from(l) << 32) | u64::from(r)
+}
+
+/// Appends `n` as 11 base62 digits (0-9, A-Z, a-z): fixed width, and nothing JSON escapes.
+fn base62(mut n: u64, out: &mut String) {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut buf = [b'0'; 11];
+    for d in buf.iter_mut().rev() {
+        *d = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    out.extend(buf.iter().map(|&b| char::from(b)));
 }
 
 impl StreamRelay {
@@ -207,8 +232,13 @@ impl StreamRelay {
         let sinks = crate::ship::open_sinks(&cfg, &sites.me, faults)?;
         Ok(Self {
             sinks: Mutex::new(Some(sinks)),
-            id_prefix: format!("{}-{:016x}", sites.me, rand::random::<u64>()),
+            id_prefix: {
+                let mut p = format!("{}-", sites.me);
+                base62(rand::random::<u64>(), &mut p);
+                p
+            },
             id_next: AtomicU64::new(0),
+            id_key: std::hash::RandomState::new(),
             cfg,
             sites,
             dir: dir.to_path_buf(),
@@ -238,10 +268,20 @@ impl StreamRelay {
         self.cfg.max_body_bytes
     }
 
-    /// A fresh id for an event that came without one.
+    /// A fresh id for an event that came without one: `{site}-{process}-{number}`, both
+    /// parts 11 base62 digits. `process` is random per process (ids stay unique across
+    /// restarts); `number` is the process's counter through a keyed permutation (a 4-round
+    /// Feistel network over SipHash, its key drawn per process), so ids never repeat within
+    /// a process and a client that has seen assigned ids cannot foretell the next one. An
+    /// explicit id equal to a future assigned id would make that later event look like a
+    /// retry: acknowledged and never stored.
     pub fn assign_id(&self) -> String {
         let n = self.id_next.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.id_prefix)
+        let mut id = String::with_capacity(self.id_prefix.len() + 12);
+        id.push_str(&self.id_prefix);
+        id.push('-');
+        base62(permute(&self.id_key, n), &mut id);
+        id
     }
 
     pub(crate) fn start(self: &Arc<Self>, transport: Arc<dyn Transport>, stop: CancellationToken) {
@@ -920,5 +960,54 @@ mod tests {
         assert_eq!(east.own_shippable(), Some(2), "what west holds");
         east.answered("west", &resp(5));
         assert_eq!(east.own_shippable(), Some(3), "no further than durable");
+    }
+
+    /// Assigned ids: unique, fixed in shape, and what comes next cannot be read off what
+    /// came before (the numbers go through a keyed permutation, a key per process).
+    #[test]
+    fn assigned_ids_cannot_be_foretold() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let east = relay("east", tmp.path());
+        let ids: Vec<String> = (0..10_000).map(|_| east.assign_id()).collect();
+        let unique: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "ids repeat");
+        for id in &ids {
+            let parts: Vec<&str> = id.split('-').collect();
+            assert!(
+                parts.len() == 3
+                    && parts[0] == "east"
+                    && parts[1..]
+                        .iter()
+                        .all(|p| p.len() == 11 && p.bytes().all(|b| b.is_ascii_alphanumeric())),
+                "{id}"
+            );
+        }
+        // Consecutive numbers do not give neighbouring ids.
+        let tail = |id: &str| {
+            id.rsplit_once('-')
+                .map(|(_, t)| t.to_string())
+                .expect("tail")
+        };
+        let near = ids
+            .windows(2)
+            .filter(|w| tail(&w[0])[..8] == tail(&w[1])[..8])
+            .count();
+        assert!(
+            near < 5,
+            "{near} of 9999 consecutive ids share their first 8 digits"
+        );
+        // Another process: another prefix, and its numbers permuted under another key.
+        let other = relay("east", tempfile::tempdir().expect("tmp").path());
+        let first = other.assign_id();
+        assert_ne!(first.split('-').nth(1), ids[0].split('-').nth(1));
+        assert_ne!(tail(&first), tail(&ids[0]));
+        // The permutation is one: 2^16 numbers, 2^16 images.
+        let key = std::hash::RandomState::new();
+        let images: std::collections::HashSet<u64> =
+            (0..1u64 << 16).map(|n| permute(&key, n)).collect();
+        assert_eq!(images.len(), 1 << 16);
+        let mut s = String::new();
+        base62(u64::MAX, &mut s);
+        assert_eq!(s, "LygHa16AHYF");
     }
 }
