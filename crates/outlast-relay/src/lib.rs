@@ -17,6 +17,7 @@
 
 pub mod event;
 pub mod log;
+mod recent;
 mod ship;
 pub mod spool;
 mod stream;
@@ -98,6 +99,8 @@ pub enum RelayError {
     UnknownStream(String),
     #[error("{0} is not a site of this cluster")]
     Stranger(String),
+    #[error("cannot decode relay frame: {0}")]
+    BadFrame(String),
 }
 
 /// The sites in config order: (name, witness).
@@ -226,5 +229,19 @@ impl Relay {
         }
         let s = self.stream(&req.stream)?.clone();
         s.receive(req).await
+    }
+
+    /// [`Self::receive`] of a request in its binary form, read in place.
+    pub async fn receive_frame(
+        &self,
+        from: &str,
+        frame: bytes::Bytes,
+    ) -> Result<ReplicateResp, RelayError> {
+        let (stream, origin) = wire::FrameRef::peek(&frame).map_err(RelayError::BadFrame)?;
+        if origin != from {
+            return Err(RelayError::Stranger(format!("{from} sending for {origin}")));
+        }
+        let s = self.stream(stream)?.clone();
+        s.receive_frame(frame).await
     }
 }

@@ -1,7 +1,7 @@
 //! One stream at one site: its own spool, replicas of the peers' events, the group-commit
 //! writer, the replicators (one per peer) and the shipper.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{self, Event};
 use crate::log::Log;
+use crate::recent::{Chunk, Recent};
 use crate::spool::{IdKey, Record, SpoolError};
-use crate::wire::FrameWriter;
+use crate::wire::{FrameRef, FrameWriter};
 use crate::{RelayError, ReplicateReq, ReplicateResp, Sites, Transport};
 
 /// A peer that answered within this long counts as live: its copy gates shipping.
@@ -134,7 +135,7 @@ pub struct StreamRelay {
     dir: PathBuf,
     pub(crate) own: Mutex<Log>,
     pub(crate) replicas: Mutex<BTreeMap<String, Log>>,
-    recent: Mutex<VecDeque<Record>>,
+    recent: Mutex<Recent>,
     jobs: mpsc::UnboundedSender<Job>,
     jobs_rx: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
     /// The own spool's last durable sequence number.
@@ -161,18 +162,19 @@ pub struct StreamRelay {
 
 /// Pushes own records to a replication frame, with room made for all of them first (a
 /// frame of megabytes grown by doubling copies itself over and over).
+/// Records are (seq, id, stored payload).
 fn push_all<'a>(
     w: &mut FrameWriter,
-    recs: impl Iterator<Item = &'a Record> + Clone,
+    recs: impl Iterator<Item = (u64, &'a [u8], &'a [u8])> + Clone,
 ) -> Result<(), String> {
     w.reserve(
         recs.clone()
-            .map(|r| FrameWriter::record_bytes(&r.id, event::unstored(&r.payload).1.len()))
+            .map(|(_, id, payload)| FrameWriter::record_bytes(id, event::unstored(payload).1.len()))
             .sum(),
     );
-    for r in recs {
-        let (ts, line) = event::unstored(&r.payload);
-        w.push(r.seq, ts, &r.id, line)?;
+    for (seq, id, payload) in recs {
+        let (ts, line) = event::unstored(payload);
+        w.push(seq, ts, id, line)?;
     }
     Ok(())
 }
@@ -244,7 +246,7 @@ impl StreamRelay {
             dir: dir.to_path_buf(),
             own: Mutex::new(own),
             replicas: Mutex::new(replicas),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(Recent::new(RECENT_MAX)),
             jobs,
             jobs_rx: Mutex::new(Some(jobs_rx)),
             durable: watch::channel(last).0,
@@ -420,10 +422,17 @@ impl StreamRelay {
                 })
                 .collect()
         };
-        let ts = now_ms();
+        let ts = event::stored_prefix(now_ms());
+        let (records, bytes) = jobs
+            .iter()
+            .flat_map(|j| &j.events)
+            .fold((0, 0), |(n, b), e| {
+                (n + 1, b + e.id.len() + ts.len() + e.line.len())
+            });
+        // The new events, for the replicators: written once, in one buffer.
+        let mut fresh = Chunk::with_capacity(records, bytes);
         let mut own = lock(&self.own);
         let mut out = Vec::with_capacity(jobs.len());
-        let mut fresh = Vec::new();
         for (job, rep) in jobs.iter().zip(&in_replica) {
             let mut outcomes = Vec::with_capacity(job.events.len());
             for ((e, key), in_rep) in job.events.iter().zip(&job.keys).zip(rep) {
@@ -431,32 +440,23 @@ impl StreamRelay {
                     outcomes.push(Outcome::Replica);
                     continue;
                 }
-                let payload = event::stored(ts, &e.line);
-                let (seq, dup) = own.spool.append_keyed(&e.id, *key, &payload)?;
+                let payload = fresh.stage(&e.id, &[&ts, &e.line]);
+                let (seq, dup) = own.spool.append_keyed(&e.id, *key, payload)?;
                 if !dup {
-                    fresh.push(Record {
-                        seq,
-                        id: e.id.clone(),
-                        payload,
-                    });
+                    fresh.keep(seq, e.id.len());
                 }
                 outcomes.push(Outcome::Own(seq, dup));
             }
             out.push(outcomes);
         }
+        fresh.settle();
         // The fsync runs without the stream's lock: ingests (which read the spool's size)
         // and replicators need it, and the disk is the slowest step of a commit.
         let sync = own.spool.start_sync()?;
         let last = own.last_seq();
         drop(own);
         sync.finish()?;
-        if !fresh.is_empty() {
-            let mut recent = lock(&self.recent);
-            recent.extend(fresh);
-            while recent.len() > RECENT_MAX {
-                recent.pop_front();
-            }
-        }
+        lock(&self.recent).push(fresh);
         self.durable.send_replace(last);
         Ok(out)
     }
@@ -476,18 +476,19 @@ impl StreamRelay {
         if let Some(from) = from {
             let in_memory = {
                 let recent = lock(&self.recent);
-                match recent.front() {
-                    Some(first) if first.seq <= from => {
-                        let start = (from - first.seq) as usize;
-                        push_all(&mut w, recent.iter().skip(start).take(max))?;
-                        true
-                    }
-                    _ => false,
+                let held = recent.first_seq().is_some_and(|first| first <= from);
+                if held {
+                    push_all(&mut w, recent.from(from).take(max))?;
                 }
+                held
             };
             if !in_memory {
                 match self.read_durable(from, max) {
-                    Ok(recs) => push_all(&mut w, recs.iter())?,
+                    Ok(recs) => push_all(
+                        &mut w,
+                        recs.iter()
+                            .map(|r| (r.seq, r.id.as_bytes(), r.payload.as_slice())),
+                    )?,
                     Err(e) => {
                         tracing::error!(stream = %self.cfg.name, error = %e, "relay: reading the spool to replicate");
                     }
@@ -699,16 +700,30 @@ impl StreamRelay {
         req: ReplicateReq,
     ) -> Result<ReplicateResp, RelayError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.receive_blocking(req))
+        tokio::task::spawn_blocking(move || me.receive_blocking(&req.as_frame()))
             .await
             .map_err(|_| RelayError::UnknownStream("relay task stopped".into()))?
     }
 
-    fn receive_blocking(&self, req: ReplicateReq) -> Result<ReplicateResp, RelayError> {
-        let origin = req.origin.as_str();
+    /// [`Self::receive`] of a binary frame, read in place (see [`crate::wire`]).
+    pub(crate) async fn receive_frame(
+        self: &Arc<Self>,
+        frame: bytes::Bytes,
+    ) -> Result<ReplicateResp, RelayError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let f = FrameRef::decode(&frame).map_err(RelayError::BadFrame)?;
+            me.receive_blocking(&f)
+        })
+        .await
+        .map_err(|_| RelayError::UnknownStream("relay task stopped".into()))?
+    }
+
+    fn receive_blocking(&self, req: &FrameRef<'_>) -> Result<ReplicateResp, RelayError> {
+        let origin = req.origin;
         let mut conflicts = Vec::new();
         // Each id hashed once, for every spool it is looked up in and the one it goes to.
-        let keys: Vec<IdKey> = req.records.iter().map(|r| IdKey::of(&r.id)).collect();
+        let keys: Vec<IdKey> = req.records.iter().map(|r| IdKey::of(r.id)).collect();
         // Settle ids this site holds as its own.
         {
             let mut own = lock(&self.own);
@@ -768,7 +783,7 @@ impl StreamRelay {
         for (r, key) in req.records.iter().zip(&keys) {
             let ts = event::stored_prefix(r.ts);
             log.spool
-                .append_at_keyed(r.seq, &r.id, *key, &[&ts, r.line.as_bytes()])?;
+                .append_at_keyed(r.seq, r.id, *key, &[&ts, r.line])?;
         }
         log.spool.sync()?;
         log.skip(&conflicts)?;
@@ -918,7 +933,7 @@ mod tests {
             assert!(own.is_skipped(w), "the skip is forgotten once shipped past");
         }
         let resp = west
-            .receive_blocking(req("east", 1, "r-1700"))
+            .receive_blocking(&req("east", 1, "r-1700").as_frame())
             .expect("receive");
         assert!(
             resp.conflicts.is_empty(),
@@ -928,7 +943,7 @@ mod tests {
         // The same after a restart (the skips file is read back).
         let west = relay("west", tmp.path());
         let resp = west
-            .receive_blocking(req("east", 1, "r-1700"))
+            .receive_blocking(&req("east", 1, "r-1700").as_frame())
             .expect("receive");
         assert!(resp.conflicts.is_empty(), "after a restart: {resp:?}");
     }

@@ -18,10 +18,10 @@ use crate::{ReplicateReq, WireRecord};
 
 const MAGIC: &[u8; 4] = b"ORR1";
 
-fn put_str16(out: &mut Vec<u8>, s: &str) -> Result<(), String> {
+fn put_str16(out: &mut Vec<u8>, s: &[u8]) -> Result<(), String> {
     let n = u16::try_from(s.len()).map_err(|_| format!("{} bytes is too long", s.len()))?;
     out.extend_from_slice(&n.to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(s);
     Ok(())
 }
 
@@ -41,8 +41,8 @@ impl FrameWriter {
     ) -> Result<Self, String> {
         let mut buf = Vec::with_capacity(64 * 1024);
         buf.extend_from_slice(MAGIC);
-        put_str16(&mut buf, stream)?;
-        put_str16(&mut buf, origin)?;
+        put_str16(&mut buf, stream.as_bytes())?;
+        put_str16(&mut buf, origin.as_bytes())?;
         buf.extend_from_slice(&shipped.to_le_bytes());
         match intent {
             None => buf.push(0),
@@ -61,7 +61,8 @@ impl FrameWriter {
         })
     }
 
-    pub fn push(&mut self, seq: u64, ts: u64, id: &str, line: &[u8]) -> Result<(), String> {
+    /// `id` is UTF-8 (the receiver checks).
+    pub fn push(&mut self, seq: u64, ts: u64, id: &[u8], line: &[u8]) -> Result<(), String> {
         let n = u32::try_from(line.len()).map_err(|_| "an event line over 4 GiB")?;
         let count = self.count.checked_add(1).ok_or("too many records")?;
         self.buf.extend_from_slice(&seq.to_le_bytes());
@@ -74,7 +75,7 @@ impl FrameWriter {
     }
 
     /// Bytes a record of `id` and a `line_len`-byte line takes in a frame.
-    pub fn record_bytes(id: &str, line_len: usize) -> usize {
+    pub fn record_bytes(id: &[u8], line_len: usize) -> usize {
         8 + 8 + 2 + id.len() + 4 + line_len
     }
 
@@ -98,12 +99,37 @@ impl FrameWriter {
     }
 }
 
-impl ReplicateReq {
-    pub fn decode(frame: &[u8]) -> Result<ReplicateReq, String> {
+/// One record of a frame, borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub seq: u64,
+    pub ts: u64,
+    pub id: &'a str,
+    /// The event line as sent (checked to be JSON where it was accepted).
+    pub line: &'a [u8],
+}
+
+/// A [`ReplicateReq`] read in place: nothing is copied out of the frame.
+#[derive(Debug, Clone)]
+pub struct FrameRef<'a> {
+    pub stream: &'a str,
+    pub origin: &'a str,
+    pub shipped: u64,
+    pub intent: Option<(u64, u64)>,
+    pub records: Vec<RecordRef<'a>>,
+}
+
+impl<'a> FrameRef<'a> {
+    /// The stream and origin a frame is for, without reading its records.
+    pub fn peek(frame: &'a [u8]) -> Result<(&'a str, &'a str), String> {
         let mut r = Reader { buf: frame, at: 0 };
-        if r.take(4)? != MAGIC {
-            return Err("not a relay frame (bad magic)".into());
-        }
+        r.magic()?;
+        Ok((r.str16()?, r.str16()?))
+    }
+
+    pub fn decode(frame: &'a [u8]) -> Result<Self, String> {
+        let mut r = Reader { buf: frame, at: 0 };
+        r.magic()?;
         let stream = r.str16()?;
         let origin = r.str16()?;
         let shipped = r.u64()?;
@@ -123,8 +149,8 @@ impl ReplicateReq {
             let ts = r.u64()?;
             let id = r.str16()?;
             let n = r.u32()? as usize;
-            let line = r.string(n)?;
-            records.push(WireRecord { seq, id, ts, line });
+            let line = r.take(n)?;
+            records.push(RecordRef { seq, ts, id, line });
         }
         if r.at != frame.len() {
             return Err(format!(
@@ -132,13 +158,60 @@ impl ReplicateReq {
                 frame.len() - r.at
             ));
         }
-        Ok(ReplicateReq {
+        Ok(FrameRef {
             stream,
             origin,
             shipped,
             intent,
             records,
         })
+    }
+}
+
+impl ReplicateReq {
+    pub fn decode(frame: &[u8]) -> Result<ReplicateReq, String> {
+        let f = FrameRef::decode(frame)?;
+        let records = f
+            .records
+            .iter()
+            .map(|r| {
+                let line = std::str::from_utf8(r.line)
+                    .map_err(|e| format!("the line of record {} is not UTF-8: {e}", r.seq))?;
+                Ok(WireRecord {
+                    seq: r.seq,
+                    id: r.id.to_string(),
+                    ts: r.ts,
+                    line: line.to_string(),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(ReplicateReq {
+            stream: f.stream.to_string(),
+            origin: f.origin.to_string(),
+            shipped: f.shipped,
+            intent: f.intent,
+            records,
+        })
+    }
+
+    /// The request as a frame read in place would give it.
+    pub fn as_frame(&self) -> FrameRef<'_> {
+        FrameRef {
+            stream: &self.stream,
+            origin: &self.origin,
+            shipped: self.shipped,
+            intent: self.intent,
+            records: self
+                .records
+                .iter()
+                .map(|r| RecordRef {
+                    seq: r.seq,
+                    ts: r.ts,
+                    id: &r.id,
+                    line: r.line.as_bytes(),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -164,17 +237,18 @@ impl<'a> Reader<'a> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes(b.try_into().map_err(|_| "short u32")?))
     }
-    fn string(&mut self, n: usize) -> Result<String, String> {
-        let at = self.at;
-        let b = self.take(n)?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|e| format!("text at byte {at} is not UTF-8: {e}"))
+    fn magic(&mut self) -> Result<(), String> {
+        if self.take(4)? != MAGIC {
+            return Err("not a relay frame (bad magic)".into());
+        }
+        Ok(())
     }
-    fn str16(&mut self) -> Result<String, String> {
+    fn str16(&mut self) -> Result<&'a str, String> {
         let b = self.take(2)?;
         let n = u16::from_le_bytes([b[0], b[1]]) as usize;
-        self.string(n)
+        let at = self.at;
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|e| format!("text at byte {at} is not UTF-8: {e}"))
     }
 }
 
@@ -188,7 +262,7 @@ mod tests {
     fn encode(r: &ReplicateReq) -> Result<Vec<u8>, String> {
         let mut w = FrameWriter::new(&r.stream, &r.origin, r.shipped, r.intent)?;
         for rec in &r.records {
-            w.push(rec.seq, rec.ts, &rec.id, rec.line.as_bytes())?;
+            w.push(rec.seq, rec.ts, rec.id.as_bytes(), rec.line.as_bytes())?;
         }
         Ok(w.finish())
     }
@@ -234,11 +308,27 @@ mod tests {
         assert!(same(&empty, &back));
     }
 
+    /// Read in place, a frame gives what the owned form holds, and its header alone names
+    /// the stream and origin.
+    #[test]
+    fn a_frame_reads_in_place() {
+        let r = req();
+        let f = encode(&r).expect("encode");
+        let view = FrameRef::decode(&f).expect("decode");
+        let again = r.as_frame();
+        assert_eq!(format!("{view:?}"), format!("{again:?}"));
+        assert_eq!(FrameRef::peek(&f).expect("peek"), ("clicks", "east"));
+    }
+
     #[test]
     fn damaged_frames_are_refused() {
         let f = encode(&req()).expect("encode");
         for cut in 0..f.len() {
             assert!(ReplicateReq::decode(&f[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                FrameRef::decode(&f[..cut]).is_err(),
+                "in place, cut at {cut}"
+            );
         }
         let mut longer = f.clone();
         longer.push(0);
@@ -255,6 +345,8 @@ mod tests {
             framed.extend_from_slice(&bytes);
             let _ = ReplicateReq::decode(&framed);
             let _ = ReplicateReq::decode(&bytes);
+            let _ = FrameRef::decode(&framed);
+            let _ = FrameRef::peek(&framed);
         }
 
         #[test]

@@ -273,28 +273,28 @@ async fn handle(
             Err(r) => r.into_response(),
         },
         // The JSON form is still taken from agents that predate the binary frame.
-        "/peer/relay" | "/peer/relay-frame" => match if path == "/peer/relay" {
-            decode::<outlast_relay::ReplicateReq>(&body)
-        } else {
-            outlast_relay::ReplicateReq::decode(&body).map_err(|e| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot decode relay frame: {e}"),
-                )
-            })
-        } {
-            Ok(req) => match srv.handler.relay().receive(&from, req).await {
+        "/peer/relay" | "/peer/relay-frame" => {
+            let relay = srv.handler.relay();
+            let answer = if path == "/peer/relay" {
+                match decode::<outlast_relay::ReplicateReq>(&body) {
+                    Ok(req) => relay.receive(&from, req).await,
+                    Err(r) => return r.into_response(),
+                }
+            } else {
+                relay.receive_frame(&from, body).await
+            };
+            match answer {
                 Ok(resp) => encode(&srv.auth, &path, &resp),
                 Err(e @ outlast_relay::RelayError::UnknownStream(_)) => {
                     (StatusCode::NOT_FOUND, e.to_string()).into_response()
                 }
-                Err(e @ outlast_relay::RelayError::Stranger(_)) => {
-                    (StatusCode::BAD_REQUEST, e.to_string()).into_response()
-                }
+                Err(
+                    e @ (outlast_relay::RelayError::Stranger(_)
+                    | outlast_relay::RelayError::BadFrame(_)),
+                ) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-            },
-            Err(r) => r.into_response(),
-        },
+            }
+        }
         "/peer/step-down" => match decode::<super::StepDown>(&body) {
             Ok(req) => {
                 srv.handler.step_down_requested(&from, req);
