@@ -111,8 +111,13 @@ pub fn parse_ndjson(
     body: &[u8],
     mut assign: impl FnMut() -> String,
 ) -> Result<Vec<Event>, BadLine> {
-    let mut out = Vec::new();
-    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
+    // Line ends found with memchr (a vector scan): a body of 100 events is 20 kB.
+    let ends = || memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    let mut out = Vec::with_capacity(ends().count());
+    let mut start = 0;
+    for (i, end) in ends().enumerate() {
+        let raw = &body[start..end];
+        start = end + 1;
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
@@ -203,6 +208,8 @@ mod tests {
         let e = parse_ndjson(b"{\"x\":1}\n{\"x\":\n", || "g".into()).expect_err("cut");
         assert_eq!(e.line, 2);
         assert!(e.why.starts_with("not JSON"), "{e}");
+        let e = parse_ndjson(b"{}\r\n\n \n[1]\n{}", || "g".into()).expect_err("after blanks");
+        assert_eq!(e.line, 4, "blank lines count");
         let e = parse_ndjson(b"{\"id\":7}", || "g".into()).expect_err("id type");
         assert_eq!(e.to_string(), "line 1: \"id\" must be a string");
         let long = format!("{{\"id\":\"{}\"}}", "x".repeat(MAX_ID + 1));

@@ -165,7 +165,11 @@ mod tests {
         assert_eq!(r.from(0).count(), 8);
         // Past the limit, whole chunks go while the rest still holds `max` records.
         r.push(chunk(9..13));
-        assert_eq!(r.first_seq(), Some(1), "without the first chunk, 8 < 10 would be left");
+        assert_eq!(
+            r.first_seq(),
+            Some(1),
+            "without the first chunk, 8 < 10 would be left"
+        );
         r.push(chunk(13..20));
         assert_eq!(r.first_seq(), Some(9), "11 records are left");
         assert_eq!(r.from(0).count(), 11);
