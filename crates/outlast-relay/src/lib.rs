@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use event::{BadLine, Event};
 pub use ship::{object_key, read_sinks, utc_timestamp};
-pub use spool::{Record, Spool, SpoolError, SpoolStats};
+pub use spool::{Record, Spool, SpoolError, SpoolStats, TouchAhead};
 pub use stream::{Accepted, IngestError, StreamRelay, StreamStats};
 
 /// One event as it travels between sites.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{self, Event};
 use crate::log::Log;
 use crate::recent::{Chunk, Recent};
-use crate::spool::{IdKey, Record, SpoolError};
+use crate::spool::{IdKey, Record, SpoolError, TouchAhead};
 use crate::wire::{FrameRef, FrameWriter};
 use crate::{RelayError, ReplicateReq, ReplicateResp, Sites, Transport};
 
@@ -408,20 +408,15 @@ impl StreamRelay {
 
     fn commit(&self, jobs: &[Job]) -> Result<Vec<Vec<Outcome>>, SpoolError> {
         // Ids held as another site's event are not taken again.
-        let in_replica: Vec<Vec<bool>> = {
-            let reps = lock(&self.replicas);
-            jobs.iter()
-                .map(|j| {
-                    j.keys
-                        .iter()
-                        .map(|k| {
-                            reps.values()
-                                .any(|l| l.spool.lookup_key(*k).is_some_and(|s| !l.is_skipped(s)))
-                        })
-                        .collect()
-                })
-                .collect()
-        };
+        let keys: Vec<IdKey> = jobs.iter().flat_map(|j| j.keys.iter().copied()).collect();
+        let mut in_replica = vec![false; keys.len()];
+        for l in lock(&self.replicas).values() {
+            let mut ahead = TouchAhead::start(&keys, &l.spool);
+            for (k, held) in keys.iter().zip(in_replica.iter_mut()) {
+                ahead.step(&l.spool);
+                *held |= l.spool.lookup_key(*k).is_some_and(|s| !l.is_skipped(s));
+            }
+        }
         let ts = event::stored_prefix(now_ms());
         let (records, bytes) = jobs
             .iter()
@@ -432,11 +427,14 @@ impl StreamRelay {
         // The new events, for the replicators: written once, in one buffer.
         let mut fresh = Chunk::with_capacity(records, bytes);
         let mut own = lock(&self.own);
+        let mut ahead = TouchAhead::start(&keys, &own.spool);
         let mut out = Vec::with_capacity(jobs.len());
-        for (job, rep) in jobs.iter().zip(&in_replica) {
+        let mut in_replica = in_replica.iter();
+        for job in jobs {
             let mut outcomes = Vec::with_capacity(job.events.len());
-            for ((e, key), in_rep) in job.events.iter().zip(&job.keys).zip(rep) {
-                if *in_rep {
+            for (e, key) in job.events.iter().zip(&job.keys) {
+                ahead.step(&own.spool);
+                if in_replica.next().copied().unwrap_or(false) {
                     outcomes.push(Outcome::Replica);
                     continue;
                 }
@@ -449,6 +447,7 @@ impl StreamRelay {
             }
             out.push(outcomes);
         }
+        drop(ahead);
         fresh.settle();
         // The fsync runs without the stream's lock: ingests (which read the spool's size)
         // and replicators need it, and the disk is the slowest step of a commit.
@@ -728,7 +727,9 @@ impl StreamRelay {
         {
             let mut own = lock(&self.own);
             let mut lose = Vec::new();
+            let mut ahead = TouchAhead::start(&keys, &own.spool);
             for (r, key) in req.records.iter().zip(&keys) {
+                ahead.step(&own.spool);
                 let Some(s) = own.spool.lookup_key(*key) else {
                     continue;
                 };
@@ -749,7 +750,9 @@ impl StreamRelay {
         // Ids held as a third site's event: the same rule, between those two sites.
         for (other, log) in reps.iter_mut().filter(|(n, _)| n.as_str() != origin) {
             let mut lose = Vec::new();
+            let mut ahead = TouchAhead::start(&keys, &log.spool);
             for (r, key) in req.records.iter().zip(&keys) {
+                ahead.step(&log.spool);
                 let Some(s) = log.spool.lookup_key(*key) else {
                     continue;
                 };
@@ -780,11 +783,14 @@ impl StreamRelay {
         let log = reps
             .get_mut(origin)
             .ok_or_else(|| RelayError::Stranger(origin.to_string()))?;
+        let mut ahead = TouchAhead::start(&keys, &log.spool);
         for (r, key) in req.records.iter().zip(&keys) {
+            ahead.step(&log.spool);
             let ts = event::stored_prefix(r.ts);
             log.spool
                 .append_at_keyed(r.seq, r.id, *key, &[&ts, r.line])?;
         }
+        drop(ahead);
         log.spool.sync()?;
         log.skip(&conflicts)?;
         if req.shipped > log.shipped() {

@@ -28,16 +28,16 @@
 //! again; the spool carries on without it rather than crash-loop.
 
 mod fs;
+mod ids;
 #[cfg(test)]
 mod tests;
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use fs::{Fs, RealFs, SyncStep};
+use ids::IdMap;
 
 const VERSION: u8 = 1;
 const HEADER: usize = 8;
@@ -85,65 +85,57 @@ impl IdKey {
     }
 }
 
-impl std::hash::Hash for IdKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already uniform: one half is the table's hash.
-        state.write_u64(self.0[1]);
-    }
+/// Loads the index slots of the keys a loop will look up or append, ahead of it (see
+/// [`ids`]): start it before the loop, `step` it once an iteration. The loads come in
+/// bursts of a tight loop of their own, so that many cache misses are in flight at once;
+/// spread over the loop, each would sit behind an iteration's work and wait alone.
+pub struct TouchAhead<'k> {
+    keys: &'k [IdKey],
+    /// The loop's position, and how far the keys were touched.
+    at: usize,
+    touched: usize,
+    acc: u64,
 }
 
-/// The map's hasher for [`IdKey`]s: the half it is given.
-#[derive(Default)]
-struct KeyBits(u64);
+impl<'k> TouchAhead<'k> {
+    /// Keys a burst touches: many loads in flight, and their lines (64 bytes each) still
+    /// cached when the loop reaches them.
+    const BURST: usize = 512;
 
-impl Hasher for KeyBits {
-    fn finish(&self) -> u64 {
-        self.0
+    pub fn start<F: Fs>(keys: &'k [IdKey], spool: &Spool<F>) -> Self {
+        let mut t = TouchAhead {
+            keys,
+            at: 0,
+            touched: 0,
+            acc: 0,
+        };
+        t.step_back(spool);
+        t
     }
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for IdKey (write_u64); kept correct for any other input.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+
+    pub fn step<F: Fs>(&mut self, spool: &Spool<F>) {
+        self.at += 1;
+        self.step_back(spool);
+    }
+
+    fn step_back<F: Fs>(&mut self, spool: &Spool<F>) {
+        if self.at < self.touched || self.touched >= self.keys.len() {
+            return;
         }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// Every held id's sequence number, in shards that grow one at a time: a map of millions
-/// of ids doubling in one piece stopped the writer (and every ingest waiting on it) for
-/// tens of milliseconds; a shard holds 1/64 of them.
-struct IdMap(Vec<HashMap<IdKey, u64, BuildHasherDefault<KeyBits>>>);
-
-const ID_SHARDS: usize = 64;
-
-impl Default for IdMap {
-    fn default() -> Self {
-        IdMap((0..ID_SHARDS).map(|_| HashMap::default()).collect())
+        let end = (self.touched + Self::BURST).min(self.keys.len());
+        let mut acc = self.acc;
+        for k in &self.keys[self.touched..end] {
+            acc ^= spool.ids.touch(*k);
+        }
+        self.acc = acc;
+        self.touched = end;
     }
 }
 
-impl IdMap {
-    /// Where `key` lives: chosen by the half of it the shards' tables do not hash by.
-    fn index(key: IdKey) -> usize {
-        (key.0[0] % ID_SHARDS as u64) as usize
-    }
-
-    fn shard(&mut self, key: IdKey) -> &mut HashMap<IdKey, u64, BuildHasherDefault<KeyBits>> {
-        &mut self.0[Self::index(key)]
-    }
-
-    fn get(&self, key: IdKey) -> Option<u64> {
-        self.0[Self::index(key)].get(&key).copied()
-    }
-
-    fn insert(&mut self, key: IdKey, seq: u64) {
-        self.shard(key).insert(key, seq);
-    }
-
-    fn remove(&mut self, key: IdKey) {
-        self.shard(key).remove(&key);
+impl Drop for TouchAhead<'_> {
+    fn drop(&mut self) {
+        // The loads must happen: their results go somewhere the compiler cannot see into.
+        std::hint::black_box(self.acc);
     }
 }
 
@@ -376,11 +368,8 @@ impl<F: Fs> Spool<F> {
     ) -> Result<(u64, bool), SpoolError> {
         let seq = self.next_seq;
         // One probe per event: the id is claimed first and given up if the write fails.
-        match self.ids.shard(key).entry(key) {
-            Entry::Occupied(o) => return Ok((*o.get(), true)),
-            Entry::Vacant(v) => {
-                v.insert(seq);
-            }
+        if let Some(held) = self.ids.claim(key, seq) {
+            return Ok((held, true));
         }
         if let Err(e) = self.write(seq, id, key, &[payload]) {
             self.ids.remove(key);

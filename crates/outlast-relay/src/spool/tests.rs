@@ -393,3 +393,26 @@ fn usage_after_counts_the_records_above_a_mark_in_every_segment() {
         }
     }
 }
+
+/// Touching ahead of a loop that appends (and so grows the index under it) changes
+/// nothing: every key is appended once, a repeat is found, and stepping past the end of
+/// the keys (or over none) is harmless.
+#[test]
+fn touching_ahead_of_appends_changes_nothing() {
+    let mut s = Spool::open(MemFs::default(), &dir(), 1 << 20).expect("open");
+    let ids: Vec<String> = (0..3000).map(|i| format!("t-{i}")).collect();
+    let keys: Vec<IdKey> = ids.iter().map(|i| IdKey::of(i)).collect();
+    let mut ahead = TouchAhead::start(&keys, &s);
+    for (id, key) in ids.iter().zip(&keys) {
+        ahead.step(&s);
+        let (_, dup) = s.append_keyed(id, *key, b"x").expect("append");
+        assert!(!dup, "{id}");
+    }
+    for _ in 0..10 {
+        ahead.step(&s);
+    }
+    drop(ahead);
+    drop(TouchAhead::start(&[], &s));
+    assert_eq!(s.append_one("t-17", b"x").expect("append"), (18, true));
+    assert_eq!(s.lookup("t-2999"), Some(3000));
+}
