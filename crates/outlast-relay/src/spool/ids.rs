@@ -21,6 +21,10 @@ type Slot = [u64; 3];
 struct Table {
     slots: Vec<Slot>,
     len: usize,
+    /// The table grows past `load / 64` of its slots taken. Each shard has its own, from
+    /// 1/2 to 0.78: ids spread evenly over the shards, so with one limit they would all
+    /// double at about the same moment and stall the writer in one piece after all.
+    load: usize,
 }
 
 impl Table {
@@ -60,7 +64,7 @@ impl Table {
     /// Sets `key` to `seq` (or, with `keep`, leaves a present one alone); the number it
     /// had.
     fn put(&mut self, key: IdKey, seq: u64, keep: bool) -> Option<u64> {
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
+        if (self.len + 1) * 64 > self.slots.len() * self.load {
             self.grow();
         }
         let (i, found) = self.find(key);
@@ -125,7 +129,14 @@ pub(super) struct IdMap(Vec<Table>);
 
 impl Default for IdMap {
     fn default() -> Self {
-        IdMap((0..SHARDS).map(|_| Table::default()).collect())
+        IdMap(
+            (0..SHARDS)
+                .map(|i| Table {
+                    load: 32 + i * 18 / SHARDS,
+                    ..Table::default()
+                })
+                .collect(),
+        )
     }
 }
 
