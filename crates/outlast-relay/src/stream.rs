@@ -470,7 +470,8 @@ impl StreamRelay {
         shipped: u64,
         intent: Option<(u64, u64)>,
         max: usize,
-    ) -> Result<(Vec<u8>, usize), String> {
+        disk: bool,
+    ) -> Result<Option<(Vec<u8>, usize)>, String> {
         let mut w = FrameWriter::new(&self.cfg.name, &self.sites.me, shipped, intent)?;
         if let Some(from) = from {
             let in_memory = {
@@ -482,6 +483,9 @@ impl StreamRelay {
                 held
             };
             if !in_memory {
+                if !disk {
+                    return Ok(None);
+                }
                 match self.read_durable(from, max) {
                     Ok(recs) => push_all(
                         &mut w,
@@ -495,7 +499,7 @@ impl StreamRelay {
             }
         }
         let n = w.len();
-        Ok((w.finish(), n))
+        Ok(Some((w.finish(), n)))
     }
 
     /// Sends own events to one peer, in order, for ever.
@@ -516,14 +520,23 @@ impl StreamRelay {
                 let own = lock(&self.own);
                 (own.shipped(), own.intent())
             };
-            let me = self.clone();
-            let built = tokio::task::spawn_blocking(move || {
-                me.own_frame(known.map(|h| h + 1), shipped, intent, REPLICATE_MAX)
-            })
-            .await;
+            // Events still in memory are framed here (a copy); older ones are read from
+            // the spool on a blocking thread.
+            let from = known.map(|h| h + 1);
+            let built = match self.own_frame(from, shipped, intent, REPLICATE_MAX, false) {
+                Ok(None) => {
+                    let me = self.clone();
+                    tokio::task::spawn_blocking(move || {
+                        me.own_frame(from, shipped, intent, REPLICATE_MAX, true)
+                    })
+                    .await
+                }
+                other => Ok(other),
+            };
             let (frame, sent) = match built {
-                Ok(Ok(x)) => x,
-                Ok(Err(e)) => {
+                Ok(Ok(Some(x))) => x,
+                Ok(framed) => {
+                    let e = framed.err().unwrap_or_else(|| "no frame".into());
                     tracing::error!(stream = %self.cfg.name, error = %e, "relay: cannot frame events to replicate");
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -653,8 +666,9 @@ impl StreamRelay {
             (own.shipped(), own.intent())
         };
         // The replicators' frame without events: the progress and the intent only.
-        let frame = match self.own_frame(None, shipped, intent, 0) {
-            Ok((frame, _)) => frame,
+        let frame = match self.own_frame(None, shipped, intent, 0, false) {
+            Ok(Some((frame, _))) => frame,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::error!(stream = %self.cfg.name, error = %e, "relay: cannot frame the intent");
                 return false;
