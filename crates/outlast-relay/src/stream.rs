@@ -903,7 +903,11 @@ mod tests {
         };
         let sites = Sites {
             me: me.into(),
-            all: vec![("east".into(), false), ("west".into(), false)],
+            all: vec![
+                ("east".into(), false),
+                ("west".into(), false),
+                ("witness".into(), true),
+            ],
         };
         let (_, down) = watch::channel(BTreeSet::new());
         StreamRelay::open(
@@ -1044,5 +1048,76 @@ mod tests {
         let mut s = String::new();
         base62(u64::MAX, &mut s);
         assert_eq!(s, "LygHa16AHYF");
+    }
+
+    /// An id a client sent to east and again to west: the four deliveries of the two
+    /// copies (each to the other data site and to the witness), in every order, with every
+    /// answer applied, and west shipping past its copy at any point its peers allow (once
+    /// east and the witness hold it). Whatever the order, exactly one copy is in an object
+    /// or left to ship. (Before skips outlived the shipped mark, some orders left none.)
+    #[test]
+    fn an_id_held_twice_keeps_one_copy_in_every_order() {
+        let own = |r: &StreamRelay| {
+            let mut own = lock(&r.own);
+            let (seq, _) = own
+                .spool
+                .append_one("X", &event::stored(1, b"{}"))
+                .expect("append");
+            own.spool.sync().expect("sync");
+            seq
+        };
+        // (origin, receiver) of each delivery.
+        let deliveries = [
+            ("east", "witness"),
+            ("west", "witness"),
+            ("west", "east"),
+            ("east", "west"),
+        ];
+        // Step 4: west ships past its copy.
+        const SHIP: usize = 4;
+        let mut orders: Vec<Vec<usize>> = vec![vec![]];
+        for _ in 0..=SHIP {
+            let mut longer = Vec::new();
+            for o in &orders {
+                for d in (0..=SHIP).filter(|d| !o.contains(d)) {
+                    longer.push([o.as_slice(), &[d]].concat());
+                }
+            }
+            orders = longer;
+        }
+        let at = |o: &[usize], step| o.iter().position(|d| *d == step);
+        orders.retain(|o| at(o, SHIP) > at(o, 1) && at(o, SHIP) > at(o, 2));
+        assert_eq!(orders.len(), 40);
+        for order in orders {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let sites: BTreeMap<&str, StreamRelay> = ["east", "west", "witness"]
+                .into_iter()
+                .map(|n| (n, relay(n, &tmp.path().join(n))))
+                .collect();
+            let seqs: BTreeMap<&str, u64> =
+                [("east", own(&sites["east"])), ("west", own(&sites["west"]))]
+                    .into_iter()
+                    .collect();
+            let mut in_object = 0;
+            for d in &order {
+                if *d == SHIP {
+                    let mut west = lock(&sites["west"].own);
+                    in_object += usize::from(!west.is_skipped(seqs["west"]));
+                    west.set_shipped(seqs["west"]).expect("shipped");
+                    continue;
+                }
+                let (origin, to) = deliveries[*d];
+                let resp = sites[to]
+                    .receive_blocking(&req(origin, seqs[origin], "X").as_frame())
+                    .expect("receive");
+                sites[origin].answered(to, &resp);
+            }
+            let east_left = usize::from(!lock(&sites["east"].own).is_skipped(seqs["east"]));
+            assert_eq!(
+                in_object + east_left,
+                1,
+                "order {order:?}: {in_object} copy in an object, {east_left} left at east"
+            );
+        }
     }
 }
