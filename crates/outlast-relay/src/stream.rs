@@ -936,6 +936,17 @@ mod tests {
         }
     }
 
+    /// Stores an own event of id `id` at `r`, durably; its number.
+    fn hold(r: &StreamRelay, id: &str) -> u64 {
+        let mut own = lock(&r.own);
+        let (seq, _) = own
+            .spool
+            .append_one(id, &event::stored(1, b"{}"))
+            .expect("append");
+        own.spool.sync().expect("sync");
+        seq
+    }
+
     /// An id held at two sites after a client retried: west's copy lost the settlement and
     /// was skipped, then shipped past (in no object). When east's copy reaches west after
     /// that, west must not claim the id: east's copy is the only one left.
@@ -944,12 +955,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let west = relay("west", tmp.path());
         {
+            let w = hold(&west, "r-1700");
             let mut own = lock(&west.own);
-            let (w, _) = own
-                .spool
-                .append_one("r-1700", &event::stored(1, b"{}"))
-                .expect("append");
-            own.spool.sync().expect("sync");
             own.skip(&[w]).expect("skip");
             own.set_intent(Some((w, w))).expect("intent");
             own.set_shipped(w).expect("shipped");
@@ -978,14 +985,8 @@ mod tests {
     fn own_events_wait_for_every_data_site() {
         let tmp = tempfile::tempdir().expect("tmp");
         let east = relay("east", tmp.path());
-        {
-            let mut own = lock(&east.own);
-            for i in 0..3 {
-                own.spool
-                    .append_one(&format!("e-{i}"), &event::stored(1, b"{}"))
-                    .expect("append");
-            }
-            own.spool.sync().expect("sync");
+        for i in 0..3 {
+            hold(&east, &format!("e-{i}"));
         }
         east.durable.send_replace(3);
         assert_eq!(east.own_shippable(), Some(0), "west not heard from yet");
@@ -1057,15 +1058,6 @@ mod tests {
     /// or left to ship. (Before skips outlived the shipped mark, some orders left none.)
     #[test]
     fn an_id_held_twice_keeps_one_copy_in_every_order() {
-        let own = |r: &StreamRelay| {
-            let mut own = lock(&r.own);
-            let (seq, _) = own
-                .spool
-                .append_one("X", &event::stored(1, b"{}"))
-                .expect("append");
-            own.spool.sync().expect("sync");
-            seq
-        };
         // (origin, receiver) of each delivery.
         let deliveries = [
             ("east", "witness"),
@@ -1094,10 +1086,12 @@ mod tests {
                 .into_iter()
                 .map(|n| (n, relay(n, &tmp.path().join(n))))
                 .collect();
-            let seqs: BTreeMap<&str, u64> =
-                [("east", own(&sites["east"])), ("west", own(&sites["west"]))]
-                    .into_iter()
-                    .collect();
+            let seqs: BTreeMap<&str, u64> = [
+                ("east", hold(&sites["east"], "X")),
+                ("west", hold(&sites["west"], "X")),
+            ]
+            .into_iter()
+            .collect();
             let mut in_object = 0;
             for d in &order {
                 if *d == SHIP {
