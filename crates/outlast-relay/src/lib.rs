@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use event::{BadLine, Event};
 pub use ship::{object_key, read_sinks, utc_timestamp};
-pub use spool::{Record, Spool, SpoolError, SpoolStats, TouchAhead};
+pub use spool::{Record, Spool, SpoolError, SpoolStats};
 pub use stream::{Accepted, IngestError, StreamRelay, StreamStats};
 
 /// One event as it travels between sites.
@@ -215,19 +215,26 @@ impl Relay {
         });
     }
 
+    /// The stream a peer's request is for; a site may only send its own events.
+    fn addressed(
+        &self,
+        from: &str,
+        stream: &str,
+        origin: &str,
+    ) -> Result<Arc<StreamRelay>, RelayError> {
+        if origin != from {
+            return Err(RelayError::Stranger(format!("{from} sending for {origin}")));
+        }
+        Ok(self.stream(stream)?.clone())
+    }
+
     /// A peer's replication request.
     pub async fn receive(
         &self,
         from: &str,
         req: ReplicateReq,
     ) -> Result<ReplicateResp, RelayError> {
-        if req.origin != from {
-            return Err(RelayError::Stranger(format!(
-                "{from} sending for {}",
-                req.origin
-            )));
-        }
-        let s = self.stream(&req.stream)?.clone();
+        let s = self.addressed(from, &req.stream, &req.origin)?;
         s.receive(req).await
     }
 
@@ -238,10 +245,7 @@ impl Relay {
         frame: bytes::Bytes,
     ) -> Result<ReplicateResp, RelayError> {
         let (stream, origin) = wire::FrameRef::peek(&frame).map_err(RelayError::BadFrame)?;
-        if origin != from {
-            return Err(RelayError::Stranger(format!("{from} sending for {origin}")));
-        }
-        let s = self.stream(stream)?.clone();
+        let s = self.addressed(from, stream, origin)?;
         s.receive_frame(frame).await
     }
 }
