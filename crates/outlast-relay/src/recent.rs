@@ -20,6 +20,8 @@ struct Entry {
 pub(crate) struct Chunk {
     bytes: Vec<u8>,
     index: Vec<Entry>,
+    /// The id length of the record last staged.
+    staged_id_len: usize,
 }
 
 impl Chunk {
@@ -28,6 +30,7 @@ impl Chunk {
         Chunk {
             bytes: Vec::with_capacity(bytes),
             index: Vec::with_capacity(records),
+            staged_id_len: 0,
         }
     }
 
@@ -36,6 +39,7 @@ impl Chunk {
     pub fn stage(&mut self, id: &str, payload: &[&[u8]]) -> &[u8] {
         self.bytes.truncate(self.index.last().map_or(0, |e| e.end));
         self.bytes.extend_from_slice(id.as_bytes());
+        self.staged_id_len = id.len();
         let at = self.bytes.len();
         for p in payload {
             self.bytes.extend_from_slice(p);
@@ -44,12 +48,12 @@ impl Chunk {
     }
 
     /// Keeps the record last staged, under `seq`.
-    pub fn keep(&mut self, seq: u64, id_len: usize) {
+    pub fn keep(&mut self, seq: u64) {
         let start = self.index.last().map_or(0, |e| e.end);
         self.index.push(Entry {
             seq,
             start,
-            id_len,
+            id_len: self.staged_id_len,
             end: self.bytes.len(),
         });
     }
@@ -140,7 +144,7 @@ mod tests {
         for s in seqs {
             let id = format!("id-{s}");
             c.stage(&id, &[b"ts", format!("line {s}").as_bytes()]);
-            c.keep(s, id.len());
+            c.keep(s);
             // A duplicate staged and not kept leaves nothing behind.
             c.stage("dup", &[b"xx"]);
             c.settle();

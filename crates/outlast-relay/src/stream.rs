@@ -441,7 +441,7 @@ impl StreamRelay {
                 let payload = fresh.stage(&e.id, &[&ts, &e.line]);
                 let (seq, dup) = own.spool.append_keyed(&e.id, *key, payload)?;
                 if !dup {
-                    fresh.keep(seq, e.id.len());
+                    fresh.keep(seq);
                 }
                 outcomes.push(Outcome::Own(seq, dup));
             }
