@@ -25,7 +25,7 @@ use crate::pool::{ConnPool, SendError};
 use crate::routes::{Balancer, LeaseClock, Routes, Stats, Target};
 use crate::HOP_HEADER;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Attempts per request at most (the first try and two retries).
 const MAX_ATTEMPTS: usize = 3;
@@ -464,8 +464,8 @@ impl HttpGateway {
                         ),
                     );
                 }
-                let out = self.outgoing(&parts, &scan, Full::new(body.clone()), t, client);
-                match pool.send(epoch, t.addr, out).await {
+                let out = self.outgoing(&parts, &scan, body.clone(), t, client);
+                match pool.send(epoch, t.addr, &out, idempotent).await {
                     Ok(resp) => {
                         self.stats.record(&self.service, t, true);
                         let (mut rparts, rbody) = resp.into_parts();
@@ -563,7 +563,7 @@ impl HttpGateway {
                 }
             };
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                return resp.map(|b| b.boxed());
+                return resp.map(|b| b.map_err(std::io::Error::other).boxed());
             }
             let backend = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {

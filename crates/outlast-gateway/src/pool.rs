@@ -1,30 +1,46 @@
-//! A gateway worker's keep-alive connections to backends and to other sites' gateways.
+//! A gateway worker's keep-alive connections to backends and to other sites' gateways, and
+//! the HTTP/1.1 client that speaks on them.
 //!
 //! Each worker thread has its own pool (its runtime is single-threaded, so the lock is never
 //! contended and no connection is shared between threads). A connection is checked out
 //! for one request and comes back when the response body has been read to its end; one
-//! whose response was abandoned part-way, or that the other side closed, is dropped. A
-//! request written to a pooled connection that turns out to be closed (the backend's
-//! keep-alive timer raced us) comes back unsent and goes to the next connection, so that
-//! race never reaches the retry logic. A new routing epoch empties the pool: keep-alive
-//! connections to a demoted backend close once their requests are done. A sweep every 10 s
-//! closes connections idle for over 30 s.
+//! whose response was abandoned part-way, that said `Connection: close`, or whose body ends
+//! only when it closes, is dropped.
+//!
+//! The client side is written here rather than taken from hyper's client: the request is
+//! written and its answer read by the very task that serves the client's connection, with no
+//! connection task and no channel between them (those were a third of the gateway's work
+//! per request). The server side, facing clients, stays hyper's. The client reads what
+//! RFC 9112 section 6.3 says frames a response: no body after HEAD, 1xx, 204 and 304;
+//! chunked (decoded here; hyper frames it again for the client); Content-Length (several
+//! values must agree); otherwise until the connection closes. Interim 1xx answers are
+//! skipped.
+//!
+//! Stale connections: a pooled connection that the runtime has seen become readable is
+//! peeked before it is used; one the backend has closed, or that has bytes nobody asked
+//! for, is dropped. A
+//! request on a pooled connection that meets a close or reset before any byte of an answer
+//! (the backend's keep-alive timer raced the peek) goes to the next connection when it may
+//! be sent again: nothing of it was written, or `replay_safe` (idempotent) says so. Either
+//! way that race never reaches the retry logic. A new routing epoch empties the pool:
+//! keep-alive connections to a demoted backend close once their requests are done. A sweep
+//! every 10 s closes connections idle for over 30 s.
 
 use std::collections::VecDeque;
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-
-type Sender = http1::SendRequest<Full<Bytes>>;
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
 
 /// Idle connections kept per target; more are closed when they come back.
 const MAX_IDLE: usize = 512;
@@ -32,6 +48,21 @@ const MAX_IDLE: usize = 512;
 const IDLE_FOR: Duration = Duration::from_secs(30);
 /// Pooled connections tried for one request before a fresh one is opened.
 const STALE_TRIES: usize = 4;
+/// Largest response head (status line and headers) taken from a backend.
+const MAX_HEAD: usize = 64 << 10;
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line, and most trailer bytes, of a chunked body.
+const MAX_CHUNK_LINE: usize = 4 << 10;
+const MAX_TRAILERS: usize = 64 << 10;
+/// Room made in a connection's buffer before each read.
+const READ_SIZE: usize = 16 << 10;
+
+/// One connection to a target, with what was read from it and not yet consumed.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
 
 pub(crate) struct ConnPool {
     source: IpAddr,
@@ -42,16 +73,17 @@ pub(crate) struct ConnPool {
 #[derive(Default)]
 struct Idle {
     epoch: u64,
-    conns: rustc_hash::FxHashMap<SocketAddr, VecDeque<(Instant, Sender)>>,
+    conns: rustc_hash::FxHashMap<SocketAddr, VecDeque<(Instant, Conn)>>,
 }
 
 /// Why a request got no response.
+#[derive(Debug)]
 pub(crate) enum SendError {
     /// Nothing reached the target: it refused or timed out the connection, or closed it
     /// before the request was written. Safe to retry whatever the method.
     NotSent(String),
     /// The request may have reached the target.
-    AfterSend(hyper::Error),
+    AfterSend(String),
 }
 
 impl Idle {
@@ -63,6 +95,19 @@ impl Idle {
             self.conns.clear();
         }
         epoch == self.epoch
+    }
+}
+
+/// Whether a connection at rest can take a request: the other side has not closed it and
+/// sent nothing unasked. It is peeked only when the runtime has seen it become readable
+/// since it was last drained: most are not, and cost no system call.
+fn at_rest(stream: &TcpStream) -> bool {
+    let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+    match stream.try_io(Interest::READABLE, || {
+        socket2::SockRef::from(stream).peek(&mut probe)
+    }) {
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        Ok(_) => false,
     }
 }
 
@@ -79,11 +124,12 @@ impl ConnPool {
         }
     }
 
-    /// Closes connections idle for longer than the idle time, and forgets closed ones.
+    /// Closes connections idle for longer than the idle time, and those closed by the
+    /// other side.
     pub(crate) fn sweep(&self) {
         let mut idle = self.lock();
         for list in idle.conns.values_mut() {
-            list.retain(|(since, s)| since.elapsed() <= self.idle_for && !s.is_closed());
+            list.retain(|(since, c)| since.elapsed() <= self.idle_for && at_rest(&c.stream));
         }
         idle.conns.retain(|_, list| !list.is_empty());
     }
@@ -105,13 +151,9 @@ impl ConnPool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An idle connection to `addr` that can take a request now. Busy ones (their last
-    /// response was read but the connection has not yet gone back to idle) stay pooled.
-    /// Not async: readiness is asked with a waker that nobody waits on, since a connection
-    /// that is not ready now is passed over, not waited for (and the request's future
-    /// stays small).
-    fn checkout(&self, epoch: u64, addr: SocketAddr) -> Option<Sender> {
-        let mut cx = Context::from_waker(Waker::noop());
+    /// The newest idle connection to `addr` that can take a request now; older ones past
+    /// the idle time, and any found closed, are dropped on the way.
+    fn checkout(&self, epoch: u64, addr: SocketAddr) -> Option<Conn> {
         let mut idle = self.lock();
         if !idle.at(epoch) {
             return None;
@@ -123,24 +165,17 @@ impl ConnPool {
         {
             list.pop_front();
         }
-        // Newest first; busy ones are kept in their place, closed ones dropped.
-        let mut i = list.len();
-        while i > 0 {
-            i -= 1;
-            match list[i].1.poll_ready(&mut cx) {
-                Poll::Ready(Ok(())) => return list.remove(i).map(|(_, s)| s),
-                Poll::Ready(Err(_)) => {
-                    list.remove(i);
-                }
-                Poll::Pending => {}
+        while let Some((_, conn)) = list.pop_back() {
+            if at_rest(&conn.stream) {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn give_back(&self, epoch: u64, addr: SocketAddr, sender: Sender) {
-        if sender.is_closed() {
-            return;
+    fn give_back(&self, epoch: u64, addr: SocketAddr, conn: Conn) {
+        if !conn.buf.is_empty() {
+            return; // bytes past the answer: the other side does not frame as we do
         }
         let mut idle = self.lock();
         if !idle.at(epoch) {
@@ -148,34 +183,32 @@ impl ConnPool {
         }
         let list = idle.conns.entry(addr).or_default();
         if list.len() < MAX_IDLE {
-            list.push_back((Instant::now(), sender));
+            list.push_back((Instant::now(), conn));
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Sender, SendError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, SendError> {
         let stream = crate::tcp::connect_from(self.source, addr)
             .await
             .map_err(|e| SendError::NotSent(format!("cannot connect to {addr}: {e}")))?;
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::NotSent(format!("cannot talk HTTP/1.1 to {addr}: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "backend connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+        })
     }
 
-    /// Sends `req` to `addr` on a pooled connection, or a new one.
+    /// Sends `req` to `addr` on a pooled connection, or a new one. `replay_safe` (the
+    /// request is idempotent) lets a request written to a pooled connection that closed
+    /// without a word go to another connection.
     pub(crate) async fn send(
         self: &Arc<Self>,
         epoch: u64,
         addr: SocketAddr,
-        mut req: Request<Full<Bytes>>,
+        req: &Request<Bytes>,
+        replay_safe: bool,
     ) -> Result<Response<PooledBody>, SendError> {
+        let wire = encode(req);
+        let head_only = req.method() == Method::HEAD;
         let mut stale = 0;
         loop {
             let pooled = if stale < STALE_TRIES {
@@ -184,79 +217,523 @@ impl ConnPool {
                 None
             };
             let fresh = pooled.is_none();
-            let mut sender = match pooled {
-                Some(s) => s,
+            let mut conn = match pooled {
+                Some(c) => c,
                 // Boxed: the connecting future is large and seldom needed.
                 None => Box::pin(self.connect(addr)).await?,
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let back = Some((self.clone(), epoch, addr, sender));
-                    let (parts, body) = resp.into_parts();
-                    let mut body = PooledBody { body, back };
-                    if body.body.is_end_stream() {
-                        body.give_back();
-                    }
-                    return Ok(Response::from_parts(parts, body));
+            match exchange(&mut conn, &wire, head_only).await {
+                Ok(answer) => return Ok(answer.into_response(conn, (self.clone(), epoch, addr))),
+                Err(Failure::Unsent(e)) if fresh => {
+                    return Err(SendError::NotSent(format!("{addr}: {e}")))
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !fresh => {
-                        stale += 1;
-                        req = unsent;
-                    }
-                    Some(_) => {
-                        return Err(SendError::NotSent(format!(
-                            "{addr} closed a new connection: {}",
-                            e.into_error()
-                        )))
-                    }
-                    None => return Err(SendError::AfterSend(e.into_error())),
-                },
+                Err(Failure::Unsent(_)) => stale += 1,
+                Err(Failure::Unanswered(_)) if !fresh && replay_safe => stale += 1,
+                Err(Failure::Unanswered(e) | Failure::Broken(e)) => {
+                    return Err(SendError::AfterSend(format!("{addr}: {e}")))
+                }
             }
         }
     }
 }
 
-/// A backend's response body; its connection goes back to the pool once the body has been
-/// read to the end.
-pub(crate) struct PooledBody {
-    body: Incoming,
-    back: Option<(Arc<ConnPool>, u64, SocketAddr, Sender)>,
+/// The request as written on the wire: origin-form request line, its headers (the caller
+/// has made them what the target must see), and a Content-Length for its body.
+fn encode(req: &Request<Bytes>) -> Vec<u8> {
+    let body = req.body();
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let headers_len: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(64 + target.len() + headers_len + body.len());
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        if name == header::CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let says_length = req.headers().contains_key(header::CONTENT_LENGTH)
+        || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    if !body.is_empty() || says_length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
-impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some((pool, epoch, addr, sender)) = self.back.take() {
-            pool.give_back(epoch, addr, sender);
+/// How one exchange on a connection failed.
+enum Failure {
+    /// Not a byte of the request was written.
+    Unsent(io::Error),
+    /// The request was written and the connection closed or reset before any byte of an
+    /// answer: on a pooled connection, most likely its keep-alive timer ran out.
+    Unanswered(io::Error),
+    /// Anything else after the request went out: a broken or garbled answer.
+    Broken(io::Error),
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// A response head read off a connection, with how its body is framed.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    /// The connection may carry another request once this body is read.
+    keep_alive: bool,
+}
+
+/// How a response body ends.
+enum Framing {
+    /// After this many more bytes.
+    Length(u64),
+    /// Chunked, at this point of the decoding.
+    Chunked(Chunked),
+    /// When the connection closes.
+    Close,
+}
+
+/// Writes `wire` and reads the answer's head. A write that fails part-way still looks for
+/// an answer (a backend may answer, say 413, before it has read the whole body).
+async fn exchange(conn: &mut Conn, wire: &[u8], head_only: bool) -> Result<Answer, Failure> {
+    let mut written = 0;
+    let mut write_error = None;
+    while written < wire.len() {
+        match conn.stream.write(&wire[written..]).await {
+            Ok(0) => {
+                write_error = Some(io::Error::from(io::ErrorKind::WriteZero));
+                break;
+            }
+            Ok(n) => written += n,
+            Err(e) => {
+                write_error = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = write_error.take() {
+        if written == 0 {
+            return Err(Failure::Unsent(e));
+        }
+        write_error = Some(e);
+    }
+    let mut received = false;
+    loop {
+        match parse_head(&mut conn.buf, head_only) {
+            Ok(Some(mut answer)) => {
+                if write_error.is_some() {
+                    answer.keep_alive = false;
+                }
+                return Ok(answer);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Failure::Broken(e)),
+        }
+        if conn.buf.len() > MAX_HEAD {
+            return Err(Failure::Broken(invalid(format!(
+                "response head over {MAX_HEAD} bytes"
+            ))));
+        }
+        conn.buf.reserve(READ_SIZE);
+        let read = conn.stream.read_buf(&mut conn.buf).await;
+        let closed = match read {
+            Ok(0) => io::Error::new(io::ErrorKind::UnexpectedEof, "closed before answering"),
+            Ok(_) => {
+                received = true;
+                continue;
+            }
+            Err(e) => e,
+        };
+        let e = write_error.unwrap_or(closed);
+        return Err(if received {
+            Failure::Broken(e)
+        } else {
+            Failure::Unanswered(e)
+        });
+    }
+}
+
+/// The next final response head at the front of `buf`, consumed from it; `None` while it
+/// is incomplete. Interim (1xx) heads before it are consumed and dropped.
+fn parse_head(buf: &mut BytesMut, head_only: bool) -> io::Result<Option<Answer>> {
+    loop {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut fields = [MaybeUninit::<httparse::Header>::uninit(); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(invalid(format!("bad response head: {e}"))),
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| invalid(format!("bad status {code}")))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(invalid(
+                "101 Switching Protocols to a request that asked for none",
+            ));
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let http11 = parsed.version == Some(1);
+        // Where each field's name and value sit in the head (kept on the stack), so that
+        // values can share the head's bytes once it is split off the buffer.
+        let base = buf.as_ptr() as usize;
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let count = parsed.headers.len();
+        for (f, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+            let name = (f.name.as_ptr() as usize - base) as u32;
+            let value = (f.value.as_ptr() as usize - base) as u32;
+            *span = (
+                name,
+                name + f.name.len() as u32,
+                value,
+                value + f.value.len() as u32,
+            );
+        }
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut length: Option<u64> = None;
+        let mut chunked = None;
+        let mut close = !http11;
+        let head = buf.split_to(len).freeze();
+        for &(name_at, name_end, value_at, value_end) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[name_at as usize..name_end as usize])
+                .map_err(|_| invalid("bad header name"))?;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(value_at as usize..value_end as usize))
+                    .map_err(|_| invalid(format!("bad value of {name}")))?;
+            if name == header::CONTENT_LENGTH {
+                let n = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| invalid("bad content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(invalid("content-length values disagree"));
+                }
+                length = Some(n);
+            } else if name == header::TRANSFER_ENCODING {
+                // Only the last coding decides.
+                chunked = value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .rfind(|t| !t.is_empty())
+                    .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION {
+                for option in value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                {
+                    if option.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if option.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                        close = false;
+                    }
+                }
+            }
+            headers.append(name, value);
+        }
+        let bodiless =
+            head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let framing = match (bodiless, chunked, length) {
+            (true, _, _) => Framing::Length(0),
+            (false, Some(true), _) => Framing::Chunked(Chunked::Size),
+            (false, Some(false), _) => Framing::Close,
+            (false, None, Some(n)) => Framing::Length(n),
+            (false, None, None) => Framing::Close,
+        };
+        let keep_alive = !close && !matches!(framing, Framing::Close);
+        return Ok(Some(Answer {
+            status,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+type Back = (Arc<ConnPool>, u64, SocketAddr);
+
+impl Answer {
+    /// The response to pass on. A body already read whole (the usual small answer) frees
+    /// its connection at once; otherwise the body reads on and frees it at its end.
+    fn into_response(self, mut conn: Conn, back: Back) -> Response<PooledBody> {
+        let body = match self.framing {
+            Framing::Length(n) if n <= conn.buf.len() as u64 => {
+                let data = conn.buf.split_to(n as usize).freeze();
+                if self.keep_alive {
+                    let (pool, epoch, addr) = back;
+                    pool.give_back(epoch, addr, conn);
+                }
+                PooledBody::Whole(Some(data))
+            }
+            framing => PooledBody::Streaming(Box::new(Streaming {
+                conn: Some(conn),
+                framing,
+                back: self.keep_alive.then_some(back),
+            })),
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = self.status;
+        *resp.version_mut() = Version::HTTP_11;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+}
+
+/// Where a chunked body's decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes of it left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields (dropped) up to a blank line; bytes seen.
+    Trailers(usize),
+}
+
+/// What a step of decoding found.
+enum Step {
+    Data(Bytes),
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+/// The position of the first line end (`\n`) in `buf`, or an error when there is none
+/// within `limit` bytes.
+fn line_end(buf: &[u8], limit: usize, what: &str) -> io::Result<Option<usize>> {
+    match buf.iter().take(limit).position(|&b| b == b'\n') {
+        Some(i) => Ok(Some(i)),
+        None if buf.len() >= limit => Err(invalid(format!("{what} over {limit} bytes"))),
+        None => Ok(None),
+    }
+}
+
+impl Chunked {
+    /// Decodes what it can of `buf`.
+    fn step(&mut self, buf: &mut BytesMut) -> io::Result<Step> {
+        loop {
+            match *self {
+                Chunked::Size => {
+                    let Some(end) = line_end(buf, MAX_CHUNK_LINE, "chunk-size line")? else {
+                        return Ok(Step::More);
+                    };
+                    let line = &buf[..end];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    // Extensions after ';' are ignored; blanks may precede them.
+                    let digits = line
+                        .split(|&b| b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii();
+                    let size = std::str::from_utf8(digits)
+                        .ok()
+                        .filter(|d| !d.is_empty() && d.len() <= 16)
+                        .and_then(|d| u64::from_str_radix(d, 16).ok())
+                        .ok_or_else(|| invalid("bad chunk size"))?;
+                    buf.advance(end + 1);
+                    *self = if size == 0 {
+                        Chunked::Trailers(0)
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = left.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    *self = if n == left {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left - n)
+                    };
+                    return Ok(Step::Data(data));
+                }
+                Chunked::DataEnd => match buf.first() {
+                    None => return Ok(Step::More),
+                    Some(b'\n') => {
+                        buf.advance(1);
+                        *self = Chunked::Size;
+                    }
+                    Some(b'\r') => match buf.get(1) {
+                        None => return Ok(Step::More),
+                        Some(b'\n') => {
+                            buf.advance(2);
+                            *self = Chunked::Size;
+                        }
+                        Some(_) => return Err(invalid("no CRLF after a chunk")),
+                    },
+                    Some(_) => return Err(invalid("no CRLF after a chunk")),
+                },
+                Chunked::Trailers(seen) => {
+                    let left = MAX_TRAILERS.saturating_sub(seen).max(1);
+                    let Some(end) = line_end(buf, left, "trailer section")? else {
+                        return Ok(Step::More);
+                    };
+                    let blank = end == 0 || (end == 1 && buf[0] == b'\r');
+                    buf.advance(end + 1);
+                    if blank {
+                        return Ok(Step::End);
+                    }
+                    *self = Chunked::Trailers(seen + end + 1);
+                }
+            }
+        }
+    }
+}
+
+/// A body still being read from its connection.
+pub(crate) struct Streaming {
+    /// `None` once the body has ended (the connection went back, or was closed).
+    conn: Option<Conn>,
+    framing: Framing,
+    /// Where the connection goes back once the body ends (`None`: it is closed instead).
+    back: Option<Back>,
+}
+
+/// A backend's response body: read whole with the head, or still on its connection, which
+/// goes back to the pool once the body has been read to its end.
+pub(crate) enum PooledBody {
+    Whole(Option<Bytes>),
+    Streaming(Box<Streaming>),
+}
+
+impl Framing {
+    fn step(&mut self, buf: &mut BytesMut) -> io::Result<Step> {
+        match self {
+            Framing::Length(0) => Ok(Step::End),
+            Framing::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                Ok(Step::Data(buf.split_to(n as usize).freeze()))
+            }
+            Framing::Chunked(state) => state.step(buf),
+            Framing::Close if buf.is_empty() => Ok(Step::More),
+            Framing::Close => Ok(Step::Data(buf.split().freeze())),
+        }
+    }
+}
+
+impl Streaming {
+    /// The body has been read to its end: its connection goes back to the pool, or closes.
+    fn end(&mut self) {
+        if let (Some(conn), Some((pool, epoch, addr))) = (self.conn.take(), self.back.take()) {
+            pool.give_back(epoch, addr, conn);
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.framing.step(&mut conn.buf) {
+                Err(e) => return self.fail(e),
+                Ok(Step::Data(data)) => {
+                    if matches!(self.framing, Framing::Length(0)) {
+                        self.end();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::End) => {
+                    self.end();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+            }
+            conn.buf.reserve(READ_SIZE);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if matches!(self.framing, Framing::Close) => {
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    return self.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the backend closed the connection inside a response body",
+                    ))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return self.fail(e),
+            }
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.body).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.give_back(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.give_back(),
-            Poll::Ready(Some(Err(_))) => this.back = None,
-            _ => {}
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        match self.get_mut() {
+            PooledBody::Whole(data) => Poll::Ready(
+                data.take()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| Ok(Frame::data(d))),
+            ),
+            PooledBody::Streaming(s) => s.poll_frame(cx),
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self {
+            PooledBody::Whole(data) => data.as_ref().is_none_or(Bytes::is_empty),
+            PooledBody::Streaming(s) => s.conn.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self {
+            PooledBody::Whole(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            PooledBody::Streaming(s) => match (&s.conn, &s.framing) {
+                (None, _) => SizeHint::with_exact(0),
+                (Some(_), Framing::Length(n)) => SizeHint::with_exact(*n),
+                _ => SizeHint::default(),
+            },
+        }
     }
 }
 
@@ -270,9 +747,14 @@ mod tests {
 
     use super::*;
 
-    /// A keep-alive HTTP/1.1 server that counts connections opened and closed by the
-    /// client; with `close_after_one` it hangs up after each answer without saying so.
-    async fn backend(close_after_one: bool) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    /// What a test backend does with the `n`th request (from 0) on a connection, given its
+    /// head: the bytes to answer (in pieces, each written on its own), and whether to hang
+    /// up after them. No pieces and a hang-up: it closes without answering.
+    type Script = fn(usize, &str) -> (Vec<Vec<u8>>, bool);
+
+    /// A keep-alive HTTP/1.1 server run by `script`; counts connections opened and closed
+    /// by the client.
+    async fn backend(script: Script) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (opened, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -283,22 +765,38 @@ mod tests {
                 let c = c.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
+                    let mut chunk = [0u8; 4096];
+                    let mut n = 0;
                     loop {
                         match s.read(&mut chunk).await {
                             Ok(0) | Err(_) => {
                                 c.fetch_add(1, Ordering::SeqCst);
                                 return;
                             }
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
                         }
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if s.write_all(answer).await.is_err() {
-                                return;
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                            let body = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if buf.len() < end + 4 + body {
+                                break;
                             }
-                            if close_after_one {
+                            buf.drain(..end + 4 + body);
+                            let (pieces, hang_up) = script(n, &head);
+                            n += 1;
+                            for (i, p) in pieces.iter().enumerate() {
+                                if i > 0 {
+                                    tokio::time::sleep(Duration::from_millis(2)).await;
+                                }
+                                if s.write_all(p).await.is_err() {
+                                    return;
+                                }
+                            }
+                            if hang_up {
                                 return;
                             }
                         }
@@ -309,24 +807,51 @@ mod tests {
         (addr, opened, closed)
     }
 
-    fn get() -> Request<Full<Bytes>> {
-        let mut r = Request::new(Full::new(Bytes::new()));
+    fn ok(_: usize, _: &str) -> (Vec<Vec<u8>>, bool) {
+        (
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()],
+            false,
+        )
+    }
+
+    fn ok_then_hang_up(_: usize, _: &str) -> (Vec<Vec<u8>>, bool) {
+        (
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()],
+            true,
+        )
+    }
+
+    fn request(method: Method, body: &'static [u8]) -> Request<Bytes> {
+        let mut r = Request::new(Bytes::from_static(body));
+        *r.method_mut() = method;
         r.headers_mut()
-            .insert(hyper::header::HOST, "backend".parse().expect("host"));
+            .insert(header::HOST, HeaderValue::from_static("backend"));
         r
     }
 
-    async fn fetch(pool: &Arc<ConnPool>, epoch: u64, addr: SocketAddr) -> Result<Bytes, String> {
-        let resp = pool.send(epoch, addr, get()).await.map_err(|e| match e {
-            SendError::NotSent(e) => format!("not sent: {e}"),
-            SendError::AfterSend(e) => format!("after send: {e}"),
-        })?;
-        let body = resp
-            .into_body()
-            .collect()
+    async fn send(
+        pool: &Arc<ConnPool>,
+        epoch: u64,
+        addr: SocketAddr,
+        req: Request<Bytes>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+        let idempotent = req.method() != Method::POST;
+        let resp = pool
+            .send(epoch, addr, &req, idempotent)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(body.to_bytes())
+            .map_err(|e| match e {
+                SendError::NotSent(e) => format!("not sent: {e}"),
+                SendError::AfterSend(e) => format!("after send: {e}"),
+            })?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| format!("body: {e}"))?;
+        Ok((parts.status, parts.headers, body.to_bytes()))
+    }
+
+    async fn fetch(pool: &Arc<ConnPool>, epoch: u64, addr: SocketAddr) -> Result<Bytes, String> {
+        send(pool, epoch, addr, request(Method::GET, b""))
+            .await
+            .map(|(_, _, b)| b)
     }
 
     async fn settle(counter: &AtomicUsize, want: usize) -> usize {
@@ -339,10 +864,14 @@ mod tests {
         counter.load(Ordering::SeqCst)
     }
 
+    fn pool() -> Arc<ConnPool> {
+        Arc::new(ConnPool::new("127.0.0.1".parse().expect("ip")))
+    }
+
     #[tokio::test]
     async fn sequential_requests_share_one_connection() {
-        let (addr, opened, _) = backend(false).await;
-        let pool = Arc::new(ConnPool::new("127.0.0.1".parse().expect("ip")));
+        let (addr, opened, _) = backend(ok).await;
+        let pool = pool();
         for _ in 0..50 {
             assert_eq!(fetch(&pool, 1, addr).await.as_deref(), Ok(&b"ok"[..]));
         }
@@ -351,8 +880,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_epoch_closes_idle_connections() {
-        let (addr, opened, closed) = backend(false).await;
-        let pool = Arc::new(ConnPool::new("127.0.0.1".parse().expect("ip")));
+        let (addr, opened, closed) = backend(ok).await;
+        let pool = pool();
         assert!(fetch(&pool, 1, addr).await.is_ok());
         assert!(fetch(&pool, 2, addr).await.is_ok());
         assert_eq!(opened.load(Ordering::SeqCst), 2, "epoch 2 opens its own");
@@ -366,21 +895,60 @@ mod tests {
 
     #[tokio::test]
     async fn connections_the_backend_hung_up_are_never_an_error() {
-        let (addr, opened, _) = backend(true).await;
-        let pool = Arc::new(ConnPool::new("127.0.0.1".parse().expect("ip")));
+        let (addr, opened, _) = backend(ok_then_hang_up).await;
+        let pool = pool();
         for i in 0..30 {
-            assert_eq!(
-                fetch(&pool, 1, addr).await.as_deref(),
-                Ok(&b"ok"[..]),
-                "request {i}"
+            // A POST too: the hang-up is seen before the request is written.
+            let req = request(
+                if i % 2 == 0 {
+                    Method::GET
+                } else {
+                    Method::POST
+                },
+                b"x",
             );
+            let got = send(&pool, 1, addr, req).await.map(|(_, _, b)| b);
+            assert_eq!(got.as_deref(), Ok(&b"ok"[..]), "request {i}");
         }
         assert_eq!(opened.load(Ordering::SeqCst), 30);
     }
 
+    /// Answers the first request on a connection; reads the second and closes without a
+    /// word (its keep-alive timer ran out as the request arrived).
+    fn closes_at_the_second(n: usize, _: &str) -> (Vec<Vec<u8>>, bool) {
+        if n == 0 {
+            ok(n, "")
+        } else {
+            (Vec::new(), true)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_pooled_request_goes_again_only_when_idempotent() {
+        let (addr, opened, _) = backend(closes_at_the_second).await;
+        let pool = pool();
+        assert!(fetch(&pool, 1, addr).await.is_ok());
+        assert_eq!(
+            fetch(&pool, 1, addr).await.as_deref(),
+            Ok(&b"ok"[..]),
+            "a GET goes to a new connection"
+        );
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+        let got = send(&pool, 1, addr, request(Method::POST, b"pay")).await;
+        match got {
+            Err(e) => assert!(e.starts_with("after send:"), "{e}"),
+            Ok(_) => panic!("a POST the backend may have seen was sent twice"),
+        }
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "and not on a new connection"
+        );
+    }
+
     #[tokio::test]
     async fn idle_connections_are_closed_by_the_sweep() {
-        let (addr, opened, closed) = backend(false).await;
+        let (addr, opened, closed) = backend(ok).await;
         let pool = Arc::new(ConnPool::with_idle_for(
             "127.0.0.1".parse().expect("ip"),
             Duration::from_millis(100),
@@ -402,11 +970,295 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr")
         };
-        let pool = Arc::new(ConnPool::new("127.0.0.1".parse().expect("ip")));
-        match pool.send(1, addr, get()).await {
+        match pool().send(1, addr, &request(Method::GET, b""), true).await {
             Err(SendError::NotSent(e)) => assert!(e.contains("cannot connect"), "{e}"),
             Err(SendError::AfterSend(e)) => panic!("after send: {e}"),
             Ok(_) => panic!("answered by nobody"),
         }
+    }
+
+    /// A 1 MiB body of a known pattern, and the same body chunked in uneven chunks with an
+    /// extension and a trailer.
+    fn big() -> Vec<u8> {
+        (0..1 << 20).map(|i: u32| (i % 251) as u8).collect()
+    }
+
+    fn chunked(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = body;
+        let mut size = 1;
+        while !rest.is_empty() {
+            let n = size.min(rest.len());
+            out.extend_from_slice(format!("{n:x};ext=1\r\n").as_bytes());
+            out.extend_from_slice(&rest[..n]);
+            out.extend_from_slice(b"\r\n");
+            rest = &rest[n..];
+            size = size * 3 + 7;
+        }
+        out.extend_from_slice(b"0\r\nx-sum: 1\r\n\r\n");
+        out
+    }
+
+    /// By path: /chunked, /close (ends when the connection does), /short (fewer bytes
+    /// than its Content-Length, then a hang-up), /continue (a 100 first), /empty (204).
+    fn bodies(_: usize, head: &str) -> (Vec<Vec<u8>>, bool) {
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        let body = big();
+        match path {
+            "/chunked" => {
+                let mut all = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                all.extend(chunked(&body));
+                (all.chunks(300_000).map(<[u8]>::to_vec).collect(), false)
+            }
+            "/close" => {
+                let mut all = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+                all.extend(&body);
+                (all.chunks(300_000).map(<[u8]>::to_vec).collect(), true)
+            }
+            "/short" => (
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc".to_vec()],
+                true,
+            ),
+            "/continue" => (
+                vec![
+                    b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                ],
+                false,
+            ),
+            "/empty" => (
+                vec![b"HTTP/1.1 204 No Content\r\nx-a: 1\r\n\r\n".to_vec()],
+                false,
+            ),
+            _ => ok(0, head),
+        }
+    }
+
+    fn get(path: &'static str) -> Request<Bytes> {
+        let mut r = request(Method::GET, b"");
+        *r.uri_mut() = hyper::Uri::from_static(path);
+        r
+    }
+
+    #[tokio::test]
+    async fn bodies_are_framed_as_the_backend_frames_them() {
+        let (addr, opened, _) = backend(bodies).await;
+        let pool = pool();
+        let (status, headers, body) = send(&pool, 1, addr, get("/chunked"))
+            .await
+            .expect("chunked");
+        assert_eq!(status, StatusCode::OK);
+        assert!(headers.contains_key(header::TRANSFER_ENCODING));
+        assert!(
+            body == big(),
+            "chunked body decoded whole ({} bytes)",
+            body.len()
+        );
+        assert!(fetch(&pool, 1, addr).await.is_ok());
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            1,
+            "a chunked answer keeps its connection"
+        );
+
+        let (_, _, body) = send(&pool, 1, addr, get("/close")).await.expect("close");
+        assert!(body == big(), "close-delimited body read to the close");
+        assert!(fetch(&pool, 1, addr).await.is_ok());
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "and that one is not reused"
+        );
+
+        let (status, _, body) = send(&pool, 1, addr, get("/continue")).await.expect("100");
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+        let (status, headers, body) = send(&pool, 1, addr, get("/empty")).await.expect("204");
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(body.is_empty() && headers.contains_key("x-a"));
+        let mut head = get("/");
+        *head.method_mut() = Method::HEAD;
+        let (_, headers, body) = send(&pool, 1, addr, head).await.expect("HEAD");
+        assert!(body.is_empty(), "no body after HEAD");
+        assert_eq!(
+            headers.get(header::CONTENT_LENGTH).map(|v| v.as_bytes()),
+            Some(&b"2"[..])
+        );
+        assert!(fetch(&pool, 1, addr).await.is_ok());
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            3,
+            "100, 204 and HEAD answers keep theirs"
+        );
+
+        let cut = send(&pool, 1, addr, get("/short")).await;
+        assert!(matches!(&cut, Err(e) if e.starts_with("body:")), "{cut:?}");
+    }
+
+    #[test]
+    fn chunked_decoding_is_the_same_whatever_the_reads() {
+        let body: Vec<u8> = big().into_iter().take(5000).collect();
+        let mut wire = chunked(&body);
+        wire.extend_from_slice(b"NEXT");
+        for piece in [1, 2, 3, 7, 64, 1000, wire.len()] {
+            let mut state = Chunked::Size;
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            let mut fed = 0;
+            let ended = loop {
+                match state.step(&mut buf).expect("valid") {
+                    Step::Data(d) => out.extend_from_slice(&d),
+                    Step::End => break true,
+                    Step::More if fed < wire.len() => {
+                        let n = piece.min(wire.len() - fed);
+                        buf.extend_from_slice(&wire[fed..fed + n]);
+                        fed += n;
+                    }
+                    Step::More => break false,
+                }
+            };
+            assert!(ended, "pieces of {piece}: end found");
+            assert!(out == body, "pieces of {piece}: body intact");
+            let rest = [&buf[..], &wire[fed..]].concat();
+            assert_eq!(
+                rest, b"NEXT",
+                "pieces of {piece}: nothing past the end taken"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_chunked_bodies_are_errors() {
+        let long = format!("{}\r\n", "0".repeat(MAX_CHUNK_LINE));
+        for bad in [
+            "zz\r\n",
+            "\r\n",
+            "10000000000000000\r\n",
+            "2\r\nabXY",
+            long.as_str(),
+        ] {
+            let mut state = Chunked::Size;
+            let mut buf = BytesMut::from(bad.as_bytes());
+            let r = loop {
+                match state.step(&mut buf) {
+                    Ok(Step::Data(_)) => {}
+                    other => break other,
+                }
+            };
+            assert!(r.is_err(), "{bad:?} taken");
+        }
+    }
+
+    fn head(text: &str, head_only: bool) -> io::Result<Option<Answer>> {
+        parse_head(&mut BytesMut::from(text.as_bytes()), head_only)
+    }
+
+    #[test]
+    fn response_heads_say_how_the_body_ends() {
+        let framing = |text: &str| -> (String, bool) {
+            match head(text, false) {
+                Ok(Some(a)) => (
+                    match a.framing {
+                        Framing::Length(n) => format!("length {n}"),
+                        Framing::Chunked(_) => "chunked".into(),
+                        Framing::Close => "close".into(),
+                    },
+                    a.keep_alive,
+                ),
+                Ok(None) => ("partial".into(), false),
+                Err(e) => (format!("error: {e}"), false),
+            }
+        };
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                "length 5",
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+                "length 5",
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
+                "chunked",
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                "close",
+                false,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", "close", false),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+                "length 1",
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+                "length 1",
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
+                "length 1",
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+                "length 0",
+                true,
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+                "length 0",
+                true,
+            ),
+            ("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2", "partial", false),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                "error: content-length values disagree",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+                "error: bad content-length",
+                false,
+            ),
+            (
+                "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                "error: 101 Switching Protocols to a request that asked for none",
+                false,
+            ),
+        ];
+        for (text, want, keep) in cases {
+            assert_eq!(framing(text), (want.to_string(), keep), "{text:?}");
+        }
+        assert!(head("garbage\r\n\r\n", false).is_err());
+        match head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true) {
+            Ok(Some(a)) => assert!(matches!(a.framing, Framing::Length(0))),
+            _ => panic!("HEAD answer not parsed"),
+        }
+    }
+
+    #[test]
+    fn requests_are_written_with_their_length() {
+        let text = |r: Request<Bytes>| String::from_utf8(encode(&r)).expect("utf-8");
+        assert_eq!(
+            text(get("/a?b=1")),
+            "GET /a?b=1 HTTP/1.1\r\nhost: backend\r\n\r\n"
+        );
+        assert_eq!(
+            text(request(Method::POST, b"")),
+            "POST / HTTP/1.1\r\nhost: backend\r\ncontent-length: 0\r\n\r\n"
+        );
+        let mut r = request(Method::PUT, b"abc");
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        assert_eq!(
+            text(r),
+            "PUT / HTTP/1.1\r\nhost: backend\r\ncontent-length: 3\r\n\r\nabc"
+        );
     }
 }
