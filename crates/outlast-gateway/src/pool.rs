@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Response, StatusCode, Version};
+
+use crate::http::{hop_by_hop_index, list_items, names_another_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
@@ -197,18 +199,18 @@ impl ConnPool {
         })
     }
 
-    /// Sends `req` to `addr` on a pooled connection, or a new one. `replay_safe` (the
-    /// request is idempotent) lets a request written to a pooled connection that closed
-    /// without a word go to another connection.
+    /// Sends the request `wire` (see [`Wire`]) to `addr` on a pooled connection, or a new
+    /// one. `head_only`: it is a HEAD request (the answer has no body whatever it says).
+    /// `replay_safe` (the request is idempotent) lets a request written to a pooled
+    /// connection that closed without a word go to another connection.
     pub(crate) async fn send(
         self: &Arc<Self>,
         epoch: u64,
         addr: SocketAddr,
-        req: &Request<Bytes>,
+        wire: &[u8],
+        head_only: bool,
         replay_safe: bool,
     ) -> Result<Response<PooledBody>, SendError> {
-        let wire = encode(req);
-        let head_only = req.method() == Method::HEAD;
         let mut stale = 0;
         loop {
             let pooled = if stale < STALE_TRIES {
@@ -222,7 +224,7 @@ impl ConnPool {
                 // Boxed: the connecting future is large and seldom needed.
                 None => Box::pin(self.connect(addr)).await?,
             };
-            match exchange(&mut conn, &wire, head_only).await {
+            match exchange(&mut conn, wire, head_only).await {
                 Ok(answer) => return Ok(answer.into_response(conn, (self.clone(), epoch, addr))),
                 Err(Failure::Unsent(e)) if fresh => {
                     return Err(SendError::NotSent(format!("{addr}: {e}")))
@@ -237,40 +239,50 @@ impl ConnPool {
     }
 }
 
-/// The request as written on the wire: origin-form request line, its headers (the caller
-/// has made them what the target must see), and a Content-Length for its body.
-fn encode(req: &Request<Bytes>) -> Vec<u8> {
-    let body = req.body();
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let headers_len: usize = req
-        .headers()
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    let mut out = Vec::with_capacity(64 + target.len() + headers_len + body.len());
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        if name == header::CONTENT_LENGTH {
-            continue;
+/// A request as written on the wire, built field by field: the request line, the fields
+/// (the caller decides which), and a Content-Length for its body in place of any it had.
+pub(crate) struct Wire {
+    out: Vec<u8>,
+    had_length: bool,
+}
+
+impl Wire {
+    pub(crate) fn new(method: &Method, target: &str) -> Self {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        Self {
+            out,
+            had_length: false,
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
-    let says_length = req.headers().contains_key(header::CONTENT_LENGTH)
-        || matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-    if !body.is_empty() || says_length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+
+    pub(crate) fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == header::CONTENT_LENGTH {
+            self.had_length = true;
+            return;
+        }
+        self.out.extend_from_slice(name.as_str().as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
+
+    pub(crate) fn finish(mut self, method: &Method, body: &[u8]) -> Vec<u8> {
+        let says_length =
+            self.had_length || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+        if !body.is_empty() || says_length {
+            self.out.extend_from_slice(b"content-length: ");
+            self.out
+                .extend_from_slice(body.len().to_string().as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(body);
+        self.out
+    }
 }
 
 /// How one exchange on a connection failed.
@@ -417,6 +429,8 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> io::Result<Option<Answer>>
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let mut close = !http11;
+        // Headers that the Connection header names besides the hop-by-hop ones (seldom).
+        let mut named: Vec<HeaderName> = Vec::new();
         let head = buf.split_to(len).freeze();
         for &(name_at, name_end, value_at, value_end) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[name_at as usize..name_end as usize])
@@ -435,27 +449,28 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> io::Result<Option<Answer>>
                 }
                 length = Some(n);
             } else if name == header::TRANSFER_ENCODING {
-                // Only the last coding decides.
-                chunked = value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .rfind(|t| !t.is_empty())
-                    .map(|t| t.eq_ignore_ascii_case(b"chunked"));
+                // The last coding of the last field decides.
+                if let Some(last) = list_items(&value).next_back() {
+                    chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+                }
             } else if name == header::CONNECTION {
-                for option in value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                {
+                for option in list_items(&value) {
                     if option.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if option.eq_ignore_ascii_case(b"keep-alive") && !http11 {
                         close = false;
+                    } else if names_another_header(option) {
+                        named.extend(HeaderName::from_bytes(option).ok());
                     }
                 }
             }
-            headers.append(name, value);
+            // Hop-by-hop fields are this connection's: not passed on.
+            if hop_by_hop_index(name.as_str().as_bytes()).is_none() {
+                headers.append(name, value);
+            }
+        }
+        for name in named {
+            headers.remove(name);
         }
         let bodiless =
             head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -466,6 +481,11 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> io::Result<Option<Answer>>
             (false, None, Some(n)) => Framing::Length(n),
             (false, None, None) => Framing::Close,
         };
+        if chunked.is_some() && !bodiless {
+            // The body is passed on decoded, framed afresh for the client; a length sent
+            // beside a transfer coding is not the body's (RFC 9112 section 6.3).
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let keep_alive = !close && !matches!(framing, Framing::Close);
         return Ok(Some(Answer {
             status,
@@ -745,6 +765,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    use hyper::Request;
+
     use super::*;
 
     /// What a test backend does with the `n`th request (from 0) on a connection, given its
@@ -829,6 +851,16 @@ mod tests {
         r
     }
 
+    /// The request on the wire, its fields as they are.
+    fn encode(req: &Request<Bytes>) -> Vec<u8> {
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut wire = Wire::new(req.method(), target);
+        for (n, v) in req.headers() {
+            wire.field(n, v);
+        }
+        wire.finish(req.method(), req.body())
+    }
+
     async fn send(
         pool: &Arc<ConnPool>,
         epoch: u64,
@@ -836,8 +868,9 @@ mod tests {
         req: Request<Bytes>,
     ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
         let idempotent = req.method() != Method::POST;
+        let head_only = req.method() == Method::HEAD;
         let resp = pool
-            .send(epoch, addr, &req, idempotent)
+            .send(epoch, addr, &encode(&req), head_only, idempotent)
             .await
             .map_err(|e| match e {
                 SendError::NotSent(e) => format!("not sent: {e}"),
@@ -970,7 +1003,10 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr")
         };
-        match pool().send(1, addr, &request(Method::GET, b""), true).await {
+        match pool()
+            .send(1, addr, &encode(&request(Method::GET, b"")), false, true)
+            .await
+        {
             Err(SendError::NotSent(e)) => assert!(e.contains("cannot connect"), "{e}"),
             Err(SendError::AfterSend(e)) => panic!("after send: {e}"),
             Ok(_) => panic!("answered by nobody"),
@@ -1048,7 +1084,10 @@ mod tests {
             .await
             .expect("chunked");
         assert_eq!(status, StatusCode::OK);
-        assert!(headers.contains_key(header::TRANSFER_ENCODING));
+        assert!(
+            !headers.contains_key(header::TRANSFER_ENCODING),
+            "the coding is this hop's; hyper frames the body again"
+        );
         assert!(
             body == big(),
             "chunked body decoded whole ({} bytes)",
@@ -1240,6 +1279,24 @@ mod tests {
             Ok(Some(a)) => assert!(matches!(a.framing, Framing::Length(0))),
             _ => panic!("HEAD answer not parsed"),
         }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_of_an_answer_are_not_passed_on() {
+        let text = "HTTP/1.1 200 OK\r\nServer: n\r\nConnection: keep-alive, X-Private\r\n\
+                    X-Private: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\
+                    Content-Length: 7\r\nTrailer: x-sum\r\nX-Kept: 2\r\n\r\n";
+        let Ok(Some(answer)) = head(text, false) else {
+            panic!("not parsed");
+        };
+        let mut names: Vec<&str> = answer.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["server", "x-kept"],
+            "a length beside a coding goes too"
+        );
+        assert!(matches!(answer.framing, Framing::Chunked(_)) && answer.keep_alive);
     }
 
     #[test]
