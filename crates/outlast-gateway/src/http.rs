@@ -498,6 +498,15 @@ impl HttpGateway {
                         }
                         round.push(e);
                     }
+                    Err(SendError::TimedOut(e)) => {
+                        self.stats.record(&self.service, t, false);
+                        // Not retried: another target would make the client wait as long
+                        // again, and the request may be running there.
+                        return text(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!("{}: {e}", self.service),
+                        );
+                    }
                     Err(SendError::AfterSend(e)) => {
                         self.stats.record(&self.service, t, false);
                         round.push(format!("{} failed after the request was sent: {e}", t.addr));

@@ -8,7 +8,8 @@
 //! a second hop). Retries only where safe: a request that never reached a backend (connect
 //! refused or timed out) is retried whatever its method; after that, only idempotent methods
 //! or requests with an `Idempotency-Key`, always on a different target, within a retry
-//! budget. It must never serve a primary-standby service locally on a fenced site: it
+//! budget. A target that takes a request and gives no answer within 30 s has the request
+//! answered 504, not retried. It must never serve a primary-standby service locally on a fenced site: it
 //! answers 503 with `Retry-After` there instead.
 
 mod http;

@@ -48,6 +48,9 @@ use tokio::net::TcpStream;
 const MAX_IDLE: usize = 512;
 /// An idle connection older than this is closed instead of reused.
 const IDLE_FOR: Duration = Duration::from_secs(30);
+/// How long a target has, once a request is on its way, to answer with a head; then the
+/// request is answered 504 and not retried (HAProxy's `timeout server`).
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// Pooled connections tried for one request before a fresh one is opened.
 const STALE_TRIES: usize = 4;
 /// Largest response head (status line and headers) taken from a backend.
@@ -69,6 +72,7 @@ struct Conn {
 pub(crate) struct ConnPool {
     source: IpAddr,
     idle_for: Duration,
+    answer_within: Duration,
     idle: Mutex<Idle>,
 }
 
@@ -86,6 +90,8 @@ pub(crate) enum SendError {
     NotSent(String),
     /// The request may have reached the target.
     AfterSend(String),
+    /// The target took the request and gave no answer in time.
+    TimedOut(String),
 }
 
 impl Idle {
@@ -115,13 +121,14 @@ fn at_rest(stream: &TcpStream) -> bool {
 
 impl ConnPool {
     pub(crate) fn new(source: IpAddr) -> Self {
-        Self::with_idle_for(source, IDLE_FOR)
+        Self::with_times(source, IDLE_FOR, ANSWER_WITHIN)
     }
 
-    fn with_idle_for(source: IpAddr, idle_for: Duration) -> Self {
+    fn with_times(source: IpAddr, idle_for: Duration, answer_within: Duration) -> Self {
         Self {
             source,
             idle_for,
+            answer_within,
             idle: Mutex::new(Idle::default()),
         }
     }
@@ -224,7 +231,16 @@ impl ConnPool {
                 // Boxed: the connecting future is large and seldom needed.
                 None => Box::pin(self.connect(addr)).await?,
             };
-            match exchange(&mut conn, wire, head_only).await {
+            let exchanged =
+                tokio::time::timeout(self.answer_within, exchange(&mut conn, wire, head_only))
+                    .await;
+            let Ok(exchanged) = exchanged else {
+                return Err(SendError::TimedOut(format!(
+                    "{addr} gave no answer within {} s",
+                    self.answer_within.as_secs_f64()
+                )));
+            };
+            match exchanged {
                 Ok(answer) => return Ok(answer.into_response(conn, (self.clone(), epoch, addr))),
                 Err(Failure::Unsent(e)) if fresh => {
                     return Err(SendError::NotSent(format!("{addr}: {e}")))
@@ -875,6 +891,7 @@ mod tests {
             .map_err(|e| match e {
                 SendError::NotSent(e) => format!("not sent: {e}"),
                 SendError::AfterSend(e) => format!("after send: {e}"),
+                SendError::TimedOut(e) => format!("timed out: {e}"),
             })?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map_err(|e| format!("body: {e}"))?;
@@ -982,9 +999,10 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_closed_by_the_sweep() {
         let (addr, opened, closed) = backend(ok).await;
-        let pool = Arc::new(ConnPool::with_idle_for(
+        let pool = Arc::new(ConnPool::with_times(
             "127.0.0.1".parse().expect("ip"),
             Duration::from_millis(100),
+            ANSWER_WITHIN,
         ));
         assert!(fetch(&pool, 1, addr).await.is_ok());
         pool.sweep();
@@ -1008,9 +1026,30 @@ mod tests {
             .await
         {
             Err(SendError::NotSent(e)) => assert!(e.contains("cannot connect"), "{e}"),
-            Err(SendError::AfterSend(e)) => panic!("after send: {e}"),
+            Err(e) => panic!("{e:?}"),
             Ok(_) => panic!("answered by nobody"),
         }
+    }
+
+    fn never_answers(_: usize, _: &str) -> (Vec<Vec<u8>>, bool) {
+        (Vec::new(), false)
+    }
+
+    #[tokio::test]
+    async fn a_target_that_never_answers_times_out() {
+        let (addr, _, _) = backend(never_answers).await;
+        let pool = Arc::new(ConnPool::with_times(
+            "127.0.0.1".parse().expect("ip"),
+            IDLE_FOR,
+            Duration::from_millis(200),
+        ));
+        let started = Instant::now();
+        let got = fetch(&pool, 1, addr).await;
+        assert!(
+            matches!(&got, Err(e) if e.starts_with("timed out:")),
+            "{got:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     /// A 1 MiB body of a known pattern, and the same body chunked in uneven chunks with an
