@@ -641,6 +641,7 @@ pub async fn serve_http(
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let share = Arc::new(Share::new(workers));
     let mut threads = Vec::new();
     for i in 0..workers {
         let l = match std_listener.try_clone() {
@@ -652,6 +653,7 @@ pub async fn serve_http(
         };
         let gw = gateway.clone();
         let stop = shutdown.clone();
+        let share = share.clone();
         let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name(format!("gw-{}-{i}", gateway.service))
@@ -661,7 +663,7 @@ pub async fn serve_http(
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(worker(l, gw, stop, drain)),
+                    Ok(rt) => rt.block_on(worker(l, gw, stop, drain, share, i)),
                     Err(e) => tracing::error!(error = %e, "cannot start a gateway worker"),
                 }
             });
@@ -679,11 +681,65 @@ pub async fn serve_http(
     .await;
 }
 
+/// Open client connections per worker. The kernel wakes every worker for a new connection
+/// and the first to ask takes it: under a burst of keep-alive connections (wrk's 50) one
+/// worker took two thirds of them, and its clients queued on one core while the other core
+/// idled. A worker with more open connections than another, by more than one, leaves new
+/// ones to the others until that changes (HAProxy balances its threads likewise).
+struct Share {
+    open: Vec<AtomicU64>,
+    changed: tokio::sync::Notify,
+}
+
+/// How long a worker that is ahead waits for the others to take a connection before it
+/// takes the next one itself (another worker may be stuck in a long piece of work).
+const LEAVE_FOR: Duration = Duration::from_millis(50);
+
+impl Share {
+    fn new(workers: usize) -> Self {
+        Self {
+            open: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether worker `me` has more open connections than another worker, by more than one.
+    fn ahead(&self, me: usize) -> bool {
+        let mine = self.open.get(me).map_or(0, |n| n.load(Ordering::Relaxed));
+        self.open
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != me && n.load(Ordering::Relaxed) + 1 < mine)
+    }
+
+    fn count(self: &Arc<Self>, me: usize) -> OpenConn {
+        if let Some(n) = self.open.get(me) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        self.changed.notify_waiters();
+        OpenConn(self.clone(), me)
+    }
+}
+
+/// A client connection counted in its worker's share, for as long as it is open.
+struct OpenConn(Arc<Share>, usize);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.open.get(self.1) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.0.changed.notify_waiters();
+    }
+}
+
 async fn worker(
     listener: std::net::TcpListener,
     gateway: Arc<HttpGateway>,
     shutdown: CancellationToken,
     drain: Duration,
+    share: Arc<Share>,
+    me: usize,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -699,9 +755,21 @@ async fn worker(
     // One buffer per answer and a plain send: cheaper than writev for small messages.
     builder.http1().writev(false);
     loop {
+        if share.ahead(me) {
+            // Made before the second look, so that a change in between is not missed.
+            let changed = share.changed.notified();
+            if share.ahead(me) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = changed => continue, // look again
+                    _ = tokio::time::sleep(LEAVE_FOR) => {} // take the next one after all
+                }
+            }
+        }
         let Some((stream, peer)) = crate::tcp::accept(&listener, &shutdown).await else {
             break;
         };
+        let open = share.count(me);
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
         let pool = pool.clone();
@@ -713,6 +781,7 @@ async fn worker(
             .into_owned();
         let watched = graceful.watch(conn);
         tokio::spawn(async move {
+            let _open = open;
             if let Err(e) = watched.await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
@@ -857,6 +926,29 @@ mod tests {
         assert!(!is_upgrade(&no_option, &scan(&no_option)));
         let no_connection = headers(&[("upgrade", "websocket")]);
         assert!(!is_upgrade(&no_connection, &scan(&no_connection)));
+    }
+
+    #[test]
+    fn a_worker_ahead_of_another_by_more_than_one_leaves_new_connections() {
+        let share = Arc::new(Share::new(3));
+        let mut held: Vec<OpenConn> = (0..2).map(|_| share.count(0)).collect();
+        assert!(share.ahead(0), "2 against 0");
+        assert!(!share.ahead(1) && !share.ahead(2));
+        held.push(share.count(1));
+        assert!(share.ahead(0), "2 against 1 and 0: worker 2 still has none");
+        held.push(share.count(2));
+        assert!(!share.ahead(0), "2 against 1 and 1");
+        held.truncate(1); // worker 0's second, worker 1's and worker 2's close
+        assert_eq!(
+            share
+                .open
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect::<Vec<_>>(),
+            [1, 0, 0]
+        );
+        assert!(!share.ahead(0), "1 against 0 is within one");
+        assert!(!Share::new(1).ahead(0), "a lone worker is never ahead");
     }
 
     #[test]
