@@ -757,6 +757,9 @@ impl outlast_relay::Transport for RelayTransport {
     }
 }
 
+/// How often histogram samples are folded into their summaries when nobody scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// Installs the process-wide Prometheus recorder once; later calls reuse it.
 fn prometheus() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -1118,6 +1121,22 @@ pub async fn run(
         }),
         workers.clone(),
     );
+    // Histogram samples wait in the recorder until they are drained: by a scrape of
+    // /metrics, or here. Without this, an agent nobody scrapes kept every request's timing
+    // (8 bytes a request: hundreds of MB a day at a few thousand requests/s).
+    if let Some(handle) = agent.prometheus.clone() {
+        let stop = workers.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => handle.run_upkeep(),
+                }
+            }
+        });
+    }
     // Heartbeats: one loop per peer, so a slow peer never delays the others.
     for peer_name in peer_addrs.into_keys() {
         let agent = agent.clone();
