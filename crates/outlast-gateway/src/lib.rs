@@ -9,8 +9,9 @@
 //! refused or timed out) is retried whatever its method; after that, only idempotent methods
 //! or requests with an `Idempotency-Key`, always on a different target, within a retry
 //! budget. A target that takes a request and gives no answer within 30 s has the request
-//! answered 504, not retried. It must never serve a primary-standby service locally on a fenced site: it
-//! answers 503 with `Retry-After` there instead.
+//! answered 504, not retried; a response body that goes 30 s without a byte is cut. It must
+//! never serve a primary-standby service locally on a fenced site: it answers 503 with
+//! `Retry-After` there instead.
 
 mod http;
 mod pool;
