@@ -47,6 +47,20 @@ start_agents() {
   done
 }
 
+# Waits until east's gateway answers URL, for up to SECONDS; otherwise prints east's log
+# and exits 1.
+# usage: wait_for_gateway URL SECONDS
+wait_for_gateway() {
+  local i
+  for ((i = 0; i < $2 * 5; i++)); do
+    curl -sf "$1" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "east's gateway did not answer $1 within $2 s; its log:" >&2
+  cat "$work/east.log" >&2
+  exit 1
+}
+
 # CPU (user + system) a process has used so far, in 1/100 s.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 

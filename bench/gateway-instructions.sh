@@ -22,12 +22,7 @@ start_nginx 18180
 # East under callgrind, counting nothing until asked; west and the witness as usual.
 start_agents valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out"
 east=${pids[-3]}
-ready=0
-for _ in $(seq 1 300); do
-  if curl -sf http://127.0.0.11:18182/ >/dev/null 2>&1; then ready=1; break; fi
-  sleep 0.2
-done
-[ "$ready" = 1 ] || { echo "east's gateway did not answer within 60 s; its log:" >&2; cat "$work/east.log" >&2; exit 1; }
+wait_for_gateway http://127.0.0.11:18182/ 60
 sleep 2
 
 callgrind_control -i on "$east" >/dev/null 2>&1

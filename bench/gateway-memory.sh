@@ -18,12 +18,7 @@ start_nginx 18280
 { cluster_toml 18700 18701; web_service_toml 18282 127.0.0.1:18280; } >"$work/outlast.toml"
 start_agents
 east=${pids[-3]}
-ready=0
-for _ in $(seq 1 150); do
-  if curl -sf http://127.0.0.11:18282/ >/dev/null 2>&1; then ready=1; break; fi
-  sleep 0.2
-done
-[ "$ready" = 1 ] || { echo "east's gateway did not answer within 30 s; its log:" >&2; cat "$work/east.log" >&2; exit 1; }
+wait_for_gateway http://127.0.0.11:18282/ 30
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$east/status"; }
 before=$(rss)
