@@ -179,7 +179,7 @@ fn is_upgrade(headers: &HeaderMap, scan: &Scan) -> bool {
 }
 
 /// The headers that a message's Connection header names besides the hop-by-hop ones: they
-/// are hop-by-hop too (RFC 9110 section 7.6.1). Seldom any, and then no allocation.
+/// are hop-by-hop too (RFC 9110 section 7.6.1). Seldom any; when none, nothing is allocated.
 fn connection_named(headers: &HeaderMap, scan: &Scan) -> Vec<HeaderName> {
     if !scan.has(CONNECTION) {
         return Vec::new();
