@@ -61,8 +61,11 @@ wait_for_gateway() {
   exit 1
 }
 
+# User and system CPU a process has used so far, in 1/100 s: "user system".
+cpu_split() { awk '{print $14, $15}' "/proc/$1/stat"; }
+
 # CPU (user + system) a process has used so far, in 1/100 s.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks() { cpu_split "$1" | awk '{print $1 + $2}'; }
 
 # Starts nginx (one worker) answering every request with one small static body, on
 # 127.0.0.1:PORT.

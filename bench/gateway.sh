@@ -45,9 +45,6 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-# User and system CPU of a process so far, in 1/100 s: "user system".
-cpu_split() { awk '{print $14, $15}' "/proc/$1/stat"; }
-
 run() { # url [pid] -> "rps p99_ms cpu_us_per_request user_us system_us"
   local bu=0 bs=0 au=0 as=0
   [ -n "${2:-}" ] && read -r bu bs < <(cpu_split "$2")

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{ConnPool, SendError, Wire};
+use crate::pool::{ConnPool, Outgoing, SendError, Wire};
 use crate::routes::{Balancer, LeaseClock, Routes, Stats, Target};
 use crate::HOP_HEADER;
 
@@ -314,19 +314,19 @@ impl HttpGateway {
     /// The request as sent to `target` on the wire, `body` included. `client` is the
     /// client's address as a header value (made once per connection); `scan` is what
     /// [`scan`] found in `parts.headers`.
-    fn wire(
+    fn outgoing(
         &self,
         parts: &Parts,
         scan: &Scan,
         body: &[u8],
         target: &Target,
         client: &HeaderValue,
-    ) -> Vec<u8> {
+    ) -> Outgoing {
         let mut wire = Wire::new(&parts.method, request_target(&parts.uri));
         outgoing_fields(parts, scan, client, self.hop_from(target), |n, v| {
             wire.field(n, v)
         });
-        wire.finish(&parts.method, body)
+        wire.finish(body)
     }
 
     /// An upgrade request as sent to `target` (through hyper's client, which hands over
@@ -483,9 +483,8 @@ impl HttpGateway {
                         ),
                     );
                 }
-                let wire = self.wire(&parts, &scan, &body, t, client);
-                let head_only = parts.method == Method::HEAD;
-                match pool.send(epoch, t.addr, &wire, head_only, idempotent).await {
+                let out = self.outgoing(&parts, &scan, &body, t, client);
+                match pool.send(epoch, t.addr, &out, idempotent).await {
                     Ok(resp) => {
                         self.stats.record(&self.service, t, true);
                         return resp.map(|b| b.boxed());

@@ -212,16 +212,14 @@ impl ConnPool {
         })
     }
 
-    /// Sends the request `wire` (see [`Wire`]) to `addr` on a pooled connection, or a new
-    /// one. `head_only`: it is a HEAD request (the answer has no body whatever it says).
+    /// Sends `req` (see [`Wire`]) to `addr` on a pooled connection, or a new one.
     /// `replay_safe` (the request is idempotent) lets a request written to a pooled
     /// connection that closed without a word go to another connection.
     pub(crate) async fn send(
         self: &Arc<Self>,
         epoch: u64,
         addr: SocketAddr,
-        wire: &[u8],
-        head_only: bool,
+        req: &Outgoing,
         replay_safe: bool,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut stale = 0;
@@ -242,7 +240,7 @@ impl ConnPool {
                 .reset(tokio::time::Instant::now() + self.answer_within);
             let exchanged = {
                 let Conn { stream, buf, timer } = &mut conn;
-                let mut exchange = std::pin::pin!(exchange(stream, buf, wire, head_only));
+                let mut exchange = std::pin::pin!(exchange(stream, buf, &req.bytes, req.head_only));
                 std::future::poll_fn(|cx| match exchange.as_mut().poll(cx) {
                     Poll::Ready(r) => Poll::Ready(Some(r)),
                     Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
@@ -258,7 +256,7 @@ impl ConnPool {
             match exchanged {
                 Ok(answer) => {
                     let back = (self.clone(), epoch, addr);
-                    return Ok(answer.into_response(conn, back, self.answer_within));
+                    return Ok(answer.into_response(conn, back));
                 }
                 Err(Failure::Unsent(e)) if fresh => {
                     return Err(SendError::NotSent(format!("{addr}: {e}")))
@@ -277,7 +275,16 @@ impl ConnPool {
 /// (the caller decides which), and a Content-Length for its body in place of any it had.
 pub(crate) struct Wire {
     out: Vec<u8>,
-    had_length: bool,
+    /// The method sends a length even for an empty body (or the client's request had one).
+    says_length: bool,
+    head_only: bool,
+}
+
+/// A request ready to send: its bytes, and whether it is a HEAD request (whose answer has
+/// no body whatever its head says).
+pub(crate) struct Outgoing {
+    bytes: Vec<u8>,
+    head_only: bool,
 }
 
 impl Wire {
@@ -289,13 +296,14 @@ impl Wire {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         Self {
             out,
-            had_length: false,
+            says_length: matches!(*method, Method::POST | Method::PUT | Method::PATCH),
+            head_only: *method == Method::HEAD,
         }
     }
 
     pub(crate) fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
         if name == header::CONTENT_LENGTH {
-            self.had_length = true;
+            self.says_length = true;
             return;
         }
         self.out.extend_from_slice(name.as_str().as_bytes());
@@ -304,10 +312,8 @@ impl Wire {
         self.out.extend_from_slice(b"\r\n");
     }
 
-    pub(crate) fn finish(mut self, method: &Method, body: &[u8]) -> Vec<u8> {
-        let says_length =
-            self.had_length || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
-        if !body.is_empty() || says_length {
+    pub(crate) fn finish(mut self, body: &[u8]) -> Outgoing {
+        if !body.is_empty() || self.says_length {
             self.out.extend_from_slice(b"content-length: ");
             self.out
                 .extend_from_slice(body.len().to_string().as_bytes());
@@ -315,7 +321,10 @@ impl Wire {
         }
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(body);
-        self.out
+        Outgoing {
+            bytes: self.out,
+            head_only: self.head_only,
+        }
     }
 }
 
@@ -540,13 +549,9 @@ type Back = (Arc<ConnPool>, u64, SocketAddr);
 impl Answer {
     /// The response to pass on. A body already read whole (the usual small answer) frees
     /// its connection at once; otherwise the body reads on and frees it at its end.
-    /// `quiet_for`: how long a streaming body may go without a byte before it is cut.
-    fn into_response(
-        self,
-        mut conn: Conn,
-        back: Back,
-        quiet_for: Duration,
-    ) -> Response<PooledBody> {
+    fn into_response(self, mut conn: Conn, back: Back) -> Response<PooledBody> {
+        // How long a streaming body may go without a byte before it is cut.
+        let quiet_for = back.0.answer_within;
         let body = match self.framing {
             Framing::Length(n) if n <= conn.buf.len() as u64 => {
                 let data = conn.buf.split_to(n as usize).freeze();
@@ -918,13 +923,13 @@ mod tests {
     }
 
     /// The request on the wire, its fields as they are.
-    fn encode(req: &Request<Bytes>) -> Vec<u8> {
+    fn encode(req: &Request<Bytes>) -> Outgoing {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut wire = Wire::new(req.method(), target);
         for (n, v) in req.headers() {
             wire.field(n, v);
         }
-        wire.finish(req.method(), req.body())
+        wire.finish(req.body())
     }
 
     async fn send(
@@ -934,9 +939,8 @@ mod tests {
         req: Request<Bytes>,
     ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
         let idempotent = req.method() != Method::POST;
-        let head_only = req.method() == Method::HEAD;
         let resp = pool
-            .send(epoch, addr, &encode(&req), head_only, idempotent)
+            .send(epoch, addr, &encode(&req), idempotent)
             .await
             .map_err(|e| match e {
                 SendError::NotSent(e) => format!("not sent: {e}"),
@@ -1072,7 +1076,7 @@ mod tests {
             l.local_addr().expect("addr")
         };
         match pool()
-            .send(1, addr, &encode(&request(Method::GET, b"")), false, true)
+            .send(1, addr, &encode(&request(Method::GET, b"")), true)
             .await
         {
             Err(SendError::NotSent(e)) => assert!(e.contains("cannot connect"), "{e}"),
@@ -1413,7 +1417,7 @@ mod tests {
 
     #[test]
     fn requests_are_written_with_their_length() {
-        let text = |r: Request<Bytes>| String::from_utf8(encode(&r)).expect("utf-8");
+        let text = |r: Request<Bytes>| String::from_utf8(encode(&r).bytes).expect("utf-8");
         assert_eq!(
             text(get("/a?b=1")),
             "GET /a?b=1 HTTP/1.1\r\nhost: backend\r\n\r\n"
