@@ -115,6 +115,23 @@ fn primary_standby_loses_no_get_when_the_primary_backend_dies() {
     assert_eq!(svc["backends"][0]["health"], "down", "{svc}");
     assert!(svc["backends"][0]["served"].as_u64() > Some(0), "{svc}");
     assert!(svc["backends"][0]["failed"].as_u64() >= Some(1), "{svc}");
+    // The request times are a Prometheus histogram: buckets, a count of every request.
+    let metrics = c.get("east", "/metrics").expect("metrics");
+    let count: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("outlast_gateway_request_seconds_count"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(count >= n as f64, "{count} timed of {n}:\n{metrics}");
+    assert!(
+        metrics.contains("# TYPE outlast_gateway_request_seconds histogram")
+            && metrics
+                .lines()
+                .any(|l| l.starts_with("outlast_gateway_request_seconds_bucket")
+                    && l.contains("le=\"0.005\"")),
+        "{metrics}"
+    );
 }
 
 /// Waits for the steady state (as the primary-standby test has): each site's gateway

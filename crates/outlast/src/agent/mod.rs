@@ -757,8 +757,20 @@ impl outlast_relay::Transport for RelayTransport {
     }
 }
 
-/// How often histogram samples are folded into their summaries when nobody scrapes.
+/// How often histogram samples are folded into their buckets when nobody scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// The bounds (seconds) of every histogram's buckets: a request through the gateway (well
+/// under a millisecond to its 30 s deadline), a probe, an object put.
+///
+/// Histograms, not summaries: a bucket count is a comparison per sample when samples are
+/// folded in, where a summary's sketch took a logarithm and moved bins. At 50,000 gateway
+/// requests a second the sketch cost about 25 ms of CPU every fold, in one piece, and the
+/// gateway's workers waited behind it on a 2-core machine (its p99.9 rose by milliseconds).
+/// Buckets also add up across sites, which quantiles do not.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
 
 /// Installs the process-wide Prometheus recorder once; later calls reuse it.
 fn prometheus() -> Option<PrometheusHandle> {
@@ -766,6 +778,8 @@ fn prometheus() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .ok()?
                 .install_recorder()
                 .ok()
         })
@@ -1132,7 +1146,11 @@ pub async fn run(
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => handle.run_upkeep(),
+                    // Off the runtime's workers: the fold takes a while at high rates.
+                    _ = tick.tick() => {
+                        let handle = handle.clone();
+                        let _ = tokio::task::spawn_blocking(move || handle.run_upkeep()).await;
+                    }
                 }
             }
         });
