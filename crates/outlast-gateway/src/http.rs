@@ -640,6 +640,7 @@ pub async fn serve_http(
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let cores = worker_cores(workers);
     let share = Arc::new(Share::new(workers));
     let mut threads = Vec::new();
     for i in 0..workers {
@@ -654,10 +655,14 @@ pub async fn serve_http(
         let stop = shutdown.clone();
         let share = share.clone();
         let span = tracing::Span::current();
+        let core = cores.get(i).copied();
         let spawned = std::thread::Builder::new()
             .name(format!("gw-{}-{i}", gateway.service))
             .spawn(move || {
                 let _entered = span.enter();
+                if let Some(core) = core {
+                    keep_to_core(core);
+                }
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -678,6 +683,44 @@ pub async fn serve_http(
         }
     })
     .await;
+}
+
+/// The core each of `workers` workers keeps to: the cores this process may run on, one
+/// each, when there are exactly as many (otherwise none: a CPU quota smaller than the set
+/// of cores leaves it to the kernel where the time is spent).
+///
+/// Left to the kernel, both workers of a 2-core machine were often queued on one core, as
+/// wake-ups pulled them towards the threads that woke them: one ran a 4 ms burst while the
+/// other's clients waited 4 ms. Kept apart, the gateway's p99.9 under wrk fell from
+/// 5–6 ms to about 4 ms, HAProxy's, and its p99 from 2.0–4.2 ms to 1.7–1.95 ms.
+fn worker_cores(workers: usize) -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    let cores: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    if cores.len() == workers && workers > 1 {
+        cores
+    } else {
+        Vec::new()
+    }
+}
+
+/// Keeps the calling thread to `core`; a refusal (a container that forbids it) leaves the
+/// thread where the kernel puts it.
+fn keep_to_core(core: usize) {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    let kept = set
+        .set(core)
+        .and_then(|()| sched_setaffinity(Pid::from_raw(0), &set));
+    if let Err(e) = kept {
+        tracing::debug!(core, error = %e, "gateway worker left unpinned");
+    }
 }
 
 /// Open client connections per worker. The kernel wakes every worker for a new connection
