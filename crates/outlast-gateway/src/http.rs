@@ -694,19 +694,24 @@ pub async fn serve_http(
 /// other's clients waited 4 ms. Kept apart, the gateway's p99.9 under wrk fell from
 /// 5–6 ms to about 4 ms, HAProxy's, and its p99 from 2.0–4.2 ms to 1.7–1.95 ms.
 fn worker_cores(workers: usize) -> Vec<usize> {
-    use nix::sched::{sched_getaffinity, CpuSet};
-    use nix::unistd::Pid;
-    let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
-        return Vec::new();
-    };
-    let cores: Vec<usize> = (0..CpuSet::count())
-        .filter(|&c| allowed.is_set(c).unwrap_or(false))
-        .collect();
+    let cores = allowed_cores();
     if cores.len() == workers && workers > 1 {
         cores
     } else {
         Vec::new()
     }
+}
+
+/// The cores the calling thread may run on (none when the kernel does not say).
+fn allowed_cores() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect()
 }
 
 /// Keeps the calling thread to `core`; a refusal (a container that forbids it) leaves the
@@ -991,6 +996,34 @@ mod tests {
         );
         assert!(!share.ahead(0), "1 against 0 is within one");
         assert!(!Share::new(1).ahead(0), "a lone worker is never ahead");
+    }
+
+    #[test]
+    fn workers_keep_to_the_allowed_cores_only_when_there_is_one_each() {
+        let cores = allowed_cores();
+        assert!(!cores.is_empty(), "the kernel tells a thread's cores");
+        assert!(
+            worker_cores(cores.len() + 1).is_empty(),
+            "more workers than cores"
+        );
+        assert!(worker_cores(1).is_empty(), "a lone worker is not pinned");
+        if cores.len() < 2 {
+            return;
+        }
+        assert_eq!(worker_cores(cores.len()), cores);
+        assert!(
+            worker_cores(cores.len() - 1).is_empty(),
+            "a quota below the cores"
+        );
+        // A thread told to keep to the last core runs there only.
+        let last = cores[cores.len() - 1];
+        let seen = std::thread::spawn(move || {
+            keep_to_core(last);
+            allowed_cores()
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(seen, [last]);
     }
 
     #[test]
