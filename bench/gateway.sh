@@ -3,13 +3,14 @@
 # (Debian), both in front of the same nginx, in turns, in one run. Prints requests/s for
 # each, the ratio, the CPU each spends per request (user and kernel apart), and the p99 each
 # adds over hitting nginx directly.
-#   bench/gateway.sh [seconds per turn (10)] [connections (50)]
+#   bench/gateway.sh [seconds per turn (10)] [connections (50)] [turns each (3)]
 # Installs haproxy, nginx-light and wrk from Debian when missing. Binds loopback only, stops
 # everything it started by pid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${2:-50}
+pairs=${3:-3}
 # shellcheck source=bench/common.sh
 source bench/common.sh
 need_packages haproxy:haproxy nginx:nginx-light wrk:wrk
@@ -57,23 +58,22 @@ run() { # url [pid] -> "rps p99_ms cpu_us_per_request user_us system_us"
     END {print rps, p99, (u + s) * 10000 / n, u * 10000 / n, s * 10000 / n}' "$work/wrk.out"
 }
 
-echo "wrk: ${secs}s per turn, ${conns} connections, 2 threads; nginx, HAProxy and outlast share 2 cores"
+echo "wrk: ${secs}s per turn, ${conns} connections, 2 threads, ${pairs} turns each in alternation; nginx, HAProxy and outlast share 2 cores"
 read -r d_rps d_p99 _ < <(run http://127.0.0.1:18080/)
-read -r h1_rps h1_p99 h1_cpu h1_u h1_s < <(run http://127.0.0.21:18081/ "$haproxy_pid")
-read -r o1_rps o1_p99 o1_cpu o1_u o1_s < <(run http://127.0.0.11:18082/ "$east_pid")
-read -r h2_rps h2_p99 h2_cpu h2_u h2_s < <(run http://127.0.0.21:18081/ "$haproxy_pid")
-read -r o2_rps o2_p99 o2_cpu o2_u o2_s < <(run http://127.0.0.11:18082/ "$east_pid")
-awk -v d="$d_rps" -v dp="$d_p99" -v h1="$h1_rps" -v h2="$h2_rps" -v o1="$o1_rps" -v o2="$o2_rps" \
-    -v hp1="$h1_p99" -v hp2="$h2_p99" -v op1="$o1_p99" -v op2="$o2_p99" \
-    -v hc1="$h1_cpu" -v hc2="$h2_cpu" -v oc1="$o1_cpu" -v oc2="$o2_cpu" \
-    -v hu1="$h1_u" -v hu2="$h2_u" -v ou1="$o1_u" -v ou2="$o2_u" \
-    -v hs1="$h1_s" -v hs2="$h2_s" -v os1="$o1_s" -v os2="$o2_s" 'BEGIN {
-  h = (h1 + h2) / 2; o = (o1 + o2) / 2; hp = (hp1 + hp2) / 2; op = (op1 + op2) / 2;
-  hc = (hc1 + hc2) / 2; oc = (oc1 + oc2) / 2;
-  printf "nginx direct      %10.0f req/s   p99 %6.2f ms\n", d, dp;
-  printf "HAProxy 2.6       %10.0f req/s   p99 %6.2f ms   %5.1f µs CPU per request   (turns: %.0f, %.0f)\n", h, hp, hc, h1, h2;
-  printf "outlast gateway   %10.0f req/s   p99 %6.2f ms   %5.1f µs CPU per request   (turns: %.0f, %.0f)\n", o, op, oc, o1, o2;
-  printf "ratio outlast/HAProxy: %.2f req/s, %.2f CPU per request (below 1 = cheaper)\n", o / h, oc / hc;
-  printf "CPU per request, user + kernel: HAProxy %.1f + %.1f µs, outlast %.1f + %.1f µs\n", (hu1 + hu2) / 2, (hs1 + hs2) / 2, (ou1 + ou2) / 2, (os1 + os2) / 2;
-  printf "p99 added over direct: HAProxy %+.2f ms, outlast %+.2f ms\n", hp - dp, op - dp;
-}'
+: >"$work/turns"
+for ((i = 0; i < pairs; i++)); do
+  echo "haproxy $(run http://127.0.0.21:18081/ "$haproxy_pid")" >>"$work/turns"
+  echo "outlast $(run http://127.0.0.11:18082/ "$east_pid")" >>"$work/turns"
+done
+awk -v d="$d_rps" -v dp="$d_p99" '
+  {n[$1]++; rps[$1] += $2; p99[$1] += $3; cpu[$1] += $4; u[$1] += $5; s[$1] += $6
+   turns[$1] = turns[$1] sprintf("%s%.0f", n[$1] > 1 ? ", " : "", $2)}
+  END {
+    for (k in n) {rps[k] /= n[k]; p99[k] /= n[k]; cpu[k] /= n[k]; u[k] /= n[k]; s[k] /= n[k]}
+    printf "nginx direct      %10.0f req/s   p99 %6.2f ms\n", d, dp;
+    printf "HAProxy 2.6       %10.0f req/s   p99 %6.2f ms   %5.1f µs CPU per request   (turns: %s)\n", rps["haproxy"], p99["haproxy"], cpu["haproxy"], turns["haproxy"];
+    printf "outlast gateway   %10.0f req/s   p99 %6.2f ms   %5.1f µs CPU per request   (turns: %s)\n", rps["outlast"], p99["outlast"], cpu["outlast"], turns["outlast"];
+    printf "ratio outlast/HAProxy: %.2f req/s, %.2f CPU per request (below 1 = cheaper)\n", rps["outlast"] / rps["haproxy"], cpu["outlast"] / cpu["haproxy"];
+    printf "CPU per request, user + kernel: HAProxy %.1f + %.1f µs, outlast %.1f + %.1f µs\n", u["haproxy"], s["haproxy"], u["outlast"], s["outlast"];
+    printf "p99 added over direct: HAProxy %+.2f ms, outlast %+.2f ms\n", p99["haproxy"] - dp, p99["outlast"] - dp;
+  }' "$work/turns"
