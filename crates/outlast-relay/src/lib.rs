@@ -58,6 +58,9 @@ pub struct ReplicateReq {
     /// The range of the object the origin is about to write, if any.
     pub intent: Option<(u64, u64)>,
     pub records: Vec<WireRecord>,
+    /// Numbers of the records the origin has skipped (absent from agents before it).
+    #[serde(default)]
+    pub skipped: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

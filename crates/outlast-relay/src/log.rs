@@ -96,6 +96,12 @@ impl Log {
         self.skips.contains(&seq)
     }
 
+    /// The skipped numbers from `from` on, ascending. Complete for the records still in
+    /// the spool: a skip is forgotten only with its record.
+    pub fn skips_from(&self, from: u64) -> Vec<u64> {
+        self.skips.range(from..).copied().collect()
+    }
+
     /// Marks events never to ship, durably.
     pub fn skip(&mut self, seqs: &[u64]) -> Result<(), SpoolError> {
         let new: Vec<u64> = seqs

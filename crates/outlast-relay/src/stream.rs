@@ -163,6 +163,16 @@ pub struct StreamRelay {
 /// Pushes own records to a replication frame, with room made for all of them first (a
 /// frame of megabytes grown by doubling copies itself over and over).
 /// Records are (seq, id, stored payload).
+/// See [`StreamRelay::progress`].
+struct Progress {
+    shipped: u64,
+    intent: Option<(u64, u64)>,
+    /// Skipped own events from the frame's first on, ascending.
+    skipped: Vec<u64>,
+    /// The first own event still in the spool.
+    kept_from: u64,
+}
+
 fn push_all<'a>(
     w: &mut FrameWriter,
     recs: impl Iterator<Item = (u64, &'a [u8], &'a [u8])> + Clone,
@@ -460,20 +470,42 @@ impl StreamRelay {
         Ok(out)
     }
 
+    /// This site's shipping progress as a frame tells it, read in one piece: the shipped
+    /// mark, the intent, and which own events from `from` on are skipped.
+    fn progress(&self, from: Option<u64>) -> Progress {
+        let own = lock(&self.own);
+        // Records before the spool's first are not sent: their skips may be forgotten,
+        // and a record sent as shipped and not skipped must be in an object.
+        let kept_from = own
+            .spool
+            .first_seq()
+            .unwrap_or_else(|| own.spool.next_seq());
+        Progress {
+            shipped: own.shipped(),
+            intent: own.intent(),
+            skipped: from.map(|f| own.skips_from(f)).unwrap_or_default(),
+            kept_from,
+        }
+    }
+
     /// A replicator's frame: this site's shipping progress and, when the peer's position
-    /// is known, up to `max` own events from `from` on, written straight from the recent
-    /// events in memory (or read from the spool when they are older). A spool that cannot
-    /// be read still lets the progress through.
+    /// is known, up to `max` own events from `from` on (with which of them are skipped),
+    /// written straight from the recent events in memory (or read from the spool when they
+    /// are older). A spool that cannot be read still lets the progress through.
     fn own_frame(
         &self,
         from: Option<u64>,
-        shipped: u64,
-        intent: Option<(u64, u64)>,
+        progress: &Progress,
         max: usize,
         disk: bool,
     ) -> Result<Option<(Vec<u8>, usize)>, String> {
-        let mut w = FrameWriter::new(&self.cfg.name, &self.sites.me, shipped, intent)?;
-        if let Some(from) = from {
+        let mut w = FrameWriter::new(
+            &self.cfg.name,
+            &self.sites.me,
+            progress.shipped,
+            progress.intent,
+        )?;
+        if let Some(from) = from.map(|f| f.max(progress.kept_from)) {
             let in_memory = {
                 let recent = lock(&self.recent);
                 let held = recent.first_seq().is_some_and(|first| first <= from);
@@ -497,6 +529,7 @@ impl StreamRelay {
                     }
                 }
             }
+            w.skipped(&progress.skipped);
         }
         let n = w.len();
         Ok(Some((w.finish(), n)))
@@ -516,18 +549,15 @@ impl StreamRelay {
                 return;
             }
             let known = lock(&self.peers).get(&peer).and_then(|p| p.high);
-            let (shipped, intent) = {
-                let own = lock(&self.own);
-                (own.shipped(), own.intent())
-            };
             // Events still in memory are framed here (a copy); older ones are read from
             // the spool on a blocking thread.
             let from = known.map(|h| h + 1);
-            let built = match self.own_frame(from, shipped, intent, REPLICATE_MAX, false) {
+            let progress = self.progress(from);
+            let built = match self.own_frame(from, &progress, REPLICATE_MAX, false) {
                 Ok(None) => {
                     let me = self.clone();
                     tokio::task::spawn_blocking(move || {
-                        me.own_frame(from, shipped, intent, REPLICATE_MAX, true)
+                        me.own_frame(from, &progress, REPLICATE_MAX, true)
                     })
                     .await
                 }
@@ -661,12 +691,8 @@ impl StreamRelay {
     /// objects. A site that cannot reach such a peer (it is the one cut off) ships nothing
     /// of its own until it can, and none once a peer says it is taking over.
     pub(crate) async fn announce(&self, transport: &Arc<dyn Transport>) -> bool {
-        let (shipped, intent) = {
-            let own = lock(&self.own);
-            (own.shipped(), own.intent())
-        };
         // The replicators' frame without events: the progress and the intent only.
-        let frame = match self.own_frame(None, shipped, intent, 0, false) {
+        let frame = match self.own_frame(None, &self.progress(None), 0, false) {
             Ok(Some((frame, _))) => frame,
             Ok(None) => return false,
             Err(e) => {
@@ -737,6 +763,20 @@ impl StreamRelay {
         let mut conflicts = Vec::new();
         // Each id hashed once, for every spool it is looked up in and the one it goes to.
         let keys: Vec<IdKey> = req.records.iter().map(|r| IdKey::of(r.id)).collect();
+        // The origin's copy: skipped there (nothing to settle with), or in an object or about
+        // to be (a record sent as shipped and not skipped was shipped: the frame leaves out
+        // records whose skips may be forgotten).
+        let skipped_there = |seq: u64| req.skipped.binary_search(&seq).is_ok();
+        let shipped_there = |seq: u64| {
+            seq <= req.shipped || req.intent.is_some_and(|(a, b)| (a..=b).contains(&seq))
+        };
+        // Which of two copies of an id is kept: one in an object (or about to be) over one
+        // that is not, else the one of the site first in name order. Every site holding
+        // both copies decides the same. (By name alone, a site that shipped its copy while
+        // the other was declared down could lose to it afterwards: both in objects.)
+        let first_wins = |first_shipped: bool, first: &str, seq: u64| {
+            first_shipped || (!shipped_there(seq) && first < origin)
+        };
         // Settle ids this site holds as its own.
         {
             let mut own = lock(&self.own);
@@ -747,12 +787,12 @@ impl StreamRelay {
                 let Some(s) = own.spool.lookup_key(*key) else {
                     continue;
                 };
-                if own.is_skipped(s) {
+                if own.is_skipped(s) || skipped_there(r.seq) {
                     continue;
                 }
                 let ours_shipped =
                     s <= own.shipped() || own.intent().is_some_and(|(a, b)| (a..=b).contains(&s));
-                if ours_shipped || self.sites.me.as_str() < origin {
+                if first_wins(ours_shipped, &self.sites.me, r.seq) {
                     conflicts.push(r.seq);
                 } else {
                     lose.push(s);
@@ -770,10 +810,10 @@ impl StreamRelay {
                 let Some(s) = log.spool.lookup_key(*key) else {
                     continue;
                 };
-                if log.is_skipped(s) || conflicts.contains(&r.seq) {
+                if log.is_skipped(s) || conflicts.contains(&r.seq) || skipped_there(r.seq) {
                     continue;
                 }
-                if s <= log.shipped() || other.as_str() < origin {
+                if first_wins(s <= log.shipped(), other, r.seq) {
                     conflicts.push(r.seq);
                 } else {
                     lose.push(s);
@@ -806,7 +846,10 @@ impl StreamRelay {
         }
         drop(ahead);
         log.spool.sync()?;
+        // Neither the copies this site told the origin to skip nor those it skipped itself
+        // ship from here if this site takes the origin's events over.
         log.skip(&conflicts)?;
+        log.skip(&req.skipped)?;
         if req.shipped > log.shipped() {
             log.set_shipped(req.shipped)?;
             if log.intent().is_some_and(|(_, b)| b <= req.shipped) {
@@ -933,6 +976,7 @@ mod tests {
                 ts: 1,
                 line: "{}".into(),
             }],
+            skipped: Vec::new(),
         }
     }
 
@@ -1051,67 +1095,138 @@ mod tests {
         assert_eq!(s, "LygHa16AHYF");
     }
 
-    /// An id a client sent to east and again to west: the four deliveries of the two
-    /// copies (each to the other data site and to the witness), in every order, with every
-    /// answer applied, and west shipping past its copy at any point its peers allow (once
-    /// east and the witness hold it). Whatever the order, exactly one copy is in an object
-    /// or left to ship. (Before skips outlived the shipped mark, some orders left none.)
-    #[test]
-    fn an_id_held_twice_keeps_one_copy_in_every_order() {
-        // (origin, receiver) of each delivery.
-        let deliveries = [
-            ("east", "witness"),
-            ("west", "witness"),
-            ("west", "east"),
-            ("east", "west"),
-        ];
-        // Step 4: west ships past its copy.
-        const SHIP: usize = 4;
+    /// The steps of an id a client sent to east and again to west: the four deliveries of
+    /// the two copies (each to the other data site and to the witness), then west shipping
+    /// past its copy, then east shipping past its own.
+    const DELIVERIES: [(&str, &str); 4] = [
+        ("east", "witness"),
+        ("west", "witness"),
+        ("west", "east"),
+        ("east", "west"),
+    ];
+    const WEST_SHIPS: usize = 4;
+    const EAST_SHIPS: usize = 5;
+
+    /// Every order of `steps` in which each step of `after` comes after the steps it names.
+    fn orders(steps: &[usize], after: &[(usize, &[usize])]) -> Vec<Vec<usize>> {
         let mut orders: Vec<Vec<usize>> = vec![vec![]];
-        for _ in 0..=SHIP {
+        for _ in steps {
             let mut longer = Vec::new();
             for o in &orders {
-                for d in (0..=SHIP).filter(|d| !o.contains(d)) {
-                    longer.push([o.as_slice(), &[d]].concat());
+                for d in steps.iter().filter(|d| !o.contains(d)) {
+                    longer.push([o.as_slice(), &[*d]].concat());
                 }
             }
             orders = longer;
         }
         let at = |o: &[usize], step| o.iter().position(|d| *d == step);
-        orders.retain(|o| at(o, SHIP) > at(o, 1) && at(o, SHIP) > at(o, 2));
-        assert_eq!(orders.len(), 40);
-        for order in orders {
-            let tmp = tempfile::tempdir().expect("tmp");
-            let sites: BTreeMap<&str, StreamRelay> = ["east", "west", "witness"]
-                .into_iter()
-                .map(|n| (n, relay(n, &tmp.path().join(n))))
-                .collect();
-            let seqs: BTreeMap<&str, u64> = [
-                ("east", hold(&sites["east"], "X")),
-                ("west", hold(&sites["west"], "X")),
-            ]
+        orders.retain(|o| {
+            after
+                .iter()
+                .all(|(step, before)| before.iter().all(|b| at(o, *step) > at(o, *b)))
+        });
+        orders
+    }
+
+    /// Plays `order` with real frames (each from its origin's state at that moment, its
+    /// shipping progress and skips included) and every answer applied. The copies of the
+    /// id kept: those in an object plus those left to ship at east and west.
+    fn copies_kept(order: &[usize]) -> usize {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let sites: BTreeMap<&str, StreamRelay> = ["east", "west", "witness"]
             .into_iter()
+            .map(|n| (n, relay(n, &tmp.path().join(n))))
             .collect();
-            let mut in_object = 0;
-            for d in &order {
-                if *d == SHIP {
-                    let mut west = lock(&sites["west"].own);
-                    in_object += usize::from(!west.is_skipped(seqs["west"]));
-                    west.set_shipped(seqs["west"]).expect("shipped");
+        let mut seqs = BTreeMap::new();
+        for n in ["east", "west"] {
+            let seq = hold(&sites[n], "X");
+            sites[n].durable.send_replace(seq);
+            seqs.insert(n, seq);
+        }
+        let mut in_object = 0;
+        for step in order {
+            let origin = match *step {
+                WEST_SHIPS => "west",
+                EAST_SHIPS => "east",
+                d => {
+                    let (origin, to) = DELIVERIES[d];
+                    let from = Some(seqs[origin]);
+                    let o = &sites[origin];
+                    let (frame, _) = o
+                        .own_frame(from, &o.progress(from), 10, true)
+                        .expect("frame")
+                        .expect("a frame");
+                    let resp = sites[to]
+                        .receive_blocking(&FrameRef::decode(&frame).expect("decode"))
+                        .expect("receive");
+                    o.answered(to, &resp);
                     continue;
                 }
-                let (origin, to) = deliveries[*d];
-                let resp = sites[to]
-                    .receive_blocking(&req(origin, seqs[origin], "X").as_frame())
-                    .expect("receive");
-                sites[origin].answered(to, &resp);
-            }
-            let east_left = usize::from(!lock(&sites["east"].own).is_skipped(seqs["east"]));
-            assert_eq!(
-                in_object + east_left,
-                1,
-                "order {order:?}: {in_object} copy in an object, {east_left} left at east"
-            );
+            };
+            let mut own = lock(&sites[origin].own);
+            in_object += usize::from(!own.is_skipped(seqs[origin]));
+            own.set_shipped(seqs[origin]).expect("shipped");
+        }
+        let left = ["east", "west"]
+            .into_iter()
+            .filter(|n| {
+                let own = lock(&sites[n].own);
+                !own.is_skipped(seqs[n]) && own.shipped() < seqs[n]
+            })
+            .count();
+        in_object + left
+    }
+
+    /// A copy its origin skipped is marked skipped in the replicas the frame reaches: a
+    /// site that takes the origin's events over does not ship it.
+    #[test]
+    fn an_origins_skip_travels_with_its_frame() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let east = relay("east", &tmp.path().join("east"));
+        let witness = relay("witness", &tmp.path().join("witness"));
+        let kept = hold(&east, "kept");
+        let lost = hold(&east, "lost");
+        east.durable.send_replace(lost);
+        lock(&east.own).skip(&[lost]).expect("skip");
+        let from = Some(kept);
+        let (frame, n) = east
+            .own_frame(from, &east.progress(from), 10, true)
+            .expect("frame")
+            .expect("a frame");
+        assert_eq!((n, &frame[..4]), (2, &b"ORR2"[..]));
+        witness
+            .receive_blocking(&FrameRef::decode(&frame).expect("decode"))
+            .expect("receive");
+        let reps = lock(&witness.replicas);
+        let copy = &reps["east"];
+        assert!(copy.is_skipped(lost) && !copy.is_skipped(kept));
+    }
+
+    /// Both data sites up: west ships past its copy at any point its peers allow (once
+    /// east and the witness hold it). Whatever the order, exactly one copy is in an object
+    /// or left to ship. (Before skips outlived the shipped mark, some orders left none.)
+    #[test]
+    fn an_id_held_twice_keeps_one_copy_in_every_order() {
+        let all = orders(&[0, 1, 2, 3, WEST_SHIPS], &[(WEST_SHIPS, &[1, 2])]);
+        assert_eq!(all.len(), 40);
+        for order in all {
+            assert_eq!(copies_kept(&order), 1, "order {order:?}");
+        }
+    }
+
+    /// East declared down: west ships once the witness holds its copy, before east has it.
+    /// East ships once west holds east's copy. Whatever the order, exactly one copy is
+    /// kept: a copy already in an object wins when the two meet. (By name order alone,
+    /// east's copy won when west's reached it after west had shipped: both in objects.)
+    #[test]
+    fn a_copy_shipped_while_its_peer_was_down_is_the_one_kept() {
+        let all = orders(
+            &[0, 1, 2, 3, WEST_SHIPS, EAST_SHIPS],
+            &[(WEST_SHIPS, &[1]), (EAST_SHIPS, &[0, 3])],
+        );
+        assert_eq!(all.len(), 120);
+        for order in all {
+            assert_eq!(copies_kept(&order), 1, "order {order:?}");
         }
     }
 }

@@ -8,7 +8,12 @@
 //! "ORR1" | u16 len, stream | u16 len, origin | u64 shipped
 //!        | u8 0, or u8 1 with u64 intent start and u64 intent end
 //!        | u32 count | count × (u64 seq | u64 ts | u16 len, id | u32 len, line)
+//! "ORR2" | the same | u32 count | count × u64 seq skipped at the origin
 //! ```
+//!
+//! A frame is "ORR2" only when some of its records are skipped at the origin (the losing
+//! copy of an id held twice), which is rare: agents from before the skip list still read
+//! every other frame.
 //!
 //! Strings are UTF-8 (checked on decode). The peer traffic's MAC covers the whole frame,
 //! so decode only has to be safe against a peer's bugs, not a stranger's bytes; it still
@@ -17,6 +22,8 @@
 use crate::{ReplicateReq, WireRecord};
 
 const MAGIC: &[u8; 4] = b"ORR1";
+/// The same with a list of skipped records after the records.
+const MAGIC_SKIPS: &[u8; 4] = b"ORR2";
 
 fn put_str16(out: &mut Vec<u8>, s: &[u8]) -> Result<(), String> {
     let n = u16::try_from(s.len()).map_err(|_| format!("{} bytes is too long", s.len()))?;
@@ -30,6 +37,9 @@ pub struct FrameWriter {
     buf: Vec<u8>,
     count_at: usize,
     count: u32,
+    /// The first and last record numbers pushed.
+    span: Option<(u64, u64)>,
+    skipped: Vec<u64>,
 }
 
 impl FrameWriter {
@@ -58,6 +68,8 @@ impl FrameWriter {
             buf,
             count_at,
             count: 0,
+            span: None,
+            skipped: Vec::new(),
         })
     }
 
@@ -71,7 +83,17 @@ impl FrameWriter {
         self.buf.extend_from_slice(&n.to_le_bytes());
         self.buf.extend_from_slice(line);
         self.count = count;
+        self.span = Some(self.span.map_or((seq, seq), |(first, _)| (first, seq)));
         Ok(())
+    }
+
+    /// Says which of the records pushed so far the origin has skipped (`seqs` ascending;
+    /// numbers outside the pushed ones are left out).
+    pub fn skipped(&mut self, seqs: &[u64]) {
+        if let Some((first, last)) = self.span {
+            self.skipped
+                .extend(seqs.iter().filter(|s| (first..=last).contains(*s)));
+        }
     }
 
     /// Bytes a record of `id` and a `line_len`-byte line takes in a frame.
@@ -95,6 +117,15 @@ impl FrameWriter {
 
     pub fn finish(mut self) -> Vec<u8> {
         self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+        if !self.skipped.is_empty() {
+            self.buf[..4].copy_from_slice(MAGIC_SKIPS);
+            // No more than the records, each 22 bytes or more: the count fits.
+            self.buf
+                .extend_from_slice(&(self.skipped.len() as u32).to_le_bytes());
+            for s in &self.skipped {
+                self.buf.extend_from_slice(&s.to_le_bytes());
+            }
+        }
         self.buf
     }
 }
@@ -117,6 +148,9 @@ pub struct FrameRef<'a> {
     pub shipped: u64,
     pub intent: Option<(u64, u64)>,
     pub records: Vec<RecordRef<'a>>,
+    /// Numbers of the records the origin has skipped (ascending): no copy of theirs to
+    /// settle with, none to ship.
+    pub skipped: Vec<u64>,
 }
 
 impl<'a> FrameRef<'a> {
@@ -129,7 +163,7 @@ impl<'a> FrameRef<'a> {
 
     pub fn decode(frame: &'a [u8]) -> Result<Self, String> {
         let mut r = Reader { buf: frame, at: 0 };
-        r.magic()?;
+        let with_skips = r.magic()?;
         let stream = r.str16()?;
         let origin = r.str16()?;
         let shipped = r.u64()?;
@@ -152,6 +186,19 @@ impl<'a> FrameRef<'a> {
             let line = r.take(n)?;
             records.push(RecordRef { seq, ts, id, line });
         }
+        let mut skipped = Vec::new();
+        if with_skips {
+            let n = r.u32()? as usize;
+            if n > (frame.len() - r.at) / 8 {
+                return Err(format!("{n} skipped numbers cannot fit in the frame"));
+            }
+            for _ in 0..n {
+                skipped.push(r.u64()?);
+            }
+            if !skipped.is_sorted() {
+                return Err("skipped numbers out of order".into());
+            }
+        }
         if r.at != frame.len() {
             return Err(format!(
                 "{} bytes after the last record",
@@ -164,6 +211,7 @@ impl<'a> FrameRef<'a> {
             shipped,
             intent,
             records,
+            skipped,
         })
     }
 }
@@ -191,6 +239,7 @@ impl ReplicateReq {
             shipped: f.shipped,
             intent: f.intent,
             records,
+            skipped: f.skipped,
         })
     }
 
@@ -211,6 +260,7 @@ impl ReplicateReq {
                     line: r.line.as_bytes(),
                 })
                 .collect(),
+            skipped: self.skipped.clone(),
         }
     }
 }
@@ -237,11 +287,13 @@ impl<'a> Reader<'a> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes(b.try_into().map_err(|_| "short u32")?))
     }
-    fn magic(&mut self) -> Result<(), String> {
-        if self.take(4)? != MAGIC {
-            return Err("not a relay frame (bad magic)".into());
+    /// Whether the frame ends with a list of skipped records.
+    fn magic(&mut self) -> Result<bool, String> {
+        match self.take(4)? {
+            m if m == MAGIC => Ok(false),
+            m if m == MAGIC_SKIPS => Ok(true),
+            _ => Err("not a relay frame (bad magic)".into()),
         }
-        Ok(())
     }
     fn str16(&mut self) -> Result<&'a str, String> {
         let b = self.take(2)?;
@@ -264,6 +316,7 @@ mod tests {
         for rec in &r.records {
             w.push(rec.seq, rec.ts, rec.id.as_bytes(), rec.line.as_bytes())?;
         }
+        w.skipped(&r.skipped);
         Ok(w.finish())
     }
 
@@ -287,6 +340,7 @@ mod tests {
                     line: "{}".into(),
                 },
             ],
+            skipped: vec![43],
         }
     }
 
@@ -302,10 +356,38 @@ mod tests {
         let empty = ReplicateReq {
             intent: None,
             records: vec![],
+            skipped: vec![],
             ..req()
         };
         let back = ReplicateReq::decode(&encode(&empty).expect("encode")).expect("decode");
         assert!(same(&empty, &back));
+    }
+
+    /// A frame is "ORR2" only when some of its records are skipped, so agents from before
+    /// the skip list read every other frame; skips outside its records are left out.
+    #[test]
+    fn only_a_frame_with_skipped_records_carries_the_list() {
+        let plain = ReplicateReq {
+            skipped: vec![],
+            ..req()
+        };
+        assert_eq!(&encode(&plain).expect("encode")[..4], b"ORR1");
+        assert_eq!(&encode(&req()).expect("encode")[..4], b"ORR2");
+        let outside = ReplicateReq {
+            skipped: vec![7, 91],
+            ..req()
+        };
+        let f = encode(&outside).expect("encode");
+        assert_eq!(&f[..4], b"ORR1");
+        assert!(FrameRef::decode(&f).expect("decode").skipped.is_empty());
+        let mut shuffled = encode(&ReplicateReq {
+            skipped: vec![42, 43],
+            ..req()
+        })
+        .expect("encode");
+        let at = shuffled.len() - 16;
+        shuffled[at..].rotate_left(8);
+        assert!(FrameRef::decode(&shuffled).is_err(), "skips out of order");
     }
 
     /// Read in place, a frame gives what the owned form holds, and its header alone names
@@ -341,18 +423,21 @@ mod tests {
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let mut framed = MAGIC.to_vec();
-            framed.extend_from_slice(&bytes);
-            let _ = ReplicateReq::decode(&framed);
+            for magic in [MAGIC, MAGIC_SKIPS] {
+                let mut framed = magic.to_vec();
+                framed.extend_from_slice(&bytes);
+                let _ = ReplicateReq::decode(&framed);
+                let _ = FrameRef::decode(&framed);
+                let _ = FrameRef::peek(&framed);
+            }
             let _ = ReplicateReq::decode(&bytes);
-            let _ = FrameRef::decode(&framed);
-            let _ = FrameRef::peek(&framed);
         }
 
         #[test]
         fn any_request_round_trips(
             ids in proptest::collection::vec(("[a-z0-9-]{1,20}", ".{0,60}", any::<u64>()), 0..20),
             intent in proptest::option::of((any::<u64>(), any::<u64>())),
+            skip_every in 0usize..4,
         ) {
             let r = ReplicateReq {
                 stream: "s".into(),
@@ -364,6 +449,13 @@ mod tests {
                     .enumerate()
                     .map(|(i, (id, line, ts))| WireRecord { seq: i as u64, id, ts, line })
                     .collect(),
+                skipped: Vec::new(),
+            };
+            let r = ReplicateReq {
+                skipped: (0..r.records.len() as u64)
+                    .filter(|s| skip_every > 0 && (*s as usize).is_multiple_of(skip_every))
+                    .collect(),
+                ..r
             };
             let back = ReplicateReq::decode(&encode(&r).expect("encode")).expect("decode");
             prop_assert!(same(&r, &back));
