@@ -363,7 +363,9 @@ enum Framing {
 }
 
 /// Writes `wire` and reads the answer's head. A write that fails part-way still looks for
-/// an answer (a backend may answer, say 413, before it has read the whole body).
+/// an answer (a backend may answer, say 413, before it has read the whole body), and so
+/// does one the backend stops taking: an answer that comes before the whole request has
+/// gone is taken as it is, and the connection is not used again.
 async fn exchange(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
@@ -372,13 +374,24 @@ async fn exchange(
 ) -> Result<Answer, Failure> {
     let mut written = 0;
     let mut write_error = None;
+    let mut received = false;
+    // What the socket takes at once (all of it, but for large bodies): one system call.
     while written < wire.len() {
-        match stream.write(&wire[written..]).await {
+        match stream.try_write(&wire[written..]) {
             Ok(0) => {
                 write_error = Some(io::Error::from(io::ErrorKind::WriteZero));
                 break;
             }
             Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match write_or_early_answer(stream, buf, wire, &mut written, head_only).await {
+                    Ok(Some(answer)) => return Ok(answer),
+                    Ok(None) => {}
+                    Err(e) => write_error = Some(e),
+                }
+                received = !buf.is_empty();
+                break;
+            }
             Err(e) => {
                 write_error = Some(e);
                 break;
@@ -391,7 +404,6 @@ async fn exchange(
         }
         write_error = Some(e);
     }
-    let mut received = false;
     loop {
         match parse_head(buf, head_only) {
             Ok(Some(mut answer)) => {
@@ -425,6 +437,43 @@ async fn exchange(
             Failure::Unanswered(e)
         });
     }
+}
+
+/// Writes the rest of `wire` as the backend takes it, reading what it sends meanwhile:
+/// a final answer's head that comes first is returned (not to be kept alive: the request
+/// was cut short). `Ok(None)` once all is written; an error ends the writing (a backend
+/// that hung up may still have answered, which the caller reads).
+async fn write_or_early_answer(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    wire: &[u8],
+    written: &mut usize,
+    head_only: bool,
+) -> io::Result<Option<Answer>> {
+    let (mut rd, mut wr) = stream.split();
+    while *written < wire.len() {
+        buf.reserve(READ_SIZE);
+        tokio::select! {
+            w = wr.write(&wire[*written..]) => match w {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => *written += n,
+                Err(e) => return Err(e),
+            },
+            r = rd.read_buf(buf) => {
+                if r? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed while the request was sent",
+                    ));
+                }
+                if let Some(mut answer) = parse_head(buf, head_only)? {
+                    answer.keep_alive = false;
+                    return Ok(Some(answer));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The next final response head at the front of `buf`, consumed from it; `None` while it
@@ -1109,6 +1158,57 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), fetch(&pool, 1, addr))
             .await
             .expect("held past 5 s")
+    }
+
+    /// A backend that answers 413 to a large upload as soon as it has the head, reads no
+    /// more of it and keeps the connection open: the client gets the 413 at once, not a
+    /// 504 once the answer deadline passes, and the connection is not used again.
+    #[tokio::test]
+    async fn an_answer_before_the_whole_body_is_taken_as_it_comes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let opened = Arc::new(AtomicUsize::new(0));
+        let o = opened.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                o.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if !matches!(s.read(&mut byte).await, Ok(1)) {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig";
+                    let _ = s.write_all(answer).await;
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                });
+            }
+        });
+        let pool = Arc::new(ConnPool::with_times(
+            "127.0.0.1".parse().expect("ip"),
+            IDLE_FOR,
+            Duration::from_secs(2),
+        ));
+        // Far more than the socket buffers of both ends hold.
+        let mut req = request(Method::POST, b"");
+        *req.body_mut() = Bytes::from(vec![b'x'; 32 << 20]);
+        let got = tokio::time::timeout(Duration::from_secs(5), send(&pool, 1, addr, req))
+            .await
+            .expect("held past 5 s");
+        let (status, _, body) = got.expect("the early answer");
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::PAYLOAD_TOO_LARGE, &b"big"[..])
+        );
+        fetch(&pool, 1, addr).await.ok();
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "the cut connection was reused"
+        );
     }
 
     #[tokio::test]
