@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Relay ingest: events/s acknowledged with ack = "local" and ack = "replicated" (batches of
 # 100 events of about 200 bytes, POSTed by wrk), beside the disk's own fsync'd sequential
-# write rate measured in the same run on the same filesystem; p50 and p99 ack latency.
+# write rate measured in the same run on the same filesystem; p50 and p99 ack latency; the
+# CPU each site spends per event and how idle the machine was during each turn.
 #   bench/relay.sh [seconds per turn (10)] [connections (32)]
 # The spools live under target/bench-relay (the real disk, not a tmpfs). Shipping runs
 # during the turns (file:// sinks on the same disk), as it would in production.
@@ -81,12 +82,17 @@ settle() { # says on stderr how long it waited
   done
 }
 
-turn() { # stream -> "events/s bytes/s p50_ms p99_ms non2xx east_us west_us witness_us" (CPU per event)
-  local before after
+# The machine's CPU time so far (1/100 s): "idle all", idle counting iowait.
+machine_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t}' /proc/stat; }
+
+turn() { # stream -> "events/s bytes/s p50_ms p99_ms non2xx east_us west_us witness_us idle%" (CPU per event)
+  local before after m0 m1
   before=$(site_ticks)
+  m0=$(machine_ticks)
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$work/post.lua" "http://127.0.0.11:17401/v1/streams/$1/events" >"$work/wrk-$1.out"
+  m1=$(machine_ticks)
   after=$(site_ticks)
-  awk -v bb="$body_bytes" -v before="$before" -v after="$after" '
+  awk -v bb="$body_bytes" -v before="$before" -v after="$after" -v m0="$m0" -v m1="$m1" '
     function ms(v) { if (v ~ /us$/) {sub(/us$/,"",v); return v/1000} if (v ~ /ms$/) {sub(/ms$/,"",v); return v} sub(/s$/,"",v); return v*1000 }
     /^Requests\/sec/ {rps=$2}
     /requests in/ {n=$1}
@@ -96,19 +102,21 @@ turn() { # stream -> "events/s bytes/s p50_ms p99_ms non2xx east_us west_us witn
       split(before, b, " "); split(after, a, " ");
       printf "%.0f %.0f %.2f %.2f %d", rps*100, rps*bb, p50, p99, bad;
       for (i = 1; i <= 3; i++) printf " %.2f", (a[i] - b[i]) * 10000 / (n * 100);
-      printf "\n" }' "$work/wrk-$1.out"
+      split(m0, x, " "); split(m1, y, " ");
+      printf " %.0f\n", (y[2] > x[2]) ? (y[1] - x[1]) * 100 / (y[2] - x[2]) : 0 }' "$work/wrk-$1.out"
 }
 
 echo "relay bench: ${secs}s per turn, $conns connections, requests of 100 events ($body_bytes bytes)"
 read -r disk_big_bps _ < <(disk 1048576)
 read -r disk_req_bps disk_req_fps < <(disk "$body_bytes")
-read -r l_eps l_bps l_p50 l_p99 l_bad l_ce l_cw l_cx < <(turn local)
+read -r l_eps l_bps l_p50 l_p99 l_bad l_ce l_cw l_cx l_idle < <(turn local)
 settle
-read -r r_eps r_bps r_p50 r_p99 r_bad r_ce r_cw r_cx < <(turn replicated)
+read -r r_eps r_bps r_p50 r_p99 r_bad r_ce r_cw r_cx r_idle < <(turn replicated)
 awk -v db="$disk_big_bps" -v dr="$disk_req_bps" -v df="$disk_req_fps" -v bb="$body_bytes" \
     -v le="$l_eps" -v lb="$l_bps" -v l50="$l_p50" -v l99="$l_p99" -v lx="$l_bad" \
     -v re="$r_eps" -v rb="$r_bps" -v r50="$r_p50" -v r99="$r_p99" -v rx="$r_bad" \
-    -v lce="$l_ce" -v lcw="$l_cw" -v lcx="$l_cx" -v rce="$r_ce" -v rcw="$r_cw" -v rcx="$r_cx" 'BEGIN {
+    -v lce="$l_ce" -v lcw="$l_cw" -v lcx="$l_cx" -v rce="$r_ce" -v rcw="$r_cw" -v rcx="$r_cx" \
+    -v li="$l_idle" -v ri="$r_idle" 'BEGIN {
   printf "disk, 1 MiB writes + fdatasync      %8.1f MB/s\n", db/1e6;
   printf "disk, %d-byte writes + fdatasync  %8.1f MB/s  (%.0f fsyncs/s)\n", bb, dr/1e6, df;
   printf "ack=local       %9.0f events/s  %7.1f MB/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d\n", le, lb/1e6, l50, l99, lx;
@@ -118,4 +126,5 @@ awk -v db="$disk_big_bps" -v dr="$disk_req_bps" -v df="$disk_req_fps" -v bb="$bo
   printf "CPU per event (µs; the three sites share these 2 cores with wrk):\n";
   printf "  ack=local       east %.2f  west %.2f  witness %.2f\n", lce, lcw, lcx;
   printf "  ack=replicated  east %.2f  west %.2f  witness %.2f\n", rce, rcw, rcx;
+  printf "machine idle during the turn (near 0: bound by CPU, not by the disk): local %d%%, replicated %d%%\n", li, ri;
 }'
