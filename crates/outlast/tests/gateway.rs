@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts};
+use common::{metric_value, Cluster, Opts};
 
 /// One HTTP/1.1 request on its own connection; (status, body) or what went wrong.
 fn request(addr: SocketAddr, head: &str, body: &str) -> Result<(u16, String), String> {
@@ -117,12 +117,7 @@ fn primary_standby_loses_no_get_when_the_primary_backend_dies() {
     assert!(svc["backends"][0]["failed"].as_u64() >= Some(1), "{svc}");
     // The request times are a Prometheus histogram: buckets, a count of every request.
     let metrics = c.get("east", "/metrics").expect("metrics");
-    let count: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("outlast_gateway_request_seconds_count"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let count = metric_value(&metrics, "outlast_gateway_request_seconds_count");
     assert!(count >= n as f64, "{count} timed of {n}:\n{metrics}");
     assert!(
         metrics.contains("# TYPE outlast_gateway_request_seconds histogram")

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config_text, Cluster, Opts};
+use common::{config_text, metric_value, Cluster, Opts};
 
 #[test]
 fn agent_with_wrong_secret_is_not_counted() {
@@ -38,12 +38,7 @@ fn agent_with_wrong_secret_is_not_counted() {
     assert_ne!(st["leader"], "east");
     assert_eq!(st["services"][0]["primary_acting"], false);
     let metrics = c.get("west", "/metrics").expect("metrics");
-    let refused: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("outlast_peer_auth_failures_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let refused = metric_value(&metrics, "outlast_peer_auth_failures_total");
     assert!(
         refused > 0.0,
         "west counted no refused peer requests:\n{metrics}"

@@ -400,6 +400,17 @@ impl Cluster {
     }
 }
 
+/// The value of the first series of Prometheus text `metrics` whose line starts with
+/// `series` (a name, or a name and labels); 0 when there is none.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn acting_primary_is(site: &'static str) -> impl Fn(&Value) -> bool {
     move |st| st["services"][0]["primary"] == site && st["services"][0]["primary_acting"] == true
 }
