@@ -160,9 +160,6 @@ pub struct StreamRelay {
     sinks: Mutex<Option<Vec<crate::ship::Sink>>>,
 }
 
-/// Pushes own records to a replication frame, with room made for all of them first (a
-/// frame of megabytes grown by doubling copies itself over and over).
-/// Records are (seq, id, stored payload).
 /// See [`StreamRelay::progress`].
 struct Progress {
     shipped: u64,
@@ -173,6 +170,9 @@ struct Progress {
     kept_from: u64,
 }
 
+/// Pushes own records to a replication frame, with room made for all of them first (a
+/// frame of megabytes grown by doubling copies itself over and over).
+/// Records are (seq, id, stored payload).
 fn push_all<'a>(
     w: &mut FrameWriter,
     recs: impl Iterator<Item = (u64, &'a [u8], &'a [u8])> + Clone,
