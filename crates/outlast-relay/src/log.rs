@@ -18,6 +18,12 @@ use crate::spool::{RealFs, Record, Spool, SpoolError};
 
 const MAX_SEGMENT_BYTES: u64 = 8 << 20;
 
+/// Whether event `seq` is in an object or in the range of the one being written, for a
+/// log shipped through `shipped` with `intent` (skipped events aside).
+pub fn shipped_or_intended(seq: u64, shipped: u64, intent: Option<(u64, u64)>) -> bool {
+    seq <= shipped || intent.is_some_and(|(a, b)| (a..=b).contains(&seq))
+}
+
 pub struct Log {
     pub spool: Spool<RealFs>,
     dir: PathBuf,
@@ -123,6 +129,11 @@ impl Log {
         f.sync_data().map_err(io(&path))?;
         self.skips.extend(new);
         Ok(())
+    }
+
+    /// [`shipped_or_intended`] for this log.
+    pub fn shipped_or_intended(&self, seq: u64) -> bool {
+        shipped_or_intended(seq, self.shipped, self.intent)
     }
 
     pub fn intent(&self) -> Option<(u64, u64)> {

@@ -767,9 +767,7 @@ impl StreamRelay {
         // to be (a record sent as shipped and not skipped was shipped: the frame leaves out
         // records whose skips may be forgotten).
         let skipped_there = |seq: u64| req.skipped.binary_search(&seq).is_ok();
-        let shipped_there = |seq: u64| {
-            seq <= req.shipped || req.intent.is_some_and(|(a, b)| (a..=b).contains(&seq))
-        };
+        let shipped_there = |seq| crate::log::shipped_or_intended(seq, req.shipped, req.intent);
         // Which of two copies of an id is kept: one in an object (or about to be) over one
         // that is not, else the one of the site first in name order. Every site holding
         // both copies decides the same. (By name alone, a site that shipped its copy while
@@ -790,9 +788,7 @@ impl StreamRelay {
                 if own.is_skipped(s) || skipped_there(r.seq) {
                     continue;
                 }
-                let ours_shipped =
-                    s <= own.shipped() || own.intent().is_some_and(|(a, b)| (a..=b).contains(&s));
-                if first_wins(ours_shipped, &self.sites.me, r.seq) {
+                if first_wins(own.shipped_or_intended(s), &self.sites.me, r.seq) {
                     conflicts.push(r.seq);
                 } else {
                     lose.push(s);
@@ -848,8 +844,7 @@ impl StreamRelay {
         log.spool.sync()?;
         // Neither the copies this site told the origin to skip nor those it skipped itself
         // ship from here if this site takes the origin's events over.
-        log.skip(&conflicts)?;
-        log.skip(&req.skipped)?;
+        log.skip(&[conflicts.as_slice(), &req.skipped].concat())?;
         if req.shipped > log.shipped() {
             log.set_shipped(req.shipped)?;
             if log.intent().is_some_and(|(_, b)| b <= req.shipped) {
