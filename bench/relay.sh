@@ -2,14 +2,18 @@
 # Relay ingest: events/s acknowledged with ack = "local" and ack = "replicated" (batches of
 # 100 events of about 200 bytes, POSTed by wrk), beside the disk's own fsync'd sequential
 # write rate measured in the same run on the same filesystem; p50 and p99 ack latency; the
-# CPU each site spends per event and how idle the machine was during each turn.
-#   bench/relay.sh [seconds per turn (10)] [connections (32)]
+# CPU each site spends per event and how idle the machine was during each turn. A last
+# turn sends with ack = "replicated" while every peer call of east's waits FAR_MS (20) ms
+# first (an injected delay: the round trip a second region adds), with 8 times the
+# connections (a client fleet keeps that many more events in flight).
+#   [FAR_MS=20] bench/relay.sh [seconds per turn (10)] [connections (32)]
 # The spools live under target/bench-relay (the real disk, not a tmpfs). Shipping runs
 # during the turns (file:// sinks on the same disk), as it would in production.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${2:-32}
+far_ms=${FAR_MS:-20}
 # shellcheck source=bench/common.sh
 source bench/common.sh
 need_packages wrk:wrk python3:python3
@@ -19,6 +23,7 @@ trap 'cleanup; rm -rf "$data"' EXIT
 
 {
   cluster_toml 17400 17401
+  printf '[api]\ntoken = "bench-token-0123456789abcdef"\n' # for /v1/faults
   for s in local replicated; do
     printf '[[streams]]\nname = "%s"\nack = "%s"\nmax_spool_bytes = 8000000000\n' "$s" "$s"
     printf '[[streams.sinks]]\nurl = "file://%s/sink-east"\nsite = "east"\n' "$data"
@@ -112,15 +117,23 @@ read -r disk_req_bps disk_req_fps < <(disk "$body_bytes")
 read -r l_eps l_bps l_p50 l_p99 l_bad l_ce l_cw l_cx l_idle < <(turn local)
 settle
 read -r r_eps r_bps r_p50 r_p99 r_bad r_ce r_cw r_cx r_idle < <(turn replicated)
+settle
+curl -sf -X POST -H "Authorization: Bearer bench-token-0123456789abcdef" \
+  -H "content-type: application/json" \
+  -d "{\"kind\":\"delay\",\"ms\":$far_ms,\"to\":[\"west\",\"witness\"],\"for_ms\":$(((secs + 5) * 1000))}" \
+  http://127.0.0.11:17401/v1/faults >/dev/null
+read -r f_eps f_bps f_p50 f_p99 f_bad _ < <(conns=$((conns * 8)) turn replicated)
 awk -v db="$disk_big_bps" -v dr="$disk_req_bps" -v df="$disk_req_fps" -v bb="$body_bytes" \
     -v le="$l_eps" -v lb="$l_bps" -v l50="$l_p50" -v l99="$l_p99" -v lx="$l_bad" \
     -v re="$r_eps" -v rb="$r_bps" -v r50="$r_p50" -v r99="$r_p99" -v rx="$r_bad" \
     -v lce="$l_ce" -v lcw="$l_cw" -v lcx="$l_cx" -v rce="$r_ce" -v rcw="$r_cw" -v rcx="$r_cx" \
-    -v li="$l_idle" -v ri="$r_idle" 'BEGIN {
+    -v li="$l_idle" -v ri="$r_idle" -v fe="$f_eps" -v fb="$f_bps" -v f50="$f_p50" -v f99="$f_p99" \
+    -v fx="$f_bad" -v fms="$far_ms" -v fc="$((conns * 8))" 'BEGIN {
   printf "disk, 1 MiB writes + fdatasync      %8.1f MB/s\n", db/1e6;
   printf "disk, %d-byte writes + fdatasync  %8.1f MB/s  (%.0f fsyncs/s)\n", bb, dr/1e6, df;
   printf "ack=local       %9.0f events/s  %7.1f MB/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d\n", le, lb/1e6, l50, l99, lx;
   printf "ack=replicated  %9.0f events/s  %7.1f MB/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d\n", re, rb/1e6, r50, r99, rx;
+  printf "ack=replicated, peers %d ms away (%d connections)  %9.0f events/s  %7.1f MB/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d\n", fms, fc, fe, fb/1e6, f50, f99, fx;
   printf "ratio acked/disk(1 MiB + fsync): local %.2f, replicated %.2f\n", lb/db, rb/db;
   printf "ratio acked/disk(request-size + fsync): local %.2f, replicated %.2f\n", lb/dr, rb/dr;
   printf "CPU per event (µs; the three sites share these 2 cores with wrk):\n";

@@ -61,6 +61,10 @@ pub struct ReplicateReq {
     /// Numbers of the records the origin has skipped (absent from agents before it).
     #[serde(default)]
     pub skipped: Vec<u64>,
+    /// A request in order: the receiver takes it only when it holds the origin's events
+    /// through this number, no further (see [`wire`]). Absent from agents before it.
+    #[serde(default)]
+    pub after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +78,14 @@ pub struct ReplicateResp {
     pub taken_over: u64,
     /// This site is shipping the origin's events right now.
     pub taking_over: bool,
+    /// This site takes requests in order (`after`), so the origin may have several in
+    /// flight to it. False from agents before them.
+    #[serde(default)]
+    pub in_order: bool,
+    /// The request was not taken: this site holds the origin's events through `high`, not
+    /// through the request's `after`. The origin sends again from `high` on.
+    #[serde(default)]
+    pub out_of_step: bool,
 }
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

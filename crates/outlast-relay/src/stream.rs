@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use outlast_core::config::{Ack, Stream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,12 @@ const REPLICATE_MAX: usize = 4000;
 const RECENT_MAX: usize = 200_000;
 /// How long an ingest waits for a second site before answering 503.
 const REPLICATED_WAIT: Duration = Duration::from_secs(5);
+/// Frames in flight at once to a peer that takes them in order.
+const IN_FLIGHT: usize = 4;
+/// How long a frame in order waits for the frames before it.
+const ORDER_WAIT: Duration = Duration::from_secs(1);
+/// How often a replicator sends its shipping progress when no events go.
+const HEARTBEAT: Duration = Duration::from_millis(300);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -97,6 +104,8 @@ struct PeerView {
     last_ok: Option<Instant>,
     taken_over: u64,
     taking_over: bool,
+    /// The peer takes frames in order: several may be in flight to it.
+    in_order: bool,
 }
 
 #[derive(Default)]
@@ -158,6 +167,16 @@ pub struct StreamRelay {
     /// The secret key of assigned ids' numbers (see `assign_id`).
     id_key: std::hash::RandomState,
     sinks: Mutex<Option<Vec<crate::ship::Sink>>>,
+    /// Held while a peer's frame is taken (one at a time), with the newest shipping
+    /// progress taken from each origin; `received` wakes frames in order waiting their turn.
+    receiving: Mutex<BTreeMap<String, (u64, u64)>>,
+    received: std::sync::Condvar,
+}
+
+/// A frame for a peer, and the numbers of its first and last events (none: progress only).
+struct Built {
+    frame: Vec<u8>,
+    span: Option<(u64, u64)>,
 }
 
 /// See [`StreamRelay::progress`].
@@ -269,6 +288,8 @@ impl StreamRelay {
             down_since: Mutex::new(BTreeMap::new()),
             takeover_hold,
             announced: Mutex::new(None),
+            receiving: Mutex::new(BTreeMap::new()),
+            received: std::sync::Condvar::new(),
         })
     }
 
@@ -491,19 +512,22 @@ impl StreamRelay {
     /// A replicator's frame: this site's shipping progress and, when the peer's position
     /// is known, up to `max` own events from `from` on (with which of them are skipped),
     /// written straight from the recent events in memory (or read from the spool when they
-    /// are older). A spool that cannot be read still lets the progress through.
+    /// are older). A spool that cannot be read still lets the progress through. `after`
+    /// makes it a frame in order (see [`crate::wire`]).
     fn own_frame(
         &self,
         from: Option<u64>,
         progress: &Progress,
         max: usize,
         disk: bool,
-    ) -> Result<Option<(Vec<u8>, usize)>, String> {
+        after: Option<u64>,
+    ) -> Result<Option<Built>, String> {
         let mut w = FrameWriter::new(
             &self.cfg.name,
             &self.sites.me,
             progress.shipped,
             progress.intent,
+            after,
         )?;
         if let Some(from) = from.map(|f| f.max(progress.kept_from)) {
             let in_memory = {
@@ -531,11 +555,46 @@ impl StreamRelay {
             }
             w.skipped(&progress.skipped);
         }
-        let n = w.len();
-        Ok(Some((w.finish(), n)))
+        let span = w.span();
+        Ok(Some(Built {
+            frame: w.finish(),
+            span,
+        }))
     }
 
-    /// Sends own events to one peer, in order, for ever.
+    /// A replicator's frame from `from` on: from the events in memory, else read from the
+    /// spool on a blocking thread. None (logged) when it cannot be framed.
+    async fn replica_frame(
+        self: &Arc<Self>,
+        from: Option<u64>,
+        max: usize,
+        after: Option<u64>,
+    ) -> Option<Built> {
+        let progress = self.progress(from);
+        let built = match self.own_frame(from, &progress, max, false, after) {
+            Ok(None) => {
+                let me = self.clone();
+                tokio::task::spawn_blocking(move || me.own_frame(from, &progress, max, true, after))
+                    .await
+                    .unwrap_or_else(|_| Err("the framing task stopped".into()))
+            }
+            other => other,
+        };
+        match built {
+            Ok(Some(b)) => Some(b),
+            framed => {
+                let e = framed.err().unwrap_or_else(|| "no frame".into());
+                tracing::error!(stream = %self.cfg.name, error = %e, "relay: cannot frame events to replicate");
+                None
+            }
+        }
+    }
+
+    /// Sends own events to one peer, in order, for ever. To a peer that takes frames in
+    /// order, up to [`IN_FLIGHT`] go out before the first is answered: the peer takes one
+    /// while the next is framed and sent, an event waits for its own frame, not for the
+    /// whole round trip of the frame before it as well, and a peer far away gets up to
+    /// [`IN_FLIGHT`] frames per round trip, not one.
     async fn replicator(
         self: Arc<Self>,
         peer: String,
@@ -544,68 +603,107 @@ impl StreamRelay {
     ) {
         let mut durable = self.durable.subscribe();
         let mut backoff = Duration::from_millis(100);
+        // Frames sent and not answered yet, oldest first: whether each held events, and
+        // the peer's answer.
+        let mut pending = futures::stream::FuturesOrdered::new();
+        // The events in those frames.
+        let mut in_flight = 0;
+        // While frames go in order: the number the next one starts from, and the number the
+        // peer holds through before it.
+        let mut cursor: Option<(u64, u64)> = None;
+        // A frame goes now even without events (shipping progress, and where the peer is).
+        let mut due = true;
+        // The last frame had no events though some seemed due (they were trimmed, or the
+        // spool could not be read): none again until new events come.
+        let mut quiet = false;
         loop {
             if stop.is_cancelled() {
                 return;
             }
-            let known = lock(&self.peers).get(&peer).and_then(|p| p.high);
-            // Events still in memory are framed here (a copy); older ones are read from
-            // the spool on a blocking thread.
-            let from = known.map(|h| h + 1);
-            let progress = self.progress(from);
-            let built = match self.own_frame(from, &progress, REPLICATE_MAX, false) {
-                Ok(None) => {
-                    let me = self.clone();
-                    tokio::task::spawn_blocking(move || {
-                        me.own_frame(from, &progress, REPLICATE_MAX, true)
-                    })
-                    .await
-                }
-                other => Ok(other),
+            let (known, ordered) = lock(&self.peers)
+                .get(&peer)
+                .map_or((None, false), |p| (p.high, p.in_order));
+            let depth = if ordered { IN_FLIGHT } else { 1 };
+            let room = if pending.len() < depth {
+                (depth * REPLICATE_MAX)
+                    .saturating_sub(in_flight)
+                    .min(REPLICATE_MAX)
+            } else {
+                0
             };
-            let (frame, sent) = match built {
-                Ok(Ok(Some(x))) => x,
-                Ok(framed) => {
-                    let e = framed.err().unwrap_or_else(|| "no frame".into());
-                    tracing::error!(stream = %self.cfg.name, error = %e, "relay: cannot frame events to replicate");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    continue;
-                }
-                Err(_) => return,
-            };
-            let answer = tokio::select! {
-                _ = stop.cancelled() => return,
-                a = tokio::time::timeout(Duration::from_secs(5), transport.replicate(&peer, frame)) => a,
-            };
-            match answer {
-                Ok(Ok(resp)) => {
-                    backoff = Duration::from_millis(100);
-                    self.answered(&peer, &resp);
-                    let caught_up = resp.high >= *self.durable.borrow();
-                    if sent > 0 && !caught_up {
+            if room > 0 {
+                let from = cursor.map(|(next, _)| next).or(known.map(|h| h + 1));
+                let fresh = !quiet && from.is_some_and(|f| f <= *self.durable.borrow());
+                if fresh || (due && pending.is_empty()) {
+                    let after = if ordered {
+                        cursor.map(|(_, after)| after).or(known)
+                    } else {
+                        None
+                    };
+                    let Some(b) = self.replica_frame(from, room, after).await else {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
                         continue;
+                    };
+                    due = false;
+                    quiet = b.span.is_none();
+                    if let (true, Some((_, last))) = (ordered, b.span) {
+                        cursor = Some((last + 1, last));
                     }
-                }
-                other => {
-                    if let Ok(Err(e)) = &other {
-                        tracing::debug!(stream = %self.cfg.name, peer, error = %e, "relay: replication failed");
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    let events = b
+                        .span
+                        .map_or(0, |(first, last)| (last - first + 1) as usize);
+                    in_flight += events;
+                    let (t, p) = (transport.clone(), peer.clone());
+                    pending.push_back(async move {
+                        let sent = t.replicate(&p, b.frame);
+                        (
+                            events,
+                            tokio::time::timeout(Duration::from_secs(5), sent).await,
+                        )
+                    });
                     continue;
                 }
             }
-            // Wait for new events, or send a heartbeat (shipping progress) now and then.
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = durable.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                Some((events, answer)) = pending.next(), if !pending.is_empty() => {
+                    in_flight -= events;
+                    match answer {
+                    Ok(Ok(resp)) if resp.out_of_step => {
+                        // The peer holds other than the frames in flight follow: what it
+                        // holds is where the next frame starts.
+                        pending.clear();
+                        in_flight = 0;
+                        cursor = Some((resp.high + 1, resp.high));
+                        due = true;
+                    }
+                    Ok(Ok(resp)) => {
+                        backoff = Duration::from_millis(100);
+                        self.answered(&peer, &resp);
+                    }
+                    other => {
+                        if let Ok(Err(e)) = &other {
+                            tracing::debug!(stream = %self.cfg.name, peer, error = %e, "relay: replication failed");
+                        }
+                        // What the frames still in flight did is unknown: start again from
+                        // the peer's last answer.
+                        pending.clear();
+                        in_flight = 0;
+                        cursor = None;
+                        due = true;
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    }
+                },
+                _ = durable.changed(), if room > 0 => quiet = false,
+                _ = tokio::time::sleep(HEARTBEAT), if pending.is_empty() => due = true,
             }
         }
     }
@@ -647,6 +745,7 @@ impl StreamRelay {
         let mut peers = lock(&self.peers);
         let v = peers.entry(peer.to_string()).or_default();
         v.high = Some(resp.high);
+        v.in_order = resp.in_order;
         v.last_ok = Some(Instant::now());
         v.taken_over = resp.taken_over;
         v.taking_over = resp.taking_over;
@@ -692,8 +791,8 @@ impl StreamRelay {
     /// of its own until it can, and none once a peer says it is taking over.
     pub(crate) async fn announce(&self, transport: &Arc<dyn Transport>) -> bool {
         // The replicators' frame without events: the progress and the intent only.
-        let frame = match self.own_frame(None, &self.progress(None), 0, false) {
-            Ok(Some((frame, _))) => frame,
+        let frame = match self.own_frame(None, &self.progress(None), 0, false, None) {
+            Ok(Some(b)) => b.frame,
             Ok(None) => return false,
             Err(e) => {
                 tracing::error!(stream = %self.cfg.name, error = %e, "relay: cannot frame the intent");
@@ -758,7 +857,50 @@ impl StreamRelay {
         .map_err(|_| RelayError::UnknownStream("relay task stopped".into()))?
     }
 
+    /// Takes a peer's frame, one at a time. A frame in order waits (up to [`ORDER_WAIT`])
+    /// for the frames before it, which may come on other connections, and is refused as
+    /// out of step when this site holds other than what it follows.
     fn receive_blocking(&self, req: &FrameRef<'_>) -> Result<ReplicateResp, RelayError> {
+        let mut turn = lock(&self.receiving);
+        if let Some(after) = req.after {
+            let deadline = Instant::now() + ORDER_WAIT;
+            loop {
+                let high = lock(&self.replicas)
+                    .get(req.origin)
+                    .map_or(0, |l| l.last_seq());
+                if high == after {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if high > after || left.is_zero() {
+                    return Ok(ReplicateResp {
+                        high,
+                        conflicts: Vec::new(),
+                        taken_over: 0,
+                        taking_over: lock(&self.taking_over).contains(req.origin),
+                        in_order: true,
+                        out_of_step: true,
+                    });
+                }
+                turn = match self.received.wait_timeout(turn, left) {
+                    Ok((g, _)) => g,
+                    Err(e) => e.into_inner().0,
+                };
+            }
+        }
+        let answer = self.take_frame(req, &mut turn);
+        drop(turn);
+        self.received.notify_all();
+        answer
+    }
+
+    /// [`Self::receive_blocking`] once it is the frame's turn; `seen` is the newest
+    /// shipping progress taken from each origin.
+    fn take_frame(
+        &self,
+        req: &FrameRef<'_>,
+        seen: &mut BTreeMap<String, (u64, u64)>,
+    ) -> Result<ReplicateResp, RelayError> {
         let origin = req.origin;
         let mut conflicts = Vec::new();
         // Each id hashed once, for every spool it is looked up in and the one it goes to.
@@ -825,6 +967,8 @@ impl StreamRelay {
                     conflicts,
                     taken_over: 0,
                     taking_over: false,
+                    in_order: true,
+                    out_of_step: false,
                 });
             }
             let log = Log::open(&self.dir.join("replica").join(origin))?;
@@ -852,8 +996,22 @@ impl StreamRelay {
             }
         }
         // The origin's intent binds a survivor that takes over: it writes that range first.
+        // Progress older than some already taken (a frame framed before the intent was
+        // announced, answered late) does not take the intent back: the origin's (shipped,
+        // intent start) only grows, since an intent starts right after the shipped mark and
+        // stays until its object is written.
+        let stamp = (
+            req.shipped,
+            req.intent
+                .filter(|(a, _)| *a > req.shipped)
+                .map_or(0, |(a, _)| a),
+        );
+        let newest = seen.get(origin).is_none_or(|s| stamp >= *s);
+        if newest {
+            seen.insert(origin.to_string(), stamp);
+        }
         let intent = req.intent.filter(|(a, _)| *a > log.shipped());
-        if intent != log.intent() && !lock(&self.taking_over).contains(origin) {
+        if newest && intent != log.intent() && !lock(&self.taking_over).contains(origin) {
             log.set_intent(intent)?;
         }
         log.trim(self.cfg.dedup_window, self.cfg.max_spool_bytes / 4)?;
@@ -867,6 +1025,8 @@ impl StreamRelay {
             conflicts,
             taken_over,
             taking_over,
+            in_order: true,
+            out_of_step: false,
         })
     }
 
@@ -972,6 +1132,7 @@ mod tests {
                 line: "{}".into(),
             }],
             skipped: Vec::new(),
+            after: None,
         }
     }
 
@@ -984,6 +1145,106 @@ mod tests {
             .expect("append");
         own.spool.sync().expect("sync");
         seq
+    }
+
+    /// A frame of east's events `first..=last`, in order after `after`.
+    fn in_order(first: u64, last: u64, after: u64) -> ReplicateReq {
+        ReplicateReq {
+            records: (first..=last)
+                .map(|seq| WireRecord {
+                    seq,
+                    id: format!("e-{seq}"),
+                    ts: 1,
+                    line: "{}".into(),
+                })
+                .collect(),
+            after: Some(after),
+            ..req("east", first, "unused")
+        }
+    }
+
+    /// Frames in order may arrive in any order (they go on separate connections): each is
+    /// taken after the frames before it. One that follows what this site does not hold is
+    /// refused as out of step, at once when this site holds more, after [`ORDER_WAIT`]
+    /// when it holds less, and takes nothing.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a plain thread of a test, no runtime to block
+    fn frames_in_order_are_taken_in_turn() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let west = relay("west", tmp.path());
+        let (first, second) = (in_order(1, 3, 0), in_order(4, 6, 3));
+        let later = std::thread::scope(|s| {
+            let later = s.spawn(|| west.receive_blocking(&second.as_frame()));
+            // The second frame comes first and waits for its turn.
+            std::thread::sleep(Duration::from_millis(200));
+            let resp = west.receive_blocking(&first.as_frame()).expect("first");
+            assert!(resp.in_order && !resp.out_of_step && resp.high >= 3);
+            later.join()
+        })
+        .expect("no panic")
+        .expect("second");
+        assert!(!later.out_of_step);
+        assert_eq!(later.high, 6);
+        let held: Vec<u64> = lock(&west.replicas)["east"]
+            .read(1, 100)
+            .expect("read")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(held, (1..=6).collect::<Vec<_>>(), "every event, in order");
+
+        let t0 = Instant::now();
+        let again = west.receive_blocking(&second.as_frame()).expect("again");
+        assert!(again.out_of_step && again.high == 6);
+        assert!(
+            t0.elapsed() < ORDER_WAIT,
+            "no wait when this site holds more"
+        );
+
+        let t0 = Instant::now();
+        let ahead = west
+            .receive_blocking(&in_order(11, 12, 10).as_frame())
+            .expect("ahead");
+        assert!(ahead.out_of_step && ahead.high == 6);
+        assert!(
+            t0.elapsed() >= ORDER_WAIT,
+            "waited for the frames before it"
+        );
+        assert_eq!(lock(&west.replicas)["east"].last_seq(), 6, "took nothing");
+
+        // A frame not in order (an agent from before them) is taken as it comes.
+        let plain = ReplicateReq {
+            after: None,
+            ..in_order(7, 7, 0)
+        };
+        let resp = west.receive_blocking(&plain.as_frame()).expect("plain");
+        assert!(!resp.out_of_step && resp.high == 7);
+    }
+
+    /// Progress framed before an intent was announced but taken after it (a frame answered
+    /// late) does not take the intent back: a survivor taking over writes that range first,
+    /// under the key of the origin's object.
+    #[test]
+    fn older_progress_does_not_take_an_intent_back() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let west = relay("west", tmp.path());
+        let progress = |shipped, intent| ReplicateReq {
+            shipped,
+            intent,
+            ..req("east", 5, "e-5")
+        };
+        let intent = |west: &StreamRelay| lock(&west.replicas)["east"].intent();
+        let take = |r: ReplicateReq| west.receive_blocking(&r.as_frame()).expect("take");
+        take(progress(0, Some((1, 5))));
+        assert_eq!(intent(&west), Some((1, 5)));
+        take(progress(0, None));
+        assert_eq!(intent(&west), Some((1, 5)), "an older frame's progress");
+        take(progress(5, None));
+        assert_eq!(intent(&west), None, "the object is written");
+        take(progress(0, Some((1, 5))));
+        assert_eq!(intent(&west), None, "an older frame's intent");
+        take(progress(5, Some((6, 9))));
+        assert_eq!(intent(&west), Some((6, 9)), "the next object");
     }
 
     /// An id held at two sites after a client retried: west's copy lost the settlement and
@@ -1034,6 +1295,8 @@ mod tests {
             conflicts: Vec::new(),
             taken_over: 0,
             taking_over: false,
+            in_order: true,
+            out_of_step: false,
         };
         east.answered("west", &resp(2));
         assert_eq!(east.own_shippable(), Some(2), "what west holds");
@@ -1147,12 +1410,12 @@ mod tests {
                     let (origin, to) = DELIVERIES[d];
                     let from = Some(seqs[origin]);
                     let o = &sites[origin];
-                    let (frame, _) = o
-                        .own_frame(from, &o.progress(from), 10, true)
+                    let built = o
+                        .own_frame(from, &o.progress(from), 10, true, None)
                         .expect("frame")
                         .expect("a frame");
                     let resp = sites[to]
-                        .receive_blocking(&FrameRef::decode(&frame).expect("decode"))
+                        .receive_blocking(&FrameRef::decode(&built.frame).expect("decode"))
                         .expect("receive");
                     o.answered(to, &resp);
                     continue;
@@ -1184,13 +1447,16 @@ mod tests {
         east.durable.send_replace(lost);
         lock(&east.own).skip(&[lost]).expect("skip");
         let from = Some(kept);
-        let (frame, n) = east
-            .own_frame(from, &east.progress(from), 10, true)
+        let built = east
+            .own_frame(from, &east.progress(from), 10, true, None)
             .expect("frame")
             .expect("a frame");
-        assert_eq!((n, &frame[..4]), (2, &b"ORR2"[..]));
+        assert_eq!(
+            (built.span, &built.frame[..4]),
+            (Some((kept, lost)), &b"ORR2"[..])
+        );
         witness
-            .receive_blocking(&FrameRef::decode(&frame).expect("decode"))
+            .receive_blocking(&FrameRef::decode(&built.frame).expect("decode"))
             .expect("receive");
         let reps = lock(&witness.replicas);
         let copy = &reps["east"];

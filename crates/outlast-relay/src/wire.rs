@@ -9,11 +9,18 @@
 //!        | u8 0, or u8 1 with u64 intent start and u64 intent end
 //!        | u32 count | count × (u64 seq | u64 ts | u16 len, id | u32 len, line)
 //! "ORR2" | the same | u32 count | count × u64 seq skipped at the origin
+//! "ORR3" | u64 after | the same as "ORR2" after its magic
 //! ```
 //!
 //! A frame is "ORR2" only when some of its records are skipped at the origin (the losing
 //! copy of an id held twice), which is rare: agents from before the skip list still read
 //! every other frame.
+//!
+//! "ORR3" is a frame in order: `after` is the highest of the origin's numbers the receiver
+//! holds before it, as the origin sent them. A receiver takes it only then (waiting a
+//! moment for the frames before it), so an origin may have several frames in flight to a
+//! peer on separate connections and none is taken out of turn. An origin sends these only
+//! to a peer whose answers say it takes them (`ReplicateResp::in_order`).
 //!
 //! Strings are UTF-8 (checked on decode). The peer traffic's MAC covers the whole frame,
 //! so decode only has to be safe against a peer's bugs, not a stranger's bytes; it still
@@ -24,6 +31,8 @@ use crate::{ReplicateReq, WireRecord};
 const MAGIC: &[u8; 4] = b"ORR1";
 /// The same with a list of skipped records after the records.
 const MAGIC_SKIPS: &[u8; 4] = b"ORR2";
+/// The same with `after` first: a frame in order.
+const MAGIC_AFTER: &[u8; 4] = b"ORR3";
 
 fn put_str16(out: &mut Vec<u8>, s: &[u8]) -> Result<(), String> {
     let n = u16::try_from(s.len()).map_err(|_| format!("{} bytes is too long", s.len()))?;
@@ -40,17 +49,26 @@ pub struct FrameWriter {
     /// The first and last record numbers pushed.
     span: Option<(u64, u64)>,
     skipped: Vec<u64>,
+    in_order: bool,
 }
 
 impl FrameWriter {
+    /// `after`: the frame is in order, after this number (see the module's header).
     pub fn new(
         stream: &str,
         origin: &str,
         shipped: u64,
         intent: Option<(u64, u64)>,
+        after: Option<u64>,
     ) -> Result<Self, String> {
         let mut buf = Vec::with_capacity(64 * 1024);
-        buf.extend_from_slice(MAGIC);
+        match after {
+            None => buf.extend_from_slice(MAGIC),
+            Some(a) => {
+                buf.extend_from_slice(MAGIC_AFTER);
+                buf.extend_from_slice(&a.to_le_bytes());
+            }
+        }
         put_str16(&mut buf, stream.as_bytes())?;
         put_str16(&mut buf, origin.as_bytes())?;
         buf.extend_from_slice(&shipped.to_le_bytes());
@@ -70,7 +88,13 @@ impl FrameWriter {
             count: 0,
             span: None,
             skipped: Vec::new(),
+            in_order: after.is_some(),
         })
+    }
+
+    /// The first and last numbers of the records pushed so far.
+    pub fn span(&self) -> Option<(u64, u64)> {
+        self.span
     }
 
     /// `id` is UTF-8 (the receiver checks).
@@ -117,8 +141,10 @@ impl FrameWriter {
 
     pub fn finish(mut self) -> Vec<u8> {
         self.buf[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
-        if !self.skipped.is_empty() {
-            self.buf[..4].copy_from_slice(MAGIC_SKIPS);
+        if !self.skipped.is_empty() || self.in_order {
+            if !self.in_order {
+                self.buf[..4].copy_from_slice(MAGIC_SKIPS);
+            }
             // No more than the records, each 22 bytes or more: the count fits.
             self.buf
                 .extend_from_slice(&(self.skipped.len() as u32).to_le_bytes());
@@ -151,19 +177,22 @@ pub struct FrameRef<'a> {
     /// Numbers of the records the origin has skipped (ascending): no copy of theirs to
     /// settle with, none to ship.
     pub skipped: Vec<u64>,
+    /// A frame in order: the receiver holds the origin's events through this number
+    /// before it (see the module's header).
+    pub after: Option<u64>,
 }
 
 impl<'a> FrameRef<'a> {
     /// The stream and origin a frame is for, without reading its records.
     pub fn peek(frame: &'a [u8]) -> Result<(&'a str, &'a str), String> {
         let mut r = Reader { buf: frame, at: 0 };
-        r.magic()?;
+        r.head()?;
         Ok((r.str16()?, r.str16()?))
     }
 
     pub fn decode(frame: &'a [u8]) -> Result<Self, String> {
         let mut r = Reader { buf: frame, at: 0 };
-        let with_skips = r.magic()?;
+        let (with_skips, after) = r.head()?;
         let stream = r.str16()?;
         let origin = r.str16()?;
         let shipped = r.u64()?;
@@ -212,6 +241,7 @@ impl<'a> FrameRef<'a> {
             intent,
             records,
             skipped,
+            after,
         })
     }
 }
@@ -240,6 +270,7 @@ impl ReplicateReq {
             intent: f.intent,
             records,
             skipped: f.skipped,
+            after: f.after,
         })
     }
 
@@ -261,6 +292,7 @@ impl ReplicateReq {
                 })
                 .collect(),
             skipped: self.skipped.clone(),
+            after: self.after,
         }
     }
 }
@@ -287,11 +319,13 @@ impl<'a> Reader<'a> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes(b.try_into().map_err(|_| "short u32")?))
     }
-    /// Whether the frame ends with a list of skipped records.
-    fn magic(&mut self) -> Result<bool, String> {
+    /// Whether the frame ends with a list of skipped records, and the number it is in
+    /// order after.
+    fn head(&mut self) -> Result<(bool, Option<u64>), String> {
         match self.take(4)? {
-            m if m == MAGIC => Ok(false),
-            m if m == MAGIC_SKIPS => Ok(true),
+            m if m == MAGIC => Ok((false, None)),
+            m if m == MAGIC_SKIPS => Ok((true, None)),
+            m if m == MAGIC_AFTER => Ok((true, Some(self.u64()?))),
             _ => Err("not a relay frame (bad magic)".into()),
         }
     }
@@ -312,7 +346,7 @@ mod tests {
 
     /// The frame of a whole request (agents write theirs record by record).
     fn encode(r: &ReplicateReq) -> Result<Vec<u8>, String> {
-        let mut w = FrameWriter::new(&r.stream, &r.origin, r.shipped, r.intent)?;
+        let mut w = FrameWriter::new(&r.stream, &r.origin, r.shipped, r.intent, r.after)?;
         for rec in &r.records {
             w.push(rec.seq, rec.ts, rec.id.as_bytes(), rec.line.as_bytes())?;
         }
@@ -341,6 +375,7 @@ mod tests {
                 },
             ],
             skipped: vec![43],
+            after: None,
         }
     }
 
@@ -390,6 +425,35 @@ mod tests {
         assert!(FrameRef::decode(&shuffled).is_err(), "skips out of order");
     }
 
+    /// A frame in order is "ORR3" whether or not it has skips, and keeps its `after`
+    /// through the owned form and in place; its header still names the stream and origin.
+    #[test]
+    fn a_frame_in_order_says_what_it_follows() {
+        for skipped in [vec![], vec![43]] {
+            let r = ReplicateReq {
+                after: Some(41),
+                skipped,
+                ..req()
+            };
+            let f = encode(&r).expect("encode");
+            assert_eq!(&f[..4], b"ORR3");
+            assert_eq!(FrameRef::decode(&f).expect("decode").after, Some(41));
+            assert!(same(&r, &ReplicateReq::decode(&f).expect("decode")));
+            assert_eq!(FrameRef::peek(&f).expect("peek"), ("clicks", "east"));
+            for cut in 0..f.len() {
+                assert!(FrameRef::decode(&f[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        let empty = ReplicateReq {
+            after: Some(0),
+            records: vec![],
+            skipped: vec![],
+            ..req()
+        };
+        let back = ReplicateReq::decode(&encode(&empty).expect("encode")).expect("decode");
+        assert!(same(&empty, &back));
+    }
+
     /// Read in place, a frame gives what the owned form holds, and its header alone names
     /// the stream and origin.
     #[test]
@@ -423,7 +487,7 @@ mod tests {
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            for magic in [MAGIC, MAGIC_SKIPS] {
+            for magic in [MAGIC, MAGIC_SKIPS, MAGIC_AFTER] {
                 let mut framed = magic.to_vec();
                 framed.extend_from_slice(&bytes);
                 let _ = ReplicateReq::decode(&framed);
@@ -438,6 +502,7 @@ mod tests {
             ids in proptest::collection::vec(("[a-z0-9-]{1,20}", ".{0,60}", any::<u64>()), 0..20),
             intent in proptest::option::of((any::<u64>(), any::<u64>())),
             skip_every in 0usize..4,
+            after in proptest::option::of(any::<u64>()),
         ) {
             let r = ReplicateReq {
                 stream: "s".into(),
@@ -450,6 +515,7 @@ mod tests {
                     .map(|(i, (id, line, ts))| WireRecord { seq: i as u64, id, ts, line })
                     .collect(),
                 skipped: Vec::new(),
+                after,
             };
             let r = ReplicateReq {
                 skipped: (0..r.records.len() as u64)
