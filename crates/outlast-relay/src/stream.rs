@@ -29,6 +29,8 @@ const RECENT_MAX: usize = 200_000;
 const REPLICATED_WAIT: Duration = Duration::from_secs(5);
 /// Frames in flight at once to a peer that takes them in order.
 const IN_FLIGHT: usize = 4;
+/// The fewest events of a frame sent while others are in flight.
+const PIPELINE_MIN: usize = REPLICATE_MAX / 4;
 /// How long a frame in order waits for the frames before it.
 const ORDER_WAIT: Duration = Duration::from_secs(1);
 /// How often a replicator sends its shipping progress when no events go.
@@ -591,10 +593,9 @@ impl StreamRelay {
     }
 
     /// Sends own events to one peer, in order, for ever. To a peer that takes frames in
-    /// order, up to [`IN_FLIGHT`] go out before the first is answered: the peer takes one
-    /// while the next is framed and sent, an event waits for its own frame, not for the
-    /// whole round trip of the frame before it as well, and a peer far away gets up to
-    /// [`IN_FLIGHT`] frames per round trip, not one.
+    /// order, up to [`IN_FLIGHT`] go out before the first is answered, each after the first
+    /// with [`PIPELINE_MIN`] events or more: a peer far away gets up to [`IN_FLIGHT`]
+    /// frames per round trip, not one, and takes one while the next travels.
     async fn replicator(
         self: Arc<Self>,
         peer: String,
@@ -633,7 +634,13 @@ impl StreamRelay {
             };
             if room > 0 {
                 let from = cursor.map(|(next, _)| next).or(known.map(|h| h + 1));
-                let fresh = !quiet && from.is_some_and(|f| f <= *self.durable.borrow());
+                // Beside frames in flight, only one worth its cost goes: many small frames
+                // cost the peer a sync each, and near peers answer before more build up.
+                let least = if pending.is_empty() { 1 } else { PIPELINE_MIN };
+                let fresh = !quiet
+                    && from.is_some_and(|f| {
+                        (*self.durable.borrow() + 1).saturating_sub(f) >= least as u64
+                    });
                 if fresh || (due && pending.is_empty()) {
                     let after = if ordered {
                         cursor.map(|(_, after)| after).or(known)
