@@ -604,7 +604,7 @@ impl StreamRelay {
     ) {
         let mut durable = self.durable.subscribe();
         let mut backoff = Duration::from_millis(100);
-        // Frames sent and not answered yet, oldest first: whether each held events, and
+        // Frames sent and not answered yet, oldest first: how many events each holds, and
         // the peer's answer.
         let mut pending = futures::stream::FuturesOrdered::new();
         // The events in those frames.
@@ -679,34 +679,34 @@ impl StreamRelay {
                 Some((events, answer)) = pending.next(), if !pending.is_empty() => {
                     in_flight -= events;
                     match answer {
-                    Ok(Ok(resp)) if resp.out_of_step => {
-                        // The peer holds other than the frames in flight follow: what it
-                        // holds is where the next frame starts.
-                        pending.clear();
-                        in_flight = 0;
-                        cursor = Some((resp.high + 1, resp.high));
-                        due = true;
-                    }
-                    Ok(Ok(resp)) => {
-                        backoff = Duration::from_millis(100);
-                        self.answered(&peer, &resp);
-                    }
-                    other => {
-                        if let Ok(Err(e)) = &other {
-                            tracing::debug!(stream = %self.cfg.name, peer, error = %e, "relay: replication failed");
+                        Ok(Ok(resp)) if resp.out_of_step => {
+                            // The peer holds other than the frames in flight follow: what
+                            // it holds is where the next frame starts.
+                            pending.clear();
+                            in_flight = 0;
+                            cursor = Some((resp.high + 1, resp.high));
+                            due = true;
                         }
-                        // What the frames still in flight did is unknown: start again from
-                        // the peer's last answer.
-                        pending.clear();
-                        in_flight = 0;
-                        cursor = None;
-                        due = true;
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                        Ok(Ok(resp)) => {
+                            backoff = Duration::from_millis(100);
+                            self.answered(&peer, &resp);
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
+                        other => {
+                            if let Ok(Err(e)) = &other {
+                                tracing::debug!(stream = %self.cfg.name, peer, error = %e, "relay: replication failed");
+                            }
+                            // What the frames still in flight did is unknown: start again
+                            // from the peer's last answer.
+                            pending.clear();
+                            in_flight = 0;
+                            cursor = None;
+                            due = true;
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
                     }
                 },
                 _ = durable.changed(), if room > 0 => quiet = false,
