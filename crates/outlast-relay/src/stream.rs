@@ -1228,6 +1228,86 @@ mod tests {
         assert!(!resp.out_of_step && resp.high == 7);
     }
 
+    /// Carries east's frames to a real west in this process: each waits a different while
+    /// first (so later frames often come before earlier ones), and some answers are lost
+    /// after west took the frame. Frames to other sites fail.
+    struct Shuffled {
+        west: Arc<StreamRelay>,
+        calls: AtomicU64,
+    }
+
+    impl Transport for Shuffled {
+        fn replicate<'a>(
+            &'a self,
+            peer: &'a str,
+            frame: Vec<u8>,
+        ) -> crate::BoxFut<'a, Result<ReplicateResp, String>> {
+            Box::pin(async move {
+                if peer != "west" {
+                    return Err(format!("{peer} is not in this test"));
+                }
+                let n = self.calls.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis((n * 7) % 20)).await;
+                let resp = self
+                    .west
+                    .receive_frame(bytes::Bytes::from(frame))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if n % 5 == 3 {
+                    return Err("the answer was lost".into());
+                }
+                Ok(resp)
+            })
+        }
+    }
+
+    /// East's replicator with frames in flight, coming out of order, and answers lost (the
+    /// frame after a lost one is out of step: west took more than east heard of): west
+    /// ends up with every event once, in order, and east counts them as replicated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_in_flight_reach_a_peer_whole_and_in_order() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let east = Arc::new(relay("east", &tmp.path().join("east")));
+        let transport = Arc::new(Shuffled {
+            west: Arc::new(relay("west", &tmp.path().join("west"))),
+            calls: AtomicU64::new(0),
+        });
+        let stop = CancellationToken::new();
+        east.start(transport.clone(), stop.clone());
+        let (requests, per_request) = (30, 1000);
+        for r in 0..requests {
+            let events = (0..per_request)
+                .map(|i| Event {
+                    id: format!("r{r}-{i}"),
+                    line: br#"{"k":1}"#.to_vec(),
+                })
+                .collect();
+            east.ingest(events).await.expect("ingest");
+        }
+        let last = *east.durable.borrow();
+        assert_eq!(last, requests * per_request);
+        let mut replicated = east.replicated.subscribe();
+        let caught_up =
+            tokio::time::timeout(Duration::from_secs(20), replicated.wait_for(|r| *r >= last))
+                .await;
+        stop.cancel();
+        assert!(caught_up.is_ok(), "west never held all of east's events");
+        let held: Vec<u64> = lock(&transport.west.replicas)["east"]
+            .read(1, last as usize + 10)
+            .expect("read")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        let misplaced = held.iter().zip(1..).find(|(s, want)| **s != *want);
+        assert!(
+            held.len() as u64 == last && misplaced.is_none(),
+            "west holds {} of {last} events; the first out of place: {misplaced:?}",
+            held.len()
+        );
+        let calls = transport.calls.load(Ordering::Relaxed);
+        assert!(calls > 5, "answers were lost ({calls} frames)");
+    }
+
     /// Progress framed before an intent was announced but taken after it (a frame answered
     /// late) does not take the intent back: a survivor taking over writes that range first,
     /// under the key of the origin's object.
