@@ -366,6 +366,19 @@ fn with_log<T>(
     }
 }
 
+/// [`with_log`] on a blocking thread: the log's work syncs files (marks, spool segments
+/// removed), which must not hold up an async worker and the requests queued on it.
+async fn with_log_blocking<T: Send + 'static>(
+    s: &Arc<StreamRelay>,
+    whose: &Whose,
+    f: impl FnOnce(&mut Log, &Stream) -> Result<T, RelayError> + Send + 'static,
+) -> Result<Option<T>, RelayError> {
+    let (s, whose) = (s.clone(), whose.clone());
+    tokio::task::spawn_blocking(move || with_log(&s, &whose, |l| f(l, &s.cfg)))
+        .await
+        .map_err(|_| RelayError::UnknownStream("relay task stopped".into()))?
+}
+
 /// Ships at most one object of a log; whether it made progress.
 async fn ship_once(
     s: &Arc<StreamRelay>,
@@ -374,22 +387,14 @@ async fn ship_once(
     limit: u64,
     transport: &Arc<dyn Transport>,
 ) -> bool {
-    let planned = {
-        let s2 = s.clone();
-        let w = whose.clone();
-        tokio::task::spawn_blocking(move || {
-            with_log(&s2, &w, |l| plan(l, limit, &s2.cfg, false)).map(Option::flatten)
-        })
-        .await
-    };
-    let plan = match planned {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => return false,
-        Ok(Err(e)) => {
+    let planned = with_log_blocking(s, &whose, move |l, cfg| plan(l, limit, cfg, false)).await;
+    let mut plan = match planned.map(Option::flatten) {
+        Ok(Some(p)) => p,
+        Ok(None) => return false,
+        Err(e) => {
             tracing::error!(stream = %s.cfg.name, error = %e, "relay: planning a batch");
             return false;
         }
-        Err(_) => return false,
     };
     let origin = match &whose {
         Whose::Own => s.sites.me.clone(),
@@ -410,24 +415,31 @@ async fn ship_once(
             plan.last,
             plan.accepted_ms,
         );
-        let body = match zstd::encode_all(plan.lines.as_slice(), 3) {
-            Ok(b) => bytes::Bytes::from(b),
-            Err(e) => {
+        // Megabytes at a time: not on an async worker.
+        let lines = std::mem::take(&mut plan.lines);
+        let body = match tokio::task::spawn_blocking(move || zstd::encode_all(lines.as_slice(), 3))
+            .await
+        {
+            Ok(Ok(b)) => bytes::Bytes::from(b),
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "relay: zstd");
                 return false;
             }
+            Err(_) => return false,
         };
         url = put(sinks, &key, body).await;
         if url.is_none() {
             return false;
         }
     }
-    let done = with_log(s, &whose, |l| {
-        l.set_shipped(plan.last)?;
+    let last = plan.last;
+    let done = with_log_blocking(s, &whose, move |l, cfg| {
+        l.set_shipped(last)?;
         l.set_intent(None)?;
-        l.trim(s.cfg.dedup_window, s.cfg.max_spool_bytes / 4)?;
-        Ok(l.last_seq().min(limit).saturating_sub(plan.last))
-    });
+        l.trim(cfg.dedup_window, cfg.max_spool_bytes / 4)?;
+        Ok(l.last_seq().min(limit).saturating_sub(last))
+    })
+    .await;
     let backlog = match done {
         Ok(b) => b.unwrap_or(0),
         Err(e) => {
