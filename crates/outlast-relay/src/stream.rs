@@ -872,9 +872,9 @@ impl StreamRelay {
         if let Some(after) = req.after {
             let deadline = Instant::now() + ORDER_WAIT;
             loop {
-                let high = lock(&self.replicas)
+                let (high, shipped) = lock(&self.replicas)
                     .get(req.origin)
-                    .map_or(0, |l| l.last_seq());
+                    .map_or((0, 0), |l| (l.last_seq(), l.shipped()));
                 if high == after {
                     break;
                 }
@@ -883,7 +883,7 @@ impl StreamRelay {
                     return Ok(ReplicateResp {
                         high,
                         conflicts: Vec::new(),
-                        taken_over: 0,
+                        taken_over: shipped,
                         taking_over: lock(&self.taking_over).contains(req.origin),
                         in_order: true,
                         out_of_step: true,
