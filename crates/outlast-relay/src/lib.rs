@@ -118,6 +118,13 @@ pub enum RelayError {
     BadFrame(String),
 }
 
+impl RelayError {
+    /// A blocking task of the relay that ended without its answer (the runtime stopping).
+    pub(crate) fn stopped(_: tokio::task::JoinError) -> Self {
+        RelayError::UnknownStream("relay task stopped".into())
+    }
+}
+
 /// The sites in config order: (name, witness).
 #[derive(Debug, Clone)]
 pub struct Sites {

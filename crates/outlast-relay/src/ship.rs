@@ -376,7 +376,7 @@ async fn with_log_blocking<T: Send + 'static>(
     let (s, whose) = (s.clone(), whose.clone());
     tokio::task::spawn_blocking(move || with_log(&s, &whose, |l| f(l, &s.cfg)))
         .await
-        .map_err(|_| RelayError::UnknownStream("relay task stopped".into()))?
+        .map_err(RelayError::stopped)?
 }
 
 /// Ships at most one object of a log; whether it made progress.

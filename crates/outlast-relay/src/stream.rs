@@ -569,16 +569,17 @@ impl StreamRelay {
     async fn replica_frame(
         self: &Arc<Self>,
         from: Option<u64>,
-        max: usize,
         after: Option<u64>,
     ) -> Option<Built> {
         let progress = self.progress(from);
-        let built = match self.own_frame(from, &progress, max, false, after) {
+        let built = match self.own_frame(from, &progress, REPLICATE_MAX, false, after) {
             Ok(None) => {
                 let me = self.clone();
-                tokio::task::spawn_blocking(move || me.own_frame(from, &progress, max, true, after))
-                    .await
-                    .unwrap_or_else(|_| Err("the framing task stopped".into()))
+                tokio::task::spawn_blocking(move || {
+                    me.own_frame(from, &progress, REPLICATE_MAX, true, after)
+                })
+                .await
+                .unwrap_or_else(|_| Err("the framing task stopped".into()))
             }
             other => other,
         };
@@ -604,11 +605,8 @@ impl StreamRelay {
     ) {
         let mut durable = self.durable.subscribe();
         let mut backoff = Duration::from_millis(100);
-        // Frames sent and not answered yet, oldest first: how many events each holds, and
-        // the peer's answer.
+        // Frames sent and not answered yet, oldest first, with the peer's answer.
         let mut pending = futures::stream::FuturesOrdered::new();
-        // The events in those frames.
-        let mut in_flight = 0;
         // While frames go in order: the number the next one starts from, and the number the
         // peer holds through before it.
         let mut cursor: Option<(u64, u64)> = None;
@@ -625,14 +623,8 @@ impl StreamRelay {
                 .get(&peer)
                 .map_or((None, false), |p| (p.high, p.in_order));
             let depth = if ordered { IN_FLIGHT } else { 1 };
-            let room = if pending.len() < depth {
-                (depth * REPLICATE_MAX)
-                    .saturating_sub(in_flight)
-                    .min(REPLICATE_MAX)
-            } else {
-                0
-            };
-            if room > 0 {
+            let room = pending.len() < depth;
+            if room {
                 let from = cursor.map(|(next, _)| next).or(known.map(|h| h + 1));
                 // Beside frames in flight, only one worth its cost goes: many small frames
                 // cost the peer a sync each, and near peers answer before more build up.
@@ -647,7 +639,7 @@ impl StreamRelay {
                     } else {
                         None
                     };
-                    let Some(b) = self.replica_frame(from, room, after).await else {
+                    let Some(b) = self.replica_frame(from, after).await else {
                         tokio::select! {
                             _ = stop.cancelled() => return,
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -659,31 +651,21 @@ impl StreamRelay {
                     if let (true, Some((_, last))) = (ordered, b.span) {
                         cursor = Some((last + 1, last));
                     }
-                    let events = b
-                        .span
-                        .map_or(0, |(first, last)| (last - first + 1) as usize);
-                    in_flight += events;
                     let (t, p) = (transport.clone(), peer.clone());
                     pending.push_back(async move {
-                        let sent = t.replicate(&p, b.frame);
-                        (
-                            events,
-                            tokio::time::timeout(Duration::from_secs(5), sent).await,
-                        )
+                        tokio::time::timeout(Duration::from_secs(5), t.replicate(&p, b.frame)).await
                     });
                     continue;
                 }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                Some((events, answer)) = pending.next(), if !pending.is_empty() => {
-                    in_flight -= events;
+                Some(answer) = pending.next(), if !pending.is_empty() => {
                     match answer {
                         Ok(Ok(resp)) if resp.out_of_step => {
                             // The peer holds other than the frames in flight follow: what
                             // it holds is where the next frame starts.
                             pending.clear();
-                            in_flight = 0;
                             cursor = Some((resp.high + 1, resp.high));
                             due = true;
                         }
@@ -698,7 +680,6 @@ impl StreamRelay {
                             // What the frames still in flight did is unknown: start again
                             // from the peer's last answer.
                             pending.clear();
-                            in_flight = 0;
                             cursor = None;
                             due = true;
                             tokio::select! {
@@ -709,7 +690,7 @@ impl StreamRelay {
                         }
                     }
                 },
-                _ = durable.changed(), if room > 0 => quiet = false,
+                _ = durable.changed(), if room => quiet = false,
                 _ = tokio::time::sleep(HEARTBEAT), if pending.is_empty() => due = true,
             }
         }
@@ -847,7 +828,7 @@ impl StreamRelay {
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.receive_blocking(&req.as_frame()))
             .await
-            .map_err(|_| RelayError::UnknownStream("relay task stopped".into()))?
+            .map_err(RelayError::stopped)?
     }
 
     /// [`Self::receive`] of a binary frame, read in place (see [`crate::wire`]).
@@ -861,7 +842,7 @@ impl StreamRelay {
             me.receive_blocking(&f)
         })
         .await
-        .map_err(|_| RelayError::UnknownStream("relay task stopped".into()))?
+        .map_err(RelayError::stopped)?
     }
 
     /// Takes a peer's frame, one at a time. A frame in order waits (up to [`ORDER_WAIT`])
