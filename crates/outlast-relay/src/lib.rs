@@ -228,6 +228,13 @@ impl Relay {
         self.sites.is_witness()
     }
 
+    /// Sets every stream's state metrics ([`StreamRelay::record_metrics`]).
+    pub fn record_metrics(&self) {
+        for s in self.streams.values() {
+            s.record_metrics();
+        }
+    }
+
     /// The sites the committed cluster state declares down.
     pub fn set_down(&self, down: BTreeSet<String>) {
         self.down.send_if_modified(|d| {

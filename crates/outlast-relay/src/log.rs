@@ -75,8 +75,10 @@ impl Log {
             .first()
             .copied()
             .unwrap_or(0);
+        // An intent the shipped mark covers is done: clearing one is not written (see
+        // `set_intent`).
         let intent = match read_u64s(&dir.join("intent"))?.as_slice() {
-            [a, b] if a <= b => Some((*a, *b)),
+            [a, b] if a <= b && *b > shipped => Some((*a, *b)),
             _ => None,
         };
         Ok(Self {
@@ -140,7 +142,15 @@ impl Log {
         self.intent
     }
 
+    /// Records the range of the object about to be written, durably, or that none is.
+    /// Clearing an intent the shipped mark covers writes nothing: the file's intent reads
+    /// as done once `shipped` passes it, so the marks of an object cost one sync, not two
+    /// (the shipper and a replica's receiver hold the log while they write them).
     pub fn set_intent(&mut self, range: Option<(u64, u64)>) -> Result<(), SpoolError> {
+        if range.is_none() && self.intent.is_none_or(|(_, b)| b <= self.shipped) {
+            self.intent = None;
+            return Ok(());
+        }
         let bytes: Vec<u8> = match range {
             Some((a, b)) => [a.to_le_bytes(), b.to_le_bytes()].concat(),
             None => Vec::new(),
@@ -255,5 +265,36 @@ mod tests {
             !log.is_skipped(early) && log.is_skipped(late),
             "the file agrees"
         );
+    }
+
+    /// An intent is cleared by the shipped mark passing it (one sync for an object's
+    /// marks), or by a write when the mark does not cover it; either way it stays cleared
+    /// when the log is opened again.
+    #[test]
+    fn a_cleared_intent_stays_cleared() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut log = Log::open(tmp.path()).expect("open");
+        log.set_intent(Some((1, 10))).expect("intent");
+        drop(log);
+        let mut log = Log::open(tmp.path()).expect("reopen");
+        assert_eq!(log.intent(), Some((1, 10)), "an open intent is read back");
+        log.set_shipped(10).expect("shipped");
+        log.set_intent(None).expect("clear");
+        assert_eq!(log.intent(), None);
+        assert_eq!(
+            read_u64s(&tmp.path().join("intent")).expect("read"),
+            [1, 10],
+            "a covered intent is not written again"
+        );
+        drop(log);
+        let mut log = Log::open(tmp.path()).expect("reopen");
+        assert_eq!(log.intent(), None, "the shipped mark covers it");
+        // Cleared before the mark covers it (a peer shipped part of it): written.
+        log.set_intent(Some((11, 20))).expect("intent");
+        log.set_shipped(15).expect("shipped");
+        log.set_intent(None).expect("clear");
+        drop(log);
+        let log = Log::open(tmp.path()).expect("reopen");
+        assert_eq!((log.intent(), log.shipped()), (None, 15));
     }
 }

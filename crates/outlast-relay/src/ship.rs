@@ -345,6 +345,15 @@ fn plan(log: &mut Log, limit: u64, cfg: &Stream, force: bool) -> Result<Option<P
     }))
 }
 
+/// When the oldest unshipped event of a log was accepted (ms since the epoch), 0 when none
+/// is.
+fn oldest_unshipped(log: &Log) -> u64 {
+    log.read(log.shipped() + 1, 1)
+        .ok()
+        .and_then(|r| r.first().map(|r| event::unstored(&r.payload).0))
+        .unwrap_or(0)
+}
+
 /// Which log a shipping step works on.
 #[derive(Clone)]
 enum Whose {
@@ -437,11 +446,22 @@ async fn ship_once(
         l.set_shipped(last)?;
         l.set_intent(None)?;
         l.trim(cfg.dedup_window, cfg.max_spool_bytes / 4)?;
-        Ok(l.last_seq().min(limit).saturating_sub(last))
+        Ok((
+            l.last_seq().min(limit).saturating_sub(last),
+            oldest_unshipped(l),
+        ))
     })
     .await;
     let backlog = match done {
-        Ok(b) => b.unwrap_or(0),
+        Ok(Some((backlog, oldest))) => {
+            if matches!(whose, Whose::Own) {
+                s.counters
+                    .oldest_unshipped_ms
+                    .store(oldest, Ordering::Relaxed);
+            }
+            backlog
+        }
+        Ok(None) => 0,
         Err(e) => {
             tracing::error!(stream = %s.cfg.name, error = %e, "relay: recording a shipped batch");
             return false;
@@ -514,13 +534,7 @@ pub(crate) async fn shipper(
         }
         if last_oldest.elapsed() >= Duration::from_secs(1) {
             last_oldest = Instant::now();
-            let oldest = {
-                let own = lock(&s.own);
-                own.read(own.shipped() + 1, 1)
-                    .ok()
-                    .and_then(|r| r.first().map(|r| event::unstored(&r.payload).0))
-                    .unwrap_or(0)
-            };
+            let oldest = oldest_unshipped(&lock(&s.own));
             s.counters
                 .oldest_unshipped_ms
                 .store(oldest, Ordering::Relaxed);

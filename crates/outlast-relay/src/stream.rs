@@ -651,6 +651,11 @@ impl StreamRelay {
                     if let (true, Some((_, last))) = (ordered, b.span) {
                         cursor = Some((last + 1, last));
                     }
+                    let events = b.span.map_or(0, |(first, last)| last + 1 - first);
+                    let labels = [("stream", self.cfg.name.clone()), ("peer", peer.clone())];
+                    metrics::counter!("outlast_relay_replicate_frames_total", &labels).increment(1);
+                    metrics::counter!("outlast_relay_replicate_events_total", &labels)
+                        .increment(events);
                     let (t, p) = (transport.clone(), peer.clone());
                     pending.push_back(async move {
                         tokio::time::timeout(Duration::from_secs(5), t.replicate(&p, b.frame)).await
@@ -1034,7 +1039,10 @@ impl StreamRelay {
             name: self.cfg.name.clone(),
             spool_events: own_events,
             spool_bytes: own_bytes,
-            oldest_unshipped_ms: (oldest > 0).then(|| now_ms().saturating_sub(oldest)),
+            // Refreshed as objects ship and once a second: with nothing unshipped there is
+            // no oldest, whatever the last refresh saw.
+            oldest_unshipped_ms: (oldest > 0 && own_events > 0)
+                .then(|| now_ms().saturating_sub(oldest)),
             sink: lock(&self.sink_now).clone(),
             objects_shipped: self.counters.objects.load(Ordering::Relaxed),
             replays: self.counters.replays.load(Ordering::Relaxed),
@@ -1044,6 +1052,37 @@ impl StreamRelay {
             conflicts: self.counters.conflicts.load(Ordering::Relaxed),
             replicas,
             taking_over: lock(&self.taking_over).iter().cloned().collect(),
+        }
+    }
+
+    /// Sets this stream's metrics that mirror its state (spool, replicas, current sink,
+    /// takeovers) from [`Self::stats`]: called when the metrics are scraped, so they are as
+    /// fresh as the status. Counts kept here (replays, duplicates, conflicts) are exported
+    /// as counters; those counted where they happen (accepted, objects shipped, sink
+    /// errors, quarantined segments) are not repeated.
+    pub fn record_metrics(&self) {
+        let st = self.stats();
+        let stream = || ("stream", st.name.clone());
+        metrics::gauge!("outlast_relay_spool_events", &[stream()]).set(st.spool_events as f64);
+        metrics::gauge!("outlast_relay_spool_bytes", &[stream()]).set(st.spool_bytes as f64);
+        metrics::gauge!("outlast_relay_oldest_unshipped_seconds", &[stream()])
+            .set(st.oldest_unshipped_ms.unwrap_or(0) as f64 / 1000.0);
+        metrics::counter!("outlast_relay_replays_total", &[stream()]).absolute(st.replays);
+        metrics::counter!("outlast_relay_duplicates_total", &[stream()]).absolute(st.duplicates);
+        metrics::counter!("outlast_relay_conflicts_total", &[stream()]).absolute(st.conflicts);
+        for (origin, events) in &st.replicas {
+            let labels = [stream(), ("origin", origin.clone())];
+            metrics::gauge!("outlast_relay_replica_events", &labels).set(*events as f64);
+            let taking = st.taking_over.contains(origin);
+            metrics::gauge!("outlast_relay_taking_over", &labels).set(f64::from(u8::from(taking)));
+        }
+        for sink in &self.cfg.sinks {
+            let current = st.sink.as_deref() == Some(sink.url.as_str());
+            metrics::gauge!(
+                "outlast_relay_sink_current",
+                &[stream(), ("sink", sink.url.clone())]
+            )
+            .set(f64::from(u8::from(current)));
         }
     }
 

@@ -351,6 +351,17 @@ fn a_sink_down_for_30s_ships_to_the_next_and_comes_back() {
         "east ships to west's sink",
         |st| st["streams"][0]["sink"] == west_url,
     );
+    // The metrics tell what the status tells.
+    let sinks_now = |site: &str| {
+        let m = c.get(site, "/metrics").expect("metrics");
+        let current = |url: &str| {
+            let series = format!("outlast_relay_sink_current{{stream=\"clicks\",sink=\"{url}\"}}");
+            common::metric(&m, &series).unwrap_or_else(|| panic!("no {series}:\n{m}"))
+        };
+        (current(east_url), current(west_url), m)
+    };
+    let (east_now, west_now, m) = sinks_now("east");
+    assert_eq!((east_now, west_now), (0.0, 1.0), "{m}");
     std::thread::sleep(Duration::from_secs(30));
     east_s3.up();
     let back = c.wait_for(
@@ -363,6 +374,32 @@ fn a_sink_down_for_30s_ships_to_the_next_and_comes_back() {
     let (acked, refused) = client.finish();
     wait_drained(&c, &["east", "west", "witness"], Duration::from_secs(20));
     let (objs, stored) = check(&c, &[&east_s3, &west_s3], &acked);
+    let (east_now, west_now, m) = sinks_now("east");
+    assert_eq!((east_now, west_now), (1.0, 0.0), "{m}");
+    let metric = |m: &str, series: &str| {
+        common::metric(m, series).unwrap_or_else(|| panic!("no {series}:\n{m}"))
+    };
+    for series in [
+        "outlast_relay_spool_events{stream=\"clicks\"}",
+        "outlast_relay_spool_bytes{stream=\"clicks\"}",
+        "outlast_relay_oldest_unshipped_seconds{stream=\"clicks\"}",
+    ] {
+        assert_eq!(metric(&m, series), 0.0, "east drained: {series}\n{m}");
+    }
+    let shipped = metric(&m, "outlast_relay_objects_shipped_total{stream=\"clicks\"");
+    assert!(shipped > 0.0, "{m}");
+    let m = c.get("west", "/metrics").expect("metrics");
+    let east_copy = "{stream=\"clicks\",origin=\"east\"}";
+    assert_eq!(
+        metric(&m, &format!("outlast_relay_replica_events{east_copy}")),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, &format!("outlast_relay_taking_over{east_copy}")),
+        0.0,
+        "{m}"
+    );
     println!(
         "sink down 30 s: {} acked ({refused} refusals), {stored} stored in {objs} objects; east back on its own sink {back:?} after it returned",
         acked.len()

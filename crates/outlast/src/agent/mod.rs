@@ -695,10 +695,11 @@ impl outlast_web::Source for Agent {
     }
 
     fn metrics(&self) -> String {
-        self.prometheus
-            .as_ref()
-            .map(|h| h.render())
-            .unwrap_or_default()
+        let Some(h) = self.prometheus.as_ref() else {
+            return String::new();
+        };
+        self.relay.record_metrics();
+        h.render()
     }
 
     fn relay(&self) -> Option<&outlast_relay::Relay> {

@@ -403,12 +403,16 @@ impl Cluster {
 /// The value of the first series of Prometheus text `metrics` whose line starts with
 /// `series` (a name, or a name and labels); 0 when there is none.
 pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metric(metrics, series).unwrap_or(0.0)
+}
+
+/// The value of the first series starting with `series`, if the metrics have one.
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 pub fn acting_primary_is(site: &'static str) -> impl Fn(&Value) -> bool {
