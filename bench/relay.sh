@@ -111,6 +111,15 @@ turn() { # stream -> "events/s bytes/s p50_ms p99_ms non2xx east_us west_us witn
       printf " %.0f\n", (y[2] > x[2]) ? (y[1] - x[1]) * 100 / (y[2] - x[2]) : 0 }' "$work/wrk-$1.out"
 }
 
+# East's replication frames to west so far for a stream: "frames events".
+frames() {
+  curl -sf http://127.0.0.11:17401/metrics | awk -v s="$1" '
+    index($0, "{stream=\"" s "\",peer=\"west\"}") {
+      if ($1 ~ /^outlast_relay_replicate_frames_total/) f = $2
+      if ($1 ~ /^outlast_relay_replicate_events_total/) e = $2 }
+    END { print f + 0, e + 0 }'
+}
+
 echo "relay bench: ${secs}s per turn, $conns connections, requests of 100 events ($body_bytes bytes)"
 read -r disk_big_bps _ < <(disk 1048576)
 read -r disk_req_bps disk_req_fps < <(disk "$body_bytes")
@@ -118,17 +127,22 @@ read -r l_eps l_bps l_p50 l_p99 l_bad l_ce l_cw l_cx l_idle < <(turn local)
 settle
 read -r r_eps r_bps r_p50 r_p99 r_bad r_ce r_cw r_cx r_idle < <(turn replicated)
 settle
+read -r l_frames l_fev < <(frames local)
+read -r r_frames r_fev < <(frames replicated)
 curl -sf -X POST -H "Authorization: Bearer bench-token-0123456789abcdef" \
   -H "content-type: application/json" \
   -d "{\"kind\":\"delay\",\"ms\":$far_ms,\"to\":[\"west\",\"witness\"],\"for_ms\":$(((secs + 5) * 1000))}" \
   http://127.0.0.11:17401/v1/faults >/dev/null
 read -r f_eps f_bps f_p50 f_p99 f_bad _ < <(conns=$((conns * 8)) turn replicated)
+read -r f_frames f_fev < <(frames replicated)
 awk -v db="$disk_big_bps" -v dr="$disk_req_bps" -v df="$disk_req_fps" -v bb="$body_bytes" \
     -v le="$l_eps" -v lb="$l_bps" -v l50="$l_p50" -v l99="$l_p99" -v lx="$l_bad" \
     -v re="$r_eps" -v rb="$r_bps" -v r50="$r_p50" -v r99="$r_p99" -v rx="$r_bad" \
     -v lce="$l_ce" -v lcw="$l_cw" -v lcx="$l_cx" -v rce="$r_ce" -v rcw="$r_cw" -v rcx="$r_cx" \
     -v li="$l_idle" -v ri="$r_idle" -v fe="$f_eps" -v fb="$f_bps" -v f50="$f_p50" -v f99="$f_p99" \
-    -v fx="$f_bad" -v fms="$far_ms" -v fc="$((conns * 8))" 'BEGIN {
+    -v fx="$f_bad" -v fms="$far_ms" -v fc="$((conns * 8))" \
+    -v lfr="$l_frames" -v lfe="$l_fev" -v rfr="$r_frames" -v rfe="$r_fev" \
+    -v ffr="$((f_frames - r_frames))" -v ffe="$((f_fev - r_fev))" 'BEGIN {
   printf "disk, 1 MiB writes + fdatasync      %8.1f MB/s\n", db/1e6;
   printf "disk, %d-byte writes + fdatasync  %8.1f MB/s  (%.0f fsyncs/s)\n", bb, dr/1e6, df;
   printf "ack=local       %9.0f events/s  %7.1f MB/s  p50 %6.2f ms  p99 %6.2f ms  non-2xx %d\n", le, lb/1e6, l50, l99, lx;
@@ -139,5 +153,6 @@ awk -v db="$disk_big_bps" -v dr="$disk_req_bps" -v df="$disk_req_fps" -v bb="$bo
   printf "CPU per event (µs; the three sites share these 2 cores with wrk):\n";
   printf "  ack=local       east %.2f  west %.2f  witness %.2f\n", lce, lcw, lcx;
   printf "  ack=replicated  east %.2f  west %.2f  witness %.2f\n", rce, rcw, rcx;
+  printf "replication frames east -> west (mean events per frame): local %.0f, replicated %.0f, peers %d ms away %.0f\n", lfe/(lfr>0?lfr:1), rfe/(rfr>0?rfr:1), fms, ffe/(ffr>0?ffr:1);
   printf "machine idle during the turn (near 0: bound by CPU, not by the disk): local %d%%, replicated %d%%\n", li, ri;
 }'
