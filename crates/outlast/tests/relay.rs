@@ -352,11 +352,16 @@ fn a_sink_down_for_30s_ships_to_the_next_and_comes_back() {
         |st| st["streams"][0]["sink"] == west_url,
     );
     // The metrics tell what the status tells.
+    let metric = |m: &str, series: &str| {
+        common::metric(m, series).unwrap_or_else(|| panic!("no {series}:\n{m}"))
+    };
     let sinks_now = |site: &str| {
         let m = c.get(site, "/metrics").expect("metrics");
         let current = |url: &str| {
-            let series = format!("outlast_relay_sink_current{{stream=\"clicks\",sink=\"{url}\"}}");
-            common::metric(&m, &series).unwrap_or_else(|| panic!("no {series}:\n{m}"))
+            metric(
+                &m,
+                &format!("outlast_relay_sink_current{{stream=\"clicks\",sink=\"{url}\"}}"),
+            )
         };
         (current(east_url), current(west_url), m)
     };
@@ -376,9 +381,6 @@ fn a_sink_down_for_30s_ships_to_the_next_and_comes_back() {
     let (objs, stored) = check(&c, &[&east_s3, &west_s3], &acked);
     let (east_now, west_now, m) = sinks_now("east");
     assert_eq!((east_now, west_now), (1.0, 0.0), "{m}");
-    let metric = |m: &str, series: &str| {
-        common::metric(m, series).unwrap_or_else(|| panic!("no {series}:\n{m}"))
-    };
     for series in [
         "outlast_relay_spool_events{stream=\"clicks\"}",
         "outlast_relay_spool_bytes{stream=\"clicks\"}",
