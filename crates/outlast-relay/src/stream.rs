@@ -112,7 +112,11 @@ struct PeerView {
 
 #[derive(Default)]
 pub(crate) struct Counters {
+    /// Events acknowledged (duplicates included).
     pub accepted: AtomicU64,
+    /// Events written to the own spool (durable), acknowledged or not: a request whose
+    /// client left, or whose replication wait ran out, was still stored and will ship.
+    pub stored: AtomicU64,
     pub duplicates: AtomicU64,
     pub objects: AtomicU64,
     pub replays: AtomicU64,
@@ -132,6 +136,7 @@ pub struct StreamStats {
     pub replays: u64,
     pub quarantined_segments: u64,
     pub accepted: u64,
+    pub stored: u64,
     pub duplicates: u64,
     pub conflicts: u64,
     /// Per origin site: events held as its replica and not yet shipped.
@@ -488,6 +493,14 @@ impl StreamRelay {
         let last = own.last_seq();
         drop(own);
         sync.finish()?;
+        let stored = out
+            .iter()
+            .flatten()
+            .filter(|o| matches!(o, Outcome::Own(_, false)))
+            .count() as u64;
+        self.counters.stored.fetch_add(stored, Ordering::Relaxed);
+        metrics::counter!("outlast_relay_events_stored_total", "stream" => self.cfg.name.clone())
+            .increment(stored);
         lock(&self.recent).push(fresh);
         self.durable.send_replace(last);
         Ok(out)
@@ -1048,6 +1061,7 @@ impl StreamRelay {
             replays: self.counters.replays.load(Ordering::Relaxed),
             quarantined_segments: quarantined,
             accepted: self.counters.accepted.load(Ordering::Relaxed),
+            stored: self.counters.stored.load(Ordering::Relaxed),
             duplicates: self.counters.duplicates.load(Ordering::Relaxed),
             conflicts: self.counters.conflicts.load(Ordering::Relaxed),
             replicas,

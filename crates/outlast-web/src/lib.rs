@@ -105,8 +105,13 @@ pub struct StreamStatus {
     pub replays: u64,
     #[serde(default)]
     pub quarantined_segments: u64,
+    /// Events acknowledged, duplicates included.
     #[serde(default)]
     pub accepted: u64,
+    /// Events written to this site's spool, acknowledged or not (a client that left
+    /// before the answer); each ships once.
+    #[serde(default)]
+    pub stored: u64,
     #[serde(default)]
     pub duplicates: u64,
     /// Per origin site: its events held here as a replica, not yet shipped.
@@ -129,10 +134,71 @@ impl From<outlast_relay::StreamStats> for StreamStatus {
             replays: s.replays,
             quarantined_segments: s.quarantined_segments,
             accepted: s.accepted,
+            stored: s.stored,
             duplicates: s.duplicates,
             replicas: s.replicas,
             taking_over: s.taking_over,
         }
+    }
+}
+
+impl StreamStatus {
+    /// Column headings of [`Self::cells`].
+    pub const HEADINGS: [&'static str; 9] = [
+        "STREAM",
+        "UNSHIPPED",
+        "OLDEST",
+        "SINK",
+        "OBJECTS",
+        "REPLAYS",
+        "QUARANTINED",
+        "REPLICAS HELD",
+        "TAKING OVER",
+    ];
+
+    /// The stream's figures as a person reads them, one per heading: `outlast status`
+    /// and the dashboard show the same.
+    pub fn cells(&self) -> [String; 9] {
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(", ")
+            }
+        };
+        [
+            self.name.clone(),
+            format!("{} ({})", self.spool_events, size(self.spool_bytes)),
+            self.oldest_unshipped_ms
+                .map_or_else(|| "-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+            self.sink.clone().unwrap_or_else(|| "-".into()),
+            self.objects_shipped.to_string(),
+            self.replays.to_string(),
+            self.quarantined_segments.to_string(),
+            list(
+                self.replicas
+                    .iter()
+                    .map(|(origin, n)| format!("{origin}: {n}"))
+                    .collect(),
+            ),
+            list(self.taking_over.clone()),
+        ]
+    }
+}
+
+/// Bytes in the largest binary unit that keeps a whole number in front.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
@@ -263,6 +329,24 @@ pub fn render_dashboard(st: &Status) -> String {
             s.epoch
         ));
     }
+    let streams = if st.streams.is_empty() {
+        String::new()
+    } else {
+        let cell = |tag: &str, c: &str| format!("<{tag}>{}</{tag}>", esc(c));
+        let head: String = StreamStatus::HEADINGS
+            .iter()
+            .map(|h| cell("th", &h.to_lowercase()))
+            .collect();
+        let body: String = st
+            .streams
+            .iter()
+            .map(|s| {
+                let cells: String = s.cells().iter().map(|c| cell("td", c)).collect();
+                format!("<tr>{cells}</tr>")
+            })
+            .collect();
+        format!("<h2>Event streams</h2><table><tr>{head}</tr>{body}</table>")
+    };
     let faults = if st.faults.is_empty() {
         String::new()
     } else {
@@ -286,7 +370,7 @@ pub fn render_dashboard(st: &Status) -> String {
          </head><body><h1>{cluster}</h1><p>answered by <b>{site}</b> · leader <b>{leader}</b> · term {term} · epoch {epoch}</p>\
          <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th></tr>{rows}</table>\
          <h2>Services</h2><table><tr><th>service</th><th>mode</th><th>primary</th><th>active at</th><th>epoch</th></tr>{svcs}</table>\
-         {faults}</body></html>",
+         {streams}{faults}</body></html>",
         cluster = esc(&st.cluster),
         site = esc(&st.site),
         leader = esc(st.leader.as_deref().unwrap_or("none")),
@@ -304,4 +388,53 @@ pub async fn run(
     axum::serve(listener, router(source))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status with one stream that holds a backlog and ships for a down site.
+    fn with_stream() -> Status {
+        serde_json::from_value(serde_json::json!({
+            "cluster": "shop", "site": "west", "leader": "west", "term": 3, "epoch": 7,
+            "sites": [], "services": [],
+            "streams": [{
+                "name": "clicks", "spool_events": 1200, "spool_bytes": 3_500_000,
+                "oldest_unshipped_ms": 2500, "sink": "s3://west-bucket/raw",
+                "objects_shipped": 42, "replays": 3, "quarantined_segments": 1,
+                "replicas": {"east": 800, "witness": 0}, "taking_over": ["east"]
+            }]
+        }))
+        .expect("a status")
+    }
+
+    #[test]
+    fn a_stream_reads_at_a_glance() {
+        let st = with_stream();
+        assert_eq!(
+            st.streams[0].cells(),
+            [
+                "clicks",
+                "1200 (3.3 MiB)",
+                "2.5 s",
+                "s3://west-bucket/raw",
+                "42",
+                "3",
+                "1",
+                "east: 800, witness: 0",
+                "east"
+            ]
+        );
+        let page = render_dashboard(&st);
+        assert!(page.contains("<h2>Event streams</h2>"), "{page}");
+        assert!(
+            page.contains("<td>clicks</td><td>1200 (3.3 MiB)</td><td>2.5 s</td>"),
+            "{page}"
+        );
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(5 << 40), "5.0 TiB");
+    }
 }

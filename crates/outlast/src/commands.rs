@@ -192,5 +192,71 @@ pub fn render_status(st: &outlast_web::Status) -> String {
             svc.active_sites.join(", ")
         ));
     }
+    if !st.streams.is_empty() {
+        let rows: Vec<[String; 9]> = st.streams.iter().map(|x| x.cells()).collect();
+        let heads = outlast_web::StreamStatus::HEADINGS.map(String::from);
+        let mut widths = [0; 9];
+        for row in std::iter::once(&heads).chain(&rows) {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        s.push('\n');
+        for row in std::iter::once(&heads).chain(&rows) {
+            let line: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            s.push_str(line.join("  ").trim_end());
+            s.push('\n');
+        }
+    }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream table lines its columns up under their headings, however long a cell.
+    #[test]
+    fn status_shows_streams_in_columns() {
+        let st: outlast_web::Status = serde_json::from_value(serde_json::json!({
+            "cluster": "shop", "site": "west", "leader": null, "term": 1, "epoch": 1,
+            "sites": [], "services": [],
+            "streams": [
+                {"name": "clicks", "spool_events": 0, "spool_bytes": 0,
+                 "oldest_unshipped_ms": null, "sink": "s3://a-long-bucket-name/raw"},
+                {"name": "conversions-of-the-autumn-sale", "spool_events": 5,
+                 "spool_bytes": 2048, "oldest_unshipped_ms": 900, "sink": null,
+                 "replicas": {"east": 5}}
+            ]
+        }))
+        .expect("a status");
+        let text = render_status(&st);
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("STREAM"))
+            .collect();
+        assert_eq!(table.len(), 3, "{text}");
+        let sink_at = table[0].find("SINK").expect("heading");
+        assert_eq!(
+            table[1].find("s3://a-long-bucket-name/raw"),
+            Some(sink_at),
+            "{text}"
+        );
+        assert_eq!(table[2].get(sink_at..sink_at + 1), Some("-"), "{text}");
+        assert!(
+            table[2].contains("5 (2.0 KiB)") && table[2].contains("0.9 s"),
+            "{text}"
+        );
+        let cells: Vec<&str> = table[2]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells.len(), 9, "{text}");
+        assert_eq!(cells[7..], ["east: 5", "-"], "{text}");
+    }
 }

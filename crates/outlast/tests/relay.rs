@@ -390,6 +390,22 @@ fn a_sink_down_for_30s_ships_to_the_next_and_comes_back() {
     }
     let shipped = metric(&m, "outlast_relay_objects_shipped_total{stream=\"clicks\"");
     assert!(shipped > 0.0, "{m}");
+    // Every event a data site stored, acknowledged or not (the client's last requests
+    // may be answered after it stopped reading), is in exactly one object: no site failed
+    // here, so no id was held twice.
+    let stored_at = |site: &str| {
+        let st = c.status(site).expect("status");
+        st["streams"][0]["stored"].as_u64().expect("stored")
+    };
+    assert_eq!(
+        stored_at("east") + stored_at("west"),
+        stored as u64,
+        "events stored at the sites against events in objects"
+    );
+    assert_eq!(
+        metric(&m, "outlast_relay_conflicts_total{stream=\"clicks\"}"),
+        0.0
+    );
     let m = c.get("west", "/metrics").expect("metrics");
     let east_copy = "{stream=\"clicks\",origin=\"east\"}";
     assert_eq!(
