@@ -389,12 +389,19 @@ async fn with_log_blocking<T: Send + 'static>(
 }
 
 /// Ships at most one object of a log; whether it made progress.
+///
+/// `replaying` says whether this log is replaying a backlog after an outage: then each
+/// object is followed by a pause that keeps the log to the stream's `replay_rate`, until
+/// the log has caught up (less than one batch left). An object no sink takes starts a
+/// replay: what waits meanwhile is the backlog. Events that only came in faster than one
+/// object at a time are live traffic, shipped without a pause.
 async fn ship_once(
     s: &Arc<StreamRelay>,
     sinks: &[Sink],
     whose: Whose,
     limit: u64,
     transport: &Arc<dyn Transport>,
+    replaying: &mut bool,
 ) -> bool {
     let planned = with_log_blocking(s, &whose, move |l, cfg| plan(l, limit, cfg, false)).await;
     let mut plan = match planned.map(Option::flatten) {
@@ -438,6 +445,7 @@ async fn ship_once(
         };
         url = put(sinks, &key, body).await;
         if url.is_none() {
+            *replaying = true;
             return false;
         }
     }
@@ -473,8 +481,11 @@ async fn ship_once(
             .increment(1);
         *lock(&s.sink_now) = Some(url);
     }
-    // A backlog (after a sink or site outage) is replayed at the configured pace.
-    if backlog >= s.cfg.batch_events {
+    let paced = *replaying;
+    if backlog < s.cfg.batch_events {
+        *replaying = false;
+    }
+    if paced {
         s.counters.replays.fetch_add(1, Ordering::Relaxed);
         let pause = Duration::from_secs_f64(plan.events as f64 / s.cfg.replay_rate as f64);
         tokio::time::sleep(pause).await;
@@ -490,6 +501,13 @@ pub(crate) async fn shipper(
     stop: CancellationToken,
 ) {
     let mut last_oldest = Instant::now() - Duration::from_secs(10);
+    // A backlog found at start was held while this site was down: a replay.
+    let mut own_replaying = {
+        let own = lock(&s.own);
+        own.last_seq().saturating_sub(own.shipped()) >= s.cfg.batch_events
+    };
+    // Per origin taken over: whether its events are still replaying.
+    let mut replaying: BTreeMap<String, bool> = BTreeMap::new();
     loop {
         if stop.is_cancelled() {
             return;
@@ -497,7 +515,15 @@ pub(crate) async fn shipper(
         let mut progress = false;
         if !s.sites.is_witness() {
             if let Some(limit) = s.own_shippable() {
-                progress |= ship_once(&s, &sinks, Whose::Own, limit, &transport).await;
+                progress |= ship_once(
+                    &s,
+                    &sinks,
+                    Whose::Own,
+                    limit,
+                    &transport,
+                    &mut own_replaying,
+                )
+                .await;
             }
         }
         let down = s.down.borrow().clone();
@@ -526,10 +552,13 @@ pub(crate) async fn shipper(
             };
             if changed {
                 tracing::info!(stream = %s.cfg.name, origin, taking_over = mine, "relay: takeover of a down site's events");
+                // All a down site left unshipped is a backlog.
+                replaying.insert(origin.clone(), mine);
             }
             if mine {
-                progress |=
-                    ship_once(&s, &sinks, Whose::Replica(origin), u64::MAX, &transport).await;
+                let paced = replaying.entry(origin.clone()).or_insert(true);
+                let whose = Whose::Replica(origin);
+                progress |= ship_once(&s, &sinks, whose, u64::MAX, &transport, paced).await;
             }
         }
         if last_oldest.elapsed() >= Duration::from_secs(1) {
@@ -551,6 +580,112 @@ pub(crate) async fn shipper(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
+    use crate::{ReplicateResp, Sites};
+    use outlast_core::config::{Ack, Sink as SinkConfig};
+    use outlast_core::faults::FaultKind;
+
+    /// No peers answer: a site alone never calls one.
+    struct Nobody;
+
+    impl Transport for Nobody {
+        fn replicate<'a>(
+            &'a self,
+            peer: &'a str,
+            _frame: Vec<u8>,
+        ) -> crate::BoxFut<'a, Result<ReplicateResp, String>> {
+            Box::pin(async move { Err(format!("{peer} is not in this test")) })
+        }
+    }
+
+    /// A site alone (no peer holds its events back) shipping to one file:// sink, in
+    /// objects of 100 events.
+    fn lone(dir: &std::path::Path, faults: &Arc<Faults>, replay_rate: u64) -> Arc<StreamRelay> {
+        let cfg = Stream {
+            name: "clicks".into(),
+            ack: Ack::Local,
+            sinks: vec![SinkConfig {
+                url: format!("file://{}", dir.join("sink").display()),
+                site: Some("east".into()),
+                options: BTreeMap::new(),
+            }],
+            max_spool_bytes: 1 << 30,
+            max_body_bytes: 1 << 20,
+            batch_events: 100,
+            batch_age: Duration::from_millis(50),
+            replay_rate,
+            dedup_window: Duration::from_secs(3600),
+        };
+        let sites = Sites {
+            me: "east".into(),
+            all: vec![("east".into(), false)],
+        };
+        let (_, down) = tokio::sync::watch::channel(Default::default());
+        let relay = StreamRelay::open(cfg, sites, &dir.join("spool"), down, faults, Duration::ZERO);
+        Arc::new(relay.expect("open"))
+    }
+
+    /// Ingests `n` events (ids from `tag`) in requests of 100, all at once.
+    async fn send(s: &Arc<StreamRelay>, tag: &str, n: usize) {
+        let requests = (0..n / 100).map(|r| {
+            let events = (0..100)
+                .map(|i| Event {
+                    id: format!("{tag}-{r}-{i}"),
+                    line: format!("{{\"n\":{i}}}").into_bytes(),
+                })
+                .collect();
+            s.ingest(events)
+        });
+        for answer in futures::future::join_all(requests).await {
+            answer.expect("ingest");
+        }
+    }
+
+    /// Waits (up to 20 s) until nothing own is unshipped; how long that took.
+    async fn drained(s: &StreamRelay) -> Duration {
+        let t = Instant::now();
+        while s.stats().spool_events > 0 {
+            assert!(t.elapsed() < Duration::from_secs(20), "never drained");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        t.elapsed()
+    }
+
+    /// Live traffic that comes faster than one object at a time ships without a pause;
+    /// the backlog that waited while no sink took objects replays at `replay_rate`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_after_an_outage_is_paced_and_live_traffic_is_not() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let faults = Arc::new(Faults::default());
+        let s = lone(tmp.path(), &faults, 2000);
+        let stop = CancellationToken::new();
+        s.start(Arc::new(Nobody), stop.clone());
+
+        send(&s, "live", 1000).await;
+        let live = drained(&s).await;
+        assert_eq!(s.stats().replays, 0, "live traffic was paced");
+
+        faults.add(FaultKind::SinkDown { site: None }, Duration::from_secs(60));
+        send(&s, "held", 1000).await;
+        // The shipper tries every 100 ms, and the oldest is due after 50 ms.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            s.stats().spool_events,
+            1000,
+            "nothing ships while the sink is down"
+        );
+        faults.clear(None);
+        let replay = drained(&s).await;
+        stop.cancel();
+        // 10 objects of 100 at 2,000 events/s: a 50 ms pause after each.
+        let st = s.stats();
+        assert_eq!((st.replays, st.objects_shipped), (10, 20), "{st:?}");
+        assert!(
+            replay >= Duration::from_millis(450),
+            "replayed in {replay:?}"
+        );
+        println!("1000 live events shipped in {live:?}; 1000 held ones replayed in {replay:?}");
+    }
 
     #[test]
     fn keys_follow_the_contract() {

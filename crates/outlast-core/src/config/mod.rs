@@ -236,7 +236,10 @@ pub struct Stream {
     pub batch_events: u64,
     /// ...or when its oldest event is this old.
     pub batch_age: Duration,
-    /// Events per second when replaying a backlog (after a sink or site outage).
+    /// Events per second when replaying a backlog (after a sink or site outage), per log
+    /// (a site's own events, and each down site's it ships). Live traffic is not held to
+    /// it; a replay is, until less than one batch is left, so set it above the stream's
+    /// live rate or a backlog never drains.
     pub replay_rate: u64,
     /// Shipped events are kept (for duplicate detection by id) this long.
     pub dedup_window: Duration,
