@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::spool::{RealFs, Record, Spool, SpoolError};
+use crate::spool::{RealFs, Record, RecordRef, Spool, SpoolError};
 
 const MAX_SEGMENT_BYTES: u64 = 8 << 20;
 
@@ -216,6 +216,16 @@ impl Log {
     /// Events from `from` on (at most `max`), whether skipped or not.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
         self.spool.read(from, max)
+    }
+
+    /// [`Self::read`] in place (see [`Spool::read_each`]).
+    pub fn read_each(
+        &self,
+        from: u64,
+        max: usize,
+        f: impl FnMut(RecordRef<'_>),
+    ) -> Result<usize, SpoolError> {
+        self.spool.read_each(from, max, f)
     }
 }
 

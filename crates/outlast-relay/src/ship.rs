@@ -322,20 +322,19 @@ fn plan(log: &mut Log, limit: u64, cfg: &Stream, force: bool) -> Result<Option<P
         }
     };
     let want = (last - first + 1) as usize;
-    let records = log.read(first, want)?;
     let mut lines = Vec::new();
     let mut events = 0;
     let mut accepted_ms = None;
-    for r in records.iter().filter(|r| r.seq <= last) {
-        let (ts, line) = event::unstored(&r.payload);
+    log.read_each(first, want, |r| {
+        let (ts, line) = event::unstored(r.payload);
         accepted_ms.get_or_insert(ts);
-        if log.is_skipped(r.seq) {
-            continue;
+        if r.seq > last || log.is_skipped(r.seq) {
+            return;
         }
         lines.extend_from_slice(line);
         lines.push(b'\n');
         events += 1;
-    }
+    })?;
     Ok(Some(Plan {
         first,
         last,

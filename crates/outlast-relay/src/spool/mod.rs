@@ -220,8 +220,28 @@ fn encode_into(out: &mut Vec<u8>, seq: u64, id: &str, payload: &[&[u8]]) -> Resu
     Ok(())
 }
 
+/// A record read in place, borrowing the bytes it was read from.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub seq: u64,
+    pub id: &'a str,
+    pub payload: &'a [u8],
+}
+
 /// Decodes the record at `buf[at..]`: the record and its encoded length, or `None`.
 fn decode_at(buf: &[u8], at: usize) -> Option<(Record, usize)> {
+    decode_ref_at(buf, at).map(|(r, n)| {
+        let record = Record {
+            seq: r.seq,
+            id: r.id.to_string(),
+            payload: r.payload.to_vec(),
+        };
+        (record, n)
+    })
+}
+
+/// [`decode_at`] without copying the id and payload out of `buf`.
+fn decode_ref_at(buf: &[u8], at: usize) -> Option<(RecordRef<'_>, usize)> {
     let head = buf.get(at..at + HEADER)?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
@@ -234,11 +254,9 @@ fn decode_at(buf: &[u8], at: usize) -> Option<(Record, usize)> {
     }
     let seq = u64::from_le_bytes(body[1..9].try_into().ok()?);
     let id_len = u16::from_le_bytes([body[9], body[10]]) as usize;
-    let id = std::str::from_utf8(body.get(11..11 + id_len)?)
-        .ok()?
-        .to_string();
-    let payload = body.get(11 + id_len..)?.to_vec();
-    Some((Record { seq, id, payload }, HEADER + len))
+    let id = std::str::from_utf8(body.get(11..11 + id_len)?).ok()?;
+    let payload = body.get(11 + id_len..)?;
+    Some((RecordRef { seq, id, payload }, HEADER + len))
 }
 
 /// Reads a segment: its valid records, how many bytes they take, and whether an invalid
@@ -503,14 +521,34 @@ impl<F: Fs> Spool<F> {
     /// are read, found through the index of end offsets (not the whole segment).
     pub fn read(&self, from_seq: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
         let mut out = Vec::new();
+        self.read_each(from_seq, max, |r| {
+            out.push(Record {
+                seq: r.seq,
+                id: r.id.to_string(),
+                payload: r.payload.to_vec(),
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// [`Self::read`], handing each record to `f` in place instead of copying it out (a
+    /// shipper reads ten thousand at a time); how many it handed over. Within a segment
+    /// the records end at the first that does not decode or does not follow.
+    pub fn read_each(
+        &self,
+        from_seq: u64,
+        max: usize,
+        mut f: impl FnMut(RecordRef<'_>),
+    ) -> Result<usize, SpoolError> {
+        let mut taken = 0;
         for seg in &self.segments {
-            if out.len() >= max {
+            if taken >= max {
                 break;
             }
             if seg.records.last().is_none_or(|(s, _, _)| *s < from_seq) {
                 continue;
             }
-            let want = max - out.len();
+            let want = max - taken;
             let first = seg.records.partition_point(|(s, _, _)| *s < from_seq);
             let start = first.checked_sub(1).map_or(0, |i| seg.records[i].2);
             let end = seg.records[first.saturating_add(want).min(seg.records.len()) - 1].2;
@@ -519,10 +557,21 @@ impl<F: Fs> Spool<F> {
                 .fs
                 .read_range(&seg.path, start, len)
                 .map_err(io(&seg.path))?;
-            let (records, _, _) = scan(&buf);
-            out.extend(records.into_iter().filter(|r| r.seq >= from_seq).take(want));
+            let mut at = 0;
+            let mut prev: Option<u64> = None;
+            while let Some((r, n)) = decode_ref_at(&buf, at) {
+                if prev.is_some_and(|p| r.seq != p + 1) || taken >= max {
+                    break;
+                }
+                prev = Some(r.seq);
+                at += n;
+                if r.seq >= from_seq {
+                    f(r);
+                    taken += 1;
+                }
+            }
         }
-        Ok(out)
+        Ok(taken)
     }
 
     /// Deletes every segment whose records all have `seq <= through` (they are in a sink).
