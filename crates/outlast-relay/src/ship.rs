@@ -449,19 +449,19 @@ async fn ship_once(
         }
     }
     let last = plan.last;
+    // Status and metrics give the age of the oldest own event not shipped.
+    let own = matches!(whose, Whose::Own);
     let done = with_log_blocking(s, &whose, move |l, cfg| {
         l.set_shipped(last)?;
         l.set_intent(None)?;
         l.trim(cfg.dedup_window, cfg.max_spool_bytes / 4)?;
-        Ok((
-            l.last_seq().min(limit).saturating_sub(last),
-            oldest_unshipped(l),
-        ))
+        let backlog = l.last_seq().min(limit).saturating_sub(last);
+        Ok((backlog, own.then(|| oldest_unshipped(l))))
     })
     .await;
     let backlog = match done {
         Ok(Some((backlog, oldest))) => {
-            if matches!(whose, Whose::Own) {
+            if let Some(oldest) = oldest {
                 s.counters
                     .oldest_unshipped_ms
                     .store(oldest, Ordering::Relaxed);
