@@ -445,6 +445,7 @@ async fn ship_once(
         url = put(sinks, &key, body).await;
         if url.is_none() {
             *replaying = true;
+            s.counters.unshipped_tries.fetch_add(1, Ordering::Relaxed);
             return false;
         }
     }
@@ -493,18 +494,15 @@ async fn ship_once(
 }
 
 /// The shipping loop of a stream: own events, then the events of sites this one takes over.
+/// `own_replaying`: the own log starts as a replay (see [`ship_once`]).
 pub(crate) async fn shipper(
     s: Arc<StreamRelay>,
     sinks: Vec<Sink>,
     transport: Arc<dyn Transport>,
     stop: CancellationToken,
+    mut own_replaying: bool,
 ) {
     let mut last_oldest = Instant::now() - Duration::from_secs(10);
-    // A backlog found at start was held while this site was down: a replay.
-    let mut own_replaying = {
-        let own = lock(&s.own);
-        own.last_seq().saturating_sub(own.shipped()) >= s.cfg.batch_events
-    };
     // Per origin taken over: whether its events are still replaying.
     let mut replaying: BTreeMap<String, bool> = BTreeMap::new();
     loop {
@@ -666,8 +664,11 @@ mod tests {
 
         faults.add(FaultKind::SinkDown { site: None }, Duration::from_secs(60));
         send(&s, "held", 1000).await;
-        // The shipper tries every 100 ms, and the oldest is due after 50 ms.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = Instant::now();
+        while s.counters.unshipped_tries.load(Ordering::Relaxed) == 0 {
+            assert!(t.elapsed() < Duration::from_secs(20), "no object was tried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(
             s.stats().spool_events,
             1000,
@@ -675,14 +676,20 @@ mod tests {
         );
         faults.clear(None);
         let replay = drained(&s).await;
-        stop.cancel();
-        // 10 objects of 100 at 2,000 events/s: a 50 ms pause after each.
-        let st = s.stats();
+        // 10 objects of 100 at 2,000 events/s: a 50 ms pause after each. The counts follow
+        // the shipped mark that `drained` saw by a moment.
+        let t = Instant::now();
+        let mut st = s.stats();
+        while (st.replays, st.objects_shipped) != (10, 20) && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            st = s.stats();
+        }
         assert_eq!((st.replays, st.objects_shipped), (10, 20), "{st:?}");
         assert!(
             replay >= Duration::from_millis(450),
             "replayed in {replay:?}"
         );
+        stop.cancel();
         println!("1000 live events shipped in {live:?}; 1000 held ones replayed in {replay:?}");
     }
 

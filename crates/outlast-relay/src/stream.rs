@@ -120,6 +120,8 @@ pub(crate) struct Counters {
     pub duplicates: AtomicU64,
     pub objects: AtomicU64,
     pub replays: AtomicU64,
+    /// Objects no sink took (each starts or continues a replay).
+    pub unshipped_tries: AtomicU64,
     pub conflicts: AtomicU64,
     pub oldest_unshipped_ms: AtomicU64,
 }
@@ -342,7 +344,15 @@ impl StreamRelay {
         }
         let me = self.clone();
         let sinks = lock(&self.sinks).take().unwrap_or_default();
-        tokio::spawn(async move { crate::ship::shipper(me, sinks, transport, stop).await });
+        // A backlog held before the site started (it was down) is a replay. Read here, not
+        // in the task: events taken once this returns are live, however late it first runs.
+        let replaying = {
+            let own = lock(&self.own);
+            own.last_seq().saturating_sub(own.shipped()) >= self.cfg.batch_events
+        };
+        tokio::spawn(
+            async move { crate::ship::shipper(me, sinks, transport, stop, replaying).await },
+        );
     }
 
     /// Bytes held for this stream at this site, own and replicas, not yet shipped.
