@@ -638,14 +638,20 @@ mod tests {
         }
     }
 
-    /// Waits (up to 20 s) until nothing own is unshipped; how long that took.
-    async fn drained(s: &StreamRelay) -> Duration {
+    /// Polls `done` every 10 ms until it holds, for up to 20 s (then fails naming `what`);
+    /// how long that took.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
         let t = Instant::now();
-        while s.stats().spool_events > 0 {
-            assert!(t.elapsed() < Duration::from_secs(20), "never drained");
+        while !done() {
+            assert!(t.elapsed() < Duration::from_secs(20), "never: {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         t.elapsed()
+    }
+
+    /// Waits until nothing own is unshipped; how long that took.
+    async fn drained(s: &StreamRelay) -> Duration {
+        until("drained", || s.stats().spool_events == 0).await
     }
 
     /// Live traffic that comes faster than one object at a time ships without a pause;
@@ -664,11 +670,10 @@ mod tests {
 
         faults.add(FaultKind::SinkDown { site: None }, Duration::from_secs(60));
         send(&s, "held", 1000).await;
-        let t = Instant::now();
-        while s.counters.unshipped_tries.load(Ordering::Relaxed) == 0 {
-            assert!(t.elapsed() < Duration::from_secs(20), "no object was tried");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until("an object tried", || {
+            s.counters.unshipped_tries.load(Ordering::Relaxed) > 0
+        })
+        .await;
         assert_eq!(
             s.stats().spool_events,
             1000,
@@ -678,13 +683,12 @@ mod tests {
         let replay = drained(&s).await;
         // 10 objects of 100 at 2,000 events/s: a 50 ms pause after each. The counts follow
         // the shipped mark that `drained` saw by a moment.
-        let t = Instant::now();
-        let mut st = s.stats();
-        while (st.replays, st.objects_shipped) != (10, 20) && t.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            st = s.stats();
-        }
-        assert_eq!((st.replays, st.objects_shipped), (10, 20), "{st:?}");
+        let counts = || {
+            let st = s.stats();
+            (st.replays, st.objects_shipped)
+        };
+        until("10 replays of 20 objects", || counts() == (10, 20)).await;
+        assert_eq!(counts(), (10, 20), "{:?}", s.stats());
         assert!(
             replay >= Duration::from_millis(450),
             "replayed in {replay:?}"

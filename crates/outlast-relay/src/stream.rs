@@ -346,10 +346,7 @@ impl StreamRelay {
         let sinks = lock(&self.sinks).take().unwrap_or_default();
         // A backlog held before the site started (it was down) is a replay. Read here, not
         // in the task: events taken once this returns are live, however late it first runs.
-        let replaying = {
-            let own = lock(&self.own);
-            own.last_seq().saturating_sub(own.shipped()) >= self.cfg.batch_events
-        };
+        let replaying = lock(&self.own).unshipped().0 >= self.cfg.batch_events;
         tokio::spawn(
             async move { crate::ship::shipper(me, sinks, transport, stop, replaying).await },
         );
