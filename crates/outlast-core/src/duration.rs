@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// The longest duration a config may give: a year. Anything longer is a typo, and a deadline
+/// that far out overflows a clock's arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// Parses a duration such as `250ms` or `1m30s`. Returns a sentence saying what is wrong.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
@@ -38,7 +42,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "" => return Err(format!("\"{text}\" has no unit")),
             other => return Err(format!("\"{other}\" in \"{text}\" is not a unit")),
         };
-        total += Duration::from_secs_f64(number * secs_per_unit);
+        let part = Duration::try_from_secs_f64(number * secs_per_unit)
+            .ok()
+            .filter(|d| *d <= MAX_DURATION);
+        total = part
+            .and_then(|p| total.checked_add(p))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(|| format!("\"{text}\" is longer than a year"))?;
     }
     Ok(total)
 }
@@ -79,6 +89,27 @@ mod tests {
         assert!(parse_duration("5d")
             .expect_err("days")
             .contains("not a unit"));
+    }
+
+    /// Regression: a number too large for a `Duration` panicked (exit 101 from `check`).
+    #[test]
+    fn refuses_durations_too_long_to_use() {
+        for text in [
+            "99999999999999999h",
+            "1e400s",
+            "9000h",
+            "8000h8000h",
+            "367d",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+        assert!(parse_duration("99999999999999999h")
+            .expect_err("too long")
+            .contains("longer than a year"));
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(8760 * 3600))
+        );
     }
 
     #[test]

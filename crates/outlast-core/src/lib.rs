@@ -8,6 +8,7 @@
 pub mod config;
 pub mod duration;
 pub mod faults;
+pub mod files;
 pub mod hysteresis;
 
 pub use config::{Config, ConfigError, Problem};

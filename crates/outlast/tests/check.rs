@@ -315,3 +315,127 @@ fn the_example_config_in_the_readme_checks_out() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `outlast check` on `text` with a time limit: hostile configs must neither panic nor
+/// hang (issue: a huge duration panicked, /dev/zero as a secret file ate memory, a FIFO
+/// blocked for ever).
+fn check_within(text: &str, limit: std::time::Duration) -> Checked {
+    let t = std::time::Instant::now();
+    let c = check(text);
+    assert!(
+        t.elapsed() < limit,
+        "check took {:?} on\n{text}\n{}",
+        t.elapsed(),
+        c.stderr
+    );
+    c
+}
+
+#[test]
+fn hostile_configs_are_refused_at_once_with_their_place() {
+    let second = std::time::Duration::from_secs(1);
+    let huge = "\"99999999999999999h\"";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            VALID.replace("lease = \"1s\"", &format!("lease = \"1s\"\nfailback_after = {huge}")),
+            huge,
+            "failback_after = \"99999999999999999h\" is not a duration (\"99999999999999999h\" is longer than a year)",
+        ),
+        (
+            VALID.replace("port = 8080", &format!("port = 8080\ncheck = {{ kind = \"tcp\", timeout = {huge} }}")),
+            huge,
+            "timeout = \"99999999999999999h\" is not a duration",
+        ),
+        (
+            VALID.replace("name = \"clicks\"", &format!("name = \"clicks\"\ndedup_window = {huge}")),
+            huge,
+            "dedup_window = \"99999999999999999h\" is not a duration",
+        ),
+        (
+            VALID.replace("secret = \"0123456789abcdef\"", "secret_file = \"/dev/zero\""),
+            "\"/dev/zero\"",
+            "cannot read secret_file /dev/zero: it is not a regular file",
+        ),
+        (
+            VALID.replace("secret = \"0123456789abcdef\"", "secret_file = \"/dev/urandom\""),
+            "\"/dev/urandom\"",
+            "cannot read secret_file /dev/urandom: it is not a regular file",
+        ),
+        (
+            format!("{VALID}\n[api]\ntoken_file = \"/dev/zero\"\n"),
+            "\"/dev/zero\"",
+            "cannot read token_file: it is not a regular file",
+        ),
+        (
+            format!("{VALID}\n[dns]\nzone = \"shop.test.\"\nport = 5353\n[[dns.push]]\nserver = \"127.0.0.1:53\"\nkey_name = \"k\"\nkey_file = \"/dev/zero\"\n"),
+            "\"/dev/zero\"",
+            "cannot read key_file: it is not a regular file",
+        ),
+        (
+            VALID.replace("port = 8080", "port = 8080\ncheck = { kind = \"http\", expect = 0 }"),
+            "expect = 0",
+            "expect = 0 is not an HTTP status",
+        ),
+        (
+            VALID.replace("port = 8080", "port = 0"),
+            "port = 0",
+            "port = 0 is not a port others can reach",
+        ),
+        (
+            VALID.replacen("api_port = 7401", "api_port = 0", 1),
+            "api_port = 0",
+            "api_port = 0 is not a port others can reach",
+        ),
+        (
+            VALID.replacen("api_port = 7401", "api_port = 7401\ndata_dir = \"/dev/null\"", 1),
+            "\"/dev/null\"",
+            "data_dir /dev/null is not a folder",
+        ),
+        (
+            VALID.replace("fall = 3", "fall = 4000000000"),
+            "4000000000",
+            "fall = 4000000000 is more probes than a failover can wait for",
+        ),
+    ];
+    for (text, needle, message) in cases {
+        let c = check_within(&text, second);
+        assert_eq!(c.code, 64, "exit status for {message}:\n{}", c.stderr);
+        let (line, _) = at(&text, needle, 0);
+        let place = format!("{}:{line}:", c.file.display());
+        assert!(
+            c.stderr
+                .lines()
+                .any(|l| l.starts_with(&place) && l.contains(message)),
+            "want {message} at {place}\n{}",
+            c.stderr
+        );
+    }
+    // A FIFO as the secret file: refused, not waited on.
+    let dir = tempfile::tempdir().expect("tmp");
+    let fifo = dir.path().join("cluster.key");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let text = VALID.replace(
+        "secret = \"0123456789abcdef\"",
+        &format!("secret_file = \"{}\"", fifo.display()),
+    );
+    let c = check_within(&text, second);
+    assert_eq!(c.code, 64, "{}", c.stderr);
+    assert!(c.stderr.contains("is not a regular file"), "{}", c.stderr);
+    // The config itself at /dev/zero.
+    let t = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_outlast"))
+        .args(["check", "--config", "/dev/zero"])
+        .output()
+        .expect("run");
+    assert!(
+        t.elapsed() < second,
+        "check of /dev/zero took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+}

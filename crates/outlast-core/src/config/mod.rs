@@ -48,7 +48,7 @@ pub enum ConfigError {
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
@@ -110,13 +110,17 @@ impl Default for Timing {
 impl Timing {
     /// How long the majority needs to call a site down: `fall` missed probes, then `grace`.
     pub fn detection(&self) -> Duration {
-        self.probe_interval * self.fall + self.grace
+        self.probe_interval
+            .saturating_mul(self.fall)
+            .saturating_add(self.grace)
     }
 
     /// Extra wait past a lease before a new primary acts. It covers the old primary's fence
     /// check granularity and clock-rate differences between sites.
     pub fn lease_margin(&self) -> Duration {
-        self.probe_interval * 2 + Duration::from_millis(100)
+        self.probe_interval
+            .saturating_mul(2)
+            .saturating_add(Duration::from_millis(100))
     }
 }
 
@@ -278,10 +282,13 @@ pub struct Api {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
+                ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         Self::parse(path, &text)
     }
 

@@ -10,6 +10,9 @@ use super::raw::*;
 use super::*;
 use crate::duration::{format_duration, parse_duration};
 
+/// The most probes `fall` or `rise` may count.
+const MAX_COUNT: u32 = 1000;
+
 struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
@@ -44,6 +47,17 @@ impl Ctx<'_> {
                 );
                 default
             }
+        }
+    }
+
+    /// A port something listens on: 0 would mean "any free port", which no peer can find.
+    fn port(&mut self, field: &str, value: &S<u16>) {
+        if *value.get_ref() == 0 {
+            self.at(
+                value.span(),
+                format!("{field} = 0 is not a port others can reach"),
+                "give a port from 1 to 65535",
+            );
         }
     }
 
@@ -132,6 +146,11 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
     }
 }
 
+/// A secret, token or key file: a small regular file only (see [`crate::files`]).
+fn read_secret(path: &Path) -> Result<String, crate::files::ReadError> {
+    crate::files::read_text(path, crate::files::MAX_SECRET_BYTES)
+}
+
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
@@ -199,7 +218,7 @@ fn cluster(ctx: &mut Ctx<'_>, raw: &S<RawCluster>, base: &Path) -> Cluster {
         }
         (None, Some(f)) => {
             let path = resolve(base, f.get_ref());
-            match std::fs::read_to_string(&path) {
+            match read_secret(&path) {
                 Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
                 Ok(_) => {
                     ctx.at(
@@ -249,6 +268,17 @@ fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
             );
             default
         }
+        Some(v) if *v.get_ref() > MAX_COUNT => {
+            ctx.at(
+                v.span(),
+                format!(
+                    "{field} = {} is more probes than a failover can wait for",
+                    v.get_ref()
+                ),
+                format!("use {MAX_COUNT} or fewer (detection is fall × probe_interval + grace)"),
+            );
+            default
+        }
         Some(v) => *v.get_ref(),
         None => default,
     };
@@ -270,6 +300,30 @@ fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
             d.failback_after,
         ),
     };
+    // Bounds that keep every derived deadline (detection, lease, report freshness) in the
+    // range a failover tool can use; far past them is a typo, not a setting.
+    for (field, value, d, max) in [
+        (
+            "probe_interval",
+            t.probe_interval.as_ref(),
+            timing.probe_interval,
+            60,
+        ),
+        ("grace", t.grace.as_ref(), timing.grace, 3600),
+        ("lease", t.lease.as_ref(), timing.lease, 3600),
+    ] {
+        if d > Duration::from_secs(max) {
+            let span = value.map(|s| s.span()).unwrap_or(raw.span());
+            ctx.at(
+                span,
+                format!(
+                    "{field} {} is too long to detect or fence anything",
+                    format_duration(d)
+                ),
+                format!("use {} or less", format_duration(Duration::from_secs(max))),
+            );
+        }
+    }
     if timing.probe_interval < Duration::from_millis(10) {
         let span = t
             .probe_interval
@@ -346,6 +400,17 @@ fn sites(ctx: &mut Ctx<'_>, raw: &[S<RawSite>], base: &Path, cluster: &S<RawClus
             Some(d) => resolve(base, d.get_ref()),
             None => base.join("data").join(&name),
         };
+        if let Some(d) = &r.data_dir {
+            if data_dir.exists() && !data_dir.is_dir() {
+                ctx.at(
+                    d.span(),
+                    format!("data_dir {} is not a folder", data_dir.display()),
+                    "name a folder (it is created when missing)",
+                );
+            }
+        }
+        ctx.port("peer_port", &r.peer_port);
+        ctx.port("api_port", &r.api_port);
         out.push(Site {
             name,
             address,
@@ -411,6 +476,7 @@ fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>, base: &Path) -> Dns {
         .iter()
         .filter_map(|p| dns_push(ctx, p, &zone, base))
         .collect();
+    ctx.port("port", &d.port);
     Dns {
         zone,
         port: *d.port.get_ref(),
@@ -545,6 +611,7 @@ fn services(
                 .map(|s| s.name.clone())
                 .find(|n| has_backends(n));
         }
+        ctx.port("port", &r.port);
         let check = check(ctx, r.check.as_ref(), protocol, timing);
         out.push(Service {
             name,
@@ -603,6 +670,17 @@ fn check(
             CheckKind::Tcp
         }
     };
+    if let Some(e) = c
+        .expect
+        .as_ref()
+        .filter(|e| !(100..=599).contains(e.get_ref()))
+    {
+        ctx.at(
+            e.span(),
+            format!("expect = {} is not an HTTP status", e.get_ref()),
+            "give the status a healthy backend answers, from 100 to 599 (usually 200)",
+        );
+    }
     if let (CheckKind::Http { path, .. }, Some(p)) = (&kind, &c.path) {
         if !path.starts_with('/') {
             ctx.at(
@@ -826,7 +904,7 @@ fn api(ctx: &mut Ctx<'_>, raw: Option<&S<RawApi>>, base: &Path) -> Api {
     let r = raw.get_ref();
     let token = match (&r.token, &r.token_file) {
         (Some(t), None) => Some(t.get_ref().trim().to_string()),
-        (None, Some(f)) => match std::fs::read_to_string(resolve(base, f.get_ref())) {
+        (None, Some(f)) => match read_secret(&resolve(base, f.get_ref())) {
             Ok(t) => Some(t.trim().to_string()),
             Err(e) => {
                 ctx.at(
@@ -961,7 +1039,7 @@ fn dns_push(ctx: &mut Ctx<'_>, raw: &S<RawPush>, zone: &str, base: &Path) -> Opt
     }
     let (text, span) = match (&p.key_secret, &p.key_file) {
         (Some(s), None) => (Some(s.get_ref().clone()), s.span()),
-        (None, Some(f)) => match std::fs::read_to_string(resolve(base, f.get_ref())) {
+        (None, Some(f)) => match read_secret(&resolve(base, f.get_ref())) {
             Ok(t) => (Some(t.trim().to_string()), f.span()),
             Err(e) => {
                 ctx.at(
