@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 pub use event::{BadLine, Event};
 pub use ship::{object_key, read_sinks, utc_timestamp};
 pub use spool::{Record, Spool, SpoolError, SpoolStats};
-pub use stream::{Accepted, IngestError, StreamRelay, StreamStats};
+pub use stream::{Accepted, IngestError, PeerReplication, StreamRelay, StreamStats};
 
 /// One event as it travels between sites.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +89,14 @@ pub struct ReplicateResp {
 }
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The largest request body a site's peer port takes: a replication frame is at most
+/// [`stream::FRAME_MAX_BYTES`] of events plus its skips and header.
+pub const PEER_MAX_BODY: usize = 16 << 20;
+
+const _: () = assert!(stream::FRAME_MAX_BYTES * 2 <= PEER_MAX_BODY);
+const _: () =
+    assert!(outlast_core::config::MAX_EVENT_BYTES as usize * 2 <= stream::FRAME_MAX_BYTES);
 
 /// How the relay reaches peer sites (the agent's authenticated peer client).
 pub trait Transport: Send + Sync + 'static {

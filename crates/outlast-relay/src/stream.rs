@@ -23,6 +23,11 @@ use crate::{RelayError, ReplicateReq, ReplicateResp, Sites, Transport};
 const LIVE: Duration = Duration::from_secs(2);
 /// Most events in one replication request.
 const REPLICATE_MAX: usize = 4000;
+/// Most bytes of events in one replication request: well below what a peer takes in one
+/// request ([`crate::PEER_MAX_BODY`]), and above the largest event a stream accepts
+/// (`max_event_bytes`, at most [`outlast_core::config::MAX_EVENT_BYTES`]), so every event
+/// fits in a frame of its own.
+pub(crate) const FRAME_MAX_BYTES: usize = 4 << 20;
 /// Own events kept in memory for the replicators.
 const RECENT_MAX: usize = 200_000;
 /// How long an ingest waits for a second site before answering 503.
@@ -33,6 +38,8 @@ const IN_FLIGHT: usize = 4;
 const PIPELINE_MIN: usize = REPLICATE_MAX / 4;
 /// How long a frame in order waits for the frames before it.
 const ORDER_WAIT: Duration = Duration::from_secs(1);
+/// A replication error that stays the same is logged at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often a replicator sends its shipping progress when no events go.
 const HEARTBEAT: Duration = Duration::from_millis(300);
 
@@ -108,6 +115,10 @@ struct PeerView {
     taking_over: bool,
     /// The peer takes frames in order: several may be in flight to it.
     in_order: bool,
+    /// Frames it refused or did not answer, and the last reason.
+    errors: u64,
+    last_error: Option<String>,
+    error_logged: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -145,6 +156,19 @@ pub struct StreamStats {
     pub replicas: BTreeMap<String, u64>,
     /// Origins whose events this site is shipping because they are down.
     pub taking_over: Vec<String>,
+    /// Per peer: how this site's events reach it.
+    pub replication: BTreeMap<String, PeerReplication>,
+}
+
+/// How a site's own events reach one peer.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PeerReplication {
+    /// The highest own event the peer holds, as it last said.
+    pub holds_through: Option<u64>,
+    /// Frames it refused or did not answer since this site started.
+    pub errors: u64,
+    /// Why the last frame failed, while replication to it is failing.
+    pub last_error: Option<String>,
 }
 
 pub struct StreamRelay {
@@ -198,19 +222,26 @@ struct Progress {
     kept_from: u64,
 }
 
-/// Pushes own records to a replication frame, with room made for all of them first (a
-/// frame of megabytes grown by doubling copies itself over and over).
-/// Records are (seq, id, stored payload).
+/// Pushes own records to a replication frame while it stays within [`FRAME_MAX_BYTES`]
+/// (the first always goes: no event is larger than a frame, see `max_event_bytes`), with
+/// room made for all of them first (a frame of megabytes grown by doubling copies itself
+/// over and over). Records are (seq, id, stored payload).
 fn push_all<'a>(
     w: &mut FrameWriter,
     recs: impl Iterator<Item = (u64, &'a [u8], &'a [u8])> + Clone,
 ) -> Result<(), String> {
-    w.reserve(
-        recs.clone()
-            .map(|(_, id, payload)| FrameWriter::record_bytes(id, event::unstored(payload).1.len()))
-            .sum(),
-    );
-    for (seq, id, payload) in recs {
+    let mut bytes = w.len();
+    let fits = recs
+        .clone()
+        .map(|(_, id, payload)| FrameWriter::record_bytes(id, event::unstored(payload).1.len()))
+        .enumerate()
+        .take_while(|(i, n)| {
+            bytes += n;
+            *i == 0 || bytes <= FRAME_MAX_BYTES
+        })
+        .count();
+    w.reserve(bytes.min(FRAME_MAX_BYTES));
+    for (seq, id, payload) in recs.take(fits) {
         let (ts, line) = event::unstored(payload);
         w.push(seq, ts, id, line)?;
     }
@@ -308,6 +339,10 @@ impl StreamRelay {
 
     pub fn max_body_bytes(&self) -> u64 {
         self.cfg.max_body_bytes
+    }
+
+    pub fn max_event_bytes(&self) -> u64 {
+        self.cfg.max_event_bytes
     }
 
     /// A fresh id for an event that came without one: `{site}-{process}-{number}`, both
@@ -699,9 +734,11 @@ impl StreamRelay {
                             self.answered(&peer, &resp);
                         }
                         other => {
-                            if let Ok(Err(e)) = &other {
-                                tracing::debug!(stream = %self.cfg.name, peer, error = %e, "relay: replication failed");
-                            }
+                            let why = match &other {
+                                Ok(Err(e)) => e.clone(),
+                                _ => "no answer within 5 s".to_string(),
+                            };
+                            self.replication_failed(&peer, why);
                             // What the frames still in flight did is unknown: start again
                             // from the peer's last answer.
                             pending.clear();
@@ -719,6 +756,28 @@ impl StreamRelay {
                 _ = tokio::time::sleep(HEARTBEAT), if pending.is_empty() => due = true,
             }
         }
+    }
+
+    /// A frame the peer refused or did not answer: counted, shown in status, and logged at
+    /// warn level when the reason changes or every [`ERROR_LOG_EVERY`] (a peer that refuses
+    /// every frame would otherwise fill the log once a second).
+    fn replication_failed(&self, peer: &str, why: String) {
+        let labels = [
+            ("stream", self.cfg.name.clone()),
+            ("peer", peer.to_string()),
+        ];
+        metrics::counter!("outlast_relay_replicate_errors_total", &labels).increment(1);
+        let mut peers = lock(&self.peers);
+        let v = peers.entry(peer.to_string()).or_default();
+        v.errors += 1;
+        let log = v.last_error.as_deref() != Some(why.as_str())
+            || v.error_logged
+                .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY);
+        if log {
+            v.error_logged = Some(Instant::now());
+            tracing::warn!(stream = %self.cfg.name, peer, errors = v.errors, error = %why, "relay: replication to a peer failed");
+        }
+        v.last_error = Some(why);
     }
 
     fn answered(&self, peer: &str, resp: &ReplicateResp) {
@@ -757,6 +816,9 @@ impl StreamRelay {
         }
         let mut peers = lock(&self.peers);
         let v = peers.entry(peer.to_string()).or_default();
+        if v.last_error.take().is_some() {
+            tracing::info!(stream = %self.cfg.name, peer, "relay: replication to the peer works again");
+        }
         v.high = Some(resp.high);
         v.in_order = resp.in_order;
         v.last_ok = Some(Instant::now());
@@ -1073,6 +1135,17 @@ impl StreamRelay {
             conflicts: self.counters.conflicts.load(Ordering::Relaxed),
             replicas,
             taking_over: lock(&self.taking_over).iter().cloned().collect(),
+            replication: lock(&self.peers)
+                .iter()
+                .map(|(n, p)| {
+                    let r = PeerReplication {
+                        holds_through: p.high,
+                        errors: p.errors,
+                        last_error: p.last_error.clone(),
+                    };
+                    (n.clone(), r)
+                })
+                .collect(),
         }
     }
 
@@ -1142,6 +1215,7 @@ mod tests {
             sinks: Vec::new(),
             max_spool_bytes: 1 << 30,
             max_body_bytes: 1 << 20,
+            max_event_bytes: 1 << 20,
             batch_events: 100,
             batch_age: Duration::from_millis(200),
             replay_rate: 1000,

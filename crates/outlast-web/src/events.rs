@@ -38,7 +38,8 @@ pub(crate) async fn ingest(
             ),
         );
     }
-    let events = match event::parse_ndjson(&body, || stream.assign_id()) {
+    let max_event = usize::try_from(stream.max_event_bytes()).unwrap_or(usize::MAX);
+    let events = match event::parse_ndjson(&body, max_event, || stream.assign_id()) {
         Ok(e) if e.is_empty() => {
             return refuse(
                 StatusCode::BAD_REQUEST,
@@ -47,10 +48,12 @@ pub(crate) async fn ingest(
         }
         Ok(e) => e,
         Err(bad) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("{bad}; nothing was stored"),
-            )
+            let code = if bad.too_large {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return refuse(code, format!("{bad}; nothing was stored"));
         }
     };
     match stream.ingest(events).await {

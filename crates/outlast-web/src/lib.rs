@@ -120,6 +120,10 @@ pub struct StreamStatus {
     /// Down sites whose events this site ships.
     #[serde(default)]
     pub taking_over: Vec<String>,
+    /// Per peer: the highest own event it holds, and the frames it refused or did not
+    /// answer (with the last reason while it is failing).
+    #[serde(default)]
+    pub replication: std::collections::BTreeMap<String, outlast_relay::PeerReplication>,
 }
 
 impl From<outlast_relay::StreamStats> for StreamStatus {
@@ -138,6 +142,7 @@ impl From<outlast_relay::StreamStats> for StreamStatus {
             duplicates: s.duplicates,
             replicas: s.replicas,
             taking_over: s.taking_over,
+            replication: s.replication,
         }
     }
 }

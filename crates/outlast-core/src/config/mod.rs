@@ -236,6 +236,9 @@ pub struct Stream {
     pub max_spool_bytes: u64,
     /// Largest accepted request body; above it, 413.
     pub max_body_bytes: u64,
+    /// Largest accepted event (one line, with its id); above it, 413. At most
+    /// [`MAX_EVENT_BYTES`], so that every event fits in a replication frame.
+    pub max_event_bytes: u64,
     /// A batch (one object) closes at this many events...
     pub batch_events: u64,
     /// ...or when its oldest event is this old.
@@ -248,6 +251,10 @@ pub struct Stream {
     /// Shipped events are kept (for duplicate detection by id) this long.
     pub dedup_window: Duration,
 }
+
+/// The largest `max_event_bytes` a stream may set: an event travels to a peer in one
+/// replication frame, and frames are bounded in bytes.
+pub const MAX_EVENT_BYTES: u64 = 2 << 20;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Sink {

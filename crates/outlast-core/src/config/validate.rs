@@ -803,6 +803,7 @@ fn streams(
         };
         let max_spool_bytes = positive("max_spool_bytes", &r.max_spool_bytes, 1 << 30);
         let max_body_bytes = positive("max_body_bytes", &r.max_body_bytes, 8 << 20);
+        let max_event_bytes = positive("max_event_bytes", &r.max_event_bytes, 1 << 20);
         let batch_events = positive("batch_events", &r.batch_events, 10_000);
         let replay_rate = positive("replay_rate", &r.replay_rate, 200_000);
         let batch_age = ctx.duration("batch_age", r.batch_age.as_ref(), Duration::from_secs(1));
@@ -811,12 +812,28 @@ fn streams(
             r.dedup_window.as_ref(),
             Duration::from_secs(600),
         );
+        if let Some(v) = r
+            .max_event_bytes
+            .as_ref()
+            .filter(|v| *v.get_ref() > MAX_EVENT_BYTES)
+        {
+            ctx.at(
+                v.span(),
+                format!(
+                    "max_event_bytes = {} is over the {MAX_EVENT_BYTES}-byte ceiling \
+                     (an event must fit in one replication frame)",
+                    v.get_ref()
+                ),
+                format!("use {MAX_EVENT_BYTES} or less"),
+            );
+        }
         out.push(Stream {
             name,
             ack,
             sinks,
             max_spool_bytes,
             max_body_bytes,
+            max_event_bytes: max_event_bytes.min(MAX_EVENT_BYTES),
             batch_events,
             batch_age,
             replay_rate,

@@ -307,8 +307,13 @@ async fn handle(
 }
 
 pub fn router(server: Arc<PeerServer>) -> axum::Router {
+    // Stated, not left to axum's default (2 MB, below what a relay frame may hold: a
+    // frame refused for its size was retried for ever and wedged the stream).
     axum::Router::new()
         .fallback(axum::routing::post(handle))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            outlast_relay::PEER_MAX_BODY,
+        ))
         .with_state(server)
 }
 

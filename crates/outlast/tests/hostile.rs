@@ -1,0 +1,178 @@
+//! Hostile input, full disks, connection floods and odd partitions against real agents: the
+//! defects a probe of a running cluster found, each shown fixed. Every test binds loopback
+//! addresses (or its own network namespace) and cleans up what it started.
+
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Opts};
+
+/// A request over HTTP/1.1 with a body: status code and body, or `None` when nothing
+/// answered within `wait`.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+    wait: Duration,
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(wait)).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+fn post_events(addr: SocketAddr, body: &[u8]) -> Option<(u16, String)> {
+    request(
+        addr,
+        "POST",
+        "/v1/streams/clicks/events",
+        "Content-Type: application/x-ndjson\r\n",
+        body,
+        Duration::from_secs(10),
+    )
+}
+
+/// Every event line in the zstd objects under `dir` (a file:// sink), by id.
+fn sink_events(dir: &Path) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".ndjson.zst") {
+                let bytes = std::fs::read(&p).expect("object");
+                let text = zstd::decode_all(bytes.as_slice()).expect("zstd");
+                for line in String::from_utf8(text).expect("utf-8").lines() {
+                    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                    let id = v["id"].as_str().expect("id").to_string();
+                    *out.entry(id).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn file_stream(sinks: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[[streams]]
+name = "clicks"
+ack = "replicated"
+batch_events = 1000
+batch_age = "200ms"
+{extra}
+[[streams.sinks]]
+url = "file://{east}"
+site = "east"
+[[streams.sinks]]
+url = "file://{west}"
+site = "west"
+"#,
+        east = sinks.join("east").display(),
+        west = sinks.join("west").display(),
+    )
+}
+
+/// Found by probing: one 2.2 MB event, or a 3 MB body of 4,000 events (both under the
+/// body limit), was stored but could never be replicated (the peer port refused bodies over
+/// 2 MB and the frame, capped in events only, was retried for ever): every later request
+/// waited 5 s and got 503, nothing shipped, and a restart did not help.
+#[test]
+fn one_large_request_does_not_wedge_the_stream() {
+    let sinks = tempfile::tempdir().expect("tmp");
+    let mut o = Opts::new(7900);
+    o.extra = file_stream(sinks.path(), "max_event_bytes = 2097152");
+    let mut c = Cluster::new(o);
+    c.start_all();
+    c.wait_healthy();
+    let east = c.api("east");
+
+    // Over max_event_bytes: refused at once with the limit named, nothing stored.
+    let big = format!("{{\"id\":\"huge\",\"p\":\"{}\"}}\n", "x".repeat(2_200_000));
+    let (code, body) = post_events(east, big.as_bytes()).expect("an answer");
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("max_event_bytes (2097152)"), "{body}");
+
+    // Under it but larger than the old 2 MB peer limit: acknowledged (replicated).
+    let one = format!(
+        "{{\"id\":\"single\",\"p\":\"{}\"}}\n",
+        "y".repeat(1_900_000)
+    );
+    let t = Instant::now();
+    let (code, body) = post_events(east, one.as_bytes()).expect("an answer");
+    assert_eq!(code, 200, "{body}\n{}", c.logs());
+    println!("a 1.9 MB event acked in {:?}", t.elapsed());
+
+    // 4,000 events of 700 bytes in one body: acknowledged, then the stream goes on.
+    let body: String = (0..4000)
+        .map(|i| format!("{{\"id\":\"bulk-{i}\",\"p\":\"{}\"}}\n", "z".repeat(680)))
+        .collect();
+    assert!(body.len() > 2_800_000);
+    let t = Instant::now();
+    let (code, answer) = post_events(east, body.as_bytes()).expect("an answer");
+    assert_eq!(code, 200, "{answer}\n{}", c.logs());
+    println!(
+        "a {} byte body of 4000 events acked in {:?}",
+        body.len(),
+        t.elapsed()
+    );
+    let mut slowest = Duration::ZERO;
+    for i in 0..50 {
+        let t = Instant::now();
+        let small = format!("{{\"id\":\"after-{i}\",\"n\":{i}}}\n");
+        let (code, answer) = post_events(east, small.as_bytes()).expect("an answer");
+        assert_eq!(code, 200, "request {i} after the large ones: {answer}");
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "small requests after the large ones waited up to {slowest:?}"
+    );
+    // Everything ships, once.
+    let want = 1 + 4000 + 50;
+    let start = Instant::now();
+    let events = loop {
+        let mut all = sink_events(&sinks.path().join("east"));
+        for (id, n) in sink_events(&sinks.path().join("west")) {
+            *all.entry(id).or_insert(0) += n;
+        }
+        if all.len() >= want || start.elapsed() > Duration::from_secs(20) {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(events.len(), want, "events in the sinks\n{}", c.logs());
+    assert!(events.values().all(|n| *n == 1), "an event stored twice");
+    assert!(!events.contains_key("huge"));
+    let st = c.status("east").expect("status");
+    let repl = &st["streams"][0]["replication"];
+    assert!(
+        repl["west"]["last_error"].is_null() && repl["witness"]["last_error"].is_null(),
+        "{repl}"
+    );
+}
