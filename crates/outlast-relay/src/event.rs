@@ -336,7 +336,7 @@ mod tests {
         let e = parse_ndjson(b"{}\n{\"ok\":1, 7:1}", BIG, || "g".into()).expect_err("key");
         assert_eq!(
             e.to_string(),
-            "line 2, column 11: not JSON: key must be a string"
+            "line 2, column 10: not JSON: key must be a string"
         );
         // An event over the limit, counted with the id it is stored with.
         let line = format!("{{\"p\":\"{}\"}}", "x".repeat(100));
