@@ -339,9 +339,11 @@ mod tests {
             "line 2, column 10: not JSON: key must be a string"
         );
         // An event over the limit, counted with the id it is stored with.
+        let with = format!("{{\"id\":\"a\",\"p\":\"{}\"}}", "x".repeat(100));
+        assert!(parse_ndjson(with.as_bytes(), with.len(), || "g".into()).is_ok());
+        assert!(parse_ndjson(with.as_bytes(), with.len() - 1, || "g".into()).is_err());
         let line = format!("{{\"p\":\"{}\"}}", "x".repeat(100));
-        assert!(parse_ndjson(line.as_bytes(), line.len(), || "".into()).is_ok());
-        let e = parse_ndjson(line.as_bytes(), line.len(), || "g-1".into()).expect_err("big");
+        let e = parse_ndjson(line.as_bytes(), line.len() + 5, || "g-1".into()).expect_err("big");
         assert!(e.too_large && e.why.contains("max_event_bytes"), "{e}");
     }
 
