@@ -49,6 +49,10 @@ pub struct SiteStatus {
     pub witness: bool,
     /// Milliseconds since the answering site last exchanged a heartbeat with this one.
     pub last_seen_ms: Option<u64>,
+    /// Peer requests signed by this site that the answering site refused as replays (seen
+    /// before, or older than the replay window).
+    #[serde(default)]
+    pub replays_refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

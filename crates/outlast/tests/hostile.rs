@@ -176,3 +176,167 @@ fn one_large_request_does_not_wedge_the_stream() {
         "{repl}"
     );
 }
+
+/// A TCP relay on 127.0.0.1:`port` to `to` that records what clients send.
+struct Recorder {
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recorder {
+    fn start(port: u16, to: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind recorder");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (rec, st) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut s_in, mut c_out) = (server, client);
+                let rec = rec.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let mut r = rec.lock().expect("lock");
+                        if r.len() < 1 << 20 {
+                            r.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_in, &mut c_out);
+                });
+            }
+        });
+        Recorder { sent, stop }
+    }
+
+    /// Whole requests recorded so far (head and body), in order.
+    fn requests(&self) -> Vec<Vec<u8>> {
+        let bytes = self.sent.lock().expect("lock").clone();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(end) = bytes[at..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let head_end = at + end + 4;
+            let head = String::from_utf8_lossy(&bytes[at..head_end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if head_end + len > bytes.len() {
+                break;
+            }
+            out.push(bytes[at..head_end + len].to_vec());
+            at = head_end + len;
+        }
+        out
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Sends raw request bytes; the status code answered.
+fn replay(addr: SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(request).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    text.split(' ').nth(1)?.parse().ok()
+}
+
+/// Found by probing: captured peer requests (heartbeats, relay frames, step-downs) could be
+/// replayed for 60 s from any address, uncounted; a step-down replayed once a second forced
+/// an election every second. Requests east sends west are recorded on the way and sent
+/// again, to west and to the witness: each is refused and counted, and the cluster does not
+/// notice.
+#[test]
+fn captured_peer_requests_replayed_are_refused_and_counted() {
+    let mut c = Cluster::new(Opts::new(7920));
+    let west_peer: SocketAddr = "127.0.0.12:7920".parse().expect("addr");
+    let witness_peer: SocketAddr = "127.0.0.13:7920".parse().expect("addr");
+    let rec = Recorder::start(7935, west_peer);
+    c.start_with_args("east", &["--peer-via", "west=127.0.0.1:7935"]);
+    c.start("west");
+    c.start("witness");
+    c.wait_healthy();
+    let before = c.status("west").expect("status");
+    let term = before["term"].clone();
+    let start = Instant::now();
+    let mut captured = rec.requests();
+    while captured.len() < 30 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        captured = rec.requests();
+    }
+    let heartbeats: Vec<&Vec<u8>> = captured
+        .iter()
+        .filter(|r| r.starts_with(b"POST /peer/heartbeat"))
+        .collect();
+    assert!(
+        heartbeats.len() >= 3,
+        "{} requests captured",
+        captured.len()
+    );
+    let raft: Vec<&Vec<u8>> = captured
+        .iter()
+        .filter(|r| r.starts_with(b"POST /raft/"))
+        .take(5)
+        .collect();
+    let mut replayed = 0;
+    for req in heartbeats.iter().take(20).chain(raft.iter()) {
+        assert_eq!(replay(west_peer, req), Some(401), "replayed to west");
+        assert_eq!(
+            replay(witness_peer, req),
+            Some(401),
+            "replayed to the witness"
+        );
+        replayed += 1;
+    }
+    let st = c.status("west").expect("status");
+    let east = st["sites"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["name"] == "east"))
+        .expect("east in status");
+    assert!(
+        east["replays_refused"].as_u64().expect("count") >= replayed,
+        "{east}"
+    );
+    let m = c.get("west", "/metrics").expect("metrics");
+    assert!(
+        common::metric_value(&m, "outlast_peer_replays_refused_total{peer=\"east\"}")
+            >= replayed as f64,
+        "{m}"
+    );
+    assert_eq!(st["term"], term, "no election: {st}");
+    assert!(common::all_up(&st), "{st}");
+    // The refusal says nothing about why (not even whether a site name is a member).
+    let stranger = b"POST /peer/heartbeat HTTP/1.1\r\nHost: x\r\nx-outlast-auth: site=mallory;to=west;n=1;mac=00\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let mut s = TcpStream::connect(west_peer).expect("connect");
+    s.write_all(stranger).expect("write");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.ends_with("peer authentication failed"), "{answer}");
+}

@@ -76,6 +76,8 @@ pub struct Agent {
     faults: Arc<Faults>,
     /// The token `/v1/faults` wants (`[api] token`, else the drill's own).
     fault_token: Option<String>,
+    /// Signs and checks peer traffic; counts replays refused per peer.
+    peer_auth: Arc<PeerAuth>,
 }
 
 /// What `outlast agent` may be told beyond the config.
@@ -510,6 +512,7 @@ impl Agent {
                 .filter(|r| now.saturating_sub(r.at_ms) <= self.params.report_ttl_ms)
         };
         let peers = lock(&self.peers);
+        let replays = self.peer_auth.replays_refused();
         self.config
             .sites
             .iter()
@@ -543,6 +546,7 @@ impl Agent {
                     state: state_word.to_string(),
                     witness: s.witness,
                     last_seen_ms,
+                    replays_refused: replays.get(&s.name).copied().unwrap_or(0),
                 }
             })
             .collect()
@@ -989,6 +993,7 @@ pub async fn run(
         last_known: Mutex::new(BTreeMap::new()),
         faults: faults.clone(),
         fault_token: config.api.token.clone().or(opts.fault_token),
+        peer_auth: auth.clone(),
         config,
     });
     // A restarted primary acts again only once it holds a lease, and peers count for its

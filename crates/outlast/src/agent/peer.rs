@@ -1,17 +1,33 @@
 //! Agent-to-agent traffic on `address:peer_port`: Raft RPCs and heartbeats.
 //!
 //! Every request and every answer is authenticated with the cluster secret: a header
-//! `x-outlast-auth: site=<name>;ts=<unix ms>;mac=<hex>` where the MAC is a keyed BLAKE3 hash
-//! (key derived from the secret) over the site name, the timestamp, the path and the body.
-//! A request from an unknown site, with a MAC that does not match, or a timestamp more than
-//! a minute away is refused with 401 and counts for nothing: no heartbeat, no vote, no
-//! lease. Answers are signed the same way (path + "#answer"), so a stranger answering on a
-//! peer's port cannot grant a lease either. Peers dial from their own site address, so a cut
-//! of one address cuts exactly that site.
+//! `x-outlast-auth: site=<from>;to=<recipient>;n=<nonce>;mac=<hex>` where the MAC is a keyed
+//! BLAKE3 hash (key derived from the secret) over the sender, the recipient, the nonce, the
+//! path and the body. Refused with 401 (one answer for every reason, so a stranger learns
+//! nothing, not even which site names are members) and counting for nothing (no heartbeat,
+//! no vote, no lease): a request from a site that is not a member, with a MAC that does not
+//! match, addressed to another site, with a nonce more than a minute from this site's
+//! clock, or one seen before.
+//!
+//! # Replays
+//! A nonce is the sender's clock in microseconds, bumped so that it grows strictly within a
+//! process. The recipient keeps, per sender, every nonce of the last [`REPLAY_WINDOW_US`]
+//! below the highest it has seen, and refuses a nonce it holds or one older than that
+//! window: a captured request replayed later, to this site or another, is refused and
+//! counted (`outlast_peer_replays_refused_total`, status `sites[].replays_refused`).
+//! Requests of one sender may arrive out of order (several connections), within the window.
+//! A sender whose clock steps back by more than the window is refused until it catches up
+//! (set clocks with NTP slewing, as for leases).
+//!
+//! Answers are signed the same way with the path + "#answer" and the request's nonce, so an
+//! answer belongs to one request: a stranger answering on a peer's port, or replaying an
+//! old answer, cannot grant a lease either. Peers dial from their own site address, so a
+//! cut of one address cuts exactly that site.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -34,12 +50,51 @@ use serde::{Deserialize, Serialize};
 
 pub const AUTH_HEADER: &str = "x-outlast-auth";
 const MAX_SKEW_MS: u64 = 60_000;
+/// How far behind a sender's newest nonce one of its requests may be (microseconds): above
+/// any peer call's timeout, so that requests overtaken on another connection still count.
+pub const REPLAY_WINDOW_US: u64 = 10_000_000;
+/// At most this many nonces are held per sender (the window's floor rises past the oldest).
+const REPLAY_HELD_MAX: usize = 100_000;
 
 /// Signs and checks peer traffic with the cluster secret.
 pub struct PeerAuth {
     key: [u8; 32],
     me: String,
     members: HashSet<String>,
+    /// The last nonce this site used.
+    nonce: AtomicU64,
+    /// Per sender: the nonces seen in the window.
+    seen: Mutex<HashMap<String, Window>>,
+}
+
+/// One sender's recent nonces: everything at or below `floor` is refused, and so is every
+/// nonce held.
+#[derive(Debug, Default)]
+struct Window {
+    floor: u64,
+    held: BTreeSet<u64>,
+    refused: u64,
+}
+
+impl Window {
+    /// Takes `n` once; false when it was seen before or is older than the window.
+    fn take(&mut self, n: u64) -> bool {
+        if n <= self.floor || !self.held.insert(n) {
+            self.refused += 1;
+            return false;
+        }
+        let top = self.held.last().copied().unwrap_or(n);
+        let floor = top.saturating_sub(REPLAY_WINDOW_US);
+        while let Some(first) = self.held.first().copied() {
+            if first > floor && self.held.len() <= REPLAY_HELD_MAX {
+                break;
+            }
+            self.held.pop_first();
+            self.floor = self.floor.max(first);
+        }
+        self.floor = self.floor.max(floor);
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +105,16 @@ pub enum AuthError {
     Malformed,
     #[error("site {0:?} is not a member of this cluster")]
     Stranger(String),
-    #[error("timestamp is {0} ms away from this site's clock")]
+    #[error("addressed to {0:?}, not to this site")]
+    NotForMe(String),
+    #[error("nonce is {0} ms away from this site's clock")]
     Skew(u64),
     #[error("signature does not match (another cluster secret?)")]
     BadMac,
+    #[error("a request from {0} seen before (a replay)")]
+    Replay(String),
+    #[error("the answer is not to this request")]
+    NotMyAnswer,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -64,77 +125,172 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// A checked header's fields.
+struct Signed<'a> {
+    site: &'a str,
+    to: &'a str,
+    nonce: u64,
+    mac: &'a str,
+}
+
 impl PeerAuth {
     pub fn new(secret: &str, me: &str, members: impl IntoIterator<Item = String>) -> Self {
         Self {
-            key: blake3::derive_key("outlast 2026 peer authentication v1", secret.as_bytes()),
+            key: blake3::derive_key("outlast 2026 peer authentication v2", secret.as_bytes()),
             me: me.to_string(),
             members: members.into_iter().collect(),
+            nonce: AtomicU64::new(0),
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
-    fn mac(&self, site: &str, ts: u64, path: &str, body: &[u8]) -> String {
+    fn mac(&self, site: &str, to: &str, nonce: u64, path: &str, body: &[u8]) -> String {
         let mut h = blake3::Hasher::new_keyed(&self.key);
-        h.update(site.as_bytes());
-        h.update(&[0]);
-        h.update(ts.to_string().as_bytes());
-        h.update(&[0]);
-        h.update(path.as_bytes());
-        h.update(&[0]);
+        for part in [
+            site.as_bytes(),
+            to.as_bytes(),
+            nonce.to_string().as_bytes(),
+            path.as_bytes(),
+        ] {
+            h.update(part);
+            h.update(&[0]);
+        }
         h.update(body);
         hex::encode(h.finalize().as_bytes())
     }
 
-    pub fn sign(&self, path: &str, body: &[u8]) -> String {
-        let ts = unix_ms();
+    /// A fresh nonce: the clock in microseconds, above every nonce this process used.
+    fn next_nonce(&self) -> u64 {
+        let now = unix_us();
+        let prev = self
+            .nonce
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(now);
+        now.max(prev + 1)
+    }
+
+    fn header(&self, to: &str, nonce: u64, path: &str, body: &[u8]) -> String {
         format!(
-            "site={};ts={ts};mac={}",
+            "site={};to={to};n={nonce};mac={}",
             self.me,
-            self.mac(&self.me, ts, path, body)
+            self.mac(&self.me, to, nonce, path, body)
         )
     }
 
-    /// Checks a signature; returns the signing site.
+    /// Signs a request to `to`; the header and its nonce (which the answer must carry).
+    pub fn sign(&self, to: &str, path: &str, body: &[u8]) -> (String, u64) {
+        let nonce = self.next_nonce();
+        (self.header(to, nonce, path, body), nonce)
+    }
+
+    /// Signs the answer to a request from `to` that carried `nonce`.
+    pub fn sign_answer(&self, to: &str, nonce: u64, path: &str, body: &[u8]) -> String {
+        self.header(to, nonce, &format!("{path}#answer"), body)
+    }
+
+    fn parse<'a>(&self, header: Option<&'a HeaderValue>) -> Result<Signed<'a>, AuthError> {
+        let text = header
+            .ok_or(AuthError::Missing)?
+            .to_str()
+            .map_err(|_| AuthError::Malformed)?;
+        let (mut site, mut to, mut nonce, mut mac) = (None, None, None, None);
+        for part in text.split(';') {
+            match part.split_once('=') {
+                Some(("site", v)) => site = Some(v),
+                Some(("to", v)) => to = Some(v),
+                Some(("n", v)) => nonce = v.parse::<u64>().ok(),
+                Some(("mac", v)) => mac = Some(v),
+                _ => return Err(AuthError::Malformed),
+            }
+        }
+        let (Some(site), Some(to), Some(nonce), Some(mac)) = (site, to, nonce, mac) else {
+            return Err(AuthError::Malformed);
+        };
+        if !self.members.contains(site) {
+            return Err(AuthError::Stranger(site.to_string()));
+        }
+        if to != self.me {
+            return Err(AuthError::NotForMe(to.to_string()));
+        }
+        Ok(Signed {
+            site,
+            to,
+            nonce,
+            mac,
+        })
+    }
+
+    fn check_mac(&self, s: &Signed<'_>, path: &str, body: &[u8]) -> Result<(), AuthError> {
+        let expected = self.mac(s.site, s.to, s.nonce, path, body);
+        // Compared as hashes (constant time): the MAC is a secret-derived value.
+        if s.mac.len() != 64
+            || blake3::Hash::from_hex(&expected).ok() != blake3::Hash::from_hex(s.mac).ok()
+        {
+            return Err(AuthError::BadMac);
+        }
+        Ok(())
+    }
+
+    /// Checks a request's signature and that it is new; returns the sending site and the
+    /// nonce its answer must carry.
     pub fn verify(
         &self,
         header: Option<&HeaderValue>,
         path: &str,
         body: &[u8],
-    ) -> Result<String, AuthError> {
-        let text = header
-            .ok_or(AuthError::Missing)?
-            .to_str()
-            .map_err(|_| AuthError::Malformed)?;
-        let mut site = None;
-        let mut ts = None;
-        let mut mac = None;
-        for part in text.split(';') {
-            match part.split_once('=') {
-                Some(("site", v)) => site = Some(v),
-                Some(("ts", v)) => ts = v.parse::<u64>().ok(),
-                Some(("mac", v)) => mac = Some(v),
-                _ => return Err(AuthError::Malformed),
-            }
-        }
-        let (site, ts, mac) = match (site, ts, mac) {
-            (Some(s), Some(t), Some(m)) => (s, t, m),
-            _ => return Err(AuthError::Malformed),
-        };
-        if !self.members.contains(site) {
-            return Err(AuthError::Stranger(site.to_string()));
-        }
-        let skew = unix_ms().abs_diff(ts);
+    ) -> Result<(String, u64), AuthError> {
+        let s = self.parse(header)?;
+        let skew = unix_ms().abs_diff(s.nonce / 1000);
         if skew > MAX_SKEW_MS {
             return Err(AuthError::Skew(skew));
         }
-        let expected = self.mac(site, ts, path, body);
-        // Compare in constant time: the MAC is a secret-derived value.
-        if blake3::Hash::from_hex(&expected).ok() != blake3::Hash::from_hex(mac).ok()
-            || mac.len() != 64
-        {
-            return Err(AuthError::BadMac);
+        self.check_mac(&s, path, body)?;
+        // Only an authentic request reaches the window: strangers cannot fill it.
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.entry(s.site.to_string()).or_default().take(s.nonce) {
+            metrics::counter!("outlast_peer_replays_refused_total", "peer" => s.site.to_string())
+                .increment(1);
+            return Err(AuthError::Replay(s.site.to_string()));
         }
-        Ok(site.to_string())
+        Ok((s.site.to_string(), s.nonce))
+    }
+
+    /// Checks that an answer is `site`'s answer to the request of `nonce`.
+    pub fn verify_answer(
+        &self,
+        header: Option<&HeaderValue>,
+        site: &str,
+        nonce: u64,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        let s = self.parse(header)?;
+        if s.site != site {
+            return Err(AuthError::Stranger(s.site.to_string()));
+        }
+        if s.nonce != nonce {
+            return Err(AuthError::NotMyAnswer);
+        }
+        self.check_mac(&s, &format!("{path}#answer"), body)
+    }
+
+    /// Per peer: requests refused as replays since this agent started.
+    pub fn replays_refused(&self) -> BTreeMap<String, u64> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, w)| (k.clone(), w.refused))
+            .collect()
     }
 }
 
@@ -191,8 +347,20 @@ impl PeerServer {
     }
 }
 
-fn signed(auth: &PeerAuth, path: &str, code: StatusCode, body: Vec<u8>) -> Response {
-    let sig = auth.sign(&format!("{path}#answer"), &body);
+/// Who an answer goes to and the nonce of the request it answers.
+struct Asker<'a> {
+    site: &'a str,
+    nonce: u64,
+}
+
+fn signed(
+    auth: &PeerAuth,
+    to: &Asker<'_>,
+    path: &str,
+    code: StatusCode,
+    body: Vec<u8>,
+) -> Response {
+    let sig = auth.sign_answer(to.site, to.nonce, path, &body);
     let mut resp = (code, body).into_response();
     if let Ok(v) = HeaderValue::from_str(&sig) {
         resp.headers_mut().insert(AUTH_HEADER, v);
@@ -211,9 +379,9 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, (StatusCode, String)> {
     })
 }
 
-fn encode<T: Serialize>(auth: &PeerAuth, path: &str, value: &T) -> Response {
+fn encode<T: Serialize>(auth: &PeerAuth, to: &Asker<'_>, path: &str, value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(body) => signed(auth, path, StatusCode::OK, body),
+        Ok(body) => signed(auth, to, path, StatusCode::OK, body),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode answer: {e}"),
@@ -229,20 +397,18 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
-    let from = match srv.auth.verify(headers.get(AUTH_HEADER), &path, &body) {
-        Ok(site) => site,
+    let (from, nonce) = match srv.auth.verify(headers.get(AUTH_HEADER), &path, &body) {
+        Ok(v) => v,
         Err(e) => {
             if srv.should_log(e.to_string()) {
                 tracing::warn!(path, error = %e, "refused peer request (logged once per 10 s)");
             }
             metrics::counter!("outlast_peer_auth_failures_total").increment(1);
-            return (
-                StatusCode::UNAUTHORIZED,
-                format!("peer authentication failed: {e}"),
-            )
-                .into_response();
+            // The same answer for every reason: the reason is in this site's log only.
+            return (StatusCode::UNAUTHORIZED, "peer authentication failed").into_response();
         }
     };
+    let asker = Asker { site: &from, nonce };
     if srv.faults.cut(&from) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -253,21 +419,21 @@ async fn handle(
     let raft = srv.handler.raft();
     match path.as_str() {
         "/raft/append" => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-            Ok(req) => encode(&srv.auth, &path, &raft.append_entries(req).await),
+            Ok(req) => encode(&srv.auth, &asker, &path, &raft.append_entries(req).await),
             Err(r) => r.into_response(),
         },
         "/raft/vote" => match decode::<VoteRequest<NodeId>>(&body) {
-            Ok(req) => encode(&srv.auth, &path, &raft.vote(req).await),
+            Ok(req) => encode(&srv.auth, &asker, &path, &raft.vote(req).await),
             Err(r) => r.into_response(),
         },
         "/raft/snapshot" => match decode::<InstallSnapshotRequest<TypeConfig>>(&body) {
-            Ok(req) => encode(&srv.auth, &path, &raft.install_snapshot(req).await),
+            Ok(req) => encode(&srv.auth, &asker, &path, &raft.install_snapshot(req).await),
             Err(r) => r.into_response(),
         },
         "/peer/heartbeat" => match decode::<outlast_control::Report>(&body) {
             Ok(report) if report.site == from => {
                 let ack = srv.handler.heartbeat(&from, report);
-                encode(&srv.auth, &path, &ack)
+                encode(&srv.auth, &asker, &path, &ack)
             }
             Ok(_) => (StatusCode::BAD_REQUEST, "a site may only report for itself").into_response(),
             Err(r) => r.into_response(),
@@ -284,7 +450,7 @@ async fn handle(
                 relay.receive_frame(&from, body).await
             };
             match answer {
-                Ok(resp) => encode(&srv.auth, &path, &resp),
+                Ok(resp) => encode(&srv.auth, &asker, &path, &resp),
                 Err(e @ outlast_relay::RelayError::UnknownStream(_)) => {
                     (StatusCode::NOT_FOUND, e.to_string()).into_response()
                 }
@@ -298,7 +464,7 @@ async fn handle(
         "/peer/step-down" => match decode::<super::StepDown>(&body) {
             Ok(req) => {
                 srv.handler.step_down_requested(&from, req);
-                encode(&srv.auth, &path, &true)
+                encode(&srv.auth, &asker, &path, &true)
             }
             Err(r) => r.into_response(),
         },
@@ -418,10 +584,11 @@ impl PeerClient {
         if !delay.is_zero() {
             tokio::time::sleep(delay.min(timeout)).await;
         }
+        let (auth, nonce) = self.auth.sign(site, path, &body);
         let resp = self
             .http
             .post(format!("http://{addr}{path}"))
-            .header(AUTH_HEADER, self.auth.sign(path, &body))
+            .header(AUTH_HEADER, auth)
             .header("content-type", content_type)
             .timeout(timeout)
             .body(body)
@@ -444,19 +611,12 @@ impl PeerClient {
                 reason: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
             });
         }
-        let signer = self
-            .auth
-            .verify(sig.as_ref(), &format!("{path}#answer"), &bytes)
+        self.auth
+            .verify_answer(sig.as_ref(), site, nonce, path, &bytes)
             .map_err(|source| CallError::Auth {
                 site: site.into(),
                 source,
             })?;
-        if signer != site {
-            return Err(CallError::Auth {
-                site: site.into(),
-                source: AuthError::Stranger(signer),
-            });
-        }
         serde_json::from_slice(&bytes).map_err(|source| CallError::Decode {
             site: site.into(),
             source,
@@ -555,19 +715,34 @@ mod tests {
     use super::*;
 
     fn auth(secret: &str, me: &str) -> PeerAuth {
-        PeerAuth::new(secret, me, ["east".to_string(), "west".to_string()])
+        PeerAuth::new(
+            secret,
+            me,
+            [
+                "east".to_string(),
+                "west".to_string(),
+                "witness".to_string(),
+            ],
+        )
+    }
+
+    fn header(text: &str) -> HeaderValue {
+        HeaderValue::from_str(text).expect("header")
     }
 
     #[test]
     fn a_signature_checks_out_with_the_same_secret_only() {
         let east = auth("s3cret", "east");
         let west = auth("s3cret", "west");
-        let sig = HeaderValue::from_str(&east.sign("/peer/heartbeat", b"{}")).expect("header");
+        let (sig, n) = east.sign("west", "/peer/heartbeat", b"{}");
+        let sig = header(&sig);
         assert_eq!(
             west.verify(Some(&sig), "/peer/heartbeat", b"{}")
                 .expect("valid"),
-            "east"
+            ("east".to_string(), n)
         );
+        let (sig, _) = east.sign("west", "/peer/heartbeat", b"{}");
+        let sig = header(&sig);
         assert!(matches!(
             west.verify(Some(&sig), "/peer/heartbeat", b"{ }"),
             Err(AuthError::BadMac)
@@ -587,24 +762,95 @@ mod tests {
     fn strangers_and_garbage_are_refused() {
         let west = auth("s3cret", "west");
         let mallory = PeerAuth::new("s3cret", "mallory", ["mallory".to_string()]);
-        let sig = HeaderValue::from_str(&mallory.sign("/p", b"")).expect("header");
+        let (sig, _) = mallory.sign("west", "/p", b"");
         assert!(matches!(
-            west.verify(Some(&sig), "/p", b""),
+            west.verify(Some(&header(&sig)), "/p", b""),
             Err(AuthError::Stranger(_))
         ));
         assert!(matches!(
             west.verify(None, "/p", b""),
             Err(AuthError::Missing)
         ));
-        let junk = HeaderValue::from_static("site=east;ts=nope;mac=00");
+        let junk = HeaderValue::from_static("site=east;to=west;n=nope;mac=00");
         assert!(matches!(
             west.verify(Some(&junk), "/p", b""),
             Err(AuthError::Malformed)
         ));
-        let old = HeaderValue::from_static("site=east;ts=1;mac=00");
+        let old = HeaderValue::from_static("site=east;to=west;n=1;mac=00");
         assert!(matches!(
             west.verify(Some(&old), "/p", b""),
             Err(AuthError::Skew(_))
+        ));
+    }
+
+    /// Found by probing: a captured request (a step-down replayed once a second forced an
+    /// election each time) was taken again for a minute, from any address, uncounted.
+    #[test]
+    fn a_request_counts_once_and_only_where_it_was_sent() {
+        let east = auth("s3cret", "east");
+        let west = auth("s3cret", "west");
+        let witness = auth("s3cret", "witness");
+        let (sig, _) = east.sign("west", "/peer/step-down", b"{}");
+        let sig = header(&sig);
+        assert!(west.verify(Some(&sig), "/peer/step-down", b"{}").is_ok());
+        assert!(matches!(
+            west.verify(Some(&sig), "/peer/step-down", b"{}"),
+            Err(AuthError::Replay(_))
+        ));
+        assert!(matches!(
+            witness.verify(Some(&sig), "/peer/step-down", b"{}"),
+            Err(AuthError::NotForMe(_))
+        ));
+        assert_eq!(west.replays_refused()["east"], 1);
+        // Requests overtaken by later ones (other connections) still count once each.
+        let sigs: Vec<HeaderValue> = (0..50)
+            .map(|_| header(&east.sign("west", "/p", b"").0))
+            .collect();
+        for s in sigs.iter().rev() {
+            assert!(west.verify(Some(s), "/p", b"").is_ok());
+        }
+        for s in &sigs {
+            assert!(west.verify(Some(s), "/p", b"").is_err());
+        }
+        assert_eq!(west.replays_refused()["east"], 51);
+    }
+
+    #[test]
+    fn the_window_forgets_in_time_and_in_count() {
+        let mut w = Window::default();
+        let base = 1_000_000_000_000u64;
+        assert!(w.take(base));
+        assert!(w.take(base + REPLAY_WINDOW_US + 1));
+        assert!(!w.take(base), "below the floor now");
+        assert!(!w.take(base + 1), "older than the window");
+        assert!(
+            w.take(base + REPLAY_WINDOW_US),
+            "inside the window, not seen"
+        );
+        assert!(w.held.len() <= 2);
+        for i in 0..(REPLAY_HELD_MAX as u64 + 10) {
+            assert!(w.take(base + REPLAY_WINDOW_US + 2 + i));
+        }
+        assert!(w.held.len() <= REPLAY_HELD_MAX, "bounded");
+    }
+
+    #[test]
+    fn an_answer_belongs_to_its_request() {
+        let east = auth("s3cret", "east");
+        let west = auth("s3cret", "west");
+        let (_, n) = east.sign("west", "/peer/heartbeat", b"{}");
+        let answer = header(&west.sign_answer("east", n, "/peer/heartbeat", b"ok"));
+        assert!(east
+            .verify_answer(Some(&answer), "west", n, "/peer/heartbeat", b"ok")
+            .is_ok());
+        let (_, later) = east.sign("west", "/peer/heartbeat", b"{}");
+        assert!(matches!(
+            east.verify_answer(Some(&answer), "west", later, "/peer/heartbeat", b"ok"),
+            Err(AuthError::NotMyAnswer)
+        ));
+        assert!(matches!(
+            east.verify_answer(Some(&answer), "witness", n, "/peer/heartbeat", b"ok"),
+            Err(AuthError::Stranger(_))
         ));
     }
 }

@@ -202,7 +202,17 @@ impl Cluster {
         self.start_with_config(site, &self.config.clone());
     }
 
+    /// Starts `site`'s agent with more arguments (`--peer-via ...`).
+    pub fn start_with_args(&mut self, site: &str, args: &[&str]) {
+        let config = self.config.clone();
+        self.spawn_agent(site, &config, args);
+    }
+
     pub fn start_with_config(&mut self, site: &str, config: &Path) {
+        self.spawn_agent(site, config, &[]);
+    }
+
+    fn spawn_agent(&mut self, site: &str, config: &Path, args: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -213,6 +223,7 @@ impl Cluster {
             .args(["agent", "--config"])
             .arg(config)
             .args(["--site", site])
+            .args(args)
             .env("OUTLAST_LOG", "info,openraft=warn")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
