@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use event::{BadLine, Event};
 pub use ship::{object_key, read_sinks, utc_timestamp};
-pub use spool::{Record, Spool, SpoolError, SpoolStats};
+pub use spool::{Record, Spool, SpoolError, SpoolMark, SpoolStats};
 pub use stream::{Accepted, IngestError, PeerReplication, StreamRelay, StreamStats};
 
 /// One event as it travels between sites.

@@ -2,21 +2,43 @@
 //! - `skips`: sequence numbers never to ship (the losing copy of an id held twice), as
 //!   u64 LE, appended and fsync'd; kept as long as their records are in the spool (a skip
 //!   is what tells a peer's later copy of the id that it is the one to keep);
-//! - `shipped`: every event up to this number is in a sink (or skipped), written atomically;
-//! - `intent`: the range of the object being written, written before the upload, so that
-//!   after a crash the same range (the same key, the same bytes) is written again.
+//! - `marks`: the shipped mark (every event up to this number is in a sink, or skipped) and
+//!   the intent (the range of the object being written, written before the upload, so that
+//!   after a crash the same range, the same key and the same bytes, is written again).
+//!
+//! # `marks` (version 1)
+//! Two slots of 64 bytes, written in place and never grown, so that recording progress
+//! needs no new block on the disk: on a full disk the shipper can still record what it
+//! shipped and delete segments to free space. (Before, each mark was a new file renamed over
+//! the old one: on a full disk nothing could be recorded, nothing was trimmed, and shipping
+//! stopped for good.) A slot is:
+//!
+//! ```text
+//! "OMK1" | generation: u64 LE | shipped: u64 LE | intent: u8 (0|1) | from: u64 LE |
+//! through: u64 LE | zeros | crc32c of bytes 0..60: u32 LE at 60
+//! ```
+//!
+//! A write goes to the slot the newest does not use, then `fdatasync`; a torn write leaves
+//! the other slot, one step older, which the shipper re-does (an object's key and bytes
+//! follow from its range). On open the valid slot with the higher generation counts. The
+//! marks of logs from before this format (`shipped`, `intent` files) are read once and
+//! carried over.
 //!
 //! Shipped segments are kept for the dedup window (bounded in bytes too), so a retry of an
 //! id that was already shipped is still recognised.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::spool::{RealFs, Record, RecordRef, Spool, SpoolError};
 
 const MAX_SEGMENT_BYTES: u64 = 8 << 20;
+const MARKS_MAGIC: &[u8; 4] = b"OMK1";
+const SLOT: usize = 64;
 
 /// Whether event `seq` is in an object or in the range of the one being written, for a
 /// log shipped through `shipped` with `intent` (skipped events aside).
@@ -30,8 +52,143 @@ pub struct Log {
     skips: BTreeSet<u64>,
     shipped: u64,
     intent: Option<(u64, u64)>,
+    marks: Marks,
     /// (when, shipped-through) marks; segments through a mark are deleted once it is old.
     retained: VecDeque<(Instant, u64)>,
+}
+
+/// The `marks` file, open for writes in place.
+struct Marks {
+    file: File,
+    path: PathBuf,
+    generation: u64,
+}
+
+fn encode_slot(generation: u64, shipped: u64, intent: Option<(u64, u64)>) -> [u8; SLOT] {
+    let mut b = [0u8; SLOT];
+    b[0..4].copy_from_slice(MARKS_MAGIC);
+    b[4..12].copy_from_slice(&generation.to_le_bytes());
+    b[12..20].copy_from_slice(&shipped.to_le_bytes());
+    if let Some((from, through)) = intent {
+        b[20] = 1;
+        b[21..29].copy_from_slice(&from.to_le_bytes());
+        b[29..37].copy_from_slice(&through.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&b[..60]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// What a slot holds.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    generation: u64,
+    shipped: u64,
+    intent: Option<(u64, u64)>,
+}
+
+/// A slot, when it is whole.
+fn decode_slot(b: &[u8]) -> Option<Slot> {
+    if b.len() < SLOT || &b[0..4] != MARKS_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[60..64].try_into().ok()?);
+    if crc32c::crc32c(&b[..60]) != crc {
+        return None;
+    }
+    let u = |r: std::ops::Range<usize>| b[r].try_into().ok().map(u64::from_le_bytes);
+    let intent = match b[20] {
+        1 => Some((u(21..29)?, u(29..37)?)),
+        _ => None,
+    };
+    Some(Slot {
+        generation: u(4..12)?,
+        shipped: u(12..20)?,
+        intent,
+    })
+}
+
+impl Marks {
+    /// Opens the marks in `dir` (carrying over the files of the format before): the marks
+    /// and what they hold.
+    fn open(dir: &Path) -> Result<(Self, Slot), SpoolError> {
+        let path = dir.join("marks");
+        let found = match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let newest = found.as_deref().and_then(|b| {
+            let slots = [
+                decode_slot(b.get(..SLOT)?),
+                b.get(SLOT..).and_then(decode_slot),
+            ];
+            slots.into_iter().flatten().max_by_key(|s| s.generation)
+        });
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut marks = Marks {
+            file,
+            path,
+            generation: 0,
+        };
+        let held = match newest {
+            Some(slot) => {
+                marks.generation = slot.generation;
+                slot
+            }
+            None => {
+                // New, or from before this format: both slots written once, whole.
+                let shipped = read_u64s(&dir.join("shipped"))?
+                    .first()
+                    .copied()
+                    .unwrap_or(0);
+                let intent = match read_u64s(&dir.join("intent"))?.as_slice() {
+                    [a, b] if a <= b => Some((*a, *b)),
+                    _ => None,
+                };
+                let both = [
+                    encode_slot(0, shipped, intent),
+                    encode_slot(0, shipped, intent),
+                ];
+                marks
+                    .file
+                    .write_all_at(&both.concat(), 0)
+                    .and_then(|_| marks.file.sync_all())
+                    .map_err(io(&marks.path))?;
+                if let Some(d) = marks.path.parent() {
+                    File::open(d).and_then(|d| d.sync_all()).map_err(io(d))?;
+                }
+                for old in ["shipped", "intent", "shipped.tmp", "intent.tmp"] {
+                    let _ = std::fs::remove_file(dir.join(old));
+                }
+                Slot {
+                    generation: 0,
+                    shipped,
+                    intent,
+                }
+            }
+        };
+        Ok((marks, held))
+    }
+
+    /// Records (shipped, intent) in the older slot, durably, without growing the file.
+    fn write(&mut self, shipped: u64, intent: Option<(u64, u64)>) -> Result<(), SpoolError> {
+        let generation = self.generation + 1;
+        let slot = encode_slot(generation, shipped, intent);
+        let at = (generation % 2) * SLOT as u64;
+        self.file
+            .write_all_at(&slot, at)
+            .and_then(|_| self.file.sync_data())
+            .map_err(io(&self.path))?;
+        self.generation = generation;
+        Ok(())
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -71,22 +228,18 @@ impl Log {
     pub fn open(dir: &Path) -> Result<Self, SpoolError> {
         let spool = Spool::open(RealFs::default(), dir, MAX_SEGMENT_BYTES)?;
         let skips = read_u64s(&dir.join("skips"))?.into_iter().collect();
-        let shipped = read_u64s(&dir.join("shipped"))?
-            .first()
-            .copied()
-            .unwrap_or(0);
+        let (marks, held) = Marks::open(dir)?;
+        let shipped = held.shipped;
         // An intent the shipped mark covers is done: clearing one is not written (see
         // `set_intent`).
-        let intent = match read_u64s(&dir.join("intent"))?.as_slice() {
-            [a, b] if a <= b && *b > shipped => Some((*a, *b)),
-            _ => None,
-        };
+        let intent = held.intent.filter(|(_, b)| *b > shipped);
         Ok(Self {
             spool,
             dir: dir.to_path_buf(),
             skips,
             shipped,
             intent,
+            marks,
             retained: VecDeque::new(),
         })
     }
@@ -151,11 +304,7 @@ impl Log {
             self.intent = None;
             return Ok(());
         }
-        let bytes: Vec<u8> = match range {
-            Some((a, b)) => [a.to_le_bytes(), b.to_le_bytes()].concat(),
-            None => Vec::new(),
-        };
-        write_atomic(&self.dir.join("intent"), &bytes)?;
+        self.marks.write(self.shipped, range)?;
         self.intent = range;
         Ok(())
     }
@@ -165,7 +314,8 @@ impl Log {
         if through <= self.shipped {
             return Ok(());
         }
-        write_atomic(&self.dir.join("shipped"), &through.to_le_bytes())?;
+        // The intent stays written beside the mark; one the mark covers reads as done.
+        self.marks.write(through, self.intent)?;
         self.shipped = through;
         self.retained.push_back((Instant::now(), through));
         // The skips stay while their records are in the spool: a peer's copy of a skipped
@@ -291,9 +441,10 @@ mod tests {
         log.set_shipped(10).expect("shipped");
         log.set_intent(None).expect("clear");
         assert_eq!(log.intent(), None);
+        let generation = log.marks.generation;
+        log.set_intent(None).expect("clear again");
         assert_eq!(
-            read_u64s(&tmp.path().join("intent")).expect("read"),
-            [1, 10],
+            log.marks.generation, generation,
             "a covered intent is not written again"
         );
         drop(log);
@@ -306,5 +457,36 @@ mod tests {
         drop(log);
         let log = Log::open(tmp.path()).expect("reopen");
         assert_eq!((log.intent(), log.shipped()), (None, 15));
+    }
+
+    /// The marks are written in place in two slots: a torn write of one leaves the other,
+    /// and marks of the format before (separate files) are carried over once.
+    #[test]
+    fn marks_survive_a_torn_slot_and_carry_over_the_old_files() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::write(tmp.path().join("shipped"), 41u64.to_le_bytes()).expect("old mark");
+        std::fs::write(
+            tmp.path().join("intent"),
+            [42u64.to_le_bytes(), 50u64.to_le_bytes()].concat(),
+        )
+        .expect("old intent");
+        let mut log = Log::open(tmp.path()).expect("open");
+        assert_eq!((log.shipped(), log.intent()), (41, Some((42, 50))));
+        assert!(!tmp.path().join("shipped").exists(), "carried over");
+        log.set_shipped(50).expect("shipped");
+        log.set_intent(Some((51, 60))).expect("intent");
+        let size = std::fs::metadata(tmp.path().join("marks"))
+            .expect("marks")
+            .len();
+        assert_eq!(size, 2 * SLOT as u64, "never grows");
+        // Tear the newest slot: the one before it counts.
+        let newest = (log.marks.generation % 2) as usize * SLOT;
+        drop(log);
+        let path = tmp.path().join("marks");
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[newest + 13] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("tear");
+        let log = Log::open(tmp.path()).expect("reopen");
+        assert_eq!((log.shipped(), log.intent()), (50, None));
     }
 }

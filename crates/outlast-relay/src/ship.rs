@@ -609,6 +609,7 @@ mod tests {
             max_spool_bytes: 1 << 30,
             max_body_bytes: 1 << 20,
             max_event_bytes: 1 << 20,
+            min_free_bytes: 0,
             batch_events: 100,
             batch_age: Duration::from_millis(50),
             replay_rate,

@@ -38,6 +38,8 @@ const IN_FLIGHT: usize = 4;
 const PIPELINE_MIN: usize = REPLICATE_MAX / 4;
 /// How long a frame in order waits for the frames before it.
 const ORDER_WAIT: Duration = Duration::from_secs(1);
+/// How long status says a stream is out of space after an ingest was refused for it.
+const NO_SPACE_SHOWN: Duration = Duration::from_secs(5);
 /// A replication error that stays the same is logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often a replicator sends its shipping progress when no events go.
@@ -68,8 +70,16 @@ pub enum IngestError {
     },
     #[error("stored here but no other site confirmed it within {0:?}; retry with the same ids")]
     NotReplicated(Duration),
-    #[error("spool write failed: {0}")]
-    Spool(String),
+    #[error(
+        "the disk under {stream}'s spool has {free} bytes free, under min_free_bytes ({min}); \
+         retry later"
+    )]
+    LowDisk { stream: String, free: u64, min: u64 },
+    #[error("the disk under {stream}'s spool is full; nothing was stored, retry later")]
+    DiskFull { stream: String },
+    /// The detail (a path, an OS error) is in the agent's log, not in the answer.
+    #[error("this site could not write its spool; nothing was stored (the agent's log says why)")]
+    Spool,
     #[error("the relay is stopping")]
     Stopping,
 }
@@ -104,7 +114,16 @@ struct Job {
 }
 
 /// A job's answer: each event's outcome and the events themselves, or why none was kept.
-type Committed = Result<(Vec<Outcome>, Vec<Event>), String>;
+type Committed = Result<(Vec<Outcome>, Vec<Event>), Failed>;
+
+/// Why a commit stored nothing.
+#[derive(Debug, Clone, Copy)]
+enum Failed {
+    /// The disk under the spool is full.
+    NoSpace,
+    /// Any other write or sync error (logged with its detail by the writer).
+    Io,
+}
 
 #[derive(Debug, Clone, Default)]
 struct PeerView {
@@ -118,7 +137,6 @@ struct PeerView {
     /// Frames it refused or did not answer, and the last reason.
     errors: u64,
     last_error: Option<String>,
-    error_logged: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -158,6 +176,11 @@ pub struct StreamStats {
     pub taking_over: Vec<String>,
     /// Per peer: how this site's events reach it.
     pub replication: BTreeMap<String, PeerReplication>,
+    /// Bytes free on the disk under the spool.
+    pub disk_free_bytes: Option<u64>,
+    /// Ingest was refused in the last seconds because the disk is full (or under
+    /// `min_free_bytes`).
+    pub out_of_space: bool,
 }
 
 /// How a site's own events reach one peer.
@@ -204,6 +227,11 @@ pub struct StreamRelay {
     /// progress taken from each origin; `received` wakes frames in order waiting their turn.
     receiving: Mutex<BTreeMap<String, (u64, u64)>>,
     received: std::sync::Condvar,
+    /// Repeating errors (a peer refusing frames, a full disk) are logged once per kind per
+    /// [`ERROR_LOG_EVERY`]; every occurrence is counted in metrics.
+    pub(crate) log_throttle: outlast_core::throttle::LogThrottle,
+    /// When an ingest was last refused for lack of disk space.
+    no_space_at: Mutex<Option<Instant>>,
 }
 
 /// A frame for a peer, and the numbers of its first and last events (none: progress only).
@@ -330,6 +358,8 @@ impl StreamRelay {
             announced: Mutex::new(None),
             receiving: Mutex::new(BTreeMap::new()),
             received: std::sync::Condvar::new(),
+            log_throttle: outlast_core::throttle::LogThrottle::new(ERROR_LOG_EVERY),
+            no_space_at: Mutex::new(None),
         })
     }
 
@@ -387,6 +417,22 @@ impl StreamRelay {
         );
     }
 
+    /// Bytes free for this site on the disk under the stream's spool, when it can be told.
+    pub fn disk_free(&self) -> Option<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.dir).ok()?;
+        Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    }
+
+    /// Notes that an ingest was refused for lack of space (status says so for a while).
+    fn no_space_now(&self) {
+        *lock(&self.no_space_at) = Some(Instant::now());
+    }
+
+    /// Whether ingest was refused for lack of space in the last [`NO_SPACE_SHOWN`].
+    pub fn out_of_space(&self) -> bool {
+        lock(&self.no_space_at).is_some_and(|t| t.elapsed() < NO_SPACE_SHOWN)
+    }
+
     /// Bytes held for this stream at this site, own and replicas, not yet shipped.
     fn held_bytes(&self) -> u64 {
         let own = lock(&self.own).unshipped().1;
@@ -398,6 +444,18 @@ impl StreamRelay {
     pub async fn ingest(&self, events: Vec<Event>) -> Result<Accepted, IngestError> {
         if self.sites.is_witness() {
             return Err(IngestError::Witness);
+        }
+        if let Some(free) = self.disk_free() {
+            if free < self.cfg.min_free_bytes {
+                self.no_space_now();
+                metrics::counter!("outlast_relay_refused_no_space_total", "stream" => self.cfg.name.clone())
+                    .increment(1);
+                return Err(IngestError::LowDisk {
+                    stream: self.cfg.name.clone(),
+                    free,
+                    min: self.cfg.min_free_bytes,
+                });
+            }
         }
         let held = self.held_bytes();
         if held > self.cfg.max_spool_bytes {
@@ -417,10 +475,15 @@ impl StreamRelay {
                 reply: tx,
             })
             .map_err(|_| IngestError::Stopping)?;
-        let (outcomes, events) = rx
-            .await
-            .map_err(|_| IngestError::Stopping)?
-            .map_err(IngestError::Spool)?;
+        let (outcomes, events) =
+            rx.await
+                .map_err(|_| IngestError::Stopping)?
+                .map_err(|f| match f {
+                    Failed::NoSpace => IngestError::DiskFull {
+                        stream: self.cfg.name.clone(),
+                    },
+                    Failed::Io => IngestError::Spool,
+                })?;
         let ids: Vec<String> = events.into_iter().map(|e| e.id).collect();
         let mut need = 0;
         let mut duplicates = 0;
@@ -477,9 +540,19 @@ impl StreamRelay {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(stream = %self.cfg.name, error = %e, "relay: spool write failed");
+                    let failed = if e.is_no_space() {
+                        self.no_space_now();
+                        metrics::counter!("outlast_relay_refused_no_space_total", "stream" => self.cfg.name.clone())
+                            .increment(1);
+                        Failed::NoSpace
+                    } else {
+                        Failed::Io
+                    };
+                    if self.log_throttle.allow(&format!("commit: {e}")) {
+                        tracing::error!(stream = %self.cfg.name, error = %e, "relay: spool write failed; the commit was taken back and refused (logged once per 10 s)");
+                    }
                     for job in jobs {
-                        let _ = job.reply.send(Err(e.to_string()));
+                        let _ = job.reply.send(Err(failed));
                     }
                 }
             }
@@ -507,34 +580,50 @@ impl StreamRelay {
         // The new events, for the replicators: written once, in one buffer.
         let mut fresh = Chunk::with_capacity(records, bytes);
         let mut own = lock(&self.own);
-        let mut ahead = TouchAhead::start(&keys, &own.spool);
+        let mark = own.spool.mark();
         let mut out = Vec::with_capacity(jobs.len());
-        let mut in_replica = in_replica.iter();
-        for job in jobs {
-            let mut outcomes = Vec::with_capacity(job.events.len());
-            for (e, key) in job.events.iter().zip(&job.keys) {
-                ahead.step(&own.spool);
-                if in_replica.next().copied().unwrap_or(false) {
-                    outcomes.push(Outcome::Replica);
-                    continue;
+        let staged = (|| {
+            let mut ahead = TouchAhead::start(&keys, &own.spool);
+            let mut in_replica = in_replica.iter();
+            for job in jobs {
+                let mut outcomes = Vec::with_capacity(job.events.len());
+                for (e, key) in job.events.iter().zip(&job.keys) {
+                    ahead.step(&own.spool);
+                    if in_replica.next().copied().unwrap_or(false) {
+                        outcomes.push(Outcome::Replica);
+                        continue;
+                    }
+                    let payload = fresh.stage(&e.id, &[&ts, &e.line]);
+                    let (seq, dup) = own.spool.append_keyed(&e.id, *key, payload)?;
+                    if !dup {
+                        fresh.keep(seq);
+                    }
+                    outcomes.push(Outcome::Own(seq, dup));
                 }
-                let payload = fresh.stage(&e.id, &[&ts, &e.line]);
-                let (seq, dup) = own.spool.append_keyed(&e.id, *key, payload)?;
-                if !dup {
-                    fresh.keep(seq);
-                }
-                outcomes.push(Outcome::Own(seq, dup));
+                out.push(outcomes);
             }
-            out.push(outcomes);
-        }
-        drop(ahead);
+            drop(ahead);
+            own.spool.start_sync()
+        })();
+        // A commit that fails is taken back whole: none of it was acknowledged, so none of
+        // it may be counted, replicated or shipped (found by probing: after a full disk,
+        // events of a body answered 500 reached a sink).
+        let sync = match staged {
+            Ok(sync) => sync,
+            Err(e) => {
+                self.take_back(&mut own, mark);
+                return Err(e);
+            }
+        };
         fresh.settle();
         // The fsync runs without the stream's lock: ingests (which read the spool's size)
         // and replicators need it, and the disk is the slowest step of a commit.
-        let sync = own.spool.start_sync()?;
         let last = own.last_seq();
         drop(own);
-        sync.finish()?;
+        if let Err(e) = sync.finish() {
+            self.take_back(&mut lock(&self.own), mark);
+            return Err(e);
+        }
         let stored = out
             .iter()
             .flatten()
@@ -546,6 +635,15 @@ impl StreamRelay {
         lock(&self.recent).push(fresh);
         self.durable.send_replace(last);
         Ok(out)
+    }
+
+    /// [`Spool::rollback`] of a failed commit. One that fails too (the disk refuses even to
+    /// cut a file) is logged: the index has forgotten the records and the next write starts
+    /// a new segment, but the bytes may come back when the spool is opened again.
+    fn take_back(&self, own: &mut Log, mark: crate::spool::SpoolMark) {
+        if let Err(e) = own.spool.rollback(mark) {
+            tracing::error!(stream = %self.cfg.name, error = %e, "relay: taking back a failed commit");
+        }
     }
 
     /// This site's shipping progress as a frame tells it, read in one piece: the shipped
@@ -759,8 +857,8 @@ impl StreamRelay {
     }
 
     /// A frame the peer refused or did not answer: counted, shown in status, and logged at
-    /// warn level when the reason changes or every [`ERROR_LOG_EVERY`] (a peer that refuses
-    /// every frame would otherwise fill the log once a second).
+    /// warn level once per reason per [`ERROR_LOG_EVERY`] (a peer that refuses every frame
+    /// would otherwise fill the log once a second).
     fn replication_failed(&self, peer: &str, why: String) {
         let labels = [
             ("stream", self.cfg.name.clone()),
@@ -770,11 +868,7 @@ impl StreamRelay {
         let mut peers = lock(&self.peers);
         let v = peers.entry(peer.to_string()).or_default();
         v.errors += 1;
-        let log = v.last_error.as_deref() != Some(why.as_str())
-            || v.error_logged
-                .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY);
-        if log {
-            v.error_logged = Some(Instant::now());
+        if self.log_throttle.allow(&format!("replicate {peer}: {why}")) {
             tracing::warn!(stream = %self.cfg.name, peer, errors = v.errors, error = %why, "relay: replication to a peer failed");
         }
         v.last_error = Some(why);
@@ -1146,6 +1240,8 @@ impl StreamRelay {
                     (n.clone(), r)
                 })
                 .collect(),
+            disk_free_bytes: self.disk_free(),
+            out_of_space: self.out_of_space(),
         }
     }
 
@@ -1161,6 +1257,11 @@ impl StreamRelay {
         metrics::gauge!("outlast_relay_spool_bytes", &[stream()]).set(st.spool_bytes as f64);
         metrics::gauge!("outlast_relay_oldest_unshipped_seconds", &[stream()])
             .set(st.oldest_unshipped_ms.unwrap_or(0) as f64 / 1000.0);
+        if let Some(free) = st.disk_free_bytes {
+            metrics::gauge!("outlast_relay_disk_free_bytes", &[stream()]).set(free as f64);
+        }
+        metrics::gauge!("outlast_relay_out_of_space", &[stream()])
+            .set(f64::from(u8::from(st.out_of_space)));
         metrics::counter!("outlast_relay_replays_total", &[stream()]).absolute(st.replays);
         metrics::counter!("outlast_relay_duplicates_total", &[stream()]).absolute(st.duplicates);
         metrics::counter!("outlast_relay_conflicts_total", &[stream()]).absolute(st.conflicts);
@@ -1216,6 +1317,7 @@ mod tests {
             max_spool_bytes: 1 << 30,
             max_body_bytes: 1 << 20,
             max_event_bytes: 1 << 20,
+            min_free_bytes: 0,
             batch_events: 100,
             batch_age: Duration::from_millis(200),
             replay_rate: 1000,

@@ -61,8 +61,10 @@ pub(crate) async fn ingest(
         Err(e) => {
             let code = match &e {
                 IngestError::Witness => StatusCode::MISDIRECTED_REQUEST,
-                IngestError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                IngestError::Spool => StatusCode::INTERNAL_SERVER_ERROR,
                 IngestError::Full { .. }
+                | IngestError::LowDisk { .. }
+                | IngestError::DiskFull { .. }
                 | IngestError::NotReplicated(_)
                 | IngestError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
             };
@@ -106,7 +108,14 @@ pub(crate) async fn tail(
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
         }
-        Ok(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => {
+            // The detail names files on this machine: the log gets it, the client does not.
+            tracing::error!(stream = %name, error = %e, "reading the spool for a tail");
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this site could not read its spool (the agent's log says why)",
+            )
+        }
         Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"),
     }
 }

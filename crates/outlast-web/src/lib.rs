@@ -128,6 +128,13 @@ pub struct StreamStatus {
     /// answer (with the last reason while it is failing).
     #[serde(default)]
     pub replication: std::collections::BTreeMap<String, outlast_relay::PeerReplication>,
+    /// Bytes free on the disk under the spool.
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
+    /// Ingest was refused in the last seconds because the disk is full or under
+    /// `min_free_bytes`.
+    #[serde(default)]
+    pub out_of_space: bool,
 }
 
 impl From<outlast_relay::StreamStats> for StreamStatus {
@@ -147,6 +154,8 @@ impl From<outlast_relay::StreamStats> for StreamStatus {
             replicas: s.replicas,
             taking_over: s.taking_over,
             replication: s.replication,
+            disk_free_bytes: s.disk_free_bytes,
+            out_of_space: s.out_of_space,
         }
     }
 }

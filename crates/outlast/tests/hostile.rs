@@ -83,7 +83,6 @@ fn file_stream(sinks: &Path, extra: &str) -> String {
 [[streams]]
 name = "clicks"
 ack = "replicated"
-batch_events = 1000
 batch_age = "200ms"
 {extra}
 [[streams.sinks]]
@@ -106,7 +105,10 @@ site = "west"
 fn one_large_request_does_not_wedge_the_stream() {
     let sinks = tempfile::tempdir().expect("tmp");
     let mut o = Opts::new(7900);
-    o.extra = file_stream(sinks.path(), "max_event_bytes = 2097152");
+    o.extra = file_stream(
+        sinks.path(),
+        "max_event_bytes = 2097152\nbatch_events = 1000",
+    );
     let mut c = Cluster::new(o);
     c.start_all();
     c.wait_healthy();
@@ -339,4 +341,229 @@ fn captured_peer_requests_replayed_are_refused_and_counted() {
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     assert!(answer.ends_with("peer authentication failed"), "{answer}");
+}
+
+/// What a client saw of the requests it sent: ids acknowledged, ids refused (never resent),
+/// and the refusals' codes.
+#[derive(Default)]
+struct Seen {
+    acked: Vec<String>,
+    refused: Vec<String>,
+    codes: BTreeMap<u16, usize>,
+    /// A refusal without Retry-After, or naming a file.
+    bad_refusals: Vec<String>,
+}
+
+/// Sends bodies of 50 events with fresh ids to `addr` until `stop`; nothing is resent.
+fn spray(
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Seen> {
+    std::thread::spawn(move || {
+        let mut seen = Seen::default();
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let ids: Vec<String> = (0..50).map(|i| format!("f-{}", n + i)).collect();
+            n += 50;
+            let body: String = ids
+                .iter()
+                .map(|id| format!("{{\"id\":\"{id}\",\"pad\":\"{}\"}}\n", "p".repeat(900)))
+                .collect();
+            let answer = raw_post(addr, body.as_bytes());
+            match answer {
+                Some((200, _, _)) => seen.acked.extend(ids),
+                other => {
+                    let (code, head, text) = other.unwrap_or((0, String::new(), String::new()));
+                    *seen.codes.entry(code).or_insert(0) += 1;
+                    let retry = head.to_lowercase().contains("retry-after: ");
+                    if code == 0 || !retry || text.contains("/data/") || text.contains(".seg") {
+                        seen.bad_refusals.push(format!("{code} {head} {text}"));
+                    }
+                    seen.refused.extend(ids);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seen
+    })
+}
+
+/// POST of events: (code, head, body).
+fn raw_post(addr: SocketAddr, body: &[u8]) -> Option<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let head = format!(
+        "POST /v1/streams/clicks/events HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, head.to_string(), body.to_string()))
+}
+
+/// Found by probing: with the spool's disk full, ingest answered 500 with the spool file's
+/// path, the shipper could not write its marks so nothing shipped or was trimmed (9,000
+/// acknowledged events unshipped after 12 minutes), and once space came back 67 events of a
+/// body answered 500 reached a sink. Here the spool's disk (a 48 MiB tmpfs) is filled while
+/// a client sends: refusals are 503 + Retry-After naming no file, what was acknowledged
+/// still ships while the disk is full, and once space returns nothing refused is in a sink
+/// and everything acknowledged is, once.
+#[test]
+fn a_full_disk_refuses_with_503_ships_what_it_acknowledged_and_loses_nothing() {
+    full_disk_case(7940, 2 << 20);
+}
+
+/// The same with no headroom: writes fail on the disk itself (ENOSPC) and each failed
+/// commit is taken back.
+#[test]
+fn a_commit_that_hits_a_full_disk_is_taken_back_whole() {
+    full_disk_case(7980, 0);
+    // (The log of that run says "spool write failed" where a commit met ENOSPC.)
+}
+
+fn full_disk_case(port: u16, min_free: u64) {
+    let sinks = tempfile::tempdir().expect("tmp");
+    let mut o = Opts::new(port);
+    o.extra = file_stream(
+        sinks.path(),
+        &format!("min_free_bytes = {min_free}\nbatch_events = 200\ndedup_window = \"1s\""),
+    )
+    .replace("ack = \"replicated\"", "ack = \"local\"");
+    let mut c = Cluster::new(o);
+    let disk = common::Tmpfs::mount(&c.dir.path().join("data/east/streams"), "48m");
+    c.start_all();
+    c.wait_healthy();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = spray(c.api("east"), stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    let filled = disk.fill();
+    println!("filled the spool's disk with {filled} bytes");
+    // The site says it is out of space, and still ships what it holds.
+    c.wait_for(
+        "east",
+        Duration::from_secs(10),
+        "east reports it is out of space",
+        |st| st["streams"][0]["out_of_space"] == true,
+    );
+    c.wait_for(
+        "east",
+        Duration::from_secs(20),
+        "east ships what it acknowledged while the disk is full",
+        |st| st["streams"][0]["spool_events"] == 0 && st["streams"][0]["out_of_space"] == true,
+    );
+    let m = c.get("east", "/metrics").expect("metrics");
+    assert!(
+        common::metric_value(
+            &m,
+            "outlast_relay_refused_no_space_total{stream=\"clicks\"}"
+        ) > 0.0,
+        "{m}"
+    );
+    disk.empty();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = client.join().expect("client");
+    println!(
+        "{} acked, {} refused ({:?})",
+        seen.acked.len(),
+        seen.refused.len(),
+        seen.codes
+    );
+    assert!(
+        seen.bad_refusals.is_empty(),
+        "{:?}",
+        &seen.bad_refusals[..seen.bad_refusals.len().min(3)]
+    );
+    assert!(seen.codes.keys().all(|c| *c == 503), "{:?}", seen.codes);
+    assert!(!seen.refused.is_empty(), "the disk never filled");
+    let last_acked = seen.acked.last().cloned().expect("acks");
+    // Acks came back once space did.
+    let n = |id: &str| id.trim_start_matches("f-").parse::<u64>().unwrap_or(0);
+    let first_refused = seen.refused.first().map(|id| n(id)).unwrap_or(0);
+    assert!(
+        n(&last_acked) > first_refused,
+        "no ack after space returned"
+    );
+    let start = Instant::now();
+    let events = loop {
+        let mut all = sink_events(&sinks.path().join("east"));
+        for (id, k) in sink_events(&sinks.path().join("west")) {
+            *all.entry(id).or_insert(0) += k;
+        }
+        let done = seen.acked.iter().all(|id| all.contains_key(id));
+        if done || start.elapsed() > Duration::from_secs(20) {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let missing = seen
+        .acked
+        .iter()
+        .filter(|id| !events.contains_key(*id))
+        .count();
+    assert_eq!(missing, 0, "acknowledged ids in no sink\n{}", c.logs());
+    assert!(events.values().all(|k| *k == 1), "an id stored twice");
+    let leaked: Vec<&String> = seen
+        .refused
+        .iter()
+        .filter(|id| events.contains_key(*id))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "{} refused ids reached a sink, e.g. {:?}",
+        leaked.len(),
+        leaked.first()
+    );
+    if min_free == 0 {
+        let log = std::fs::read_to_string(c.log_path("east")).unwrap_or_default();
+        assert!(
+            log.contains("spool write failed"),
+            "no commit met the full disk\n{log}"
+        );
+    }
+    drop(c);
+    drop(disk);
+}
+
+/// Found by probing: an agent restarted on a full disk kept running with Raft dead inside,
+/// reporting itself fenced for ever. Raft's storage failing now ends the process with a
+/// non-zero exit (a supervisor restarts it once the disk is mended).
+#[test]
+fn raft_storage_failing_ends_the_agent_with_an_error() {
+    let mut c = Cluster::new(Opts::new(7960));
+    let disk = common::Tmpfs::mount(&c.dir.path().join("data/witness"), "4m");
+    c.start_all();
+    c.wait_healthy();
+    disk.fill();
+    // A decision to commit: west goes away, the others append "west is down".
+    c.kill9("west");
+    let mut witness = c.agents.remove("witness").expect("witness");
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(st)) = witness.try_wait() {
+            break Some(st);
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = witness.kill();
+            let _ = witness.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(c.log_path("witness")).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("the witness lived on with a full disk\n{log}"));
+    assert!(!status.success(), "exit {status:?}\n{log}");
+    assert!(log.contains("Raft stopped"), "{log}");
+    println!(
+        "witness exited {status:?} {:?} after west was killed; its last line: {}",
+        start.elapsed(),
+        log.lines().last().unwrap_or_default()
+    );
+    drop(c);
+    drop(disk);
 }

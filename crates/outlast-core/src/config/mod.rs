@@ -239,6 +239,9 @@ pub struct Stream {
     /// Largest accepted event (one line, with its id); above it, 413. At most
     /// [`MAX_EVENT_BYTES`], so that every event fits in a replication frame.
     pub max_event_bytes: u64,
+    /// Ingest answers 503 when the disk under the spool has less free than this, so that a
+    /// full disk never stops shipping (which frees it) or the control plane beside it.
+    pub min_free_bytes: u64,
     /// A batch (one object) closes at this many events...
     pub batch_events: u64,
     /// ...or when its oldest event is this old.

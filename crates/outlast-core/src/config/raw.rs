@@ -115,6 +115,7 @@ pub struct RawStream {
     pub max_spool_bytes: Option<S<u64>>,
     pub max_body_bytes: Option<S<u64>>,
     pub max_event_bytes: Option<S<u64>>,
+    pub min_free_bytes: Option<S<u64>>,
     pub batch_events: Option<S<u64>>,
     pub batch_age: Option<S<String>>,
     pub replay_rate: Option<S<u64>>,

@@ -804,6 +804,7 @@ fn streams(
         let max_spool_bytes = positive("max_spool_bytes", &r.max_spool_bytes, 1 << 30);
         let max_body_bytes = positive("max_body_bytes", &r.max_body_bytes, 8 << 20);
         let max_event_bytes = positive("max_event_bytes", &r.max_event_bytes, 1 << 20);
+        let min_free_bytes = r.min_free_bytes.as_ref().map_or(64 << 20, |v| *v.get_ref());
         let batch_events = positive("batch_events", &r.batch_events, 10_000);
         let replay_rate = positive("replay_rate", &r.replay_rate, 200_000);
         let batch_age = ctx.duration("batch_age", r.batch_age.as_ref(), Duration::from_secs(1));
@@ -834,6 +835,7 @@ fn streams(
             max_spool_bytes,
             max_body_bytes,
             max_event_bytes: max_event_bytes.min(MAX_EVENT_BYTES),
+            min_free_bytes,
             batch_events,
             batch_age,
             replay_rate,

@@ -28,6 +28,12 @@ pub trait Fs {
         self.start_sync(path)?.finish()
     }
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Cuts `path` back to `len` bytes, dropping what was appended beyond it without
+    /// writing it first (the records of a commit that failed; on a full disk a write would
+    /// fail again). A layer that holds nothing back may simply truncate.
+    fn discard_to(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.truncate(path, len)
+    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
 }
@@ -247,6 +253,29 @@ impl Fs for RealFs {
         let f = std::fs::OpenOptions::new().write(true).open(path)?;
         f.set_len(len)?;
         f.sync_all()
+    }
+
+    fn discard_to(&self, path: &Path, len: u64) -> io::Result<()> {
+        {
+            let mut open = lock(&self.open);
+            if open.as_ref().is_some_and(|f| f.path == path) {
+                if let Some(mut f) = open.take() {
+                    // Held bytes before `len` belong to what is kept.
+                    let on_disk = f.file.metadata()?.len();
+                    let keep = usize::try_from(len.saturating_sub(on_disk)).unwrap_or(0);
+                    f.pending.truncate(keep);
+                    f.flush()?;
+                }
+            }
+        }
+        match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(f) => {
+                f.set_len(len)?;
+                f.sync_all()
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && len == 0 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -60,6 +60,22 @@ pub enum SpoolError {
     TooLarge(usize),
 }
 
+impl SpoolError {
+    /// The disk (or the user's quota on it) is full: back-pressure, not a fault.
+    pub fn is_no_space(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        match self {
+            SpoolError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::QuotaExceeded
+                    || matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT))
+            }
+            _ => false,
+        }
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.to_path_buf(),
@@ -181,6 +197,22 @@ pub struct Spool<F: Fs> {
     scratch: Vec<u8>,
     /// The next record starts a new segment (a replica's numbering jumped).
     gap: bool,
+}
+
+/// Where a spool stood before a commit (see [`Spool::rollback`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolMark {
+    next_seq: u64,
+}
+
+/// Whether a segment file was started at or after record `seq` (its name is its first
+/// record's number).
+fn seg_created_since(path: &Path, seq: u64) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".seg"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|first| first >= seq)
 }
 
 /// The disk's part of a [`Spool::sync`], run without the spool.
@@ -458,6 +490,56 @@ impl<F: Fs> Spool<F> {
         }
         self.next_seq = seq + 1;
         Ok(())
+    }
+
+    /// Where the spool stands now, for [`Self::rollback`].
+    pub fn mark(&self) -> SpoolMark {
+        SpoolMark {
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// Takes back every record appended since `mark` (a commit whose write or sync failed:
+    /// none of it was acknowledged, so none of it may ever be read, replicated or shipped).
+    /// Their files are cut back, or removed when they hold nothing older, and their ids
+    /// forgotten. Their numbers are not reused: the next record starts a new segment.
+    pub fn rollback(&mut self, mark: SpoolMark) -> Result<(), SpoolError> {
+        let from = mark.next_seq;
+        let mut result = Ok(());
+        let mut kept = Vec::with_capacity(self.segments.len());
+        for mut seg in std::mem::take(&mut self.segments) {
+            let keep = seg.records.partition_point(|(s, _, _)| *s < from);
+            if keep == seg.records.len() && !seg_created_since(&seg.path, from) {
+                kept.push(seg);
+                continue;
+            }
+            for (seq, key, _) in seg.records.drain(keep..) {
+                if self.ids.get(key) == Some(seq) {
+                    self.ids.remove(key);
+                }
+            }
+            let end = seg.records.last().map_or(0, |(_, _, end)| *end);
+            seg.bytes = end;
+            if seg.records.is_empty() && seg_created_since(&seg.path, from) {
+                self.dirty.retain(|p| p != &seg.path);
+                let cut = self.fs.discard_to(&seg.path, 0);
+                let removed = cut.and_then(|()| match self.fs.remove(&seg.path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                });
+                if let Err(e) = removed {
+                    result = result.and(Err(io(&seg.path)(e)));
+                }
+                continue;
+            }
+            if let Err(e) = self.fs.discard_to(&seg.path, end) {
+                result = result.and(Err(io(&seg.path)(e)));
+            }
+            kept.push(seg);
+        }
+        self.segments = kept;
+        self.gap = true;
+        result
     }
 
     /// Makes the next sequence number at least `seq` (numbers are never reused, even when

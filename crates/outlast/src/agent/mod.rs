@@ -1268,8 +1268,31 @@ pub async fn run(
         );
     }
 
+    // Raft stops for good when its storage fails (a full disk, a dead device). An agent
+    // whose Raft is dead would live on half-dead, reporting itself fenced for ever: it
+    // exits non-zero instead, so that its supervisor restarts it (or a person looks).
+    let raft_died = {
+        let mut metrics = raft.metrics();
+        async move {
+            loop {
+                if let Err(fatal) = &metrics.borrow().running_state {
+                    return fatal.to_string();
+                }
+                if metrics.changed().await.is_err() {
+                    return "Raft stopped".to_string();
+                }
+            }
+        }
+    };
+
     tracing::info!(site = %agent.me, peer = %me.peer_addr(), api = %me.api_addr(), "agent ready");
-    shutdown.cancelled().await;
+    let died = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        why = raft_died => Some(why),
+    };
+    if let Some(why) = &died {
+        tracing::error!(error = %why, "Raft has stopped (its storage failed?): shutting down to be restarted");
+    }
 
     // Shutdown in order: stop accepting API calls, stop deciding, stop Raft, hand over
     // leadership, stop serving peers.
@@ -1304,7 +1327,13 @@ pub async fn run(
         }
     }
     tracing::info!("stopped");
-    Ok(())
+    match died {
+        Some(why) => Err(anyhow::anyhow!(
+            "Raft stopped: {why}; check the disk under {} (free space, errors), then restart",
+            raft_dir.display()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `outlast_site_state{site, state}`: 1 for the state this site sees, 0 for the others.

@@ -316,9 +316,9 @@ pub struct PeerServer {
     pub handler: Arc<dyn PeerHandler>,
     /// Injected faults: a partition refuses the cut-off sites' requests here too.
     pub faults: Arc<Faults>,
-    /// When each kind of refusal was last logged: a stranger knocking ten times a second
-    /// is counted every time but logged once every ten seconds.
-    pub refusals_logged: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// A stranger knocking ten times a second is counted every time but logged once
+    /// every ten seconds per kind of refusal.
+    pub refusals_logged: outlast_core::throttle::LogThrottle,
 }
 
 impl PeerServer {
@@ -327,22 +327,7 @@ impl PeerServer {
             auth,
             handler,
             faults,
-            refusals_logged: Default::default(),
-        }
-    }
-
-    fn should_log(&self, key: String) -> bool {
-        let mut seen = self
-            .refusals_logged
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        match seen.get(&key) {
-            Some(t) if now.duration_since(*t) < Duration::from_secs(10) => false,
-            _ => {
-                seen.insert(key, now);
-                true
-            }
+            refusals_logged: outlast_core::throttle::LogThrottle::new(Duration::from_secs(10)),
         }
     }
 }
@@ -400,7 +385,7 @@ async fn handle(
     let (from, nonce) = match srv.auth.verify(headers.get(AUTH_HEADER), &path, &body) {
         Ok(v) => v,
         Err(e) => {
-            if srv.should_log(e.to_string()) {
+            if srv.refusals_logged.allow(&e.to_string()) {
                 tracing::warn!(path, error = %e, "refused peer request (logged once per 10 s)");
             }
             metrics::counter!("outlast_peer_auth_failures_total").increment(1);

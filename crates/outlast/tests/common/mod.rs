@@ -468,3 +468,48 @@ pub fn median_and_worst(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     (v[v.len() / 2], v[v.len() - 1])
 }
+
+/// A small tmpfs mounted at a folder of a test's own (root only), unmounted on drop: a
+/// disk a test can fill.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).expect("mount point");
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path));
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Writes a filler file until the disk is full; its size.
+    pub fn fill(&self) -> u64 {
+        let mut f = std::fs::File::create(self.path.join("filler")).expect("filler");
+        let chunk = vec![0u8; 64 << 10];
+        let mut n = 0u64;
+        while f.write_all(&chunk).is_ok() {
+            n += chunk.len() as u64;
+        }
+        // Whatever is left smaller than a chunk.
+        let byte = [0u8; 512];
+        while f.write_all(&byte).is_ok() {
+            n += 512;
+        }
+        let _ = f.sync_all();
+        n
+    }
+
+    pub fn empty(&self) {
+        let _ = std::fs::remove_file(self.path.join("filler"));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
