@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::ConnLimit;
 use crate::pool::{ConnPool, Outgoing, SendError, Wire};
 use crate::routes::{Balancer, LeaseClock, Routes, Stats, Target};
 use crate::HOP_HEADER;
@@ -627,6 +628,7 @@ impl HttpGateway {
 pub async fn serve_http(
     listener: TcpListener,
     gateway: Arc<HttpGateway>,
+    limit: Arc<ConnLimit>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
@@ -654,6 +656,7 @@ pub async fn serve_http(
         let gw = gateway.clone();
         let stop = shutdown.clone();
         let share = share.clone();
+        let limit = limit.clone();
         let span = tracing::Span::current();
         let core = cores.get(i).copied();
         let spawned = std::thread::Builder::new()
@@ -667,7 +670,7 @@ pub async fn serve_http(
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(worker(l, gw, stop, drain, share, i)),
+                    Ok(rt) => rt.block_on(worker(l, gw, limit, stop, drain, share, i)),
                     Err(e) => tracing::error!(error = %e, "cannot start a gateway worker"),
                 }
             });
@@ -783,6 +786,7 @@ impl Drop for OpenConn {
 async fn worker(
     listener: std::net::TcpListener,
     gateway: Arc<HttpGateway>,
+    limit: Arc<ConnLimit>,
     shutdown: CancellationToken,
     drain: Duration,
     share: Arc<Share>,
@@ -799,8 +803,14 @@ async fn worker(
     let sweeper = tokio::spawn(pool.clone().sweep_every(Duration::from_secs(10)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // One buffer per answer and a plain send: cheaper than writev for small messages.
-    builder.http1().writev(false);
+    // One buffer per answer and a plain send: cheaper than writev for small messages. A
+    // request head (or the next one on an idle keep-alive connection) must come within
+    // HEADER_TIMEOUT: a slowloris or an idle crowd does not hold the door.
+    builder
+        .http1()
+        .writev(false)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(crate::limits::HEADER_TIMEOUT);
     loop {
         if share.ahead(me) {
             // Made before the second look, so that a change in between is not missed.
@@ -813,8 +823,15 @@ async fn worker(
                 }
             }
         }
-        let Some((stream, peer)) = crate::tcp::accept(&listener, &shutdown).await else {
+        let Some((stream, peer)) = crate::tcp::accept(&listener, &shutdown, &limit).await else {
             break;
+        };
+        let Some(place) = limit.admit() else {
+            tokio::spawn(crate::limits::refuse_http(
+                stream,
+                "this gateway is at its connection cap",
+            ));
+            continue;
         };
         let open = share.count(me);
         let _ = stream.set_nodelay(true);
@@ -823,13 +840,22 @@ async fn worker(
         let client = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let svc = service_fn(move |req| gw.clone().handle(pool.clone(), req, client.clone()));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let watched = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let _open = open;
-            if let Err(e) = watched.await {
+            let _open = (open, place);
+            // The protocol sniff (HTTP/1.1 or h2c) waits for a first byte with no deadline
+            // of its own: a connection that sends nothing is closed at the head deadline.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(crate::limits::HEADER_TIMEOUT, stream.peek(&mut first)).await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
         });

@@ -14,13 +14,14 @@
 //! `Retry-After` there instead.
 
 mod http;
+pub mod limits;
 mod pool;
 mod routes;
 mod tcp;
 
 pub use http::{serve_http, HttpGateway};
 pub use routes::{LeaseClock, Routes, ServiceRoute, Stats, Target, TargetStats};
-pub use tcp::serve_tcp;
+pub use tcp::{accept as tcp_accept, serve_tcp};
 
 /// Header that marks a request forwarded by another site's gateway.
 pub const HOP_HEADER: &str = "x-outlast-hop";

@@ -10,13 +10,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::ConnLimit;
 use crate::routes::{Balancer, LeaseClock, Routes, Stats};
 
 /// Accepts the next connection, or `None` once `shutdown` is cancelled. A failed accept
-/// (out of descriptors, say) is logged and retried after a pause instead of spinning.
-pub(crate) async fn accept(
+/// (out of descriptors, say) is noted on `limit` (the site then reports the listener's
+/// service unhealthy), logged once a second at most, and retried after a pause instead of
+/// spinning.
+pub async fn accept(
     listener: &TcpListener,
     shutdown: &CancellationToken,
+    limit: &ConnLimit,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
         tokio::select! {
@@ -24,7 +28,10 @@ pub(crate) async fn accept(
             r = listener.accept() => match r {
                 Ok(x) => return Some(x),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if !limit.failing_within(Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, open = limit.open(), "accept failed");
+                    }
+                    limit.accept_failed();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -60,14 +67,20 @@ pub async fn serve_tcp(
     routes: watch::Receiver<Arc<Routes>>,
     stats: Arc<Stats>,
     lease: Arc<LeaseClock>,
+    limit: Arc<ConnLimit>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
     let balancer = Arc::new(Balancer::default());
     let tracker = TaskTracker::new();
     loop {
-        let Some((mut client, peer)) = accept(&listener, &shutdown).await else {
+        let Some((mut client, peer)) = accept(&listener, &shutdown, &limit).await else {
             break;
+        };
+        // Over the cap: closed at once (a TCP client sees the connection end).
+        let Some(place) = limit.admit() else {
+            drop(client);
+            continue;
         };
         stats.request();
         let route = routes.borrow().services.get(&service).cloned();
@@ -77,6 +90,7 @@ pub async fn serve_tcp(
         let service = service.clone();
         let may_hop = !site_addresses.contains(&peer.ip());
         tracker.spawn(async move {
+            let _place = place;
             let Some(route) = route.filter(|r| !r.refuses(&lease)) else {
                 metrics::counter!("outlast_gateway_connections_total", "service" => service, "outcome" => "refused").increment(1);
                 return;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 mod events;
 mod faults;
+pub mod serve;
 
 pub use outlast_core::faults::{FaultKind, FaultView};
 
@@ -266,14 +267,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(source: Arc<dyn Source>) -> Router {
-    // Bodies are checked against each stream's own limit (413); this bounds the read.
-    let body_limit = source
+/// The largest body the API reads: each stream checks its own limit (413); this bounds the
+/// read, and a larger `Content-Length` is answered 413 before any of it is read.
+pub fn body_limit(source: &dyn Source) -> u64 {
+    source
         .relay()
         .map(|r| r.streams().map(|s| s.max_body_bytes()).max().unwrap_or(0))
         .unwrap_or(0)
-        .max(1 << 20) as usize
-        + 1;
+        .max(1 << 20)
+        + 1
+}
+
+pub fn router(source: Arc<dyn Source>) -> Router {
+    let body_limit = usize::try_from(body_limit(source.as_ref())).unwrap_or(usize::MAX);
     Router::new()
         .route(
             "/v1/streams/:name/events",
@@ -398,14 +404,19 @@ pub fn render_dashboard(st: &Status) -> String {
 }
 
 /// Serves the API until `shutdown` resolves (mini-redis's `run(listener, shutdown)` shape).
+/// Serves the API within `conns` (see [`serve`]).
 pub async fn run(
     listener: tokio::net::TcpListener,
     source: Arc<dyn Source>,
+    conns: Arc<outlast_gateway::limits::ConnLimit>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(source))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = serve::Limits {
+        conns,
+        max_body: body_limit(source.as_ref()),
+        drain: std::time::Duration::from_secs(3),
+    };
+    serve::serve(listener, router(source), limits, shutdown).await
 }
 
 #[cfg(test)]

@@ -216,6 +216,9 @@ pub struct Service {
     pub dns_name: Option<String>,
     pub port: u16,
     pub check: Check,
+    /// Client connections the gateway holds open at once on each site; over it a new one
+    /// is answered at once (HTTP 503 + `Retry-After`; TCP closed).
+    pub max_connections: usize,
     /// Backends per site name.
     pub backends: BTreeMap<String, Vec<SocketAddr>>,
 }
@@ -283,11 +286,27 @@ pub enum Alert {
     },
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Api {
     #[serde(skip)]
     pub token: Option<String>,
+    /// Client connections the API holds open at once; over it a new one gets 503.
+    pub max_connections: usize,
 }
+
+impl Default for Api {
+    fn default() -> Self {
+        Self {
+            token: None,
+            max_connections: DEFAULT_API_CONNECTIONS,
+        }
+    }
+}
+
+/// Default `[api] max_connections`.
+pub const DEFAULT_API_CONNECTIONS: usize = 8192;
+/// Default `max_connections` of a service's gateway.
+pub const DEFAULT_GATEWAY_CONNECTIONS: usize = 10_000;
 
 impl Config {
     /// Reads and validates a config file.

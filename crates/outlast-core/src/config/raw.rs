@@ -93,6 +93,7 @@ pub struct RawService {
     pub dns_name: Option<S<String>>,
     pub port: S<u16>,
     pub check: Option<S<RawCheck>>,
+    pub max_connections: Option<S<u64>>,
     #[serde(default)]
     pub backends: BTreeMap<S<String>, S<Vec<S<String>>>>,
 }
@@ -152,4 +153,5 @@ pub struct RawAlert {
 pub struct RawApi {
     pub token: Option<S<String>>,
     pub token_file: Option<S<String>>,
+    pub max_connections: Option<S<u64>>,
 }

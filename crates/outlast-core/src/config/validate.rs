@@ -50,6 +50,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// A listener's connection cap: at least 1, at most a million.
+    fn connections(&mut self, value: Option<&S<u64>>, default: usize) -> usize {
+        let Some(v) = value else { return default };
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if (1..=1_000_000).contains(&n) => n,
+            _ => {
+                self.at(
+                    v.span(),
+                    format!("max_connections = {} is not usable", v.get_ref()),
+                    "give a number from 1 to 1000000",
+                );
+                default
+            }
+        }
+    }
+
     /// A port something listens on: 0 would mean "any free port", which no peer can find.
     fn port(&mut self, field: &str, value: &S<u16>) {
         if *value.get_ref() == 0 {
@@ -612,6 +628,8 @@ fn services(
                 .find(|n| has_backends(n));
         }
         ctx.port("port", &r.port);
+        let max_connections =
+            ctx.connections(r.max_connections.as_ref(), DEFAULT_GATEWAY_CONNECTIONS);
         let check = check(ctx, r.check.as_ref(), protocol, timing);
         out.push(Service {
             name,
@@ -622,6 +640,7 @@ fn services(
             dns_name: r.dns_name.as_ref().map(|d| d.get_ref().clone()),
             port: *r.port.get_ref(),
             check,
+            max_connections,
             backends,
         });
     }
@@ -921,6 +940,7 @@ fn api(ctx: &mut Ctx<'_>, raw: Option<&S<RawApi>>, base: &Path) -> Api {
         return Api::default();
     };
     let r = raw.get_ref();
+    let max_connections = ctx.connections(r.max_connections.as_ref(), DEFAULT_API_CONNECTIONS);
     let token = match (&r.token, &r.token_file) {
         (Some(t), None) => Some(t.get_ref().trim().to_string()),
         (None, Some(f)) => match read_secret(&resolve(base, f.get_ref())) {
@@ -944,7 +964,10 @@ fn api(ctx: &mut Ctx<'_>, raw: Option<&S<RawApi>>, base: &Path) -> Api {
         }
         (None, None) => None,
     };
-    Api { token }
+    Api {
+        token,
+        max_connections,
+    }
 }
 
 fn clashes(

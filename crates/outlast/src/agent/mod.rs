@@ -8,6 +8,7 @@
 
 pub mod alerts;
 mod faults;
+mod limits;
 pub mod peer;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+use outlast_gateway::limits::ConnLimit;
 
 use self::alerts::{AlertEvent, Alerter};
 use self::peer::{
@@ -78,6 +81,8 @@ pub struct Agent {
     fault_token: Option<String>,
     /// Signs and checks peer traffic; counts replays refused per peer.
     peer_auth: Arc<PeerAuth>,
+    /// Each service gateway's connection cap and accept health at this site.
+    gateway_limits: BTreeMap<String, Arc<ConnLimit>>,
 }
 
 /// What `outlast agent` may be told beyond the config.
@@ -174,18 +179,30 @@ impl Agent {
                 )
             })
             .collect();
+        // A gateway that cannot accept (out of file descriptors) serves no one new: the
+        // service counts as down here, so that the others take over.
+        let stuck = self.config.timing.detection();
         let services = self
             .monitor
             .snapshot()
             .into_iter()
             .map(|(name, h)| {
-                (
-                    name,
+                let failing = self
+                    .gateway_limits
+                    .get(&name)
+                    .is_some_and(|l| l.failing_within(stuck));
+                let view = if failing {
+                    ServiceView {
+                        healthy: Health::Down,
+                        for_ms: 0,
+                    }
+                } else {
                     ServiceView {
                         healthy: h.health,
                         for_ms: h.since.elapsed().as_millis() as u64,
-                    },
-                )
+                    }
+                };
+                (name, view)
             })
             .collect();
         Report {
@@ -957,6 +974,17 @@ pub async fn run(
         })
         .collect();
     let params = Params::from_config(&config);
+    let caps = limits::caps(&config, limits::raise_fd_limit());
+    let gateway_limits: BTreeMap<String, Arc<ConnLimit>> = caps
+        .gateways
+        .iter()
+        .map(|(name, cap)| {
+            (
+                name.clone(),
+                ConnLimit::new(format!("gateway:{name}"), *cap),
+            )
+        })
+        .collect();
     let relay = outlast_relay::Relay::open(&config, &me.name, &me.data_dir, &faults)
         .context("cannot open the event relay")?;
     let agent = Arc::new(Agent {
@@ -994,6 +1022,7 @@ pub async fn run(
         faults: faults.clone(),
         fault_token: config.api.token.clone().or(opts.fault_token),
         peer_auth: auth.clone(),
+        gateway_limits,
         config,
     });
     // A restarted primary acts again only once it holds a lease, and peers count for its
@@ -1048,6 +1077,13 @@ pub async fn run(
                 .with_context(|| format!("cannot open the gateway of {} on {addr}", svc.name))?;
             let routes = agent.routes.subscribe();
             let stop = gateways_stop.clone();
+            let limit = agent
+                .gateway_limits
+                .get(&svc.name)
+                .cloned()
+                .unwrap_or_else(|| {
+                    ConnLimit::new(format!("gateway:{}", svc.name), svc.max_connections)
+                });
             let span = tracing::info_span!("gateway", service = %svc.name);
             let stats = agent
                 .gateway_stats
@@ -1065,7 +1101,7 @@ pub async fn run(
                         agent.lease_clock.clone(),
                     ));
                     tokio::spawn(
-                        outlast_gateway::serve_http(listener, gw, stop, GATEWAY_DRAIN)
+                        outlast_gateway::serve_http(listener, gw, limit, stop, GATEWAY_DRAIN)
                             .instrument(span),
                     )
                 }
@@ -1078,6 +1114,7 @@ pub async fn run(
                         routes,
                         stats.clone(),
                         agent.lease_clock.clone(),
+                        limit,
                         stop,
                         GATEWAY_DRAIN,
                     )
@@ -1115,12 +1152,18 @@ pub async fn run(
     let peer_server = Arc::new(PeerServer::new(auth, agent.clone(), faults));
     let peer_task = {
         let stop = servers_stop.clone();
+        let limits = outlast_web::serve::Limits {
+            conns: ConnLimit::new("peer", caps.peer),
+            max_body: outlast_relay::PEER_MAX_BODY as u64,
+            drain: Duration::from_secs(2),
+        };
         tokio::spawn(
-            async move {
-                axum::serve(peer_listener, peer::router(peer_server))
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }
+            outlast_web::serve::serve(
+                peer_listener,
+                peer::router(peer_server),
+                limits,
+                async move { stop.cancelled().await },
+            )
             .instrument(tracing::info_span!("peer-server")),
         )
     };
@@ -1128,9 +1171,12 @@ pub async fn run(
     let api_task = {
         let stop = api_stop.clone();
         let source: Arc<dyn outlast_web::Source> = agent.clone();
+        let conns = ConnLimit::new("api", caps.api);
         tokio::spawn(
-            outlast_web::run(api_listener, source, async move { stop.cancelled().await })
-                .instrument(tracing::info_span!("api-server")),
+            outlast_web::run(api_listener, source, conns, async move {
+                stop.cancelled().await
+            })
+            .instrument(tracing::info_span!("api-server")),
         )
     };
 

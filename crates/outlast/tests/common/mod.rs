@@ -63,6 +63,8 @@ pub struct Cluster {
     pub netns: Option<String>,
     pub agents: BTreeMap<String, Child>,
     backends: Vec<Child>,
+    /// A command the next agent is started under (see `start_wrapped`).
+    wrapper: Vec<String>,
 }
 
 pub fn config_text(o: &Opts, secret: &str) -> String {
@@ -160,6 +162,7 @@ impl Cluster {
             netns,
             agents: BTreeMap::new(),
             backends: Vec::new(),
+            wrapper: Vec::new(),
         };
         let backends = [
             ("east", c.opts.port_base + 10),
@@ -212,14 +215,30 @@ impl Cluster {
         self.spawn_agent(site, config, &[]);
     }
 
+    /// Starts `site`'s agent under `wrapper` (a command that runs the rest of its
+    /// arguments, like `prlimit --nofile=1024: --`).
+    pub fn start_wrapped(&mut self, site: &str, wrapper: &[&str]) {
+        let config = self.config.clone();
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self.spawn_agent(site, &config, &[]);
+        self.wrapper.clear();
+    }
+
     fn spawn_agent(&mut self, site: &str, config: &Path, args: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(site))
             .expect("log");
-        let child = self
-            .command(bin())
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = self.command(program);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => self.command(bin()),
+        };
+        let child = cmd
             .args(["agent", "--config"])
             .arg(config)
             .args(["--site", site])

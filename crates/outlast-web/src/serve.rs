@@ -1,0 +1,182 @@
+//! Serving a router on a listener within limits (see `outlast_gateway::limits`): the API
+//! and the peer port both go through here. A connection over the cap is answered 503 at
+//! once; a request head must come within its deadline (and the next one on an idle
+//! keep-alive connection); a body announced larger than the listener takes is answered 413
+//! before a byte of it is read; a body that goes quiet for [`BODY_IDLE_TIMEOUT`] ends the
+//! request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use outlast_gateway::limits::{ConnLimit, BODY_IDLE_TIMEOUT, HEADER_TIMEOUT};
+use tower::ServiceExt;
+
+/// What one listener allows.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub conns: Arc<ConnLimit>,
+    /// The largest body a request may announce or send.
+    pub max_body: u64,
+    /// How long in-flight requests may finish once shutdown begins.
+    pub drain: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight
+/// finish for up to `limits.drain`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // HTTP/1.1 only (the API and the peer port speak nothing else): the head deadline
+    // then runs from the connection's first moment, where a protocol sniff would wait for
+    // a first byte without one.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        let Some((stream, _peer)) =
+            outlast_gateway::tcp_accept(&listener, &stop, &limits.conns).await
+        else {
+            break;
+        };
+        let Some(place) = limits.conns.admit() else {
+            tokio::spawn(outlast_gateway::limits::refuse_http(
+                stream,
+                "this listener is at its connection cap",
+            ));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let max_body = limits.max_body;
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let router = router.clone();
+            async move {
+                if let Some(refusal) = too_large(&req, max_body) {
+                    return Ok::<_, std::convert::Infallible>(refusal);
+                }
+                let req = req.map(|b| Body::new(IdleBody::new(b, BODY_IDLE_TIMEOUT)));
+                router.oneshot(req).await
+            }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _place = place;
+            let _ = watched.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight at the drain deadline");
+    }
+    Ok(())
+}
+
+/// A 413 for a request whose `Content-Length` is over `max`, answered before reading it
+/// (found by probing: a `Content-Length` of 10 GB with a short body was held open).
+fn too_large<B>(req: &Request<B>, max: u64) -> Option<Response> {
+    let len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    if len <= max {
+        return None;
+    }
+    let mut r = crate::refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("a body of {len} bytes is over this listener's {max}-byte limit"),
+    );
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    Some(r.into_response())
+}
+
+/// A request body that fails when no byte comes for `idle` (a client that announces a
+/// body and stalls holds nothing for long).
+struct IdleBody<B> {
+    inner: B,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleBody<B> {
+    fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+/// Why a request body ended early.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body went {0:?} without a byte")]
+struct BodyStalled(Duration);
+
+impl<B> HttpBody for IdleBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
