@@ -223,4 +223,10 @@ pub struct Report {
     /// Services this site is acting as primary of right now.
     #[serde(default)]
     pub acting: Vec<String>,
+    /// The Raft leader this site heard from within an election timeout (itself, when it
+    /// leads with a quorum's recent acknowledgement). A site cut off from the leader but
+    /// hearing a peer that hears it does not start elections it cannot win: each one would
+    /// raise the term and, on the heal, depose a leader that did nothing wrong.
+    #[serde(default)]
+    pub leader: Option<String>,
 }

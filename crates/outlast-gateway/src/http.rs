@@ -351,14 +351,23 @@ impl HttpGateway {
         req
     }
 
-    /// Where the routing sends a request now: `Err(())` when this site refuses the service,
-    /// `Ok(None)` when there is nowhere to go yet.
+    /// Whether the service is served only where this site cannot reach.
+    fn cut_off(&self) -> bool {
+        self.routes
+            .borrow()
+            .services
+            .get(&self.service)
+            .is_some_and(|r| r.unreachable && !r.local)
+    }
+
+    /// Where the routing sends a request now: `Err(())` when this site refuses the service
+    /// or cannot reach where it is served, `Ok(None)` when there is nowhere to go yet.
     fn targets_now(&self, may_hop: bool) -> Result<Option<(u64, Vec<Target>)>, ()> {
         let routes = self.routes.borrow();
         let Some(route) = routes.services.get(&self.service) else {
             return Ok(None);
         };
-        if route.refuses(&self.lease) {
+        if route.refuses(&self.lease) || (route.unreachable && !route.local) {
             return Err(());
         }
         let targets = self.balancer.targets(route, may_hop);
@@ -424,6 +433,13 @@ impl HttpGateway {
             return unavailable(format!(
                 "site {} is fenced; {} is served elsewhere",
                 self.site, self.service
+            ));
+        }
+        if self.cut_off() {
+            return unavailable(format!(
+                "{}: the site serving it cannot be reached from {} (the others reach it); \
+                 retry, or use another site's gateway",
+                self.service, self.site
             ));
         }
         let scan = scan(req.headers());

@@ -85,7 +85,9 @@ impl ConnLimit {
     /// Whether an accept failed within `window`: the listener cannot take new clients.
     pub fn failing_within(&self, window: Duration) -> bool {
         let at = self.accept_failed_ms.load(Ordering::Relaxed);
-        at > 0 && (self.born.elapsed().as_millis() as u64).saturating_sub(at) <= window.as_millis() as u64
+        at > 0
+            && (self.born.elapsed().as_millis() as u64).saturating_sub(at)
+                <= window.as_millis() as u64
     }
 }
 

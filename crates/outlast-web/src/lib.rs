@@ -54,6 +54,10 @@ pub struct SiteStatus {
     /// before, or older than the replay window).
     #[serde(default)]
     pub replays_refused: u64,
+    /// Sites this one and it cannot reach each other, though neither is down (a cut link,
+    /// from the fresh reports of both sides as the answering site has them).
+    #[serde(default)]
+    pub cannot_reach: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -785,3 +785,154 @@ fn a_gateway_at_its_cap_answers_at_once_and_starves_nothing_else() {
     assert_eq!(st["services"][0]["primary"], "east", "{st}");
     drop(held);
 }
+
+/// Found by probing: with east and west cut from each other (both reaching the witness)
+/// for 20 s there was no leader for the whole cut (elections every 0.7 s, term 54 to 79),
+/// every site still reported all sites up, west's gateway failed 948 of 1,001 GETs at a 2 s
+/// client timeout (one hung 12 s), and the site cut off from the leader answered DNS with
+/// SERVFAIL. Now one leader holds, the cut is reported, west's gateway answers 503 within
+/// its connect timeout, and DNS answers from the committed routing everywhere.
+#[test]
+fn an_asymmetric_partition_keeps_one_leader_and_every_door_answers() {
+    let mut o = Opts::new(8040);
+    o.netns = true;
+    o.dns = true;
+    let mut c = Cluster::new(o);
+    c.start_all();
+    c.wait_healthy();
+    // The case that matters: the leader is one of the two sites cut apart. A witness that
+    // leads is restarted (it hands leadership over when it stops).
+    let leader_now = |c: &Cluster| {
+        c.status("east")
+            .and_then(|s| s["leader"].as_str().map(str::to_string))
+    };
+    for _ in 0..5 {
+        if leader_now(&c).is_some_and(|l| l != "witness") {
+            break;
+        }
+        c.terminate("witness", Duration::from_secs(10));
+        c.start("witness");
+        c.wait_healthy();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let leader = leader_now(&c).expect("leader");
+    assert_ne!(leader, "witness", "could not get a data site to lead");
+    let term_before = |site: &str| {
+        c.status(site).expect("status")["term"]
+            .as_u64()
+            .expect("term")
+    };
+    let terms: Vec<u64> = ["east", "west", "witness"]
+        .iter()
+        .map(|s| term_before(s))
+        .collect();
+    c.cut_between("east", "west");
+    // West's gateway, 10 GETs a second for 8 s, each with a 2 s client timeout, timed.
+    let script = format!(
+        "import urllib.request,urllib.error,time,json\nout=[]\nfor i in range(80):\n t=time.time()\n try:\n  urllib.request.urlopen('http://{gw}/',timeout=2).read(); code=200\n except urllib.error.HTTPError as e: code=e.code\n except Exception as e: code=0\n out.append([code,time.time()-t])\n time.sleep(max(0,0.1-(time.time()-t)))\nprint(json.dumps(out))",
+        gw = c.gateway("west")
+    );
+    let gets = c.command("python3").args(["-c", &script]).spawn_output();
+    // Meanwhile: the leader and the terms, and DNS at west, every 250 ms for 16 s.
+    let mut leaders = std::collections::BTreeSet::new();
+    let mut max_terms = terms.clone();
+    let mut dns_failures = 0;
+    let mut cut_reported = false;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(16) {
+        for (i, site) in ["east", "west", "witness"].iter().enumerate() {
+            if let Some(st) = c.status(site) {
+                if let Some(l) = st["leader"].as_str() {
+                    leaders.insert(l.to_string());
+                }
+                max_terms[i] = max_terms[i].max(st["term"].as_u64().unwrap_or(0));
+                if *site == "witness" {
+                    let east = st["sites"]
+                        .as_array()
+                        .and_then(|s| s.iter().find(|x| x["name"] == "east").cloned());
+                    cut_reported |=
+                        east.is_some_and(|e| e["cannot_reach"] == serde_json::json!(["west"]));
+                }
+            }
+        }
+        let dig = c
+            .command("dig")
+            .args([
+                "@127.0.0.12",
+                "-p",
+                "8043",
+                "db.shop.test",
+                "A",
+                "+short",
+                "+time=1",
+                "+tries=1",
+            ])
+            .output()
+            .expect("dig");
+        let answer = String::from_utf8_lossy(&dig.stdout).trim().to_string();
+        if answer != "127.0.0.11" {
+            dns_failures += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = gets.wait_with_output().expect("gets");
+    let results: Vec<(u16, f64)> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let slowest = results.iter().map(|(_, t)| *t).fold(0.0, f64::max);
+    let timed_out = results.iter().filter(|(code, _)| *code == 0).count();
+    let codes: BTreeMap<u16, usize> = results.iter().fold(BTreeMap::new(), |mut m, (code, _)| {
+        *m.entry(*code).or_insert(0) += 1;
+        m
+    });
+    println!(
+        "asymmetric cut: leaders seen {leaders:?}, terms {terms:?} -> {max_terms:?}, west's gateway {codes:?} slowest {slowest:.2} s, DNS failures at west {dns_failures}, cut reported {cut_reported}"
+    );
+    assert_eq!(
+        leaders.len(),
+        1,
+        "one leader for the whole cut: {leaders:?}"
+    );
+    assert!(leaders.contains(&leader), "{leaders:?}");
+    assert_eq!(max_terms[0], terms[0], "east's term moved");
+    assert_eq!(max_terms[2], terms[2], "the witness's term moved");
+    assert!(max_terms[1] <= terms[1] + 1, "west's term ran away");
+    assert!(cut_reported, "the cut east-west was not reported");
+    assert_eq!(
+        dns_failures, 0,
+        "west's DNS did not answer from the committed routing"
+    );
+    assert_eq!(timed_out, 0, "GETs through west timed out: {codes:?}");
+    assert!(slowest < 1.5, "a GET through west waited {slowest:.2} s");
+    assert!(codes.keys().all(|c| *c == 503 || *c == 200), "{codes:?}");
+    // The heal deposes no one.
+    c.heal();
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, site) in ["east", "witness"].iter().enumerate() {
+        let st = c.status(site).expect("status");
+        assert_eq!(st["leader"].as_str(), Some(leader.as_str()), "{st}");
+        assert_eq!(
+            st["term"].as_u64(),
+            Some(terms[if i == 0 { 0 } else { 2 }]),
+            "{st}"
+        );
+    }
+    c.wait_for(
+        "west",
+        Duration::from_secs(5),
+        "west follows the leader again",
+        |st| st["leader"].as_str() == Some(leader.as_str()) && common::all_up(st),
+    );
+}
+
+trait SpawnOutput {
+    fn spawn_output(&mut self) -> std::process::Child;
+}
+
+impl SpawnOutput for std::process::Command {
+    fn spawn_output(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    }
+}

@@ -119,6 +119,7 @@ fn report(site: &str, at: u64, down: &[&str], down_for: u64, services_up: bool) 
             peers,
             services,
             acting: vec![],
+            leader: None,
         },
     }
 }

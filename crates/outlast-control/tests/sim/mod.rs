@@ -435,6 +435,7 @@ impl Sim {
                 .collect(),
             services,
             acting,
+            leader: None,
         }
     }
 

@@ -11,7 +11,7 @@ mod faults;
 mod limits;
 pub mod peer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -67,6 +67,7 @@ pub struct Agent {
     prometheus: Option<PrometheusHandle>,
     names: Arc<BTreeMap<NodeId, String>>,
     election_timeout_max_ms: u64,
+    election_timeout_min_ms: u64,
     routes: tokio::sync::watch::Sender<Arc<outlast_gateway::Routes>>,
     gateway_stats: BTreeMap<String, Arc<outlast_gateway::Stats>>,
     /// The lease deadline as the gateways check it on every request.
@@ -83,6 +84,14 @@ pub struct Agent {
     peer_auth: Arc<PeerAuth>,
     /// Each service gateway's connection cap and accept health at this site.
     gateway_limits: BTreeMap<String, Arc<ConnLimit>>,
+    /// The site whose Raft entries this site last took as its leader's, and when (ms).
+    leader_heard: Mutex<Option<(String, u64)>>,
+    /// Whether this site may start Raft elections (see `Report::leader`).
+    elect_on: AtomicBool,
+    /// DNS has had a committed state to answer from.
+    dns_ready: AtomicBool,
+    /// Pairs of sites the leader has alerted as unable to reach each other.
+    links_alerted: Mutex<BTreeSet<(String, String)>>,
 }
 
 /// What `outlast agent` may be told beyond the config.
@@ -212,6 +221,55 @@ impl Agent {
             peers,
             services,
             acting: self.acting(),
+            leader: self.leader_heard_now(),
+        }
+    }
+
+    /// The leader this site heard from within the shortest election timeout: itself while
+    /// it leads with a quorum's recent acknowledgement, else the last site whose entries it
+    /// took as its leader's.
+    fn leader_heard_now(&self) -> Option<String> {
+        let within = self.election_timeout_min_ms;
+        let m = self.raft().metrics().borrow().clone();
+        if m.current_leader == Some(self.my_id) {
+            return m
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms <= within)
+                .then(|| self.me.clone());
+        }
+        let now = self.now_ms();
+        lock(&self.leader_heard)
+            .as_ref()
+            .filter(|(_, at)| now.saturating_sub(*at) <= within)
+            .map(|(site, _)| site.clone())
+    }
+
+    /// Leader stickiness: a site that does not hear the leader but hears a peer that does
+    /// starts no election (it could not win one, and each try would raise the term that
+    /// deposes the leader once the link heals). Found by probing: with east and west cut
+    /// from each other, elections ran every 0.7 s for the whole cut (term 54 to 79).
+    fn update_elections(&self) {
+        let me_leader = self.is_leader();
+        let now = self.now_ms();
+        // Reports come every probe: one two probes old is the latest word on the leader.
+        let fresh = 2 * self.config.timing.probe_interval.as_millis() as u64;
+        let someone_hears_a_leader = lock(&self.reports).values().any(|r| {
+            r.report.site != self.me
+                && now.saturating_sub(r.at_ms) <= fresh
+                && r.report.leader.as_ref().is_some_and(|l| *l != self.me)
+        });
+        let allow = me_leader || !someone_hears_a_leader;
+        if self.elect_on.swap(allow, Ordering::SeqCst) != allow {
+            tracing::info!(
+                elections = allow,
+                "elections {}",
+                if allow {
+                    "allowed again"
+                } else {
+                    "held: a peer hears a live leader"
+                }
+            );
+            self.raft().runtime_config().elect(allow);
         }
     }
 
@@ -363,6 +421,7 @@ impl Agent {
         let fenced = self.fenced_now();
         let acting = state.acting(&self.me, &promoted, self.now_ms(), !fenced);
         let health = self.monitor.snapshot();
+        let cut = self.cut_from_here();
         let mut services = BTreeMap::new();
         for svc in &self.config.services {
             let Some(st) = state.services.get(&svc.name) else {
@@ -390,10 +449,21 @@ impl Agent {
                 outlast_core::config::Mode::ActiveActive => st.active_sites.contains(&self.me),
                 outlast_core::config::Mode::PrimaryStandby => acting.contains(&svc.name),
             };
-            let remotes = st
+            let others: Vec<&String> = st
                 .active_sites
                 .iter()
                 .filter(|s| **s != self.me && state.sites.get(*s) != Some(&SiteState::Down))
+                .collect();
+            // A site this one cannot reach while others can is behind a cut link: no
+            // failover will come, so requests are not sent to wait on it.
+            let reachable: Vec<&String> = others
+                .iter()
+                .copied()
+                .filter(|s| !cut.contains(*s))
+                .collect();
+            let unreachable = !others.is_empty() && reachable.is_empty();
+            let remotes = reachable
+                .into_iter()
                 .filter_map(|s| self.config.site(s))
                 .map(|s| SocketAddr::new(s.address, svc.port))
                 .collect();
@@ -407,10 +477,139 @@ impl Agent {
                     backends,
                     remotes,
                     up_since,
+                    unreachable,
                 },
             );
         }
         outlast_gateway::Routes { services }
+    }
+
+    /// Sites this one cannot reach (its probes say so) while another site, in a fresh
+    /// report, says it can: the links between are cut, the sites are not lost.
+    fn cut_from_here(&self) -> BTreeSet<String> {
+        let now = self.now_ms();
+        let reports = lock(&self.reports);
+        let reached_by_another = |site: &str| {
+            reports.values().any(|r| {
+                r.report.site != self.me
+                    && r.report.site != site
+                    && now.saturating_sub(r.at_ms) <= self.params.report_ttl_ms
+                    && r.report
+                        .peers
+                        .get(site)
+                        .is_some_and(|p| p.reachable == Health::Up)
+            })
+        };
+        lock(&self.peers)
+            .iter()
+            .filter(|(_, t)| t.counter.state() == Health::Down)
+            .map(|(n, _)| n.clone())
+            .filter(|n| reached_by_another(n))
+            .collect()
+    }
+
+    /// Pairs of sites that cannot reach each other, as the fresh reports (this site's own
+    /// view included) say, leaving out sites the cluster declared down.
+    fn cut_links(
+        &self,
+        state: &ClusterState,
+        reports: &BTreeMap<String, Received>,
+    ) -> BTreeSet<(String, String)> {
+        let now = self.now_ms();
+        let mut views: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        views.insert(
+            self.me.clone(),
+            lock(&self.peers)
+                .iter()
+                .filter(|(_, t)| t.counter.state() == Health::Down)
+                .map(|(n, _)| n.clone())
+                .collect(),
+        );
+        for r in reports.values() {
+            if r.report.site == self.me || now.saturating_sub(r.at_ms) > self.params.report_ttl_ms {
+                continue;
+            }
+            let down: Vec<String> = r
+                .report
+                .peers
+                .iter()
+                .filter(|(_, p)| p.reachable == Health::Down)
+                .map(|(n, _)| n.clone())
+                .collect();
+            views.insert(r.report.site.clone(), down);
+        }
+        let lost = |s: &str| state.sites.get(s) == Some(&SiteState::Down);
+        let mut pairs = BTreeSet::new();
+        for (from, unreachable) in &views {
+            for to in unreachable {
+                // One side saying so is a cut only while the other side is heard from.
+                if lost(from) || lost(to) || !views.contains_key(to) {
+                    continue;
+                }
+                let pair = if from < to {
+                    (from.clone(), to.clone())
+                } else {
+                    (to.clone(), from.clone())
+                };
+                pairs.insert(pair);
+            }
+        }
+        pairs
+    }
+
+    /// The leader alerts once when two sites stop reaching each other, and once when they
+    /// reach each other again.
+    fn alert_cut_links(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let state = self.sm.state();
+        let reports = lock(&self.reports).clone();
+        let now = self.cut_links(&state, &reports);
+        let mut known = lock(&self.links_alerted);
+        for (a, b) in now.difference(&known) {
+            tracing::warn!(a, b, "sites cannot reach each other");
+            self.alert(
+                state.epoch,
+                "link-cut",
+                &format!("{a}-{b}-{}", self.now_ms()),
+                AlertFields {
+                    site: Some(a.clone()),
+                    to: Some(b.clone()),
+                    ..Default::default()
+                },
+                format!("sites {a} and {b} cannot reach each other (both are up)"),
+            );
+        }
+        for (a, b) in known.difference(&now) {
+            tracing::info!(a, b, "sites reach each other again");
+            self.alert(
+                state.epoch,
+                "link-restored",
+                &format!("{a}-{b}-{}", self.now_ms()),
+                AlertFields {
+                    site: Some(a.clone()),
+                    to: Some(b.clone()),
+                    ..Default::default()
+                },
+                format!("sites {a} and {b} reach each other again"),
+            );
+        }
+        *known = now;
+    }
+
+    /// The leader as this site knows it: Raft's word, else what fresh reports say (a site
+    /// cut off from the leader still reaches a peer that hears it).
+    fn leader_name(&self) -> Option<String> {
+        let id = self.raft().metrics().borrow().current_leader;
+        if let Some(name) = id.and_then(|id| self.names.get(&id).cloned()) {
+            return Some(name);
+        }
+        let now = self.now_ms();
+        lock(&self.reports)
+            .values()
+            .filter(|r| now.saturating_sub(r.at_ms) <= self.params.report_ttl_ms)
+            .find_map(|r| r.report.leader.clone())
     }
 
     /// The zone as this site answers it (DESIGN.md: only healthy sites, short TTL).
@@ -438,7 +637,13 @@ impl Agent {
             .values()
             .all(|h| h.backends.iter().all(|b| b.health != Health::Unknown));
         let leader = self.raft().metrics().borrow().current_leader.is_some();
-        let ready = leader && verdicts && fresh >= self.config.quorum();
+        // Ready once; then it answers from the committed routing whatever the leader's
+        // state (found by probing: a site cut off from the leader answered SERVFAIL).
+        let ready = self.dns_ready.load(Ordering::SeqCst)
+            || (leader && verdicts && fresh >= self.config.quorum());
+        if ready {
+            self.dns_ready.store(true, Ordering::SeqCst);
+        }
         let mut names = BTreeMap::new();
         let mut last = lock(&self.last_known);
         for svc in &self.config.services {
@@ -528,6 +733,7 @@ impl Agent {
                 .get(site)
                 .filter(|r| now.saturating_sub(r.at_ms) <= self.params.report_ttl_ms)
         };
+        let cut = self.cut_links(state, reports);
         let peers = lock(&self.peers);
         let replays = self.peer_auth.replays_refused();
         self.config
@@ -558,12 +764,25 @@ impl Agent {
                         .and_then(|t| t.last_heard_ms)
                         .map(|h| now.saturating_sub(h))
                 };
+                let cannot_reach = cut
+                    .iter()
+                    .filter_map(|(a, b)| {
+                        if *a == s.name {
+                            Some(b.clone())
+                        } else if *b == s.name {
+                            Some(a.clone())
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
                 outlast_web::SiteStatus {
                     name: s.name.clone(),
                     state: state_word.to_string(),
                     witness: s.witness,
                     last_seen_ms,
                     replays_refused: replays.get(&s.name).copied().unwrap_or(0),
+                    cannot_reach,
                 }
             })
             .collect()
@@ -644,9 +863,7 @@ impl Agent {
         outlast_web::Status {
             cluster: self.config.cluster.name.clone(),
             site: self.me.clone(),
-            leader: metrics
-                .current_leader
-                .and_then(|id| self.names.get(&id).cloned()),
+            leader: self.leader_name(),
             term: metrics.current_term,
             epoch: state.epoch,
             sites,
@@ -692,6 +909,10 @@ impl PeerHandler for Agent {
         }
     }
 
+    fn heard_leader(&self, from: &str) {
+        *lock(&self.leader_heard) = Some((from.to_string(), self.now_ms()));
+    }
+
     fn step_down_requested(&self, from: &str, req: StepDown) {
         tracing::info!(
             from,
@@ -699,6 +920,9 @@ impl PeerHandler for Agent {
             "leader is stepping down; electing"
         );
         let raft = Agent::raft(self).clone();
+        // The leader is going: an election must not be held back by its old reports.
+        self.elect_on.store(true, Ordering::SeqCst);
+        raft.runtime_config().elect(true);
         // Bounded: a peer cannot make us wait more than one election timeout's worth.
         let wait = Duration::from_millis(req.elect_in_ms.min(self.election_timeout_max_ms * 2));
         tokio::spawn(async move {
@@ -1007,6 +1231,7 @@ pub async fn run(
         prometheus: prometheus(),
         names: names.clone(),
         election_timeout_max_ms: raft_config(&config)?.election_timeout_max,
+        election_timeout_min_ms: raft_config(&config)?.election_timeout_min,
         routes: tokio::sync::watch::channel(Arc::new(outlast_gateway::Routes::default())).0,
         gateway_stats: config
             .services
@@ -1023,6 +1248,10 @@ pub async fn run(
         fault_token: config.api.token.clone().or(opts.fault_token),
         peer_auth: auth.clone(),
         gateway_limits,
+        leader_heard: Mutex::new(None),
+        elect_on: AtomicBool::new(true),
+        dns_ready: AtomicBool::new(false),
+        links_alerted: Mutex::new(BTreeSet::new()),
         config,
     });
     // A restarted primary acts again only once it holds a lease, and peers count for its
@@ -1270,6 +1499,7 @@ pub async fn run(
                     let now = agent.now_ms();
                     lock(&agent.reports).insert(agent.me.clone(), Received { at_ms: now, report: own });
                     watch_fence(&agent);
+                    agent.update_elections();
                     agent.publish_routes();
                     export_site_states(&agent);
                     let m = agent.raft().metrics().borrow().clone();
@@ -1280,6 +1510,7 @@ pub async fn run(
                         last_leader = m.current_leader;
                     }
                     if m.current_leader == Some(agent.my_id) {
+                        agent.alert_cut_links();
                         lead_once(&agent).await;
                     }
                 }

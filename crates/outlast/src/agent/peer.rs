@@ -309,6 +309,8 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn relay(&self) -> &outlast_relay::Relay;
     fn heartbeat(&self, from: &str, report: outlast_control::Report) -> HeartbeatAck;
     fn step_down_requested(&self, from: &str, req: super::StepDown);
+    /// `from` sent entries (or a heartbeat) this site took as from its leader.
+    fn heard_leader(&self, from: &str);
 }
 
 pub struct PeerServer {
@@ -404,7 +406,13 @@ async fn handle(
     let raft = srv.handler.raft();
     match path.as_str() {
         "/raft/append" => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-            Ok(req) => encode(&srv.auth, &asker, &path, &raft.append_entries(req).await),
+            Ok(req) => {
+                let answer = raft.append_entries(req).await;
+                if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                    srv.handler.heard_leader(&from);
+                }
+                encode(&srv.auth, &asker, &path, &answer)
+            }
             Err(r) => r.into_response(),
         },
         "/raft/vote" => match decode::<VoteRequest<NodeId>>(&body) {

@@ -410,6 +410,17 @@ impl Cluster {
         None
     }
 
+    /// Cuts every packet between sites `a` and `b` only (inside the namespace): an
+    /// asymmetric partition, where both still reach the third.
+    pub fn cut_between(&self, a: &str, b: &str) {
+        let addr = |n: &str| SITES.iter().find(|(s, _)| *s == n).expect("site").1;
+        for (src, dst) in [(addr(a), addr(b)), (addr(b), addr(a))] {
+            let mut c = self.command("iptables");
+            c.args(["-A", "INPUT", "-s", src, "-d", dst, "-j", "DROP"]);
+            run(&mut c);
+        }
+    }
+
     /// Cuts every packet between `site` and the other sites (inside the namespace).
     pub fn isolate(&self, site: &str) {
         let me = SITES.iter().find(|(n, _)| *n == site).expect("site").1;
