@@ -672,6 +672,11 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
             .collect();
         let per_batch = (sc.workload.event_rate / 10).max(1);
         let (http, acked, refused) = (http.clone(), acked.clone(), refused.clone());
+        let ingest_token = config
+            .api
+            .token
+            .clone()
+            .filter(|_| config.api.ingest_needs_token);
         let name = sc.name.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
@@ -689,8 +694,11 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
                     .collect();
                 for _ in 0..(targets.len() * 10) {
                     let url = format!("http://{}/v1/streams/{stream}/events", targets[at]);
-                    let ok = http
-                        .post(&url)
+                    let mut post = http.post(&url);
+                    if let Some(t) = &ingest_token {
+                        post = post.bearer_auth(t);
+                    }
+                    let ok = post
                         .body(body.clone())
                         .timeout(Duration::from_secs(6))
                         .send()

@@ -19,8 +19,14 @@ fn no_relay() -> Response {
 pub(crate) async fn ingest(
     State(src): State<Arc<dyn Source>>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(want) = src.ingest_token() {
+        if let Err((code, why)) = crate::bearer(&headers, want) {
+            return refuse(code, why);
+        }
+    }
     let Some(relay) = src.relay() else {
         return no_relay();
     };

@@ -20,6 +20,26 @@ pub mod serve;
 
 pub use outlast_core::faults::{FaultKind, FaultView};
 
+/// Checks `Authorization: Bearer <want>`: why not, when it does not hold. The token is
+/// compared through a hash, so the time taken says nothing about it.
+pub(crate) fn bearer(
+    headers: &axum::http::HeaderMap,
+    want: &str,
+) -> Result<(), (StatusCode, &'static str)> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        None => Err((
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <the [api] token>",
+        )),
+        Some(got) if blake3::hash(want.as_bytes()) == blake3::hash(got.as_bytes()) => Ok(()),
+        Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong token")),
+    }
+}
+
 /// A refusal with its reason as JSON (`{"error": ...}`).
 pub(crate) fn refuse(code: StatusCode, reason: impl Into<String>) -> Response {
     (code, Json(serde_json::json!({ "error": reason.into() }))).into_response()
@@ -235,6 +255,10 @@ pub trait Source: Send + Sync + 'static {
     }
     /// The token `/v1/faults` wants; None turns fault injection off.
     fn fault_token(&self) -> Option<&str> {
+        None
+    }
+    /// The token event ingest wants (`[api] ingest = "token"`); None: ingest is open.
+    fn ingest_token(&self) -> Option<&str> {
         None
     }
     /// Injects a fault that ends by itself after `lasting`; why not, when it cannot.

@@ -90,8 +90,15 @@ pub async fn events_send(api: &str, stream: &str, file: &str) -> anyhow::Result<
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let resp = client
-        .post(&url)
+    let mut post = client.post(&url);
+    // A stream whose ingest wants the token ([api] ingest = "token").
+    if let Some(token) = std::env::var("OUTLAST_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        post = post.bearer_auth(token.trim());
+    }
+    let resp = post
         .header("content-type", "application/x-ndjson")
         .body(body)
         .send()

@@ -4,3 +4,4 @@
 pub mod agent;
 pub mod commands;
 pub mod demo;
+pub mod logging;

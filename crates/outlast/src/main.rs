@@ -116,13 +116,7 @@ fn parse_peer_via(s: &str) -> Result<(String, std::net::SocketAddr), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OUTLAST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    outlast::logging::init();
     let code = match cli.command {
         Command::Check { config } => outlast::commands::check(&config),
         Command::Agent {

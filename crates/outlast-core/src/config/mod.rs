@@ -292,6 +292,10 @@ pub struct Api {
     pub token: Option<String>,
     /// Client connections the API holds open at once; over it a new one gets 503.
     pub max_connections: usize,
+    /// Whether event ingest wants the token (`ingest = "token"`) or is open to whoever
+    /// reaches the API (`"open"`, the default: the trackers and apps that send events are
+    /// often many and outside the operators' hands).
+    pub ingest_needs_token: bool,
 }
 
 impl Default for Api {
@@ -299,6 +303,7 @@ impl Default for Api {
         Self {
             token: None,
             max_connections: DEFAULT_API_CONNECTIONS,
+            ingest_needs_token: false,
         }
     }
 }

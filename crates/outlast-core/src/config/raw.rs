@@ -154,4 +154,5 @@ pub struct RawApi {
     pub token: Option<S<String>>,
     pub token_file: Option<S<String>>,
     pub max_connections: Option<S<u64>>,
+    pub ingest: Option<S<String>>,
 }

@@ -964,9 +964,23 @@ fn api(ctx: &mut Ctx<'_>, raw: Option<&S<RawApi>>, base: &Path) -> Api {
         }
         (None, None) => None,
     };
+    let ingest_needs_token = ctx.choice(
+        "ingest",
+        r.ingest.as_ref(),
+        false,
+        &[("open", false), ("token", true)],
+    );
+    if let (true, None, Some(i)) = (ingest_needs_token, &token, &r.ingest) {
+        ctx.at(
+            i.span(),
+            "ingest = \"token\" but [api] has no token",
+            "add token_file = \"api.token\" (or token = \"...\") to [api]",
+        );
+    }
     Api {
         token,
         max_connections,
+        ingest_needs_token,
     }
 }
 

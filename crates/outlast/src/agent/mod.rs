@@ -955,6 +955,14 @@ impl outlast_web::Source for Agent {
         self.fault_token.as_deref()
     }
 
+    fn ingest_token(&self) -> Option<&str> {
+        self.config
+            .api
+            .token
+            .as_deref()
+            .filter(|_| self.config.api.ingest_needs_token)
+    }
+
     fn inject_fault(
         &self,
         kind: outlast_core::faults::FaultKind,
