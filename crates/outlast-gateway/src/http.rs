@@ -451,9 +451,18 @@ impl HttpGateway {
         }
         let (parts, body) = req.into_parts();
         // Most GETs have no body: no collecting future to drive for them.
+        // A body announced over the limit is refused before a byte of it is read, and one
+        // that goes quiet ends the request (found by probing: both were held open).
+        if crate::limits::content_length(&parts.headers).is_some_and(|n| n > MAX_BODY as u64) {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {MAX_BODY} bytes"),
+            );
+        }
         let body = if hyper::body::Body::is_end_stream(&body) {
             Bytes::new()
         } else {
+            let body = crate::limits::IdleBody::new(body, crate::limits::BODY_IDLE_TIMEOUT);
             match Box::pin(Limited::new(body, MAX_BODY).collect()).await {
                 Ok(c) => c.to_bytes(),
                 Err(e)
@@ -466,10 +475,12 @@ impl HttpGateway {
                     );
                 }
                 Err(e) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read the request body: {e}"),
-                    )
+                    let code = if e.is::<crate::limits::BodyStalled>() {
+                        StatusCode::REQUEST_TIMEOUT
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    };
+                    return text(code, format!("cannot read the request body: {e}"));
                 }
             }
         };

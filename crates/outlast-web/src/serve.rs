@@ -6,19 +6,15 @@
 //! request.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use outlast_gateway::limits::{ConnLimit, BODY_IDLE_TIMEOUT, HEADER_TIMEOUT};
+use outlast_gateway::limits::{ConnLimit, IdleBody, BODY_IDLE_TIMEOUT, HEADER_TIMEOUT};
 use tower::ServiceExt;
 
 /// What one listener allows.
@@ -121,62 +117,4 @@ fn too_large<B>(req: &Request<B>, max: u64) -> Option<Response> {
         header::HeaderValue::from_static("close"),
     );
     Some(r.into_response())
-}
-
-/// A request body that fails when no byte comes for `idle` (a client that announces a
-/// body and stalls holds nothing for long).
-struct IdleBody<B> {
-    inner: B,
-    idle: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl<B> IdleBody<B> {
-    fn new(inner: B, idle: Duration) -> Self {
-        Self {
-            inner,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-        }
-    }
-}
-
-/// Why a request body ended early.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body went {0:?} without a byte")]
-struct BodyStalled(Duration);
-
-impl<B> HttpBody for IdleBody<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<axum::BoxError>,
-{
-    type Data = Bytes;
-    type Error = axum::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

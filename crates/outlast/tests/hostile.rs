@@ -285,8 +285,7 @@ fn captured_peer_requests_replayed_are_refused_and_counted() {
     c.start("west");
     c.start("witness");
     c.wait_healthy();
-    let before = c.status("west").expect("status");
-    let term = before["term"].clone();
+    let term = settled_term(&c, "west");
     let start = Instant::now();
     let mut captured = rec.requests();
     while captured.len() < 30 && start.elapsed() < Duration::from_secs(5) {
@@ -771,6 +770,24 @@ fn a_gateway_at_its_cap_answers_at_once_and_starves_nothing_else() {
         t.elapsed()
     );
     assert!(worst_get(c.api("east"), "/v1/status", 10) < Duration::from_millis(100));
+    drop(held);
+    // Found by scripts/probe: the gateway held a request whose Content-Length was over its
+    // limit, or whose body stalled, for as long as the client liked.
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let mut s = TcpStream::connect(gw).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n{}")
+        .expect("write");
+    let mut answer = [0u8; 32];
+    let n = s.read(&mut answer).unwrap_or(0);
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
     let m = c.get("east", "/metrics").expect("metrics");
     assert!(
         common::metric_value(
@@ -783,7 +800,6 @@ fn a_gateway_at_its_cap_answers_at_once_and_starves_nothing_else() {
     let st = c.status("west").expect("status");
     assert!(common::all_up(&st), "{st}");
     assert_eq!(st["services"][0]["primary"], "east", "{st}");
-    drop(held);
 }
 
 /// Found by probing: with east and west cut from each other (both reaching the witness)
@@ -817,15 +833,12 @@ fn an_asymmetric_partition_keeps_one_leader_and_every_door_answers() {
     }
     let leader = leader_now(&c).expect("leader");
     assert_ne!(leader, "witness", "could not get a data site to lead");
-    let term_before = |site: &str| {
-        c.status(site).expect("status")["term"]
-            .as_u64()
-            .expect("term")
-    };
     let terms: Vec<u64> = ["east", "west", "witness"]
         .iter()
-        .map(|s| term_before(s))
+        .map(|s| settled_term(&c, s).as_u64().expect("term"))
         .collect();
+    let leader = leader_now(&c).expect("leader");
+    assert_ne!(leader, "witness", "the leader changed while settling");
     c.cut_between("east", "west");
     // West's gateway, 10 GETs a second for 8 s, each with a 2 s client timeout, timed.
     let script = format!(
@@ -935,4 +948,20 @@ impl SpawnOutput for std::process::Command {
             .spawn()
             .expect("spawn")
     }
+}
+
+/// `site`'s Raft term once it has stayed the same for a second (a start-up election may
+/// still be running when the cluster first looks healthy).
+fn settled_term(c: &Cluster, site: &str) -> serde_json::Value {
+    let start = Instant::now();
+    let mut term = c.status(site).expect("status")["term"].clone();
+    while start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = c.status(site).expect("status")["term"].clone();
+        if now == term {
+            break;
+        }
+        term = now;
+    }
+    term
 }
