@@ -88,7 +88,7 @@ pub struct Agent {
     leader_heard: Mutex<Option<(String, u64)>>,
     /// Whether this site may start Raft elections (see `Report::leader`).
     elect_on: AtomicBool,
-    /// DNS has had a committed state to answer from.
+    /// A leader has been known: DNS has had a committed state to answer from.
     dns_ready: AtomicBool,
     /// Pairs of sites the leader has alerted as unable to reach each other.
     links_alerted: Mutex<BTreeSet<(String, String)>>,
@@ -636,11 +636,14 @@ impl Agent {
             .snapshot()
             .values()
             .all(|h| h.backends.iter().all(|b| b.health != Health::Unknown));
+        // Ready while this site hears a majority (its own view included): it then answers
+        // from the committed routing whatever the leader's state (found by probing: a site
+        // cut off from the leader answered SERVFAIL). A site cut off from the majority
+        // answers SERVFAIL, so that resolvers ask a site whose routing is current. Before
+        // the first leader there is no committed routing to answer from.
         let leader = self.raft().metrics().borrow().current_leader.is_some();
-        // Ready once; then it answers from the committed routing whatever the leader's
-        // state (found by probing: a site cut off from the leader answered SERVFAIL).
-        let ready = self.dns_ready.load(Ordering::SeqCst)
-            || (leader && verdicts && fresh >= self.config.quorum());
+        let ever = self.dns_ready.load(Ordering::SeqCst) || leader;
+        let ready = ever && verdicts && fresh >= self.config.quorum();
         if ready {
             self.dns_ready.store(true, Ordering::SeqCst);
         }
