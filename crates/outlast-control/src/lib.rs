@@ -7,11 +7,13 @@
 //! come from outside, so the deterministic simulation in `tests/` can drive it.
 
 pub mod lease;
+pub mod node;
 pub mod policy;
 pub mod state;
 pub mod store;
 
 pub use lease::Lease;
+pub use node::{Answer, Node, NodeConfig, SiteView, Tick};
 pub use policy::{decide, Observations, Params, Received};
 pub use state::{
     ClusterState, Decision, MoveReason, PeerView, Proposal, Report, ServiceState, ServiceView,

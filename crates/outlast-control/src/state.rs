@@ -27,9 +27,13 @@ pub struct ServiceState {
     pub active_sites: Vec<String>,
     /// Epoch of the last change to this service.
     pub epoch: u64,
-    /// A new primary waits this long after applying its promotion before it acts, so that the
-    /// old primary's lease has surely run out (see `lease.rs`).
+    /// A new primary waits at most this long after applying its promotion before it acts,
+    /// so that the old primary's lease has surely run out (see `lease.rs`); it acts sooner
+    /// when the old primary has let go or a majority's promises to it ran out (`node.rs`).
     pub hold_ms: u64,
+    /// The primary before the last move (none: the service never moved).
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +119,7 @@ impl ClusterState {
                     active_sites,
                     epoch: 0,
                     hold_ms: 0,
+                    from: None,
                 };
                 (svc.name.clone(), state)
             })
@@ -150,11 +155,13 @@ impl ClusterState {
                 }
                 Decision::PrimaryMove {
                     service,
+                    from,
                     to,
                     hold_ms,
                     ..
                 } => {
                     if let Some(s) = self.services.get_mut(service) {
+                        s.from = from.clone();
                         s.primary = Some(to.clone());
                         s.active_sites = vec![to.clone()];
                         s.hold_ms = *hold_ms;
@@ -164,34 +171,6 @@ impl ClusterState {
             }
         }
         Some(p.decisions.clone())
-    }
-}
-
-impl ClusterState {
-    /// The services `me` may act as primary of at `now_ms`: it is the committed primary, it
-    /// holds its lease, and the hold of its promotion has passed since `promoted_at_ms` (the
-    /// local time it applied the promotion, or opened the state). A service with no such
-    /// time is not acted on: not knowing when a promotion happened is never a licence.
-    pub fn acting(
-        &self,
-        me: &str,
-        promoted_at_ms: &BTreeMap<String, u64>,
-        now_ms: u64,
-        holds_lease: bool,
-    ) -> Vec<String> {
-        if !holds_lease {
-            return Vec::new();
-        }
-        self.services
-            .iter()
-            .filter(|(_, s)| s.primary.as_deref() == Some(me))
-            .filter(|(name, s)| {
-                promoted_at_ms
-                    .get(*name)
-                    .is_some_and(|t| now_ms >= t.saturating_add(s.hold_ms))
-            })
-            .map(|(name, _)| name.clone())
-            .collect()
     }
 }
 
@@ -229,4 +208,9 @@ pub struct Report {
     /// raise the term and, on the heal, depose a leader that did nothing wrong.
     #[serde(default)]
     pub leader: Option<String>,
+    /// Per peer: how long since this site last granted its lease (answered a heartbeat with
+    /// a log not ahead of what the peer had applied); since this site started, when it has
+    /// not since. A grant is a promise (see `node.rs`).
+    #[serde(default)]
+    pub grant_age_ms: BTreeMap<String, u64>,
 }

@@ -200,3 +200,92 @@ mod tests {
         assert_eq!(m, again, "signing is deterministic for the same time");
     }
 }
+
+/// One external primary the leader keeps in step.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub server: SocketAddr,
+    pub zone: Name,
+    pub key: TsigKey,
+}
+
+/// The push loop: while `leads()` says this site leads, every external primary is made to
+/// hold what the zone answers, each name replaced whenever its answer changes, each server
+/// retried with back-off (200 ms doubling to 30 s) until it says NOERROR. A new leader
+/// pushes everything again (the updates are idempotent replacements). Ends with `stop`.
+pub async fn run(
+    source: std::net::IpAddr,
+    targets: Vec<Target>,
+    zone: tokio::sync::watch::Receiver<std::sync::Arc<crate::ZoneView>>,
+    leads: impl Fn() -> bool,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use std::collections::BTreeMap;
+    let mut acked: BTreeMap<(SocketAddr, Name), Vec<Ipv4Addr>> = BTreeMap::new();
+    let mut retry_at: BTreeMap<SocketAddr, (tokio::time::Instant, Duration)> = BTreeMap::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !leads() {
+            acked.clear();
+            continue;
+        }
+        let view = zone.borrow().clone();
+        if !view.ready {
+            continue;
+        }
+        for t in &targets {
+            let now = tokio::time::Instant::now();
+            if retry_at.get(&t.server).is_some_and(|(at, _)| now < *at) {
+                continue;
+            }
+            for (name, addrs) in &view.names {
+                if !t.zone.zone_of(name) || acked.get(&(t.server, name.clone())) == Some(addrs) {
+                    continue;
+                }
+                match send_update(t.server, source, &t.zone, name, view.ttl, addrs, &t.key).await {
+                    Ok(()) => {
+                        tracing::info!(server = %t.server, %name, ?addrs, "pushed");
+                        metrics::counter!("outlast_dns_push_total", "outcome" => "ok").increment(1);
+                        acked.insert((t.server, name.clone()), addrs.clone());
+                        retry_at.remove(&t.server);
+                    }
+                    Err(e) => {
+                        let wait = retry_at
+                            .get(&t.server)
+                            .map_or(Duration::from_millis(200), |(_, w)| {
+                                (*w * 2).min(Duration::from_secs(30))
+                            });
+                        tracing::warn!(server = %t.server, %name, error = %e, retry_in = ?wait, "push not acknowledged");
+                        metrics::counter!("outlast_dns_push_total", "outcome" => "failed")
+                            .increment(1);
+                        retry_at.insert(t.server, (tokio::time::Instant::now() + wait, wait));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The push targets of a config's `[[dns.push]]`.
+pub fn targets(dns: &outlast_core::config::Dns) -> Vec<Target> {
+    dns.push
+        .iter()
+        .filter_map(|p| {
+            Some(Target {
+                server: p.server,
+                zone: Name::from_ascii(&p.zone).ok()?,
+                key: TsigKey {
+                    name: Name::from_ascii(&p.key_name).ok()?,
+                    secret: p.key_secret.clone(),
+                },
+            })
+        })
+        .collect()
+}

@@ -222,6 +222,14 @@ impl Relay {
         }
     }
 
+    /// Waits for every stream's tasks and writer on shutdown (after `stop` was cancelled),
+    /// up to `deadline` per stream; stragglers are logged.
+    pub async fn join(&self, deadline: std::time::Duration) {
+        for s in self.streams.values() {
+            s.join(deadline).await;
+        }
+    }
+
     pub fn stream(&self, name: &str) -> Result<&Arc<StreamRelay>, RelayError> {
         self.streams
             .get(name)

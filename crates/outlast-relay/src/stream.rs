@@ -201,8 +201,12 @@ pub struct StreamRelay {
     pub(crate) own: Mutex<Log>,
     pub(crate) replicas: Mutex<BTreeMap<String, Log>>,
     recent: Mutex<Recent>,
-    jobs: mpsc::UnboundedSender<Job>,
-    jobs_rx: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
+    /// Commit jobs for the writer thread; `None` tells it to stop.
+    jobs: mpsc::UnboundedSender<Option<Job>>,
+    jobs_rx: Mutex<Option<mpsc::UnboundedReceiver<Option<Job>>>>,
+    /// The writer thread and the async tasks, joined on shutdown.
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The own spool's last durable sequence number.
     pub(crate) durable: watch::Sender<u64>,
     /// The highest own sequence number another site holds.
@@ -346,6 +350,8 @@ impl StreamRelay {
             recent: Mutex::new(Recent::new(RECENT_MAX)),
             jobs,
             jobs_rx: Mutex::new(Some(jobs_rx)),
+            writer_thread: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
             durable: watch::channel(last).0,
             replicated: watch::channel(0).0,
             peers: Mutex::new(BTreeMap::new()),
@@ -397,24 +403,51 @@ impl StreamRelay {
             let spawned = std::thread::Builder::new()
                 .name(format!("spool-{}", self.cfg.name))
                 .spawn(move || me.writer(rx));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "relay: could not start the spool writer");
+            match spawned {
+                Ok(t) => *lock(&self.writer_thread) = Some(t),
+                Err(e) => tracing::error!(error = %e, "relay: could not start the spool writer"),
             }
         }
+        let mut tasks = lock(&self.tasks);
         for peer in self.sites.peers() {
             let me = self.clone();
             let t = transport.clone();
             let stop = stop.clone();
-            tokio::spawn(async move { me.replicator(peer, t, stop).await });
+            tasks.push(tokio::spawn(
+                async move { me.replicator(peer, t, stop).await },
+            ));
         }
         let me = self.clone();
         let sinks = lock(&self.sinks).take().unwrap_or_default();
         // A backlog held before the site started (it was down) is a replay. Read here, not
         // in the task: events taken once this returns are live, however late it first runs.
         let replaying = lock(&self.own).unshipped().0 >= self.cfg.batch_events;
-        tokio::spawn(
-            async move { crate::ship::shipper(me, sinks, transport, stop, replaying).await },
-        );
+        tasks.push(tokio::spawn(async move {
+            crate::ship::shipper(me, sinks, transport, stop, replaying).await
+        }));
+    }
+
+    /// Waits for the stream's tasks (stopped by the token given to `start`) and its writer
+    /// thread (told to stop here, after the commits queued before), up to `deadline`; what
+    /// is still running then is logged and left.
+    pub(crate) async fn join(&self, deadline: std::time::Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        let _ = self.jobs.send(None);
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        let n = tasks.len();
+        for (i, mut t) in tasks.into_iter().enumerate() {
+            if tokio::time::timeout_at(until, &mut t).await.is_err() {
+                tracing::warn!(stream = %self.cfg.name, left = n - i, "relay: tasks still running at the deadline; aborted");
+                t.abort();
+            }
+        }
+        let thread = lock(&self.writer_thread).take();
+        if let Some(thread) = thread {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout_at(until, joined).await.is_err() {
+                tracing::warn!(stream = %self.cfg.name, "relay: the spool writer is still writing at the deadline");
+            }
+        }
     }
 
     /// Bytes free for this site on the disk under the stream's spool, when it can be told.
@@ -469,11 +502,11 @@ impl StreamRelay {
         }
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(Job {
+            .send(Some(Job {
                 keys: events.iter().map(|e| IdKey::of(&e.id)).collect(),
                 events,
                 reply: tx,
-            })
+            }))
             .map_err(|_| IngestError::Stopping)?;
         let (outcomes, events) =
             rx.await
@@ -523,12 +556,17 @@ impl StreamRelay {
     }
 
     /// The group-commit writer: takes every request waiting, appends them all, one fsync.
-    fn writer(&self, mut rx: mpsc::UnboundedReceiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
+    fn writer(&self, mut rx: mpsc::UnboundedReceiver<Option<Job>>) {
+        let mut stopping = false;
+        while let Some(Some(first)) = (!stopping).then(|| rx.blocking_recv()).flatten() {
             let mut jobs = vec![first];
             while jobs.len() < 1024 {
                 match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
+                    Ok(Some(j)) => jobs.push(j),
+                    Ok(None) => {
+                        stopping = true;
+                        break;
+                    }
                     Err(_) => break,
                 }
             }

@@ -9,10 +9,14 @@ use std::time::{Duration, Instant};
 
 use common::{all_up, median_and_worst, Cluster, Opts};
 
-/// The acceptance: with probe_interval 100ms, fall 3, grace 500ms, lease 1s, the
-/// worst of 20 kill -9 failovers (kill until west acts as primary) is under 3 s.
+/// With probe_interval 100ms, fall 3, grace 500ms, lease 1s: kill -9 of the primary's
+/// agent, 20 runs, timed as a client sees it: from the kill until a GET through the
+/// surviving site's gateway (2 s client timeout, a new one every 10 ms) is answered by the
+/// new primary's backend. The worst must be under 1.6 s: the new primary acts once the
+/// voters' promises to the old one ran out (lease + margin = 1.225 s after their last
+/// grants), not a whole lease after the move was committed.
 #[test]
-fn kill_primary_agent_moves_primary_within_3s_over_20_runs() {
+fn kill_primary_agent_moves_primary_within_1_6s_over_20_runs() {
     let runs: usize = std::env::var("OUTLAST_FAILOVER_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -22,10 +26,12 @@ fn kill_primary_agent_moves_primary_within_3s_over_20_runs() {
         let mut c = Cluster::new(Opts::new(7400));
         c.start_all();
         c.wait_healthy();
+        let gw = c.gateway("west");
         let t0 = Instant::now();
         c.kill9("east");
+        let served = first_answer_from(gw, "backend west", t0, Duration::from_secs(10));
         c.wait_acting("west", "west", Duration::from_secs(10));
-        let took = t0.elapsed();
+        let took = served.unwrap_or_else(|| panic!("run {run}: west never served\n{}", c.logs()));
         let st = c.status("west").expect("status");
         let east = st["sites"]
             .as_array()
@@ -39,21 +45,56 @@ fn kill_primary_agent_moves_primary_within_3s_over_20_runs() {
             "the survivors declared east down"
         );
         println!(
-            "run {run}: kill -9 east -> west acting in {} ms",
+            "run {run}: kill -9 east -> first GET answered by west's backend after {} ms",
             took.as_millis()
         );
         times.push(took);
     }
     let (median, worst) = median_and_worst(times);
     println!(
-        "failover over {runs} runs: median {} ms, worst {} ms",
+        "failover over {runs} runs, as a client sees it: median {} ms, worst {} ms",
         median.as_millis(),
         worst.as_millis()
     );
     assert!(
-        worst < Duration::from_secs(3),
-        "worst failover {worst:?} is not under 3 s"
+        worst < Duration::from_millis(1600),
+        "worst failover {worst:?} is not under 1.6 s"
     );
+}
+
+/// GETs `addr` (each on a new connection, with a 2 s timeout, one every 10 ms, several in
+/// flight) until one is answered with a body starting `want`: the time since `t0` at which
+/// that answer came, or None by `limit`.
+fn first_answer_from(
+    addr: std::net::SocketAddr,
+    want: &'static str,
+    t0: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut handles = Vec::new();
+    while t0.elapsed() < limit {
+        if let Ok(at) = rx.try_recv() {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            for h in handles {
+                let _ = std::thread::JoinHandle::join(h);
+            }
+            return Some(at);
+        }
+        let (tx, stop) = (tx.clone(), stop.clone());
+        handles.push(std::thread::spawn(move || {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            if common::http_get(addr, "/").is_some_and(|b| b.starts_with(want)) {
+                let _ = tx.send(t0.elapsed());
+            }
+        }));
+        handles.retain(|h| !h.is_finished());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 #[test]

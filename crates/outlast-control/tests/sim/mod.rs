@@ -1,12 +1,15 @@
-//! A deterministic simulation of the control plane, shared by the invariant tests beside it.
+//! A deterministic simulation of the control plane, shared by the property tests beside it
+//! (one property a file).
 //!
-//! What is real: [`decide`], [`Lease`], [`Hysteresis`] and [`ClusterState::apply`], the
-//! same code the agents run. What is modelled: the network (per-direction links, random
-//! delays, drops at cuts), processes (crash with the log kept, restart with memory lost,
-//! pause/resume) and Raft, abstracted to its guarantees: a leader is elected only by a
-//! majority whose logs are not ahead of its own, an entry commits once a majority holds it,
-//! and every site applies committed entries in order. Each site has its own clock running at
-//! a rate a few percent off true time.
+//! What is real: every site runs the [`Node`] the agents run (peer tracking, reports,
+//! leases and promises, acting, leader stickiness, the policy through `Node::propose`) and
+//! [`ClusterState::apply`]. What is modelled: the network (per-direction links, random
+//! delays, random loss, drops at cuts), processes (crash with the log kept, restart with
+//! memory lost, pause/resume), the local probes of backends, and Raft, abstracted to its
+//! guarantees: a leader is elected only by a majority whose logs are not ahead of its own
+//! (and only among sites that allow elections), an entry commits once a majority holds it,
+//! and every site applies committed entries in order. Each site has its own clock running
+//! at a rate a few percent off true time.
 //!
 //! Time advances in steps of [`STEP_MS`]; everything is driven by one seeded RNG, so a
 //! failing seed replays exactly.
@@ -17,8 +20,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use outlast_control::policy::ServiceParams;
 use outlast_control::{
-    decide, ClusterState, Decision, Lease, Observations, Params, PeerView, Proposal, Received,
-    Report, ServiceState, ServiceView, SiteState,
+    Answer, ClusterState, Decision, Node, NodeConfig, Params, Proposal, Report, ServiceState,
+    ServiceView, SiteState,
 };
 use outlast_core::config::{Failback, Mode};
 use outlast_core::{Health, Hysteresis};
@@ -42,6 +45,8 @@ pub struct SimConfig {
     pub failback_after_ms: u64,
     /// Largest clock-rate error, as a fraction (0.05 = 5%).
     pub clock_jitter: f64,
+    /// Chance that a message is lost on the way.
+    pub loss: f64,
 }
 
 impl SimConfig {
@@ -58,6 +63,7 @@ impl SimConfig {
             lease_ms: 1000,
             failback_after_ms: 3000,
             clock_jitter: 0.05,
+            loss: 0.01,
         }
     }
 
@@ -79,7 +85,7 @@ impl SimConfig {
 
     pub fn margin_ms(&self) -> u64 {
         // The same formula as outlast_core::config::Timing::lease_margin.
-        self.probe_ms * 2 + 100
+        self.lease_ms / 8 + self.probe_ms
     }
 
     pub fn detection_ms(&self) -> u64 {
@@ -106,6 +112,28 @@ impl SimConfig {
         }
     }
 
+    /// What a site's node is told: the same as an agent's, from this config.
+    pub fn node_config(&self, me: &str) -> NodeConfig {
+        NodeConfig {
+            me: me.to_string(),
+            sites: self
+                .sites
+                .iter()
+                .map(|s| {
+                    (
+                        s.clone(),
+                        !self.backends.contains(s) && s != &self.preferred,
+                    )
+                })
+                .collect(),
+            params: self.params(),
+            fall: self.fall,
+            rise: self.rise,
+            probe_ms: self.probe_ms,
+            election_timeout_min_ms: 300,
+        }
+    }
+
     fn initial_state(&self) -> ClusterState {
         let mut services = BTreeMap::new();
         services.insert(
@@ -116,6 +144,7 @@ impl SimConfig {
                 active_sites: vec![self.preferred.clone()],
                 epoch: 0,
                 hold_ms: 0,
+                from: None,
             },
         );
         ClusterState {
@@ -153,13 +182,6 @@ struct Entry {
     proposal: Option<Proposal>,
 }
 
-struct PeerTrack {
-    counter: Hysteresis,
-    since: u64,
-    last_heard: Option<u64>,
-    pending: Option<(u64, u64)>, // (request id, sent at local ms)
-}
-
 struct Site {
     name: String,
     alive: bool,
@@ -167,17 +189,17 @@ struct Site {
     rate: f64,
     offset: f64,
     phase: u64,
-    peers: BTreeMap<String, PeerTrack>,
-    lease: Lease,
-    reports: BTreeMap<String, Received>,
-    settles_at: BTreeMap<String, u64>,
-    site_changed_at: BTreeMap<String, u64>,
-    /// Local time this process applied each service's promotion (or opened its state).
-    promoted_at: BTreeMap<String, u64>,
+    /// The control logic the agents run.
+    node: Node,
+    /// Heartbeats sent and not answered yet, per peer: (request id, sent at local ms).
+    pending: BTreeMap<String, (u64, u64)>,
+    /// Whether this site may start elections (the node's word).
+    elections: bool,
     log: Vec<Entry>,
     known_term: u64,
     commit: usize,
     applied: usize,
+    /// The committed state as the site's store holds it (kept across restarts).
     state: ClusterState,
     has_backends: bool,
     backend_ok: bool,
@@ -198,7 +220,7 @@ enum Msg {
         to: usize,
         id: u64,
         sent_local: u64,
-        log_epoch: u64,
+        answer: Answer,
     },
     Append {
         from: usize,
@@ -218,7 +240,6 @@ enum Msg {
 pub struct Sim {
     pub cfg: SimConfig,
     pub seed: u64,
-    params: Params,
     rng: StdRng,
     now: u64,
     sites: Vec<Site>,
@@ -253,12 +274,9 @@ impl Sim {
                 rate: 1.0 + rng.gen_range(-cfg.clock_jitter..=cfg.clock_jitter),
                 offset: rng.gen_range(0.0..100_000.0),
                 phase: rng.gen_range(0..cfg.probe_ms / STEP_MS) * STEP_MS,
-                peers: BTreeMap::new(),
-                lease: Lease::new(cfg.lease_ms, cfg.quorum()),
-                reports: BTreeMap::new(),
-                settles_at: BTreeMap::new(),
-                site_changed_at: BTreeMap::new(),
-                promoted_at: BTreeMap::new(),
+                node: Node::new(cfg.node_config(name), initial.clone(), 0),
+                pending: BTreeMap::new(),
+                elections: true,
                 log: Vec::new(),
                 known_term: 0,
                 commit: 0,
@@ -271,7 +289,6 @@ impl Sim {
             })
             .collect();
         let mut sim = Sim {
-            params: cfg.params(),
             election_timeout: rng.gen_range(300..=600),
             cfg,
             seed,
@@ -326,41 +343,25 @@ impl Sim {
         self.trace.push_back(format!("{:>6}ms {what}", self.now));
     }
 
+    /// A (re)started process: a new node over the state its store kept, nothing else.
     fn reset_volatile(&mut self, i: usize) {
         let local = self.local(i);
         let cfg = self.cfg.clone();
         let s = &mut self.sites[i];
-        s.peers = cfg
-            .sites
-            .iter()
-            .filter(|p| **p != s.name)
-            .map(|p| {
-                (
-                    p.clone(),
-                    PeerTrack {
-                        counter: Hysteresis::new(cfg.fall, cfg.rise),
-                        since: local,
-                        last_heard: None,
-                        pending: None,
-                    },
-                )
-            })
-            .collect();
-        s.lease = Lease::new(cfg.lease_ms, cfg.quorum());
-        s.reports.clear();
-        s.settles_at.clear();
-        s.site_changed_at.clear();
-        // As the agent's store: a (re)started process dates every service from when it
-        // opened its state. No other restart wait: the lease must be enough.
-        s.promoted_at = s
-            .state
-            .services
-            .keys()
-            .map(|k| (k.clone(), local))
-            .collect();
+        s.node = Node::new(cfg.node_config(&s.name), s.state.clone(), local);
+        s.pending.clear();
+        s.elections = true;
         s.svc_counter = Hysteresis::new(cfg.fall, cfg.rise);
         s.svc_since = local;
         s.commit = s.applied;
+        self.sync_log(i);
+    }
+
+    /// The node learns its log's epoch whenever the log changes (the agent reads it from
+    /// the log store on every call).
+    fn sync_log(&mut self, i: usize) {
+        let e = self.log_epoch(i);
+        self.sites[i].node.set_log_epoch(e);
     }
 
     fn log_epoch(&self, i: usize) -> u64 {
@@ -377,69 +378,22 @@ impl Sim {
     }
 
     fn holds_lease(&self, i: usize) -> bool {
-        let s = &self.sites[i];
-        s.lease
-            .holds(self.local(i), self.log_epoch(i), s.state.epoch)
+        self.sites[i].node.holds_lease(self.local(i))
     }
 
     /// Sites acting as primary of the service right now, by the agents' own rule.
     pub fn acting(&self) -> Vec<String> {
         (0..self.sites.len())
             .filter(|&i| self.runs(i))
-            .filter(|&i| {
-                let s = &self.sites[i];
-                let holds = self.holds_lease(i);
-                !s.state
-                    .acting(&s.name, &s.promoted_at, self.local(i), holds)
-                    .is_empty()
-            })
+            .filter(|&i| !self.sites[i].node.acting(self.local(i)).is_empty())
             .map(|i| self.sites[i].name.clone())
             .collect()
     }
 
-    fn report(&self, i: usize) -> Report {
-        let local = self.local(i);
-        let s = &self.sites[i];
-        let mut services = BTreeMap::new();
-        if s.has_backends {
-            services.insert(
-                SERVICE.to_string(),
-                ServiceView {
-                    healthy: s.svc_counter.state(),
-                    for_ms: local.saturating_sub(s.svc_since),
-                },
-            );
-        }
-        let acting = if self.acting().contains(&s.name) {
-            vec![SERVICE.to_string()]
-        } else {
-            vec![]
-        };
-        Report {
-            site: s.name.clone(),
-            applied_epoch: s.state.epoch,
-            fenced: !self.holds_lease(i),
-            peers: s
-                .peers
-                .iter()
-                .map(|(n, t)| {
-                    (
-                        n.clone(),
-                        PeerView {
-                            reachable: t.counter.state(),
-                            for_ms: local.saturating_sub(t.since),
-                            last_heard_ms: t.last_heard.map(|h| local.saturating_sub(h)),
-                        },
-                    )
-                })
-                .collect(),
-            services,
-            acting,
-            leader: None,
-        }
-    }
-
     fn send(&mut self, msg: Msg) {
+        if self.rng.gen_bool(self.cfg.loss) {
+            return;
+        }
         let delay = if self.rng.gen_bool(0.02) {
             self.rng.gen_range(20..=60)
         } else {
@@ -499,17 +453,15 @@ impl Sim {
                 sent_local,
                 report,
             } => {
-                let at_ms = self.local(to);
-                self.sites[to]
-                    .reports
-                    .insert(self.cfg.sites[from].clone(), Received { at_ms, report });
-                let log_epoch = self.log_epoch(to);
+                let local = self.local(to);
+                self.sync_log(to);
+                let answer = self.sites[to].node.on_report(report, local);
                 self.send(Msg::HbResp {
                     from: to,
                     to: from,
                     id,
                     sent_local,
-                    log_epoch,
+                    answer,
                 });
             }
             Msg::HbResp {
@@ -517,24 +469,16 @@ impl Sim {
                 to,
                 id,
                 sent_local,
-                log_epoch,
+                answer,
             } => {
                 let local = self.local(to);
                 let peer = self.cfg.sites[from].clone();
-                let applied = self.sites[to].state.epoch;
                 let s = &mut self.sites[to];
-                let Some(t) = s.peers.get_mut(&peer) else {
-                    return;
-                };
-                if t.pending.map(|(pid, _)| pid) != Some(id) {
+                if s.pending.get(&peer).map(|(pid, _)| *pid) != Some(id) {
                     return; // late: the probe already counted as failed
                 }
-                t.pending = None;
-                t.last_heard = Some(local);
-                if t.counter.record(true).is_some() {
-                    t.since = local;
-                }
-                s.lease.record_answer(&peer, sent_local, log_epoch, applied);
+                s.pending.remove(&peer);
+                s.node.on_answer(&peer, sent_local, answer, local);
             }
             Msg::Append {
                 from,
@@ -543,6 +487,8 @@ impl Sim {
                 log,
                 commit,
             } => {
+                let local = self.local(to);
+                let leader = self.cfg.sites[from].clone();
                 let s = &mut self.sites[to];
                 if term < s.known_term {
                     return;
@@ -550,7 +496,9 @@ impl Sim {
                 s.known_term = term;
                 s.log = log;
                 s.commit = s.commit.max(commit.min(s.log.len()));
+                s.node.heard_leader(&leader, local);
                 let len = s.log.len();
+                self.sync_log(to);
                 self.send(Msg::AppendAck {
                     from: to,
                     to: from,
@@ -629,7 +577,7 @@ impl Sim {
         let q = self.cfg.quorum();
         let key = |s: &Site| (s.log.last().map(|e| e.term).unwrap_or(0), s.log.len());
         let winners: Vec<usize> = (0..n)
-            .filter(|&c| self.runs(c))
+            .filter(|&c| self.runs(c) && self.sites[c].elections)
             .filter(|&c| {
                 let mine = key(&self.sites[c]);
                 (0..n)
@@ -654,6 +602,7 @@ impl Sim {
             term,
             proposal: None,
         });
+        self.sync_log(l);
         self.note(format!("{} elected leader, term {term}", self.cfg.sites[l]));
     }
 
@@ -676,47 +625,45 @@ impl Sim {
                 self.note(format!("commit epoch {epoch}: {decisions:?}"));
             }
             let s = &mut self.sites[i];
-            for d in decisions {
-                match d {
-                    Decision::SiteDown { site } | Decision::SiteUp { site } => {
-                        s.site_changed_at.insert(site, local);
-                    }
-                    Decision::PrimaryMove {
-                        service, hold_ms, ..
-                    } => {
-                        s.settles_at.insert(service.clone(), local + hold_ms);
-                        s.promoted_at.insert(service, local);
-                    }
-                    Decision::Active { .. } => {}
-                }
-            }
+            s.node.applied(&s.state, &decisions, local);
         }
     }
 
     fn site_tick(&mut self, i: usize) {
         let local = self.local(i);
-        let peers: Vec<String> = self.sites[i].peers.keys().cloned().collect();
-        for peer in peers {
-            let t = self.sites[i].peers.get_mut(&peer).expect("peer");
-            if t.pending.take().is_some() && t.counter.record(false).is_some() {
-                t.since = local;
-            }
+        self.sync_log(i);
+        let leader = self.leader.map(|l| self.cfg.sites[l].clone());
+        // As the agent reads openraft: the leader's name; on the leader, how long since a
+        // quorum acknowledged it (here: now, when it reaches one).
+        let quorum_ack = (self.leader == Some(i)).then_some(0);
+        let s = &mut self.sites[i];
+        let missed: Vec<String> = std::mem::take(&mut s.pending).into_keys().collect();
+        for peer in missed {
+            s.node.on_miss(&peer, local);
         }
-        {
-            let s = &mut self.sites[i];
-            if s.has_backends && s.svc_counter.record(s.backend_ok).is_some() {
-                s.svc_since = local;
-            }
+        if s.has_backends && s.svc_counter.record(s.backend_ok).is_some() {
+            s.svc_since = local;
         }
-        let report = self.report(i);
-        let me = self.sites[i].name.clone();
-        self.sites[i].reports.insert(
-            me,
-            Received {
-                at_ms: local,
-                report: report.clone(),
-            },
-        );
+        let health = if s.has_backends {
+            [(
+                SERVICE.to_string(),
+                ServiceView {
+                    healthy: s.svc_counter.state(),
+                    for_ms: local.saturating_sub(s.svc_since),
+                },
+            )]
+            .into_iter()
+            .collect()
+        } else {
+            BTreeMap::new()
+        };
+        s.node.set_health(health);
+        s.node.set_raft(leader, quorum_ack);
+        let tick = s.node.tick(local);
+        if let Some(allow) = tick.elections_changed {
+            s.elections = allow;
+        }
+        let report: Report = s.node.report(local);
         let n = self.sites.len();
         for j in 0..n {
             if j == i {
@@ -725,9 +672,7 @@ impl Sim {
             self.next_id += 1;
             let id = self.next_id;
             let peer = self.cfg.sites[j].clone();
-            if let Some(t) = self.sites[i].peers.get_mut(&peer) {
-                t.pending = Some((id, local));
-            }
+            self.sites[i].pending.insert(peer, (id, local));
             self.send(Msg::HbReq {
                 from: i,
                 to: j,
@@ -739,23 +684,13 @@ impl Sim {
         if self.leader == Some(i) {
             let pending = self.sites[i].log.len() > self.sites[i].commit;
             if !pending {
-                let s = &self.sites[i];
-                let obs = Observations {
-                    reports: s.reports.clone(),
-                    settles_at_ms: s.settles_at.clone(),
-                    site_changed_at_ms: s.site_changed_at.clone(),
-                };
-                let decisions = decide(&self.params, &s.state, &obs, local);
-                if !decisions.is_empty() {
-                    let base_epoch = s.state.epoch;
+                if let Some(proposal) = self.sites[i].node.propose(local) {
                     let term = self.term;
                     self.sites[i].log.push(Entry {
                         term,
-                        proposal: Some(Proposal {
-                            base_epoch,
-                            decisions,
-                        }),
+                        proposal: Some(proposal),
                     });
+                    self.sync_log(i);
                 }
             }
         }

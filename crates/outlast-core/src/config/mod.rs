@@ -115,12 +115,13 @@ impl Timing {
             .saturating_add(self.grace)
     }
 
-    /// Extra wait past a lease before a new primary acts. It covers the old primary's fence
-    /// check granularity and clock-rate differences between sites.
+    /// Extra wait past a lease before a new primary acts, and how long past its lease a
+    /// voter's promise to a primary lasts (see outlast-control's `node.rs`): it covers the
+    /// rate difference of two clocks over one lease (`lease · 2ρ / (1 - ρ)`, under
+    /// `lease / 8` for clocks within 5% of true time) and one probe interval (a fence
+    /// checked once a tick outside the gateways, which check it on every request).
     pub fn lease_margin(&self) -> Duration {
-        self.probe_interval
-            .saturating_mul(2)
-            .saturating_add(Duration::from_millis(100))
+        (self.lease / 8).saturating_add(self.probe_interval)
     }
 }
 

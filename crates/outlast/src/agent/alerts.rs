@@ -176,3 +176,149 @@ async fn command(argv: &[String], event: &AlertEvent) -> Result<(), String> {
         Err(_) => Err(format!("{prog} still running after 30s; killed")),
     }
 }
+
+/// What an alert is about, beside its kind and message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields {
+    pub site: Option<String>,
+    pub service: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// Who sends an alert, and about which epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub cluster: &'a str,
+    /// The sending site.
+    pub me: &'a str,
+    pub epoch: u64,
+    pub unix_ms: u64,
+}
+
+/// An alert of `kind`, keyed by the epoch and `key_tail` so that a receiver that gets it
+/// twice (from two leaders, or a retry) can tell.
+pub fn event(
+    by: &Sender<'_>,
+    kind: &str,
+    key_tail: &str,
+    fields: Fields,
+    message: String,
+) -> AlertEvent {
+    AlertEvent {
+        cluster: by.cluster.to_string(),
+        epoch: by.epoch,
+        idempotency_key: format!("{}-{}-{kind}-{key_tail}", by.cluster, by.epoch),
+        kind: kind.to_string(),
+        site: fields.site,
+        service: fields.service,
+        from: fields.from,
+        to: fields.to,
+        message,
+        sent_by: by.me.to_string(),
+        unix_ms: by.unix_ms,
+    }
+}
+
+/// The alerts a committed change sends (from the leader, so that each goes out once).
+pub fn for_change(by: &Sender<'_>, decisions: &[outlast_control::Decision]) -> Vec<AlertEvent> {
+    use outlast_control::{Decision, MoveReason};
+    decisions
+        .iter()
+        .map(|d| match d {
+            Decision::SiteDown { site } | Decision::SiteUp { site } => {
+                let down = matches!(d, Decision::SiteDown { .. });
+                let (kind, word) = if down {
+                    ("site-down", "down")
+                } else {
+                    ("site-up", "up")
+                };
+                let fields = Fields {
+                    site: Some(site.clone()),
+                    ..Default::default()
+                };
+                event(by, kind, site, fields, format!("site {site} is {word}"))
+            }
+            Decision::Active { service, sites } => {
+                let fields = Fields {
+                    service: Some(service.clone()),
+                    ..Default::default()
+                };
+                let message = format!("service {service} now active at [{}]", sites.join(", "));
+                event(by, "active-changed", service, fields, message)
+            }
+            Decision::PrimaryMove {
+                service,
+                from,
+                to,
+                reason,
+                ..
+            } => {
+                let kind = if *reason == MoveReason::Failback {
+                    "failback"
+                } else {
+                    "primary-moved"
+                };
+                let fields = Fields {
+                    service: Some(service.clone()),
+                    from: from.clone(),
+                    to: Some(to.clone()),
+                    ..Default::default()
+                };
+                let message = format!(
+                    "service {service}: primary {} -> {to} ({reason:?})",
+                    from.as_deref().unwrap_or("none")
+                );
+                event(by, kind, service, fields, message)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outlast_control::{Decision, MoveReason};
+
+    #[test]
+    fn a_change_alerts_each_decision_with_a_key_per_epoch() {
+        let decisions = vec![
+            Decision::SiteDown {
+                site: "east".into(),
+            },
+            Decision::PrimaryMove {
+                service: "db".into(),
+                from: Some("east".into()),
+                to: "west".into(),
+                reason: MoveReason::Failover,
+                hold_ms: 1225,
+            },
+            Decision::PrimaryMove {
+                service: "web".into(),
+                from: Some("west".into()),
+                to: "east".into(),
+                reason: MoveReason::Failback,
+                hold_ms: 1225,
+            },
+        ];
+        let by = Sender {
+            cluster: "shop",
+            me: "witness",
+            epoch: 7,
+            unix_ms: 42,
+        };
+        let a = for_change(&by, &decisions);
+        let kinds: Vec<&str> = a.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["site-down", "primary-moved", "failback"]);
+        assert_eq!(a[0].idempotency_key, "shop-7-site-down-east");
+        assert_eq!(a[0].site.as_deref(), Some("east"));
+        assert_eq!(a[1].message, "service db: primary east -> west (Failover)");
+        assert_eq!(
+            (a[1].from.as_deref(), a[1].to.as_deref()),
+            (Some("east"), Some("west"))
+        );
+        assert!(a
+            .iter()
+            .all(|e| e.sent_by == "witness" && e.epoch == 7 && e.unix_ms == 42));
+    }
+}

@@ -1,0 +1,112 @@
+//! `GET /v1/status` as this site sees it (DESIGN.md section 5).
+
+use outlast_core::config::Mode;
+use outlast_core::Health;
+
+use super::Agent;
+
+pub(super) fn health_word(h: Health) -> &'static str {
+    match h {
+        Health::Up => "up",
+        Health::Down => "down",
+        Health::Unknown => "unknown",
+    }
+}
+
+impl Agent {
+    /// The status as this site sees it.
+    pub fn status(&self) -> outlast_web::Status {
+        let now = self.now_ms();
+        let term = self.raft().metrics().borrow().current_term;
+        let node = self.node();
+        let state = node.state().clone();
+        let my_acting = node.acting(now);
+        let replays = self.peer_auth.replays_refused();
+        let sites = node
+            .site_views(now)
+            .into_iter()
+            .map(|v| outlast_web::SiteStatus {
+                replays_refused: replays.get(&v.name).copied().unwrap_or(0),
+                name: v.name,
+                state: v.state.to_string(),
+                witness: v.witness,
+                last_seen_ms: v.last_seen_ms,
+                cannot_reach: v.cannot_reach,
+            })
+            .collect();
+        let local = self.monitor.snapshot();
+        let services = self
+            .config
+            .services
+            .iter()
+            .filter_map(|svc| {
+                let s = state.services.get(&svc.name)?;
+                let primary_acting = match s.primary.as_deref() {
+                    Some(p) if p == self.me => my_acting.contains(&svc.name),
+                    Some(p) => node
+                        .fresh_report(p, now)
+                        .is_some_and(|r| r.acting.contains(&svc.name)),
+                    None => false,
+                };
+                let stats = self.gateway_stats.get(&svc.name);
+                let counts = stats.map(|s| s.targets()).unwrap_or_default();
+                let local_addrs = svc.backends.get(&self.me).cloned().unwrap_or_default();
+                let forwarded = counts
+                    .iter()
+                    .filter(|(a, _)| !local_addrs.contains(a))
+                    .map(|(_, c)| c.served)
+                    .sum();
+                let backends = local
+                    .get(&svc.name)
+                    .map(|h| {
+                        h.backends
+                            .iter()
+                            .map(|b| {
+                                let c = counts.get(&b.addr).copied().unwrap_or_default();
+                                outlast_web::BackendStatus {
+                                    address: b.addr.to_string(),
+                                    health: health_word(b.health).to_string(),
+                                    since_ms: b.since.elapsed().as_millis() as u64,
+                                    last_probe_ms: b.last_latency.as_secs_f64() * 1000.0,
+                                    last_error: b.last_error.clone(),
+                                    served: c.served,
+                                    failed: c.failed,
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(outlast_web::ServiceStatus {
+                    name: svc.name.clone(),
+                    mode: match svc.mode {
+                        Mode::ActiveActive => "active-active".into(),
+                        Mode::PrimaryStandby => "primary-standby".into(),
+                    },
+                    primary: s.primary.clone(),
+                    active_sites: s.active_sites.clone(),
+                    epoch: s.epoch,
+                    primary_acting,
+                    local_health: local
+                        .get(&svc.name)
+                        .map(|h| health_word(h.health).to_string()),
+                    requests: stats.map(|s| s.requests()).unwrap_or(0),
+                    forwarded,
+                    backends,
+                })
+            })
+            .collect();
+        let leader = node.leader(now);
+        drop(node);
+        outlast_web::Status {
+            cluster: self.config.cluster.name.clone(),
+            site: self.me.clone(),
+            leader,
+            term,
+            epoch: state.epoch,
+            sites,
+            services,
+            streams: self.relay.streams().map(|s| s.stats().into()).collect(),
+            faults: self.faults.list(),
+        }
+    }
+}
