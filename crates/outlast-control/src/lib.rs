@@ -13,7 +13,7 @@ pub mod state;
 pub mod store;
 
 pub use lease::Lease;
-pub use node::{Answer, Node, NodeConfig, SiteView, Tick};
+pub use node::{Answer, FailoverLog, Node, NodeConfig, SiteView, Tick};
 pub use policy::{decide, Observations, Params, Received};
 pub use state::{
     ClusterState, Decision, MoveReason, PeerView, Proposal, Report, ServiceState, ServiceView,

@@ -97,7 +97,47 @@ pub struct Tick {
     /// again (reported by the leader only).
     pub links_cut: Vec<(String, String)>,
     pub links_restored: Vec<(String, String)>,
+    /// Failover phases first seen in this tick: (service, phase, ms since the failover
+    /// began as this site knows it).
+    pub phases: Vec<(String, &'static str, u64)>,
 }
+
+/// The phases of a failover as one site saw them, in its local ms (DESIGN.md section 5,
+/// `failovers[]`): `last-heard` (the old primary's site, last heard from here),
+/// `declared` (the move committed and applied here), `old-lease-over` (at the new primary:
+/// the old one let go or a majority's promises to it ran out), `acting` (the new primary
+/// acts; at other sites, when its report first said so), `dns-published` (this site's DNS
+/// answers the new routing), `gateway-switched` (this site's gateway routes by it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverLog {
+    pub service: String,
+    pub epoch: u64,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: crate::state::MoveReason,
+    pub phases: Vec<(&'static str, u64)>,
+}
+
+impl FailoverLog {
+    fn has(&self, phase: &str) -> bool {
+        self.phases.iter().any(|(p, _)| *p == phase)
+    }
+
+    /// When the failure began as far as this site knows: the old primary's site last
+    /// heard, else the move's commit.
+    pub fn start_ms(&self) -> Option<u64> {
+        let at = |name| {
+            self.phases
+                .iter()
+                .find(|(p, _)| *p == name)
+                .map(|(_, t)| *t)
+        };
+        at("last-heard").or_else(|| at("declared"))
+    }
+}
+
+/// How many failovers a node remembers.
+const FAILOVERS_KEPT: usize = 10;
 
 /// How a site sees one site of the cluster (for status).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +179,10 @@ pub struct Node {
     quorum_ack_ms: Option<u64>,
     elections: bool,
     links_alerted: BTreeSet<(String, String)>,
+    /// The latest failovers, newest last.
+    failovers: std::collections::VecDeque<FailoverLog>,
+    /// Phases seen outside a tick (published), reported with the next tick.
+    new_phases: Vec<(String, &'static str, u64)>,
 }
 
 impl Node {
@@ -179,6 +223,8 @@ impl Node {
             quorum_ack_ms: None,
             elections: true,
             links_alerted: BTreeSet::new(),
+            failovers: std::collections::VecDeque::new(),
+            new_phases: Vec::new(),
             cfg,
         }
     }
@@ -230,8 +276,42 @@ impl Node {
         }
         for d in decisions {
             match d {
-                Decision::PrimaryMove { service, .. } => {
+                Decision::PrimaryMove {
+                    service,
+                    from,
+                    to,
+                    reason,
+                    ..
+                } => {
                     self.promoted_at.insert(service.clone(), now_ms);
+                    // Only a site that takes part when the move is committed records its
+                    // phases: one the move counts down, or that learns of it while
+                    // catching up (after a restart), would time its catching up.
+                    let counted_down = state.sites.get(&self.cfg.me) == Some(&SiteState::Down);
+                    if counted_down || !self.hears_majority(now_ms) {
+                        continue;
+                    }
+                    let mut phases = Vec::new();
+                    let lost = from
+                        .as_ref()
+                        .filter(|f| **f != self.cfg.me)
+                        .and_then(|f| self.peers.get(f))
+                        .filter(|t| t.counter.state() == Health::Down);
+                    if let Some(heard) = lost.and_then(|t| t.last_heard_ms) {
+                        phases.push(("last-heard", heard));
+                    }
+                    phases.push(("declared", now_ms));
+                    if self.failovers.len() >= FAILOVERS_KEPT {
+                        self.failovers.pop_front();
+                    }
+                    self.failovers.push_back(FailoverLog {
+                        service: service.clone(),
+                        epoch: state.epoch,
+                        from: from.clone(),
+                        to: to.clone(),
+                        reason: *reason,
+                        phases,
+                    });
                 }
                 Decision::SiteDown { site } | Decision::SiteUp { site } => {
                     self.site_changed_at.insert(site.clone(), now_ms);
@@ -685,7 +765,81 @@ impl Node {
             out.links_restored = self.links_alerted.difference(&now).cloned().collect();
             self.links_alerted = now;
         }
+        self.follow_failovers(now_ms);
+        out.phases = std::mem::take(&mut self.new_phases);
         out
+    }
+
+    /// Notes the phases of open failovers that this tick shows.
+    fn follow_failovers(&mut self, now_ms: u64) {
+        let acting = self.acting(now_ms);
+        let mut seen = Vec::new();
+        for (i, f) in self.failovers.iter().enumerate() {
+            if f.to == self.cfg.me {
+                let gone = match &f.from {
+                    None => true,
+                    Some(old) => {
+                        let hold = self.state.services.get(&f.service).map_or(0, |s| s.hold_ms);
+                        let at = self.promoted_at.get(&f.service).copied().unwrap_or(now_ms);
+                        now_ms >= at.saturating_add(hold)
+                            || self.predecessor_gone(&f.service, old, f.epoch, now_ms)
+                    }
+                };
+                if gone && !f.has("old-lease-over") {
+                    seen.push((i, "old-lease-over"));
+                }
+                if acting.contains(&f.service) && !f.has("acting") {
+                    seen.push((i, "acting"));
+                }
+            } else if !f.has("acting")
+                && self.fresh(&f.to, now_ms).is_some_and(|r| {
+                    r.report.applied_epoch >= f.epoch && r.report.acting.contains(&f.service)
+                })
+            {
+                seen.push((i, "acting"));
+            }
+        }
+        for (i, phase) in seen {
+            self.note_phase(i, phase, now_ms);
+        }
+    }
+
+    fn note_phase(&mut self, i: usize, phase: &'static str, now_ms: u64) {
+        let Some(f) = self.failovers.get_mut(i) else {
+            return;
+        };
+        f.phases.push((phase, now_ms));
+        let since = f.start_ms().map_or(0, |s| now_ms.saturating_sub(s));
+        self.new_phases.push((f.service.clone(), phase, since));
+    }
+
+    /// This site now publishes routing of `epoch` or later: its DNS zone
+    /// (`dns-published`, every service) or a service's gateway route
+    /// (`gateway-switched`).
+    pub fn published(
+        &mut self,
+        phase: &'static str,
+        service: Option<&str>,
+        epoch: u64,
+        now_ms: u64,
+    ) {
+        let due: Vec<usize> = self
+            .failovers
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                f.epoch <= epoch && service.is_none_or(|s| s == f.service) && !f.has(phase)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for i in due {
+            self.note_phase(i, phase, now_ms);
+        }
+    }
+
+    /// The latest failovers this site saw, newest first.
+    pub fn failovers(&self) -> impl Iterator<Item = &FailoverLog> {
+        self.failovers.iter().rev()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod faults;
 pub mod files;
 pub mod hysteresis;
+pub mod status;
 pub mod throttle;
 
 pub use config::{Config, ConfigError, Problem};

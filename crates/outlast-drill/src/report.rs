@@ -15,11 +15,25 @@ pub const BUCKET_MS: u64 = 250;
 /// The RTO window: requests succeed again once a window this long is at 99%.
 const WINDOW_MS: u64 = 1000;
 
+/// One request of the workload: sent at `t_ms` (drill time), answered (or failed) after
+/// `latency_ms`; `ok` when an answer came back below 500.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestOutcome {
     pub t_ms: u64,
     pub ok: bool,
     pub latency_ms: f64,
+}
+
+impl RequestOutcome {
+    /// Drill time of the answer (or of the failure).
+    pub fn answered_ms(&self) -> u64 {
+        self.t_ms + self.latency_ms.max(0.0) as u64
+    }
+
+    /// Served: answered well within `ok_within_ms`, as a client with that patience sees it.
+    pub fn served(&self, ok_within_ms: u64) -> bool {
+        self.ok && self.latency_ms <= ok_within_ms as f64
+    }
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +47,21 @@ pub struct Recording {
     pub stored: BTreeMap<String, usize>,
     pub faults: Vec<FaultAt>,
     pub failback_ms: Option<u64>,
+    /// The phases of each primary move during the drill, as the agents recorded them.
+    pub phases: Vec<PhaseAt>,
+}
+
+/// One phase of one primary move, in drill time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PhaseAt {
+    /// The service (or dataset) that moved.
+    pub what: String,
+    pub epoch: u64,
+    pub from: Option<String>,
+    pub to: String,
+    /// last-heard | declared | old-lease-over | acting | dns-published | gateway-switched
+    pub name: String,
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,7 +73,12 @@ pub struct FaultAt {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Requests {
     pub sent: u64,
+    /// Answered within the scenario's `ok_within`.
     pub ok: u64,
+    /// Answered below 500, but after `ok_within`.
+    #[serde(default)]
+    pub late: u64,
+    /// Refused (500 or more), timed out or not connected.
     pub failed: u64,
 }
 
@@ -61,8 +95,16 @@ pub struct Writes {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bucket {
     pub t_ms: u64,
+    /// Requests sent in the bucket, and of those served within `ok_within`.
     pub sent: u64,
     pub ok: u64,
+    /// Requests answered (or failed) in the bucket, and of those served: what a client
+    /// saw at that moment, drawn as the success rate.
+    #[serde(default)]
+    pub answered: u64,
+    #[serde(default)]
+    pub served: u64,
+    /// Latency of the answers of the bucket.
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
@@ -84,13 +126,26 @@ pub struct Report {
     pub duration_ms: u64,
     pub faults: Vec<FaultAt>,
     pub rto_ms: Option<u64>,
+    /// A request counts as served when answered within this.
+    #[serde(default = "default_ok_within")]
+    pub ok_within_ms: u64,
+    /// The longest any request waited for its answer (or its failure).
+    #[serde(default)]
+    pub longest_wait_ms: u64,
     pub requests: Requests,
     pub writes: Writes,
     pub rpo_ms: u64,
     pub failback_ms: Option<u64>,
     pub timeline: Vec<Bucket>,
+    /// Phases of the primary moves during the drill.
+    #[serde(default)]
+    pub phases: Vec<PhaseAt>,
     pub expectations: Vec<Verdict>,
     pub passed: bool,
+}
+
+fn default_ok_within() -> u64 {
+    1000
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -101,38 +156,71 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// RTO: from the first fault to the start of the first 1 s window at 99% success that
-/// follows the first failed request after the fault. No failure after it: zero.
-pub fn rto(requests: &[RequestOutcome], fault_ms: u64, end_ms: u64) -> Option<u64> {
-    let first_fail = requests
+/// RTO: from the first fault to the start of the first 1 s window, by answer time, in
+/// which 99% of the answers were served within `ok_within_ms`, looking from the first
+/// request after the fault that was not served (failed, or answered late); a window
+/// starts with a served answer, so the RTO ends at an answer a client got. A request held
+/// past `ok_within_ms` is downtime though it got an answer. None: nothing went wrong.
+pub fn rto(
+    requests: &[RequestOutcome],
+    fault_ms: u64,
+    end_ms: u64,
+    ok_within_ms: u64,
+) -> Option<u64> {
+    let first_bad = requests
         .iter()
-        .filter(|r| r.t_ms >= fault_ms && !r.ok)
-        .map(|r| r.t_ms)
+        .filter(|r| r.answered_ms() >= fault_ms && !r.served(ok_within_ms))
+        .map(RequestOutcome::answered_ms)
         .min()?;
-    let mut t = first_fail;
-    while t + WINDOW_MS <= end_ms {
+    let last = requests
+        .iter()
+        .map(RequestOutcome::answered_ms)
+        .max()
+        .unwrap_or(end_ms)
+        .max(end_ms);
+    // A window starts with a served answer: a stretch in which clients wait and nothing
+    // comes back is downtime, not a clean window.
+    let mut starts: Vec<u64> = requests
+        .iter()
+        .filter(|r| r.served(ok_within_ms))
+        .map(RequestOutcome::answered_ms)
+        .filter(|t| *t >= first_bad && t + WINDOW_MS <= last)
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    for t in starts {
         let (n, ok) = requests
             .iter()
-            .filter(|r| r.t_ms >= t && r.t_ms < t + WINDOW_MS)
-            .fold((0u64, 0u64), |(n, ok), r| (n + 1, ok + u64::from(r.ok)));
-        if n > 0 && ok * 100 >= n * 99 {
+            .filter(|r| (t..t + WINDOW_MS).contains(&r.answered_ms()))
+            .fold((0u64, 0u64), |(n, ok), r| {
+                (n + 1, ok + u64::from(r.served(ok_within_ms)))
+            });
+        if ok * 100 >= n * 99 {
             return Some(t - fault_ms);
         }
-        t += 50;
     }
     // Never recovered within the drill: the whole rest of it.
     Some(end_ms.saturating_sub(fault_ms))
 }
 
 pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
-    let ok = rec.requests.iter().filter(|r| r.ok).count() as u64;
+    let within = u64::try_from(sc.workload.ok_within.as_millis()).unwrap_or(u64::MAX);
+    let ok = rec.requests.iter().filter(|r| r.served(within)).count() as u64;
+    let failed = rec.requests.iter().filter(|r| !r.ok).count() as u64;
     let requests = Requests {
         sent: rec.requests.len() as u64,
         ok,
-        failed: rec.requests.len() as u64 - ok,
+        late: rec.requests.len() as u64 - ok - failed,
+        failed,
     };
+    let longest_wait_ms = rec
+        .requests
+        .iter()
+        .map(|r| r.latency_ms.max(0.0).ceil() as u64)
+        .max()
+        .unwrap_or(0);
     let rto_ms = match (sc.workload.service.is_some(), rec.faults.first()) {
-        (true, Some(f)) => Some(rto(&rec.requests, f.at_ms, rec.duration_ms).unwrap_or(0)),
+        (true, Some(f)) => Some(rto(&rec.requests, f.at_ms, rec.duration_ms, within).unwrap_or(0)),
         (true, None) => Some(0),
         (false, _) => None,
     };
@@ -155,25 +243,29 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
     let mut timeline = Vec::new();
     let mut t = 0;
     while t < rec.duration_ms {
-        let mut lat: Vec<f64> = Vec::new();
-        let mut sent = 0;
-        let mut okb = 0;
-        for r in rec
+        let span = t..t + BUCKET_MS;
+        let sent: Vec<&RequestOutcome> = rec
             .requests
             .iter()
-            .filter(|r| r.t_ms >= t && r.t_ms < t + BUCKET_MS)
-        {
-            sent += 1;
-            if r.ok {
-                okb += 1;
-                lat.push(r.latency_ms);
-            }
-        }
+            .filter(|r| span.contains(&r.t_ms))
+            .collect();
+        let answered: Vec<&RequestOutcome> = rec
+            .requests
+            .iter()
+            .filter(|r| span.contains(&r.answered_ms()))
+            .collect();
+        let mut lat: Vec<f64> = answered
+            .iter()
+            .filter(|r| r.ok)
+            .map(|r| r.latency_ms)
+            .collect();
         lat.sort_by(f64::total_cmp);
         timeline.push(Bucket {
             t_ms: t,
-            sent,
-            ok: okb,
+            sent: sent.len() as u64,
+            ok: sent.iter().filter(|r| r.served(within)).count() as u64,
+            answered: answered.len() as u64,
+            served: answered.iter().filter(|r| r.served(within)).count() as u64,
             p50_ms: pct(&lat, 0.5),
             p99_ms: pct(&lat, 0.99),
         });
@@ -185,6 +277,8 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
             "rpo_ms" => rpo_ms as f64,
             "failback_ms" => rec.failback_ms? as f64,
             "requests_failed" => requests.failed as f64,
+            "requests_late" => requests.late as f64,
+            "longest_wait_ms" => longest_wait_ms as f64,
             "writes_acked" => writes.acked as f64,
             "writes_lost" => writes.lost as f64,
             "writes_duplicated" => writes.duplicated as f64,
@@ -215,12 +309,15 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         duration_ms: rec.duration_ms,
         faults: rec.faults.clone(),
         rto_ms,
+        ok_within_ms: within,
+        longest_wait_ms,
         requests,
         writes,
         rpo_ms,
         failback_ms: rec.failback_ms,
         passed: expectations.iter().all(|v| v.pass),
         timeline,
+        phases: rec.phases.clone(),
         expectations,
     }
 }
@@ -234,9 +331,12 @@ fn esc(s: &str) -> String {
 /// The timeline: success rate (green) and p99 latency (blue) over time, faults in red,
 /// the RTO span shaded.
 pub fn timeline_svg(r: &Report) -> String {
-    let (w, h, left, right, top, bottom) = (960.0, 320.0, 56.0, 56.0, 24.0, 36.0);
+    let moves = failover_rows(&r.phases);
+    let (w, left, right, top, bottom) = (960.0, 56.0, 56.0, 24.0, 36.0);
+    let chart_h = 320.0;
+    let h = chart_h + BAND_ROW * moves.len() as f64;
     let pw = w - left - right;
-    let ph = h - top - bottom;
+    let ph = chart_h - top - bottom;
     let dur = r.duration_ms.max(1) as f64;
     let x = |t: f64| left + pw * t / dur;
     let max_lat = r
@@ -286,7 +386,7 @@ pub fn timeline_svg(r: &Report) -> String {
             s,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555">{}s</text>"##,
             x(t as f64),
-            h - 12.0,
+            chart_h - 12.0,
             t / 1000
         );
         t += step;
@@ -299,16 +399,25 @@ pub fn timeline_svg(r: &Report) -> String {
         )
     };
     let mid = |b: &Bucket| x(b.t_ms as f64 + BUCKET_MS as f64 / 2.0);
+    // What clients saw: served answers over all answers, by answer time; a bucket in which
+    // requests were sent but nothing came back is drawn at 0%.
     let success: Vec<(f64, f64)> = r
         .timeline
         .iter()
-        .filter(|b| b.sent > 0)
-        .map(|b| (mid(b), top + ph * (1.0 - b.ok as f64 / b.sent as f64)))
+        .filter(|b| b.sent > 0 || b.answered > 0)
+        .map(|b| {
+            let rate = if b.answered == 0 {
+                0.0
+            } else {
+                b.served as f64 / b.answered as f64
+            };
+            (mid(b), top + ph * (1.0 - rate))
+        })
         .collect();
     let latency: Vec<(f64, f64)> = r
         .timeline
         .iter()
-        .filter(|b| b.ok > 0)
+        .filter(|b| b.answered > 0 && b.p99_ms > 0.0)
         .map(|b| (mid(b), top + ph * (1.0 - b.p99_ms / max_lat)))
         .collect();
     s.push_str(&line(latency, "#36c"));
@@ -324,12 +433,151 @@ pub fn timeline_svg(r: &Report) -> String {
             esc(&f.what)
         );
     }
+    for (k, row) in moves.iter().enumerate() {
+        phase_band(&mut s, row, k, chart_h, (left, pw, top + ph), &x);
+    }
     let _ = write!(
         s,
-        r##"<text x="{left}" y="14" fill="#2a7">success rate</text><text x="{:.1}" y="14" fill="#36c">p99 latency</text></svg>"##,
-        left + 110.0
+        r##"<text x="{left}" y="14" fill="#2a7">served within {} ms</text><text x="{:.1}" y="14" fill="#36c">p99 latency</text></svg>"##,
+        r.ok_within_ms,
+        left + 170.0
     );
     s
+}
+
+/// Height of one failover's band under the timeline.
+const BAND_ROW: f64 = 120.0;
+
+/// The phases of each move (at most three, the first ones), each sorted by time.
+fn failover_rows(phases: &[PhaseAt]) -> Vec<Vec<&PhaseAt>> {
+    let mut rows: Vec<Vec<&PhaseAt>> = Vec::new();
+    for p in phases {
+        match rows
+            .iter_mut()
+            .find(|r| r[0].what == p.what && r[0].epoch == p.epoch)
+        {
+            Some(row) => row.push(p),
+            None => rows.push(vec![p]),
+        }
+    }
+    for row in &mut rows {
+        row.sort_by_key(|p| p.at_ms);
+    }
+    rows.sort_by_key(|r| r[0].at_ms);
+    rows.truncate(3);
+    rows
+}
+
+fn phase_colour(name: &str) -> &'static str {
+    match name {
+        "last-heard" => "#888",
+        "declared" => "#d22",
+        "old-lease-over" => "#e80",
+        "acting" => "#2a7",
+        "dns-published" => "#36c",
+        "gateway-switched" => "#84c",
+        _ => "#555",
+    }
+}
+
+/// One move drawn as a band under the timeline: its span marked on the time axis and
+/// zoomed out to the full width, each phase a tick labelled with its offset from the first.
+fn phase_band(
+    s: &mut String,
+    row: &[&PhaseAt],
+    k: usize,
+    chart_h: f64,
+    (left, pw, axis_y): (f64, f64, f64),
+    x: &dyn Fn(f64) -> f64,
+) {
+    let (Some(first), Some(last)) = (row.first(), row.last()) else {
+        return;
+    };
+    let (a, b) = (first.at_ms as f64, last.at_ms as f64);
+    let pad = ((b - a) * 0.08).max(50.0);
+    let (lo, hi) = (a - pad, b + pad);
+    let xz = |t: f64| left + pw * (t - lo) / (hi - lo);
+    let y0 = chart_h + BAND_ROW * k as f64;
+    let bar_y = y0 + 66.0;
+    let _ = write!(
+        s,
+        r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="6" fill="#e80"/>"##,
+        x(a),
+        axis_y - 3.0,
+        (x(b) - x(a)).max(2.0)
+    );
+    if k == 0 {
+        let _ = write!(
+            s,
+            r##"<path d="M{:.1},{:.1} L{left:.1},{:.1} M{:.1},{:.1} L{:.1},{:.1}" stroke="#bbb" stroke-dasharray="3 3" fill="none"/>"##,
+            x(a),
+            axis_y + 3.0,
+            y0 + 20.0,
+            x(b),
+            axis_y + 3.0,
+            left + pw,
+            y0 + 20.0
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{left:.1}" y="{:.1}" fill="#222" font-weight="bold">{}: {} → {} (epoch {}), {:.2}–{:.2} s, {} ms</text>"##,
+        y0 + 14.0,
+        esc(&first.what),
+        esc(first.from.as_deref().unwrap_or("none")),
+        esc(&first.to),
+        first.epoch,
+        a / 1000.0,
+        b / 1000.0,
+        last.at_ms - first.at_ms
+    );
+    for pair in row.windows(2) {
+        let _ = write!(
+            s,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="8" fill="{}" opacity="0.5"/>"##,
+            xz(pair[0].at_ms as f64),
+            bar_y - 4.0,
+            (xz(pair[1].at_ms as f64) - xz(pair[0].at_ms as f64)).max(1.0),
+            phase_colour(&pair[1].name)
+        );
+    }
+    for p in row.iter() {
+        let px = xz(p.at_ms as f64);
+        let _ = write!(
+            s,
+            r##"<line x1="{px:.1}" x2="{px:.1}" y1="{:.1}" y2="{:.1}" stroke="{}" stroke-width="2"/>"##,
+            bar_y - 8.0,
+            bar_y + 8.0,
+            phase_colour(&p.name)
+        );
+    }
+    // Phases closer than a label's width share one label, a line each; labels alternate
+    // above and below the bar.
+    let mut groups: Vec<Vec<&PhaseAt>> = Vec::new();
+    for p in row.iter().copied() {
+        match groups.last_mut() {
+            Some(g) if xz(p.at_ms as f64) - xz(g[0].at_ms as f64) < 110.0 => g.push(p),
+            _ => groups.push(vec![p]),
+        }
+    }
+    for (i, g) in groups.iter().enumerate() {
+        let gx = xz(g[0].at_ms as f64);
+        let above = i % 2 == 0;
+        for (j, p) in g.iter().enumerate() {
+            let ly = if above {
+                bar_y - 12.0 - 13.0 * (g.len() - 1 - j) as f64
+            } else {
+                bar_y + 22.0 + 13.0 * j as f64
+            };
+            let _ = write!(
+                s,
+                r##"<text x="{gx:.1}" y="{ly:.1}" text-anchor="middle" fill="{}">{} +{} ms</text>"##,
+                phase_colour(&p.name),
+                esc(&p.name),
+                p.at_ms - first.at_ms
+            );
+        }
+    }
 }
 
 fn fmt_ms(v: Option<u64>) -> String {
@@ -360,13 +608,17 @@ pub fn html(r: &Report, history: &[Report]) -> String {
         s,
         r#"<h2>Stopwatch</h2><table>
 <tr><th>downtime (RTO)</th><td class="big">{rto}</td></tr>
-<tr><th>requests</th><td>{sent} sent, {ok} ok, {failed} failed</td></tr>
+<tr><th>requests</th><td>{sent} sent, {ok} served within {within} ms, {late} answered later, {failed} failed</td></tr>
+<tr><th>longest wait</th><td>{wait} ms</td></tr>
 <tr><th>writes</th><td>{acked} acknowledged, {lost} lost, {dup} duplicated ({refused} tries refused and retried elsewhere)</td></tr>
 <tr><th>data lost (RPO)</th><td>{rpo} ms</td></tr>
 <tr><th>failback</th><td>{fb}</td></tr></table>"#,
         rto = fmt_ms(r.rto_ms),
         sent = r.requests.sent,
         ok = r.requests.ok,
+        within = r.ok_within_ms,
+        late = r.requests.late,
+        wait = r.longest_wait_ms,
         failed = r.requests.failed,
         acked = r.writes.acked,
         lost = r.writes.lost,
@@ -384,7 +636,28 @@ pub fn html(r: &Report, history: &[Report]) -> String {
             esc(&f.what)
         );
     }
-    s.push_str("</table><h2>Expectations</h2><table><tr><th>metric</th><th>expected</th><th>actual</th><th></th></tr>");
+    s.push_str("</table>");
+    let rows = failover_rows(&r.phases);
+    if !rows.is_empty() {
+        s.push_str("<h2>Failover phases</h2><table><tr><th>move</th><th>phase</th><th>at</th><th>since the first</th></tr>");
+        for row in rows {
+            let Some(first) = row.first() else { continue };
+            for p in &row {
+                let _ = write!(
+                    s,
+                    r#"<tr><td>{} epoch {}</td><td style="color:{}">{}</td><td>{:.3} s</td><td>+{} ms</td></tr>"#,
+                    esc(&p.what),
+                    p.epoch,
+                    phase_colour(&p.name),
+                    esc(&p.name),
+                    p.at_ms as f64 / 1000.0,
+                    p.at_ms - first.at_ms
+                );
+            }
+        }
+        s.push_str("</table>");
+    }
+    s.push_str("<h2>Expectations</h2><table><tr><th>metric</th><th>expected</th><th>actual</th><th></th></tr>");
     for v in &r.expectations {
         let _ = write!(
             s,
@@ -450,7 +723,7 @@ mod tests {
                 RequestOutcome {
                     t_ms: t,
                     ok: !fail.contains(&t),
-                    latency_ms: 1.0,
+                    latency_ms: 0.0,
                 }
             })
             .collect()
@@ -459,10 +732,79 @@ mod tests {
     #[test]
     fn rto_is_the_outage_not_zero_and_not_the_whole_drill() {
         // Fault at 2 s, failures from 2.3 s to 4.5 s, drill 10 s.
-        let r = rto(&reqs(2300..4500), 2000, 10_000).expect("rto");
+        let r = rto(&reqs(2300..4500), 2000, 10_000, 1000).expect("rto");
         assert_eq!(r, 2500, "recovery at 4.5 s is 2.5 s after the fault");
-        assert_eq!(rto(&reqs(0..0), 2000, 10_000), None);
+        assert_eq!(rto(&reqs(0..0), 2000, 10_000, 1000), None);
         // Never recovers: the rest of the drill.
-        assert_eq!(rto(&reqs(3000..20_000), 2000, 10_000), Some(8000));
+        assert_eq!(rto(&reqs(3000..20_000), 2000, 10_000, 1000), Some(8000));
+    }
+
+    #[test]
+    fn a_request_held_past_ok_within_is_downtime_though_it_was_answered() {
+        // Every 10 ms; the gateway holds whatever is sent from 2 s to 3.4 s and answers it
+        // all at 3.4 s. Nothing failed, yet a client that sent at 2 s waited 1.4 s.
+        let reqs: Vec<RequestOutcome> = (0..1000)
+            .map(|i| {
+                let t = i * 10;
+                let held = (2000..3400).contains(&t);
+                RequestOutcome {
+                    t_ms: t,
+                    ok: true,
+                    latency_ms: if held { (3400 - t) as f64 } else { 2.0 },
+                }
+            })
+            .collect();
+        let r = rto(&reqs, 2000, 10_000, 1000).expect("held requests are downtime");
+        assert!((1400..=1500).contains(&r), "rto {r} ms");
+        // With a patient client (2 s), nothing was late: no downtime.
+        assert_eq!(rto(&reqs, 2000, 10_000, 2000), None);
+    }
+
+    #[test]
+    fn phases_are_drawn_under_the_timeline_and_listed() {
+        let phase = |name: &str, at_ms: u64| PhaseAt {
+            what: "web".into(),
+            epoch: 1,
+            from: Some("east".into()),
+            to: "west".into(),
+            name: name.into(),
+            at_ms,
+        };
+        let rec = Recording {
+            duration_ms: 10_000,
+            requests: reqs(2300..3500),
+            faults: vec![FaultAt {
+                at_ms: 2000,
+                what: "kill east".into(),
+            }],
+            phases: vec![
+                phase("last-heard", 1990),
+                phase("declared", 2900),
+                phase("acting", 3300),
+                phase("gateway-switched", 3301),
+            ],
+            ..Recording::default()
+        };
+        let sc = Scenario {
+            name: "x".into(),
+            duration: std::time::Duration::from_secs(10),
+            workload: crate::scenario::Workload {
+                service: Some("web".into()),
+                rate: 20,
+                stream: None,
+                event_rate: 1,
+                ok_within: std::time::Duration::from_secs(1),
+            },
+            steps: Vec::new(),
+            expect: Vec::new(),
+        };
+        let r = analyse(&sc, &rec, 0);
+        assert_eq!(r.phases.len(), 4);
+        let svg = timeline_svg(&r);
+        assert!(svg.contains("web: east → west (epoch 1)"), "{svg}");
+        // acting and gateway-switched are 1 ms apart: one label group, two lines.
+        assert!(svg.contains("acting +1310 ms") && svg.contains("gateway-switched +1311 ms"));
+        let page = html(&r, &[]);
+        assert!(page.contains("<h2>Failover phases</h2>"));
     }
 }

@@ -14,6 +14,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use indicatif::{ProgressBar, ProgressStyle};
 use outlast_core::config::{Config, Mode};
+use outlast_core::status::Status;
 use serde_json::{json, Value};
 
 use crate::proxy::{Endpoint, FaultProxy};
@@ -357,7 +358,7 @@ impl Driver {
     }
 }
 
-async fn status(http: &reqwest::Client, api: SocketAddr) -> Option<Value> {
+async fn status(http: &reqwest::Client, api: SocketAddr) -> Option<Status> {
     let r = http
         .get(format!("http://{api}/v1/status"))
         .timeout(Duration::from_millis(500))
@@ -585,14 +586,12 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
         let mut all = true;
         for (_, api) in &apis {
             let ok = status(&http, *api).await.is_some_and(|st| {
-                st["leader"].is_string()
-                    && st["sites"]
-                        .as_array()
-                        .is_some_and(|v| v.iter().all(|s| s["state"] == "up"))
-                    && st["services"].as_array().is_some_and(|v| {
-                        v.iter()
-                            .all(|s| s["mode"] != "primary-standby" || s["primary_acting"] == true)
-                    })
+                st.leader.is_some()
+                    && st.sites.iter().all(|s| s.state == "up")
+                    && st
+                        .services
+                        .iter()
+                        .all(|s| s.mode != "primary-standby" || s.primary_acting)
             });
             all &= ok;
         }
@@ -617,6 +616,7 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
     }
 
     let t0 = Instant::now();
+    let t0_unix_ms = unix_ms();
     let now_ms = move || t0.elapsed().as_millis() as u64;
     let end = sc.duration;
     let requests: Arc<Mutex<Vec<RequestOutcome>>> = Arc::default();
@@ -725,19 +725,12 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
             while t0.elapsed() < end + Duration::from_secs(1) {
                 for (_, api) in &apis {
                     if let Some(st) = status(&http, *api).await {
-                        let s = st["services"].as_array().and_then(|v| {
-                            v.iter()
-                                .find(|s| {
-                                    Some(s["name"].as_str().unwrap_or("")) == svc_name.as_deref()
-                                })
-                                .cloned()
-                        });
+                        let s = st
+                            .services
+                            .iter()
+                            .find(|s| Some(s.name.as_str()) == svc_name.as_deref());
                         if let Some(s) = s {
-                            lock(&primaries).push((
-                                now_ms(),
-                                s["primary"].as_str().map(str::to_string),
-                                s["primary_acting"] == true,
-                            ));
+                            lock(&primaries).push((now_ms(), s.primary.clone(), s.primary_acting));
                         }
                         break;
                     }
@@ -840,14 +833,9 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
             let mut drained = true;
             for api in &running {
                 let d = status(&http, *api).await.is_some_and(|st| {
-                    st["streams"].as_array().is_some_and(|v| {
-                        v.iter().all(|s| {
-                            s["spool_events"] == 0
-                                && s["replicas"]
-                                    .as_object()
-                                    .is_none_or(|m| m.values().all(|x| x == 0))
-                        })
-                    })
+                    st.streams
+                        .iter()
+                        .all(|s| s.spool_events == 0 && s.replicas.values().all(|x| *x == 0))
                 });
                 drained &= d;
             }
@@ -874,6 +862,13 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
             }
         }
     }
+    let mut phases = Vec::new();
+    for s in config.sites.iter().filter(|s| driver.running(&s.name)) {
+        if let Some(st) = status(&http, s.api_addr()).await {
+            phases.push(st.failovers);
+        }
+    }
+    let phases = merge_phases(phases, t0_unix_ms);
     drop(driver);
 
     // Failback: from a restart of the preferred primary until it acts as primary again.
@@ -902,6 +897,7 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
         stored,
         faults,
         failback_ms,
+        phases,
     };
     let mut rec = rec;
     rec.requests.sort_by_key(|r| r.t_ms);
@@ -912,6 +908,42 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
         write_report(&kept, &report, &history)?;
     }
     Ok((report, out_dir))
+}
+
+/// The phases of the moves of the drill as the sites saw them, in drill time. Where
+/// sites differ, the first to see it marks a phase, except that DNS and gateways have
+/// switched once the last site did.
+fn merge_phases(
+    seen: Vec<Vec<outlast_core::status::FailoverStatus>>,
+    t0_unix_ms: u64,
+) -> Vec<report::PhaseAt> {
+    let mut out: Vec<report::PhaseAt> = Vec::new();
+    for f in seen.into_iter().flatten() {
+        for p in &f.phases {
+            if p.at_ms < t0_unix_ms {
+                continue;
+            }
+            let at_ms = p.at_ms - t0_unix_ms;
+            let last_site_counts = matches!(p.name.as_str(), "dns-published" | "gateway-switched");
+            match out
+                .iter_mut()
+                .find(|o| o.what == f.what && o.epoch == f.epoch && o.name == p.name)
+            {
+                Some(o) if last_site_counts => o.at_ms = o.at_ms.max(at_ms),
+                Some(o) => o.at_ms = o.at_ms.min(at_ms),
+                None => out.push(report::PhaseAt {
+                    what: f.what.clone(),
+                    epoch: f.epoch,
+                    from: f.from.clone(),
+                    to: f.to.clone(),
+                    name: p.name.clone(),
+                    at_ms,
+                }),
+            }
+        }
+    }
+    out.sort_by_key(|p| (p.epoch, p.at_ms));
+    out
 }
 
 fn write_report(dir: &Path, r: &Report, history: &[Report]) -> anyhow::Result<()> {

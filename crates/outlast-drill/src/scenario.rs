@@ -29,6 +29,7 @@ struct RawWorkload {
     rate: Option<u64>,
     stream: Option<Spanned<String>>,
     event_rate: Option<u64>,
+    ok_within: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +129,8 @@ pub const METRICS: &[&str] = &[
     "rpo_ms",
     "failback_ms",
     "requests_failed",
+    "requests_late",
+    "longest_wait_ms",
     "writes_acked",
     "writes_lost",
     "writes_duplicated",
@@ -139,6 +142,8 @@ pub struct Workload {
     pub rate: u64,
     pub stream: Option<String>,
     pub event_rate: u64,
+    /// A request counts as served only when answered within this (default 1 s).
+    pub ok_within: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +199,23 @@ impl Scenario {
             })
         };
         let duration = dur(&raw.duration, &mut at);
+        let ok_within = match &raw.workload.ok_within {
+            None => Duration::from_secs(1),
+            Some(s) => {
+                let d = dur(s, &mut at);
+                if d.is_zero() || d > Duration::from_secs(60) {
+                    at(
+                        s.span(),
+                        format!(
+                            "ok_within \"{}\" must be above zero and at most 1m",
+                            s.get_ref()
+                        ),
+                        "write it like \"1s\" or \"500ms\"",
+                    );
+                }
+                d
+            }
+        };
         let sites: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
         let known = sites.join(", ");
         let site = |s: &Option<Spanned<String>>,
@@ -370,6 +392,7 @@ impl Scenario {
                 rate: raw.workload.rate.unwrap_or(100).max(1),
                 stream,
                 event_rate: raw.workload.event_rate.unwrap_or(100).max(1),
+                ok_within,
             },
             steps,
             expect,

@@ -183,16 +183,7 @@ pub struct StreamStats {
     pub out_of_space: bool,
 }
 
-/// How a site's own events reach one peer.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct PeerReplication {
-    /// The highest own event the peer holds, as it last said.
-    pub holds_through: Option<u64>,
-    /// Frames it refused or did not answer since this site started.
-    pub errors: u64,
-    /// Why the last frame failed, while replication to it is failing.
-    pub last_error: Option<String>,
-}
+pub use outlast_core::status::PeerReplication;
 
 pub struct StreamRelay {
     pub(crate) cfg: Stream,
@@ -1339,6 +1330,29 @@ impl StreamRelay {
                 (r.seq, event::line_text(line))
             })
             .collect())
+    }
+}
+
+impl From<StreamStats> for outlast_core::status::StreamStatus {
+    fn from(s: StreamStats) -> Self {
+        Self {
+            name: s.name,
+            spool_events: s.spool_events,
+            spool_bytes: s.spool_bytes,
+            oldest_unshipped_ms: s.oldest_unshipped_ms,
+            sink: s.sink,
+            objects_shipped: s.objects_shipped,
+            replays: s.replays,
+            quarantined_segments: s.quarantined_segments,
+            accepted: s.accepted,
+            stored: s.stored,
+            duplicates: s.duplicates,
+            replicas: s.replicas,
+            taking_over: s.taking_over,
+            replication: s.replication,
+            disk_free_bytes: s.disk_free_bytes,
+            out_of_space: s.out_of_space,
+        }
     }
 }
 

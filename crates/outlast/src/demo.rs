@@ -21,18 +21,38 @@ fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
 fn summary(r: &outlast_drill::Report, dir: &Path) -> String {
     let ms = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
     let mut s = format!(
-        "drill {}: {}\n  downtime (RTO)   {}\n  requests         {} sent, {} failed\n  events           {} acked, {} lost, {} duplicated (RPO {} ms)\n  failback         {}\n",
+        "drill {}: {}\n  downtime (RTO)   {}\n  requests         {} sent, {} served within {} ms, {} late, {} failed; longest wait {} ms\n  events           {} acked, {} lost, {} duplicated (RPO {} ms)\n  failback         {}\n",
         r.scenario,
         if r.passed { "PASSED" } else { "FAILED" },
         ms(r.rto_ms),
         r.requests.sent,
+        r.requests.ok,
+        r.ok_within_ms,
+        r.requests.late,
         r.requests.failed,
+        r.longest_wait_ms,
         r.writes.acked,
         r.writes.lost,
         r.writes.duplicated,
         r.rpo_ms,
         ms(r.failback_ms),
     );
+    if let Some(first) = r.phases.first() {
+        s.push_str(&format!(
+            "  failover         {} {} -> {}:",
+            first.what,
+            first.from.as_deref().unwrap_or("none"),
+            first.to
+        ));
+        for p in r.phases.iter().filter(|p| p.epoch == first.epoch) {
+            s.push_str(&format!(
+                " {} +{} ms",
+                p.name,
+                p.at_ms.saturating_sub(first.at_ms)
+            ));
+        }
+        s.push('\n');
+    }
     for v in &r.expectations {
         s.push_str(&format!(
             "  expect {} {} {}: {} ({})\n",

@@ -36,7 +36,17 @@ fn the_demo_passes_and_draws_its_report() {
         r["failback_ms"].as_u64().is_some(),
         "failback measured: {r}"
     );
+    // The failover's phases, as the surviving agents recorded them, in drill time.
+    let phases = r["phases"].as_array().expect("phases[]");
+    for name in ["declared", "acting", "dns-published", "gateway-switched"] {
+        assert!(
+            phases.iter().any(|p| p["name"] == name),
+            "phase {name} missing: {phases:?}"
+        );
+    }
+    assert!(r["longest_wait_ms"].as_u64().is_some(), "{r}");
     let html = std::fs::read_to_string(dir.path().join("report/index.html")).expect("page");
     assert!(html.contains("<svg") && html.contains("polyline") && html.contains("kill east"));
+    assert!(html.contains("Failover phases") && html.contains("gateway-switched"));
     assert!(stdout.contains("report"), "the summary names the report");
 }

@@ -250,3 +250,56 @@ fn the_site_cut_from_here_is_one_another_site_still_reaches() {
     let east = views.iter().find(|v| v.name == "east").expect("east");
     assert_eq!(east.cannot_reach, vec!["west".to_string()]);
 }
+
+#[test]
+fn a_failover_records_each_phase_once_where_it_was_seen() {
+    let at = 5_000;
+    let mut west = Node::new(cfg("west"), initial(), 0);
+    for t in 1..=3 {
+        west.on_miss("east", at - 400 + t * 100);
+    }
+    west.on_answer("witness", at - 50, ANSWER, at - 50);
+    west.on_report(report("witness", 0, &[], 0), at - 40);
+    west.tick(at - 30);
+    let (state, decisions) = moved();
+    west.applied(&state, &decisions, at);
+    west.on_answer("witness", at + 10, ANSWER, at + 10);
+    west.on_report(report("east", 1, &[], 0), at + 20);
+    let tick = west.tick(at + 30);
+    let names: Vec<&str> = tick.phases.iter().map(|(_, p, _)| *p).collect();
+    assert_eq!(names, ["old-lease-over", "acting"], "{tick:?}");
+    west.published("dns-published", None, 1, at + 40);
+    west.published("gateway-switched", Some("db"), 1, at + 41);
+    west.published("gateway-switched", Some("db"), 1, at + 90);
+    let f = west.failovers().next().expect("the move is logged").clone();
+    assert_eq!(
+        (f.epoch, f.from.as_deref(), f.to.as_str()),
+        (1, Some("east"), "west")
+    );
+    let got: Vec<(&str, u64)> = f.phases.iter().map(|(p, t)| (*p, *t)).collect();
+    assert_eq!(
+        got,
+        [
+            ("declared", at),
+            ("old-lease-over", at + 30),
+            ("acting", at + 30),
+            ("dns-published", at + 40),
+            ("gateway-switched", at + 41),
+        ],
+        "east was never heard here, so no last-heard; each phase once"
+    );
+    // A node that learns of the move while catching up (restarted, hearing nobody) does
+    // not time its catching up as the failover.
+    let mut east = Node::new(cfg("east"), initial(), 20_000);
+    east.applied(&state, &decisions, 20_010);
+    assert!(east.failovers().next().is_none());
+    // Nor one the cluster counted down when the move was committed, hearing all by now.
+    let mut east = Node::new(cfg("east"), initial(), 20_000);
+    east.on_report(report("witness", 0, &[], 0), 20_050);
+    east.tick(20_060);
+    assert!(east.hears_majority(20_070));
+    let mut down = state.clone();
+    down.sites.insert("east".into(), SiteState::Down);
+    east.applied(&down, &decisions, 20_070);
+    assert!(east.failovers().next().is_none());
+}

@@ -259,6 +259,7 @@ impl Agent {
         drop(node);
         let view = zone::zone_view(&self.config, &state, ready, &mut lock(&self.last_known));
         if let Some(view) = view {
+            let serial = view.ready.then_some(u64::from(view.serial));
             self.zone.send_if_modified(|cur| {
                 let changed = **cur != view;
                 if changed {
@@ -266,6 +267,9 @@ impl Agent {
                 }
                 changed
             });
+            if let Some(serial) = serial {
+                self.node().published("dns-published", None, serial, now);
+            }
         }
         let health = self.monitor.snapshot();
         let next = routes::routes(&routes::Inputs {
@@ -277,6 +281,13 @@ impl Agent {
             health: &health,
             cut: &cut,
         });
+        // A gateway has switched once it routes somewhere by the service's committed epoch.
+        let switched: Vec<(String, u64)> = next
+            .services
+            .iter()
+            .filter(|(_, r)| r.local || !r.remotes.is_empty())
+            .map(|(name, r)| (name.clone(), r.epoch))
+            .collect();
         self.routes.send_if_modified(|cur| {
             let changed = **cur != next;
             if changed {
@@ -284,6 +295,10 @@ impl Agent {
             }
             changed
         });
+        let mut node = self.node();
+        for (service, epoch) in switched {
+            node.published("gateway-switched", Some(&service), epoch, now);
+        }
     }
 
     /// The control step, once a probe interval: the node's tick, and what it asks for.
@@ -367,6 +382,11 @@ impl Agent {
                 let msg = format!("sites {a} and {b} {word}");
                 self.alert(alerts::event(&by, kind, &key, fields, msg));
             }
+        }
+        for (service, phase, since) in &tick.phases {
+            tracing::info!(service, phase, since_ms = since, "failover phase");
+            metrics::histogram!("outlast_failover_phase_seconds", "phase" => *phase)
+                .record(*since as f64 / 1000.0);
         }
         self.publish();
         self.export_metrics();

@@ -96,6 +96,26 @@ impl Agent {
             })
             .collect();
         let leader = node.leader(now);
+        // Local ms to wall-clock ms: phases are compared across sites and with a drill.
+        let wall = |ms: u64| super::peer::unix_ms().saturating_sub(now.saturating_sub(ms));
+        let failovers = node
+            .failovers()
+            .map(|f| outlast_web::FailoverStatus {
+                what: f.service.clone(),
+                epoch: f.epoch,
+                from: f.from.clone(),
+                to: f.to.clone(),
+                reason: format!("{:?}", f.reason).to_lowercase(),
+                phases: f
+                    .phases
+                    .iter()
+                    .map(|(name, at)| outlast_web::PhaseStatus {
+                        name: name.to_string(),
+                        at_ms: wall(*at),
+                    })
+                    .collect(),
+            })
+            .collect();
         drop(node);
         outlast_web::Status {
             cluster: self.config.cluster.name.clone(),
@@ -107,6 +127,7 @@ impl Agent {
             services,
             streams: self.relay.streams().map(|s| s.stats().into()).collect(),
             faults: self.faults.list(),
+            failovers,
         }
     }
 }

@@ -1,0 +1,233 @@
+//! The answers of `GET /v1/status` (docs/api.md), shared by the agent that builds them
+//! and the clients that read them (`outlast status`, the drill, the dashboard). Fields
+//! are only ever added.
+
+use serde::{Deserialize, Serialize};
+
+use crate::faults::FaultView;
+
+/// `GET /v1/status` (DESIGN.md section 5). Fields are only ever added.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub cluster: String,
+    /// The site that answers.
+    pub site: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub epoch: u64,
+    pub sites: Vec<SiteStatus>,
+    pub services: Vec<ServiceStatus>,
+    pub streams: Vec<StreamStatus>,
+    /// Faults a drill injected into the answering agent, still active.
+    #[serde(default)]
+    pub faults: Vec<FaultView>,
+    /// The latest primary moves the answering site saw, newest first, with the time of
+    /// each phase as it saw it.
+    #[serde(default)]
+    pub failovers: Vec<FailoverStatus>,
+}
+
+/// One primary move and its phases (wall-clock ms since the Unix epoch, as the answering
+/// site saw them): `last-heard`, `declared`, `old-lease-over`, `acting`, `dns-published`,
+/// `gateway-switched`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FailoverStatus {
+    /// The service (or dataset) that moved.
+    pub what: String,
+    pub epoch: u64,
+    pub from: Option<String>,
+    pub to: String,
+    /// failover | failback | switchover
+    pub reason: String,
+    pub phases: Vec<PhaseStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PhaseStatus {
+    pub name: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SiteStatus {
+    pub name: String,
+    /// up | down | fenced | maintenance
+    pub state: String,
+    pub witness: bool,
+    /// Milliseconds since the answering site last exchanged a heartbeat with this one.
+    pub last_seen_ms: Option<u64>,
+    /// Peer requests signed by this site that the answering site refused as replays (seen
+    /// before, or older than the replay window).
+    #[serde(default)]
+    pub replays_refused: u64,
+    /// Sites this one and it cannot reach each other, though neither is down (a cut link,
+    /// from the fresh reports of both sides as the answering site has them).
+    #[serde(default)]
+    pub cannot_reach: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub mode: String,
+    pub primary: Option<String>,
+    pub active_sites: Vec<String>,
+    pub epoch: u64,
+    /// Whether the primary is acting now (its hold has passed and it holds its lease), as
+    /// far as the answering site knows.
+    pub primary_acting: bool,
+    /// Local backend health at the answering site: up | down | unknown (absent: none here).
+    pub local_health: Option<String>,
+    /// Requests (HTTP) or connections (TCP) received by the answering site's gateway.
+    #[serde(default)]
+    pub requests: u64,
+    /// Of those, served through another site's gateway (one hop).
+    #[serde(default)]
+    pub forwarded: u64,
+    /// The answering site's backends for this service.
+    #[serde(default)]
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    pub address: String,
+    /// up | down | unknown
+    pub health: String,
+    /// How long it has had that health.
+    pub since_ms: u64,
+    pub last_probe_ms: f64,
+    pub last_error: Option<String>,
+    /// Requests it answered through the gateway.
+    pub served: u64,
+    /// Attempts that failed at it.
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StreamStatus {
+    pub name: String,
+    /// Own events not yet in a sink.
+    pub spool_events: u64,
+    pub spool_bytes: u64,
+    pub oldest_unshipped_ms: Option<u64>,
+    /// The sink the last object went to.
+    pub sink: Option<String>,
+    #[serde(default)]
+    pub objects_shipped: u64,
+    /// Objects shipped from a backlog (after a sink or site outage), at the replay pace.
+    #[serde(default)]
+    pub replays: u64,
+    #[serde(default)]
+    pub quarantined_segments: u64,
+    /// Events acknowledged, duplicates included.
+    #[serde(default)]
+    pub accepted: u64,
+    /// Events written to this site's spool, acknowledged or not (a client that left
+    /// before the answer); each ships once.
+    #[serde(default)]
+    pub stored: u64,
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Per origin site: its events held here as a replica, not yet shipped.
+    #[serde(default)]
+    pub replicas: std::collections::BTreeMap<String, u64>,
+    /// Down sites whose events this site ships.
+    #[serde(default)]
+    pub taking_over: Vec<String>,
+    /// Per peer: the highest own event it holds, and the frames it refused or did not
+    /// answer (with the last reason while it is failing).
+    #[serde(default)]
+    pub replication: std::collections::BTreeMap<String, PeerReplication>,
+    /// Bytes free on the disk under the spool.
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
+    /// Ingest was refused in the last seconds because the disk is full or under
+    /// `min_free_bytes`.
+    #[serde(default)]
+    pub out_of_space: bool,
+}
+
+impl StreamStatus {
+    /// Column headings of [`Self::cells`].
+    pub const HEADINGS: [&'static str; 9] = [
+        "STREAM",
+        "UNSHIPPED",
+        "OLDEST",
+        "SINK",
+        "OBJECTS",
+        "REPLAYS",
+        "QUARANTINED",
+        "REPLICAS HELD",
+        "TAKING OVER",
+    ];
+
+    /// The stream's figures as a person reads them, one per heading: `outlast status`
+    /// and the dashboard show the same.
+    pub fn cells(&self) -> [String; 9] {
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(", ")
+            }
+        };
+        [
+            self.name.clone(),
+            format!("{} ({})", self.spool_events, size(self.spool_bytes)),
+            self.oldest_unshipped_ms
+                .map_or_else(|| "-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+            self.sink.clone().unwrap_or_else(|| "-".into()),
+            self.objects_shipped.to_string(),
+            self.replays.to_string(),
+            self.quarantined_segments.to_string(),
+            list(
+                self.replicas
+                    .iter()
+                    .map(|(origin, n)| format!("{origin}: {n}"))
+                    .collect(),
+            ),
+            list(self.taking_over.clone()),
+        ]
+    }
+}
+
+/// Bytes in the largest binary unit that keeps a whole number in front.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// How a site's own events reach one peer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerReplication {
+    /// The highest own event the peer holds, as it last said.
+    pub holds_through: Option<u64>,
+    /// Frames it refused or did not answer since this site started.
+    pub errors: u64,
+    /// Why the last frame failed, while replication to it is failing.
+    pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_in_the_largest_whole_unit() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(5 << 40), "5.0 TiB");
+    }
+}
