@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use outlast_core::config::Config;
+use outlast_core::config::{line_col, Config, Problem};
 use outlast_core::duration::parse_duration;
 use serde::Deserialize;
 use toml::Spanned;
@@ -155,18 +155,6 @@ pub struct Scenario {
     pub expect: Vec<Expect>,
 }
 
-fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, col)
-}
-
 impl Scenario {
     pub fn load(path: &Path, config: &Config) -> Result<Self, Vec<String>> {
         let text = std::fs::read_to_string(path)
@@ -184,8 +172,7 @@ impl Scenario {
         })?;
         let mut problems = Vec::new();
         let mut at = |span: std::ops::Range<usize>, what: String, fix: &str| {
-            let (l, c) = line_col(text, span.start);
-            problems.push(format!("{file}:{l}:{c}: {what}; {fix}"));
+            problems.push(Problem::at(path, text, span.start, what, fix).to_string());
         };
         let dur = |s: &Spanned<String>,
                    at: &mut dyn FnMut(std::ops::Range<usize>, String, &str)| {

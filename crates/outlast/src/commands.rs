@@ -22,8 +22,8 @@ pub fn load_config(path: &Path) -> Result<Config, i32> {
                 eprintln!("{p}");
             }
             eprintln!(
-                "{} problem(s) in {}; nothing was started",
-                problems.len(),
+                "{} in {}; nothing was started",
+                count(problems.len(), "problem", "problems"),
                 path.display()
             );
             Err(EXIT_CONFIG)
@@ -31,21 +31,34 @@ pub fn load_config(path: &Path) -> Result<Config, i32> {
     }
 }
 
+/// "1 problem", "2 problems".
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `outlast check`: 0 when valid, 64 with every problem listed when not.
 pub fn check(path: &Path) -> i32 {
     match load_config(path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
             let witnesses = c.sites.iter().filter(|s| s.witness).count();
             println!(
-                "{}: ok: cluster {}, {} sites ({} witness), quorum {}, {} services, {} streams, {} alert targets",
+                "{}: ok: cluster {}, {} ({} witness), quorum {}, {}, {}, {}{}",
                 path.display(),
                 c.cluster.name,
-                c.sites.len(),
+                count(c.sites.len(), "site", "sites"),
                 witnesses,
                 c.quorum(),
-                c.services.len(),
-                c.streams.len(),
-                c.alerts.len()
+                count(c.services.len(), "service", "services"),
+                count(c.streams.len(), "stream", "streams"),
+                count(c.alerts.len(), "alert target", "alert targets"),
+                if c.warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", count(c.warnings.len(), "warning", "warnings"))
+                }
             );
             0
         }
@@ -53,8 +66,92 @@ pub fn check(path: &Path) -> i32 {
     }
 }
 
+/// Where a command finds an agent's API: `--api`; else the sites of `--config` (only
+/// `--site`, when given) in config order; else 127.0.0.1:7401 and then the sites of
+/// `./outlast.toml` or `examples/local.toml`, whichever exists. The first that answers
+/// is used.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ApiTarget {
+    /// An agent's API, e.g. http://127.0.0.11:7401.
+    #[arg(long, env = "OUTLAST_API")]
+    pub api: Option<String>,
+    /// A config whose sites are tried in order until one answers.
+    #[arg(long, env = "OUTLAST_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// With --config: ask this site's agent only.
+    #[arg(long, requires = "config")]
+    pub site: Option<String>,
+}
+
+impl ApiTarget {
+    /// The API base URLs to try, in order.
+    pub fn candidates(&self) -> anyhow::Result<Vec<String>> {
+        if let Some(api) = &self.api {
+            let api = api.trim_end_matches('/');
+            return Ok(vec![if api.contains("://") {
+                api.to_string()
+            } else {
+                format!("http://{api}")
+            }]);
+        }
+        let of = |c: &Config| -> Vec<String> {
+            c.sites
+                .iter()
+                .filter(|s| self.site.as_ref().is_none_or(|want| *want == s.name))
+                .map(|s| format!("http://{}", s.api_addr()))
+                .collect()
+        };
+        if let Some(path) = &self.config {
+            let c = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let out = of(&c);
+            if out.is_empty() {
+                anyhow::bail!(
+                    "site {:?} is not in {}; name one of: {}",
+                    self.site.as_deref().unwrap_or(""),
+                    path.display(),
+                    c.sites
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            return Ok(out);
+        }
+        let mut out = vec!["http://127.0.0.1:7401".to_string()];
+        for path in ["outlast.toml", "examples/local.toml"] {
+            if let Ok(c) = Config::load(Path::new(path)) {
+                out.extend(of(&c));
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first candidate whose agent answers `/v1/status`.
+    pub async fn resolve(&self) -> anyhow::Result<String> {
+        let candidates = self.candidates()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(1500))
+            .build()?;
+        let mut why = Vec::new();
+        for base in &candidates {
+            match client.get(format!("{base}/v1/status")).send().await {
+                Ok(r) if r.status().is_success() => return Ok(base.clone()),
+                Ok(r) => why.push(format!("{base} answered {}", r.status())),
+                Err(e) => why.push(format!("{base}: {e}")),
+            }
+        }
+        anyhow::bail!(
+            "no agent answered ({}); is one running? Name it with --api URL, or --config FILE [--site NAME]",
+            why.join("; ")
+        )
+    }
+}
+
 /// `outlast status`: fetches `/v1/status` and prints it as tables (or raw JSON).
-pub async fn status(api: &str, json: bool) -> anyhow::Result<()> {
+pub async fn status(target: &ApiTarget, json: bool) -> anyhow::Result<()> {
+    let api = target.resolve().await?;
     let url = format!("{}/v1/status", api.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -78,7 +175,7 @@ pub async fn status(api: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// `outlast events send`: posts NDJSON and prints the acknowledgement.
-pub async fn events_send(api: &str, stream: &str, file: &str) -> anyhow::Result<()> {
+pub async fn events_send(target: &ApiTarget, stream: &str, file: &str) -> anyhow::Result<()> {
     let body = if file == "-" {
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
@@ -86,6 +183,7 @@ pub async fn events_send(api: &str, stream: &str, file: &str) -> anyhow::Result<
     } else {
         std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?
     };
+    let api = target.resolve().await?;
     let url = format!("{}/v1/streams/{stream}/events", api.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -116,7 +214,13 @@ pub async fn events_send(api: &str, stream: &str, file: &str) -> anyhow::Result<
 }
 
 /// `outlast events tail`: prints `{"seq":N,"event":{...}}` lines.
-pub async fn events_tail(api: &str, stream: &str, from: u64, follow: bool) -> anyhow::Result<()> {
+pub async fn events_tail(
+    target: &ApiTarget,
+    stream: &str,
+    from: u64,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let api = target.resolve().await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;

@@ -35,9 +35,13 @@ enum Command {
         config: PathBuf,
     },
     /// Show the cluster as one site's agent sees it.
+    #[command(
+        after_help = "Examples:\n  outlast status                                   # 127.0.0.1:7401, else ./outlast.toml's or examples/local.toml's sites\n  outlast status --config examples/local.toml --site west\n  outlast status --api http://127.0.0.12:7401 --json"
+    )]
     Status {
-        #[arg(long, default_value = "http://127.0.0.1:7401", env = "OUTLAST_API")]
-        api: String,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+        /// Print the raw /v1/status JSON.
         #[arg(long)]
         json: bool,
     },
@@ -88,8 +92,8 @@ enum EventsCommand {
         /// A file of NDJSON, or "-" (the default) for stdin.
         #[arg(default_value = "-")]
         file: String,
-        #[arg(long, default_value = "http://127.0.0.1:7401", env = "OUTLAST_API")]
-        api: String,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
     },
     /// Print this site's events still in its spool, from a sequence number on.
     Tail {
@@ -99,8 +103,8 @@ enum EventsCommand {
         /// Keep printing new events as they arrive.
         #[arg(long)]
         follow: bool,
-        #[arg(long, default_value = "http://127.0.0.1:7401", env = "OUTLAST_API")]
-        api: String,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
     },
 }
 
@@ -137,7 +141,7 @@ fn main() -> ExitCode {
                 outlast::agent::run(config, &site, opts, shutdown).await
             }),
         },
-        Command::Status { api, json } => runtime(outlast::commands::status(&api, json)),
+        Command::Status { target, json } => runtime(outlast::commands::status(&target, json)),
         Command::Drill {
             config,
             scenario,
@@ -151,15 +155,19 @@ fn main() -> ExitCode {
             site,
         } => runtime(outlast::demo::backend(listen, relay, site)),
         Command::Events { command } => match command {
-            EventsCommand::Send { stream, file, api } => {
-                runtime(outlast::commands::events_send(&api, &stream, &file))
-            }
+            EventsCommand::Send {
+                stream,
+                file,
+                target,
+            } => runtime(outlast::commands::events_send(&target, &stream, &file)),
             EventsCommand::Tail {
                 stream,
                 from,
                 follow,
-                api,
-            } => runtime(outlast::commands::events_tail(&api, &stream, from, follow)),
+                target,
+            } => runtime(outlast::commands::events_tail(
+                &target, &stream, from, follow,
+            )),
         },
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -261,13 +261,63 @@ fn syntax_errors_and_unknown_fields_point_at_the_place() {
     let prefix = format!("{}:{line}:{col}: unknown field `fal`", c.file.display());
     assert!(
         c.stderr.lines().any(|l| l.starts_with(&prefix)
-            && l.ends_with(
-                "; remove the field or correct its spelling (README.md lists every field)"
-            )),
+            && l.ends_with("; did you mean `fall`? (docs/config.md lists every field)")),
         "{}",
         c.stderr
     );
     assert_eq!(c.code, 64);
+}
+
+/// A misspelt field used to stop the check there ("1 problem(s)") and hide the rest.
+#[test]
+fn an_unknown_field_hides_no_other_problem() {
+    let text = VALID
+        .replace("fall = 3", "fal = 3")
+        .replace("grace = \"500ms\"", "grace = \"soon\"")
+        .replace("primary = \"east\"", "primary = \"north\"")
+        .replace(
+            "port = 8080",
+            "port = 8080\ncheck = { kind = \"http\", pth = \"/up\" }",
+        );
+    let c = check(&text);
+    for (needle, message) in [
+        ("fal =", "unknown field `fal`; did you mean `fall`?"),
+        ("\"soon\"", "grace = \"soon\" is not a duration"),
+        ("\"north\"", "primary \"north\" is not a site"),
+        ("pth", "unknown field `pth`; did you mean `path`?"),
+    ] {
+        let (line, col) = at(&text, needle, 0);
+        let want = format!("{}:{line}:{col}: {message}", c.file.display());
+        assert!(
+            c.stderr.lines().any(|l| l.starts_with(&want)),
+            "missing\n  {want}\nin\n{}",
+            c.stderr
+        );
+    }
+    assert!(c.stderr.contains("4 problems in"), "{}", c.stderr);
+    assert_eq!(c.code, 64);
+}
+
+#[test]
+fn a_dns_name_without_dns_is_a_warning_and_plurals_read_right() {
+    let text = VALID.replace("name = \"web\"", "name = \"web\"\ndns_name = \"www\"");
+    let c = check(&text);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    let (line, col) = at(&text, "\"www\"", 0);
+    assert!(
+        c.stderr.contains(&format!(
+            "warning: {}:{line}:{col}: service \"web\" has dns_name \"www\", but there is no [dns]",
+            c.file.display()
+        )),
+        "{}",
+        c.stderr
+    );
+    assert!(
+        c.stdout
+            .contains("1 service, 1 stream, 0 alert targets; 1 warning"),
+        "{}",
+        c.stdout
+    );
 }
 
 #[test]
@@ -284,7 +334,7 @@ fn every_problem_is_reported_at_once() {
         .filter(|l| l.starts_with(&c.file.display().to_string()))
         .count();
     assert_eq!(problems, 3, "{}", c.stderr);
-    assert!(c.stderr.contains("3 problem(s)"), "{}", c.stderr);
+    assert!(c.stderr.contains("3 problems in"), "{}", c.stderr);
     expect_line(&c, &text, "\"hot-hot\"", 0, "mode = \"hot-hot\" is not a known value; use one of \"active-active\", \"primary-standby\"");
 }
 

@@ -142,6 +142,19 @@ fn manual_failback_never_moves_back() {
     c.wait_healthy();
     c.kill9("east");
     c.wait_acting("west", "west", Duration::from_secs(10));
+    // `outlast status` given only the config finds a live site though the first is down.
+    let out = std::process::Command::new(common::bin())
+        .args(["status", "--config"])
+        .arg(&c.config)
+        .env_remove("OUTLAST_API")
+        .output()
+        .expect("outlast status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("answered by west"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     c.start("east");
     c.wait_for("east", Duration::from_secs(10), "east rejoins", all_up);
     // Three times failback_after: an automatic failback would have happened by now.

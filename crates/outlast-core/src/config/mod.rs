@@ -5,7 +5,10 @@
 //! file, line, column and a fix, before anything starts.
 
 mod raw;
+mod recover;
 mod validate;
+
+pub use validate::line_col;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +28,26 @@ pub struct Problem {
     pub what: String,
     /// How to fix it.
     pub fix: String,
+}
+
+impl Problem {
+    /// A problem at byte `offset` of `text` (the file `file`), placed by line and column.
+    pub fn at(
+        file: &Path,
+        text: &str,
+        offset: usize,
+        what: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        let (line, col) = line_col(text, offset);
+        Problem {
+            file: file.to_path_buf(),
+            line,
+            col,
+            what: what.into(),
+            fix: fix.into(),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -74,6 +97,9 @@ pub struct Config {
     pub streams: Vec<Stream>,
     pub alerts: Vec<Alert>,
     pub api: Api,
+    /// Things that work but are likely not what was meant (`outlast check` prints them).
+    #[serde(skip)]
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, Serialize)]

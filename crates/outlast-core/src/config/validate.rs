@@ -21,14 +21,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn at(&mut self, span: Range<usize>, what: impl Into<String>, fix: impl Into<String>) {
-        let (line, col) = line_col(self.text, span.start);
-        self.problems.push(Problem {
-            file: self.file.to_path_buf(),
-            line,
-            col,
-            what: what.into(),
-            fix: fix.into(),
-        });
+        self.problems
+            .push(Problem::at(self.file, self.text, span.start, what, fix));
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {
@@ -98,8 +92,9 @@ impl Ctx<'_> {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column (in characters) of a byte offset: where config and scenario
+/// problems are placed.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary_compat(offset)];
     let line = before.matches('\n').count() + 1;
@@ -126,15 +121,50 @@ impl FloorBoundary for str {
 }
 
 fn fix_for_toml_error(message: &str) -> &'static str {
-    if message.contains("unknown field") {
-        "remove the field or correct its spelling (README.md lists every field)"
-    } else if message.contains("missing field") {
-        "add the missing field"
+    if message.contains("missing field") {
+        "add the missing field (docs/config.md lists every field)"
     } else if message.contains("invalid type") {
         "give the value the type shown (quote durations and names)"
     } else {
         "correct the TOML syntax at this place"
     }
+}
+
+/// Reads the raw config, going on past unknown fields (each one a problem with the nearest
+/// known name) so that they do not hide the file's other problems. None when the text
+/// cannot be read as a config at all (the problem is in `ctx`).
+fn read_raw(ctx: &mut Ctx<'_>, text: &str) -> Option<RawConfig> {
+    use super::recover;
+    let mut work: Option<String> = None;
+    // Each round blanks one unknown field; a file has only so many.
+    for _ in 0..200 {
+        let current = work.as_deref().unwrap_or(text);
+        let e = match toml::from_str::<RawConfig>(current) {
+            Ok(raw) => return Some(raw),
+            Err(e) => e,
+        };
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().replace('\n', " ");
+        let Some((field, known)) = recover::unknown_field(&message) else {
+            ctx.at(span, message.clone(), fix_for_toml_error(&message));
+            return None;
+        };
+        let fix = match recover::nearest(&field, &known) {
+            Some(n) => format!("did you mean `{n}`? (docs/config.md lists every field)"),
+            None if known.is_empty() => "remove it: this table takes no fields".to_string(),
+            None => format!(
+                "remove it or correct its spelling; known here: {}",
+                known.join(", ")
+            ),
+        };
+        ctx.at(span.clone(), format!("unknown field `{field}`"), fix);
+        let mut next = current.to_string();
+        if !recover::blank_entry(&mut next, span.start) {
+            return None;
+        }
+        work = Some(next);
+    }
+    None
 }
 
 pub(super) fn parse(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
@@ -143,14 +173,9 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
         text,
         problems: Vec::new(),
     };
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            let message = e.message().trim().replace('\n', " ");
-            ctx.at(span, message.clone(), fix_for_toml_error(&message));
-            return Err(ctx.problems);
-        }
+    let Some(raw) = read_raw(&mut ctx, text) else {
+        ctx.problems.sort_by_key(|p| (p.line, p.col));
+        return Err(ctx.problems);
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let config = build(&mut ctx, raw, &base, file);
@@ -191,6 +216,25 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
     let alerts = alerts(ctx, &raw.alerts);
     let api = api(ctx, raw.api.as_ref(), base);
     clashes(ctx, &raw, &sites, dns.as_ref(), &services);
+    let mut warnings = Vec::new();
+    if dns.is_none() {
+        for r in &raw.services {
+            let r = r.get_ref();
+            if let Some(d) = &r.dns_name {
+                warnings.push(Problem::at(
+                    ctx.file,
+                    ctx.text,
+                    d.span().start,
+                    format!(
+                        "service \"{}\" has dns_name \"{}\", but there is no [dns], so no site answers for it",
+                        r.name.get_ref(),
+                        d.get_ref()
+                    ),
+                    "add a [dns] table (zone, port) or drop dns_name",
+                ));
+            }
+        }
+    }
     Config {
         path: file.to_path_buf(),
         cluster,
@@ -201,6 +245,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         streams,
         alerts,
         api,
+        warnings,
     }
 }
 
