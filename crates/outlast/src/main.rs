@@ -20,9 +20,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one site's agent (foreground; SIGTERM drains and exits 0).
+    #[command(
+        after_help = "Example:\n  outlast agent --config /etc/outlast/cluster.toml --site east"
+    )]
     Agent {
+        /// The cluster's config file (the same file at every site).
         #[arg(long)]
         config: PathBuf,
+        /// Which of the config's [[sites]] this agent is.
         #[arg(long)]
         site: String,
         /// SITE=ADDR: dial that site's peer port at ADDR instead (a drill's fault proxy).
@@ -30,7 +35,9 @@ enum Command {
         peer_via: Vec<(String, std::net::SocketAddr)>,
     },
     /// Validate a config; print every problem as file:line:col (exit 64 when any).
+    #[command(after_help = "Example:\n  outlast check --config examples/local.toml")]
     Check {
+        /// The config file to check (docs/config.md lists every field).
         #[arg(long)]
         config: PathBuf,
     },
@@ -48,9 +55,14 @@ enum Command {
     /// Run a drill: start the config's sites here (or --attach to running ones), inject the
     /// scenario's faults under a workload, and write a report (exit 1 when an expectation
     /// fails).
+    #[command(
+        after_help = "Example:\n  outlast drill --config examples/local.toml --scenario region-loss.toml --report ./report"
+    )]
     Drill {
+        /// The cluster's config file.
         #[arg(long)]
         config: PathBuf,
+        /// The scenario: workload, faults and expectations (docs/scenario.md).
         #[arg(long)]
         scenario: PathBuf,
         /// Folder for report.json and index.html (they are also kept under the data dir).
@@ -62,6 +74,7 @@ enum Command {
     },
     /// A local three-site cluster, a click-tracking workload, the region-loss drill and its
     /// report; stops everything it started.
+    #[command(after_help = "Example:\n  outlast demo")]
     Demo {
         /// Where the demo's config, data, sinks and report go (default: a new temp folder).
         #[arg(long)]
@@ -87,7 +100,11 @@ enum Command {
 #[derive(Subcommand)]
 enum EventsCommand {
     /// Send NDJSON (one JSON object a line) from FILE or stdin; prints the ack.
+    #[command(
+        after_help = "Example:\n  echo '{\"id\":\"c1\",\"page\":\"/\"}' | outlast events send clicks --config examples/local.toml"
+    )]
     Send {
+        /// The stream's name (a [[streams]] of the config).
         stream: String,
         /// A file of NDJSON, or "-" (the default) for stdin.
         #[arg(default_value = "-")]
@@ -96,8 +113,13 @@ enum EventsCommand {
         target: outlast::commands::ApiTarget,
     },
     /// Print this site's events still in its spool, from a sequence number on.
+    #[command(
+        after_help = "Example:\n  outlast events tail clicks --config examples/local.toml --site west --follow"
+    )]
     Tail {
+        /// The stream's name (a [[streams]] of the config).
         stream: String,
+        /// The first sequence number to print.
         #[arg(long, default_value_t = 1)]
         from: u64,
         /// Keep printing new events as they arrive.

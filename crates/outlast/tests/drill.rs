@@ -233,7 +233,11 @@ fn a_delay_longer_than_the_probe_timeout_is_a_cut_to_the_detector() {
     assert_eq!(code, 0, "{r}");
     let rto = rto(&r);
     println!("250 ms delay on east: RTO {rto} ms");
-    assert!(rto > 0 && rto < 4000, "{r}");
+    // Clients that cached east's address (TTL 5 s) keep reaching east's fenced gateway,
+    // which refuses, until their cache runs out or the heal at 7 s: the downtime a client
+    // sees ends by then (it used to be judged against 4 s, when a request counted as
+    // served in the window it was sent, whatever the wait).
+    assert!(rto > 0 && rto < 6000, "{r}");
     assert_eq!(r["writes"]["lost"], 0);
     assert_eq!(r["writes"]["duplicated"], 0);
 }

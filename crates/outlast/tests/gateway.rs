@@ -17,9 +17,19 @@ use common::{metric_value, Cluster, Opts};
 
 /// One HTTP/1.1 request on its own connection; (status, body) or what went wrong.
 fn request(addr: SocketAddr, head: &str, body: &str) -> Result<(u16, String), String> {
+    request_within(addr, head, body, Duration::from_secs(10))
+}
+
+/// The same, with a client that gives up on an answer after `patience` (a read timeout).
+fn request_within(
+    addr: SocketAddr,
+    head: &str,
+    body: &str,
+    patience: Duration,
+) -> Result<(u16, String), String> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
+    s.set_read_timeout(Some(patience))
         .map_err(|e| e.to_string())?;
     write!(
         s,
@@ -52,6 +62,18 @@ fn load(
     fault_at: Duration,
     fault: impl FnOnce(),
 ) -> Vec<Result<(u16, String), String>> {
+    load_with(move || get(addr), per_sec, secs, fault_at, fault)
+}
+
+/// `send` at `per_sec` for `secs` (each on its own thread), running `fault` at
+/// `fault_at`; every outcome.
+fn load_with(
+    send: impl Fn() -> Result<(u16, String), String> + Clone + Send + 'static,
+    per_sec: u64,
+    secs: u64,
+    fault_at: Duration,
+    fault: impl FnOnce(),
+) -> Vec<Result<(u16, String), String>> {
     let start = Instant::now();
     let total = per_sec * secs;
     let handles = std::thread::spawn(move || {
@@ -61,7 +83,8 @@ fn load(
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            hs.push(std::thread::spawn(move || get(addr)));
+            let send = send.clone();
+            hs.push(std::thread::spawn(send));
         }
         hs
     });
@@ -127,6 +150,84 @@ fn primary_standby_loses_no_get_when_the_primary_backend_dies() {
                     && l.contains("le=\"0.005\"")),
         "{metrics}"
     );
+}
+
+/// Issue 23, item 4: the old primary's site is alive (only its backend died), so the new
+/// primary acts as soon as the old one reports it let go, with no lease wait; GETs at
+/// 100/s through the old primary's gateway, each with a 2 s client timeout, all succeed.
+#[test]
+fn a_live_old_primary_lets_go_at_once_and_no_client_waits_out_a_lease() {
+    let mut c = Cluster::new(Opts::new(8120));
+    c.start_all();
+    c.wait_healthy();
+    let gw = c.gateway("east");
+    settle_primary(&c, gw);
+    let killed = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let results = {
+        let killed = killed.clone();
+        let patient = move || request_within(gw, "GET / HTTP/1.1\r\n", "", Duration::from_secs(2));
+        load_with(patient, 100, 8, Duration::from_millis(1500), || {
+            *killed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            c.kill_backend("east");
+        })
+    };
+    let t0 = killed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .expect("the backend was killed");
+    // West has acted since (the load ran 6.5 s past the kill); when, its phases say.
+    let st = c.status("west").expect("status");
+    assert_eq!(st["services"][0]["primary"], "west", "{st}");
+    assert_eq!(st["services"][0]["primary_acting"], true, "{st}");
+    let phase = |name: &str| -> Option<u64> {
+        st["failovers"].as_array()?.iter().find_map(|f| {
+            f["phases"].as_array()?.iter().find(|p| p["name"] == name)?["at_ms"].as_u64()
+        })
+    };
+    let kill_unix_ms = {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        now_unix - t0.elapsed().as_millis() as u64
+    };
+    let acting = phase("acting").expect("west recorded acting");
+    let declared = phase("declared").expect("west recorded declared");
+    let acting_after = acting.saturating_sub(kill_unix_ms);
+    println!(
+        "backend killed -> declared {} ms -> acting {} ms (lease wait {} ms)",
+        declared.saturating_sub(kill_unix_ms),
+        acting_after,
+        acting.saturating_sub(declared)
+    );
+    // The move is declared after detection (fall × check interval + grace, plus a report's
+    // trip); from there the new primary waits only for the old one's word, not a lease
+    // (1 s + margin).
+    assert!(
+        acting.saturating_sub(declared) < 300,
+        "acting {} ms after the move was declared",
+        acting.saturating_sub(declared)
+    );
+    assert!(
+        acting_after < 1400,
+        "acting {acting_after} ms after the kill"
+    );
+    let (n, ok, by_west, failed) = summarize(&results);
+    println!("{ok}/{n} GETs through east's gateway answered 200 within 2 s, {by_west} by west");
+    assert_eq!(ok, n, "failed or timed out: {failed:?}\n{}", c.logs());
+}
+
+/// Waits until `gw` answers from east's backend.
+fn settle_primary(c: &Cluster, gw: SocketAddr) {
+    let ready = Instant::now();
+    while !get(gw).is_ok_and(|(s, b)| s == 200 && b.contains("backend east")) {
+        assert!(
+            ready.elapsed() < Duration::from_secs(20),
+            "never settled\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits for the steady state (as the primary-standby test has): each site's gateway
