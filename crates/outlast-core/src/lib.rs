@@ -5,6 +5,7 @@
 //! It must never do I/O beyond reading the config file and the secret file it names, and it
 //! never depends on another outlast crate.
 
+pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod faults;

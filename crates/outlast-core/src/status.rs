@@ -25,6 +25,9 @@ pub struct Status {
     /// each phase as it saw it.
     #[serde(default)]
     pub failovers: Vec<FailoverStatus>,
+    /// When the answering site made this answer (Unix ms, its clock).
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// One primary move and its phases (wall-clock ms since the Unix epoch, as the answering
@@ -64,6 +67,10 @@ pub struct SiteStatus {
     /// from the fresh reports of both sides as the answering site has them).
     #[serde(default)]
     pub cannot_reach: Vec<String>,
+    /// The site's API (`http://address:api_port`), for clients that move to another site
+    /// when this one stops answering.
+    #[serde(default)]
+    pub api: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -339,16 +339,17 @@ pub fn timeline_svg(r: &Report) -> String {
     let ph = chart_h - top - bottom;
     let dur = r.duration_ms.max(1) as f64;
     let x = |t: f64| left + pw * t / dur;
-    let max_lat = r
-        .timeline
-        .iter()
-        .map(|b| b.p99_ms)
-        .fold(1.0f64, f64::max)
-        .max(5.0);
+    let max_lat = nice_ceiling(
+        r.timeline
+            .iter()
+            .map(|b| b.p99_ms)
+            .fold(1.0f64, f64::max)
+            .max(4.0),
+    );
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" style="max-width:{w}px" font-family="sans-serif" font-size="12">"#
     );
     let _ = write!(
         s,
@@ -426,11 +427,21 @@ pub fn timeline_svg(r: &Report) -> String {
         let fx = x(f.at_ms as f64);
         let _ = write!(
             s,
-            r##"<line x1="{fx:.1}" x2="{fx:.1}" y1="{top}" y2="{:.1}" stroke="#d22" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#d22">{}</text>"##,
+            r##"<line x1="{fx:.1}" x2="{fx:.1}" y1="{top}" y2="{:.1}" stroke="#d22" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#d22" stroke="#fff" stroke-width="3" paint-order="stroke">{}</text>"##,
             top + ph,
             fx + 3.0,
             top + 12.0 + 14.0 * (i % 3) as f64,
             esc(&f.what)
+        );
+    }
+    if let Some((at, what)) = failback_mark(r) {
+        let fx = x(at as f64);
+        let _ = write!(
+            s,
+            r##"<line x1="{fx:.1}" x2="{fx:.1}" y1="{top}" y2="{:.1}" stroke="#2a7" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#2a7" stroke="#fff" stroke-width="3" paint-order="stroke">{what}</text>"##,
+            top + ph,
+            fx + 3.0,
+            top + 12.0 + 14.0 * (r.faults.len() % 3) as f64,
         );
     }
     for (k, row) in moves.iter().enumerate() {
@@ -585,7 +596,7 @@ fn fmt_ms(v: Option<u64>) -> String {
 }
 
 /// The page: headline verdict, timeline, stopwatch, expectations, trend.
-pub fn html(r: &Report, history: &[Report]) -> String {
+pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
     let mut s = String::new();
     let verdict = if r.passed {
         ("PASSED", "#2a7")
@@ -610,7 +621,7 @@ pub fn html(r: &Report, history: &[Report]) -> String {
 <tr><th>downtime (RTO)</th><td class="big">{rto}</td></tr>
 <tr><th>requests</th><td>{sent} sent, {ok} served within {within} ms, {late} answered later, {failed} failed</td></tr>
 <tr><th>longest wait</th><td>{wait} ms</td></tr>
-<tr><th>writes</th><td>{acked} acknowledged, {lost} lost, {dup} duplicated ({refused} tries refused and retried elsewhere)</td></tr>
+<tr><th>writes</th><td>{acked} acknowledged, {lost} lost, {dup} duplicated ({refused} refused and retried elsewhere)</td></tr>
 <tr><th>data lost (RPO)</th><td>{rpo} ms</td></tr>
 <tr><th>failback</th><td>{fb}</td></tr></table>"#,
         rto = fmt_ms(r.rto_ms),
@@ -623,17 +634,25 @@ pub fn html(r: &Report, history: &[Report]) -> String {
         acked = r.writes.acked,
         lost = r.writes.lost,
         dup = r.writes.duplicated,
-        refused = r.writes.refused,
+        refused = if r.writes.refused == 1 {
+            "1 try".to_string()
+        } else {
+            format!("{} tries", r.writes.refused)
+        },
         rpo = r.rpo_ms,
         fb = fmt_ms(r.failback_ms),
     );
     s.push_str("<h2>Faults</h2><table><tr><th>at</th><th>fault</th></tr>");
-    for f in &r.faults {
+    let mut events: Vec<(u64, String)> = r.faults.iter().map(|f| (f.at_ms, esc(&f.what))).collect();
+    if let Some((at, what)) = failback_mark(r) {
+        events.push((at, what));
+    }
+    events.sort_by_key(|(at, _)| *at);
+    for (at, what) in events {
         let _ = write!(
             s,
-            "<tr><td>{:.2} s</td><td>{}</td></tr>",
-            f.at_ms as f64 / 1000.0,
-            esc(&f.what)
+            "<tr><td>{:.2} s</td><td>{what}</td></tr>",
+            at as f64 / 1000.0
         );
     }
     s.push_str("</table>");
@@ -694,8 +713,38 @@ pub fn html(r: &Report, history: &[Report]) -> String {
         }
         s.push_str("</table>");
     }
+    if !logs.is_empty() {
+        s.push_str("<h2>Logs</h2><p>");
+        for l in logs {
+            let name = l.rsplit('/').next().unwrap_or(l);
+            let _ = write!(s, r#"<a href="{}">{}</a> "#, esc(l), esc(name));
+        }
+        s.push_str("</p>");
+    }
     s.push_str("</body></html>\n");
     s
+}
+
+/// When the preferred primary acted again after its restart, and what to call it.
+fn failback_mark(r: &Report) -> Option<(u64, String)> {
+    let fb = r.failback_ms?;
+    let restart = r.faults.iter().find(|f| f.what.starts_with("restart "))?;
+    let site = restart.what.trim_start_matches("restart ");
+    Some((
+        restart.at_ms + fb,
+        format!("failback: {} primary again", esc(site)),
+    ))
+}
+
+/// A round axis top at or above `v`: 1, 2 or 5 times a power of ten.
+fn nice_ceiling(v: f64) -> f64 {
+    let v = v.max(1.0);
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|c| *c >= v)
+        .unwrap_or(10.0 * p)
 }
 
 /// Earlier reports of the same scenario under `history_dir`, oldest first.
@@ -804,7 +853,11 @@ mod tests {
         assert!(svg.contains("web: east → west (epoch 1)"), "{svg}");
         // acting and gateway-switched are 1 ms apart: one label group, two lines.
         assert!(svg.contains("acting +1310 ms") && svg.contains("gateway-switched +1311 ms"));
-        let page = html(&r, &[]);
+        let page = html(&r, &[], &["logs/east.log".into()]);
+        assert!(page.contains(r#"<a href="logs/east.log">east.log</a>"#));
+        assert_eq!(nice_ceiling(304.0), 500.0);
+        assert_eq!(nice_ceiling(12.0), 20.0);
+        assert_eq!(nice_ceiling(100.0), 100.0);
         assert!(page.contains("<h2>Failover phases</h2>"));
     }
 }

@@ -32,6 +32,9 @@ pub struct DrillOptions {
     pub progress: bool,
     /// Drill a cluster that is already running: faults go to the agents' `/v1/faults`.
     pub attach: bool,
+    /// Where drills are kept for the trend (default: `drills/` beside the first site's
+    /// data folder).
+    pub history: Option<PathBuf>,
 }
 
 /// When, who was the service's primary, and whether it acted.
@@ -410,12 +413,7 @@ fn rand_id() -> u16 {
     (N.fetch_add(1, Ordering::Relaxed) % 65_000) as u16 + 1
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use outlast_core::clock::unix_ms;
 
 /// Where the workload's requests go: the service's DNS name and gateway port, and the
 /// resolved address with its TTL (like a stub resolver's cache).
@@ -465,12 +463,14 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
     let sc = Scenario::load(&opts.scenario, &config)
         .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
     let started_ms = unix_ms();
-    let history_root = config
-        .sites
-        .first()
-        .and_then(|s| s.data_dir.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("data"))
-        .join("drills");
+    let history_root = opts.history.clone().unwrap_or_else(|| {
+        config
+            .sites
+            .first()
+            .and_then(|s| s.data_dir.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("data"))
+            .join("drills")
+    });
     let stamp = outlast_relay::utc_timestamp(started_ms).replace([':', '-'], "");
     let kept = history_root.join(format!("{stamp}-{}", sc.name));
     let out_dir = opts.report.clone().unwrap_or_else(|| kept.clone());
@@ -903,9 +903,10 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
     rec.requests.sort_by_key(|r| r.t_ms);
     let report = report::analyse(&sc, &rec, started_ms);
     let history = report::history(&history_root, &sc.name);
-    write_report(&out_dir, &report, &history)?;
+    let logs = out_dir.join("logs");
+    write_report(&out_dir, &report, &history, &logs)?;
     if out_dir != kept {
-        write_report(&kept, &report, &history)?;
+        write_report(&kept, &report, &history, &logs)?;
     }
     Ok((report, out_dir))
 }
@@ -946,13 +947,26 @@ fn merge_phases(
     out
 }
 
-fn write_report(dir: &Path, r: &Report, history: &[Report]) -> anyhow::Result<()> {
+fn write_report(dir: &Path, r: &Report, history: &[Report], logs: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(r)?)?;
     let mut all: Vec<Report> = history.to_vec();
     if !all.iter().any(|h| h.started_ms == r.started_ms) {
         all.push(r.clone());
     }
-    std::fs::write(dir.join("index.html"), report::html(r, &all))?;
+    // The agents' logs, linked from the page: relative beside it, else by absolute path.
+    let mut links: Vec<String> = std::fs::read_dir(logs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .map(|p| match p.strip_prefix(dir) {
+            Ok(rel) => rel.display().to_string(),
+            Err(_) => format!("file://{}", p.display()),
+        })
+        .collect();
+    links.sort();
+    std::fs::write(dir.join("index.html"), report::html(r, &all, &links))?;
     Ok(())
 }

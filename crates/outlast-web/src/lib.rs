@@ -132,8 +132,12 @@ pub fn router(source: Arc<dyn Source>) -> Router {
         .with_state(source)
 }
 
-async fn status(State(s): State<Arc<dyn Source>>) -> Json<Status> {
-    Json(s.status())
+async fn status(State(s): State<Arc<dyn Source>>) -> Response {
+    (
+        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        Json(s.status()),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<Arc<dyn Source>>) -> impl IntoResponse {
@@ -143,8 +147,13 @@ async fn metrics(State(s): State<Arc<dyn Source>>) -> impl IntoResponse {
     )
 }
 
-async fn dashboard(State(s): State<Arc<dyn Source>>) -> Html<String> {
-    Html(render_dashboard(&s.status()))
+async fn dashboard(State(s): State<Arc<dyn Source>>) -> Response {
+    // Any page of the cluster may read this one (the dashboard moves to a live site).
+    (
+        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        Html(render_dashboard(&s.status())),
+    )
+        .into_response()
 }
 
 fn esc(s: &str) -> String {
@@ -154,36 +163,97 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A plain page that a person can read at a glance; refreshes itself every two seconds.
+/// A duration as a person reads it: "850 ms", "1.4 s", "24 s", "3 min", "2 h", "5 d".
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=9_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        10_000..=59_999 => format!("{} s", ms / 1000),
+        60_000..=3_599_999 => format!("{} min", ms / 60_000),
+        3_600_000..=86_399_999 => format!("{} h", ms / 3_600_000),
+        _ => format!("{} d", ms / 86_400_000),
+    }
+}
+
+fn state_colour(state: &str) -> &'static str {
+    match state {
+        "up" | "yes" => "#1a7f37",
+        "fenced" | "unknown" | "no" => "#9a6700",
+        _ => "#cf222e",
+    }
+}
+
+/// A page a person reads at a glance. It refreshes itself every two seconds from the site
+/// that served it and, when that site stops answering, from the next site that does, and
+/// says so; with no site answering it says how old what it shows is.
 pub fn render_dashboard(st: &Status) -> String {
+    let coloured = |v: &str| {
+        format!(
+            "<td style=\"color:{};font-weight:bold\">{}</td>",
+            state_colour(v),
+            esc(v)
+        )
+    };
     let mut rows = String::new();
     for s in &st.sites {
-        let color = match s.state.as_str() {
-            "up" => "#1a7f37",
-            "fenced" => "#9a6700",
-            _ => "#cf222e",
-        };
         rows.push_str(&format!(
-            "<tr><td>{}{}</td><td style=\"color:{color};font-weight:bold\">{}</td><td>{}</td></tr>",
+            "<tr><td>{}{}</td>{}<td>{}</td><td>{}</td></tr>",
             esc(&s.name),
             if s.witness { " (witness)" } else { "" },
-            esc(&s.state),
-            s.last_seen_ms
-                .map(|m| format!("{m} ms ago"))
-                .unwrap_or_else(|| "never".into())
+            coloured(&s.state),
+            match s.last_seen_ms {
+                Some(0) if s.name == st.site => "this site".to_string(),
+                Some(m) => format!("{} ago", human_ms(m)),
+                None => "never".into(),
+            },
+            if s.cannot_reach.is_empty() {
+                String::new()
+            } else {
+                format!("cannot reach {}", esc(&s.cannot_reach.join(", ")))
+            }
         ));
     }
     let mut svcs = String::new();
+    let mut backends = String::new();
     for s in &st.services {
+        let acting = match (&s.primary, s.primary_acting) {
+            (None, _) => "-",
+            (Some(_), true) => "yes",
+            (Some(_), false) => "no",
+        };
         svcs.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td>{}<td>{}</td><td>{} ({} forwarded)</td><td>{}</td></tr>",
             esc(&s.name),
             esc(&s.mode),
             esc(s.primary.as_deref().unwrap_or("-")),
+            if acting == "-" { "<td>-</td>".to_string() } else { coloured(acting) },
             esc(&s.active_sites.join(", ")),
+            s.requests,
+            s.forwarded,
             s.epoch
         ));
+        for b in &s.backends {
+            backends.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td>{}<td>for {}</td><td>{:.1} ms</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.name),
+                esc(&b.address),
+                coloured(&b.health),
+                human_ms(b.since_ms),
+                b.last_probe_ms,
+                b.served,
+                b.failed,
+                esc(b.last_error.as_deref().unwrap_or(""))
+            ));
+        }
     }
+    let backends = if backends.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<h2>Backends at {}</h2><table><tr><th>service</th><th>backend</th><th>health</th><th>since</th><th>last check</th><th>served</th><th>failed</th><th>last error</th></tr>{backends}</table>",
+            esc(&st.site)
+        )
+    };
     let streams = if st.streams.is_empty() {
         String::new()
     } else {
@@ -202,6 +272,39 @@ pub fn render_dashboard(st: &Status) -> String {
             .collect();
         format!("<h2>Event streams</h2><table><tr>{head}</tr>{body}</table>")
     };
+    let failovers = if st.failovers.is_empty() {
+        String::new()
+    } else {
+        let items: String = st
+            .failovers
+            .iter()
+            .map(|f| {
+                let start = f.phases.first().map_or(0, |p| p.at_ms);
+                let phases: Vec<String> = f
+                    .phases
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} +{}",
+                            esc(&p.name),
+                            human_ms(p.at_ms.saturating_sub(start))
+                        )
+                    })
+                    .collect();
+                format!(
+                    "<li><b>{}</b> {} → {} ({}, epoch {}), {} ago: {}</li>",
+                    esc(&f.what),
+                    esc(f.from.as_deref().unwrap_or("none")),
+                    esc(&f.to),
+                    esc(&f.reason),
+                    f.epoch,
+                    human_ms(st.at_ms.saturating_sub(start)),
+                    phases.join(", ")
+                )
+            })
+            .collect();
+        format!("<h2>Last failovers</h2><ul>{items}</ul>")
+    };
     let faults = if st.faults.is_empty() {
         String::new()
     } else {
@@ -210,27 +313,44 @@ pub fn render_dashboard(st: &Status) -> String {
             .iter()
             .map(|f| {
                 format!(
-                    "<li>{} (ends in {:.1} s)</li>",
+                    "<li>{} (ends in {})</li>",
                     esc(&f.kind.describe()),
-                    f.remaining_ms as f64 / 1000.0
+                    human_ms(f.remaining_ms)
                 )
             })
             .collect();
         format!("<h2 style=\"color:#cf222e\">Injected faults</h2><ul>{items}</ul>")
     };
+    let apis: Vec<String> = st
+        .sites
+        .iter()
+        .filter_map(|s| s.api.as_ref())
+        .map(|a| format!("\"{}\"", esc(a)))
+        .collect();
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+        "<!doctype html><html><head><meta charset=\"utf-8\"><noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>\
          <title>outlast · {cluster}</title><style>body{{font-family:system-ui,sans-serif;margin:2em}}\
-         table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}</style>\
-         </head><body><h1>{cluster}</h1><p>answered by <b>{site}</b> · leader <b>{leader}</b> · term {term} · epoch {epoch}</p>\
-         <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th></tr>{rows}</table>\
-         <h2>Services</h2><table><tr><th>service</th><th>mode</th><th>primary</th><th>active at</th><th>epoch</th></tr>{svcs}</table>\
-         {streams}{faults}</body></html>",
+         table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}\
+         #stale{{display:none;background:#fff8c5;border:1px solid #d4a72c;padding:.6em 1em;margin-bottom:1em;font-weight:bold}}</style>\
+         </head><body><div id=\"stale\"></div><div id=\"live\"><h1>{cluster}</h1><p>answered by <b>{site}</b> · leader <b>{leader}</b> · term {term} · epoch {epoch}</p>\
+         <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th><th>cut links</th></tr>{rows}</table>\
+         <h2>Services</h2><table><tr><th>service</th><th>mode</th><th>primary</th><th>acting</th><th>active at</th><th>requests here</th><th>epoch</th></tr>{svcs}</table>\
+         {backends}{failovers}{streams}{faults}</div>\
+         <script>const sites=[{apis}];let current=location.origin,lastOk=Date.now();\
+         async function refresh(){{const order=[current,...sites.filter(s=>s!==current)];\
+         for(const base of order){{try{{const r=await fetch(base+'/',{{cache:'no-store',signal:AbortSignal.timeout(1500)}});if(!r.ok)continue;\
+         const doc=new DOMParser().parseFromString(await r.text(),'text/html');const live=doc.getElementById('live');if(!live)continue;\
+         document.getElementById('live').innerHTML=live.innerHTML;const b=document.getElementById('stale');\
+         if(base!==location.origin){{b.textContent='The site that served this page ('+location.host+') stopped answering: showing '+base+' instead.';b.style.display='block';}}else{{b.style.display='none';}}\
+         current=base;lastOk=Date.now();return;}}catch(e){{}}}}\
+         const b=document.getElementById('stale');b.textContent='No site of the cluster answers: what you see is '+Math.round((Date.now()-lastOk)/1000)+' s old.';b.style.display='block';}}\
+         setInterval(refresh,2000);</script></body></html>",
         cluster = esc(&st.cluster),
         site = esc(&st.site),
         leader = esc(st.leader.as_deref().unwrap_or("none")),
         term = st.term,
         epoch = st.epoch,
+        apis = apis.join(","),
     )
 }
 
@@ -267,6 +387,47 @@ mod tests {
             }]
         }))
         .expect("a status")
+    }
+
+    #[test]
+    fn the_dashboard_shows_backends_failovers_and_times_in_human_units() {
+        let mut st: Status = serde_json::from_value(serde_json::json!({
+            "cluster": "shop", "site": "west", "leader": "west", "term": 3, "epoch": 7,
+            "at_ms": 1_000_000,
+            "sites": [
+                {"name": "east", "state": "down", "witness": false, "last_seen_ms": 24_500,
+                 "api": "http://127.0.0.11:7401"},
+                {"name": "west", "state": "up", "witness": false, "last_seen_ms": 0,
+                 "api": "http://127.0.0.12:7401"}
+            ],
+            "services": [{"name": "web", "mode": "primary-standby", "primary": "west",
+                "active_sites": ["west"], "epoch": 7, "primary_acting": true,
+                "local_health": "up", "requests": 120, "forwarded": 3,
+                "backends": [{"address": "127.0.0.1:9002", "health": "up", "since_ms": 180_000,
+                    "last_probe_ms": 0.4, "last_error": null, "served": 117, "failed": 0}]}],
+            "streams": [],
+            "failovers": [{"what": "web", "epoch": 7, "from": "east", "to": "west",
+                "reason": "failover", "phases": [
+                    {"name": "last-heard", "at_ms": 880_000},
+                    {"name": "acting", "at_ms": 881_300}]}]
+        }))
+        .expect("a status");
+        let page = render_dashboard(&st);
+        for want in [
+            "24 s ago",
+            "127.0.0.1:9002",
+            "for 3 min",
+            "120 (3 forwarded)",
+            "<b>web</b> east → west (failover, epoch 7), 2 min ago: last-heard +0 ms, acting +1.3 s",
+            r#"const sites=["http://127.0.0.11:7401","http://127.0.0.12:7401"]"#,
+            "stopped answering",
+        ] {
+            assert!(page.contains(want), "{want} missing in\n{page}");
+        }
+        st.failovers.clear();
+        assert!(!render_dashboard(&st).contains("Last failovers"));
+        assert_eq!(human_ms(999), "999 ms");
+        assert_eq!(human_ms(7_200_000), "2 h");
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub fn drill_command(
         bin,
         progress: true,
         attach,
+        history: None,
     })
 }
 
@@ -226,9 +227,20 @@ pub fn demo_command(dir: Option<PathBuf>) -> i32 {
 
 fn demo(dir: Option<PathBuf>) -> anyhow::Result<i32> {
     let bin = std::env::current_exe().context("cannot find the outlast executable")?;
-    let dir = match dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("outlast-demo-{}", std::process::id())),
+    // Without --dir, every run gets its own folder under ./outlast-demo and the drills are
+    // kept in one place beside them, so the second run shows a trend of two.
+    let (dir, history) = match dir {
+        Some(d) => (d, None),
+        None => {
+            let home = std::path::absolute("outlast-demo")
+                .unwrap_or_else(|_| PathBuf::from("outlast-demo"));
+            keep_latest_runs(&home, 3);
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            (home.join(format!("run-{stamp}")), Some(home.join("drills")))
+        }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::path::absolute(&dir).unwrap_or(dir);
@@ -261,10 +273,41 @@ fn demo(dir: Option<PathBuf>) -> anyhow::Result<i32> {
         bin,
         progress: true,
         attach: false,
+        history: history.clone(),
     });
     drop(backends);
     println!("stopped everything the demo started");
+    if let Some(h) = history {
+        println!(
+            "drills are kept in {} (run the demo again: its report shows the trend)",
+            h.display()
+        );
+    }
     Ok(code)
+}
+
+/// Removes all but the `keep - 1` newest `run-*` folders under `home` (their agents' data
+/// and sinks), so repeated demos do not fill the disk; the drills' reports stay.
+fn keep_latest_runs(home: &Path, keep: usize) {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(home)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("run-"))
+        })
+        .collect();
+    runs.sort();
+    let excess = runs.len().saturating_sub(keep.saturating_sub(1));
+    for old in runs.into_iter().take(excess) {
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            eprintln!("warning: cannot remove {}: {e}", old.display());
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -118,12 +118,7 @@ pub enum AuthError {
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use outlast_core::clock::unix_ms;
 
 fn unix_us() -> u64 {
     SystemTime::now()

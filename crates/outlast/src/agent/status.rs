@@ -27,6 +27,10 @@ impl Agent {
             .into_iter()
             .map(|v| outlast_web::SiteStatus {
                 replays_refused: replays.get(&v.name).copied().unwrap_or(0),
+                api: self
+                    .config
+                    .site(&v.name)
+                    .map(|s| format!("http://{}", s.api_addr())),
                 name: v.name,
                 state: v.state.to_string(),
                 witness: v.witness,
@@ -128,6 +132,7 @@ impl Agent {
             streams: self.relay.streams().map(|s| s.stats().into()).collect(),
             faults: self.faults.list(),
             failovers,
+            at_ms: super::peer::unix_ms(),
         }
     }
 }
