@@ -41,7 +41,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Version};
 
-use crate::http::{hop_by_hop_index, list_items, names_another_header};
+use crate::headers::{hop_by_hop_index, list_items, names_another_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
