@@ -178,23 +178,38 @@ pub fn rto(
         .max()
         .unwrap_or(end_ms)
         .max(end_ms);
+    // Answers in time order, with a running count of the served ones: each window is then
+    // two indexes, not a pass over every request (a long drill has hundreds of thousands).
+    let mut answers: Vec<(u64, bool)> = requests
+        .iter()
+        .map(|r| (r.answered_ms(), r.served(ok_within_ms)))
+        .collect();
+    answers.sort_unstable();
+    let mut served_before = Vec::with_capacity(answers.len() + 1);
+    served_before.push(0u64);
+    for (_, served) in &answers {
+        let n = served_before.last().copied().unwrap_or(0);
+        served_before.push(n + u64::from(*served));
+    }
     // A window starts with a served answer: a stretch in which clients wait and nothing
     // comes back is downtime, not a clean window.
-    let mut starts: Vec<u64> = requests
-        .iter()
-        .filter(|r| r.served(ok_within_ms))
-        .map(RequestOutcome::answered_ms)
-        .filter(|t| *t >= first_bad && t + WINDOW_MS <= last)
-        .collect();
-    starts.sort_unstable();
-    starts.dedup();
-    for t in starts {
-        let (n, ok) = requests
-            .iter()
-            .filter(|r| (t..t + WINDOW_MS).contains(&r.answered_ms()))
-            .fold((0u64, 0u64), |(n, ok), r| {
-                (n + 1, ok + u64::from(r.served(ok_within_ms)))
-            });
+    let (mut hi, mut group, mut tried) = (0, 0, None);
+    for (i, &(t, served)) in answers.iter().enumerate() {
+        // Answers at the same time form one group; a window from t counts all of them.
+        if i == 0 || answers[i - 1].0 != t {
+            group = i;
+        }
+        if !served || tried == Some(t) || t < first_bad || t + WINDOW_MS > last {
+            continue;
+        }
+        tried = Some(t);
+        let lo = group;
+        hi = hi.max(lo);
+        while hi < answers.len() && answers[hi].0 < t + WINDOW_MS {
+            hi += 1;
+        }
+        let n = (hi - lo) as u64;
+        let ok = served_before[hi] - served_before[lo];
         if ok * 100 >= n * 99 {
             return Some(t - fault_ms);
         }
@@ -240,36 +255,40 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         duplicated: rec.stored.values().filter(|n| **n > 1).count() as u64,
         refused: rec.writes_refused,
     };
-    let mut timeline = Vec::new();
-    let mut t = 0;
-    while t < rec.duration_ms {
-        let span = t..t + BUCKET_MS;
-        let sent: Vec<&RequestOutcome> = rec
-            .requests
-            .iter()
-            .filter(|r| span.contains(&r.t_ms))
-            .collect();
-        let answered: Vec<&RequestOutcome> = rec
-            .requests
-            .iter()
-            .filter(|r| span.contains(&r.answered_ms()))
-            .collect();
-        let mut lat: Vec<f64> = answered
-            .iter()
-            .filter(|r| r.ok)
-            .map(|r| r.latency_ms)
-            .collect();
+    // Each request lands in one bucket by the time it was sent and one by the time it was
+    // answered; one pass fills them.
+    let buckets = usize::try_from(rec.duration_ms.div_ceil(BUCKET_MS)).unwrap_or(0);
+    let bucket = |t: u64| usize::try_from(t / BUCKET_MS).ok().filter(|i| *i < buckets);
+    let mut timeline: Vec<Bucket> = (0..buckets as u64)
+        .map(|i| Bucket {
+            t_ms: i * BUCKET_MS,
+            sent: 0,
+            ok: 0,
+            answered: 0,
+            served: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+        })
+        .collect();
+    let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); buckets];
+    for r in &rec.requests {
+        let served = r.served(within);
+        if let Some(b) = bucket(r.t_ms).and_then(|i| timeline.get_mut(i)) {
+            b.sent += 1;
+            b.ok += u64::from(served);
+        }
+        if let Some(i) = bucket(r.answered_ms()) {
+            timeline[i].answered += 1;
+            timeline[i].served += u64::from(served);
+            if r.ok {
+                latencies[i].push(r.latency_ms);
+            }
+        }
+    }
+    for (b, lat) in timeline.iter_mut().zip(&mut latencies) {
         lat.sort_by(f64::total_cmp);
-        timeline.push(Bucket {
-            t_ms: t,
-            sent: sent.len() as u64,
-            ok: sent.iter().filter(|r| r.served(within)).count() as u64,
-            answered: answered.len() as u64,
-            served: answered.iter().filter(|r| r.served(within)).count() as u64,
-            p50_ms: pct(&lat, 0.5),
-            p99_ms: pct(&lat, 0.99),
-        });
-        t += BUCKET_MS;
+        b.p50_ms = pct(lat, 0.5);
+        b.p99_ms = pct(lat, 0.99);
     }
     let actual = |e: &Expect| -> Option<f64> {
         Some(match e.metric.as_str() {

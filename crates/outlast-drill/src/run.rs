@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use indicatif::{ProgressBar, ProgressStyle};
+use outlast_core::clock::unix_ms;
 use outlast_core::config::{Config, Mode};
 use outlast_core::status::Status;
 use serde_json::{json, Value};
@@ -412,8 +413,6 @@ fn rand_id() -> u16 {
     static N: AtomicU64 = AtomicU64::new(1);
     (N.fetch_add(1, Ordering::Relaxed) % 65_000) as u16 + 1
 }
-
-use outlast_core::clock::unix_ms;
 
 /// Where the workload's requests go: the service's DNS name and gateway port, and the
 /// resolved address with its TTL (like a stub resolver's cache).

@@ -235,10 +235,7 @@ fn demo(dir: Option<PathBuf>) -> anyhow::Result<i32> {
             let home = std::path::absolute("outlast-demo")
                 .unwrap_or_else(|_| PathBuf::from("outlast-demo"));
             keep_latest_runs(&home, 3);
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0);
+            let stamp = outlast_core::clock::unix_ms();
             (home.join(format!("run-{stamp}")), Some(home.join("drills")))
         }
     };

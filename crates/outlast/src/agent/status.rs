@@ -101,7 +101,8 @@ impl Agent {
             .collect();
         let leader = node.leader(now);
         // Local ms to wall-clock ms: phases are compared across sites and with a drill.
-        let wall = |ms: u64| super::peer::unix_ms().saturating_sub(now.saturating_sub(ms));
+        let wall_now = super::peer::unix_ms();
+        let wall = |ms: u64| wall_now.saturating_sub(now.saturating_sub(ms));
         let failovers = node
             .failovers()
             .map(|f| outlast_web::FailoverStatus {
@@ -132,7 +133,7 @@ impl Agent {
             streams: self.relay.streams().map(|s| s.stats().into()).collect(),
             faults: self.faults.list(),
             failovers,
-            at_ms: super::peer::unix_ms(),
+            at_ms: wall_now,
         }
     }
 }
