@@ -364,7 +364,7 @@ pub struct LocalTimes {
 
 impl LocalTimes {
     fn all_now(state: &ClusterState) -> Self {
-        let now = std::time::Instant::now();
+        let now = outlast_core::clock::now();
         LocalTimes {
             services: state.services.keys().map(|k| (k.clone(), now)).collect(),
             sites: state.sites.keys().map(|k| (k.clone(), now)).collect(),
@@ -507,7 +507,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 EntryPayload::Normal(p) => match inner.data.state.apply(p) {
                     Some(decisions) => {
-                        let now = std::time::Instant::now();
+                        let now = outlast_core::clock::now();
                         for d in &decisions {
                             match d {
                                 Decision::PrimaryMove { service, .. } => {

@@ -79,7 +79,7 @@ pub struct Faults {
 impl Faults {
     fn live(&self) -> std::sync::MutexGuard<'_, Vec<Active>> {
         let mut g = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        let now = crate::clock::now();
         g.retain(|a| a.until > now);
         g
     }
@@ -91,7 +91,7 @@ impl Faults {
         self.live().push(Active {
             id,
             kind: kind.clone(),
-            until: Instant::now() + lasting,
+            until: crate::clock::now() + lasting,
         });
         FaultView {
             id,
@@ -109,7 +109,7 @@ impl Faults {
     }
 
     pub fn list(&self) -> Vec<FaultView> {
-        let now = Instant::now();
+        let now = crate::clock::now();
         self.live()
             .iter()
             .map(|a| FaultView {

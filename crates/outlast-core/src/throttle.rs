@@ -27,7 +27,7 @@ impl LogThrottle {
     /// Whether a message of this kind should be logged now (and, if so, notes that it is).
     pub fn allow(&self, kind: &str) -> bool {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
+        let now = crate::clock::now();
         if last
             .get(kind)
             .is_some_and(|t| now.duration_since(*t) < self.every)

@@ -3,7 +3,7 @@
 //! whenever the committed answer changes, and retries until the server says NOERROR.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode, UpdateMessage};
 use hickory_proto::rr::rdata::A;
@@ -129,16 +129,9 @@ pub async fn send_update(
     addrs: &[Ipv4Addr],
     key: &TsigKey,
 ) -> Result<(), PushError> {
-    let id = (SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(7)
-        & 0xffff) as u16;
+    let id = (outlast_core::clock::unix_us() & 0xffff) as u16;
     let mut bytes = update_message(id, zone, name, ttl, addrs)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = outlast_core::clock::unix_ms() / 1000;
     sign(&mut bytes, key, now)?;
     let io = |source| PushError::Io { server, source };
     let sock = tokio::net::UdpSocket::bind(SocketAddr::new(source, 0))

@@ -148,9 +148,9 @@ impl Sites {
         for c in self.children.values() {
             let _ = signal(c.id(), "-TERM");
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = outlast_core::clock::now() + Duration::from_secs(5);
         for (_, mut c) in std::mem::take(&mut self.children) {
-            while Instant::now() < deadline {
+            while outlast_core::clock::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
                     break;
                 }
@@ -427,12 +427,15 @@ type DnsCache = Mutex<Option<(Ipv4Addr, Instant)>>;
 /// One workload request: resolved through outlast's DNS (honouring the TTL), sent to the
 /// gateway with its sequence number; whether it succeeded.
 async fn request(http: &reqwest::Client, to: &Target, seq: u64, cache: &DnsCache) -> bool {
-    let cached = lock(cache).filter(|(_, until)| Instant::now() < *until);
+    let cached = lock(cache).filter(|(_, until)| outlast_core::clock::now() < *until);
     let ip = match cached {
         Some((ip, _)) => Some(ip),
         None => match resolve(&to.servers, &to.name).await {
             Some((ip, ttl)) => {
-                *lock(cache) = Some((ip, Instant::now() + Duration::from_secs(u64::from(ttl))));
+                *lock(cache) = Some((
+                    ip,
+                    outlast_core::clock::now() + Duration::from_secs(u64::from(ttl)),
+                ));
                 Some(ip)
             }
             None => None,
@@ -580,7 +583,7 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
 
     // Wait until the cluster is whole: a leader, every site up, the service's primary acting,
     // and one request through DNS and the gateway served (so start-up is not downtime).
-    let ready_by = Instant::now() + Duration::from_secs(30);
+    let ready_by = outlast_core::clock::now() + Duration::from_secs(30);
     loop {
         let mut all = true;
         for (_, api) in &apis {
@@ -605,7 +608,7 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
                 None => break,
             }
         }
-        if Instant::now() > ready_by {
+        if outlast_core::clock::now() > ready_by {
             bail!(
                 "the cluster did not come up within 30 s; see the logs in {}",
                 out_dir.join("logs").display()
@@ -614,7 +617,7 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let t0 = Instant::now();
+    let t0 = outlast_core::clock::now();
     let t0_unix_ms = unix_ms();
     let now_ms = move || t0.elapsed().as_millis() as u64;
     let end = sc.duration;
@@ -644,7 +647,7 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
                 );
                 inflight.push(tokio::spawn(async move {
                     let t = now_ms();
-                    let start = Instant::now();
+                    let start = outlast_core::clock::now();
                     let ok = request(&http, &target, seq, &cache).await;
                     lock(&requests).push(RequestOutcome {
                         t_ms: t,
@@ -827,8 +830,8 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
                 running.push(s.api_addr());
             }
         }
-        let drain_by = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < drain_by {
+        let drain_by = outlast_core::clock::now() + Duration::from_secs(30);
+        while outlast_core::clock::now() < drain_by {
             let mut drained = true;
             for api in &running {
                 let d = status(&http, *api).await.is_some_and(|st| {

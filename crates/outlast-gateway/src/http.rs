@@ -354,7 +354,7 @@ impl HttpGateway {
                 Ok(Some(found)) => return Some(found),
                 Ok(None) => {}
             }
-            let left = until.checked_duration_since(Instant::now())?;
+            let left = until.checked_duration_since(outlast_core::clock::now())?;
             if tokio::time::timeout(left, rx.changed())
                 .await
                 .ok()?
@@ -371,7 +371,7 @@ impl HttpGateway {
         req: Request<Incoming>,
         client: HeaderValue,
     ) -> Result<Response<Body>, Infallible> {
-        let started = Instant::now();
+        let started = outlast_core::clock::now();
         self.stats.request();
         let resp = self.route_request(&pool, req, &client).await;
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
@@ -442,7 +442,7 @@ impl HttpGateway {
             }
         };
         let idempotent = is_idempotent(&parts.method, &scan);
-        let deadline = Instant::now() + WAIT_FOR_ROUTE;
+        let deadline = outlast_core::clock::now() + WAIT_FOR_ROUTE;
         let mut last_error = String::from("no site can serve it");
         let mut backoff = Duration::from_millis(50);
         // Rounds: each tries every target once (always a different one within a round).
@@ -506,7 +506,7 @@ impl HttpGateway {
             if !round.is_empty() {
                 last_error = round.join("; ");
             }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            let Some(left) = deadline.checked_duration_since(outlast_core::clock::now()) else {
                 return unavailable(format!("{}: {last_error}", self.service));
             };
             let mut rx = self.routes.clone();
@@ -535,7 +535,7 @@ impl HttpGateway {
         client: &HeaderValue,
         may_hop: bool,
     ) -> Response<Body> {
-        let deadline = Instant::now() + WAIT_FOR_ROUTE;
+        let deadline = outlast_core::clock::now() + WAIT_FOR_ROUTE;
         let Some((_, targets)) = self.wait_for_targets(may_hop, deadline).await else {
             return unavailable(format!("{}: no site can serve it", self.service));
         };

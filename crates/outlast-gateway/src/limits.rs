@@ -48,7 +48,7 @@ impl ConnLimit {
             open: Arc::new(Semaphore::new(max)),
             refused: AtomicU64::new(0),
             accept_failed_ms: AtomicU64::new(0),
-            born: Instant::now(),
+            born: outlast_core::clock::now(),
         })
     }
 

@@ -197,7 +197,7 @@ impl ConnPool {
         }
         let list = idle.conns.entry(addr).or_default();
         if list.len() < MAX_IDLE {
-            list.push_back((Instant::now(), conn));
+            list.push_back((outlast_core::clock::now(), conn));
         }
     }
 

@@ -62,7 +62,7 @@ pub struct LeaseClock {
 impl Default for LeaseClock {
     fn default() -> Self {
         Self {
-            base: Instant::now(),
+            base: outlast_core::clock::now(),
             until_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -188,7 +188,7 @@ pub(crate) const EJECT_FOR: Duration = Duration::from_secs(2);
 impl Balancer {
     pub(crate) fn eject(&self, addr: SocketAddr) {
         let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
-        e.insert(addr, Instant::now());
+        e.insert(addr, outlast_core::clock::now());
         metrics::counter!("outlast_gateway_ejections_total", "backend" => addr.to_string())
             .increment(1);
     }
@@ -203,7 +203,7 @@ impl Balancer {
         let mut out = Vec::new();
         let mut ejected = Vec::new();
         if route.local && !route.backends.is_empty() {
-            let now = Instant::now();
+            let now = outlast_core::clock::now();
             let n = route.backends.len();
             let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
             let mut e = self.ejected.lock().unwrap_or_else(|p| p.into_inner());
@@ -307,12 +307,14 @@ mod tests {
     fn an_ejection_ends_when_the_backend_comes_up_after_it() {
         let b = Balancer::default();
         let mut r = route();
-        r.up_since.insert(r.backends[0], Instant::now());
+        r.up_since.insert(r.backends[0], outlast_core::clock::now());
         b.eject(r.backends[0]);
         // Up before the ejection: still ejected.
         assert_eq!(b.targets(&r, false).len(), 1);
-        r.up_since
-            .insert(r.backends[0], Instant::now() + Duration::from_millis(1));
+        r.up_since.insert(
+            r.backends[0],
+            outlast_core::clock::now() + Duration::from_millis(1),
+        );
         let t = b.targets(&r, false);
         assert_eq!(t.len(), 2, "{t:?}");
     }

@@ -317,7 +317,8 @@ impl Log {
         // The intent stays written beside the mark; one the mark covers reads as done.
         self.marks.write(through, self.intent)?;
         self.shipped = through;
-        self.retained.push_back((Instant::now(), through));
+        self.retained
+            .push_back((outlast_core::clock::now(), through));
         // The skips stay while their records are in the spool: a peer's copy of a skipped
         // id that arrives later is looked up here, and a shipped past skip must not read as
         // "ours is shipped" (both copies would be skipped). `trim` lets them go.

@@ -236,7 +236,7 @@ async fn put(sinks: &[Sink], key: &str, body: bytes::Bytes) -> Option<String> {
     for sink in sinks {
         if lock(&sink.state)
             .down_until
-            .is_some_and(|t| Instant::now() < t)
+            .is_some_and(|t| outlast_core::clock::now() < t)
         {
             continue;
         }
@@ -245,7 +245,7 @@ async fn put(sinks: &[Sink], key: &str, body: bytes::Bytes) -> Option<String> {
         } else {
             ObjectPath::from(format!("{}/{key}", sink.prefix))
         };
-        let started = Instant::now();
+        let started = outlast_core::clock::now();
         let res = if sink.faults.sink_down(sink.site.as_deref()) {
             Ok(Err(object_store::Error::Generic {
                 store: "fault",
@@ -276,7 +276,7 @@ async fn put(sinks: &[Sink], key: &str, body: bytes::Bytes) -> Option<String> {
                     _ => format!("no answer within {PUT_TIMEOUT:?}"),
                 };
                 st.backoff = (st.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
-                st.down_until = Some(Instant::now() + st.backoff);
+                st.down_until = Some(outlast_core::clock::now() + st.backoff);
                 tracing::warn!(sink = %sink.url, key, error = %why, backoff_ms = st.backoff.as_millis() as u64, "relay: sink refused an object");
                 metrics::counter!("outlast_relay_sink_errors_total", "sink" => sink.url.clone())
                     .increment(1);
@@ -502,7 +502,7 @@ pub(crate) async fn shipper(
     stop: CancellationToken,
     mut own_replaying: bool,
 ) {
-    let mut last_oldest = Instant::now() - Duration::from_secs(10);
+    let mut last_oldest = outlast_core::clock::now() - Duration::from_secs(10);
     // Per origin taken over: whether its events are still replaying.
     let mut replaying: BTreeMap<String, bool> = BTreeMap::new();
     loop {
@@ -528,7 +528,9 @@ pub(crate) async fn shipper(
             let mut since = lock(&s.down_since);
             since.retain(|o, _| down.contains(o));
             for o in &down {
-                since.entry(o.clone()).or_insert_with(Instant::now);
+                since
+                    .entry(o.clone())
+                    .or_insert_with(outlast_core::clock::now);
             }
             since
                 .iter()
@@ -559,7 +561,7 @@ pub(crate) async fn shipper(
             }
         }
         if last_oldest.elapsed() >= Duration::from_secs(1) {
-            last_oldest = Instant::now();
+            last_oldest = outlast_core::clock::now();
             let oldest = oldest_unshipped(&lock(&s.own));
             s.counters
                 .oldest_unshipped_ms
@@ -643,7 +645,7 @@ mod tests {
     /// Polls `done` every 10 ms until it holds, for up to 20 s (then fails naming `what`);
     /// how long that took.
     async fn until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
-        let t = Instant::now();
+        let t = outlast_core::clock::now();
         while !done() {
             assert!(t.elapsed() < Duration::from_secs(20), "never: {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -49,12 +49,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use outlast_core::clock::unix_ms as now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -449,7 +444,7 @@ impl StreamRelay {
 
     /// Notes that an ingest was refused for lack of space (status says so for a while).
     fn no_space_now(&self) {
-        *lock(&self.no_space_at) = Some(Instant::now());
+        *lock(&self.no_space_at) = Some(outlast_core::clock::now());
     }
 
     /// Whether ingest was refused for lack of space in the last [`NO_SPACE_SHOWN`].
@@ -944,7 +939,7 @@ impl StreamRelay {
         }
         v.high = Some(resp.high);
         v.in_order = resp.in_order;
-        v.last_ok = Some(Instant::now());
+        v.last_ok = Some(outlast_core::clock::now());
         v.taken_over = resp.taken_over;
         v.taking_over = resp.taking_over;
         let best = peers.values().filter_map(|p| p.high).max().unwrap_or(0);
@@ -1061,7 +1056,7 @@ impl StreamRelay {
     fn receive_blocking(&self, req: &FrameRef<'_>) -> Result<ReplicateResp, RelayError> {
         let mut turn = lock(&self.receiving);
         if let Some(after) = req.after {
-            let deadline = Instant::now() + ORDER_WAIT;
+            let deadline = outlast_core::clock::now() + ORDER_WAIT;
             loop {
                 let (high, shipped) = lock(&self.replicas)
                     .get(req.origin)
@@ -1069,7 +1064,7 @@ impl StreamRelay {
                 if high == after {
                     break;
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = deadline.saturating_duration_since(outlast_core::clock::now());
                 if high > after || left.is_zero() {
                     return Ok(ReplicateResp {
                         high,
@@ -1469,7 +1464,7 @@ mod tests {
             .collect();
         assert_eq!(held, (1..=6).collect::<Vec<_>>(), "every event, in order");
 
-        let t0 = Instant::now();
+        let t0 = outlast_core::clock::now();
         let again = west.receive_blocking(&second.as_frame()).expect("again");
         assert!(again.out_of_step && again.high == 6);
         assert!(
@@ -1477,7 +1472,7 @@ mod tests {
             "no wait when this site holds more"
         );
 
-        let t0 = Instant::now();
+        let t0 = outlast_core::clock::now();
         let ahead = west
             .receive_blocking(&in_order(11, 12, 10).as_frame())
             .expect("ahead");

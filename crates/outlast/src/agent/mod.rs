@@ -694,7 +694,7 @@ pub async fn run(
         me: me.name.clone(),
         my_id,
         start: Instant::now(),
-        start_std: std::time::Instant::now(),
+        start_std: outlast_core::clock::now(),
         monitor,
         node: Mutex::new(node),
         log_epoch: log.log_epoch_handle(),
