@@ -3,11 +3,13 @@
 //! a stream; every outcome is recorded with its time, analysed (RTO, failed requests,
 //! writes acked/lost/duplicated, RPO, failback) and reported as JSON and as a page.
 
+mod error;
 mod proxy;
 pub mod report;
 mod run;
 pub mod scenario;
 
+pub use error::DrillError;
 pub use report::Report;
 pub use run::{run, DrillOptions};
 pub use scenario::Scenario;

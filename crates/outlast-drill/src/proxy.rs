@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::{io, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -44,14 +44,16 @@ pub struct Endpoint {
 
 impl FaultProxy {
     /// Opens one listener per ordered pair of sites, on 127.0.0.1 with a free port.
-    pub async fn start(sites: &[Endpoint]) -> anyhow::Result<Self> {
+    pub async fn start(sites: &[Endpoint]) -> Result<Self> {
         let mut links = BTreeMap::new();
         for a in sites {
             for b in sites.iter().filter(|b| b.name != a.name) {
                 let listener = TcpListener::bind("127.0.0.1:0")
                     .await
-                    .context("the fault proxy cannot listen on 127.0.0.1")?;
-                let listen = listener.local_addr()?;
+                    .map_err(io("the fault proxy cannot listen on 127.0.0.1"))?;
+                let listen = listener
+                    .local_addr()
+                    .map_err(io("the fault proxy's address"))?;
                 let (state, _) = watch::channel(LinkState::default());
                 let task = tokio::spawn(serve(listener, a.address, b.peer, state.subscribe()));
                 links.insert(

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use crate::error::{agent, create, io, DrillError, Result};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -58,25 +58,25 @@ struct Sites {
     token: String,
 }
 
-fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+fn signal(pid: u32, sig: &str) -> Result<()> {
     let ok = Command::new("kill")
         .args([sig, &pid.to_string()])
         .status()
-        .context("cannot run kill")?
+        .map_err(io("cannot run kill"))?
         .success();
     if !ok {
-        bail!("kill {sig} {pid} failed");
+        return Err(DrillError::Refused(format!("kill {sig} {pid} failed")));
     }
     Ok(())
 }
 
 impl Sites {
-    fn start(&mut self, site: &str) -> anyhow::Result<()> {
+    fn start(&mut self, site: &str) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.logs.join(format!("{site}.log")))
-            .context("cannot open the agent log")?;
+            .map_err(io(format!("cannot open the agent log of {site}")))?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(["agent", "--config"])
             .arg(&self.config)
@@ -88,10 +88,10 @@ impl Sites {
             .env("OUTLAST_LOG", "info,openraft=warn")
             .env("OUTLAST_FAULT_TOKEN", &self.token)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(log.try_clone().map_err(io("cannot share the agent log"))?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("cannot start the agent of {site}"))?;
+            .map_err(|e| agent(site, format!("cannot start its agent: {e}")))?;
         self.children.insert(site.to_string(), child);
         Ok(())
     }
@@ -104,15 +104,15 @@ impl Sites {
         self.stopped.remove(site);
     }
 
-    fn pid(&self, site: &str) -> anyhow::Result<u32> {
+    fn pid(&self, site: &str) -> Result<u32> {
         self.children
             .get(site)
             .map(|c| c.id())
-            .with_context(|| format!("{site} is not running"))
+            .ok_or_else(|| agent(site, "is not running"))
     }
 
     /// The faults that act on processes and links; sink faults go through the agents' API.
-    fn apply(&mut self, fault: &Fault) -> anyhow::Result<()> {
+    fn apply(&mut self, fault: &Fault) -> Result<()> {
         match fault {
             Fault::Kill(s) => self.kill(s),
             Fault::Stop(s) => {
@@ -185,11 +185,11 @@ struct FaultApi {
 }
 
 impl FaultApi {
-    async fn inject(&mut self, site: &str, body: Value, undo: Option<Undo>) -> anyhow::Result<()> {
+    async fn inject(&mut self, site: &str, body: Value, undo: Option<Undo>) -> Result<()> {
         let api = self
             .apis
             .get(site)
-            .with_context(|| format!("{site} is not in the config"))?;
+            .ok_or_else(|| agent(site, "is not in the config"))?;
         let r = self
             .http
             .post(format!("http://{api}/v1/faults"))
@@ -197,11 +197,19 @@ impl FaultApi {
             .json(&body)
             .send()
             .await
-            .with_context(|| format!("cannot reach {site}'s agent at {api} to inject a fault"))?;
+            .map_err(|e| {
+                agent(
+                    site,
+                    format!("cannot reach its agent at {api} to inject a fault: {e}"),
+                )
+            })?;
         let code = r.status();
         let answer: Value = r.json().await.unwrap_or(Value::Null);
         if !code.is_success() {
-            bail!("{site} refused the fault ({code}): {}", answer["error"]);
+            return Err(agent(
+                site,
+                format!("refused the fault ({code}): {}", answer["error"]),
+            ));
         }
         if let Some(id) = answer["id"].as_u64() {
             self.active.push((site.to_string(), id, undo));
@@ -232,12 +240,7 @@ impl FaultApi {
     }
 
     /// A sink fault goes to every data site that runs.
-    async fn sink(
-        &mut self,
-        fault: &Fault,
-        sites: &[String],
-        lasting: Duration,
-    ) -> anyhow::Result<()> {
+    async fn sink(&mut self, fault: &Fault, sites: &[String], lasting: Duration) -> Result<()> {
         match fault {
             Fault::SinkDown(which) => {
                 let body = serde_json::json!({
@@ -287,7 +290,7 @@ impl Driver {
         config: &Config,
         lasting: Duration,
         until_cont: Duration,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         if matches!(fault, Fault::SinkDown(_) | Fault::SinkUp(_)) {
             // Every data site that runs writes to the sinks, so each must see the fault.
             let targets: Vec<String> = config
@@ -313,9 +316,10 @@ impl Driver {
                     }
                     // The stop sent with the matching `stop` step ends now by itself.
                     Fault::Cont(_) => Ok(()),
-                    Fault::Restart(s) => bail!(
-                        "restart {s} needs the agent's process, which attach mode does not own"
-                    ),
+                    Fault::Restart(s) => Err(agent(
+                        s,
+                        "a restart needs the agent's process, which attach mode does not own",
+                    )),
                     Fault::Partition { sites, from } => {
                         for (side, other) in [(sites, from), (from, sites)] {
                             for s in side {
@@ -460,10 +464,10 @@ async fn request(http: &reqwest::Client, to: &Target, seq: u64, cache: &DnsCache
 }
 
 /// Runs a drill in local mode; returns the report and the folder it was written to.
-pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
-    let config = Config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
+    let config = Config::load(&opts.config).map_err(|e| DrillError::Invalid(e.to_string()))?;
     let sc = Scenario::load(&opts.scenario, &config)
-        .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+        .map_err(|problems| DrillError::Invalid(problems.join("\n")))?;
     let started_ms = unix_ms();
     let history_root = opts.history.clone().unwrap_or_else(|| {
         config
@@ -476,30 +480,30 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
     let stamp = outlast_relay::utc_timestamp(started_ms).replace([':', '-'], "");
     let kept = history_root.join(format!("{stamp}-{}", sc.name));
     let out_dir = opts.report.clone().unwrap_or_else(|| kept.clone());
-    std::fs::create_dir_all(out_dir.join("logs"))
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir.join("logs")).map_err(create(&out_dir))?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(2))
-        .build()?;
+        .build()
+        .map_err(|e| DrillError::Refused(format!("cannot make an HTTP client: {e}")))?;
     let api_of: BTreeMap<String, SocketAddr> = config
         .sites
         .iter()
         .map(|s| (s.name.clone(), s.api_addr()))
         .collect();
     let mut driver = if opts.attach {
-        let token = config.api.token.clone().context(
-            "attach mode sends faults to the agents' /v1/faults, which needs [api] token in the config",
-        )?;
+        let token = config.api.token.clone().ok_or_else(|| DrillError::Refused(
+            "attach mode sends faults to the agents' /v1/faults, which needs [api] token in the config".into(),
+        ))?;
         if let Some(st) = sc
             .steps
             .iter()
             .find(|s| matches!(s.fault, Fault::Restart(_)))
         {
-            bail!(
+            return Err(DrillError::Refused(format!(
                 "{} needs the agent's process, which attach mode does not own; use kill (and let the site's supervisor restart it) or stop and cont",
                 st.fault.describe()
-            );
+            )));
         }
         Driver::Attach(FaultApi {
             http: http.clone(),
@@ -510,10 +514,10 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
     } else {
         for s in &config.sites {
             if std::net::TcpListener::bind(s.api_addr()).is_err() {
-                bail!(
+                return Err(DrillError::Refused(format!(
                     "{} is taken: is a cluster already running? local mode starts its own agents (use --attach to drill a running cluster)",
                     s.api_addr()
-                );
+                )));
             }
         }
         let endpoints: Vec<Endpoint> = config
@@ -574,7 +578,7 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
                     .map(|s| SocketAddr::new(s.address, dns.port))
                     .collect(),
                 name: Name::from_ascii(format!("{host}.{}", dns.zone.trim_end_matches('.')))
-                    .context("service DNS name")?,
+                    .map_err(|e| DrillError::Invalid(format!("the service's DNS name: {e}")))?,
                 port: svc.port,
             }))
         }
@@ -609,10 +613,9 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
             }
         }
         if outlast_core::clock::now() > ready_by {
-            bail!(
-                "the cluster did not come up within 30 s; see the logs in {}",
-                out_dir.join("logs").display()
-            );
+            return Err(DrillError::NotReady {
+                logs: out_dir.join("logs").display().to_string(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -780,7 +783,10 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
             {
                 bar.abandon();
                 driver.clear().await;
-                bail!("fault {} failed: {e:#}", step.fault.describe());
+                return Err(DrillError::Fault {
+                    fault: step.fault.describe(),
+                    source: Box::new(e),
+                });
             }
             if let Fault::Restart(s) = &step.fault {
                 restarts.push((s.clone(), at_ms));
@@ -848,12 +854,13 @@ pub async fn run(opts: &DrillOptions) -> anyhow::Result<(Report, PathBuf)> {
         }
         let (objects, differ) = outlast_relay::read_sinks(stream)
             .await
-            .context("cannot read the sinks back")?;
+            .map_err(|e| DrillError::Sinks(e.to_string()))?;
         if !differ.is_empty() {
             tracing::error!(?differ, "the same key holds different bytes in two sinks");
         }
         for bytes in objects.values() {
-            let text = zstd::decode_all(bytes.as_slice()).context("an object is not zstd")?;
+            let text = zstd::decode_all(bytes.as_slice())
+                .map_err(|e| DrillError::Sinks(format!("an object is not zstd: {e}")))?;
             for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 if let Some(id) = serde_json::from_slice::<Value>(line)
                     .ok()
@@ -949,9 +956,12 @@ fn merge_phases(
     out
 }
 
-fn write_report(dir: &Path, r: &Report, history: &[Report], logs: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(r)?)?;
+fn write_report(dir: &Path, r: &Report, history: &[Report], logs: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(create(dir))?;
+    let json = serde_json::to_vec_pretty(r)
+        .map_err(std::io::Error::other)
+        .map_err(create(dir))?;
+    std::fs::write(dir.join("report.json"), json).map_err(create(&dir.join("report.json")))?;
     let mut all: Vec<Report> = history.to_vec();
     if !all.iter().any(|h| h.started_ms == r.started_ms) {
         all.push(r.clone());
@@ -969,6 +979,7 @@ fn write_report(dir: &Path, r: &Report, history: &[Report], logs: &Path) -> anyh
         })
         .collect();
     links.sort();
-    std::fs::write(dir.join("index.html"), report::html(r, &all, &links))?;
+    std::fs::write(dir.join("index.html"), report::html(r, &all, &links))
+        .map_err(create(&dir.join("index.html")))?;
     Ok(())
 }

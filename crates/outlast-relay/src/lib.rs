@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use outlast_core::config::Config;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,11 @@ pub use event::{BadLine, Event};
 pub use ship::{object_key, read_sinks, utc_timestamp};
 pub use spool::{Record, Spool, SpoolError, SpoolMark, SpoolStats};
 pub use stream::{Accepted, IngestError, PeerReplication, StreamRelay, StreamStats};
+
+/// Locks a mutex, taking it over from a thread that panicked while holding it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// One event as it travels between sites.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,8 +9,9 @@
 //! Each has its own back-off; a sink that failed is tried again once its back-off has run,
 //! and being first in the order, takes the traffic back when it recovers.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event;
 use crate::log::Log;
-use crate::stream::{lock, now_ms, StreamRelay};
-use crate::{RelayError, Transport};
+use crate::{lock, RelayError, Sites, Transport};
+use outlast_core::clock::unix_ms as now_ms;
 use outlast_core::faults::Faults;
 
 const PUT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -353,6 +354,73 @@ fn oldest_unshipped(log: &Log) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the shipper needs of a stream: its logs, its sites, who is down, how far its own
+/// events may ship, and a way to tell the peers the next object's range. The stream's
+/// replication lives behind this; the shipper's own state is [`Shipping`].
+pub(crate) trait Shippable: Send + Sync + 'static {
+    fn stream(&self) -> &Stream;
+    fn sites(&self) -> &Sites;
+    fn shipping(&self) -> &Shipping;
+    fn own_log(&self) -> &Mutex<Log>;
+    fn replica_logs(&self) -> &Mutex<BTreeMap<String, Log>>;
+    /// The sites declared down, as this site last learnt.
+    fn down(&self) -> BTreeSet<String>;
+    /// How far the own log may ship (what every peer that could take over holds), or
+    /// nothing while a peer is taking this site's events over.
+    fn shippable_through(&self) -> Option<u64>;
+    /// Tells the peers the own range about to be written; whether it may be written.
+    fn announce(&self, transport: &Arc<dyn Transport>) -> impl Future<Output = bool> + Send;
+}
+
+/// The shipper's state: the sink it last wrote to, the origins it is taking over and since
+/// when each was down, the range its peers acknowledged, and its figures.
+pub(crate) struct Shipping {
+    sink_now: Mutex<Option<String>>,
+    taking_over: Mutex<BTreeSet<String>>,
+    /// Since when each site has been declared down, as this site learnt it: a takeover
+    /// waits `lease + margin` from then, so a cut-off origin has fenced itself first.
+    down_since: Mutex<BTreeMap<String, Instant>>,
+    takeover_hold: Duration,
+    /// The own range the peers acknowledged (see [`Shippable::announce`]).
+    announced: Mutex<Option<(u64, u64)>>,
+    pub objects: AtomicU64,
+    pub replays: AtomicU64,
+    /// Objects no sink took (each starts or continues a replay).
+    pub unshipped_tries: AtomicU64,
+    pub oldest_unshipped_ms: AtomicU64,
+}
+
+impl Shipping {
+    pub fn new(takeover_hold: Duration) -> Self {
+        Shipping {
+            sink_now: Mutex::new(None),
+            taking_over: Mutex::new(BTreeSet::new()),
+            down_since: Mutex::new(BTreeMap::new()),
+            takeover_hold,
+            announced: Mutex::new(None),
+            objects: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            unshipped_tries: AtomicU64::new(0),
+            oldest_unshipped_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The sink the last object went to.
+    pub fn sink_now(&self) -> Option<String> {
+        lock(&self.sink_now).clone()
+    }
+
+    /// Whether this site ships `origin`'s events now.
+    pub fn is_taking_over(&self, origin: &str) -> bool {
+        lock(&self.taking_over).contains(origin)
+    }
+
+    /// The origins this site ships for.
+    pub fn taking_over(&self) -> Vec<String> {
+        lock(&self.taking_over).iter().cloned().collect()
+    }
+}
+
 /// Which log a shipping step works on.
 #[derive(Clone)]
 enum Whose {
@@ -360,14 +428,14 @@ enum Whose {
     Replica(String),
 }
 
-fn with_log<T>(
-    s: &StreamRelay,
+fn with_log<S: Shippable, T>(
+    s: &S,
     whose: &Whose,
     f: impl FnOnce(&mut Log) -> Result<T, RelayError>,
 ) -> Result<Option<T>, RelayError> {
     match whose {
-        Whose::Own => f(&mut lock(&s.own)).map(Some),
-        Whose::Replica(o) => match lock(&s.replicas).get_mut(o) {
+        Whose::Own => f(&mut lock(s.own_log())).map(Some),
+        Whose::Replica(o) => match lock(s.replica_logs()).get_mut(o) {
             Some(l) => f(l).map(Some),
             None => Ok(None),
         },
@@ -376,13 +444,13 @@ fn with_log<T>(
 
 /// [`with_log`] on a blocking thread: the log's work syncs files (marks, spool segments
 /// removed), which must not hold up an async worker and the requests queued on it.
-async fn with_log_blocking<T: Send + 'static>(
-    s: &Arc<StreamRelay>,
+async fn with_log_blocking<S: Shippable, T: Send + 'static>(
+    s: &Arc<S>,
     whose: &Whose,
     f: impl FnOnce(&mut Log, &Stream) -> Result<T, RelayError> + Send + 'static,
 ) -> Result<Option<T>, RelayError> {
     let (s, whose) = (s.clone(), whose.clone());
-    tokio::task::spawn_blocking(move || with_log(&s, &whose, |l| f(l, &s.cfg)))
+    tokio::task::spawn_blocking(move || with_log(&*s, &whose, |l| f(l, s.stream())))
         .await
         .map_err(RelayError::stopped)?
 }
@@ -394,8 +462,8 @@ async fn with_log_blocking<T: Send + 'static>(
 /// the log has caught up (less than one batch left). An object no sink takes starts a
 /// replay: what waits meanwhile is the backlog. Events that only came in faster than one
 /// object at a time are live traffic, shipped without a pause.
-async fn ship_once(
-    s: &Arc<StreamRelay>,
+async fn ship_once<S: Shippable>(
+    s: &Arc<S>,
     sinks: &[Sink],
     whose: Whose,
     limit: u64,
@@ -407,24 +475,26 @@ async fn ship_once(
         Ok(Some(p)) => p,
         Ok(None) => return false,
         Err(e) => {
-            tracing::error!(stream = %s.cfg.name, error = %e, "relay: planning a batch");
+            tracing::error!(stream = %s.stream().name, error = %e, "relay: planning a batch");
             return false;
         }
     };
     let origin = match &whose {
-        Whose::Own => s.sites.me.clone(),
+        Whose::Own => s.sites().me.clone(),
         Whose::Replica(o) => o.clone(),
     };
-    if matches!(whose, Whose::Own) && *lock(&s.announced) != Some((plan.first, plan.last)) {
+    if matches!(whose, Whose::Own)
+        && *lock(&s.shipping().announced) != Some((plan.first, plan.last))
+    {
         if !s.announce(transport).await {
             return false;
         }
-        *lock(&s.announced) = Some((plan.first, plan.last));
+        *lock(&s.shipping().announced) = Some((plan.first, plan.last));
     }
     let mut url = None;
     if plan.events > 0 {
         let key = object_key(
-            &s.cfg.name,
+            &s.stream().name,
             &origin,
             plan.first,
             plan.last,
@@ -445,7 +515,7 @@ async fn ship_once(
         url = put(sinks, &key, body).await;
         if url.is_none() {
             *replaying = true;
-            s.counters.unshipped_tries.fetch_add(1, Ordering::Relaxed);
+            s.shipping().unshipped_tries.fetch_add(1, Ordering::Relaxed);
             return false;
         }
     }
@@ -463,7 +533,7 @@ async fn ship_once(
     let backlog = match done {
         Ok(Some((backlog, oldest))) => {
             if let Some(oldest) = oldest {
-                s.counters
+                s.shipping()
                     .oldest_unshipped_ms
                     .store(oldest, Ordering::Relaxed);
             }
@@ -471,23 +541,23 @@ async fn ship_once(
         }
         Ok(None) => 0,
         Err(e) => {
-            tracing::error!(stream = %s.cfg.name, error = %e, "relay: recording a shipped batch");
+            tracing::error!(stream = %s.stream().name, error = %e, "relay: recording a shipped batch");
             return false;
         }
     };
     if let Some(url) = url {
-        s.counters.objects.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("outlast_relay_objects_shipped_total", "stream" => s.cfg.name.clone(), "sink" => url.clone())
+        s.shipping().objects.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("outlast_relay_objects_shipped_total", "stream" => s.stream().name.clone(), "sink" => url.clone())
             .increment(1);
-        *lock(&s.sink_now) = Some(url);
+        *lock(&s.shipping().sink_now) = Some(url);
     }
     let paced = *replaying;
-    if backlog < s.cfg.batch_events {
+    if backlog < s.stream().batch_events {
         *replaying = false;
     }
     if paced {
-        s.counters.replays.fetch_add(1, Ordering::Relaxed);
-        let pause = Duration::from_secs_f64(plan.events as f64 / s.cfg.replay_rate as f64);
+        s.shipping().replays.fetch_add(1, Ordering::Relaxed);
+        let pause = Duration::from_secs_f64(plan.events as f64 / s.stream().replay_rate as f64);
         tokio::time::sleep(pause).await;
     }
     true
@@ -495,8 +565,8 @@ async fn ship_once(
 
 /// The shipping loop of a stream: own events, then the events of sites this one takes over.
 /// `own_replaying`: the own log starts as a replay (see [`ship_once`]).
-pub(crate) async fn shipper(
-    s: Arc<StreamRelay>,
+pub(crate) async fn shipper<S: Shippable>(
+    s: Arc<S>,
     sinks: Vec<Sink>,
     transport: Arc<dyn Transport>,
     stop: CancellationToken,
@@ -510,8 +580,8 @@ pub(crate) async fn shipper(
             return;
         }
         let mut progress = false;
-        if !s.sites.is_witness() {
-            if let Some(limit) = s.own_shippable() {
+        if !s.sites().is_witness() {
+            if let Some(limit) = s.shippable_through() {
                 progress |= ship_once(
                     &s,
                     &sinks,
@@ -523,9 +593,9 @@ pub(crate) async fn shipper(
                 .await;
             }
         }
-        let down = s.down.borrow().clone();
+        let down = s.down();
         let held = {
-            let mut since = lock(&s.down_since);
+            let mut since = lock(&s.shipping().down_since);
             since.retain(|o, _| down.contains(o));
             for o in &down {
                 since
@@ -534,15 +604,16 @@ pub(crate) async fn shipper(
             }
             since
                 .iter()
-                .filter(|(_, t)| t.elapsed() >= s.takeover_hold)
+                .filter(|(_, t)| t.elapsed() >= s.shipping().takeover_hold)
                 .map(|(o, _)| o.clone())
-                .collect::<std::collections::BTreeSet<String>>()
+                .collect::<BTreeSet<String>>()
         };
-        let origins: Vec<String> = lock(&s.replicas).keys().cloned().collect();
+        let origins: Vec<String> = lock(s.replica_logs()).keys().cloned().collect();
         for origin in origins {
-            let mine = held.contains(&origin) && s.sites.taker(&origin, &down) == Some(&s.sites.me);
+            let mine =
+                held.contains(&origin) && s.sites().taker(&origin, &down) == Some(&s.sites().me);
             let changed = {
-                let mut t = lock(&s.taking_over);
+                let mut t = lock(&s.shipping().taking_over);
                 if mine {
                     t.insert(origin.clone())
                 } else {
@@ -550,7 +621,7 @@ pub(crate) async fn shipper(
                 }
             };
             if changed {
-                tracing::info!(stream = %s.cfg.name, origin, taking_over = mine, "relay: takeover of a down site's events");
+                tracing::info!(stream = %s.stream().name, origin, taking_over = mine, "relay: takeover of a down site's events");
                 // All a down site left unshipped is a backlog.
                 replaying.insert(origin.clone(), mine);
             }
@@ -562,8 +633,8 @@ pub(crate) async fn shipper(
         }
         if last_oldest.elapsed() >= Duration::from_secs(1) {
             last_oldest = outlast_core::clock::now();
-            let oldest = oldest_unshipped(&lock(&s.own));
-            s.counters
+            let oldest = oldest_unshipped(&lock(s.own_log()));
+            s.shipping()
                 .oldest_unshipped_ms
                 .store(oldest, Ordering::Relaxed);
         }
@@ -580,6 +651,7 @@ pub(crate) async fn shipper(
 mod tests {
     use super::*;
     use crate::event::Event;
+    use crate::StreamRelay;
     use crate::{ReplicateResp, Sites};
     use outlast_core::config::{Ack, Sink as SinkConfig};
     use outlast_core::faults::FaultKind;
@@ -675,7 +747,7 @@ mod tests {
         faults.add(FaultKind::SinkDown { site: None }, Duration::from_secs(60));
         send(&s, "held", 1000).await;
         until("an object tried", || {
-            s.counters.unshipped_tries.load(Ordering::Relaxed) > 0
+            s.shipping().unshipped_tries.load(Ordering::Relaxed) > 0
         })
         .await;
         assert_eq!(

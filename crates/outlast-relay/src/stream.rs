@@ -2,9 +2,10 @@
 //! writer, the replicators (one per peer) and the shipper.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -15,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{self, Event};
 use crate::log::Log;
 use crate::recent::{Chunk, Recent};
+use crate::ship::{open_sinks, shipper, Shippable, Shipping, Sink};
 use crate::spool::{IdKey, Record, SpoolError, TouchAhead};
 use crate::wire::{FrameRef, FrameWriter};
-use crate::{RelayError, ReplicateReq, ReplicateResp, Sites, Transport};
+use crate::{lock, RelayError, ReplicateReq, ReplicateResp, Sites, Transport};
 
 /// A peer that answered within this long counts as live: its copy gates shipping.
 const LIVE: Duration = Duration::from_secs(2);
@@ -44,10 +46,6 @@ const NO_SPACE_SHOWN: Duration = Duration::from_secs(5);
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often a replicator sends its shipping progress when no events go.
 const HEARTBEAT: Duration = Duration::from_millis(300);
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 pub(crate) use outlast_core::clock::unix_ms as now_ms;
 
@@ -142,12 +140,7 @@ pub(crate) struct Counters {
     /// client left, or whose replication wait ran out, was still stored and will ship.
     pub stored: AtomicU64,
     pub duplicates: AtomicU64,
-    pub objects: AtomicU64,
-    pub replays: AtomicU64,
-    /// Objects no sink took (each starts or continues a replay).
-    pub unshipped_tries: AtomicU64,
     pub conflicts: AtomicU64,
-    pub oldest_unshipped_ms: AtomicU64,
 }
 
 /// A stream's figures for status and metrics.
@@ -200,19 +193,13 @@ pub struct StreamRelay {
     peers: Mutex<BTreeMap<String, PeerView>>,
     pub(crate) down: watch::Receiver<BTreeSet<String>>,
     pub(crate) counters: Counters,
-    pub(crate) sink_now: Mutex<Option<String>>,
-    pub(crate) taking_over: Mutex<BTreeSet<String>>,
-    /// Since when each site has been declared down, as this site learnt it: a takeover
-    /// waits `lease + margin` from then, so a cut-off origin has fenced itself first.
-    pub(crate) down_since: Mutex<BTreeMap<String, std::time::Instant>>,
-    pub(crate) takeover_hold: Duration,
-    /// The own range the peers acknowledged (see `announce`).
-    pub(crate) announced: Mutex<Option<(u64, u64)>>,
+    /// The shipper's own state: its sink, its takeovers, its figures.
+    shipping: Shipping,
     id_prefix: String,
     id_next: AtomicU64,
     /// The secret key of assigned ids' numbers (see `assign_id`).
     id_key: std::hash::RandomState,
-    sinks: Mutex<Option<Vec<crate::ship::Sink>>>,
+    sinks: Mutex<Option<Vec<Sink>>>,
     /// Held while a peer's frame is taken (one at a time), with the newest shipping
     /// progress taken from each origin; `received` wakes frames in order waiting their turn.
     receiving: Mutex<BTreeMap<String, (u64, u64)>>,
@@ -318,7 +305,7 @@ impl StreamRelay {
             metrics::counter!("outlast_relay_quarantined_segments_total", "stream" => cfg.name.clone())
                 .increment(quarantined);
         }
-        let sinks = crate::ship::open_sinks(&cfg, &sites.me, faults)?;
+        let sinks = open_sinks(&cfg, &sites.me, faults)?;
         Ok(Self {
             sinks: Mutex::new(Some(sinks)),
             id_prefix: {
@@ -343,11 +330,7 @@ impl StreamRelay {
             peers: Mutex::new(BTreeMap::new()),
             down,
             counters: Counters::default(),
-            sink_now: Mutex::new(None),
-            taking_over: Mutex::new(BTreeSet::new()),
-            down_since: Mutex::new(BTreeMap::new()),
-            takeover_hold,
-            announced: Mutex::new(None),
+            shipping: Shipping::new(takeover_hold),
             receiving: Mutex::new(BTreeMap::new()),
             received: std::sync::Condvar::new(),
             log_throttle: outlast_core::throttle::LogThrottle::new(ERROR_LOG_EVERY),
@@ -409,7 +392,7 @@ impl StreamRelay {
         // in the task: events taken once this returns are live, however late it first runs.
         let replaying = lock(&self.own).unshipped().0 >= self.cfg.batch_events;
         tasks.push(tokio::spawn(async move {
-            crate::ship::shipper(me, sinks, transport, stop, replaying).await
+            shipper(me, sinks, transport, stop, replaying).await
         }));
     }
 
@@ -958,7 +941,7 @@ impl StreamRelay {
     /// while the peer still holds its own copy of an id unsettled: if that copy is in the
     /// peer's intent too, each side skips its own and the event is in no object. Nothing
     /// ships while a live peer is shipping these events for this site.
-    pub(crate) fn own_shippable(&self) -> Option<u64> {
+    fn own_shippable(&self) -> Option<u64> {
         let mut floor = *self.durable.borrow();
         let down = self.down.borrow().clone();
         let peers = lock(&self.peers);
@@ -982,7 +965,7 @@ impl StreamRelay {
     /// writes that same range first, under the same key, so one event never lands in two
     /// objects. A site that cannot reach such a peer (it is the one cut off) ships nothing
     /// of its own until it can, and none once a peer says it is taking over.
-    pub(crate) async fn announce(&self, transport: &Arc<dyn Transport>) -> bool {
+    pub(crate) async fn tell_intent(&self, transport: &Arc<dyn Transport>) -> bool {
         // The replicators' frame without events: the progress and the intent only.
         let frame = match self.own_frame(None, &self.progress(None), 0, false, None) {
             Ok(Some(b)) => b.frame,
@@ -1070,7 +1053,7 @@ impl StreamRelay {
                         high,
                         conflicts: Vec::new(),
                         taken_over: shipped,
-                        taking_over: lock(&self.taking_over).contains(req.origin),
+                        taking_over: self.shipping.is_taking_over(req.origin),
                         in_order: true,
                         out_of_step: true,
                     });
@@ -1204,7 +1187,7 @@ impl StreamRelay {
             seen.insert(origin.to_string(), stamp);
         }
         let intent = req.intent.filter(|(a, _)| *a > log.shipped());
-        if newest && intent != log.intent() && !lock(&self.taking_over).contains(origin) {
+        if newest && intent != log.intent() && !self.shipping.is_taking_over(origin) {
             log.set_intent(intent)?;
         }
         log.trim(self.cfg.dedup_window, self.cfg.max_spool_bytes / 4)?;
@@ -1212,7 +1195,7 @@ impl StreamRelay {
         let taken_over = log.shipped();
         let high = log.last_seq();
         drop(reps);
-        let taking_over = lock(&self.taking_over).contains(origin);
+        let taking_over = self.shipping.is_taking_over(origin);
         Ok(ReplicateResp {
             high,
             conflicts,
@@ -1234,7 +1217,7 @@ impl StreamRelay {
             .iter()
             .map(|(n, l)| (n.clone(), l.unshipped().0))
             .collect();
-        let oldest = self.counters.oldest_unshipped_ms.load(Ordering::Relaxed);
+        let oldest = self.shipping.oldest_unshipped_ms.load(Ordering::Relaxed);
         StreamStats {
             name: self.cfg.name.clone(),
             spool_events: own_events,
@@ -1243,16 +1226,16 @@ impl StreamRelay {
             // no oldest, whatever the last refresh saw.
             oldest_unshipped_ms: (oldest > 0 && own_events > 0)
                 .then(|| now_ms().saturating_sub(oldest)),
-            sink: lock(&self.sink_now).clone(),
-            objects_shipped: self.counters.objects.load(Ordering::Relaxed),
-            replays: self.counters.replays.load(Ordering::Relaxed),
+            sink: self.shipping.sink_now(),
+            objects_shipped: self.shipping.objects.load(Ordering::Relaxed),
+            replays: self.shipping.replays.load(Ordering::Relaxed),
             quarantined_segments: quarantined,
             accepted: self.counters.accepted.load(Ordering::Relaxed),
             stored: self.counters.stored.load(Ordering::Relaxed),
             duplicates: self.counters.duplicates.load(Ordering::Relaxed),
             conflicts: self.counters.conflicts.load(Ordering::Relaxed),
             replicas,
-            taking_over: lock(&self.taking_over).iter().cloned().collect(),
+            taking_over: self.shipping.taking_over(),
             replication: lock(&self.peers)
                 .iter()
                 .map(|(n, p)| {
@@ -1348,6 +1331,33 @@ impl From<StreamStats> for outlast_core::status::StreamStatus {
             disk_free_bytes: s.disk_free_bytes,
             out_of_space: s.out_of_space,
         }
+    }
+}
+
+impl Shippable for StreamRelay {
+    fn stream(&self) -> &Stream {
+        &self.cfg
+    }
+    fn sites(&self) -> &Sites {
+        &self.sites
+    }
+    fn shipping(&self) -> &Shipping {
+        &self.shipping
+    }
+    fn own_log(&self) -> &Mutex<Log> {
+        &self.own
+    }
+    fn replica_logs(&self) -> &Mutex<BTreeMap<String, Log>> {
+        &self.replicas
+    }
+    fn down(&self) -> BTreeSet<String> {
+        self.down.borrow().clone()
+    }
+    fn shippable_through(&self) -> Option<u64> {
+        self.own_shippable()
+    }
+    fn announce(&self, transport: &Arc<dyn Transport>) -> impl Future<Output = bool> + Send {
+        self.tell_intent(transport)
     }
 }
 

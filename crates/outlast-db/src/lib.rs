@@ -1,0 +1,37 @@
+//! outlast-db: the dataset members an agent runs.
+//!
+//! A member is one server of a dataset on this site. Its role comes only from the committed
+//! cluster state (the primary of the dataset's service, and whether this site acts as that
+//! primary now): [`member::run`] reconciles the server to it, over and over. It never makes
+//! a server writable on its own say: it promotes only while the agent says this site acts,
+//! and it stops a writable server as soon as the agent says this site does not.
+
+pub mod member;
+pub mod postgres;
+
+pub use member::{MemberStatus, Role, Want};
+pub use postgres::{PgError, PgSpec, Postgres};
+
+/// The password of outlast's own role in a dataset (superuser and replication), derived from
+/// the cluster secret so every agent knows it and no file holds it.
+pub fn admin_password(cluster_secret: &str, dataset: &str) -> String {
+    let mut h = blake3::Hasher::new_derive_key("outlast 2026 dataset admin password");
+    h.update(cluster_secret.as_bytes());
+    h.update(b"\0");
+    h.update(dataset.as_bytes());
+    hex::encode(&h.finalize().as_bytes()[..24])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_password_depends_on_the_secret_and_the_dataset() {
+        let a = admin_password("s3cret-s3cret-s3cret", "orders");
+        assert_eq!(a, admin_password("s3cret-s3cret-s3cret", "orders"));
+        assert_ne!(a, admin_password("s3cret-s3cret-s3cret", "carts"));
+        assert_ne!(a, admin_password("other-secret-value", "orders"));
+        assert_eq!(a.len(), 48);
+    }
+}

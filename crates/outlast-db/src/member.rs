@@ -1,0 +1,411 @@
+//! The reconcile loop of one member: what the committed state wants of this site's server
+//! ([`Want`], from the agent) against what the server is, one step at a time.
+//!
+//! The rules, in the order a step applies them:
+//! 1. A server that takes writes while this site does not act as the dataset's primary is
+//!    stopped at once (fast: sessions end and the standbys get every WAL record; immediate
+//!    after a second). The gateway has refused already; this is the layer under it, for
+//!    clients connected straight to the server. `default_transaction_read_only` is no fence
+//!    (a session can turn it off), so the server stops.
+//! 2. Acting primary: a cluster is made on an empty data dir only when no other member's
+//!    server answers (a wiped disk never starts an empty primary beside a live copy); a
+//!    standby is promoted; a stopped primary is started. Then every other member gets a
+//!    replication slot, and `synchronous_standby_names` names the standbys that must hold
+//!    each commit.
+//! 3. Standby of another member: an empty data dir is cloned from it; a former primary is
+//!    rewound to it once it is promoted (its diverged history archived first, a fresh clone
+//!    when the rewind fails); a stopped standby is started; a running one is repointed.
+//! 4. No primary committed yet: nothing starts writable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::postgres::{format_lsn, sync_names, PgError, Postgres, StopMode};
+
+/// What the committed state wants of this site's member.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Want {
+    /// The dataset's committed primary (its service's), if any.
+    pub primary: Option<String>,
+    /// This site acts as that primary now: it holds its lease and the old primary's lease is
+    /// surely over.
+    pub acting: bool,
+    /// The epoch of the last move of the primary.
+    pub epoch: u64,
+    /// Sites the quorum has declared down.
+    pub down: BTreeSet<String>,
+    /// `replication = "sync"`.
+    pub sync: bool,
+    /// `standby_lost = "block"`: in sync mode, writes wait when every standby is down.
+    pub block_when_alone: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Standby,
+    Fenced,
+    #[default]
+    Down,
+    Cloning,
+    Rewinding,
+}
+
+/// A diverged history kept before a rewind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diverged {
+    pub site: String,
+    pub epoch: u64,
+    /// The member's last position before the rewind.
+    pub to_lsn: Option<String>,
+    pub path: String,
+}
+
+/// What this site's member is, for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MemberStatus {
+    pub site: String,
+    pub role: Role,
+    pub lsn: Option<String>,
+    /// Standby: bytes received but not replayed.
+    pub lag_bytes: Option<u64>,
+    /// Standby: ms since the last replayed commit was made on the primary.
+    pub lag_ms: Option<u64>,
+    /// Primary: each standby streaming from it, and its sync state (sync, quorum, async).
+    pub standbys: BTreeMap<String, String>,
+    /// Primary: `synchronous_standby_names` now.
+    pub sync_names: Option<String>,
+    /// When this site's server last became the primary (ms since the epoch).
+    pub promoted_at_ms: Option<u64>,
+    pub diverged: Vec<Diverged>,
+    pub error: Option<String>,
+}
+
+/// The loop: one step at least every 100 ms and at each change of `want`, until `stop`;
+/// then the server is left as it is (a restarted agent adopts it).
+pub async fn run(
+    pg: Postgres,
+    mut want: watch::Receiver<Want>,
+    status: watch::Sender<MemberStatus>,
+    stop: CancellationToken,
+) {
+    let mut m = Member::new(pg);
+    let mut retry_at = outlast_core::clock::now();
+    loop {
+        let w = want.borrow_and_update().clone();
+        if outlast_core::clock::now() >= retry_at {
+            match m.step(&w).await {
+                Ok(()) => m.status.error = None,
+                Err(e) => {
+                    tracing::warn!(dataset = %m.pg.spec.dataset, error = %e, "db: a step failed; trying again");
+                    m.status.error = Some(e.to_string());
+                    m.client = None;
+                    retry_at = outlast_core::clock::now() + Duration::from_millis(500);
+                }
+            }
+        }
+        status.send_if_modified(|cur| {
+            let changed = *cur != m.status;
+            if changed {
+                *cur = m.status.clone();
+            }
+            changed
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = want.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+struct Member {
+    pg: Postgres,
+    client: Option<tokio_postgres::Client>,
+    /// The primary the running standby was last pointed at.
+    pointed_at: Option<String>,
+    /// Slots made since this server became the primary.
+    slots_made: bool,
+    status: MemberStatus,
+}
+
+impl Member {
+    fn new(pg: Postgres) -> Self {
+        let site = pg.spec.me.clone();
+        Member {
+            pg,
+            client: None,
+            pointed_at: None,
+            slots_made: false,
+            status: MemberStatus {
+                site,
+                ..MemberStatus::default()
+            },
+        }
+    }
+
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, PgError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            self.client = Some(self.pg.connect("postgres").await?);
+        }
+        self.client
+            .as_ref()
+            .ok_or_else(|| PgError::Refused("no connection".into()))
+    }
+
+    /// Whether the server on the data dir takes writes: it runs and is not a standby.
+    fn writable(&self) -> bool {
+        self.pg.postmaster_pid().is_some() && !self.pg.is_standby_dir()
+    }
+
+    async fn step(&mut self, w: &Want) -> Result<(), PgError> {
+        let me = self.pg.spec.me.clone();
+        let primary_here = w.acting && w.primary.as_deref() == Some(me.as_str());
+        if !primary_here && self.writable() {
+            tracing::warn!(dataset = %self.pg.spec.dataset, "db: this site does not act as the primary; stopping its writable server");
+            self.client = None;
+            self.pg.stop(StopMode::Fast, Duration::from_secs(1)).await?;
+            self.status.role = Role::Fenced;
+            metrics::counter!("outlast_db_fenced_total", "dataset" => self.pg.spec.dataset.clone())
+                .increment(1);
+        }
+        match w.primary.as_deref() {
+            Some(p) if p == me && w.acting => self.be_primary(w).await,
+            Some(p) if p != me => self.be_standby(p, w).await,
+            _ => self.observe_only().await,
+        }
+    }
+
+    async fn observe_only(&mut self) -> Result<(), PgError> {
+        if self.pg.postmaster_pid().is_none() {
+            if self.status.role != Role::Fenced {
+                self.status.role = Role::Down;
+            }
+            return Ok(());
+        }
+        self.observe().await
+    }
+
+    async fn observe(&mut self) -> Result<(), PgError> {
+        let pg = self.pg.clone();
+        let c = self.client().await?;
+        let o = pg.observe(c).await?;
+        self.status.role = if o.in_recovery {
+            Role::Standby
+        } else {
+            Role::Primary
+        };
+        self.status.lsn = Some(format_lsn(o.lsn));
+        if o.in_recovery {
+            self.status.lag_bytes = Some(o.received.saturating_sub(o.lsn));
+            self.status.lag_ms = o.replay_age_ms;
+            self.status.standbys.clear();
+            self.status.sync_names = None;
+        } else {
+            self.status.lag_bytes = None;
+            self.status.lag_ms = None;
+            self.status.standbys = o
+                .standbys
+                .iter()
+                .map(|(k, (_, st))| (k.clone(), st.clone()))
+                .collect();
+            self.status.sync_names = Some(o.sync_names.clone());
+        }
+        Ok(())
+    }
+
+    async fn be_primary(&mut self, w: &Want) -> Result<(), PgError> {
+        let pg = self.pg.clone();
+        if !pg.has_data() {
+            if self.another_member_answers().await {
+                return Err(PgError::Refused(
+                    "the data dir is empty and another member's server runs: this site will not start an empty primary beside it; move the primary to a member with data".into(),
+                ));
+            }
+            self.status.role = Role::Cloning;
+            pg.initdb().await?;
+            self.slots_made = false;
+            self.status.promoted_at_ms = Some(outlast_core::clock::unix_ms());
+        }
+        if pg.postmaster_pid().is_none() {
+            // A standby dir starts as a standby and is promoted below; a primary dir starts
+            // as the primary it was.
+            let standby = pg.is_standby_dir();
+            let up = if standby {
+                self.pointed_at.clone()
+            } else {
+                None
+            };
+            pg.configure(standby, up.as_deref(), &self.current_sync_names())
+                .await?;
+            pg.start().await?;
+            self.client = None;
+        }
+        if pg.is_standby_dir() {
+            let t = outlast_core::clock::now();
+            let c = self.client().await?;
+            pg.promote(c).await?;
+            self.pointed_at = None;
+            self.slots_made = false;
+            self.status.promoted_at_ms = Some(outlast_core::clock::unix_ms());
+            metrics::histogram!("outlast_db_promote_seconds", "dataset" => pg.spec.dataset.clone())
+                .record(t.elapsed().as_secs_f64());
+            tracing::info!(dataset = %pg.spec.dataset, epoch = w.epoch, took_ms = t.elapsed().as_millis() as u64, "db: promoted this site's server");
+        }
+        if !self.slots_made {
+            let c = self.client().await?;
+            pg.ensure_slots(c).await?;
+            self.slots_made = true;
+        }
+        self.observe().await?;
+        let want = self.sync_set(w);
+        let names = sync_names(&want);
+        if self.status.sync_names.as_deref() != Some(names.as_str()) {
+            let c = self.client().await?;
+            pg.set_sync(c, &names).await?;
+            tracing::info!(dataset = %pg.spec.dataset, sync = %names, "db: synchronous standbys set");
+            self.status.sync_names = Some(names);
+        }
+        Ok(())
+    }
+
+    /// `synchronous_standby_names` as the server has it now (empty when unknown).
+    fn current_sync_names(&self) -> String {
+        self.status.sync_names.clone().unwrap_or_default()
+    }
+
+    /// The standbys that must hold each commit. Sync mode: every other member whose site
+    /// is not declared down and that streams now or is in the set already (so a member
+    /// joins once it streams, and leaves only when the quorum declares its site down).
+    /// With every one of them down, `block` keeps them all (writes wait) and `degrade` goes
+    /// on alone. Async mode: none.
+    fn sync_set(&self, w: &Want) -> Vec<String> {
+        if !w.sync {
+            return Vec::new();
+        }
+        let me = &self.pg.spec.me;
+        let others: Vec<String> = self
+            .pg
+            .spec
+            .members
+            .keys()
+            .filter(|s| *s != me)
+            .cloned()
+            .collect();
+        let current = self.current_sync_names();
+        let live: Vec<String> = others
+            .iter()
+            .filter(|s| !w.down.contains(*s))
+            .filter(|s| {
+                self.status.standbys.contains_key(*s) || current.contains(&format!("\"{s}\""))
+            })
+            .cloned()
+            .collect();
+        if live.is_empty() && w.block_when_alone {
+            return others;
+        }
+        live
+    }
+
+    async fn another_member_answers(&self) -> bool {
+        for (site, addr) in &self.pg.spec.members {
+            if *site == self.pg.spec.me {
+                continue;
+            }
+            let a = std::net::SocketAddr::new(*addr, self.pg.spec.port);
+            if tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(a),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether `site`'s server is a primary now.
+    async fn is_primary(&self, site: &str) -> bool {
+        let mut other = self.pg.clone();
+        other.spec.me = site.to_string();
+        let Ok(c) = other.connect("postgres").await else {
+            return false;
+        };
+        c.query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .ok()
+            .and_then(|r| r.try_get::<_, bool>(0).ok())
+            .is_some_and(|rec| !rec)
+    }
+
+    async fn be_standby(&mut self, primary: &str, w: &Want) -> Result<(), PgError> {
+        let pg = self.pg.clone();
+        if !pg.has_data() {
+            if !self.is_primary(primary).await {
+                self.status.role = Role::Down;
+                return Ok(());
+            }
+            self.status.role = Role::Cloning;
+            pg.clone_from(primary).await?;
+            self.pointed_at = Some(primary.to_string());
+        } else if !pg.is_standby_dir() {
+            // A former primary, stopped (rule 1 stopped it, or it crashed).
+            if pg.postmaster_pid().is_some() {
+                return Ok(());
+            }
+            if !self.is_primary(primary).await {
+                self.status.role = Role::Fenced;
+                return Ok(());
+            }
+            self.status.role = Role::Rewinding;
+            let before = self.status.lsn.clone();
+            if let Some(dir) = pg.rewind_to(primary, w.epoch).await? {
+                metrics::counter!("outlast_db_diverged_total", "dataset" => pg.spec.dataset.clone())
+                    .increment(1);
+                self.status.diverged.push(Diverged {
+                    site: pg.spec.me.clone(),
+                    epoch: w.epoch,
+                    to_lsn: before,
+                    path: dir.display().to_string(),
+                });
+            }
+            self.pointed_at = Some(primary.to_string());
+        }
+        if pg.postmaster_pid().is_none() {
+            pg.configure(true, Some(primary), "").await?;
+            pg.start().await?;
+            self.client = None;
+            self.pointed_at = Some(primary.to_string());
+            self.slots_made = false;
+        }
+        if self.pointed_at.as_deref() != Some(primary) {
+            let c = self.client().await?;
+            pg.repoint(c, primary).await?;
+            tracing::info!(dataset = %pg.spec.dataset, primary, "db: standby repointed");
+            self.pointed_at = Some(primary.to_string());
+        }
+        self.observe().await?;
+        // Slots kept from a time as primary would hold WAL for nobody.
+        if !self.slots_made && self.status.role == Role::Standby {
+            let c = self.client().await?;
+            let _ = c
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active AND slot_name LIKE 'outlast\\_%'",
+                    &[],
+                )
+                .await;
+            self.slots_made = true;
+        }
+        Ok(())
+    }
+}
