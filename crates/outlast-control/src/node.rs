@@ -183,6 +183,10 @@ pub struct Node {
     failovers: std::collections::VecDeque<FailoverLog>,
     /// Phases seen outside a tick (published), reported with the next tick.
     new_phases: Vec<(String, &'static str, u64)>,
+    /// Services whose state here still takes writes though this site no longer acts for
+    /// them (a database server being stopped): reported as acting until they let go, so a
+    /// successor does not act on "it said so" before then.
+    holding: BTreeSet<String>,
 }
 
 impl Node {
@@ -225,6 +229,7 @@ impl Node {
             links_alerted: BTreeSet::new(),
             failovers: std::collections::VecDeque::new(),
             new_phases: Vec::new(),
+            holding: BTreeSet::new(),
             cfg,
         }
     }
@@ -250,6 +255,11 @@ impl Node {
     /// current: a voter must never grant a lease with a log it thinks older than it is.
     pub fn set_log_epoch(&mut self, epoch: u64) {
         self.log_epoch = self.log_epoch.max(epoch);
+    }
+
+    /// The services whose local state still takes writes (see `holding`).
+    pub fn set_holding(&mut self, holding: BTreeSet<String>) {
+        self.holding = holding;
     }
 
     pub fn set_health(&mut self, health: BTreeMap<String, ServiceView>) {
@@ -552,7 +562,15 @@ impl Node {
             fenced: !self.holds_lease(now_ms),
             peers,
             services: self.health.clone(),
-            acting: self.acting(now_ms),
+            acting: {
+                let mut acting = self.acting(now_ms);
+                for s in &self.holding {
+                    if !acting.contains(s) {
+                        acting.push(s.clone());
+                    }
+                }
+                acting
+            },
             leader: self.leader_heard(now_ms),
             grant_age_ms: self.grant_ages(now_ms),
         }

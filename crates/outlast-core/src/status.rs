@@ -28,6 +28,54 @@ pub struct Status {
     /// When the answering site made this answer (Unix ms, its clock).
     #[serde(default)]
     pub at_ms: u64,
+    /// The datasets (databases the agents run), as the answering site sees them.
+    #[serde(default)]
+    pub datasets: Vec<DatasetStatus>,
+}
+
+/// One dataset: its committed primary and each member as the answering site sees it (its
+/// own member from its own loop, the others by asking their servers).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatasetStatus {
+    pub name: String,
+    pub kind: String,
+    /// The committed primary (its service's).
+    pub primary: Option<String>,
+    pub epoch: u64,
+    /// `sync` or `async`.
+    pub replication: String,
+    pub members: Vec<DatasetMemberStatus>,
+    /// Diverged histories kept before rewinds, on this site.
+    pub diverged: Vec<DivergedStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatasetMemberStatus {
+    pub site: String,
+    /// primary | standby | fenced | down | cloning | rewinding (unknown: not reachable from
+    /// the answering site).
+    pub role: String,
+    /// The WAL position (primary: written; standby: replayed), as PostgreSQL writes it.
+    pub lsn: Option<String>,
+    /// Standby: bytes behind the primary's position.
+    pub lag_bytes: Option<u64>,
+    /// Standby: ms since the last replayed commit was made on the primary.
+    pub lag_ms: Option<u64>,
+    /// Standby: its state in the primary's eyes (sync, quorum, async, potential).
+    pub sync: Option<String>,
+    /// The last error of the member's loop (answering site's member only).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DivergedStatus {
+    pub site: String,
+    pub epoch: u64,
+    /// Where the member's history ended before the rewind.
+    pub to_lsn: Option<String>,
+    /// The archive: `data/` (starts read-only) and `wal.txt` (pg_waldump listing).
+    pub path: String,
 }
 
 /// One primary move and its phases (wall-clock ms since the Unix epoch, as the answering

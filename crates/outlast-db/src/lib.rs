@@ -9,8 +9,8 @@
 pub mod member;
 pub mod postgres;
 
-pub use member::{MemberStatus, Role, Want};
-pub use postgres::{PgError, PgSpec, Postgres};
+pub use member::{holds_writes, watch_others, MemberStatus, Remote, Role, Want};
+pub use postgres::{find_bin_dir, PgError, PgSpec, Postgres};
 
 /// The password of outlast's own role in a dataset (superuser and replication), derived from
 /// the cluster secret so every agent knows it and no file holds it.

@@ -84,6 +84,80 @@ pub struct MemberStatus {
     pub promoted_at_ms: Option<u64>,
     pub diverged: Vec<Diverged>,
     pub error: Option<String>,
+    /// `lsn` as a byte position.
+    #[serde(skip)]
+    pub lsn_pos: Option<u64>,
+}
+
+/// Another member's server as this site sees it (see [`watch_others`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Remote {
+    /// None: its server did not answer.
+    pub role: Option<Role>,
+    pub lsn: Option<u64>,
+    pub replay_age_ms: Option<u64>,
+}
+
+/// Asks every other member's server, once a second, whether it is a primary or a standby
+/// and where its WAL is, for status. Apart from the member loop, so that a server that
+/// does not answer never delays a fence or a promotion.
+pub async fn watch_others(
+    pg: Postgres,
+    out: watch::Sender<BTreeMap<String, Remote>>,
+    stop: CancellationToken,
+) {
+    let others: Vec<String> = pg
+        .spec
+        .members
+        .keys()
+        .filter(|s| **s != pg.spec.me)
+        .cloned()
+        .collect();
+    let mut clients: BTreeMap<String, tokio_postgres::Client> = BTreeMap::new();
+    loop {
+        let mut seen = BTreeMap::new();
+        for site in &others {
+            let mut them = pg.clone();
+            them.spec.me = site.clone();
+            if clients.get(site).is_some_and(|c| c.is_closed()) {
+                clients.remove(site);
+            }
+            if !clients.contains_key(site) {
+                if let Ok(c) = them.connect("postgres").await {
+                    clients.insert(site.clone(), c);
+                }
+            }
+            let mut r = Remote::default();
+            if let Some(c) = clients.get(site) {
+                match tokio::time::timeout(Duration::from_secs(2), them.observe(c)).await {
+                    Ok(Ok(o)) => {
+                        r.role = Some(if o.in_recovery {
+                            Role::Standby
+                        } else {
+                            Role::Primary
+                        });
+                        r.lsn = Some(o.lsn);
+                        r.replay_age_ms = o.replay_age_ms;
+                    }
+                    _ => {
+                        clients.remove(site);
+                    }
+                }
+            }
+            seen.insert(site.clone(), r);
+        }
+        out.send_if_modified(|cur| {
+            let changed = *cur != seen;
+            if changed {
+                *cur = seen;
+            }
+            changed
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// The loop: one step at least every 100 ms and at each change of `want`, until `stop`;
@@ -204,6 +278,7 @@ impl Member {
             Role::Primary
         };
         self.status.lsn = Some(format_lsn(o.lsn));
+        self.status.lsn_pos = Some(o.lsn);
         if o.in_recovery {
             self.status.lag_bytes = Some(o.received.saturating_sub(o.lsn));
             self.status.lag_ms = o.replay_age_ms;
@@ -408,4 +483,12 @@ impl Member {
         }
         Ok(())
     }
+}
+
+/// Whether this site's server takes writes while the committed state does not want it
+/// to (the agent reports the dataset's service as still acting until it stops).
+pub fn holds_writes(pg: &Postgres, w: &Want) -> bool {
+    let me = pg.spec.me.as_str();
+    let wanted = w.acting && w.primary.as_deref() == Some(me);
+    !wanted && pg.postmaster_pid().is_some() && !pg.is_standby_dir()
 }

@@ -202,6 +202,31 @@ fn cidr(addr: &str) -> String {
     }
 }
 
+/// Where PostgreSQL's programs are: `pg_config --bindir` when it is on the path, else the
+/// newest `/usr/lib/postgresql/*/bin` (Debian's layout).
+pub fn find_bin_dir() -> Option<PathBuf> {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
 /// `synchronous_standby_names` for a set of standbys: any one of them must have each commit.
 pub fn sync_names(standbys: &[String]) -> String {
     if standbys.is_empty() {

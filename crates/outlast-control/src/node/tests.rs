@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use outlast_core::config::{Failback, Mode};
 
@@ -154,6 +154,29 @@ fn a_new_primary_acts_at_once_when_the_old_one_let_go() {
     let mut west = west_promoted(at);
     west.on_report(report("east", 1, &["db"], 0), at + 20);
     assert!(west.acting(at + 30).is_empty());
+}
+
+#[test]
+fn an_old_primary_reports_acting_while_its_state_still_takes_writes() {
+    let at = 5_000;
+    let mut east = Node::new(cfg("east"), initial(), 0);
+    let (state, decisions) = moved();
+    east.applied(&state, &decisions, at);
+    assert!(
+        east.acting(at + 10).is_empty(),
+        "the move took db from east"
+    );
+    // Its database server is still writable: its reports say so, and west waits.
+    east.set_holding(["db".to_string()].into_iter().collect());
+    let r = east.report(at + 10);
+    assert_eq!(r.acting, vec!["db".to_string()]);
+    let mut west = west_promoted(at);
+    west.on_report(r, at + 20);
+    assert!(west.acting(at + 30).is_empty());
+    // Stopped: it lets go, and west acts at once.
+    east.set_holding(BTreeSet::new());
+    west.on_report(east.report(at + 40), at + 50);
+    assert_eq!(west.acting(at + 60), vec!["db".to_string()]);
 }
 
 #[test]

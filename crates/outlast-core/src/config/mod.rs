@@ -4,6 +4,7 @@
 //! spans), then [`validate`] checks the meaning and collects every problem, each with the
 //! file, line, column and a fix, before anything starts.
 
+mod datasets;
 mod raw;
 mod recover;
 mod validate;
@@ -95,6 +96,7 @@ pub struct Config {
     pub dns: Option<Dns>,
     pub services: Vec<Service>,
     pub streams: Vec<Stream>,
+    pub datasets: Vec<Dataset>,
     pub alerts: Vec<Alert>,
     pub api: Api,
     /// Things that work but are likely not what was meant (`outlast check` prints them).
@@ -246,8 +248,71 @@ pub struct Service {
     /// Client connections the gateway holds open at once on each site; over it a new one
     /// is answered at once (HTTP 503 + `Retry-After`; TCP closed).
     pub max_connections: usize,
+    /// The dataset whose primary this service follows (its primary is the dataset's).
+    pub dataset: Option<String>,
     /// Backends per site name.
     pub backends: BTreeMap<String, Vec<SocketAddr>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    Postgres,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// A commit returns once a member in another site has it.
+    Sync,
+    /// Standbys may trail; a failover can lose what they had not received.
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StandbyLost {
+    /// The primary goes on alone (and alerts) once every standby's site is declared down.
+    Degrade,
+    /// Writes wait until a standby is back.
+    Block,
+}
+
+/// `[[datasets]]`: state with one writable primary, run and moved by the agents.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dataset {
+    pub name: String,
+    pub kind: DatasetKind,
+    /// The preferred primary.
+    pub primary: String,
+    pub failback: Failback,
+    pub replication: Replication,
+    pub standby_lost: StandbyLost,
+    /// Async: a standby further behind is never promoted by itself.
+    pub max_lag_bytes: u64,
+    pub port: u16,
+    /// Member site → its data dir (absolute).
+    pub members: BTreeMap<String, PathBuf>,
+    pub postgres: PostgresOptions,
+    /// The service clients reach it through (exactly one names it in `dataset`).
+    pub service: String,
+}
+
+/// `[datasets.postgres]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresOptions {
+    /// Where initdb, pg_ctl, pg_basebackup and pg_rewind are; none: found at start.
+    pub bin_dir: Option<PathBuf>,
+    /// The server runs as this user when the agent runs as root.
+    pub os_user: String,
+    pub database: String,
+    pub user: String,
+    #[serde(skip)]
+    pub password: String,
+    /// More addresses or networks (CIDR) that may log in as `user`, besides the data sites.
+    pub allow: Vec<String>,
+    pub settings: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -22,6 +22,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub streams: Vec<S<RawStream>>,
     #[serde(default)]
+    pub datasets: Vec<S<RawDataset>>,
+    #[serde(default)]
     pub alerts: Vec<S<RawAlert>>,
     #[serde(default)]
     pub api: Option<S<RawApi>>,
@@ -94,6 +96,7 @@ pub struct RawService {
     pub port: S<u16>,
     pub check: Option<S<RawCheck>>,
     pub max_connections: Option<S<u64>>,
+    pub dataset: Option<S<String>>,
     #[serde(default)]
     pub backends: BTreeMap<S<String>, S<Vec<S<String>>>>,
 }
@@ -155,4 +158,40 @@ pub struct RawApi {
     pub token_file: Option<S<String>>,
     pub max_connections: Option<S<u64>>,
     pub ingest: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataset {
+    pub name: S<String>,
+    pub kind: Option<S<String>>,
+    pub primary: Option<S<String>>,
+    pub failback: Option<S<String>>,
+    pub replication: Option<S<String>>,
+    pub standby_lost: Option<S<String>>,
+    pub max_lag: Option<S<String>>,
+    pub port: S<u16>,
+    #[serde(default)]
+    pub members: BTreeMap<S<String>, S<RawMember>>,
+    pub postgres: Option<S<RawPostgres>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    pub data_dir: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub bin_dir: Option<S<String>>,
+    pub os_user: Option<S<String>>,
+    pub database: Option<S<String>>,
+    pub user: Option<S<String>>,
+    pub password: Option<S<String>>,
+    pub password_file: Option<S<String>>,
+    pub allow: Option<S<Vec<S<String>>>>,
+    #[serde(default)]
+    pub settings: BTreeMap<S<String>, S<String>>,
 }

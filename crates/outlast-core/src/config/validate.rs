@@ -13,23 +13,33 @@ use crate::duration::{format_duration, parse_duration};
 /// The most probes `fall` or `rise` may count.
 const MAX_COUNT: u32 = 1000;
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
     problems: Vec<Problem>,
 }
 
 impl Ctx<'_> {
-    fn at(&mut self, span: Range<usize>, what: impl Into<String>, fix: impl Into<String>) {
+    pub(super) fn at(
+        &mut self,
+        span: Range<usize>,
+        what: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
         self.problems
             .push(Problem::at(self.file, self.text, span.start, what, fix));
     }
 
-    fn line_of(&self, span: &Range<usize>) -> usize {
+    pub(super) fn line_of(&self, span: &Range<usize>) -> usize {
         line_col(self.text, span.start).0
     }
 
-    fn duration(&mut self, field: &str, value: Option<&S<String>>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        field: &str,
+        value: Option<&S<String>>,
+        default: Duration,
+    ) -> Duration {
         let Some(v) = value else { return default };
         match parse_duration(v.get_ref()) {
             Ok(d) => d,
@@ -45,7 +55,7 @@ impl Ctx<'_> {
     }
 
     /// A listener's connection cap: at least 1, at most a million.
-    fn connections(&mut self, value: Option<&S<u64>>, default: usize) -> usize {
+    pub(super) fn connections(&mut self, value: Option<&S<u64>>, default: usize) -> usize {
         let Some(v) = value else { return default };
         match usize::try_from(*v.get_ref()) {
             Ok(n) if (1..=1_000_000).contains(&n) => n,
@@ -61,7 +71,7 @@ impl Ctx<'_> {
     }
 
     /// A port something listens on: 0 would mean "any free port", which no peer can find.
-    fn port(&mut self, field: &str, value: &S<u16>) {
+    pub(super) fn port(&mut self, field: &str, value: &S<u16>) {
         if *value.get_ref() == 0 {
             self.at(
                 value.span(),
@@ -71,7 +81,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn choice<T: Copy>(
+    pub(super) fn choice<T: Copy>(
         &mut self,
         field: &str,
         value: Option<&S<String>>,
@@ -188,11 +198,11 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
 }
 
 /// A secret, token or key file: a small regular file only (see [`crate::files`]).
-fn read_secret(path: &Path) -> Result<String, crate::files::ReadError> {
+pub(super) fn read_secret(path: &Path) -> Result<String, crate::files::ReadError> {
     crate::files::read_text(path, crate::files::MAX_SECRET_BYTES)
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
+pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
         p.to_path_buf()
@@ -211,11 +221,13 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         .map(|(i, s)| (s.name.clone(), i))
         .collect();
     let dns = raw.dns.as_ref().map(|d| dns(ctx, d, base));
-    let services = services(ctx, &raw.services, &sites, &site_names, &timing);
+    let mut datasets = super::datasets::datasets(ctx, &raw.datasets, &sites, &site_names, base);
+    let services = services(ctx, &raw.services, &sites, &site_names, &timing, &datasets);
+    super::datasets::link(ctx, &raw.services, &services, &mut datasets, &raw.datasets);
     let streams = streams(ctx, &raw.streams, &site_names, base);
     let alerts = alerts(ctx, &raw.alerts);
     let api = api(ctx, raw.api.as_ref(), base);
-    clashes(ctx, &raw, &sites, dns.as_ref(), &services);
+    clashes(ctx, &raw, &sites, dns.as_ref(), &services, &datasets);
     let mut warnings = Vec::new();
     if dns.is_none() {
         for r in &raw.services {
@@ -243,6 +255,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         dns,
         services,
         streams,
+        datasets,
         alerts,
         api,
         warnings,
@@ -553,6 +566,7 @@ fn services(
     sites: &[Site],
     site_names: &HashMap<String, usize>,
     timing: &Timing,
+    datasets: &[Dataset],
 ) -> Vec<Service> {
     let mut out = Vec::new();
     let mut seen: HashMap<String, Range<usize>> = HashMap::new();
@@ -590,16 +604,30 @@ fn services(
                 dns_seen.insert(key, d.span());
             }
         }
+        // A service in front of a dataset is a TCP primary-standby service by default, and
+        // can be nothing else.
+        let dataset = r
+            .dataset
+            .as_ref()
+            .and_then(|d| datasets.iter().find(|x| x.name == *d.get_ref()));
         let protocol = ctx.choice(
             "protocol",
             r.protocol.as_ref(),
-            Protocol::Http,
+            if dataset.is_some() {
+                Protocol::Tcp
+            } else {
+                Protocol::Http
+            },
             &[("http", Protocol::Http), ("tcp", Protocol::Tcp)],
         );
         let mode = ctx.choice(
             "mode",
             r.mode.as_ref(),
-            Mode::ActiveActive,
+            if dataset.is_some() {
+                Mode::PrimaryStandby
+            } else {
+                Mode::ActiveActive
+            },
             &[
                 ("active-active", Mode::ActiveActive),
                 ("primary-standby", Mode::PrimaryStandby),
@@ -608,9 +636,52 @@ fn services(
         let failback = ctx.choice(
             "failback",
             r.failback.as_ref(),
-            Failback::Auto,
+            dataset.map(|d| d.failback).unwrap_or(Failback::Auto),
             &[("auto", Failback::Auto), ("manual", Failback::Manual)],
         );
+        if let Some(d) = dataset {
+            let wrong = [
+                (
+                    protocol != Protocol::Tcp,
+                    r.protocol.as_ref(),
+                    "protocol = \"tcp\"",
+                ),
+                (
+                    mode != Mode::PrimaryStandby,
+                    r.mode.as_ref(),
+                    "mode = \"primary-standby\"",
+                ),
+                (
+                    failback != d.failback,
+                    r.failback.as_ref(),
+                    "the dataset's failback (or none)",
+                ),
+            ];
+            for (bad, field, fix) in wrong {
+                if let (true, Some(f)) = (bad, field) {
+                    ctx.at(
+                        f.span(),
+                        format!(
+                            "service \"{name}\" leads to dataset \"{}\" and cannot be {}",
+                            d.name,
+                            f.get_ref()
+                        ),
+                        format!("use {fix}"),
+                    );
+                }
+            }
+            if let Some(p) = r.primary.as_ref().filter(|p| *p.get_ref() != d.primary) {
+                ctx.at(
+                    p.span(),
+                    format!(
+                        "service \"{name}\" has primary \"{}\" but its dataset's is \"{}\"",
+                        p.get_ref(),
+                        d.primary
+                    ),
+                    "drop primary here: the service's primary is always its dataset's",
+                );
+            }
+        }
         let mut backends: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
         for (site, list) in &r.backends {
             let site_name = site.get_ref().clone();
@@ -640,8 +711,19 @@ fn services(
             }
             backends.insert(site_name, addrs);
         }
+        // A dataset's service reaches each member's server unless told otherwise.
+        if let (Some(d), true) = (dataset, backends.is_empty()) {
+            for site in d.members.keys() {
+                if let Some(s) = sites.iter().find(|s| s.name == *site) {
+                    backends.insert(site.clone(), vec![SocketAddr::new(s.address, d.port)]);
+                }
+            }
+        }
         let has_backends = |site: &str| backends.get(site).is_some_and(|b| !b.is_empty());
-        let mut primary = r.primary.as_ref().map(|p| p.get_ref().clone());
+        let mut primary = match dataset {
+            Some(d) => Some(d.primary.clone()),
+            None => r.primary.as_ref().map(|p| p.get_ref().clone()),
+        };
         if let Some(p) = &r.primary {
             if !site_names.contains_key(p.get_ref()) {
                 ctx.at(
@@ -686,6 +768,7 @@ fn services(
             port: *r.port.get_ref(),
             check,
             max_connections,
+            dataset: dataset.map(|d| d.name.clone()),
             backends,
         });
     }
@@ -1035,6 +1118,7 @@ fn clashes(
     sites: &[Site],
     dns: Option<&Dns>,
     services: &[Service],
+    datasets: &[Dataset],
 ) {
     let mut used: HashMap<SocketAddr, String> = HashMap::new();
     let mut claim = |ctx: &mut Ctx<'_>, addr: SocketAddr, who: String, span: Range<usize>| {
@@ -1101,9 +1185,28 @@ fn clashes(
             }
         }
     }
+    // A dataset's servers listen on their sites' addresses (after the backend check: a
+    // dataset service's backends are these servers).
+    for (d, rd) in datasets.iter().zip(&raw.datasets) {
+        for site in d.members.keys() {
+            if let Some(s) = sites.iter().find(|s| s.name == *site) {
+                let addr = SocketAddr::new(s.address, d.port);
+                let who = format!("dataset {}'s server on site {site}", d.name);
+                if let Some(first) = used.get(&addr) {
+                    ctx.at(
+                        rd.get_ref().port.span(),
+                        format!("{addr} is used twice: by {first} and by {who}"),
+                        "give each listener its own port or its site its own address",
+                    );
+                } else {
+                    used.insert(addr, who);
+                }
+            }
+        }
+    }
 }
 
-fn known(site_names: &HashMap<String, usize>) -> String {
+pub(super) fn known(site_names: &HashMap<String, usize>) -> String {
     let mut v: Vec<(&usize, &String)> = site_names.iter().map(|(n, i)| (i, n)).collect();
     v.sort();
     v.into_iter()

@@ -9,6 +9,7 @@
 //! decision. Every worker is spawned from [`run`], by name, and joined on shutdown.
 
 pub mod alerts;
+mod datasets;
 mod faults;
 mod limits;
 pub mod peer;
@@ -79,6 +80,8 @@ pub struct Agent {
     fault_token: Option<String>,
     /// Signs and checks peer traffic; counts replays refused per peer.
     peer_auth: Arc<PeerAuth>,
+    /// This site's dataset members (database servers it runs).
+    datasets: datasets::Datasets,
 }
 
 /// What `outlast agent` may be told beyond the config.
@@ -257,6 +260,8 @@ impl Agent {
         let fenced = !node.holds_lease(now);
         let cut = node.cut_from_here(now);
         drop(node);
+        self.datasets
+            .update(&self.config, &self.me, &state, &acting);
         let view = zone::zone_view(&self.config, &state, ready, &mut lock(&self.last_known));
         if let Some(view) = view {
             let serial = view.ready.then_some(u64::from(view.serial));
@@ -314,6 +319,7 @@ impl Agent {
                 node.applied(&committed, &[], now);
             }
             node.set_health(health);
+            node.set_holding(self.datasets.holding());
             let tick = node.tick(now);
             self.update_lease_clock(&node);
             let proposal = node.is_leader().then(|| node.propose(now)).flatten();
@@ -721,6 +727,7 @@ pub async fn run(
         faults: faults.clone(),
         fault_token: config.api.token.clone().or(opts.fault_token),
         peer_auth: auth.clone(),
+        datasets: datasets::Datasets::new(&config, &me.name)?,
         config,
     });
     // A restarted primary acts again only once it holds a lease, and peers count for its
@@ -869,6 +876,7 @@ pub async fn run(
         });
     }
 
+    agent.datasets.spawn(&mut back);
     agent.relay.start(
         Arc::new(RelayTransport {
             client: client.clone(),

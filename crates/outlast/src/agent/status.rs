@@ -134,6 +134,7 @@ impl Agent {
             faults: self.faults.list(),
             failovers,
             at_ms: wall_now,
+            datasets: self.datasets.status(&self.config, &state),
         }
     }
 }

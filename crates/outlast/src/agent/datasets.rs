@@ -1,0 +1,472 @@
+//! This site's dataset members: what the committed state wants of each ([`want_for`]), the
+//! server spec from the config ([`spec_for`]), and the status of every dataset as this
+//! site sees it ([`status_of`]). The member loops themselves are `outlast_db::member`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use outlast_control::state::{ClusterState, SiteState};
+use outlast_core::config::{Config, Dataset, DatasetKind, Replication, StandbyLost};
+use outlast_core::status::{DatasetMemberStatus, DatasetStatus, DivergedStatus};
+use outlast_db::member::{self, MemberStatus, Remote, Role, Want};
+use outlast_db::{PgSpec, Postgres};
+use tokio::sync::watch;
+
+use super::workers::Workers;
+
+/// What the committed state wants of `me`'s member of `d`.
+pub fn want_for(d: &Dataset, me: &str, state: &ClusterState, acting: &[String]) -> Want {
+    let svc = state.services.get(&d.service);
+    Want {
+        primary: svc.and_then(|s| s.primary.clone()),
+        acting: svc.is_some_and(|s| s.primary.as_deref() == Some(me))
+            && acting.contains(&d.service),
+        epoch: svc.map(|s| s.epoch).unwrap_or(0),
+        down: state
+            .sites
+            .iter()
+            .filter(|(_, s)| **s == SiteState::Down)
+            .map(|(n, _)| n.clone())
+            .collect(),
+        sync: d.replication == Replication::Sync,
+        block_when_alone: d.standby_lost == StandbyLost::Block,
+    }
+}
+
+/// The server `me` runs for `d` (none when `me` is not a member). `root`: the agent runs as
+/// root, so the server runs as `os_user`.
+pub fn spec_for(
+    config: &Config,
+    d: &Dataset,
+    me: &str,
+    root: bool,
+    bin_dir: std::path::PathBuf,
+) -> Option<PgSpec> {
+    let data_dir = d.members.get(me)?.clone();
+    let members = d
+        .members
+        .keys()
+        .filter_map(|m| config.site(m).map(|s| (m.clone(), s.address)))
+        .collect();
+    // Every data site's gateway dials the server from its site's address.
+    let mut clients: Vec<String> = config
+        .sites
+        .iter()
+        .filter(|s| !s.witness)
+        .map(|s| s.address.to_string())
+        .collect();
+    clients.extend(d.postgres.allow.iter().cloned());
+    Some(PgSpec {
+        dataset: d.name.clone(),
+        me: me.to_string(),
+        port: d.port,
+        data_dir,
+        bin_dir,
+        os_user: root.then(|| d.postgres.os_user.clone()),
+        database: d.postgres.database.clone(),
+        user: d.postgres.user.clone(),
+        password: d.postgres.password.clone(),
+        admin_password: outlast_db::admin_password(&config.cluster.secret, &d.name),
+        members,
+        clients,
+        settings: d.postgres.settings.clone(),
+    })
+}
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+struct Member {
+    dataset: String,
+    service: String,
+    pg: Postgres,
+    want: watch::Sender<Want>,
+    status: watch::Receiver<MemberStatus>,
+    others: watch::Receiver<BTreeMap<String, Remote>>,
+}
+
+/// A loop not yet spawned (see [`Datasets::spawn`]).
+type Pending = (
+    Postgres,
+    watch::Receiver<Want>,
+    watch::Sender<MemberStatus>,
+    watch::Sender<BTreeMap<String, Remote>>,
+);
+
+/// This site's members.
+pub struct Datasets {
+    members: Vec<Member>,
+    pending: Mutex<Vec<Pending>>,
+}
+
+impl Datasets {
+    /// This site's members of the config's datasets; an error when one cannot run here
+    /// (PostgreSQL is not installed).
+    pub fn new(config: &Config, me: &str) -> anyhow::Result<Self> {
+        let mut members = Vec::new();
+        let mut pending = Vec::new();
+        let root = is_root();
+        for d in &config.datasets {
+            if !d.members.contains_key(me) || d.kind != DatasetKind::Postgres {
+                continue;
+            }
+            let bin_dir = match &d.postgres.bin_dir {
+                Some(b) => b.clone(),
+                None => outlast_db::find_bin_dir().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "dataset {} needs PostgreSQL on this machine, and none was found (no pg_config on the path, nothing in /usr/lib/postgresql); install it (apt-get install postgresql) or set bin_dir under [datasets.postgres]",
+                        d.name
+                    )
+                })?,
+            };
+            if !bin_dir.join("initdb").exists() {
+                anyhow::bail!(
+                    "dataset {}: {} has no initdb; set bin_dir under [datasets.postgres] to PostgreSQL's bin directory",
+                    d.name,
+                    bin_dir.display()
+                );
+            }
+            let Some(spec) = spec_for(config, d, me, root, bin_dir) else {
+                continue;
+            };
+            let pg = Postgres::new(spec);
+            let (want_tx, want_rx) = watch::channel(Want::default());
+            let (status_tx, status_rx) = watch::channel(MemberStatus::default());
+            let (others_tx, others_rx) = watch::channel(BTreeMap::new());
+            pending.push((pg.clone(), want_rx, status_tx, others_tx));
+            members.push(Member {
+                dataset: d.name.clone(),
+                service: d.service.clone(),
+                pg,
+                want: want_tx,
+                status: status_rx,
+                others: others_rx,
+            });
+        }
+        Ok(Datasets {
+            members,
+            pending: Mutex::new(pending),
+        })
+    }
+
+    /// Starts the member loops (once) in `workers`. Until the first [`Self::update`] a loop
+    /// wants nothing: no server starts writable before the committed state is known.
+    pub fn spawn(&self, workers: &mut Workers) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for (pg, want, status, others) in pending {
+            let name = pg.spec.dataset.clone();
+            workers.spawn(
+                format!("dataset {name}"),
+                member::run(pg.clone(), want, status, workers.token()),
+            );
+            workers.spawn(
+                format!("dataset {name} watch"),
+                member::watch_others(pg, others, workers.token()),
+            );
+        }
+    }
+
+    /// Tells each loop what the committed state wants now.
+    pub fn update(&self, config: &Config, me: &str, state: &ClusterState, acting: &[String]) {
+        for m in &self.members {
+            let Some(d) = config.datasets.iter().find(|d| d.name == m.dataset) else {
+                continue;
+            };
+            let w = want_for(d, me, state, acting);
+            m.want.send_if_modified(|cur| {
+                let changed = *cur != w;
+                if changed {
+                    *cur = w;
+                }
+                changed
+            });
+        }
+    }
+
+    /// The services whose server here still takes writes though this site does not act
+    /// for them (it is being stopped).
+    pub fn holding(&self) -> BTreeSet<String> {
+        self.members
+            .iter()
+            .filter(|m| member::holds_writes(&m.pg, &m.want.borrow()))
+            .map(|m| m.service.clone())
+            .collect()
+    }
+
+    /// Every dataset of the config as this site sees it.
+    pub fn status(&self, config: &Config, state: &ClusterState) -> Vec<DatasetStatus> {
+        config
+            .datasets
+            .iter()
+            .map(|d| {
+                let mine = self.members.iter().find(|m| m.dataset == d.name);
+                let own = mine.map(|m| m.status.borrow().clone());
+                let others = mine.map(|m| m.others.borrow().clone()).unwrap_or_default();
+                status_of(d, state, own.as_ref(), &others)
+            })
+            .collect()
+    }
+}
+
+fn role_word(r: Role) -> String {
+    match r {
+        Role::Primary => "primary",
+        Role::Standby => "standby",
+        Role::Fenced => "fenced",
+        Role::Down => "down",
+        Role::Cloning => "cloning",
+        Role::Rewinding => "rewinding",
+    }
+    .to_string()
+}
+
+/// One dataset's status from this site's member (`own`, none when this site has none) and
+/// what it saw of the others' servers.
+pub fn status_of(
+    d: &Dataset,
+    state: &ClusterState,
+    own: Option<&MemberStatus>,
+    others: &BTreeMap<String, Remote>,
+) -> DatasetStatus {
+    let svc = state.services.get(&d.service);
+    // Per member: its role, WAL position and replay age as seen from here.
+    let seen: Vec<(String, Remote)> = d
+        .members
+        .keys()
+        .map(|site| {
+            let r = match (own.filter(|o| o.site == *site), others.get(site)) {
+                (Some(o), _) => Remote {
+                    role: Some(o.role),
+                    lsn: o.lsn_pos,
+                    replay_age_ms: o.lag_ms,
+                },
+                (None, Some(r)) => r.clone(),
+                (None, None) => Remote::default(),
+            };
+            (site.clone(), r)
+        })
+        .collect();
+    let primary_lsn = seen
+        .iter()
+        .find(|(_, r)| r.role == Some(Role::Primary))
+        .and_then(|(_, r)| r.lsn);
+    let sync_states = own
+        .filter(|o| o.role == Role::Primary)
+        .map(|o| o.standbys.clone())
+        .unwrap_or_default();
+    let members = seen
+        .into_iter()
+        .map(
+            |(
+                site,
+                Remote {
+                    role,
+                    lsn,
+                    replay_age_ms: age,
+                },
+            )| {
+                let standby = role == Some(Role::Standby);
+                DatasetMemberStatus {
+                    role: role.map(role_word).unwrap_or_else(|| "unknown".into()),
+                    lsn: lsn.map(outlast_db::postgres::format_lsn),
+                    lag_bytes: match (standby, primary_lsn, lsn) {
+                        (true, Some(p), Some(l)) => Some(p.saturating_sub(l)),
+                        _ => None,
+                    },
+                    lag_ms: if standby { age } else { None },
+                    sync: sync_states.get(&site).cloned(),
+                    error: own.filter(|o| o.site == site).and_then(|o| o.error.clone()),
+                    site,
+                }
+            },
+        )
+        .collect();
+    DatasetStatus {
+        name: d.name.clone(),
+        kind: match d.kind {
+            DatasetKind::Postgres => "postgres".into(),
+            DatasetKind::Redis => "redis".into(),
+        },
+        primary: svc.and_then(|s| s.primary.clone()),
+        epoch: svc.map(|s| s.epoch).unwrap_or(0),
+        replication: match d.replication {
+            Replication::Sync => "sync".into(),
+            Replication::Async => "async".into(),
+        },
+        members,
+        diverged: own
+            .map(|o| {
+                o.diverged
+                    .iter()
+                    .map(|v| DivergedStatus {
+                        site: v.site.clone(),
+                        epoch: v.epoch,
+                        to_lsn: v.to_lsn.clone(),
+                        path: v.path.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outlast_control::state::ServiceState;
+    use outlast_core::config::Mode;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"[cluster]
+name = "shop"
+secret = "0123456789abcdef"
+[[sites]]
+name = "east"
+address = "127.0.0.11"
+peer_port = 7400
+api_port = 7401
+[[sites]]
+name = "west"
+address = "127.0.0.12"
+peer_port = 7400
+api_port = 7401
+[[sites]]
+name = "witness"
+address = "127.0.0.13"
+peer_port = 7400
+api_port = 7401
+witness = true
+[[datasets]]
+name = "orders"
+port = 5432
+standby_lost = "block"
+[datasets.members]
+east = { data_dir = "east/pg" }
+west = { data_dir = "west/pg" }
+[datasets.postgres]
+password = "app-password"
+allow = ["10.0.0.0/8"]
+[[services]]
+name = "db"
+dataset = "orders"
+port = 15432
+"#;
+
+    fn config() -> Config {
+        Config::parse(Path::new("/srv/outlast.toml"), CONFIG).expect("valid")
+    }
+
+    fn state(primary: &str, epoch: u64, down: &[&str]) -> ClusterState {
+        ClusterState {
+            epoch,
+            sites: ["east", "west", "witness"]
+                .iter()
+                .map(|s| {
+                    let st = if down.contains(s) {
+                        SiteState::Down
+                    } else {
+                        SiteState::Up
+                    };
+                    (s.to_string(), st)
+                })
+                .collect(),
+            services: [(
+                "db".to_string(),
+                ServiceState {
+                    mode: Mode::PrimaryStandby,
+                    primary: Some(primary.into()),
+                    active_sites: vec![primary.into()],
+                    epoch,
+                    hold_ms: 0,
+                    from: None,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    #[test]
+    fn a_member_acts_as_primary_only_where_its_service_acts() {
+        let c = config();
+        let d = &c.datasets[0];
+        let w = want_for(d, "west", &state("west", 4, &["east"]), &["db".into()]);
+        assert!(w.acting && w.sync && w.block_when_alone);
+        assert_eq!(w.primary.as_deref(), Some("west"));
+        assert_eq!(w.epoch, 4);
+        assert!(w.down.contains("east"));
+        // Committed primary but not acting yet (the old lease may run): not acting.
+        assert!(!want_for(d, "west", &state("west", 4, &[]), &[]).acting);
+        // Acting for another service does not count.
+        assert!(!want_for(d, "west", &state("west", 4, &[]), &["web".into()]).acting);
+        // Another site's primary: a standby of it.
+        let e = want_for(d, "east", &state("west", 4, &[]), &["db".into()]);
+        assert!(!e.acting);
+        assert_eq!(e.primary.as_deref(), Some("west"));
+    }
+
+    #[test]
+    fn the_server_spec_follows_the_config() {
+        let c = config();
+        let d = &c.datasets[0];
+        let bin = std::path::PathBuf::from("/usr/lib/postgresql/15/bin");
+        assert!(spec_for(&c, d, "witness", true, bin.clone()).is_none());
+        let s = spec_for(&c, d, "east", true, bin.clone()).expect("member");
+        assert_eq!(s.os_user.as_deref(), Some("postgres"));
+        assert_eq!(s.data_dir, Path::new("/srv/east/pg"));
+        assert_eq!(s.address().to_string(), "127.0.0.11");
+        assert_eq!(s.clients, vec!["127.0.0.11", "127.0.0.12", "10.0.0.0/8"]);
+        assert_eq!(
+            s.admin_password,
+            outlast_db::admin_password("0123456789abcdef", "orders")
+        );
+        assert!(spec_for(&c, d, "east", false, bin)
+            .expect("member")
+            .os_user
+            .is_none());
+    }
+
+    #[test]
+    fn status_gives_each_member_its_role_and_lag_behind_the_primary() {
+        let c = config();
+        let d = &c.datasets[0];
+        let own = MemberStatus {
+            site: "west".into(),
+            role: Role::Primary,
+            lsn_pos: Some(0x5000),
+            standbys: [("east".to_string(), "quorum".to_string())]
+                .into_iter()
+                .collect(),
+            ..MemberStatus::default()
+        };
+        let others = [(
+            "east".to_string(),
+            Remote {
+                role: Some(Role::Standby),
+                lsn: Some(0x4800),
+                replay_age_ms: Some(12),
+            },
+        )]
+        .into_iter()
+        .collect();
+        let st = status_of(d, &state("west", 2, &[]), Some(&own), &others);
+        assert_eq!(st.primary.as_deref(), Some("west"));
+        assert_eq!(st.replication, "sync");
+        let east = &st.members[0];
+        assert_eq!(
+            (east.site.as_str(), east.role.as_str()),
+            ("east", "standby")
+        );
+        assert_eq!(east.lag_bytes, Some(0x800));
+        assert_eq!(east.lag_ms, Some(12));
+        assert_eq!(east.sync.as_deref(), Some("quorum"));
+        assert_eq!(st.members[1].role, "primary");
+        assert_eq!(st.members[1].lag_bytes, None);
+        // Not reachable from here: unknown, not guessed.
+        let st = status_of(d, &state("west", 2, &[]), None, &BTreeMap::new());
+        assert!(st.members.iter().all(|m| m.role == "unknown"));
+    }
+}
