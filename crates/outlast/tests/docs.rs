@@ -65,6 +65,9 @@ fn every_config_field_is_in_the_reference() {
         ("RawStream", "`[[streams]]`"),
         ("RawSink", "`[[streams.sinks]]`"),
         ("RawAlert", "`[[alerts]]`"),
+        ("RawDataset", "`[[datasets]]`"),
+        ("RawMember", "`[datasets.members]`"),
+        ("RawPostgres", "`[datasets.postgres]`"),
         ("RawApi", "`[api]`"),
     ];
     let mut missing = Vec::new();
