@@ -259,9 +259,21 @@ impl Agent {
         let acting = node.acting(now);
         let fenced = !node.holds_lease(now);
         let cut = node.cut_from_here(now);
+        // A database server must stop taking writes before the lease ends, not at its end:
+        // it is let act only while a quarter of the lease is still ahead (renewals come
+        // every probe, so this trips only after most of a lease without one).
+        let lead = node.params().lease_ms / 4;
+        let db_acting: Vec<String> = if node
+            .lease_expires()
+            .is_some_and(|until| until > now.saturating_add(lead))
+        {
+            acting.clone()
+        } else {
+            Vec::new()
+        };
         drop(node);
         self.datasets
-            .update(&self.config, &self.me, &state, &acting);
+            .update(&self.config, &self.me, &state, &db_acting);
         let view = zone::zone_view(&self.config, &state, ready, &mut lock(&self.last_known));
         if let Some(view) = view {
             let serial = view.ready.then_some(u64::from(view.serial));
