@@ -18,10 +18,12 @@ mod http;
 pub mod limits;
 mod pool;
 mod routes;
+mod server;
 mod tcp;
 
-pub use http::{serve_http, HttpGateway};
+pub use http::HttpGateway;
 pub use routes::{LeaseClock, Routes, ServiceRoute, Stats, Target, TargetStats};
+pub use server::serve_http;
 pub use tcp::{accept as tcp_accept, serve_tcp};
 
 /// Header that marks a request forwarded by another site's gateway.
