@@ -13,6 +13,7 @@
 //! never serve a primary-standby service locally on a fenced site: it answers 503 with
 //! `Retry-After` there instead.
 
+mod codec;
 mod headers;
 mod http;
 pub mod limits;
