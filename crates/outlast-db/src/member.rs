@@ -492,3 +492,90 @@ pub fn holds_writes(pg: &Postgres, w: &Want) -> bool {
     let wanted = w.acting && w.primary.as_deref() == Some(me);
     !wanted && pg.postmaster_pid().is_some() && !pg.is_standby_dir()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PgSpec;
+    use std::net::IpAddr;
+
+    fn member(me: &str, sync_names: &str, streaming: &[&str]) -> Member {
+        let spec = PgSpec {
+            dataset: "orders".into(),
+            me: me.into(),
+            port: 5432,
+            data_dir: "/nonexistent/pg".into(),
+            bin_dir: "/nonexistent/bin".into(),
+            os_user: None,
+            database: "app".into(),
+            user: "app".into(),
+            password: "pw".into(),
+            admin_password: "admin".into(),
+            members: ["east", "west", "north"]
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.to_string(), IpAddr::from([127, 0, 0, 11 + i as u8])))
+                .collect(),
+            clients: Vec::new(),
+            settings: BTreeMap::new(),
+        };
+        let mut m = Member::new(Postgres::new(spec));
+        m.status.sync_names = Some(sync_names.into());
+        m.status.standbys = streaming
+            .iter()
+            .map(|s| (s.to_string(), "quorum".to_string()))
+            .collect();
+        m
+    }
+
+    fn want(down: &[&str], sync: bool, block: bool) -> Want {
+        Want {
+            primary: Some("east".into()),
+            acting: true,
+            epoch: 1,
+            down: down.iter().map(|s| s.to_string()).collect(),
+            sync,
+            block_when_alone: block,
+        }
+    }
+
+    #[test]
+    fn a_standby_joins_the_sync_set_once_it_streams_and_leaves_only_when_declared_down() {
+        // West streams: it joins. North does not (yet).
+        let m = member("east", "", &["west"]);
+        assert_eq!(m.sync_set(&want(&[], true, false)), vec!["west"]);
+        // West stopped streaming but is not declared down: it stays (commits wait).
+        let m = member("east", "ANY 1 (\"west\")", &[]);
+        assert_eq!(m.sync_set(&want(&[], true, false)), vec!["west"]);
+        // Declared down: it leaves.
+        assert!(m.sync_set(&want(&["west"], true, false)).is_empty());
+        // Async: none.
+        let m = member("east", "", &["west", "north"]);
+        assert!(m.sync_set(&want(&[], false, false)).is_empty());
+    }
+
+    #[test]
+    fn with_every_standby_down_degrade_goes_on_alone_and_block_waits() {
+        let m = member("east", "ANY 1 (\"west\")", &[]);
+        let all_down = ["west", "north"];
+        assert!(
+            m.sync_set(&want(&all_down, true, false)).is_empty(),
+            "degrade: commits on one site"
+        );
+        assert_eq!(
+            m.sync_set(&want(&all_down, true, true)),
+            vec!["north", "west"],
+            "block: every member stays in the set, commits wait"
+        );
+    }
+
+    #[test]
+    fn only_a_server_that_takes_writes_where_it_should_not_is_held() {
+        let pg = Postgres::new(member("east", "", &[]).pg.spec.clone());
+        // No server runs on a data dir that does not exist: nothing is held.
+        assert!(!holds_writes(&pg, &want(&[], true, false)));
+        let mut w = want(&[], true, false);
+        w.acting = false;
+        assert!(!holds_writes(&pg, &w));
+    }
+}
