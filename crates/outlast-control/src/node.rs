@@ -510,6 +510,20 @@ impl Node {
             .collect()
     }
 
+    /// The services this site acts as primary of and will still act for `lead_ms` from now
+    /// on the lease it holds: what a server that must stop before the lease ends (a
+    /// database) may act for.
+    pub fn acting_ahead(&self, now_ms: u64, lead_ms: u64) -> Vec<String> {
+        if self
+            .lease_expires()
+            .is_some_and(|until| until > now_ms.saturating_add(lead_ms))
+        {
+            self.acting(now_ms)
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The leader this site heard from within the shortest election timeout: itself while
     /// it leads with a quorum's recent acknowledgement, else the last site whose entries it
     /// took as its leader's.

@@ -117,8 +117,7 @@ pub async fn watch_others(
     loop {
         let mut seen = BTreeMap::new();
         for site in &others {
-            let mut them = pg.clone();
-            them.spec.me = site.clone();
+            let them = pg.of(site);
             if clients.get(site).is_some_and(|c| c.is_closed()) {
                 clients.remove(site);
             }
@@ -411,9 +410,7 @@ impl Member {
 
     /// Whether `site`'s server is a primary now.
     async fn is_primary(&self, site: &str) -> bool {
-        let mut other = self.pg.clone();
-        other.spec.me = site.to_string();
-        let Ok(c) = other.connect("postgres").await else {
+        let Ok(c) = self.pg.of(site).connect("postgres").await else {
             return false;
         };
         c.query_one("SELECT pg_is_in_recovery()", &[])

@@ -286,30 +286,42 @@ impl Postgres {
         self.spec.bin_dir.join(program)
     }
 
-    /// The server's log, beside its data dir (a clone or rewind never touches it).
-    pub fn log_path(&self) -> PathBuf {
+    /// A path beside the data dir: `<data_dir><suffix>` (a clone or rewind never touches
+    /// it).
+    fn beside(&self, suffix: &str) -> PathBuf {
         let name = self
             .spec
             .data_dir
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| "pg".into());
-        self.spec
-            .data_dir
-            .with_file_name(format!("{name}.postgres.log"))
+        self.spec.data_dir.with_file_name(format!("{name}{suffix}"))
+    }
+
+    /// The server's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.beside(".postgres.log")
     }
 
     /// Where diverged history is archived before a rewind.
     pub fn diverged_dir(&self) -> PathBuf {
-        let name = self
-            .spec
-            .data_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| "pg".into());
+        self.beside(".diverged")
+    }
+
+    /// Another member's server, as seen from here (to ask it, clone or rewind from it).
+    pub fn of(&self, site: &str) -> Postgres {
+        let mut other = self.clone();
+        other.spec.me = site.to_string();
+        other
+    }
+
+    /// A member's address.
+    fn addr_of(&self, site: &str) -> Result<IpAddr, PgError> {
         self.spec
-            .data_dir
-            .with_file_name(format!("{name}.diverged"))
+            .members
+            .get(site)
+            .copied()
+            .ok_or_else(|| PgError::Refused(format!("{site} is not a member")))
     }
 
     /// Runs one of PostgreSQL's programs (as `os_user` when set); its stdout and stderr.
@@ -530,11 +542,7 @@ impl Postgres {
         }
         make_private_dir(d).await?;
         self.chown(d).await?;
-        let addr = self
-            .spec
-            .members
-            .get(primary)
-            .ok_or_else(|| PgError::Refused(format!("{primary} is not a member")))?;
+        let addr = self.addr_of(primary)?;
         self.program(
             "pg_basebackup",
             &[
@@ -566,11 +574,7 @@ impl Postgres {
     /// [`Self::diverged_dir`]`/{epoch}` first. Falls back to a fresh clone when the rewind
     /// fails. Returns the archive when one was made.
     pub async fn rewind_to(&self, primary: &str, epoch: u64) -> Result<Option<PathBuf>, PgError> {
-        let addr = self
-            .spec
-            .members
-            .get(primary)
-            .ok_or_else(|| PgError::Refused(format!("{primary} is not a member")))?;
+        let addr = self.addr_of(primary)?;
         let source = format!(
             "host={addr} port={} user={ADMIN_ROLE} dbname=postgres",
             self.spec.port
@@ -583,8 +587,7 @@ impl Postgres {
         self.finish_crash_recovery().await?;
         // A just promoted server's control file still names the old timeline until its
         // first checkpoint: pg_rewind would then see one timeline and rewind nothing.
-        let mut source_pg = self.clone();
-        source_pg.spec.me = primary.to_string();
+        let source_pg = self.of(primary);
         let c = source_pg.connect("postgres").await?;
         c.simple_query("CHECKPOINT")
             .await

@@ -180,6 +180,24 @@ fn an_old_primary_reports_acting_while_its_state_still_takes_writes() {
 }
 
 #[test]
+fn a_database_acts_only_while_enough_of_the_lease_is_ahead() {
+    let at = 5_000;
+    let mut west = west_promoted(at);
+    west.on_report(report("east", 1, &[], 0), at + 20);
+    let until = west.lease_expires().expect("a lease");
+    assert_eq!(west.acting_ahead(at + 30, 250), vec!["db".to_string()]);
+    assert!(
+        west.acting_ahead(until - 200, 250).is_empty(),
+        "under a quarter left"
+    );
+    assert_eq!(
+        west.acting(until - 200),
+        vec!["db".to_string()],
+        "the service still acts"
+    );
+}
+
+#[test]
 fn the_hold_bounds_the_wait_and_the_lease_bounds_it_all() {
     let at = 5_000;
     let mut west = west_promoted(at);

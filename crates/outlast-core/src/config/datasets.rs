@@ -56,16 +56,7 @@ pub(super) fn datasets(
                 "give the dataset a name like \"orders\"",
             );
         }
-        if let Some(first) = seen.get(&name) {
-            let line = ctx.line_of(first);
-            ctx.at(
-                r.name.span(),
-                format!("dataset \"{name}\" is defined twice (first on line {line})"),
-                "give each dataset its own name",
-            );
-        } else {
-            seen.insert(name.clone(), r.name.span());
-        }
+        ctx.unique(&mut seen, "dataset", &name, r.name.span());
         let kind = ctx.choice(
             "kind",
             r.kind.as_ref(),

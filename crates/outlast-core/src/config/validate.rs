@@ -34,6 +34,27 @@ impl Ctx<'_> {
         line_col(self.text, span.start).0
     }
 
+    /// Records `name` of a `kind` (service, stream, dataset) as seen at `span`, or reports
+    /// that it was defined already.
+    pub(super) fn unique(
+        &mut self,
+        seen: &mut HashMap<String, Range<usize>>,
+        kind: &str,
+        name: &str,
+        span: Range<usize>,
+    ) {
+        if let Some(first) = seen.get(name) {
+            let line = self.line_of(first);
+            self.at(
+                span,
+                format!("{kind} \"{name}\" is defined twice (first on line {line})"),
+                format!("give each {kind} its own name"),
+            );
+        } else {
+            seen.insert(name.to_string(), span);
+        }
+    }
+
     pub(super) fn duration(
         &mut self,
         field: &str,
@@ -581,16 +602,7 @@ fn services(
                 "give the service a name",
             );
         }
-        if let Some(first) = seen.get(&name) {
-            let line = ctx.line_of(first);
-            ctx.at(
-                r.name.span(),
-                format!("service \"{name}\" is defined twice (first on line {line})"),
-                "give each service its own name",
-            );
-        } else {
-            seen.insert(name.clone(), r.name.span());
-        }
+        ctx.unique(&mut seen, "service", &name, r.name.span());
         if let Some(d) = &r.dns_name {
             let key = d.get_ref().to_ascii_lowercase();
             if let Some(first) = dns_seen.get(&key) {
@@ -876,16 +888,7 @@ fn streams(
                 "use a plain name without '/'",
             );
         }
-        if let Some(first) = seen.get(&name) {
-            let line = ctx.line_of(first);
-            ctx.at(
-                r.name.span(),
-                format!("stream \"{name}\" is defined twice (first on line {line})"),
-                "give each stream its own name",
-            );
-        } else {
-            seen.insert(name.clone(), r.name.span());
-        }
+        ctx.unique(&mut seen, "stream", &name, r.name.span());
         let ack = ctx.choice(
             "ack",
             r.ack.as_ref(),

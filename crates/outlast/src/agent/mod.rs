@@ -262,15 +262,7 @@ impl Agent {
         // A database server must stop taking writes before the lease ends, not at its end:
         // it is let act only while a quarter of the lease is still ahead (renewals come
         // every probe, so this trips only after most of a lease without one).
-        let lead = node.params().lease_ms / 4;
-        let db_acting: Vec<String> = if node
-            .lease_expires()
-            .is_some_and(|until| until > now.saturating_add(lead))
-        {
-            acting.clone()
-        } else {
-            Vec::new()
-        };
+        let db_acting = node.acting_ahead(now, node.params().lease_ms / 4);
         drop(node);
         self.datasets
             .update(&self.config, &self.me, &state, &db_acting);
