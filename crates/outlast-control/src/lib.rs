@@ -13,9 +13,9 @@ pub mod state;
 pub mod store;
 
 pub use lease::Lease;
-pub use node::{Answer, FailoverLog, Node, NodeConfig, SiteView, Tick};
-pub use policy::{decide, Observations, Params, Received};
+pub use node::{Answer, DbReport, FailoverLog, Node, NodeConfig, SiteView, Tick};
+pub use policy::{decide, Observations, Params, Received, Refusal};
 pub use state::{
-    ClusterState, Decision, MoveReason, PeerView, Proposal, Report, ServiceState, ServiceView,
-    SiteState,
+    ClusterState, Decision, MoveReason, PeerView, Proposal, Report, Request, ServiceState,
+    ServiceView, SiteState,
 };

@@ -54,8 +54,10 @@ use outlast_core::{Health, Hysteresis};
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Lease;
-use crate::policy::{decide, Observations, Params, Received};
-use crate::state::{ClusterState, Decision, PeerView, Proposal, Report, ServiceView, SiteState};
+use crate::policy::{self, decide, Observations, Params, Received, Refusal};
+use crate::state::{
+    ClusterState, Decision, PeerView, Proposal, Report, Request, ServiceView, SiteState,
+};
 
 /// What a [`Node`] is told about the cluster.
 #[derive(Debug, Clone)]
@@ -187,6 +189,17 @@ pub struct Node {
     /// them (a database server being stopped): reported as acting until they let go, so a
     /// successor does not act on "it said so" before then.
     holding: BTreeSet<String>,
+    /// What this site's dataset servers are (see [`Node::set_db`]).
+    db: DbReport,
+}
+
+/// What this site's dataset servers are, for its reports: the services whose server here is
+/// a writable primary, and where a server stopped when it handed over in a planned move.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbReport {
+    pub primary: Vec<String>,
+    /// Per service: (epoch of the move, last WAL position).
+    pub handed_over: BTreeMap<String, (u64, u64)>,
 }
 
 impl Node {
@@ -230,6 +243,7 @@ impl Node {
             failovers: std::collections::VecDeque::new(),
             new_phases: Vec::new(),
             holding: BTreeSet::new(),
+            db: DbReport::default(),
             cfg,
         }
     }
@@ -255,6 +269,59 @@ impl Node {
     /// current: a voter must never grant a lease with a log it thinks older than it is.
     pub fn set_log_epoch(&mut self, epoch: u64) {
         self.log_epoch = self.log_epoch.max(epoch);
+    }
+
+    /// What this site's dataset servers are now (reported with every heartbeat).
+    pub fn set_db(&mut self, db: DbReport) {
+        self.db = db;
+    }
+
+    /// Where `site`'s dataset server of `service` stopped when it handed over in the move
+    /// of `epoch` (its fresh report, or this site's own).
+    pub fn handed_over(&self, site: &str, service: &str, epoch: u64, now_ms: u64) -> Option<u64> {
+        let map = if site == self.cfg.me {
+            &self.db.handed_over
+        } else {
+            &self.fresh(site, now_ms)?.report.handed_over
+        };
+        map.get(service)
+            .filter(|(e, _)| *e >= epoch)
+            .map(|(_, lsn)| *lsn)
+    }
+
+    /// An operator's request, checked against the committed state and what this site
+    /// observes: the proposal to commit, or why not (call on the leader).
+    pub fn request(&self, req: &Request, now_ms: u64) -> Result<Proposal, Refusal> {
+        let obs = self.observations();
+        let p = &self.cfg.params;
+        let d = match req {
+            Request::Switchover { service, to } => {
+                policy::switchover(p, &self.state, &obs, service, to, now_ms)?
+            }
+            Request::Maintenance { site, on } => {
+                policy::maintenance(p, &self.state, &obs, site, *on, now_ms)?
+            }
+        };
+        Ok(Proposal {
+            base_epoch: self.state.epoch,
+            decisions: vec![d],
+        })
+    }
+
+    /// Whether `site` acts as primary of `service` at `epoch` or later, as far as this site
+    /// knows (its own acting, or a fresh report), and, with `db`, its dataset server is a
+    /// writable primary too.
+    pub fn acts(&self, site: &str, service: &str, epoch: u64, db: bool, now_ms: u64) -> bool {
+        if site == self.cfg.me {
+            return self.state.epoch >= epoch
+                && self.acting(now_ms).iter().any(|s| s == service)
+                && (!db || self.db.primary.iter().any(|s| s == service));
+        }
+        self.fresh(site, now_ms).is_some_and(|r| {
+            r.report.applied_epoch >= epoch
+                && r.report.acting.iter().any(|s| s == service)
+                && (!db || r.report.db_primary.iter().any(|s| s == service))
+        })
     }
 
     /// The services whose local state still takes writes (see `holding`).
@@ -323,7 +390,9 @@ impl Node {
                         phases,
                     });
                 }
-                Decision::SiteDown { site } | Decision::SiteUp { site } => {
+                Decision::SiteDown { site }
+                | Decision::SiteUp { site }
+                | Decision::Maintenance { site, .. } => {
                     self.site_changed_at.insert(site.clone(), now_ms);
                 }
                 Decision::Active { .. } => {}
@@ -587,6 +656,8 @@ impl Node {
             },
             leader: self.leader_heard(now_ms),
             grant_age_ms: self.grant_ages(now_ms),
+            db_primary: self.db.primary.clone(),
+            handed_over: self.db.handed_over.clone(),
         }
     }
 
@@ -714,6 +785,11 @@ impl Node {
                 } else {
                     "up"
                 };
+                let state = if state == "up" && self.state.maintenance.contains(name) {
+                    "maintenance"
+                } else {
+                    state
+                };
                 let last_seen_ms = if *name == self.cfg.me {
                     Some(0)
                 } else {
@@ -823,12 +899,19 @@ impl Node {
                 if acting.contains(&f.service) && !f.has("acting") {
                     seen.push((i, "acting"));
                 }
-            } else if !f.has("acting")
-                && self.fresh(&f.to, now_ms).is_some_and(|r| {
-                    r.report.applied_epoch >= f.epoch && r.report.acting.contains(&f.service)
-                })
+                if self.db.primary.contains(&f.service) && !f.has("db-promoted") {
+                    seen.push((i, "db-promoted"));
+                }
+            } else if let Some(r) = self
+                .fresh(&f.to, now_ms)
+                .filter(|r| r.report.applied_epoch >= f.epoch)
             {
-                seen.push((i, "acting"));
+                if !f.has("acting") && r.report.acting.contains(&f.service) {
+                    seen.push((i, "acting"));
+                }
+                if !f.has("db-promoted") && r.report.db_primary.contains(&f.service) {
+                    seen.push((i, "db-promoted"));
+                }
             }
         }
         for (i, phase) in seen {

@@ -127,6 +127,180 @@ impl Observations {
     }
 }
 
+/// A service's health at a site as the site's latest report gives it: Some(true) healthy,
+/// Some(false) unhealthy for at least `grace` (or no backends there), None no verdict.
+fn health_at(
+    p: &Params,
+    obs: &Observations,
+    svc: &ServiceParams,
+    site: &str,
+    now: u64,
+) -> Option<bool> {
+    if !svc.sites.iter().any(|s| s == site) {
+        return Some(false);
+    }
+    let r = obs.fresh(p, site, now)?;
+    let view = r.report.services.get(&svc.name)?;
+    match view.healthy {
+        Health::Up => Some(true),
+        Health::Down => {
+            let since = r.at_ms.saturating_sub(view.for_ms);
+            (now.saturating_sub(since) >= p.grace_ms).then_some(false)
+        }
+        Health::Unknown => None,
+    }
+}
+
+/// Why an operator's request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such service, dataset or site (404).
+    Unknown(String),
+    /// Not now, or not like this (409).
+    Conflict(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unknown(s) | Refusal::Conflict(s) => f.write_str(s),
+        }
+    }
+}
+
+/// An operator's planned switchover of `service` to `to`: the move to commit, or why not.
+/// The target must be up, out of maintenance, healthy for the service, and the service's
+/// last move settled.
+pub fn switchover(
+    p: &Params,
+    state: &ClusterState,
+    obs: &Observations,
+    service: &str,
+    to: &str,
+    now: u64,
+) -> Result<Decision, Refusal> {
+    let svc = p
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .ok_or_else(|| Refusal::Unknown(format!("no service named {service:?}")))?;
+    let current = state
+        .services
+        .get(service)
+        .ok_or_else(|| Refusal::Unknown(format!("no service named {service:?}")))?;
+    if svc.mode != Mode::PrimaryStandby {
+        return Err(Refusal::Conflict(format!(
+            "{service} is active-active: every healthy site serves it, there is no primary to move"
+        )));
+    }
+    if !p.sites.iter().any(|s| s == to) {
+        return Err(Refusal::Unknown(format!(
+            "no site named {to:?} (the sites: {})",
+            p.sites.join(", ")
+        )));
+    }
+    if !svc.sites.iter().any(|s| s == to) {
+        return Err(Refusal::Conflict(format!(
+            "{to} has no backends for {service}; it can move to {}",
+            svc.sites.join(", ")
+        )));
+    }
+    if current.primary.as_deref() == Some(to) {
+        return Err(Refusal::Conflict(format!(
+            "{to} is {service}'s primary already"
+        )));
+    }
+    if state.sites.get(to) == Some(&SiteState::Down) {
+        return Err(Refusal::Conflict(format!("{to} is down")));
+    }
+    if state.maintenance.contains(to) {
+        return Err(Refusal::Conflict(format!(
+            "{to} is in maintenance; take it out first (outlast maintenance {to} off)"
+        )));
+    }
+    if let Some(t) = obs.settles_at_ms.get(service).filter(|t| now < **t) {
+        return Err(Refusal::Conflict(format!(
+            "{service}'s last move settles in {} ms; ask again then",
+            t - now
+        )));
+    }
+    match health_at(p, obs, svc, to, now) {
+        Some(true) => {}
+        Some(false) => {
+            return Err(Refusal::Conflict(format!(
+                "{service}'s backends at {to} fail their checks"
+            )))
+        }
+        None => {
+            return Err(Refusal::Conflict(format!(
+                "no fresh word from {to} on {service}'s health; ask again"
+            )))
+        }
+    }
+    Ok(Decision::PrimaryMove {
+        service: service.to_string(),
+        from: current.primary.clone(),
+        to: to.to_string(),
+        reason: MoveReason::Switchover,
+        hold_ms: if current.primary.is_some() {
+            p.hold_ms()
+        } else {
+            0
+        },
+    })
+}
+
+/// An operator puts `site` in maintenance (`on`) or takes it out: the decision, or why
+/// not. Going in is refused while a primary there would have nowhere healthy to go.
+pub fn maintenance(
+    p: &Params,
+    state: &ClusterState,
+    obs: &Observations,
+    site: &str,
+    on: bool,
+    now: u64,
+) -> Result<Decision, Refusal> {
+    if !p.sites.iter().any(|s| s == site) {
+        return Err(Refusal::Unknown(format!(
+            "no site named {site:?} (the sites: {})",
+            p.sites.join(", ")
+        )));
+    }
+    if on == state.maintenance.contains(site) {
+        return Err(Refusal::Conflict(format!(
+            "{site} is {} maintenance already",
+            if on { "in" } else { "out of" }
+        )));
+    }
+    if on {
+        for svc in &p.services {
+            let here = state
+                .services
+                .get(&svc.name)
+                .is_some_and(|s| s.primary.as_deref() == Some(site));
+            if !here {
+                continue;
+            }
+            let elsewhere = svc.sites.iter().any(|s| {
+                s != site
+                    && !state.maintenance.contains(s)
+                    && state.sites.get(s) != Some(&SiteState::Down)
+                    && health_at(p, obs, svc, s, now) == Some(true)
+            });
+            if !elsewhere {
+                return Err(Refusal::Conflict(format!(
+                    "{} has its primary at {site} and no other healthy site to move to",
+                    svc.name
+                )));
+            }
+        }
+    }
+    Ok(Decision::Maintenance {
+        site: site.to_string(),
+        on,
+    })
+}
+
 /// Computes the decisions the leader should commit now. Pure: same inputs, same output.
 pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) -> Vec<Decision> {
     let mut out = Vec::new();
@@ -177,33 +351,30 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
         let Some(current) = state.services.get(&svc.name) else {
             continue;
         };
-        // Some(true): healthy; Some(false): unhealthy for at least grace; None: no verdict.
         let status = |site: &str| -> Option<bool> {
-            if !up.get(site).copied().unwrap_or(false) || !svc.sites.iter().any(|s| s == site) {
+            if !up.get(site).copied().unwrap_or(false) {
                 return Some(false);
             }
-            let r = obs.fresh(p, site, now)?;
-            let view = r.report.services.get(&svc.name)?;
-            match view.healthy {
-                Health::Up => Some(true),
-                Health::Down => {
-                    let since = r.at_ms.saturating_sub(view.for_ms);
-                    (now.saturating_sub(since) >= p.grace_ms).then_some(false)
-                }
-                Health::Unknown => None,
-            }
+            health_at(p, obs, svc, site, now)
         };
+        let kept = |s: &String| !state.maintenance.contains(s);
         match svc.mode {
             Mode::ActiveActive => {
-                let next: Vec<String> = p
+                let serving = |s: &&String| match status(s) {
+                    Some(h) => h,
+                    None => current.active_sites.contains(s),
+                };
+                let mut next: Vec<String> = p
                     .sites
                     .iter()
-                    .filter(|s| match status(s) {
-                        Some(h) => h,
-                        None => current.active_sites.contains(s),
-                    })
+                    .filter(serving)
+                    .filter(|s| kept(s))
                     .cloned()
                     .collect();
+                // Maintenance drains a site only while another one serves.
+                if next.is_empty() {
+                    next = p.sites.iter().filter(serving).cloned().collect();
+                }
                 if next != current.active_sites {
                     out.push(Decision::Active {
                         service: svc.name.clone(),
@@ -218,11 +389,11 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
                 }
                 let primary = current.primary.as_deref();
                 let primary_ok = primary.is_some_and(|pr| status(pr) != Some(false));
+                let candidate = p
+                    .sites
+                    .iter()
+                    .find(|s| Some(s.as_str()) != primary && kept(s) && status(s) == Some(true));
                 if !primary_ok {
-                    let candidate = p
-                        .sites
-                        .iter()
-                        .find(|s| Some(s.as_str()) != primary && status(s) == Some(true));
                     if let Some(to) = candidate {
                         out.push(Decision::PrimaryMove {
                             service: svc.name.clone(),
@@ -234,10 +405,27 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
                     }
                     continue;
                 }
+                if primary.is_some_and(|pr| state.maintenance.contains(pr)) {
+                    if let Some(to) = candidate {
+                        out.push(Decision::PrimaryMove {
+                            service: svc.name.clone(),
+                            from: primary.map(str::to_string),
+                            to: to.clone(),
+                            reason: MoveReason::Maintenance,
+                            hold_ms: p.hold_ms(),
+                        });
+                    }
+                    continue;
+                }
                 let Some(pref) = svc.preferred.as_deref() else {
                     continue;
                 };
-                if svc.failback != Failback::Auto || Some(pref) == primary {
+                // An operator's switchover stays where it was put.
+                if svc.failback != Failback::Auto
+                    || Some(pref) == primary
+                    || current.reason == Some(MoveReason::Switchover)
+                    || state.maintenance.contains(pref)
+                {
                     continue;
                 }
                 if status(pref) != Some(true) {

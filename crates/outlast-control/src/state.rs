@@ -34,6 +34,10 @@ pub struct ServiceState {
     /// The primary before the last move (none: the service never moved).
     #[serde(default)]
     pub from: Option<String>,
+    /// Why it last moved (none: it never moved). An operator's switchover is not undone by
+    /// `failback = "auto"`.
+    #[serde(default)]
+    pub reason: Option<MoveReason>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +45,9 @@ pub struct ClusterState {
     pub epoch: u64,
     pub sites: BTreeMap<String, SiteState>,
     pub services: BTreeMap<String, ServiceState>,
+    /// Sites an operator put in maintenance: moved away from and never chosen until off.
+    #[serde(default)]
+    pub maintenance: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +55,18 @@ pub struct ClusterState {
 pub enum MoveReason {
     Failover,
     Failback,
+    /// An operator asked for it (`/v1/switchover`).
     Switchover,
+    /// Its site went into maintenance.
+    Maintenance,
+}
+
+impl MoveReason {
+    /// A move away from a primary that still runs (it hands over, nothing is lost), as
+    /// opposed to a failover from one that is gone.
+    pub fn planned(self) -> bool {
+        self != MoveReason::Failover
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +89,20 @@ pub enum Decision {
         reason: MoveReason,
         hold_ms: u64,
     },
+    /// An operator put a site in maintenance (`on`) or took it out.
+    Maintenance {
+        site: String,
+        on: bool,
+    },
+}
+
+/// What an operator asks of the cluster (`/v1/switchover`, `/v1/maintenance`); the leader
+/// checks it and commits the decision it makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Request {
+    Switchover { service: String, to: String },
+    Maintenance { site: String, on: bool },
 }
 
 /// One Raft log entry: decisions taken on the state at `base_epoch`.
@@ -120,6 +152,7 @@ impl ClusterState {
                     epoch: 0,
                     hold_ms: 0,
                     from: None,
+                    reason: None,
                 };
                 (svc.name.clone(), state)
             })
@@ -128,6 +161,7 @@ impl ClusterState {
             epoch: 0,
             sites,
             services,
+            maintenance: Default::default(),
         }
     }
 
@@ -158,14 +192,22 @@ impl ClusterState {
                     from,
                     to,
                     hold_ms,
-                    ..
+                    reason,
                 } => {
                     if let Some(s) = self.services.get_mut(service) {
+                        s.reason = Some(*reason);
                         s.from = from.clone();
                         s.primary = Some(to.clone());
                         s.active_sites = vec![to.clone()];
                         s.hold_ms = *hold_ms;
                         s.epoch = epoch;
+                    }
+                }
+                Decision::Maintenance { site, on } => {
+                    if *on {
+                        self.maintenance.insert(site.clone());
+                    } else {
+                        self.maintenance.remove(site);
                     }
                 }
             }
@@ -213,4 +255,12 @@ pub struct Report {
     /// not since. A grant is a promise (see `node.rs`).
     #[serde(default)]
     pub grant_age_ms: BTreeMap<String, u64>,
+    /// Services whose dataset server at this site is a writable primary now.
+    #[serde(default)]
+    pub db_primary: Vec<String>,
+    /// Per service: where this site's dataset server stopped when it handed over in a
+    /// planned move (the epoch of that move and the server's last WAL position), so the
+    /// new primary promotes only once it holds everything up to there.
+    #[serde(default)]
+    pub handed_over: BTreeMap<String, (u64, u64)>,
 }

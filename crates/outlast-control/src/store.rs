@@ -516,7 +516,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 Decision::SiteDown { site } | Decision::SiteUp { site } => {
                                     inner.times.sites.insert(site.clone(), now);
                                 }
-                                Decision::Active { .. } => {}
+                                Decision::Active { .. } | Decision::Maintenance { .. } => {}
                             }
                         }
                         let epoch = inner.data.state.epoch;

@@ -286,3 +286,50 @@ mod tests {
         assert_eq!(size(5 << 40), "5.0 TiB");
     }
 }
+
+/// `POST /v1/switchover`: move a service's primary (or a dataset's, through its service)
+/// to `to`, planned and with nothing lost. Exactly one of `service` and `dataset`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub dataset: Option<String>,
+    pub to: String,
+}
+
+/// `POST /v1/maintenance`: put a site in maintenance (`on`) or take it out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    pub site: String,
+    pub on: bool,
+}
+
+/// One planned move carried out: the answer of `/v1/switchover`, and each move of
+/// `/v1/maintenance`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MoveAnswer {
+    pub service: String,
+    /// The dataset that moved with the service, if it has one.
+    pub dataset: Option<String>,
+    pub from: Option<String>,
+    pub to: String,
+    /// The epoch the move made.
+    pub epoch: u64,
+    /// How long writes were held: from the move's commit (the old primary stops taking
+    /// writes as it applies it) until the new primary acts and, for a dataset, its server
+    /// takes writes. As the answering site saw it, to within one probe interval.
+    pub held_ms: u64,
+}
+
+/// The answer of `POST /v1/maintenance`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MaintenanceAnswer {
+    pub site: String,
+    pub on: bool,
+    pub epoch: u64,
+    /// The primaries that moved away from the site (going in only).
+    pub moved: Vec<MoveAnswer>,
+}

@@ -42,7 +42,25 @@ pub struct Want {
     pub sync: bool,
     /// `standby_lost = "block"`: in sync mode, writes wait when every standby is down.
     pub block_when_alone: bool,
+    /// A planned move (switchover, maintenance, failback) from a primary whose site is up:
+    /// this site promotes only once it holds the old primary's WAL up to where it stopped.
+    pub handover: Option<Handover>,
 }
+
+/// The old primary of a planned move, and where its server stopped (once it has said so).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Handover {
+    pub from: String,
+    /// The old server's shutdown checkpoint: this site has everything once it has replayed
+    /// past it.
+    pub stopped_at: Option<u64>,
+}
+
+/// How long a promotion in a planned move waits for the old primary to say where it
+/// stopped, and then for this site to replay up to there. Past these it promotes anyway,
+/// with a warning: a dataset with no primary at all is the worse outcome.
+const HANDOVER_WORD_WAIT: Duration = Duration::from_secs(5);
+const HANDOVER_CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +100,9 @@ pub struct MemberStatus {
     pub sync_names: Option<String>,
     /// When this site's server last became the primary (ms since the epoch).
     pub promoted_at_ms: Option<u64>,
+    /// Where this site's server stopped when it last gave up the primary cleanly: the epoch
+    /// of that move and its shutdown checkpoint (see [`Handover`]).
+    pub handed_over: Option<(u64, u64)>,
     pub diverged: Vec<Diverged>,
     pub error: Option<String>,
     /// `lsn` as a byte position.
@@ -173,7 +194,7 @@ pub async fn run(
         let w = want.borrow_and_update().clone();
         if outlast_core::clock::now() >= retry_at {
             match m.step(&w).await {
-                Ok(()) => m.status.error = None,
+                Ok(()) => m.status.error = m.waiting.take(),
                 Err(e) => {
                     tracing::warn!(dataset = %m.pg.spec.dataset, error = %e, "db: a step failed; trying again");
                     m.status.error = Some(e.to_string());
@@ -204,6 +225,10 @@ struct Member {
     pointed_at: Option<String>,
     /// Slots made since this server became the primary.
     slots_made: bool,
+    /// Since when a planned promotion has waited for the old primary (see [`Handover`]).
+    handover_since: Option<std::time::Instant>,
+    /// What the last step waits for, if anything (shown as the member's error).
+    waiting: Option<String>,
     status: MemberStatus,
 }
 
@@ -215,6 +240,8 @@ impl Member {
             client: None,
             pointed_at: None,
             slots_made: false,
+            handover_since: None,
+            waiting: None,
             status: MemberStatus {
                 site,
                 ..MemberStatus::default()
@@ -247,6 +274,10 @@ impl Member {
             self.client = None;
             self.pg.stop(StopMode::Fast, Duration::from_secs(1)).await?;
             self.status.role = Role::Fenced;
+            self.status.handed_over = self.pg.clean_stop_lsn().await.map(|lsn| (w.epoch, lsn));
+            if let Some((_, lsn)) = self.status.handed_over {
+                tracing::info!(dataset = %self.pg.spec.dataset, at = %format_lsn(lsn), "db: stopped cleanly; the new primary takes over from there");
+            }
             metrics::counter!("outlast_db_fenced_total", "dataset" => self.pg.spec.dataset.clone())
                 .increment(1);
         }
@@ -324,9 +355,13 @@ impl Member {
             self.client = None;
         }
         if pg.is_standby_dir() {
+            if !self.caught_up(w).await? {
+                return Ok(());
+            }
             let t = outlast_core::clock::now();
             let c = self.client().await?;
             pg.promote(c).await?;
+            self.handover_since = None;
             self.pointed_at = None;
             self.slots_made = false;
             self.status.promoted_at_ms = Some(outlast_core::clock::unix_ms());
@@ -349,6 +384,47 @@ impl Member {
             self.status.sync_names = Some(names);
         }
         Ok(())
+    }
+
+    /// In a planned move: whether this standby has replayed past where the old primary
+    /// stopped, so promoting it loses nothing (false: wait, and ask again next step).
+    /// Bounded by [`HANDOVER_WORD_WAIT`] and [`HANDOVER_CATCH_UP_WAIT`].
+    async fn caught_up(&mut self, w: &Want) -> Result<bool, PgError> {
+        let Some(h) = &w.handover else {
+            return Ok(true);
+        };
+        let since = *self
+            .handover_since
+            .get_or_insert_with(outlast_core::clock::now);
+        let waited = since.elapsed();
+        let pg = self.pg.clone();
+        let Some(stopped_at) = h.stopped_at else {
+            if waited < HANDOVER_WORD_WAIT {
+                self.waiting = Some(format!("waiting for {} to say where it stopped", h.from));
+                return Ok(false);
+            }
+            tracing::warn!(dataset = %pg.spec.dataset, from = %h.from, "db: the old primary never said where it stopped; promoting on what this site has");
+            return Ok(true);
+        };
+        let c = self.client().await?;
+        let replayed = pg.observe(c).await?.lsn;
+        if replayed > stopped_at {
+            tracing::info!(dataset = %pg.spec.dataset, from = %h.from, stopped_at = %format_lsn(stopped_at), waited_ms = waited.as_millis() as u64, "db: holds everything the old primary wrote; promoting");
+            return Ok(true);
+        }
+        if waited < HANDOVER_CATCH_UP_WAIT {
+            self.waiting = Some(format!(
+                "waiting to replay {}'s WAL up to {} (at {})",
+                h.from,
+                format_lsn(stopped_at),
+                format_lsn(replayed)
+            ));
+            return Ok(false);
+        }
+        tracing::warn!(dataset = %pg.spec.dataset, from = %h.from, stopped_at = %format_lsn(stopped_at), replayed = %format_lsn(replayed), "db: did not catch up with the old primary in time; promoting on what this site has");
+        metrics::counter!("outlast_db_handover_short_total", "dataset" => pg.spec.dataset.clone())
+            .increment(1);
+        Ok(true)
     }
 
     /// `synchronous_standby_names` as the server has it now (empty when unknown).
@@ -533,6 +609,7 @@ mod tests {
             down: down.iter().map(|s| s.to_string()).collect(),
             sync,
             block_when_alone: block,
+            handover: None,
         }
     }
 

@@ -703,6 +703,25 @@ impl Postgres {
         .map(|_| ())
     }
 
+    /// The shutdown checkpoint of a cleanly stopped server (none: it runs, crashed, or was
+    /// stopped immediate, and its last WAL position is not known from its control file).
+    pub async fn clean_stop_lsn(&self) -> Option<u64> {
+        if self.postmaster_pid().is_some() {
+            return None;
+        }
+        let d = self.spec.data_dir.to_string_lossy().to_string();
+        let (out, _) = self.program("pg_controldata", &["-D", &d]).await.ok()?;
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if field("Database cluster state:").as_deref() != Some("shut down") {
+            return None;
+        }
+        parse_lsn(&field("Latest checkpoint location:")?)
+    }
+
     /// Runs a crashed server's recovery to a clean shutdown, without letting anyone in.
     async fn finish_crash_recovery(&self) -> Result<(), PgError> {
         let d = self.spec.data_dir.to_string_lossy().to_string();

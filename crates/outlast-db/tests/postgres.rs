@@ -128,6 +128,7 @@ fn want(primary: &str, acting: bool, epoch: u64, sync: bool, down: &[&str]) -> W
         down: down.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
         sync,
         block_when_alone: false,
+        handover: None,
     }
 }
 

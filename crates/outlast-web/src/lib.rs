@@ -15,6 +15,7 @@ use axum::{Json, Router};
 
 mod events;
 mod faults;
+mod moves;
 pub mod serve;
 
 pub use outlast_core::faults::{FaultKind, FaultView};
@@ -45,7 +46,8 @@ pub(crate) fn refuse(code: StatusCode, reason: impl Into<String>) -> Response {
 }
 
 pub use outlast_core::status::{
-    BackendStatus, FailoverStatus, PhaseStatus, ServiceStatus, SiteStatus, Status, StreamStatus,
+    BackendStatus, FailoverStatus, MaintenanceAnswer, MaintenanceRequest, MoveAnswer, PhaseStatus,
+    ServiceStatus, SiteStatus, Status, StreamStatus, SwitchoverRequest,
 };
 
 /// What the agent gives the web room.
@@ -81,7 +83,30 @@ pub trait Source: Send + Sync + 'static {
         let _ = id;
         0
     }
+    /// The token switchover and maintenance want (`[api] token`); None turns them off.
+    fn admin_token(&self) -> Option<&str> {
+        None
+    }
+    /// Carries out a planned switchover; once done, what moved, else (HTTP status, why).
+    fn switchover(
+        &self,
+        req: SwitchoverRequest,
+    ) -> BoxFuture<'_, Result<MoveAnswer, (u16, String)>> {
+        let _ = req;
+        Box::pin(async { Err((403, "this agent takes no switchover".to_string())) })
+    }
+    /// Puts a site in maintenance or takes it out; once its primaries moved, what moved.
+    fn maintenance(
+        &self,
+        req: MaintenanceRequest,
+    ) -> BoxFuture<'_, Result<MaintenanceAnswer, (u16, String)>> {
+        let _ = req;
+        Box::pin(async { Err((403, "this agent takes no maintenance".to_string())) })
+    }
 }
+
+/// A boxed future an agent's answer comes back in.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -125,6 +150,8 @@ pub fn router(source: Arc<dyn Source>) -> Router {
                 .delete(faults::clear_all),
         )
         .route("/v1/faults/:id", axum::routing::delete(faults::clear_one))
+        .route("/v1/switchover", post(moves::switchover))
+        .route("/v1/maintenance", post(moves::maintenance))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))

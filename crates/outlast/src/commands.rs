@@ -174,6 +174,113 @@ pub async fn status(target: &ApiTarget, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The token a mutation sends: `--token-file`, else `OUTLAST_TOKEN`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TokenArg {
+    /// A file holding the API token (`[api] token`); else OUTLAST_TOKEN.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArg {
+    pub fn token(&self) -> anyhow::Result<String> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let t = text.trim();
+            if t.is_empty() {
+                anyhow::bail!("{} is empty; put the [api] token in it", path.display());
+            }
+            return Ok(t.to_string());
+        }
+        match std::env::var("OUTLAST_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+            _ => anyhow::bail!(
+                "this needs the API token: set OUTLAST_TOKEN or pass --token-file FILE"
+            ),
+        }
+    }
+}
+
+/// POSTs `body` to `path` with the token; the answer's JSON, or why not (the agent's
+/// reason when it refused).
+async fn mutate<T: serde::de::DeserializeOwned>(
+    target: &ApiTarget,
+    auth: &TokenArg,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> anyhow::Result<T> {
+    let token = auth.token()?;
+    let api = target.resolve().await?;
+    let url = format!("{}{path}", api.trim_end_matches('/'));
+    // The agent answers once the move is done: its own bound is under two minutes.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let resp = client
+        .post(&url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+    let code = resp.status();
+    let text = resp.text().await?;
+    if !code.is_success() {
+        let why = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(text);
+        anyhow::bail!("{url} answered {code}: {}", why.trim());
+    }
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{url} answered something else: {e}"))
+}
+
+fn said_move(m: &outlast_web::MoveAnswer) -> String {
+    format!(
+        "{}{}: {} -> {} (epoch {}), writes held {} ms",
+        m.service,
+        m.dataset
+            .as_ref()
+            .map(|d| format!(" (dataset {d})"))
+            .unwrap_or_default(),
+        m.from.as_deref().unwrap_or("none"),
+        m.to,
+        m.epoch,
+        m.held_ms
+    )
+}
+
+/// `outlast switchover`: moves a primary, planned; prints what moved.
+pub async fn switchover(
+    target: &ApiTarget,
+    auth: &TokenArg,
+    req: outlast_web::SwitchoverRequest,
+) -> anyhow::Result<()> {
+    let m: outlast_web::MoveAnswer = mutate(target, auth, "/v1/switchover", &req).await?;
+    println!("{}", said_move(&m));
+    Ok(())
+}
+
+/// `outlast maintenance`: a site in or out of maintenance; prints what moved away.
+pub async fn maintenance(
+    target: &ApiTarget,
+    auth: &TokenArg,
+    req: outlast_web::MaintenanceRequest,
+) -> anyhow::Result<()> {
+    let a: outlast_web::MaintenanceAnswer = mutate(target, auth, "/v1/maintenance", &req).await?;
+    println!(
+        "{} is {} maintenance (epoch {})",
+        a.site,
+        if a.on { "in" } else { "out of" },
+        a.epoch
+    );
+    for m in &a.moved {
+        println!("  moved {}", said_move(m));
+    }
+    Ok(())
+}
+
 /// `outlast events send`: posts NDJSON and prints the acknowledgement.
 pub async fn events_send(target: &ApiTarget, stream: &str, file: &str) -> anyhow::Result<()> {
     let body = if file == "-" {

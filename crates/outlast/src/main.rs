@@ -90,6 +90,43 @@ enum Command {
         #[arg(long)]
         site: String,
     },
+    /// Move a service's (or a dataset's) primary to another site, planned: writes are held
+    /// at the gateways, the target first takes everything the old primary wrote, nothing
+    /// acknowledged is lost. Prints how long writes were held.
+    #[command(
+        after_help = "Examples:\n  OUTLAST_TOKEN=... outlast switchover --dataset orders --to west --config cluster.toml\n  outlast switchover --service web --to east --api http://127.0.0.11:7401 --token-file token"
+    )]
+    Switchover {
+        /// The primary-standby service to move.
+        #[arg(long, conflicts_with = "dataset", required_unless_present = "dataset")]
+        service: Option<String>,
+        /// The dataset to move (with the service that carries it).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// The site that becomes the primary.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        auth: outlast::commands::TokenArg,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+    },
+    /// Put a site in maintenance (its primaries move away, planned; it is chosen for
+    /// nothing until off) or take it out.
+    #[command(
+        after_help = "Example:\n  OUTLAST_TOKEN=... outlast maintenance east on --config cluster.toml"
+    )]
+    Maintenance {
+        /// The site.
+        site: String,
+        /// on | off
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        auth: outlast::commands::TokenArg,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+    },
     /// Send events to a stream, or read a site's spooled events back.
     Events {
         #[command(subcommand)]
@@ -176,6 +213,34 @@ fn main() -> ExitCode {
             relay,
             site,
         } => runtime(outlast::demo::backend(listen, relay, site)),
+        Command::Switchover {
+            service,
+            dataset,
+            to,
+            auth,
+            target,
+        } => runtime(outlast::commands::switchover(
+            &target,
+            &auth,
+            outlast_web::SwitchoverRequest {
+                service,
+                dataset,
+                to,
+            },
+        )),
+        Command::Maintenance {
+            site,
+            state,
+            auth,
+            target,
+        } => runtime(outlast::commands::maintenance(
+            &target,
+            &auth,
+            outlast_web::MaintenanceRequest {
+                site,
+                on: state == "on",
+            },
+        )),
         Command::Events { command } => match command {
             EventsCommand::Send {
                 stream,

@@ -611,3 +611,275 @@ fn a_site_loss_moves_the_database_and_loses_no_acknowledged_commit() {
     let st = c.status("west").expect("status");
     assert_eq!(dataset(&st)["primary"], "east", "{st}");
 }
+
+/// Runs `outlast` with `args` and the API token in the environment: (success, stdout and
+/// stderr).
+fn outlast_cli(args: &[&str], token: &str) -> (bool, String) {
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .env("OUTLAST_TOKEN", token)
+        .output()
+        .expect("run outlast");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// "writes held N ms" in an answer of `outlast switchover` or `maintenance`.
+fn held_ms(said: &str) -> u64 {
+    said.split("writes held ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no hold time in {said:?}"))
+}
+
+/// The longest wait between two acknowledgements from `from` to `to`.
+fn longest_gap(acked: &[(i64, Instant)], from: Instant, to: Instant) -> Duration {
+    let mut times: Vec<Instant> = acked
+        .iter()
+        .map(|(_, at)| *at)
+        .filter(|at| *at >= from && *at <= to)
+        .collect();
+    times.sort();
+    times
+        .windows(2)
+        .map(|p| p[1].duration_since(p[0]))
+        .max()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_planned_switchover_and_maintenance_move_the_database_with_nothing_lost() {
+    if !postgres_installed() {
+        println!("PostgreSQL is not installed (apt-get install postgresql): skipped");
+        return;
+    }
+    let b = 8800u16;
+    let token = "switch-token-0123";
+    let mut opts = Opts::new(b);
+    opts.failback_after = "2s";
+    opts.extra = format!(
+        "{}\n[api]\ntoken = \"{token}\"\n",
+        dataset_config(b, "sync")
+    );
+    let mut c = Cluster::new(opts);
+    let _reaper = Reaper(vec![
+        c.dir.path().join("east/pg"),
+        c.dir.path().join("west/pg"),
+    ]);
+    c.start_all();
+    c.wait_healthy();
+    c.wait_for(
+        "east",
+        Duration::from_secs(60),
+        "east primary, west a sync standby",
+        |st| member(st, "east")["role"] == "primary" && member(st, "west")["sync"] == "quorum",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (cl, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.11 port={} user=app password=app-password-1 dbname=app",
+                b + 20
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect east");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        cl.batch_execute("CREATE TABLE seq (n bigint PRIMARY KEY)")
+            .await
+            .expect("create");
+    });
+    let api = |site: &str| format!("http://{}", c.api(site));
+
+    // Refused, changing nothing: a wrong token, an unknown site, a site with no member.
+    let (ok, said) = outlast_cli(
+        &[
+            "switchover",
+            "--dataset",
+            "orders",
+            "--to",
+            "west",
+            "--api",
+            &api("east"),
+        ],
+        "wrong-token",
+    );
+    assert!(!ok && said.contains("401"), "{said}");
+    let (ok, said) = outlast_cli(
+        &[
+            "switchover",
+            "--dataset",
+            "orders",
+            "--to",
+            "mars",
+            "--api",
+            &api("east"),
+        ],
+        token,
+    );
+    assert!(
+        !ok && said.contains("404") && said.contains("mars"),
+        "{said}"
+    );
+    let (ok, said) = outlast_cli(
+        &[
+            "switchover",
+            "--dataset",
+            "orders",
+            "--to",
+            "witness",
+            "--api",
+            &api("east"),
+        ],
+        token,
+    );
+    assert!(
+        !ok && said.contains("409") && said.contains("no backends"),
+        "{said}"
+    );
+    let (ok, said) = outlast_cli(
+        &[
+            "switchover",
+            "--dataset",
+            "orders",
+            "--to",
+            "east",
+            "--api",
+            &api("east"),
+        ],
+        token,
+    );
+    assert!(!ok && said.contains("already"), "{said}");
+
+    let west_gw = format!("127.0.0.12:{}", b + 21);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let w = writer(west_gw, 200, stop.clone(), acked.clone());
+    std::thread::sleep(Duration::from_secs(3));
+
+    // A switchover asked at the witness (which passes it to the leader when it does not
+    // lead itself).
+    let t0 = Instant::now();
+    let (ok, said) = outlast_cli(
+        &[
+            "switchover",
+            "--dataset",
+            "orders",
+            "--to",
+            "west",
+            "--api",
+            &api("witness"),
+        ],
+        token,
+    );
+    let t1 = Instant::now();
+    assert!(ok, "switchover: {said}");
+    println!(
+        "switchover east -> west: {} (answered in {:?})",
+        said.trim(),
+        t1 - t0
+    );
+    let held_switch = held_ms(&said);
+    let st = c.status("west").expect("status");
+    assert_eq!(dataset(&st)["primary"], "west", "{st}");
+    assert_eq!(member(&st, "west")["role"], "primary", "{st}");
+    // An operator's switchover is not undone by failback = "auto" (failback_after 2 s).
+    std::thread::sleep(Duration::from_secs(4));
+    let st = c.status("west").expect("status");
+    assert_eq!(
+        dataset(&st)["primary"],
+        "west",
+        "stayed where it was put: {st}"
+    );
+    c.wait_for(
+        "west",
+        Duration::from_secs(30),
+        "east a standby again",
+        |st| member(st, "east")["role"] == "standby",
+    );
+
+    // West into maintenance: the primary moves away to east, planned.
+    let t2 = Instant::now();
+    let (ok, said) = outlast_cli(&["maintenance", "west", "on", "--api", &api("east")], token);
+    let t3 = Instant::now();
+    assert!(ok, "maintenance on: {said}");
+    println!(
+        "maintenance west on: {} (answered in {:?})",
+        said.trim(),
+        t3 - t2
+    );
+    let held_maint = held_ms(&said);
+    let st = c.status("east").expect("status");
+    assert_eq!(dataset(&st)["primary"], "east", "{st}");
+    let west = st["sites"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["name"] == "west"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(west["state"], "maintenance", "{st}");
+    let (ok, said) = outlast_cli(
+        &[
+            "switchover",
+            "--dataset",
+            "orders",
+            "--to",
+            "west",
+            "--api",
+            &api("east"),
+        ],
+        token,
+    );
+    assert!(
+        !ok && said.contains("maintenance"),
+        "a site in maintenance is not chosen: {said}"
+    );
+    let (ok, said) = outlast_cli(
+        &["maintenance", "west", "off", "--api", &api("east")],
+        token,
+    );
+    assert!(ok, "maintenance off: {said}");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    w.join().expect("writer");
+
+    let acked = acked.lock().expect("acked").clone();
+    let gap_switch = longest_gap(&acked, t0, t1 + Duration::from_secs(1));
+    let gap_maint = longest_gap(&acked, t2, t3 + Duration::from_secs(1));
+    let missing = lost(&format!("127.0.0.11:{}", b + 20), &acked);
+    println!(
+        "{} commits acknowledged through west's gateway, {} lost; writes held (agent's word) {held_switch} ms and {held_maint} ms; longest wait for an acknowledgement (writer's clock) {gap_switch:?} and {gap_maint:?}",
+        acked.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    // Each target promoted on the old server's word of where it stopped, having replayed
+    // past it, not on a timeout.
+    let logs = c.logs();
+    assert_eq!(
+        logs.matches("holds everything the old primary wrote")
+            .count(),
+        2,
+        "both promotions waited for the old primary's last record"
+    );
+    assert!(
+        !logs.contains("promoting on what this site has"),
+        "no promotion on a timeout"
+    );
+    for gap in [gap_switch, gap_maint] {
+        assert!(
+            gap < Duration::from_secs(5),
+            "writes held too long: {gap:?}"
+        );
+    }
+}

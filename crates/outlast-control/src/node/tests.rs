@@ -53,6 +53,7 @@ fn initial() -> ClusterState {
             epoch: 0,
             hold_ms: 0,
             from: None,
+            reason: None,
         },
     );
     ClusterState {
@@ -62,6 +63,7 @@ fn initial() -> ClusterState {
             .map(|s| (s.to_string(), SiteState::Up))
             .collect(),
         services,
+        maintenance: Default::default(),
     }
 }
 
@@ -93,6 +95,8 @@ fn report(site: &str, applied: u64, acting: &[&str], grant_age_east: u64) -> Rep
         acting: acting.iter().map(|s| s.to_string()).collect(),
         leader: None,
         grant_age_ms: [("east".to_string(), grant_age_east)].into_iter().collect(),
+        db_primary: vec![],
+        handed_over: Default::default(),
     }
 }
 

@@ -53,6 +53,7 @@ fn state() -> ClusterState {
             epoch: 0,
             hold_ms: 0,
             from: None,
+            reason: None,
         },
     );
     services.insert(
@@ -64,12 +65,14 @@ fn state() -> ClusterState {
             epoch: 0,
             hold_ms: 0,
             from: None,
+            reason: None,
         },
     );
     ClusterState {
         epoch: 0,
         sites,
         services,
+        maintenance: Default::default(),
     }
 }
 
@@ -123,6 +126,8 @@ fn report(site: &str, at: u64, down: &[&str], down_for: u64, services_up: bool) 
             acting: vec![],
             leader: None,
             grant_age_ms: BTreeMap::new(),
+            db_primary: vec![],
+            handed_over: Default::default(),
         },
     }
 }
@@ -337,4 +342,127 @@ fn stale_proposal_changes_nothing() {
     assert!(s.apply(&p).is_some());
     assert_eq!(s.epoch, 1);
     assert_eq!(s.sites["east"], SiteState::Down);
+}
+
+fn healthy() -> Observations {
+    obs(vec![
+        report("east", 10_000, &[], 0, true),
+        report("west", 10_000, &[], 0, true),
+        report("witness", 10_000, &[], 0, true),
+    ])
+}
+
+#[test]
+fn a_switchover_is_checked_then_moves_planned() {
+    let p = params(Failback::Auto);
+    let o = healthy();
+    let s = state();
+    assert_eq!(
+        switchover(&p, &s, &o, "db", "west", 10_000),
+        Ok(Decision::PrimaryMove {
+            service: "db".into(),
+            from: Some("east".into()),
+            to: "west".into(),
+            reason: MoveReason::Switchover,
+            hold_ms: 1300,
+        })
+    );
+    let refused = |service: &str, to: &str, s: &ClusterState, o: &Observations| {
+        switchover(&p, s, o, service, to, 10_000).expect_err("refused")
+    };
+    assert!(matches!(
+        refused("nope", "west", &s, &o),
+        Refusal::Unknown(_)
+    ));
+    assert!(matches!(refused("db", "mars", &s, &o), Refusal::Unknown(_)));
+    for (service, to) in [("web", "west"), ("db", "witness"), ("db", "east")] {
+        assert!(matches!(refused(service, to, &s, &o), Refusal::Conflict(_)));
+    }
+    // Unhealthy there, or in maintenance, or no fresh word: not now.
+    let sick = obs(vec![
+        report("east", 10_000, &[], 0, true),
+        report("west", 10_000, &[], 0, false),
+    ]);
+    assert!(matches!(
+        refused("db", "west", &s, &sick),
+        Refusal::Conflict(_)
+    ));
+    let mut m = state();
+    m.maintenance.insert("west".into());
+    assert!(matches!(
+        refused("db", "west", &m, &o),
+        Refusal::Conflict(_)
+    ));
+    assert!(matches!(
+        refused("db", "west", &s, &Observations::default()),
+        Refusal::Conflict(_)
+    ));
+}
+
+#[test]
+fn an_operators_switchover_is_not_failed_back_but_a_maintenance_move_is() {
+    let p = params(Failback::Auto);
+    let o = healthy();
+    let mut s = state();
+    if let Some(db) = s.services.get_mut("db") {
+        db.primary = Some("west".into());
+        db.from = Some("east".into());
+        db.reason = Some(MoveReason::Switchover);
+    }
+    assert_eq!(decide(&p, &s, &o, 10_050), vec![], "stays where it was put");
+    if let Some(db) = s.services.get_mut("db") {
+        db.reason = Some(MoveReason::Maintenance);
+    }
+    let d = decide(&p, &s, &o, 10_050);
+    assert!(
+        d.iter().any(|d| matches!(d, Decision::PrimaryMove { to, reason: MoveReason::Failback, .. } if to == "east")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn maintenance_moves_the_primary_away_and_drains_active_active() {
+    let p = params(Failback::Auto);
+    let o = healthy();
+    let s = state();
+    assert_eq!(
+        maintenance(&p, &s, &o, "east", true, 10_000),
+        Ok(Decision::Maintenance {
+            site: "east".into(),
+            on: true
+        })
+    );
+    let mut m = s.clone();
+    m.maintenance.insert("east".into());
+    let d = decide(&p, &m, &o, 10_000);
+    assert!(d.contains(&Decision::PrimaryMove {
+        service: "db".into(),
+        from: Some("east".into()),
+        to: "west".into(),
+        reason: MoveReason::Maintenance,
+        hold_ms: 1300,
+    }));
+    assert!(d.contains(&Decision::Active {
+        service: "web".into(),
+        sites: vec!["west".into()],
+    }));
+    // Already in; out again; unknown site.
+    assert!(matches!(
+        maintenance(&p, &m, &o, "east", true, 10_000),
+        Err(Refusal::Conflict(_))
+    ));
+    assert!(maintenance(&p, &m, &o, "east", false, 10_000).is_ok());
+    assert!(matches!(
+        maintenance(&p, &s, &o, "mars", true, 10_000),
+        Err(Refusal::Unknown(_))
+    ));
+    // Nowhere healthy to go: refused.
+    let sick = obs(vec![
+        report("east", 10_000, &[], 0, true),
+        report("west", 10_000, &[], 0, false),
+    ]);
+    assert!(matches!(
+        maintenance(&p, &s, &sick, "east", true, 10_000),
+        Err(Refusal::Conflict(_))
+    ));
 }

@@ -20,6 +20,7 @@ fn empty_state() -> ClusterState {
         epoch: 0,
         sites: Default::default(),
         services: Default::default(),
+        maintenance: Default::default(),
     }
 }
 

@@ -145,6 +145,7 @@ impl SimConfig {
                 epoch: 0,
                 hold_ms: 0,
                 from: None,
+                reason: None,
             },
         );
         ClusterState {
@@ -155,6 +156,7 @@ impl SimConfig {
                 .map(|s| (s.clone(), SiteState::Up))
                 .collect(),
             services,
+            maintenance: Default::default(),
         }
     }
 }

@@ -271,6 +271,18 @@ pub fn for_change(by: &Sender<'_>, decisions: &[outlast_control::Decision]) -> V
                 );
                 event(by, kind, service, fields, message)
             }
+            Decision::Maintenance { site, on } => {
+                let (kind, word) = if *on {
+                    ("maintenance-on", "in maintenance: primaries move away")
+                } else {
+                    ("maintenance-off", "out of maintenance")
+                };
+                let fields = Fields {
+                    site: Some(site.clone()),
+                    ..Default::default()
+                };
+                event(by, kind, site, fields, format!("site {site} is {word}"))
+            }
         })
         .collect()
 }

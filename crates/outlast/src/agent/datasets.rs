@@ -8,15 +8,34 @@ use std::sync::Mutex;
 use outlast_control::state::{ClusterState, SiteState};
 use outlast_core::config::{Config, Dataset, DatasetKind, Replication, StandbyLost};
 use outlast_core::status::{DatasetMemberStatus, DatasetStatus, DivergedStatus};
-use outlast_db::member::{self, MemberStatus, Remote, Role, Want};
+use outlast_db::member::{self, Handover, MemberStatus, Remote, Role, Want};
 use outlast_db::{PgSpec, Postgres};
 use tokio::sync::watch;
 
 use super::workers::Workers;
 
-/// What the committed state wants of `me`'s member of `d`.
-pub fn want_for(d: &Dataset, me: &str, state: &ClusterState, acting: &[String]) -> Want {
+/// What the committed state wants of `me`'s member of `d`. `handed_over`: where a site's
+/// server stopped when it handed over in a planned move (site, service, epoch → position),
+/// as this site has heard.
+pub fn want_for(
+    d: &Dataset,
+    me: &str,
+    state: &ClusterState,
+    acting: &[String],
+    handed_over: &dyn Fn(&str, &str, u64) -> Option<u64>,
+) -> Want {
     let svc = state.services.get(&d.service);
+    // A planned move from a primary whose site is up hands over: the old server stops
+    // cleanly and says where, and this one promotes once it has everything up to there.
+    let handover = svc.and_then(|s| {
+        let from = s.from.as_ref()?;
+        let planned = s.reason.is_some_and(|r| r.planned());
+        let up = state.sites.get(from) != Some(&SiteState::Down);
+        (planned && up && s.primary.as_deref() == Some(me) && from != me).then(|| Handover {
+            from: from.clone(),
+            stopped_at: handed_over(from, &d.service, s.epoch),
+        })
+    });
     Want {
         primary: svc.and_then(|s| s.primary.clone()),
         acting: svc.is_some_and(|s| s.primary.as_deref() == Some(me))
@@ -30,6 +49,7 @@ pub fn want_for(d: &Dataset, me: &str, state: &ClusterState, acting: &[String]) 
             .collect(),
         sync: d.replication == Replication::Sync,
         block_when_alone: d.standby_lost == StandbyLost::Block,
+        handover,
     }
 }
 
@@ -169,13 +189,20 @@ impl Datasets {
         }
     }
 
-    /// Tells each loop what the committed state wants now.
-    pub fn update(&self, config: &Config, me: &str, state: &ClusterState, acting: &[String]) {
+    /// Tells each loop what the committed state wants now (see [`want_for`]).
+    pub fn update(
+        &self,
+        config: &Config,
+        me: &str,
+        state: &ClusterState,
+        acting: &[String],
+        handed_over: &dyn Fn(&str, &str, u64) -> Option<u64>,
+    ) {
         for m in &self.members {
             let Some(d) = config.datasets.iter().find(|d| d.name == m.dataset) else {
                 continue;
             };
-            let w = want_for(d, me, state, acting);
+            let w = want_for(d, me, state, acting, handed_over);
             m.want.send_if_modified(|cur| {
                 let changed = *cur != w;
                 if changed {
@@ -184,6 +211,22 @@ impl Datasets {
                 changed
             });
         }
+    }
+
+    /// What this site's servers are, for its reports: which are writable primaries, and
+    /// where each stopped when it last handed over.
+    pub fn report(&self) -> outlast_control::DbReport {
+        let mut out = outlast_control::DbReport::default();
+        for m in &self.members {
+            let st = m.status.borrow();
+            if st.role == Role::Primary {
+                out.primary.push(m.service.clone());
+            }
+            if let Some(h) = st.handed_over {
+                out.handed_over.insert(m.service.clone(), h);
+            }
+        }
+        out
     }
 
     /// The services whose server here still takes writes though this site does not act
@@ -316,7 +359,7 @@ pub fn status_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outlast_control::state::ServiceState;
+    use outlast_control::state::{MoveReason, ServiceState};
     use outlast_core::config::Mode;
     use std::path::Path;
 
@@ -382,10 +425,12 @@ port = 15432
                     epoch,
                     hold_ms: 0,
                     from: None,
+                    reason: None,
                 },
             )]
             .into_iter()
             .collect(),
+            maintenance: Default::default(),
         }
     }
 
@@ -393,19 +438,80 @@ port = 15432
     fn a_member_acts_as_primary_only_where_its_service_acts() {
         let c = config();
         let d = &c.datasets[0];
-        let w = want_for(d, "west", &state("west", 4, &["east"]), &["db".into()]);
+        let w = want_for(
+            d,
+            "west",
+            &state("west", 4, &["east"]),
+            &["db".into()],
+            &|_, _, _| None,
+        );
         assert!(w.acting && w.sync && w.block_when_alone);
         assert_eq!(w.primary.as_deref(), Some("west"));
         assert_eq!(w.epoch, 4);
         assert!(w.down.contains("east"));
         // Committed primary but not acting yet (the old lease may run): not acting.
-        assert!(!want_for(d, "west", &state("west", 4, &[]), &[]).acting);
+        assert!(!want_for(d, "west", &state("west", 4, &[]), &[], &|_, _, _| None).acting);
         // Acting for another service does not count.
-        assert!(!want_for(d, "west", &state("west", 4, &[]), &["web".into()]).acting);
+        assert!(
+            !want_for(
+                d,
+                "west",
+                &state("west", 4, &[]),
+                &["web".into()],
+                &|_, _, _| None
+            )
+            .acting
+        );
         // Another site's primary: a standby of it.
-        let e = want_for(d, "east", &state("west", 4, &[]), &["db".into()]);
+        let e = want_for(
+            d,
+            "east",
+            &state("west", 4, &[]),
+            &["db".into()],
+            &|_, _, _| None,
+        );
         assert!(!e.acting);
         assert_eq!(e.primary.as_deref(), Some("west"));
+    }
+
+    #[test]
+    fn a_planned_move_from_a_live_primary_hands_over_and_a_failover_does_not() {
+        let c = config();
+        let d = &c.datasets[0];
+        let moved = |reason, down: &[&str]| {
+            let mut s = state("west", 4, down);
+            if let Some(svc) = s.services.get_mut("db") {
+                svc.from = Some("east".into());
+                svc.reason = Some(reason);
+            }
+            s
+        };
+        let said = |site: &str, svc: &str, epoch: u64| {
+            (site == "east" && svc == "db" && epoch == 4).then_some(77)
+        };
+        let s = moved(MoveReason::Switchover, &[]);
+        let w = want_for(d, "west", &s, &["db".into()], &said);
+        let want = Handover {
+            from: "east".into(),
+            stopped_at: Some(77),
+        };
+        assert_eq!(w.handover, Some(want));
+        // Not said yet: it waits for the word.
+        let w = want_for(d, "west", &s, &["db".into()], &|_, _, _| None);
+        assert_eq!(w.handover.and_then(|h| h.stopped_at), None);
+        // The old primary waits for nobody.
+        assert_eq!(want_for(d, "east", &s, &[], &said).handover, None);
+        // A failover, or a planned move whose old site was declared down since: no wait.
+        let s = moved(MoveReason::Failover, &[]);
+        assert_eq!(
+            want_for(d, "west", &s, &["db".into()], &said).handover,
+            None
+        );
+        let s = moved(MoveReason::Maintenance, &["east"]);
+        assert_eq!(
+            want_for(d, "west", &s, &["db".into()], &said).handover,
+            None
+        );
     }
 
     #[test]

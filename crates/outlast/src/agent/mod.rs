@@ -12,6 +12,7 @@ pub mod alerts;
 mod datasets;
 mod faults;
 mod limits;
+mod moves;
 pub mod peer;
 mod routes;
 mod status;
@@ -82,6 +83,8 @@ pub struct Agent {
     peer_auth: Arc<PeerAuth>,
     /// This site's dataset members (database servers it runs).
     datasets: datasets::Datasets,
+    /// Asks the leader to commit an operator's request when this site does not lead.
+    peer_client: OnceLock<Arc<PeerClient>>,
 }
 
 /// What `outlast agent` may be told beyond the config.
@@ -209,6 +212,9 @@ impl Agent {
                         "primary moved"
                     );
                 }
+                outlast_control::Decision::Maintenance { site, on } => {
+                    tracing::warn!(site, on, epoch = change.epoch, "maintenance committed");
+                }
             }
         }
         if self.is_leader() {
@@ -263,9 +269,14 @@ impl Agent {
         // it is let act only while a quarter of the lease is still ahead (renewals come
         // every probe, so this trips only after most of a lease without one).
         let db_acting = node.acting_ahead(now, node.params().lease_ms / 4);
+        self.datasets.update(
+            &self.config,
+            &self.me,
+            &state,
+            &db_acting,
+            &|site, service, epoch| node.handed_over(site, service, epoch, now),
+        );
         drop(node);
-        self.datasets
-            .update(&self.config, &self.me, &state, &db_acting);
         let view = zone::zone_view(&self.config, &state, ready, &mut lock(&self.last_known));
         if let Some(view) = view {
             let serial = view.ready.then_some(u64::from(view.serial));
@@ -324,6 +335,7 @@ impl Agent {
             }
             node.set_health(health);
             node.set_holding(self.datasets.holding());
+            node.set_db(self.datasets.report());
             let tick = node.tick(now);
             self.update_lease_clock(&node);
             let proposal = node.is_leader().then(|| node.propose(now)).flatten();
@@ -458,6 +470,13 @@ impl PeerHandler for Agent {
         self.node().heard_leader(from, now);
     }
 
+    fn request(
+        &self,
+        req: outlast_control::Request,
+    ) -> outlast_web::BoxFuture<'_, Result<moves::Committed, moves::Failed>> {
+        Box::pin(self.commit_here(req))
+    }
+
     fn step_down_requested(&self, from: &str, req: StepDown) {
         tracing::info!(
             from,
@@ -527,6 +546,24 @@ impl outlast_web::Source for Agent {
             tracing::info!(ended = n, "faults ended on request");
         }
         n
+    }
+
+    fn admin_token(&self) -> Option<&str> {
+        self.config.api.token.as_deref()
+    }
+
+    fn switchover(
+        &self,
+        req: outlast_web::SwitchoverRequest,
+    ) -> outlast_web::BoxFuture<'_, Result<outlast_web::MoveAnswer, (u16, String)>> {
+        Box::pin(moves::switchover(self, req))
+    }
+
+    fn maintenance(
+        &self,
+        req: outlast_web::MaintenanceRequest,
+    ) -> outlast_web::BoxFuture<'_, Result<outlast_web::MaintenanceAnswer, (u16, String)>> {
+        Box::pin(moves::maintenance(self, req))
     }
 }
 
@@ -710,6 +747,7 @@ pub async fn run(
         log_epoch: log.log_epoch_handle(),
         sm: sm.clone(),
         raft: OnceLock::new(),
+        peer_client: OnceLock::new(),
         alerter: Alerter::new(config.alerts.clone()),
         prometheus: prometheus(),
         names: names.clone(),
@@ -744,6 +782,7 @@ pub async fn run(
     };
     let raft = Raft::new(my_id, Arc::new(raft_cfg), factory, log, sm).await?;
     let _ = agent.raft.set(raft.clone());
+    let _ = agent.peer_client.set(client.clone());
     if !raft.is_initialized().await? {
         let members: BTreeMap<NodeId, BasicNode> = agent
             .config

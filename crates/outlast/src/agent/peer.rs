@@ -303,6 +303,11 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn step_down_requested(&self, from: &str, req: super::StepDown);
     /// `from` sent entries (or a heartbeat) this site took as from its leader.
     fn heard_leader(&self, from: &str);
+    /// A site that does not lead passes on an operator's request: check and commit it.
+    fn request(
+        &self,
+        req: outlast_control::Request,
+    ) -> outlast_web::BoxFuture<'_, Result<super::moves::Committed, super::moves::Failed>>;
 }
 
 pub struct PeerServer {
@@ -446,6 +451,14 @@ async fn handle(
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
             }
         }
+        "/peer/request" => match decode::<outlast_control::Request>(&body) {
+            Ok(req) => {
+                tracing::info!(from, ?req, "an operator's request passed on by a peer");
+                let answer = srv.handler.request(req).await;
+                encode(&srv.auth, &asker, &path, &answer)
+            }
+            Err(r) => r.into_response(),
+        },
         "/peer/step-down" => match decode::<super::StepDown>(&body) {
             Ok(req) => {
                 srv.handler.step_down_requested(&from, req);
