@@ -45,6 +45,10 @@ pub struct DatasetStatus {
     /// `sync` or `async`.
     pub replication: String,
     pub members: Vec<DatasetMemberStatus>,
+    /// Sync mode with every standby's site down, as the primary's site answers:
+    /// `degraded` (commits acknowledged on one site) or `blocked` (commits wait).
+    #[serde(default)]
+    pub standby_lost: Option<String>,
     /// Diverged histories kept before rewinds, on this site.
     pub diverged: Vec<DivergedStatus>,
 }

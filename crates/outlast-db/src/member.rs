@@ -74,6 +74,17 @@ pub enum Role {
     Rewinding,
 }
 
+/// A primary in sync mode whose every standby's site is declared down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Alone {
+    /// `standby_lost = "degrade"`: synchronous replication is off; a commit is acknowledged
+    /// when this site alone has it.
+    Degraded,
+    /// `standby_lost = "block"`: commits wait for a standby to come back.
+    Blocked,
+}
+
 /// A diverged history kept before a rewind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Diverged {
@@ -98,6 +109,8 @@ pub struct MemberStatus {
     pub standbys: BTreeMap<String, String>,
     /// Primary: `synchronous_standby_names` now.
     pub sync_names: Option<String>,
+    /// Primary: writing without a standby (sync mode, every standby's site down).
+    pub alone: Option<Alone>,
     /// When this site's server last became the primary (ms since the epoch).
     pub promoted_at_ms: Option<u64>,
     /// Where this site's server stopped when it last gave up the primary cleanly: the epoch
@@ -314,6 +327,7 @@ impl Member {
             self.status.lag_ms = o.replay_age_ms;
             self.status.standbys.clear();
             self.status.sync_names = None;
+            self.status.alone = None;
         } else {
             self.status.lag_bytes = None;
             self.status.lag_ms = None;
@@ -376,6 +390,13 @@ impl Member {
         }
         self.observe().await?;
         let want = self.sync_set(w);
+        let others: Vec<&String> = pg
+            .spec
+            .members
+            .keys()
+            .filter(|s| **s != pg.spec.me)
+            .collect();
+        self.status.alone = alone(w, &others, &want);
         let names = sync_names(&want);
         if self.status.sync_names.as_deref() != Some(names.as_str()) {
             let c = self.client().await?;
@@ -566,6 +587,19 @@ pub fn holds_writes(pg: &Postgres, w: &Want) -> bool {
     !wanted && pg.postmaster_pid().is_some() && !pg.is_standby_dir()
 }
 
+/// Whether a primary in sync mode writes alone because every other member's site (`others`)
+/// is declared down: with no synchronous standby (degraded) or waiting for one (blocked).
+fn alone(w: &Want, others: &[&String], set: &[String]) -> Option<Alone> {
+    if !w.sync || others.is_empty() || !others.iter().all(|s| w.down.contains(*s)) {
+        return None;
+    }
+    Some(if set.is_empty() {
+        Alone::Degraded
+    } else {
+        Alone::Blocked
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,6 +675,21 @@ mod tests {
             vec!["north", "west"],
             "block: every member stays in the set, commits wait"
         );
+        let (west, north) = ("west".to_string(), "north".to_string());
+        let others = [&west, &north];
+        let set = m.sync_set(&want(&all_down, true, false));
+        assert_eq!(
+            alone(&want(&all_down, true, false), &others, &set),
+            Some(Alone::Degraded)
+        );
+        let set = m.sync_set(&want(&all_down, true, true));
+        assert_eq!(
+            alone(&want(&all_down, true, true), &others, &set),
+            Some(Alone::Blocked)
+        );
+        // One standby's site still up, or async: not alone.
+        assert_eq!(alone(&want(&["west"], true, false), &others, &[]), None);
+        assert_eq!(alone(&want(&all_down, false, false), &others, &[]), None);
     }
 
     #[test]

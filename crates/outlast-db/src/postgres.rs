@@ -581,10 +581,6 @@ impl Postgres {
         );
         let d = self.spec.data_dir.to_string_lossy().to_string();
         let from = format!("--source-server={source}");
-        // pg_rewind wants a cleanly shut down target, and its dry run does not finish a
-        // crashed member's recovery: do it here, in single-user mode (no client can reach
-        // a single-user server).
-        self.finish_crash_recovery().await?;
         // A just promoted server's control file still names the old timeline until its
         // first checkpoint: pg_rewind would then see one timeline and rewind nothing.
         let source_pg = self.of(primary);
@@ -592,25 +588,8 @@ impl Postgres {
         c.simple_query("CHECKPOINT")
             .await
             .map_err(|e| source_pg.sql(e))?;
-        // A dry run says whether the member's history left the primary's (it prints where
-        // they diverged) or is a prefix of it ("no rewind required").
         let mut archive = None;
-        let rewound = match self
-            .program("pg_rewind", &["-D", &d, &from, "--dry-run"])
-            .await
-        {
-            Err(e) => Err(e),
-            Ok((_, said)) => {
-                if !said.contains("no rewind required") {
-                    let dir = self.diverged_dir().join(epoch.to_string());
-                    self.archive(&dir).await?;
-                    archive = Some(dir);
-                }
-                self.program("pg_rewind", &["-D", &d, &from])
-                    .await
-                    .map(|_| ())
-            }
-        };
+        let rewound = self.rewind(&d, &from, epoch, &mut archive).await;
         match rewound {
             Ok(()) => {
                 self.write_conf(true, Some(primary), "").await?;
@@ -628,6 +607,35 @@ impl Postgres {
             }
         }
         Ok(archive)
+    }
+
+    /// The steps of [`Self::rewind_to`] any of which failing leaves the data dir to be
+    /// replaced by a clone: the crashed server's recovery, the dry run, the archive of a
+    /// diverged history (put in `archive`), the rewind.
+    async fn rewind(
+        &self,
+        d: &str,
+        from: &str,
+        epoch: u64,
+        archive: &mut Option<PathBuf>,
+    ) -> Result<(), PgError> {
+        // pg_rewind wants a cleanly shut down target, and its dry run does not finish a
+        // crashed member's recovery: do it here, in single-user mode (no client can reach
+        // a single-user server).
+        self.finish_crash_recovery().await?;
+        // A dry run says whether the member's history left the primary's (it prints where
+        // they diverged) or is a prefix of it ("no rewind required").
+        let (_, said) = self
+            .program("pg_rewind", &["-D", d, from, "--dry-run"])
+            .await?;
+        if !said.contains("no rewind required") {
+            let dir = self.diverged_dir().join(epoch.to_string());
+            self.archive(&dir).await?;
+            *archive = Some(dir);
+        }
+        self.program("pg_rewind", &["-D", d, from])
+            .await
+            .map(|_| ())
     }
 
     /// Copies the stopped data dir (every file, WAL included) to `dir/data`, readable by a

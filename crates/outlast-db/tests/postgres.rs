@@ -363,6 +363,98 @@ async fn a_crashed_primary_is_replaced_and_rejoins_with_its_diverged_writes_kept
         .expect("stop the copy");
     assert_eq!(lone, 10, "the archived copy holds the ten lone writes");
 
+    // A rewind that fails: east takes writes alone and stops cleanly, but the WAL segments
+    // before its last one are lost (pg_rewind needs them to find what it changed). West is
+    // promoted; east is kept aside as it was and cloned afresh, not left stuck.
+    west.stop.cancel();
+    let _ = (&mut west.task).await;
+    west_pg
+        .stop(outlast_db::postgres::StopMode::Fast, Duration::from_secs(5))
+        .await
+        .expect("stop west");
+    for n in 7000..7010i64 {
+        e.execute("INSERT INTO t VALUES ($1)", &[&n])
+            .await
+            .expect("east alone");
+    }
+    let admin = east_pg.connect("postgres").await.expect("admin on east");
+    admin
+        .simple_query("SELECT pg_switch_wal()")
+        .await
+        .expect("switch wal");
+    e.execute("INSERT INTO t VALUES (7010)", &[])
+        .await
+        .expect("east alone, in a new segment");
+    east.stop.cancel();
+    let _ = (&mut east.task).await;
+    east_pg
+        .stop(outlast_db::postgres::StopMode::Fast, Duration::from_secs(5))
+        .await
+        .expect("stop east");
+    let wal = east_pg.spec.data_dir.join("pg_wal");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&wal)
+        .expect("east's pg_wal")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.len() == 24))
+        .collect();
+    segs.sort();
+    segs.pop();
+    assert!(!segs.is_empty(), "east has older WAL segments to lose");
+    for seg in &segs {
+        std::fs::remove_file(seg).expect("lose a WAL segment");
+    }
+    let mut west = start(west_pg.clone(), want("west", true, 4, false, &["east"]));
+    wait_for(
+        &mut west,
+        "west promoted again",
+        Duration::from_secs(30),
+        |s| s.role == Role::Primary,
+    )
+    .await;
+    let w = app("127.0.0.12", port).await.expect("connect west");
+    w.execute("INSERT INTO t VALUES (8000)", &[])
+        .await
+        .expect("west takes writes");
+    let mut east = start(east_pg.clone(), want("west", false, 4, false, &[]));
+    let st = wait_for(
+        &mut east,
+        "east cloned afresh",
+        Duration::from_secs(60),
+        |s| s.role == Role::Standby,
+    )
+    .await;
+    assert_eq!(st.diverged.len(), 1, "{st:?}");
+    assert!(
+        st.diverged[0].path.ends_with("4-unrewound"),
+        "kept aside before the clone: {st:?}"
+    );
+    assert!(
+        Path::new(&st.diverged[0].path)
+            .join("data/PG_VERSION")
+            .exists(),
+        "the copy of east's data dir is kept"
+    );
+    let log = std::fs::read_to_string(east_pg.log_path()).unwrap_or_default();
+    println!("east cloned afresh after a failed rewind: {st:?}");
+    let e = app("127.0.0.11", port).await.expect("connect east");
+    let until = Instant::now() + Duration::from_secs(10);
+    let want_rows = count(&w).await;
+    while count(&e).await != want_rows && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count(&e).await,
+        want_rows,
+        "east streams west's rows: {log}"
+    );
+    let lone = e
+        .query_one("SELECT count(*) FROM t WHERE n >= 7000 AND n < 8000", &[])
+        .await
+        .map(|row| row.get::<_, i64>(0))
+        .unwrap_or(-1);
+    assert_eq!(lone, 0, "east's lone writes are only in the kept copy");
+
     for s in [&east, &west] {
         s.stop.cancel();
     }

@@ -17,7 +17,7 @@ pub struct AlertEvent {
     pub cluster: String,
     pub epoch: u64,
     pub idempotency_key: String,
-    /// site-down | site-up | primary-moved | failback | active-changed | fenced | unfenced
+    /// One of the kinds in docs/config.md ("[[alerts]]"): site-down, primary-moved, db-promoted, ...
     pub kind: String,
     pub site: Option<String>,
     pub service: Option<String>,

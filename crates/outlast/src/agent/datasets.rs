@@ -8,10 +8,11 @@ use std::sync::Mutex;
 use outlast_control::state::{ClusterState, SiteState};
 use outlast_core::config::{Config, Dataset, DatasetKind, Replication, StandbyLost};
 use outlast_core::status::{DatasetMemberStatus, DatasetStatus, DivergedStatus};
-use outlast_db::member::{self, Handover, MemberStatus, Remote, Role, Want};
+use outlast_db::member::{self, Alone, Handover, MemberStatus, Remote, Role, Want};
 use outlast_db::{PgSpec, Postgres};
 use tokio::sync::watch;
 
+use super::alerts::{event, AlertEvent, Fields, Sender};
 use super::workers::Workers;
 
 /// What the committed state wants of `me`'s member of `d`. `handed_over`: where a site's
@@ -120,6 +121,8 @@ type Pending = (
 pub struct Datasets {
     members: Vec<Member>,
     pending: Mutex<Vec<Pending>>,
+    /// Each member's status when its alerts were last looked for (see [`Self::alerts`]).
+    alerted: Mutex<BTreeMap<String, MemberStatus>>,
 }
 
 impl Datasets {
@@ -169,6 +172,7 @@ impl Datasets {
         Ok(Datasets {
             members,
             pending: Mutex::new(pending),
+            alerted: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -225,6 +229,27 @@ impl Datasets {
             if let Some(h) = st.handed_over {
                 out.handed_over.insert(m.service.clone(), h);
             }
+        }
+        out
+    }
+
+    /// The alerts of what this site's members did since the last call (see [`alerts_for`]);
+    /// each keyed by the epoch its member was told of.
+    pub fn alerts(&self, cluster: &str, me: &str, unix_ms: u64) -> Vec<AlertEvent> {
+        let mut alerted = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for m in &self.members {
+            let now = m.status.borrow().clone();
+            let by = Sender {
+                cluster,
+                me,
+                epoch: m.want.borrow().epoch,
+                unix_ms,
+            };
+            if let Some(was) = alerted.get(&m.dataset) {
+                out.extend(alerts_for(&by, &m.dataset, was, &now));
+            }
+            alerted.insert(m.dataset.clone(), now);
         }
         out
     }
@@ -340,6 +365,16 @@ pub fn status_of(
             Replication::Async => "async".into(),
         },
         members,
+        standby_lost: own
+            .filter(|o| o.role == Role::Primary)
+            .and_then(|o| o.alone)
+            .map(|a| {
+                match a {
+                    Alone::Degraded => "degraded",
+                    Alone::Blocked => "blocked",
+                }
+                .to_string()
+            }),
         diverged: own
             .map(|o| {
                 o.diverged
@@ -354,6 +389,63 @@ pub fn status_of(
             })
             .unwrap_or_default(),
     }
+}
+
+/// The alerts this site sends when its member of `dataset` changes from `was` to `now`:
+/// its server promoted (`db-promoted`), sync mode with every standby's site down
+/// (`db-degraded`, `db-blocked`) and back (`db-sync-restored`), and each diverged history
+/// archived (`db-diverged`). Sent by the member's site, which alone sees them.
+pub fn alerts_for(
+    by: &Sender<'_>,
+    dataset: &str,
+    was: &MemberStatus,
+    now: &MemberStatus,
+) -> Vec<AlertEvent> {
+    let site = &now.site;
+    let fields = || Fields {
+        site: Some(site.clone()),
+        service: Some(dataset.to_string()),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    if now.role == Role::Primary
+        && was.role == Role::Standby
+        && now.promoted_at_ms.is_some()
+        && now.promoted_at_ms != was.promoted_at_ms
+    {
+        let message = format!("dataset {dataset}: {site}'s server promoted; it takes writes");
+        out.push(event(by, "db-promoted", dataset, fields(), message));
+    }
+    if now.alone != was.alone {
+        let (kind, message) = match now.alone {
+            Some(Alone::Degraded) => (
+                "db-degraded",
+                format!("dataset {dataset}: every standby's site is down; synchronous replication is off and commits are acknowledged on {site} alone"),
+            ),
+            Some(Alone::Blocked) => (
+                "db-blocked",
+                format!("dataset {dataset}: every standby's site is down; commits on {site} wait for one to return (standby_lost = \"block\")"),
+            ),
+            None => (
+                "db-sync-restored",
+                format!("dataset {dataset}: a standby is back; commits are in two sites again"),
+            ),
+        };
+        // Back to sync only matters after a degrade or block, on the same primary.
+        if now.alone.is_some() || now.role == Role::Primary {
+            out.push(event(by, kind, dataset, fields(), message));
+        }
+    }
+    for d in now.diverged.iter().skip(was.diverged.len()) {
+        let message = format!(
+            "dataset {dataset}: {site}'s server had writes the new primary does not have (to {}); kept in {} before it rejoined",
+            d.to_lsn.as_deref().unwrap_or("an unknown position"),
+            d.path
+        );
+        let tail = format!("{dataset}-{site}-{}", d.epoch);
+        out.push(event(by, "db-diverged", &tail, fields(), message));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -574,5 +666,76 @@ port = 15432
         // Not reachable from here: unknown, not guessed.
         let st = status_of(d, &state("west", 2, &[]), None, &BTreeMap::new());
         assert!(st.members.iter().all(|m| m.role == "unknown"));
+    }
+
+    #[test]
+    fn a_member_alerts_its_promotion_a_degrade_and_back_and_each_diverged_archive() {
+        let by = Sender {
+            cluster: "shop",
+            me: "west",
+            epoch: 4,
+            unix_ms: 42,
+        };
+        let standby = MemberStatus {
+            site: "west".into(),
+            role: Role::Standby,
+            ..MemberStatus::default()
+        };
+        let promoted = MemberStatus {
+            role: Role::Primary,
+            promoted_at_ms: Some(1000),
+            ..standby.clone()
+        };
+        let kinds = |a: Vec<AlertEvent>| a.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(alerts_for(&by, "orders", &standby, &promoted)),
+            ["db-promoted"]
+        );
+        assert!(alerts_for(&by, "orders", &promoted, &promoted).is_empty());
+        // A fresh primary (made, not promoted) says nothing.
+        let made = MemberStatus {
+            role: Role::Down,
+            ..standby.clone()
+        };
+        assert!(alerts_for(&by, "orders", &made, &promoted).is_empty());
+        let degraded = MemberStatus {
+            alone: Some(Alone::Degraded),
+            ..promoted.clone()
+        };
+        let a = alerts_for(&by, "orders", &promoted, &degraded);
+        assert_eq!(a[0].kind, "db-degraded");
+        assert_eq!(a[0].idempotency_key, "shop-4-db-degraded-orders");
+        assert_eq!(a[0].service.as_deref(), Some("orders"));
+        assert_eq!(
+            kinds(alerts_for(&by, "orders", &degraded, &promoted)),
+            ["db-sync-restored"]
+        );
+        let blocked = MemberStatus {
+            alone: Some(Alone::Blocked),
+            ..promoted.clone()
+        };
+        assert_eq!(
+            kinds(alerts_for(&by, "orders", &promoted, &blocked)),
+            ["db-blocked"]
+        );
+        // Demoted while degraded: no "restored".
+        assert!(alerts_for(&by, "orders", &degraded, &standby).is_empty());
+        let rewound = MemberStatus {
+            diverged: vec![outlast_db::member::Diverged {
+                site: "west".into(),
+                epoch: 4,
+                to_lsn: Some("0/3000060".into()),
+                path: "/var/lib/pg/diverged/4".into(),
+            }],
+            ..standby.clone()
+        };
+        let a = alerts_for(&by, "orders", &standby, &rewound);
+        assert_eq!(kinds(a.clone()), ["db-diverged"]);
+        assert!(
+            a[0].message.contains("/var/lib/pg/diverged/4"),
+            "{}",
+            a[0].message
+        );
+        assert!(alerts_for(&by, "orders", &rewound, &rewound).is_empty());
     }
 }

@@ -347,6 +347,12 @@ impl Agent {
             epoch,
             unix_ms: unix_ms(),
         };
+        for a in self
+            .datasets
+            .alerts(&self.config.cluster.name, &self.me, by.unix_ms)
+        {
+            self.alert(a);
+        }
         if let Some(fenced) = tick.fenced_changed {
             metrics::gauge!("outlast_fenced").set(if fenced { 1.0 } else { 0.0 });
             if fenced {
