@@ -17,26 +17,38 @@ patroni_runs=${2:-3}
 # shellcheck source=bench/common.sh
 source bench/common.sh
 need_packages patroni:patroni etcd:etcd-server python3:python3
-python3 -c "import psycopg2" 2>/dev/null || need_packages x-psycopg2:python3-psycopg2
+# Debian's python3 with Debian's psycopg2 (a python3 earlier on the PATH may lack it).
+py=/usr/bin/python3
+"$py" -c "import psycopg2" 2>/dev/null \
+  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-psycopg2 >/dev/null; }
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 chmod 755 "$work"
 now_ms() { date +%s%3N; }
 
-# The first acknowledged commit after KILL_MS in writer log FILE: its time minus KILL_MS.
-first_after() { awk -v k="$2" '$1 == "ack" && $3 > k { print $3 - k; exit }' "$1"; }
+# The first acknowledged commit after KILL_MS in writer log FILE, its time minus KILL_MS:
+# after the first failed try that followed the kill (a commit the dying server acknowledged
+# just after the signal is not the new primary's), or, when no try failed, the first.
+first_after() {
+  awk -v k="$2" '
+    $1 == "err" && $2 > k && !e { e = $2 }
+    $1 == "ack" && $3 > k { if (!a) a = $3; if (e && !b) b = $3 }
+    END { if (e && b) print b - k; else if (!e && a) print a - k }' "$1"
+}
 # Acknowledged numbers in FILE missing from the table behind CONNINFO.
 lost() {
   local have
   have=$(mktemp)
   "$pgbin/psql" "$2" -Atc "SELECT n FROM seq" >"$have"
-  awk '$1 == "ack" { print $2 }' "$1" | sort -n | comm -23 - <(sort -n "$have") | wc -l
+  awk '$1 == "ack" { print $2 }' "$1" | sort | comm -23 - <(sort "$have") | wc -l
 }
 acked() { awk '$1 == "ack"' "$1" | wc -l; }
 
-# Waits up to 60 s for the first acknowledged commit after KILL_MS in FILE.
+# Waits up to 60 s for the first acknowledged commit after KILL_MS in FILE (looking from
+# 3 s on, so that the writer has seen the kill).
 wait_first() {
   local i
-  for ((i = 0; i < 600; i++)); do
+  sleep 3
+  for ((i = 0; i < 570; i++)); do
     [ -n "$(first_after "$1" "$2")" ] && return 0
     sleep 0.1
   done
@@ -99,7 +111,7 @@ YML
   done
   "$pgbin/psql" "$conn" -qc "CREATE TABLE IF NOT EXISTS seq (n bigint PRIMARY KEY)"
   sleep 2 # the synchronous standby is chosen
-  python3 bench/db_writer.py "$conn" >"$d/writer.log" 2>/dev/null &
+  "$py" bench/db_writer.py "$conn" >"$d/writer.log" 2>/dev/null &
   local writer=$!
   pids+=($writer)
   sleep 3
@@ -146,12 +158,12 @@ outlast_run() {
     "$bin" status --api http://127.0.0.11:17501 --json 2>/dev/null | python3 -c '
 import json,sys
 st=json.load(sys.stdin); m={x["site"]:x for x in st["datasets"][0]["members"]}
-sys.exit(0 if m["east"]["role"]=="primary" and m["west"].get("sync")=="quorum" else 1)' && break
+sys.exit(0 if m["east"]["role"]=="primary" and m["west"].get("sync")=="quorum" else 1)' 2>/dev/null && break
     sleep 0.5
   done
   "$pgbin/psql" "$direct" -qc "CREATE TABLE IF NOT EXISTS seq (n bigint PRIMARY KEY)"
   local conn="host=127.0.0.12 port=15511 user=app password=app-pass-123 dbname=app connect_timeout=2"
-  python3 bench/db_writer.py "$conn" >"$d/writer.log" 2>/dev/null &
+  "$py" bench/db_writer.py "$conn" >"$d/writer.log" 2>/dev/null &
   local writer=$!
   pids+=($writer)
   sleep 3

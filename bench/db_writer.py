@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Commits sequence numbers to a PostgreSQL table through CONNINFO, one at a time,
 reconnecting on any error (2 s timeouts, as a client would), until killed. Prints
-"ack N UNIX_MS" for every acknowledged commit (flushed at once)."""
+"ack N UNIX_MS" for every acknowledged commit and "err UNIX_MS" for every failed try
+(flushed at once)."""
 import sys
 import time
 
@@ -23,6 +24,7 @@ while True:
         n += 1
         time.sleep(0.005)
     except Exception:  # noqa: BLE001 - any failure: reconnect and try the same number
+        print(f"err {int(time.time() * 1000)}", flush=True)
         try:
             if conn is not None:
                 conn.close()

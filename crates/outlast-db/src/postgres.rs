@@ -387,11 +387,7 @@ impl Postgres {
 
     /// The postmaster's pid when one runs on the data dir.
     pub fn postmaster_pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.spec.data_dir.join("postmaster.pid")).ok()?;
-        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-        // Alive, and a postgres process (not a pid the kernel gave to something else).
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "postgres" || comm.trim() == "postmaster").then_some(pid)
+        running_postmaster(&self.spec.data_dir)
     }
 
     async fn prepare_parent(&self) -> Result<(), PgError> {
@@ -982,6 +978,15 @@ pub fn quote_ident(s: &str) -> String {
 
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The pid of the postmaster running on `data_dir`, from its pid file, when that process is
+/// alive and is a postgres server (a stale file's pid may belong to something else by now).
+pub fn running_postmaster(data_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "postgres" || comm.trim() == "postmaster").then_some(pid)
 }
 
 #[cfg(test)]

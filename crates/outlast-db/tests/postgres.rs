@@ -138,10 +138,7 @@ struct Reaper(Vec<PathBuf>);
 impl Drop for Reaper {
     fn drop(&mut self) {
         for dir in &self.0 {
-            let pid = std::fs::read_to_string(dir.join("postmaster.pid"))
-                .ok()
-                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
-            if let Some(pid) = pid {
+            if let Some(pid) = outlast_db::running_postmaster(dir) {
                 let _ = std::process::Command::new("kill")
                     .args(["-QUIT", &pid.to_string()])
                     .status();

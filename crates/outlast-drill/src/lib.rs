@@ -10,6 +10,6 @@ mod run;
 pub mod scenario;
 
 pub use error::DrillError;
-pub use report::Report;
+pub use report::{failover_rows, Report};
 pub use run::{run, DrillOptions};
 pub use scenario::Scenario;

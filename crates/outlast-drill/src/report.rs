@@ -49,6 +49,21 @@ pub struct Recording {
     pub failback_ms: Option<u64>,
     /// The phases of each primary move during the drill, as the agents recorded them.
     pub phases: Vec<PhaseAt>,
+    /// The dataset workload, when there is one.
+    pub db: Option<DbRecording>,
+}
+
+/// What the dataset workload did and found.
+#[derive(Debug, Default)]
+pub struct DbRecording {
+    /// Every commit tried: when, whether it was acknowledged, how long it took.
+    pub commits: Vec<RequestOutcome>,
+    /// Each acknowledged row's number, and when it was acknowledged.
+    pub acked: Vec<(u64, u64)>,
+    /// The rows the final primary holds (None: it could not be read).
+    pub found: Option<std::collections::BTreeSet<u64>>,
+    /// Diverged histories the members archived during the drill.
+    pub archives: Vec<String>,
 }
 
 /// One phase of one primary move, in drill time.
@@ -92,6 +107,25 @@ pub struct Writes {
     pub refused: u64,
 }
 
+/// The dataset workload's figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Db {
+    /// Commits acknowledged to the workload.
+    pub acked: u64,
+    /// Acknowledged commits missing from the final primary (None: it could not be read).
+    pub lost: Option<u64>,
+    /// Write downtime, by the same rule as `rto_ms` over commits (0: none).
+    pub rto_ms: Option<u64>,
+    /// Diverged histories archived during the drill.
+    pub diverged: u64,
+    /// Their paths.
+    pub archives: Vec<String>,
+    /// Commits tried and not acknowledged (failed or timed out; each retried).
+    pub failed: u64,
+    /// The longest a commit waited for its acknowledgement or its failure.
+    pub longest_wait_ms: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bucket {
     pub t_ms: u64,
@@ -107,6 +141,12 @@ pub struct Bucket {
     /// Latency of the answers of the bucket.
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Dataset workload: commits answered (acknowledged or failed) in the bucket, and of
+    /// those acknowledged within `ok_within`.
+    #[serde(default)]
+    pub commits: u64,
+    #[serde(default)]
+    pub commits_ok: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +176,9 @@ pub struct Report {
     pub writes: Writes,
     pub rpo_ms: u64,
     pub failback_ms: Option<u64>,
+    /// The dataset workload's figures (none without one).
+    #[serde(default)]
+    pub db: Option<Db>,
     pub timeline: Vec<Bucket>,
     /// Phases of the primary moves during the drill.
     #[serde(default)]
@@ -239,6 +282,31 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         (true, None) => Some(0),
         (false, _) => None,
     };
+    let db = rec.db.as_ref().map(|d| {
+        let acked: std::collections::BTreeSet<u64> = d.acked.iter().map(|(n, _)| *n).collect();
+        Db {
+            acked: acked.len() as u64,
+            lost: d
+                .found
+                .as_ref()
+                .map(|f| acked.iter().filter(|n| !f.contains(n)).count() as u64),
+            rto_ms: Some(
+                rec.faults
+                    .first()
+                    .and_then(|f| rto(&d.commits, f.at_ms, rec.duration_ms, within))
+                    .unwrap_or(0),
+            ),
+            diverged: d.archives.len() as u64,
+            archives: d.archives.clone(),
+            failed: d.commits.iter().filter(|c| !c.ok).count() as u64,
+            longest_wait_ms: d
+                .commits
+                .iter()
+                .map(|c| c.latency_ms.max(0.0).ceil() as u64)
+                .max()
+                .unwrap_or(0),
+        }
+    });
     let lost: Vec<u64> = rec
         .acked
         .iter()
@@ -268,6 +336,8 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
             served: 0,
             p50_ms: 0.0,
             p99_ms: 0.0,
+            commits: 0,
+            commits_ok: 0,
         })
         .collect();
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); buckets];
@@ -283,6 +353,12 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
             if r.ok {
                 latencies[i].push(r.latency_ms);
             }
+        }
+    }
+    for c in rec.db.iter().flat_map(|d| &d.commits) {
+        if let Some(b) = bucket(c.answered_ms()).and_then(|i| timeline.get_mut(i)) {
+            b.commits += 1;
+            b.commits_ok += u64::from(c.served(within));
         }
     }
     for (b, lat) in timeline.iter_mut().zip(&mut latencies) {
@@ -301,6 +377,10 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
             "writes_acked" => writes.acked as f64,
             "writes_lost" => writes.lost as f64,
             "writes_duplicated" => writes.duplicated as f64,
+            "db_acked" => db.as_ref()?.acked as f64,
+            "db_lost" => db.as_ref()?.lost? as f64,
+            "db_rto_ms" => db.as_ref()?.rto_ms? as f64,
+            "db_diverged" => db.as_ref()?.diverged as f64,
             _ => return None,
         })
     };
@@ -334,6 +414,7 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         writes,
         rpo_ms,
         failback_ms: rec.failback_ms,
+        db,
         passed: expectations.iter().all(|v| v.pass),
         timeline,
         phases: rec.phases.clone(),
@@ -350,7 +431,9 @@ fn esc(s: &str) -> String {
 /// The timeline: success rate (green) and p99 latency (blue) over time, faults in red,
 /// the RTO span shaded.
 pub fn timeline_svg(r: &Report) -> String {
-    let moves = failover_rows(&r.phases);
+    // A service and a dataset, each failing over and back, are four moves.
+    let mut moves = failover_rows(&r.phases);
+    moves.truncate(4);
     let (w, left, right, top, bottom) = (960.0, 56.0, 56.0, 24.0, 36.0);
     let chart_h = 320.0;
     let h = chart_h + BAND_ROW * moves.len() as f64;
@@ -374,16 +457,31 @@ pub fn timeline_svg(r: &Report) -> String {
         s,
         r##"<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>"##
     );
-    if let (Some(rto), Some(f)) = (r.rto_ms, r.faults.first()) {
+    // Both downtimes shaded first, their labels after, so no shade hides a label.
+    let mut labels = String::new();
+    let db_rto = r.db.as_ref().and_then(|d| d.rto_ms).filter(|v| *v > 0);
+    let shades = [
+        (db_rto, "#fdebd0", "#b60", "DB RTO", 22.0),
+        (r.rto_ms, "#fde2e2", "#b00", "RTO", 6.0),
+    ];
+    for (rto, fill, ink, name, above) in shades {
+        let (Some(rto), Some(f)) = (rto, r.faults.first()) else {
+            continue;
+        };
         let (a, b) = (x(f.at_ms as f64), x((f.at_ms + rto) as f64));
         let _ = write!(
             s,
-            r##"<rect x="{a:.1}" y="{top}" width="{:.1}" height="{ph}" fill="#fde2e2"/><text x="{:.1}" y="{:.1}" fill="#b00">RTO {rto} ms</text>"##,
+            r##"<rect x="{a:.1}" y="{top}" width="{:.1}" height="{ph}" fill="{fill}" opacity="0.8"/>"##,
             (b - a).max(1.0),
+        );
+        let _ = write!(
+            labels,
+            r##"<text x="{:.1}" y="{:.1}" fill="{ink}">{name} {rto} ms</text>"##,
             a + 4.0,
-            top + ph - 6.0
+            top + ph - above
         );
     }
+    s.push_str(&labels);
     // Axes and grid.
     for i in 0..=4 {
         let y = top + ph * f64::from(i) / 4.0;
@@ -419,20 +517,21 @@ pub fn timeline_svg(r: &Report) -> String {
         )
     };
     let mid = |b: &Bucket| x(b.t_ms as f64 + BUCKET_MS as f64 / 2.0);
+    // A part of a whole, 0 when there was nothing (nothing came back is drawn at 0%).
+    let share = |part: u64, whole: u64| {
+        if whole == 0 {
+            0.0
+        } else {
+            part as f64 / whole as f64
+        }
+    };
     // What clients saw: served answers over all answers, by answer time; a bucket in which
     // requests were sent but nothing came back is drawn at 0%.
     let success: Vec<(f64, f64)> = r
         .timeline
         .iter()
         .filter(|b| b.sent > 0 || b.answered > 0)
-        .map(|b| {
-            let rate = if b.answered == 0 {
-                0.0
-            } else {
-                b.served as f64 / b.answered as f64
-            };
-            (mid(b), top + ph * (1.0 - rate))
-        })
+        .map(|b| (mid(b), top + ph * (1.0 - share(b.served, b.answered))))
         .collect();
     let latency: Vec<(f64, f64)> = r
         .timeline
@@ -440,8 +539,18 @@ pub fn timeline_svg(r: &Report) -> String {
         .filter(|b| b.answered > 0 && b.p99_ms > 0.0)
         .map(|b| (mid(b), top + ph * (1.0 - b.p99_ms / max_lat)))
         .collect();
+    // The dataset workload: commits acknowledged within ok_within over commits answered.
+    let commits: Vec<(f64, f64)> = r
+        .timeline
+        .iter()
+        .filter(|_| r.db.is_some())
+        .map(|b| (mid(b), top + ph * (1.0 - share(b.commits_ok, b.commits))))
+        .collect();
     s.push_str(&line(latency, "#36c"));
     s.push_str(&line(success, "#2a7"));
+    if !commits.is_empty() {
+        s.push_str(&line(commits, "#e80"));
+    }
     for (i, f) in r.faults.iter().enumerate() {
         let fx = x(f.at_ms as f64);
         let _ = write!(
@@ -468,10 +577,19 @@ pub fn timeline_svg(r: &Report) -> String {
     }
     let _ = write!(
         s,
-        r##"<text x="{left}" y="14" fill="#2a7">served within {} ms</text><text x="{:.1}" y="14" fill="#36c">p99 latency</text></svg>"##,
+        r##"<text x="{left}" y="14" fill="#2a7">served within {} ms</text><text x="{:.1}" y="14" fill="#36c">p99 latency</text>"##,
         r.ok_within_ms,
         left + 170.0
     );
+    if r.db.is_some() {
+        let _ = write!(
+            s,
+            r##"<text x="{:.1}" y="14" fill="#e80">commits acknowledged within {} ms</text>"##,
+            left + 270.0,
+            r.ok_within_ms
+        );
+    }
+    s.push_str("</svg>");
     s
 }
 
@@ -479,7 +597,9 @@ pub fn timeline_svg(r: &Report) -> String {
 const BAND_ROW: f64 = 120.0;
 
 /// The phases of each move (at most three, the first ones), each sorted by time.
-fn failover_rows(phases: &[PhaseAt]) -> Vec<Vec<&PhaseAt>> {
+/// The phases grouped into moves (one thing's primary changing in one epoch), each in time
+/// order, the moves in the order they began.
+pub fn failover_rows(phases: &[PhaseAt]) -> Vec<Vec<&PhaseAt>> {
     let mut rows: Vec<Vec<&PhaseAt>> = Vec::new();
     for p in phases {
         match rows
@@ -494,7 +614,6 @@ fn failover_rows(phases: &[PhaseAt]) -> Vec<Vec<&PhaseAt>> {
         row.sort_by_key(|p| p.at_ms);
     }
     rows.sort_by_key(|r| r[0].at_ms);
-    rows.truncate(3);
     rows
 }
 
@@ -610,6 +729,29 @@ fn phase_band(
     }
 }
 
+/// The dataset workload's rows of the stopwatch.
+fn db_rows(d: &Db) -> String {
+    let lost = d
+        .lost
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "unknown (the final primary could not be read)".into());
+    let archives: String = d
+        .archives
+        .iter()
+        .map(|a| format!("<br><code>{}</code>", esc(a)))
+        .collect();
+    format!(
+        r#"<tr><th>database downtime</th><td class="big">{}</td></tr>
+<tr><th>commits</th><td>{} acknowledged, {lost} lost, {} tries failed (retried); longest wait {} ms</td></tr>
+<tr><th>diverged histories kept</th><td>{}{archives}</td></tr>"#,
+        fmt_ms(d.rto_ms),
+        d.acked,
+        d.failed,
+        d.longest_wait_ms,
+        d.diverged
+    )
+}
+
 fn fmt_ms(v: Option<u64>) -> String {
     v.map(|v| format!("{v} ms")).unwrap_or_else(|| "—".into())
 }
@@ -642,7 +784,7 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
 <tr><th>longest wait</th><td>{wait} ms</td></tr>
 <tr><th>writes</th><td>{acked} acknowledged, {lost} lost, {dup} duplicated ({refused} refused and retried elsewhere)</td></tr>
 <tr><th>data lost (RPO)</th><td>{rpo} ms</td></tr>
-<tr><th>failback</th><td>{fb}</td></tr></table>"#,
+<tr><th>failback</th><td>{fb}</td></tr>{db}</table>"#,
         rto = fmt_ms(r.rto_ms),
         sent = r.requests.sent,
         ok = r.requests.ok,
@@ -660,6 +802,7 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
         },
         rpo = r.rpo_ms,
         fb = fmt_ms(r.failback_ms),
+        db = r.db.as_ref().map(db_rows).unwrap_or_default(),
     );
     s.push_str("<h2>Faults</h2><table><tr><th>at</th><th>fault</th></tr>");
     let mut events: Vec<(u64, String)> = r.faults.iter().map(|f| (f.at_ms, esc(&f.what))).collect();
@@ -829,6 +972,114 @@ mod tests {
     }
 
     #[test]
+    fn the_dataset_workload_counts_lost_commits_and_write_downtime() {
+        // One commit every 10 ms; a site loss at 2 s: the commit sent then waits until
+        // 3.3 s, two tries fail, and commits flow again from 3.3 s.
+        let mut commits = Vec::new();
+        let mut acked = Vec::new();
+        let mut t = 0;
+        let mut n = 0;
+        while t < 6000 {
+            let (ok, latency) = match t {
+                2000 => (false, 2000),
+                4000 => (false, 0),
+                _ => (true, 1),
+            };
+            let latency = if t == 2000 { 1300 } else { latency };
+            commits.push(RequestOutcome {
+                t_ms: t,
+                ok,
+                latency_ms: latency as f64,
+            });
+            if ok {
+                acked.push((n, t + latency));
+                n += 1;
+            }
+            t = if t == 2000 { 3300 } else { t + 10 };
+        }
+        let found: std::collections::BTreeSet<u64> =
+            acked.iter().map(|(n, _)| *n).filter(|n| *n != 7).collect();
+        let rec = Recording {
+            duration_ms: 6000,
+            faults: vec![FaultAt {
+                at_ms: 2000,
+                what: "kill east".into(),
+            }],
+            db: Some(DbRecording {
+                commits,
+                acked: acked.clone(),
+                found: Some(found),
+                archives: vec!["east: /srv/pg.diverged/2".into()],
+            }),
+            ..Recording::default()
+        };
+        let mut sc = Scenario {
+            name: "db".into(),
+            duration: std::time::Duration::from_secs(6),
+            workload: crate::scenario::Workload {
+                service: None,
+                rate: 1,
+                stream: None,
+                event_rate: 1,
+                ok_within: std::time::Duration::from_secs(1),
+                dataset: Some("orders".into()),
+                write_rate: 100,
+            },
+            steps: Vec::new(),
+            expect: Vec::new(),
+        };
+        for (metric, value) in [
+            ("db_lost", 1.0),
+            ("db_rto_ms", 1301.0),
+            ("db_diverged", 1.0),
+        ] {
+            sc.expect.push(Expect {
+                metric: metric.into(),
+                op: crate::scenario::Op::Eq,
+                value,
+            });
+        }
+        let r = analyse(&sc, &rec, 0);
+        let db = r.db.clone().expect("db figures");
+        assert_eq!(db.acked, acked.len() as u64);
+        assert_eq!(db.lost, Some(1), "row 7 is not on the final primary");
+        assert_eq!(db.failed, 2);
+        assert_eq!(db.longest_wait_ms, 1300);
+        // The first clean second of commits starts with the one answered at 3.301 s (the
+        // held one failed); the one failed at 4 s is one try in a hundred.
+        assert_eq!(db.rto_ms, Some(1301), "{db:?}");
+        let rto = r.expectations.iter().find(|v| v.metric == "db_rto_ms");
+        assert_eq!(rto.and_then(|v| v.actual), Some(1301.0));
+        assert!(r
+            .expectations
+            .iter()
+            .any(|v| v.metric == "db_lost" && v.pass));
+        let busy = r.timeline.iter().find(|b| b.t_ms == 1000).expect("bucket");
+        assert_eq!((busy.commits, busy.commits_ok), (25, 25));
+        let svg = timeline_svg(&r);
+        assert!(
+            svg.contains("DB RTO 1301 ms") && svg.contains("#e80"),
+            "{svg}"
+        );
+        let page = html(&r, &[], &[]);
+        assert!(page.contains("east: /srv/pg.diverged/2"));
+        // Unread final primary: lost is unknown and its expectation fails.
+        let rec = Recording {
+            db: Some(DbRecording {
+                found: None,
+                ..DbRecording::default()
+            }),
+            ..rec
+        };
+        let r = analyse(&sc, &rec, 0);
+        assert_eq!(r.db.and_then(|d| d.lost), None);
+        assert!(r
+            .expectations
+            .iter()
+            .any(|v| v.metric == "db_lost" && !v.pass));
+    }
+
+    #[test]
     fn phases_are_drawn_under_the_timeline_and_listed() {
         let phase = |name: &str, at_ms: u64| PhaseAt {
             what: "web".into(),
@@ -862,6 +1113,8 @@ mod tests {
                 stream: None,
                 event_rate: 1,
                 ok_within: std::time::Duration::from_secs(1),
+                dataset: None,
+                write_rate: 1,
             },
             steps: Vec::new(),
             expect: Vec::new(),

@@ -54,6 +54,8 @@ struct Sites {
     stopped: BTreeSet<String>,
     /// On every link between two sites: partitions and delays.
     proxy: FaultProxy,
+    /// Per site, the data dirs of its dataset members (a site loss takes their servers).
+    data_dirs: BTreeMap<String, Vec<PathBuf>>,
     /// The token the agents take on `/v1/faults` (for sink faults).
     token: String,
 }
@@ -104,6 +106,18 @@ impl Sites {
         self.stopped.remove(site);
     }
 
+    /// SIGKILL of the site's dataset servers (their postmasters, by the pid file in each
+    /// member's data dir): with its agent, the whole site is gone.
+    fn kill_servers(&self, site: &str) {
+        for dir in self.data_dirs.get(site).into_iter().flatten() {
+            if let Some(pid) = outlast_db::running_postmaster(dir) {
+                if let Err(e) = signal(pid, "-KILL") {
+                    tracing::warn!(site, dir = %dir.display(), error = %e, "could not kill a dataset server");
+                }
+            }
+        }
+    }
+
     fn pid(&self, site: &str) -> Result<u32> {
         self.children
             .get(site)
@@ -114,7 +128,10 @@ impl Sites {
     /// The faults that act on processes and links; sink faults go through the agents' API.
     fn apply(&mut self, fault: &Fault) -> Result<()> {
         match fault {
-            Fault::Kill(s) => self.kill(s),
+            Fault::Kill(s) => {
+                self.kill(s);
+                self.kill_servers(s);
+            }
             Fault::Stop(s) => {
                 signal(self.pid(s)?, "-STOP")?;
                 self.stopped.insert(s.clone());
@@ -463,6 +480,135 @@ async fn request(http: &reqwest::Client, to: &Target, seq: u64, cache: &DnsCache
     ok
 }
 
+/// Where the dataset workload writes: the dataset's service on each data site's gateway,
+/// as its users' applications reach it, with the dataset's user.
+struct DbTarget {
+    gateways: Vec<SocketAddr>,
+    user: String,
+    password: String,
+    database: String,
+    /// This drill's rows carry it, so that rows of earlier drills do not count.
+    run: i64,
+}
+
+/// The drill's table, made by its first writer.
+const DB_TABLE: &str = "outlast_drill";
+/// A real client's patience with a connect or a commit.
+const DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl DbTarget {
+    /// A connection through the gateway of data site `at` (a timeout or a refusal: None).
+    async fn connect(&self, at: usize) -> Option<tokio_postgres::Client> {
+        let gw = self.gateways.get(at % self.gateways.len().max(1))?;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(gw.ip().to_string())
+            .port(gw.port())
+            .user(&self.user)
+            .password(&self.password)
+            .dbname(&self.database)
+            .connect_timeout(DB_TIMEOUT);
+        let (client, conn) = tokio::time::timeout(DB_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
+            .await
+            .ok()?
+            .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Some(client)
+    }
+
+    /// Makes the drill's table; whether the primary took it.
+    async fn prepare(&self) -> bool {
+        for at in 0..self.gateways.len() {
+            let Some(c) = self.connect(at).await else {
+                continue;
+            };
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {DB_TABLE} (run bigint NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run, n))"
+            );
+            if matches!(
+                tokio::time::timeout(DB_TIMEOUT, c.batch_execute(&sql)).await,
+                Ok(Ok(()))
+            ) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The numbers of this drill's rows on the primary (None: no gateway answered).
+    async fn rows(&self) -> Option<BTreeSet<u64>> {
+        for at in 0..self.gateways.len() {
+            let Some(c) = self.connect(at).await else {
+                continue;
+            };
+            let sql = format!("SELECT n FROM {DB_TABLE} WHERE run = $1");
+            let q =
+                tokio::time::timeout(Duration::from_secs(10), c.query(&sql, &[&self.run])).await;
+            if let Ok(Ok(rows)) = q {
+                return Some(
+                    rows.iter()
+                        .filter_map(|r| r.try_get::<_, i64>(0).ok())
+                        .filter_map(|n| u64::try_from(n).ok())
+                        .collect(),
+                );
+            }
+        }
+        None
+    }
+}
+
+/// The dataset workload: one client inserting numbered rows at `rate` per second, one
+/// commit at a time, each with a 2 s timeout; on any error it reconnects (to the next data
+/// site's gateway when one does not answer) and tries the same number again.
+async fn db_writer(
+    target: Arc<DbTarget>,
+    rate: u64,
+    until: Duration,
+    t0: Instant,
+    out: Arc<Mutex<report::DbRecording>>,
+) {
+    let now_ms = || t0.elapsed().as_millis() as u64;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut n, mut at) = (0u64, 0usize);
+    let mut client: Option<tokio_postgres::Client> = None;
+    let insert = format!("INSERT INTO {DB_TABLE} (run, n) VALUES ($1, $2) ON CONFLICT DO NOTHING");
+    while t0.elapsed() < until {
+        tick.tick().await;
+        let t = now_ms();
+        let start = outlast_core::clock::now();
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = target.connect(at).await;
+        }
+        let ok = match &client {
+            Some(c) => {
+                let row = i64::try_from(n).unwrap_or(i64::MAX);
+                let done =
+                    tokio::time::timeout(DB_TIMEOUT, c.execute(&insert, &[&target.run, &row]))
+                        .await;
+                matches!(done, Ok(Ok(_)))
+            }
+            None => false,
+        };
+        let mut rec = lock(&out);
+        rec.commits.push(RequestOutcome {
+            t_ms: t,
+            ok,
+            latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+        });
+        if ok {
+            rec.acked.push((n, now_ms()));
+            n += 1;
+        } else {
+            if client.is_none() {
+                at += 1;
+            }
+            client = None;
+        }
+    }
+}
+
 /// Runs a drill in local mode; returns the report and the folder it was written to.
 pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
     let config = Config::load(&opts.config).map_err(|e| DrillError::Invalid(e.to_string()))?;
@@ -541,6 +687,18 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
             children: BTreeMap::new(),
             stopped: BTreeSet::new(),
             proxy: FaultProxy::start(&endpoints).await?,
+            data_dirs: config
+                .sites
+                .iter()
+                .map(|site| {
+                    let dirs = config
+                        .datasets
+                        .iter()
+                        .filter_map(|d| d.members.get(&site.name).cloned())
+                        .collect();
+                    (site.name.clone(), dirs)
+                })
+                .collect(),
             token: token.clone(),
         };
         for s in &config.sites {
@@ -585,9 +743,39 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
         _ => None,
     };
 
+    let dataset = sc
+        .workload
+        .dataset
+        .as_ref()
+        .and_then(|n| config.datasets.iter().find(|d| &d.name == n))
+        .cloned();
+    let db_target: Option<Arc<DbTarget>> = dataset.as_ref().and_then(|d| {
+        let svc = config.services.iter().find(|s| s.name == d.service)?;
+        Some(Arc::new(DbTarget {
+            gateways: config
+                .sites
+                .iter()
+                .filter(|s| !s.witness)
+                .map(|s| SocketAddr::new(s.address, svc.port))
+                .collect(),
+            user: d.postgres.user.clone(),
+            password: d.postgres.password.clone(),
+            database: d.postgres.database.clone(),
+            run: i64::try_from(started_ms).unwrap_or(i64::MAX),
+        }))
+    });
+
     // Wait until the cluster is whole: a leader, every site up, the service's primary acting,
-    // and one request through DNS and the gateway served (so start-up is not downtime).
-    let ready_by = outlast_core::clock::now() + Duration::from_secs(30);
+    // and one request through DNS and the gateway served (so start-up is not downtime). With
+    // a dataset, also its table made through the gateway and, in sync mode, a standby in the
+    // synchronous set (a first start makes and clones the servers: more time).
+    let ready_by = outlast_core::clock::now()
+        + if db_target.is_some() {
+            Duration::from_secs(120)
+        } else {
+            Duration::from_secs(30)
+        };
+    let mut db_ready = db_target.is_none();
     loop {
         let mut all = true;
         for (_, api) in &apis {
@@ -601,7 +789,23 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
             });
             all &= ok;
         }
-        if all {
+        if all && !db_ready {
+            if let (Some(t), Some(d)) = (&db_target, &dataset) {
+                let mut in_sync = d.replication != outlast_core::config::Replication::Sync;
+                for (_, api) in &apis {
+                    in_sync |= status(&http, *api).await.is_some_and(|st| {
+                        st.datasets.iter().any(|x| {
+                            x.name == d.name
+                                && x.members
+                                    .iter()
+                                    .any(|m| m.sync.as_deref() == Some("quorum"))
+                        })
+                    });
+                }
+                db_ready = in_sync && t.prepare().await;
+            }
+        }
+        if all && db_ready {
             match &target {
                 Some(t) => {
                     let fresh = DnsCache::default();
@@ -722,6 +926,17 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
         }));
     }
 
+    let db_rec: Arc<Mutex<report::DbRecording>> = Arc::default();
+    if let Some(target) = db_target.clone() {
+        tasks.push(tokio::spawn(db_writer(
+            target,
+            sc.workload.write_rate,
+            end,
+            t0,
+            db_rec.clone(),
+        )));
+    }
+
     // Who is primary, as the first live site tells it (for the failback time).
     {
         let (http, primaries, apis) = (http.clone(), primaries.clone(), apis.clone());
@@ -808,8 +1023,9 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
             .filter(|r| r.ok)
             .count();
         bar.set_position(now_ms());
+        let commits = lock(&db_rec).acked.len();
         bar.set_message(format!(
-            "{} requests, {} writes acked, last 50 ok: {ok}",
+            "{} requests, {} writes acked, {commits} commits, last 50 ok: {ok}",
             lock(&requests).len(),
             lock(&acked).len()
         ));
@@ -871,12 +1087,40 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
             }
         }
     }
+    // The dataset's rows as its final primary has them (a failover may still be finishing:
+    // up to 30 s), and the diverged histories its members kept.
+    let db = match &db_target {
+        Some(t) => {
+            let read_by = outlast_core::clock::now() + Duration::from_secs(30);
+            let mut found = t.rows().await;
+            while found.is_none() && outlast_core::clock::now() < read_by {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                found = t.rows().await;
+            }
+            let mut rec = std::mem::take(&mut *lock(&db_rec));
+            rec.found = found;
+            Some(rec)
+        }
+        None => None,
+    };
     let mut phases = Vec::new();
+    let mut archives = BTreeSet::new();
     for s in config.sites.iter().filter(|s| driver.running(&s.name)) {
         if let Some(st) = status(&http, s.api_addr()).await {
             phases.push(st.failovers);
+            for d in st
+                .datasets
+                .iter()
+                .filter(|d| Some(&d.name) == sc.workload.dataset.as_ref())
+            {
+                archives.extend(d.diverged.iter().map(|v| format!("{}: {}", v.site, v.path)));
+            }
         }
     }
+    let db = db.map(|mut d| {
+        d.archives = archives.into_iter().collect();
+        d
+    });
     let phases = merge_phases(phases, t0_unix_ms);
     drop(driver);
 
@@ -907,6 +1151,7 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
         faults,
         failback_ms,
         phases,
+        db,
     };
     let mut rec = rec;
     rec.requests.sort_by_key(|r| r.t_ms);

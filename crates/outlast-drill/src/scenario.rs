@@ -30,6 +30,8 @@ struct RawWorkload {
     stream: Option<Spanned<String>>,
     event_rate: Option<u64>,
     ok_within: Option<Spanned<String>>,
+    dataset: Option<Spanned<String>>,
+    write_rate: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +136,10 @@ pub const METRICS: &[&str] = &[
     "writes_acked",
     "writes_lost",
     "writes_duplicated",
+    "db_acked",
+    "db_lost",
+    "db_rto_ms",
+    "db_diverged",
 ];
 
 #[derive(Debug, Clone)]
@@ -144,6 +150,10 @@ pub struct Workload {
     pub event_rate: u64,
     /// A request counts as served only when answered within this (default 1 s).
     pub ok_within: Duration,
+    /// The PostgreSQL dataset to insert rows into, through its service's gateways.
+    pub dataset: Option<String>,
+    /// Commits per second (default 200).
+    pub write_rate: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -368,6 +378,25 @@ impl Scenario {
             }
             s.get_ref().clone()
         });
+        let dataset = raw.workload.dataset.as_ref().map(|s| {
+            match config.datasets.iter().find(|x| &x.name == s.get_ref()) {
+                None => at(
+                    s.span(),
+                    format!("dataset \"{}\" is not in the config", s.get_ref()),
+                    "name one of the config's [[datasets]]",
+                ),
+                Some(d) if d.kind != outlast_core::config::DatasetKind::Postgres => at(
+                    s.span(),
+                    format!(
+                        "dataset \"{}\" is not a PostgreSQL dataset; the drill's writes are SQL inserts",
+                        s.get_ref()
+                    ),
+                    "name a dataset with kind = \"postgres\"",
+                ),
+                Some(_) => {}
+            }
+            s.get_ref().clone()
+        });
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -380,6 +409,8 @@ impl Scenario {
                 stream,
                 event_rate: raw.workload.event_rate.unwrap_or(100).max(1),
                 ok_within,
+                dataset,
+                write_rate: raw.workload.write_rate.unwrap_or(200).clamp(1, 10_000),
             },
             steps,
             expect,

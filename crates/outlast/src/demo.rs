@@ -37,14 +37,24 @@ fn summary(r: &outlast_drill::Report, dir: &Path) -> String {
         r.rpo_ms,
         ms(r.failback_ms),
     );
-    if let Some(first) = r.phases.first() {
+    if let Some(db) = &r.db {
+        s.push_str(&format!(
+            "  database         {} commits acked, {} lost; write downtime {}; {} diverged histories kept\n",
+            db.acked,
+            db.lost.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
+            ms(db.rto_ms),
+            db.diverged
+        ));
+    }
+    for row in outlast_drill::failover_rows(&r.phases) {
+        let first = row[0];
         s.push_str(&format!(
             "  failover         {} {} -> {}:",
             first.what,
             first.from.as_deref().unwrap_or("none"),
             first.to
         ));
-        for p in r.phases.iter().filter(|p| p.epoch == first.epoch) {
+        for p in &row {
             s.push_str(&format!(
                 " {} +{} ms",
                 p.name,
@@ -203,6 +213,46 @@ writes_lost = "== 0"
 writes_duplicated = "== 0"
 "#;
 
+/// With PostgreSQL on the machine: a dataset the agents run (east primary, west a sync
+/// standby) and its service.
+const DEMO_DATASET: &str = r#"
+[[datasets]]
+name = "orders"
+port = 7932
+replication = "sync"
+[datasets.members]
+east = { data_dir = "east/pg" }
+west = { data_dir = "west/pg" }
+[datasets.postgres]
+password = "PASSWORD"
+settings = { shared_buffers = "16MB" }
+
+[[services]]
+name = "orders-db"
+dataset = "orders"
+port = 7933
+"#;
+
+/// The scenario's lines for the dataset: its workload and expectations.
+const DEMO_DATASET_WORKLOAD: &str = "dataset = \"orders\"\nwrite_rate = 200\n";
+const DEMO_DATASET_EXPECT: &str = "db_lost = \"== 0\"\ndb_rto_ms = \"< 3000\"\n";
+
+/// The demo's dataset servers: stopped (fast) when dropped, since a server outlives its
+/// agent by design.
+struct Servers(Vec<PathBuf>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            if let Some(pid) = outlast_db::running_postmaster(dir) {
+                let _ = Command::new("kill")
+                    .args(["-INT", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
 /// The demo's backends, stopped by pid when dropped.
 struct Backends(Vec<Child>);
 
@@ -243,12 +293,41 @@ fn demo(dir: Option<PathBuf>) -> anyhow::Result<i32> {
     let dir = std::path::absolute(&dir).unwrap_or(dir);
     let secret = format!("demo-{:032x}", rand::random::<u128>());
     let config = dir.join("outlast.toml");
-    std::fs::write(&config, DEMO_CONFIG.replace("SECRET", &secret))?;
+    let postgres = outlast_db::find_bin_dir().filter(|b| b.join("initdb").exists());
+    let mut config_text = DEMO_CONFIG.replace("SECRET", &secret);
+    let mut scenario_text = DEMO_SCENARIO.to_string();
+    if postgres.is_some() {
+        let password = format!("demo-{:016x}", rand::random::<u64>());
+        config_text.push_str(&DEMO_DATASET.replace("PASSWORD", &password));
+        scenario_text = scenario_text
+            .replace(
+                "event_rate = 200\n",
+                &format!("event_rate = 200\n{DEMO_DATASET_WORKLOAD}"),
+            )
+            .replace(
+                "writes_duplicated = \"== 0\"\n",
+                &format!("writes_duplicated = \"== 0\"\n{DEMO_DATASET_EXPECT}"),
+            );
+    }
+    std::fs::write(&config, config_text)?;
     let scenario = dir.join("region-loss.toml");
-    std::fs::write(&scenario, DEMO_SCENARIO)?;
+    std::fs::write(&scenario, scenario_text)?;
     println!("outlast demo in {}", dir.display());
     println!("  three sites: east 127.0.0.11, west 127.0.0.12, witness 127.0.0.13");
     println!("  service web (primary east) at www.demo.test:7980, clicks stream to file sinks");
+    let _servers = match &postgres {
+        Some(bin) => {
+            println!(
+                "  dataset orders: PostgreSQL ({}) on east and west :7932, sync; its service orders-db at :7933; 200 commits/s",
+                bin.display()
+            );
+            Servers(vec![dir.join("east/pg"), dir.join("west/pg")])
+        }
+        None => {
+            println!("  no PostgreSQL on this machine: the demo runs without a database (apt-get install postgresql adds one)");
+            Servers(Vec::new())
+        }
+    };
     let mut backends = Backends(Vec::new());
     for (site, port, api) in [("east", 7911, "127.0.0.11"), ("west", 7912, "127.0.0.12")] {
         let log = std::fs::File::create(dir.join(format!("backend-{site}.log")))?;

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,21 +30,13 @@ struct Reaper(Vec<PathBuf>);
 impl Drop for Reaper {
     fn drop(&mut self) {
         for dir in &self.0 {
-            if let Some(pid) = postmaster(dir) {
+            if let Some(pid) = outlast_db::running_postmaster(dir) {
                 let _ = std::process::Command::new("kill")
                     .args(["-QUIT", &pid.to_string()])
                     .status();
             }
         }
     }
-}
-
-fn postmaster(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
-    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-    std::path::Path::new(&format!("/proc/{pid}"))
-        .exists()
-        .then_some(pid)
 }
 
 fn dataset(st: &Value) -> &Value {
@@ -535,7 +527,7 @@ fn a_site_loss_moves_the_database_and_loses_no_acknowledged_commit() {
 
     // Site loss: east's agent and its postmaster, kill -9 both.
     let east_dir = c.dir.path().join("east/pg");
-    let pid = postmaster(&east_dir).expect("east's postmaster");
+    let pid = outlast_db::running_postmaster(&east_dir).expect("east's postmaster");
     let killed = Instant::now();
     c.kill9("east");
     let _ = std::process::Command::new("kill")
@@ -882,4 +874,89 @@ fn a_planned_switchover_and_maintenance_move_the_database_with_nothing_lost() {
             "writes held too long: {gap:?}"
         );
     }
+}
+
+/// The drill's dataset workload against a PostgreSQL dataset: `outlast drill` starts the
+/// agents, inserts 200 rows/s through the dataset's service, kills east (its agent and
+/// its server) and restarts it; the report's `db` figures come from the writer's own
+/// acknowledgements and the final primary's rows.
+#[test]
+fn a_drill_reports_the_database_downtime_and_that_nothing_acknowledged_was_lost() {
+    if !postgres_installed() {
+        println!("PostgreSQL is not installed (apt-get install postgresql): skipped");
+        return;
+    }
+    let b = 8900u16;
+    let mut opts = Opts::new(b);
+    opts.failback_after = "3s";
+    opts.extra = dataset_config(b, "sync");
+    let c = Cluster::new(opts);
+    let _reaper = Reaper(vec![
+        c.dir.path().join("east/pg"),
+        c.dir.path().join("west/pg"),
+    ]);
+    let scenario = c.dir.path().join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        r#"name = "db-site-loss"
+duration = "24s"
+[workload]
+dataset = "orders"
+write_rate = 200
+[[steps]]
+at = "5s"
+fault = "kill"
+site = "east"
+[[steps]]
+at = "12s"
+fault = "restart"
+site = "east"
+[expect]
+db_lost = "== 0"
+db_rto_ms = "< 3000"
+"#,
+    )
+    .expect("scenario");
+    let report = c.dir.path().join("report");
+    let out = std::process::Command::new(common::bin())
+        .args(["drill", "--config"])
+        .arg(&c.config)
+        .arg("--scenario")
+        .arg(&scenario)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("outlast drill");
+    let text = std::fs::read_to_string(report.join("report.json")).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let r: Value = serde_json::from_str(&text).expect("report json");
+    let db = &r["db"];
+    println!("db figures: {db}");
+    assert_eq!(out.status.code(), Some(0), "every expectation holds: {r}");
+    let acked = db["acked"].as_u64().unwrap_or(0);
+    assert!(
+        acked > 2000,
+        "about 200 commits/s for 24 s less the outage: {db}"
+    );
+    assert_eq!(db["lost"], 0, "{db}");
+    let rto = db["rto_ms"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        rto > 300 && rto < 3000,
+        "a site loss stops writes for a while, not for free and not for long: {db}"
+    );
+    assert!(db["failed"].as_u64().unwrap_or(0) >= 1, "{db}");
+    let html = std::fs::read_to_string(report.join("index.html")).expect("index.html");
+    assert!(html.contains("database downtime") && html.contains("DB RTO"));
+    assert!(
+        r["phases"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["name"] == "db-promoted")),
+        "the promotion is among the phases: {}",
+        r["phases"]
+    );
 }

@@ -134,7 +134,8 @@ fn every_metric_is_in_the_metrics_page() {
             let rest = &text[i + 1..];
             let end = rest.find('"').unwrap_or(0);
             let name = &rest[..end];
-            if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            // The drill's table shares the prefix but is no metric.
+            if name != "outlast_drill" && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                 names.insert(name.to_string());
             }
         }
