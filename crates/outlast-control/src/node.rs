@@ -200,6 +200,10 @@ pub struct DbReport {
     pub primary: Vec<String>,
     /// Per service: (epoch of the move, last WAL position).
     pub handed_over: BTreeMap<String, (u64, u64)>,
+    /// Per service whose server here is the primary: the synchronous standbys it wants.
+    pub sync_want: BTreeMap<String, Vec<String>>,
+    /// Per service: this site's server's WAL position.
+    pub lsn: BTreeMap<String, u64>,
 }
 
 impl Node {
@@ -395,7 +399,7 @@ impl Node {
                 | Decision::Maintenance { site, .. } => {
                     self.site_changed_at.insert(site.clone(), now_ms);
                 }
-                Decision::Active { .. } => {}
+                Decision::Active { .. } | Decision::SyncSet { .. } => {}
             }
         }
         // A jump without decisions (a snapshot): whatever changed dates from now.
@@ -658,6 +662,8 @@ impl Node {
             grant_age_ms: self.grant_ages(now_ms),
             db_primary: self.db.primary.clone(),
             handed_over: self.db.handed_over.clone(),
+            db_sync: self.db.sync_want.clone(),
+            db_lsn: self.db.lsn.clone(),
         }
     }
 

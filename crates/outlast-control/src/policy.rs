@@ -389,11 +389,27 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
                 }
                 let primary = current.primary.as_deref();
                 let primary_ok = primary.is_some_and(|pr| status(pr) != Some(false));
-                let candidate = p
+                // Where a primary could go: up, healthy, not in maintenance; a dataset's
+                // most advanced server first (by the WAL position its site reported).
+                let mut candidates: Vec<&String> = p
                     .sites
                     .iter()
-                    .find(|s| Some(s.as_str()) != primary && kept(s) && status(s) == Some(true));
+                    .filter(|s| Some(s.as_str()) != primary && kept(s) && status(s) == Some(true))
+                    .collect();
+                let lsn = |s: &String| {
+                    obs.fresh(p, s, now)
+                        .and_then(|r| r.report.db_lsn.get(&svc.name).copied())
+                };
+                candidates.sort_by_key(|s| std::cmp::Reverse(lsn(s)));
+                let candidate = candidates.first().copied();
                 if !primary_ok {
+                    // A failover of a sync dataset promotes only a recorded synchronous
+                    // standby: any other may lack acknowledged commits. None up: it waits.
+                    let recorded = current.sync_set.as_ref().filter(|set| !set.is_empty());
+                    let candidate = match recorded {
+                        Some(set) => candidates.iter().find(|s| set.contains(s)).copied(),
+                        None => candidate,
+                    };
                     if let Some(to) = candidate {
                         out.push(Decision::PrimaryMove {
                             service: svc.name.clone(),
@@ -416,6 +432,20 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
                         });
                     }
                     continue;
+                }
+                // The primary's dataset server asks for its synchronous standbys to be
+                // recorded before it names them (see `ServiceState::sync_set`).
+                if let Some(asked) = primary
+                    .and_then(|pr| obs.fresh(p, pr, now))
+                    .filter(|r| r.report.db_primary.contains(&svc.name))
+                    .and_then(|r| r.report.db_sync.get(&svc.name))
+                {
+                    if current.sync_set.as_ref() != Some(asked) {
+                        out.push(Decision::SyncSet {
+                            service: svc.name.clone(),
+                            sites: asked.clone(),
+                        });
+                    }
                 }
                 let Some(pref) = svc.preferred.as_deref() else {
                     continue;

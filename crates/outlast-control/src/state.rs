@@ -38,6 +38,13 @@ pub struct ServiceState {
     /// `failback = "auto"`.
     #[serde(default)]
     pub reason: Option<MoveReason>,
+    /// A sync dataset's service: the standbys of which one must hold each commit, as the
+    /// primary asked for them and the cluster recorded it before the primary named them in
+    /// `synchronous_standby_names`. A failover promotes only one of these (the most
+    /// advanced that is up). `Some([])`: recorded to go on without a standby (`degrade`);
+    /// none: nothing recorded yet.
+    #[serde(default)]
+    pub sync_set: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +100,12 @@ pub enum Decision {
     Maintenance {
         site: String,
         on: bool,
+    },
+    /// The synchronous standbys of a dataset's service, as its primary asked (see
+    /// [`ServiceState::sync_set`]).
+    SyncSet {
+        service: String,
+        sites: Vec<String>,
     },
 }
 
@@ -153,6 +166,7 @@ impl ClusterState {
                     hold_ms: 0,
                     from: None,
                     reason: None,
+                    sync_set: None,
                 };
                 (svc.name.clone(), state)
             })
@@ -199,8 +213,18 @@ impl ClusterState {
                         s.from = from.clone();
                         s.primary = Some(to.clone());
                         s.active_sites = vec![to.clone()];
+                        // The new primary was one of the standbys; the others still are
+                        // until it asks for a set of its own.
+                        if let Some(set) = &mut s.sync_set {
+                            set.retain(|x| x != to);
+                        }
                         s.hold_ms = *hold_ms;
                         s.epoch = epoch;
+                    }
+                }
+                Decision::SyncSet { service, sites } => {
+                    if let Some(s) = self.services.get_mut(service) {
+                        s.sync_set = Some(sites.clone());
                     }
                 }
                 Decision::Maintenance { site, on } => {
@@ -263,4 +287,12 @@ pub struct Report {
     /// new primary promotes only once it holds everything up to there.
     #[serde(default)]
     pub handed_over: BTreeMap<String, (u64, u64)>,
+    /// Per service whose dataset server here is the primary: the synchronous standbys it
+    /// asks the cluster to record (see [`ServiceState::sync_set`]).
+    #[serde(default)]
+    pub db_sync: BTreeMap<String, Vec<String>>,
+    /// Per service: this site's dataset server's WAL position (replayed, on a standby), so
+    /// a failover promotes the most advanced.
+    #[serde(default)]
+    pub db_lsn: BTreeMap<String, u64>,
 }

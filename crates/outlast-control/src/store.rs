@@ -516,7 +516,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 Decision::SiteDown { site } | Decision::SiteUp { site } => {
                                     inner.times.sites.insert(site.clone(), now);
                                 }
-                                Decision::Active { .. } | Decision::Maintenance { .. } => {}
+                                Decision::Active { .. }
+                                | Decision::Maintenance { .. }
+                                | Decision::SyncSet { .. } => {}
                             }
                         }
                         let epoch = inner.data.state.epoch;

@@ -49,6 +49,11 @@ pub struct DatasetStatus {
     /// `degraded` (commits acknowledged on one site) or `blocked` (commits wait).
     #[serde(default)]
     pub standby_lost: Option<String>,
+    /// Sync mode: the standbys the cluster has recorded as synchronous (a failover
+    /// promotes only one of them); `[]`: recorded to go on without one; none: nothing
+    /// recorded yet.
+    #[serde(default)]
+    pub sync_set: Option<Vec<String>>,
     /// Diverged histories kept before rewinds, on this site.
     pub diverged: Vec<DivergedStatus>,
 }

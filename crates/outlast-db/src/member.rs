@@ -42,6 +42,9 @@ pub struct Want {
     pub sync: bool,
     /// `standby_lost = "block"`: in sync mode, writes wait when every standby is down.
     pub block_when_alone: bool,
+    /// The synchronous standbys the cluster has recorded for this dataset (none: nothing
+    /// recorded yet; see [`to_name`]).
+    pub sync_set: Option<Vec<String>>,
     /// A planned move (switchover, maintenance, failback) from a primary whose site is up:
     /// this site promotes only once it holds the old primary's WAL up to where it stopped.
     pub handover: Option<Handover>,
@@ -111,6 +114,8 @@ pub struct MemberStatus {
     pub sync_names: Option<String>,
     /// Primary: writing without a standby (sync mode, every standby's site down).
     pub alone: Option<Alone>,
+    /// Primary: the synchronous standbys it wants, for the cluster to record first.
+    pub sync_want: Option<Vec<String>>,
     /// When this site's server last became the primary (ms since the epoch).
     pub promoted_at_ms: Option<u64>,
     /// Where this site's server stopped when it last gave up the primary cleanly: the epoch
@@ -390,20 +395,24 @@ impl Member {
         }
         self.observe().await?;
         let want = self.sync_set(w);
+        self.status.sync_want = w.sync.then(|| want.clone());
+        if let Some(set) = to_name(w.sync, &want, w.sync_set.as_deref()) {
+            let names = sync_names(&set);
+            if self.status.sync_names.as_deref() != Some(names.as_str()) {
+                let c = self.client().await?;
+                pg.set_sync(c, &names).await?;
+                tracing::info!(dataset = %pg.spec.dataset, sync = %names, "db: synchronous standbys set");
+                self.status.sync_names = Some(names);
+            }
+        }
         let others: Vec<&String> = pg
             .spec
             .members
             .keys()
             .filter(|s| **s != pg.spec.me)
             .collect();
-        self.status.alone = alone(w, &others, &want);
-        let names = sync_names(&want);
-        if self.status.sync_names.as_deref() != Some(names.as_str()) {
-            let c = self.client().await?;
-            pg.set_sync(c, &names).await?;
-            tracing::info!(dataset = %pg.spec.dataset, sync = %names, "db: synchronous standbys set");
-            self.status.sync_names = Some(names);
-        }
+        let named = self.current_sync_names();
+        self.status.alone = alone(w, &others, named.is_empty());
         Ok(())
     }
 
@@ -589,11 +598,40 @@ pub fn holds_writes(pg: &Postgres, w: &Want) -> bool {
 
 /// Whether a primary in sync mode writes alone because every other member's site (`others`)
 /// is declared down: with no synchronous standby (degraded) or waiting for one (blocked).
-fn alone(w: &Want, others: &[&String], set: &[String]) -> Option<Alone> {
+/// The standbys a sync primary names now, given those it `want`s and those the cluster
+/// has `recorded` (none: no change yet). Every standby named must be recorded first, so a
+/// failover, which promotes only a recorded one, never picks a server that may lack an
+/// acknowledged commit:
+/// - a member leaving the set (its site declared down) leaves at once (what is named stays
+///   recorded);
+/// - one joining is named once recorded; until then those of the wanted that are
+///   recorded, or, when none is (nothing recorded, or recorded to go on alone), the wanted
+///   (waiting for more standbys never loses a commit);
+/// - going on alone (`degrade`) waits for the cluster to record it; writes wait till then.
+pub fn to_name(sync: bool, want: &[String], recorded: Option<&[String]>) -> Option<Vec<String>> {
+    if !sync {
+        return Some(Vec::new());
+    }
+    if want.is_empty() {
+        return (recorded == Some(&[][..])).then(Vec::new);
+    }
+    let recorded = recorded.unwrap_or_default();
+    let both: Vec<String> = want
+        .iter()
+        .filter(|s| recorded.contains(s))
+        .cloned()
+        .collect();
+    if !both.is_empty() {
+        return Some(both);
+    }
+    recorded.is_empty().then(|| want.to_vec())
+}
+
+fn alone(w: &Want, others: &[&String], none_named: bool) -> Option<Alone> {
     if !w.sync || others.is_empty() || !others.iter().all(|s| w.down.contains(*s)) {
         return None;
     }
-    Some(if set.is_empty() {
+    Some(if none_named {
         Alone::Degraded
     } else {
         Alone::Blocked
@@ -643,6 +681,7 @@ mod tests {
             down: down.iter().map(|s| s.to_string()).collect(),
             sync,
             block_when_alone: block,
+            sync_set: None,
             handover: None,
         }
     }
@@ -677,19 +716,39 @@ mod tests {
         );
         let (west, north) = ("west".to_string(), "north".to_string());
         let others = [&west, &north];
-        let set = m.sync_set(&want(&all_down, true, false));
         assert_eq!(
-            alone(&want(&all_down, true, false), &others, &set),
+            alone(&want(&all_down, true, false), &others, true),
             Some(Alone::Degraded)
         );
-        let set = m.sync_set(&want(&all_down, true, true));
         assert_eq!(
-            alone(&want(&all_down, true, true), &others, &set),
+            alone(&want(&all_down, true, true), &others, false),
             Some(Alone::Blocked)
         );
         // One standby's site still up, or async: not alone.
-        assert_eq!(alone(&want(&["west"], true, false), &others, &[]), None);
-        assert_eq!(alone(&want(&all_down, false, false), &others, &[]), None);
+        assert_eq!(alone(&want(&["west"], true, false), &others, true), None);
+        assert_eq!(alone(&want(&all_down, false, false), &others, true), None);
+    }
+
+    #[test]
+    fn a_standby_is_named_only_once_the_cluster_has_recorded_it() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let (west, both) = (v(&["west"]), v(&["north", "west"]));
+        // Async: none, whatever is recorded.
+        assert_eq!(to_name(false, &west, None), Some(vec![]));
+        // Joining: the recorded ones until the newcomer is recorded too.
+        assert_eq!(to_name(true, &both, Some(&west)), Some(west.clone()));
+        assert_eq!(to_name(true, &both, Some(&both)), Some(both.clone()));
+        // Leaving (declared down): at once.
+        assert_eq!(to_name(true, &west, Some(&both)), Some(west.clone()));
+        // Nothing recorded, or recorded alone: more standbys wait for more, name them.
+        assert_eq!(to_name(true, &west, None), Some(west.clone()));
+        assert_eq!(to_name(true, &west, Some(&[])), Some(west.clone()));
+        // A standby replaced by one not recorded: wait for the record.
+        assert_eq!(to_name(true, &v(&["north"]), Some(&west)), None);
+        // Going on alone waits for the cluster to record it.
+        assert_eq!(to_name(true, &[], Some(&west)), None);
+        assert_eq!(to_name(true, &[], None), None);
+        assert_eq!(to_name(true, &[], Some(&[])), Some(vec![]));
     }
 
     #[test]

@@ -128,6 +128,9 @@ fn want(primary: &str, acting: bool, epoch: u64, sync: bool, down: &[&str]) -> W
         down: down.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
         sync,
         block_when_alone: false,
+        // Nothing asked of the cluster here: as if it had recorded going on alone, so the
+        // primary names whichever standbys it wants (see `member::to_name`).
+        sync_set: Some(Vec::new()),
         handover: None,
     }
 }

@@ -479,10 +479,11 @@ fn a_site_loss_moves_the_database_and_loses_no_acknowledged_commit() {
             member(st, "east")["role"] == "primary"
                 && member(st, "west")["role"] == "standby"
                 && member(st, "west")["sync"] == "quorum"
+                && dataset(st)["sync_set"] == serde_json::json!(["west"])
         },
     );
     println!(
-        "made and cloned by the agents, in sync, {:?} after the start",
+        "made and cloned by the agents, in sync (west recorded as the synchronous standby), {:?} after the start",
         t.elapsed()
     );
     let east_pg = format!("127.0.0.11:{}", b + 20);
@@ -548,9 +549,16 @@ fn a_site_loss_moves_the_database_and_loses_no_acknowledged_commit() {
     println!(
         "kill -9 of east's agent and postmaster to the first acknowledged commit on west: {rto:?}"
     );
-    c.wait_for("west", Duration::from_secs(10), "west primary", |st| {
-        member(st, "west")["role"] == "primary"
-    });
+    c.wait_for(
+        "west",
+        Duration::from_secs(10),
+        "west primary, going on alone as recorded",
+        |st| {
+            member(st, "west")["role"] == "primary"
+                && dataset(st)["sync_set"] == serde_json::json!([])
+                && dataset(st)["standby_lost"] == "degraded"
+        },
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     // East comes back: rewound (its crash left a tail past the fork, archived), a standby,

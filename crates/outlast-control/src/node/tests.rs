@@ -54,6 +54,7 @@ fn initial() -> ClusterState {
             hold_ms: 0,
             from: None,
             reason: None,
+            sync_set: None,
         },
     );
     ClusterState {
@@ -97,6 +98,8 @@ fn report(site: &str, applied: u64, acting: &[&str], grant_age_east: u64) -> Rep
         grant_age_ms: [("east".to_string(), grant_age_east)].into_iter().collect(),
         db_primary: vec![],
         handed_over: Default::default(),
+        db_sync: Default::default(),
+        db_lsn: Default::default(),
     }
 }
 

@@ -54,6 +54,7 @@ fn state() -> ClusterState {
             hold_ms: 0,
             from: None,
             reason: None,
+            sync_set: None,
         },
     );
     services.insert(
@@ -66,6 +67,7 @@ fn state() -> ClusterState {
             hold_ms: 0,
             from: None,
             reason: None,
+            sync_set: None,
         },
     );
     ClusterState {
@@ -128,6 +130,8 @@ fn report(site: &str, at: u64, down: &[&str], down_for: u64, services_up: bool) 
             grant_age_ms: BTreeMap::new(),
             db_primary: vec![],
             handed_over: Default::default(),
+            db_sync: Default::default(),
+            db_lsn: Default::default(),
         },
     }
 }
@@ -465,4 +469,107 @@ fn maintenance_moves_the_primary_away_and_drains_active_active() {
         maintenance(&p, &s, &sick, "east", true, 10_000),
         Err(Refusal::Conflict(_))
     ));
+}
+
+/// `params` with a third data site, north, that also runs `db`.
+fn params_with_north() -> Params {
+    let mut p = params(Failback::Manual);
+    p.sites.insert(2, "north".into());
+    p.services[0].sites.push("north".into());
+    p
+}
+
+fn with_lsn(mut r: Received, lsn: u64) -> Received {
+    r.report.db_lsn.insert("db".into(), lsn);
+    r
+}
+
+#[test]
+fn a_failover_promotes_the_most_advanced_recorded_standby_and_waits_without_one() {
+    let p = params_with_north();
+    let mut st = state();
+    st.sites.insert("north".into(), SiteState::Up);
+    let moved_to = |st: &ClusterState, west_up: bool, west: u64, north: u64| {
+        let o = obs(vec![
+            with_lsn(report("west", 10_000, &["east"], 900, west_up), west),
+            with_lsn(report("north", 10_000, &["east"], 900, true), north),
+            report("witness", 10_000, &["east"], 900, true),
+        ]);
+        decide(&p, st, &o, 10_000)
+            .into_iter()
+            .find_map(|d| match d {
+                Decision::PrimaryMove { service, to, .. } if service == "db" => Some(to),
+                _ => None,
+            })
+    };
+    // Nothing recorded (async, or never asked): the most advanced server.
+    assert_eq!(moved_to(&st, true, 100, 200).as_deref(), Some("north"));
+    assert_eq!(moved_to(&st, true, 300, 200).as_deref(), Some("west"));
+    // Both recorded: still the most advanced of them.
+    st.services.get_mut("db").expect("db").sync_set = Some(vec!["north".into(), "west".into()]);
+    assert_eq!(moved_to(&st, true, 100, 200).as_deref(), Some("north"));
+    // Only west recorded: north may lack acknowledged commits, however far it got.
+    st.services.get_mut("db").expect("db").sync_set = Some(vec!["west".into()]);
+    assert_eq!(moved_to(&st, true, 100, 200).as_deref(), Some("west"));
+    assert_eq!(
+        moved_to(&st, false, 100, 200),
+        None,
+        "no recorded standby up: wait"
+    );
+    // Recorded to go on alone (degrade): any server, the most advanced.
+    st.services.get_mut("db").expect("db").sync_set = Some(vec![]);
+    assert_eq!(moved_to(&st, true, 100, 200).as_deref(), Some("north"));
+}
+
+#[test]
+fn the_primary_asks_for_its_sync_set_and_the_cluster_records_it_before_it_is_used() {
+    let p = params(Failback::Manual);
+    let mut st = state();
+    let asking = |site: &str, primary: bool, set: &[&str]| {
+        let mut r = report(site, 10_000, &[], 0, true);
+        if primary {
+            r.report.db_primary.push("db".into());
+        }
+        r.report
+            .db_sync
+            .insert("db".into(), set.iter().map(|s| s.to_string()).collect());
+        r
+    };
+    let o = obs(vec![
+        asking("east", true, &["west"]),
+        report("west", 10_000, &[], 0, true),
+    ]);
+    let d = decide(&p, &st, &o, 10_000);
+    assert_eq!(
+        d,
+        vec![Decision::SyncSet {
+            service: "db".into(),
+            sites: vec!["west".into()]
+        }]
+    );
+    st.apply(&Proposal {
+        base_epoch: st.epoch,
+        decisions: d,
+    });
+    assert_eq!(st.services["db"].sync_set, Some(vec!["west".into()]));
+    assert_eq!(
+        decide(&p, &st, &o, 10_000),
+        vec![],
+        "recorded: nothing more"
+    );
+    // A server that is not the committed primary's, or not writable, asks in vain.
+    let o = obs(vec![asking("east", false, &[]), asking("west", true, &[])]);
+    assert_eq!(decide(&p, &st, &o, 10_000), vec![]);
+    // The new primary was a synchronous standby: it leaves the set when it moves.
+    st.apply(&Proposal {
+        base_epoch: st.epoch,
+        decisions: vec![Decision::PrimaryMove {
+            service: "db".into(),
+            from: Some("east".into()),
+            to: "west".into(),
+            reason: MoveReason::Failover,
+            hold_ms: 1300,
+        }],
+    });
+    assert_eq!(st.services["db"].sync_set, Some(vec![]));
 }

@@ -146,6 +146,7 @@ impl SimConfig {
                 hold_ms: 0,
                 from: None,
                 reason: None,
+                sync_set: None,
             },
         );
         ClusterState {
@@ -215,7 +216,7 @@ enum Msg {
         to: usize,
         id: u64,
         sent_local: u64,
-        report: Report,
+        report: Box<Report>,
     },
     HbResp {
         from: usize,
@@ -457,7 +458,7 @@ impl Sim {
             } => {
                 let local = self.local(to);
                 self.sync_log(to);
-                let answer = self.sites[to].node.on_report(report, local);
+                let answer = self.sites[to].node.on_report(*report, local);
                 self.send(Msg::HbResp {
                     from: to,
                     to: from,
@@ -680,7 +681,7 @@ impl Sim {
                 to: j,
                 id,
                 sent_local: local,
-                report: report.clone(),
+                report: Box::new(report.clone()),
             });
         }
         if self.leader == Some(i) {

@@ -220,69 +220,74 @@ pub fn event(
     }
 }
 
-/// The alerts a committed change sends (from the leader, so that each goes out once).
+/// The alerts a committed change sends (from the leader, so that each goes out once). A
+/// recorded synchronous set sends none: what it means for writes (`db-degraded`,
+/// `db-sync-restored`) is alerted by the primary's site once its server does it.
 pub fn for_change(by: &Sender<'_>, decisions: &[outlast_control::Decision]) -> Vec<AlertEvent> {
     use outlast_control::{Decision, MoveReason};
     decisions
         .iter()
-        .map(|d| match d {
-            Decision::SiteDown { site } | Decision::SiteUp { site } => {
-                let down = matches!(d, Decision::SiteDown { .. });
-                let (kind, word) = if down {
-                    ("site-down", "down")
-                } else {
-                    ("site-up", "up")
-                };
-                let fields = Fields {
-                    site: Some(site.clone()),
-                    ..Default::default()
-                };
-                event(by, kind, site, fields, format!("site {site} is {word}"))
-            }
-            Decision::Active { service, sites } => {
-                let fields = Fields {
-                    service: Some(service.clone()),
-                    ..Default::default()
-                };
-                let message = format!("service {service} now active at [{}]", sites.join(", "));
-                event(by, "active-changed", service, fields, message)
-            }
-            Decision::PrimaryMove {
-                service,
-                from,
-                to,
-                reason,
-                ..
-            } => {
-                let kind = if *reason == MoveReason::Failback {
-                    "failback"
-                } else {
-                    "primary-moved"
-                };
-                let fields = Fields {
-                    service: Some(service.clone()),
-                    from: from.clone(),
-                    to: Some(to.clone()),
-                    ..Default::default()
-                };
-                let message = format!(
-                    "service {service}: primary {} -> {to} ({reason:?})",
-                    from.as_deref().unwrap_or("none")
-                );
-                event(by, kind, service, fields, message)
-            }
-            Decision::Maintenance { site, on } => {
-                let (kind, word) = if *on {
-                    ("maintenance-on", "in maintenance: primaries move away")
-                } else {
-                    ("maintenance-off", "out of maintenance")
-                };
-                let fields = Fields {
-                    site: Some(site.clone()),
-                    ..Default::default()
-                };
-                event(by, kind, site, fields, format!("site {site} is {word}"))
-            }
+        .filter_map(|d| {
+            Some(match d {
+                Decision::SiteDown { site } | Decision::SiteUp { site } => {
+                    let down = matches!(d, Decision::SiteDown { .. });
+                    let (kind, word) = if down {
+                        ("site-down", "down")
+                    } else {
+                        ("site-up", "up")
+                    };
+                    let fields = Fields {
+                        site: Some(site.clone()),
+                        ..Default::default()
+                    };
+                    event(by, kind, site, fields, format!("site {site} is {word}"))
+                }
+                Decision::Active { service, sites } => {
+                    let fields = Fields {
+                        service: Some(service.clone()),
+                        ..Default::default()
+                    };
+                    let message = format!("service {service} now active at [{}]", sites.join(", "));
+                    event(by, "active-changed", service, fields, message)
+                }
+                Decision::PrimaryMove {
+                    service,
+                    from,
+                    to,
+                    reason,
+                    ..
+                } => {
+                    let kind = if *reason == MoveReason::Failback {
+                        "failback"
+                    } else {
+                        "primary-moved"
+                    };
+                    let fields = Fields {
+                        service: Some(service.clone()),
+                        from: from.clone(),
+                        to: Some(to.clone()),
+                        ..Default::default()
+                    };
+                    let message = format!(
+                        "service {service}: primary {} -> {to} ({reason:?})",
+                        from.as_deref().unwrap_or("none")
+                    );
+                    event(by, kind, service, fields, message)
+                }
+                Decision::Maintenance { site, on } => {
+                    let (kind, word) = if *on {
+                        ("maintenance-on", "in maintenance: primaries move away")
+                    } else {
+                        ("maintenance-off", "out of maintenance")
+                    };
+                    let fields = Fields {
+                        site: Some(site.clone()),
+                        ..Default::default()
+                    };
+                    event(by, kind, site, fields, format!("site {site} is {word}"))
+                }
+                Decision::SyncSet { .. } => return None,
+            })
         })
         .collect()
 }

@@ -50,6 +50,7 @@ pub fn want_for(
             .collect(),
         sync: d.replication == Replication::Sync,
         block_when_alone: d.standby_lost == StandbyLost::Block,
+        sync_set: svc.and_then(|s| s.sync_set.clone()),
         handover,
     }
 }
@@ -229,6 +230,12 @@ impl Datasets {
             if let Some(h) = st.handed_over {
                 out.handed_over.insert(m.service.clone(), h);
             }
+            if let (Role::Primary, Some(set)) = (st.role, &st.sync_want) {
+                out.sync_want.insert(m.service.clone(), set.clone());
+            }
+            if let Some(lsn) = st.lsn_pos {
+                out.lsn.insert(m.service.clone(), lsn);
+            }
         }
         out
     }
@@ -365,6 +372,7 @@ pub fn status_of(
             Replication::Async => "async".into(),
         },
         members,
+        sync_set: svc.and_then(|s| s.sync_set.clone()),
         standby_lost: own
             .filter(|o| o.role == Role::Primary)
             .and_then(|o| o.alone)
@@ -518,6 +526,7 @@ port = 15432
                     hold_ms: 0,
                     from: None,
                     reason: None,
+                    sync_set: None,
                 },
             )]
             .into_iter()

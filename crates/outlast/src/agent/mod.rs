@@ -193,6 +193,14 @@ impl Agent {
                         "active sites committed"
                     );
                 }
+                outlast_control::Decision::SyncSet { service, sites } => {
+                    tracing::info!(
+                        service,
+                        ?sites,
+                        epoch = change.epoch,
+                        "synchronous standbys recorded"
+                    );
+                }
                 outlast_control::Decision::PrimaryMove {
                     service,
                     from,
