@@ -33,7 +33,7 @@
 
 use std::collections::BTreeMap;
 
-use outlast_core::config::{Config, Failback, Mode};
+use outlast_core::config::{Config, Failback, Mode, Replication};
 use outlast_core::Health;
 
 use crate::state::*;
@@ -62,6 +62,9 @@ pub struct ServiceParams {
     pub failback: Failback,
     /// Sites that have backends for this service.
     pub sites: Vec<String>,
+    /// The service of an `async` dataset: how far (bytes of WAL) a standby may be behind
+    /// the old primary's last reported position and still be promoted by a failover.
+    pub max_lag_bytes: Option<u64>,
 }
 
 impl Params {
@@ -91,6 +94,11 @@ impl Params {
                         .filter(|site| s.backends.get(&site.name).is_some_and(|b| !b.is_empty()))
                         .map(|site| site.name.clone())
                         .collect(),
+                    max_lag_bytes: config
+                        .datasets
+                        .iter()
+                        .find(|d| d.service == s.name && d.replication == Replication::Async)
+                        .map(|d| d.max_lag_bytes),
                 })
                 .collect(),
         }
@@ -406,9 +414,22 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
                     // A failover of a sync dataset promotes only a recorded synchronous
                     // standby: any other may lack acknowledged commits. None up: it waits.
                     let recorded = current.sync_set.as_ref().filter(|set| !set.is_empty());
+                    // An async dataset: a standby further behind the old primary's last
+                    // reported position than `max_lag` is not promoted by a failover (an
+                    // operator's switchover can); so is one that reports no position. With
+                    // the old primary's position unknown, nobody is held back.
+                    let last_primary_lsn = primary
+                        .and_then(|pr| obs.reports.get(pr))
+                        .and_then(|r| r.report.db_lsn.get(&svc.name).copied());
+                    let close_enough = |s: &&String| match (svc.max_lag_bytes, last_primary_lsn) {
+                        (Some(max), Some(at)) => {
+                            lsn(s).is_some_and(|l| at.saturating_sub(l) <= max)
+                        }
+                        _ => true,
+                    };
                     let candidate = match recorded {
                         Some(set) => candidates.iter().find(|s| set.contains(s)).copied(),
-                        None => candidate,
+                        None => candidates.iter().copied().find(close_enough),
                     };
                     if let Some(to) = candidate {
                         out.push(Decision::PrimaryMove {

@@ -32,6 +32,7 @@ fn cfg(me: &str) -> NodeConfig {
                 preferred: Some("east".into()),
                 failback: Failback::Auto,
                 sites: vec!["east".into(), "west".into()],
+                max_lag_bytes: None,
             }],
         },
         sites,

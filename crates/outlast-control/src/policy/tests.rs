@@ -26,6 +26,7 @@ fn params(failback: Failback) -> Params {
                 preferred: Some("east".into()),
                 failback,
                 sites: vec!["east".into(), "west".into()],
+                max_lag_bytes: None,
             },
             ServiceParams {
                 name: "web".into(),
@@ -33,6 +34,7 @@ fn params(failback: Failback) -> Params {
                 preferred: None,
                 failback,
                 sites: vec!["east".into(), "west".into()],
+                max_lag_bytes: None,
             },
         ],
     }
@@ -572,4 +574,35 @@ fn the_primary_asks_for_its_sync_set_and_the_cluster_records_it_before_it_is_use
         }],
     });
     assert_eq!(st.services["db"].sync_set, Some(vec![]));
+}
+
+#[test]
+fn an_async_standby_further_behind_than_max_lag_is_not_promoted_by_a_failover() {
+    let mut p = params(Failback::Manual);
+    p.services[0].max_lag_bytes = Some(1000);
+    let moved = |east_last: Option<u64>, west: u64| {
+        let mut east = report("east", 9_000, &[], 0, true);
+        if let Some(at) = east_last {
+            east.report.db_lsn.insert("db".into(), at);
+        }
+        let o = obs(vec![
+            east,
+            with_lsn(report("west", 10_000, &["east"], 900, true), west),
+            report("witness", 10_000, &["east"], 900, true),
+        ]);
+        decide(&p, &state(), &o, 10_000)
+            .iter()
+            .any(|d| matches!(d, Decision::PrimaryMove { to, .. } if to == "west"))
+    };
+    // East's last report (stale now, but the last word on where it was) against west's.
+    assert!(moved(Some(5_000), 4_500), "500 bytes behind: promoted");
+    assert!(
+        moved(Some(5_000), 4_000),
+        "exactly max_lag behind: promoted"
+    );
+    assert!(!moved(Some(5_000), 3_999), "further behind: waits");
+    assert!(
+        moved(None, 0),
+        "the old primary's position unknown: nobody held back"
+    );
 }

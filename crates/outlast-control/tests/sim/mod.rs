@@ -108,6 +108,7 @@ impl SimConfig {
                 preferred: Some(self.preferred.clone()),
                 failback: Failback::Auto,
                 sites: self.backends.clone(),
+                max_lag_bytes: None,
             }],
         }
     }
