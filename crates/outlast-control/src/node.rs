@@ -118,6 +118,10 @@ pub struct FailoverLog {
     pub to: String,
     pub reason: crate::state::MoveReason,
     pub phases: Vec<(&'static str, u64)>,
+    /// A failover of an `async` dataset's service: how far (bytes of WAL) the new primary's
+    /// server was behind the old one's, by the positions their sites last reported here. At
+    /// least that much of what the old primary wrote is not on the new one.
+    pub wal_behind_bytes: Option<u64>,
 }
 
 impl FailoverLog {
@@ -382,6 +386,24 @@ impl Node {
                         phases.push(("last-heard", heard));
                     }
                     phases.push(("declared", now_ms));
+                    let is_async = self
+                        .cfg
+                        .params
+                        .services
+                        .iter()
+                        .any(|s| s.name == *service && s.max_lag_bytes.is_some());
+                    let last_lsn = |site: &str| {
+                        self.reports
+                            .get(site)
+                            .and_then(|r| r.report.db_lsn.get(service).copied())
+                    };
+                    let failover = *reason == crate::state::MoveReason::Failover;
+                    let wal_behind_bytes = match (from, is_async && failover) {
+                        (Some(f), true) => last_lsn(f)
+                            .zip(last_lsn(to))
+                            .map(|(old, new)| old.saturating_sub(new)),
+                        _ => None,
+                    };
                     if self.failovers.len() >= FAILOVERS_KEPT {
                         self.failovers.pop_front();
                     }
@@ -392,6 +414,7 @@ impl Node {
                         to: to.clone(),
                         reason: *reason,
                         phases,
+                        wal_behind_bytes,
                     });
                 }
                 Decision::SiteDown { site }

@@ -100,6 +100,10 @@ pub struct FailoverStatus {
     /// failover | failback | switchover
     pub reason: String,
     pub phases: Vec<PhaseStatus>,
+    /// A failover of an `async` dataset: bytes of WAL the new primary was behind the old
+    /// one, by their last reported positions (at least that much is not on the new one).
+    #[serde(default)]
+    pub wal_behind_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

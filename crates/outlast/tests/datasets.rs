@@ -353,6 +353,21 @@ fn an_isolated_primary_stops_taking_writes_before_its_lease_ends() {
     c.wait_for("west", Duration::from_secs(15), "west promoted", |st| {
         member(st, "west")["role"] == "primary"
     });
+    let st = c.status("west").unwrap_or_default();
+    // An async failover says how far behind the new primary was, by the last positions.
+    let behind = st["failovers"]
+        .as_array()
+        .and_then(|f| {
+            f.iter()
+                .rev()
+                .find(|x| x["what"] == "pg" && x["to"] == "west")
+        })
+        .map(|f| f["wal_behind_bytes"].clone());
+    println!("west was {behind:?} bytes of WAL behind east's last reported position");
+    assert!(
+        behind.as_ref().is_some_and(|b| b.is_u64()),
+        "the failover reports the WAL west may lack: {behind:?}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let _ = w.kill();
     let _ = w.wait();

@@ -223,7 +223,13 @@ pub fn event(
 /// The alerts a committed change sends (from the leader, so that each goes out once). A
 /// recorded synchronous set sends none: what it means for writes (`db-degraded`,
 /// `db-sync-restored`) is alerted by the primary's site once its server does it.
-pub fn for_change(by: &Sender<'_>, decisions: &[outlast_control::Decision]) -> Vec<AlertEvent> {
+/// `wal_behind`: for a service that failed over in this change, the bytes of WAL its new
+/// primary was behind (an `async` dataset; see `FailoverLog::wal_behind_bytes`).
+pub fn for_change(
+    by: &Sender<'_>,
+    decisions: &[outlast_control::Decision],
+    wal_behind: &dyn Fn(&str) -> Option<u64>,
+) -> Vec<AlertEvent> {
     use outlast_control::{Decision, MoveReason};
     decisions
         .iter()
@@ -268,10 +274,15 @@ pub fn for_change(by: &Sender<'_>, decisions: &[outlast_control::Decision]) -> V
                         to: Some(to.clone()),
                         ..Default::default()
                     };
-                    let message = format!(
+                    let mut message = format!(
                         "service {service}: primary {} -> {to} ({reason:?})",
                         from.as_deref().unwrap_or("none")
                     );
+                    if let Some(bytes) = wal_behind(service).filter(|b| *b > 0) {
+                        message.push_str(&format!(
+                            "; {to} was {bytes} bytes of WAL behind, by the last positions reported: at least that much of what the old primary wrote is not on it (async)"
+                        ));
+                    }
                     event(by, kind, service, fields, message)
                 }
                 Decision::Maintenance { site, on } => {
@@ -324,7 +335,7 @@ mod tests {
             epoch: 7,
             unix_ms: 42,
         };
-        let a = for_change(&by, &decisions);
+        let a = for_change(&by, &decisions, &|_| None);
         let kinds: Vec<&str> = a.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["site-down", "primary-moved", "failback"]);
         assert_eq!(a[0].idempotency_key, "shop-7-site-down-east");
@@ -337,5 +348,14 @@ mod tests {
         assert!(a
             .iter()
             .all(|e| e.sent_by == "witness" && e.epoch == 7 && e.unix_ms == 42));
+        // An async dataset's failover says how far behind the new primary was.
+        let a = for_change(&by, &decisions, &|s| (s == "db").then_some(4096));
+        assert!(
+            a[1].message.ends_with(
+                "; west was 4096 bytes of WAL behind, by the last positions reported: at least that much of what the old primary wrote is not on it (async)"
+            ),
+            "{}",
+            a[1].message
+        );
     }
 }

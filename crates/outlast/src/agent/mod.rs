@@ -232,7 +232,13 @@ impl Agent {
                 epoch: change.epoch,
                 unix_ms: unix_ms(),
             };
-            for a in alerts::for_change(&by, &change.decisions) {
+            let behind: std::collections::BTreeMap<String, u64> = self
+                .node()
+                .failovers()
+                .filter(|f| f.epoch == change.epoch)
+                .filter_map(|f| Some((f.service.clone(), f.wal_behind_bytes?)))
+                .collect();
+            for a in alerts::for_change(&by, &change.decisions, &|s| behind.get(s).copied()) {
                 self.alert(a);
             }
         }

@@ -111,6 +111,7 @@ impl Agent {
                 from: f.from.clone(),
                 to: f.to.clone(),
                 reason: format!("{:?}", f.reason).to_lowercase(),
+                wal_behind_bytes: f.wal_behind_bytes,
                 phases: f
                     .phases
                     .iter()
