@@ -235,9 +235,10 @@ fn a_delay_longer_than_the_probe_timeout_is_a_cut_to_the_detector() {
     println!("250 ms delay on east: RTO {rto} ms");
     // Clients that cached east's address (TTL 5 s) keep reaching east's fenced gateway,
     // which refuses, until their cache runs out or the heal at 7 s: the downtime a client
-    // sees ends by then (it used to be judged against 4 s, when a request counted as
-    // served in the window it was sent, whatever the wait).
-    assert!(rto > 0 && rto < 6000, "{r}");
+    // sees ends by then, plus east's return (rise, 3 probes; its lease; its gateway's
+    // routes), measured 0.5-1.2 s after the heal. So under 5 s (fault to heal) + 1.5 s.
+    // Runs where no client cached east end near detection (about 2 s).
+    assert!(rto > 0 && rto < 6500, "{r}");
     assert_eq!(r["writes"]["lost"], 0);
     assert_eq!(r["writes"]["duplicated"], 0);
 }
