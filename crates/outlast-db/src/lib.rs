@@ -10,7 +10,9 @@ pub mod member;
 pub mod postgres;
 
 pub use member::{holds_writes, watch_others, Alone, MemberStatus, Remote, Role, Want};
-pub use postgres::{find_bin_dir, running_postmaster, PgError, PgSpec, Postgres};
+pub use postgres::{
+    find_bin_dir, running_postmaster, signal_postmaster, PgError, PgSpec, Postgres,
+};
 
 /// The password of outlast's own role in a dataset (superuser and replication), derived from
 /// the cluster secret so every agent knows it and no file holds it.

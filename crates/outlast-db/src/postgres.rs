@@ -980,6 +980,22 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Sends `sig` (as `kill` takes it: "-INT", "-QUIT", "-KILL") to the postmaster running on
+/// `data_dir`, for whoever must end a server its agent left running (a drill's site loss,
+/// the demo's clean-up, a test's). Ok(false): none runs there.
+pub fn signal_postmaster(data_dir: &Path, sig: &str) -> std::io::Result<bool> {
+    let Some(pid) = running_postmaster(data_dir) else {
+        return Ok(false);
+    };
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("kill {sig} {pid} failed")));
+    }
+    Ok(true)
+}
+
 /// The pid of the postmaster running on `data_dir`, from its pid file, when that process is
 /// alive and is a postgres server (a stale file's pid may belong to something else by now).
 pub fn running_postmaster(data_dir: &Path) -> Option<u32> {

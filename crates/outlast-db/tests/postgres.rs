@@ -141,11 +141,7 @@ struct Reaper(Vec<PathBuf>);
 impl Drop for Reaper {
     fn drop(&mut self) {
         for dir in &self.0 {
-            if let Some(pid) = outlast_db::running_postmaster(dir) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-QUIT", &pid.to_string()])
-                    .status();
-            }
+            let _ = outlast_db::signal_postmaster(dir, "-QUIT");
         }
     }
 }

@@ -540,15 +540,14 @@ pub fn timeline_svg(r: &Report) -> String {
         .map(|b| (mid(b), top + ph * (1.0 - b.p99_ms / max_lat)))
         .collect();
     // The dataset workload: commits acknowledged within ok_within over commits answered.
-    let commits: Vec<(f64, f64)> = r
-        .timeline
-        .iter()
-        .filter(|_| r.db.is_some())
-        .map(|b| (mid(b), top + ph * (1.0 - share(b.commits_ok, b.commits))))
-        .collect();
     s.push_str(&line(latency, "#36c"));
     s.push_str(&line(success, "#2a7"));
-    if !commits.is_empty() {
+    if r.db.is_some() {
+        let commits = r
+            .timeline
+            .iter()
+            .map(|b| (mid(b), top + ph * (1.0 - share(b.commits_ok, b.commits))))
+            .collect();
         s.push_str(&line(commits, "#e80"));
     }
     for (i, f) in r.faults.iter().enumerate() {
@@ -596,7 +595,6 @@ pub fn timeline_svg(r: &Report) -> String {
 /// Height of one failover's band under the timeline.
 const BAND_ROW: f64 = 120.0;
 
-/// The phases of each move (at most three, the first ones), each sorted by time.
 /// The phases grouped into moves (one thing's primary changing in one epoch), each in time
 /// order, the moves in the order they began.
 pub fn failover_rows(phases: &[PhaseAt]) -> Vec<Vec<&PhaseAt>> {

@@ -110,10 +110,8 @@ impl Sites {
     /// member's data dir): with its agent, the whole site is gone.
     fn kill_servers(&self, site: &str) {
         for dir in self.data_dirs.get(site).into_iter().flatten() {
-            if let Some(pid) = outlast_db::running_postmaster(dir) {
-                if let Err(e) = signal(pid, "-KILL") {
-                    tracing::warn!(site, dir = %dir.display(), error = %e, "could not kill a dataset server");
-                }
+            if let Err(e) = outlast_db::signal_postmaster(dir, "-KILL") {
+                tracing::warn!(site, dir = %dir.display(), error = %e, "could not kill a dataset server");
             }
         }
     }
@@ -778,8 +776,12 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
     let mut db_ready = db_target.is_none();
     loop {
         let mut all = true;
+        let mut in_sync = dataset
+            .as_ref()
+            .is_none_or(|d| d.replication != outlast_core::config::Replication::Sync);
         for (_, api) in &apis {
-            let ok = status(&http, *api).await.is_some_and(|st| {
+            let st = status(&http, *api).await;
+            all &= st.as_ref().is_some_and(|st| {
                 st.leader.is_some()
                     && st.sites.iter().all(|s| s.state == "up")
                     && st
@@ -787,21 +789,17 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
                         .iter()
                         .all(|s| s.mode != "primary-standby" || s.primary_acting)
             });
-            all &= ok;
+            in_sync |= st.is_some_and(|st| {
+                st.datasets.iter().any(|x| {
+                    Some(&x.name) == sc.workload.dataset.as_ref()
+                        && x.members
+                            .iter()
+                            .any(|m| m.sync.as_deref() == Some("quorum"))
+                })
+            });
         }
         if all && !db_ready {
-            if let (Some(t), Some(d)) = (&db_target, &dataset) {
-                let mut in_sync = d.replication != outlast_core::config::Replication::Sync;
-                for (_, api) in &apis {
-                    in_sync |= status(&http, *api).await.is_some_and(|st| {
-                        st.datasets.iter().any(|x| {
-                            x.name == d.name
-                                && x.members
-                                    .iter()
-                                    .any(|m| m.sync.as_deref() == Some("quorum"))
-                        })
-                    });
-                }
+            if let Some(t) = &db_target {
                 db_ready = in_sync && t.prepare().await;
             }
         }

@@ -244,11 +244,7 @@ struct Servers(Vec<PathBuf>);
 impl Drop for Servers {
     fn drop(&mut self) {
         for dir in &self.0 {
-            if let Some(pid) = outlast_db::running_postmaster(dir) {
-                let _ = Command::new("kill")
-                    .args(["-INT", &pid.to_string()])
-                    .status();
-            }
+            let _ = outlast_db::signal_postmaster(dir, "-INT");
         }
     }
 }
