@@ -8,11 +8,68 @@
 
 pub mod member;
 pub mod postgres;
+pub mod redis;
+pub mod resp;
 
 pub use member::{holds_writes, watch_others, Alone, MemberStatus, Remote, Role, Want};
 pub use postgres::{
     find_bin_dir, running_postmaster, signal_postmaster, PgError, PgSpec, Postgres,
 };
+
+pub use redis::{Redis, RedisSpec};
+
+use std::collections::BTreeMap;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// One member's server, of either kind: what the agent runs and asks.
+#[derive(Debug, Clone)]
+pub enum Server {
+    Postgres(Postgres),
+    Redis(Redis),
+}
+
+impl Server {
+    pub fn dataset(&self) -> &str {
+        match self {
+            Server::Postgres(p) => &p.spec.dataset,
+            Server::Redis(r) => &r.spec.dataset,
+        }
+    }
+
+    /// The member loop (until `stop`).
+    pub async fn run(
+        self,
+        want: watch::Receiver<Want>,
+        status: watch::Sender<MemberStatus>,
+        stop: CancellationToken,
+    ) {
+        match self {
+            Server::Postgres(p) => member::run(p, want, status, stop).await,
+            Server::Redis(r) => redis::run(r, want, status, stop).await,
+        }
+    }
+
+    /// Asks the other members' servers what they are, once a second (until `stop`).
+    pub async fn watch_others(
+        self,
+        out: watch::Sender<BTreeMap<String, Remote>>,
+        stop: CancellationToken,
+    ) {
+        match self {
+            Server::Postgres(p) => member::watch_others(p, out, stop).await,
+            Server::Redis(r) => redis::watch_others(r, out, stop).await,
+        }
+    }
+
+    /// Whether the server takes writes while the committed state does not want it to.
+    pub fn holds_writes(&self, w: &Want) -> bool {
+        match self {
+            Server::Postgres(p) => member::holds_writes(p, w),
+            Server::Redis(r) => redis::holds_writes(r, w),
+        }
+    }
+}
 
 /// The password of outlast's own role in a dataset (superuser and replication), derived from
 /// the cluster secret so every agent knows it and no file holds it.

@@ -426,35 +426,24 @@ impl Member {
         let since = *self
             .handover_since
             .get_or_insert_with(outlast_core::clock::now);
-        let waited = since.elapsed();
         let pg = self.pg.clone();
-        let Some(stopped_at) = h.stopped_at else {
-            if waited < HANDOVER_WORD_WAIT {
-                self.waiting = Some(format!("waiting for {} to say where it stopped", h.from));
-                return Ok(false);
+        let replayed = match h.stopped_at {
+            Some(_) => {
+                let c = self.client().await?;
+                Some(pg.observe(c).await?.lsn)
             }
-            tracing::warn!(dataset = %pg.spec.dataset, from = %h.from, "db: the old primary never said where it stopped; promoting on what this site has");
-            return Ok(true);
+            None => None,
         };
-        let c = self.client().await?;
-        let replayed = pg.observe(c).await?.lsn;
-        if replayed > stopped_at {
-            tracing::info!(dataset = %pg.spec.dataset, from = %h.from, stopped_at = %format_lsn(stopped_at), waited_ms = waited.as_millis() as u64, "db: holds everything the old primary wrote; promoting");
-            return Ok(true);
-        }
-        if waited < HANDOVER_CATCH_UP_WAIT {
-            self.waiting = Some(format!(
-                "waiting to replay {}'s WAL up to {} (at {})",
-                h.from,
-                format_lsn(stopped_at),
-                format_lsn(replayed)
-            ));
-            return Ok(false);
-        }
-        tracing::warn!(dataset = %pg.spec.dataset, from = %h.from, stopped_at = %format_lsn(stopped_at), replayed = %format_lsn(replayed), "db: did not catch up with the old primary in time; promoting on what this site has");
-        metrics::counter!("outlast_db_handover_short_total", "dataset" => pg.spec.dataset.clone())
-            .increment(1);
-        Ok(true)
+        // The shutdown checkpoint is a record of its own: past it, not at it.
+        let (go, waiting) = handover_check(
+            &pg.spec.dataset,
+            h,
+            since.elapsed(),
+            replayed,
+            |have, stop| have > stop,
+        );
+        self.waiting = waiting;
+        Ok(go)
     }
 
     /// `synchronous_standby_names` as the server has it now (empty when unknown).
@@ -481,18 +470,9 @@ impl Member {
             .cloned()
             .collect();
         let current = self.current_sync_names();
-        let live: Vec<String> = others
-            .iter()
-            .filter(|s| !w.down.contains(*s))
-            .filter(|s| {
-                self.status.standbys.contains_key(*s) || current.contains(&format!("\"{s}\""))
-            })
-            .cloned()
-            .collect();
-        if live.is_empty() && w.block_when_alone {
-            return others;
-        }
-        live
+        wanted_sync_set(w, &others, |s| {
+            self.status.standbys.contains_key(s) || current.contains(&format!("\"{s}\""))
+        })
     }
 
     async fn another_member_answers(&self) -> bool {
@@ -588,6 +568,68 @@ impl Member {
     }
 }
 
+/// In a planned move, whether a standby at `have` (none: not asked, the old primary has
+/// not said where it stopped) may be promoted, and what it waits for if not. `past(have,
+/// stopped_at)`: it holds everything the old primary wrote. Bounded by
+/// [`HANDOVER_WORD_WAIT`] and [`HANDOVER_CATCH_UP_WAIT`]: past them it promotes anyway, with
+/// a warning (a dataset with no primary at all is the worse outcome).
+pub(crate) fn handover_check(
+    dataset: &str,
+    h: &Handover,
+    waited: Duration,
+    have: Option<u64>,
+    past: impl Fn(u64, u64) -> bool,
+) -> (bool, Option<String>) {
+    let (Some(stopped_at), Some(have)) = (h.stopped_at, have) else {
+        if waited < HANDOVER_WORD_WAIT {
+            return (
+                false,
+                Some(format!("waiting for {} to say where it stopped", h.from)),
+            );
+        }
+        tracing::warn!(dataset, from = %h.from, "db: the old primary never said where it stopped; promoting on what this site has");
+        return (true, None);
+    };
+    if past(have, stopped_at) {
+        tracing::info!(dataset, from = %h.from, stopped_at, waited_ms = waited.as_millis() as u64, "db: holds everything the old primary wrote; promoting");
+        return (true, None);
+    }
+    if waited < HANDOVER_CATCH_UP_WAIT {
+        return (
+            false,
+            Some(format!(
+                "waiting to reach {}'s position {stopped_at} (at {have})",
+                h.from
+            )),
+        );
+    }
+    tracing::warn!(dataset, from = %h.from, stopped_at, have, "db: did not catch up with the old primary in time; promoting on what this site has");
+    metrics::counter!("outlast_db_handover_short_total", "dataset" => dataset.to_string())
+        .increment(1);
+    (true, None)
+}
+
+/// The standbys that must hold each write (sync mode): every one of `others` whose site is
+/// not declared down and that `counts_now` (it streams now, or is in the set already), so a
+/// member joins once it streams and leaves only when the quorum declares its site down.
+/// With every one of them down, `block` keeps them all (writes wait) and `degrade` goes on
+/// alone.
+pub(crate) fn wanted_sync_set(
+    w: &Want,
+    others: &[String],
+    counts_now: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let live: Vec<String> = others
+        .iter()
+        .filter(|s| !w.down.contains(*s) && counts_now(s))
+        .cloned()
+        .collect();
+    if live.is_empty() && w.block_when_alone {
+        return others.to_vec();
+    }
+    live
+}
+
 /// Whether this site's server takes writes while the committed state does not want it
 /// to (the agent reports the dataset's service as still acting until it stops).
 pub fn holds_writes(pg: &Postgres, w: &Want) -> bool {
@@ -627,7 +669,7 @@ pub fn to_name(sync: bool, want: &[String], recorded: Option<&[String]>) -> Opti
     recorded.is_empty().then(|| want.to_vec())
 }
 
-fn alone(w: &Want, others: &[&String], none_named: bool) -> Option<Alone> {
+pub(crate) fn alone(w: &Want, others: &[&String], none_named: bool) -> Option<Alone> {
     if !w.sync || others.is_empty() || !others.iter().all(|s| w.down.contains(*s)) {
         return None;
     }

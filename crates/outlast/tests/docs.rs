@@ -68,6 +68,7 @@ fn every_config_field_is_in_the_reference() {
         ("RawDataset", "`[[datasets]]`"),
         ("RawMember", "`[datasets.members]`"),
         ("RawPostgres", "`[datasets.postgres]`"),
+        ("RawRedis", "`[datasets.redis]`"),
         ("RawApi", "`[api]`"),
     ];
     let mut missing = Vec::new();

@@ -66,11 +66,16 @@ pub(super) fn datasets(
                 ("redis", DatasetKind::Redis),
             ],
         );
-        if let (DatasetKind::Redis, Some(k)) = (kind, &r.kind) {
+        // Each kind's options, and none of the other's.
+        let (wrong, section) = match kind {
+            DatasetKind::Postgres => (r.redis.as_ref().map(|x| x.span()), "redis"),
+            DatasetKind::Redis => (r.postgres.as_ref().map(|x| x.span()), "postgres"),
+        };
+        if let Some(span) = wrong {
             ctx.at(
-                k.span(),
-                "kind = \"redis\" is not supported by this version yet",
-                "use kind = \"postgres\", or run Redis as a service of your own for now",
+                span,
+                format!("dataset \"{name}\" is not kind = \"{section}\", so [datasets.{section}] does not apply"),
+                format!("drop [datasets.{section}], or set kind = \"{section}\""),
             );
         }
         let failback = ctx.choice(
@@ -175,7 +180,10 @@ pub(super) fn datasets(
                 .find(|n| members.contains_key(n))
                 .unwrap_or_default(),
         };
-        let postgres = postgres(ctx, r, &name, base);
+        let (postgres, redis) = match kind {
+            DatasetKind::Postgres => (postgres(ctx, r, &name, base), RedisOptions::default()),
+            DatasetKind::Redis => (PostgresOptions::default(), redis(ctx, r, &name, base)),
+        };
         out.push(Dataset {
             name,
             kind,
@@ -187,22 +195,25 @@ pub(super) fn datasets(
             port: *r.port.get_ref(),
             members,
             postgres,
+            redis,
             service: String::new(),
         });
     }
     out
 }
 
-fn postgres(ctx: &mut Ctx<'_>, r: &RawDataset, name: &str, base: &Path) -> PostgresOptions {
-    let p = r.postgres.as_ref().map(|p| p.get_ref());
-    let text = |v: Option<&S<String>>, default: &str| {
-        v.map(|v| v.get_ref().clone())
-            .unwrap_or_else(|| default.to_string())
-    };
-    let password = match (
-        p.and_then(|p| p.password.as_ref()),
-        p.and_then(|p| p.password_file.as_ref()),
-    ) {
+/// The application's password of a dataset, from `password` or `password_file` under
+/// `[datasets.<section>]` (exactly one of them, at least 8 characters).
+fn password(
+    ctx: &mut Ctx<'_>,
+    r: &RawDataset,
+    name: &str,
+    base: &Path,
+    section: &str,
+    inline: Option<&S<String>>,
+    file: Option<&S<String>>,
+) -> String {
+    let password = match (inline, file) {
         (Some(pw), None) => pw.get_ref().clone(),
         (None, Some(f)) => match read_secret(&resolve(base, f.get_ref())) {
             Ok(t) => t.trim().to_string(),
@@ -227,18 +238,81 @@ fn postgres(ctx: &mut Ctx<'_>, r: &RawDataset, name: &str, base: &Path) -> Postg
             ctx.at(
                 r.name.span(),
                 format!("dataset \"{name}\" has no password for its application role"),
-                "add password_file = \"app.pass\" (or password = \"...\") under [datasets.postgres]",
+                format!("add password_file = \"app.pass\" (or password = \"...\") under [datasets.{section}]"),
             );
             String::new()
         }
     };
-    if let (Some(pw), true) = (p.and_then(|p| p.password.as_ref()), password.len() < 8) {
+    if let (Some(pw), true) = (inline, password.len() < 8) {
         ctx.at(
             pw.span(),
             "the password is shorter than 8 characters",
             "use a longer password (a password_file keeps it out of the config)",
         );
     }
+    password
+}
+
+fn redis(ctx: &mut Ctx<'_>, r: &RawDataset, name: &str, base: &Path) -> RedisOptions {
+    let x = r.redis.as_ref().map(|x| x.get_ref());
+    let password = password(
+        ctx,
+        r,
+        name,
+        base,
+        "redis",
+        x.and_then(|x| x.password.as_ref()),
+        x.and_then(|x| x.password_file.as_ref()),
+    );
+    let mut settings = BTreeMap::new();
+    for (k, v) in x.map(|x| &x.settings).into_iter().flatten() {
+        let key = k.get_ref().to_ascii_lowercase();
+        if OWNED_REDIS_SETTINGS.contains(&key.as_str()) {
+            ctx.at(
+                k.span(),
+                format!("directive {key} is outlast's to set"),
+                "drop it: outlast sets it for each member's role and address",
+            );
+        } else if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            ctx.at(
+                k.span(),
+                format!("\"{key}\" is not a redis.conf directive"),
+                "write it like maxmemory",
+            );
+        } else if v.get_ref().contains(['\n', '\r']) {
+            ctx.at(v.span(), "the value spans lines", "write it on one line");
+        } else {
+            settings.insert(key, v.get_ref().clone());
+        }
+    }
+    RedisOptions {
+        server_bin: x
+            .and_then(|x| x.server_bin.as_ref())
+            .map(|b| resolve(base, b.get_ref())),
+        os_user: x
+            .and_then(|x| x.os_user.as_ref())
+            .map(|u| u.get_ref().clone())
+            .unwrap_or_else(|| "redis".into()),
+        password,
+        settings,
+    }
+}
+
+fn postgres(ctx: &mut Ctx<'_>, r: &RawDataset, name: &str, base: &Path) -> PostgresOptions {
+    let p = r.postgres.as_ref().map(|p| p.get_ref());
+    let text = |v: Option<&S<String>>, default: &str| {
+        v.map(|v| v.get_ref().clone())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let password = password(
+        ctx,
+        r,
+        name,
+        base,
+        "postgres",
+        p.and_then(|p| p.password.as_ref()),
+        p.and_then(|p| p.password_file.as_ref()),
+    );
     let mut allow = Vec::new();
     if let Some(list) = p.and_then(|p| p.allow.as_ref()) {
         for a in list.get_ref() {
@@ -461,6 +535,7 @@ port = 6379
 east = { data_dir = "c" }
 [datasets.postgres]
 password = "0123456789"
+settings = { port = "6000" }
 
 [[services]]
 name = "db"
@@ -470,7 +545,7 @@ port = 15432
 "#;
         let problems = parse(bad).expect_err("invalid").join("\n");
         for want in [
-            "kind = \"redis\" is not supported",
+            "is not kind = \"postgres\", so [datasets.postgres] does not apply",
             "primary \"north\" is not a member",
             "max_lag = \"lots\" is not a size",
             "site \"witness\" is a witness and holds no data",
@@ -506,6 +581,50 @@ port = 15432
             problems.contains("dataset orders's server on site east"),
             "{problems}"
         );
+    }
+
+    #[test]
+    fn a_redis_dataset_takes_its_own_options_and_refuses_outlasts_directives() {
+        let redis = r#"
+[[datasets]]
+name = "sessions"
+kind = "redis"
+port = 6379
+replication = "async"
+[datasets.members]
+east = { data_dir = "data/east/redis" }
+west = { data_dir = "data/west/redis" }
+[datasets.redis]
+password = "session-pass"
+settings = { maxmemory = "100mb", "maxmemory-policy" = "allkeys-lru" }
+
+[[services]]
+name = "sessions"
+dataset = "sessions"
+port = 16379
+"#;
+        let c = parse(redis).expect("valid");
+        let d = &c.datasets[0];
+        assert_eq!(d.kind, DatasetKind::Redis);
+        assert_eq!(d.redis.os_user, "redis");
+        assert_eq!(d.redis.password, "session-pass");
+        assert_eq!(d.redis.settings["maxmemory-policy"], "allkeys-lru");
+        let bad = redis
+            .replace("maxmemory = \"100mb\"", "replicaof = \"10.0.0.1 6379\"")
+            .replace("password = \"session-pass\"", "")
+            .replace(
+                "[[services]]",
+                "[datasets.postgres]\npassword = \"0123456789\"\n\n[[services]]",
+            );
+        let problems = parse(&bad).expect_err("invalid").join("\n");
+        for want in [
+            "directive replicaof is outlast's to set",
+            "has no password for its application role",
+            "add password_file = \"app.pass\" (or password = \"...\") under [datasets.redis]",
+            "dataset \"sessions\" is not kind = \"postgres\", so [datasets.postgres] does not apply",
+        ] {
+            assert!(problems.contains(want), "missing {want:?} in:\n{problems}");
+        }
     }
 
     #[test]

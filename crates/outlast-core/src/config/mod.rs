@@ -295,12 +295,48 @@ pub struct Dataset {
     /// Member site → its data dir (absolute).
     pub members: BTreeMap<String, PathBuf>,
     pub postgres: PostgresOptions,
+    pub redis: RedisOptions,
     /// The service clients reach it through (exactly one names it in `dataset`).
     pub service: String,
 }
 
+/// The `redis.conf` directives outlast writes for each member (not the config's to set).
+pub const OWNED_REDIS_SETTINGS: &[&str] = &[
+    "bind",
+    "port",
+    "dir",
+    "daemonize",
+    "pidfile",
+    "logfile",
+    "requirepass",
+    "masterauth",
+    "replicaof",
+    "slaveof",
+    "min-replicas-to-write",
+    "min-slaves-to-write",
+    "replica-announce-ip",
+    "bind-source-addr",
+    "unixsocket",
+    "include",
+    "rename-command",
+];
+
+/// `[datasets.redis]`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RedisOptions {
+    /// `redis-server`; none: found on the path at start.
+    pub server_bin: Option<PathBuf>,
+    /// The server runs as this user when the agent runs as root.
+    pub os_user: String,
+    /// `requirepass` (clients) and `masterauth` (replicas).
+    #[serde(skip)]
+    pub password: String,
+    /// More `redis.conf` directives.
+    pub settings: BTreeMap<String, String>,
+}
+
 /// `[datasets.postgres]`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PostgresOptions {
     /// Where initdb, pg_ctl, pg_basebackup and pg_rewind are; none: found at start.
     pub bin_dir: Option<PathBuf>,

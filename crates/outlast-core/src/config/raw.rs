@@ -174,12 +174,24 @@ pub struct RawDataset {
     #[serde(default)]
     pub members: BTreeMap<S<String>, S<RawMember>>,
     pub postgres: Option<S<RawPostgres>>,
+    pub redis: Option<S<RawRedis>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMember {
     pub data_dir: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub server_bin: Option<S<String>>,
+    pub os_user: Option<S<String>>,
+    pub password: Option<S<String>>,
+    pub password_file: Option<S<String>>,
+    #[serde(default)]
+    pub settings: BTreeMap<S<String>, S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use outlast_control::state::{ClusterState, SiteState};
 use outlast_core::config::{Config, Dataset, DatasetKind, Replication, StandbyLost};
 use outlast_core::status::{DatasetMemberStatus, DatasetStatus, DivergedStatus};
-use outlast_db::member::{self, Alone, Handover, MemberStatus, Remote, Role, Want};
-use outlast_db::{PgSpec, Postgres};
+use outlast_db::member::{Alone, Handover, MemberStatus, Remote, Role, Want};
+use outlast_db::{PgSpec, Postgres, Redis, RedisSpec, Server};
 use tokio::sync::watch;
 
 use super::alerts::{event, AlertEvent, Fields, Sender};
@@ -95,6 +95,84 @@ pub fn spec_for(
     })
 }
 
+/// The Redis server `me` runs for `d` (none when `me` is not a member).
+pub fn redis_spec_for(
+    config: &Config,
+    d: &Dataset,
+    me: &str,
+    root: bool,
+    server_bin: std::path::PathBuf,
+) -> Option<RedisSpec> {
+    let data_dir = d.members.get(me)?.clone();
+    Some(RedisSpec {
+        dataset: d.name.clone(),
+        me: me.to_string(),
+        port: d.port,
+        data_dir,
+        server_bin,
+        os_user: root.then(|| d.redis.os_user.clone()),
+        password: d.redis.password.clone(),
+        sync: d.replication == Replication::Sync,
+        members: d
+            .members
+            .keys()
+            .filter_map(|m| config.site(m).map(|s| (m.clone(), s.address)))
+            .collect(),
+        settings: d.redis.settings.clone(),
+    })
+}
+
+/// This site's server of `d`, when it is a member; an error when it cannot run here (its
+/// server's programs are not installed).
+fn server_for(
+    config: &Config,
+    d: &Dataset,
+    me: &str,
+    root: bool,
+) -> anyhow::Result<Option<Server>> {
+    if !d.members.contains_key(me) {
+        return Ok(None);
+    }
+    Ok(match d.kind {
+        DatasetKind::Postgres => {
+            let bin_dir = match &d.postgres.bin_dir {
+                Some(b) => b.clone(),
+                None => outlast_db::find_bin_dir().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "dataset {} needs PostgreSQL on this machine, and none was found (no pg_config on the path, nothing in /usr/lib/postgresql); install it (apt-get install postgresql) or set bin_dir under [datasets.postgres]",
+                        d.name
+                    )
+                })?,
+            };
+            if !bin_dir.join("initdb").exists() {
+                anyhow::bail!(
+                    "dataset {}: {} has no initdb; set bin_dir under [datasets.postgres] to PostgreSQL's bin directory",
+                    d.name,
+                    bin_dir.display()
+                );
+            }
+            spec_for(config, d, me, root, bin_dir).map(|s| Server::Postgres(Postgres::new(s)))
+        }
+        DatasetKind::Redis => {
+            let bin = match &d.redis.server_bin {
+                Some(b) if b.is_file() => b.clone(),
+                Some(b) => anyhow::bail!(
+                    "dataset {}: server_bin {} is not a file; set it under [datasets.redis] to redis-server's path",
+                    d.name,
+                    b.display()
+                ),
+                None => outlast_db::redis::find_server().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "dataset {} needs Redis on this machine, and no redis-server was found on the path; install it (apt-get install redis-server) or set server_bin under [datasets.redis]",
+                        d.name
+                    )
+                })?,
+            };
+            redis_spec_for(config, d, me, root, bin).map(|s| Server::Redis(Redis::new(s)))
+        }
+    })
+}
+
 /// Whether this process runs as root.
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -104,7 +182,7 @@ fn is_root() -> bool {
 struct Member {
     dataset: String,
     service: String,
-    pg: Postgres,
+    server: Server,
     want: watch::Sender<Want>,
     status: watch::Receiver<MemberStatus>,
     others: watch::Receiver<BTreeMap<String, Remote>>,
@@ -112,7 +190,7 @@ struct Member {
 
 /// A loop not yet spawned (see [`Datasets::spawn`]).
 type Pending = (
-    Postgres,
+    Server,
     watch::Receiver<Want>,
     watch::Sender<MemberStatus>,
     watch::Sender<BTreeMap<String, Remote>>,
@@ -134,37 +212,17 @@ impl Datasets {
         let mut pending = Vec::new();
         let root = is_root();
         for d in &config.datasets {
-            if !d.members.contains_key(me) || d.kind != DatasetKind::Postgres {
-                continue;
-            }
-            let bin_dir = match &d.postgres.bin_dir {
-                Some(b) => b.clone(),
-                None => outlast_db::find_bin_dir().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "dataset {} needs PostgreSQL on this machine, and none was found (no pg_config on the path, nothing in /usr/lib/postgresql); install it (apt-get install postgresql) or set bin_dir under [datasets.postgres]",
-                        d.name
-                    )
-                })?,
-            };
-            if !bin_dir.join("initdb").exists() {
-                anyhow::bail!(
-                    "dataset {}: {} has no initdb; set bin_dir under [datasets.postgres] to PostgreSQL's bin directory",
-                    d.name,
-                    bin_dir.display()
-                );
-            }
-            let Some(spec) = spec_for(config, d, me, root, bin_dir) else {
+            let Some(server) = server_for(config, d, me, root)? else {
                 continue;
             };
-            let pg = Postgres::new(spec);
             let (want_tx, want_rx) = watch::channel(Want::default());
             let (status_tx, status_rx) = watch::channel(MemberStatus::default());
             let (others_tx, others_rx) = watch::channel(BTreeMap::new());
-            pending.push((pg.clone(), want_rx, status_tx, others_tx));
+            pending.push((server.clone(), want_rx, status_tx, others_tx));
             members.push(Member {
                 dataset: d.name.clone(),
                 service: d.service.clone(),
-                pg,
+                server,
                 want: want_tx,
                 status: status_rx,
                 others: others_rx,
@@ -181,15 +239,15 @@ impl Datasets {
     /// wants nothing: no server starts writable before the committed state is known.
     pub fn spawn(&self, workers: &mut Workers) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        for (pg, want, status, others) in pending {
-            let name = pg.spec.dataset.clone();
+        for (server, want, status, others) in pending {
+            let name = server.dataset().to_string();
             workers.spawn(
                 format!("dataset {name}"),
-                member::run(pg.clone(), want, status, workers.token()),
+                server.clone().run(want, status, workers.token()),
             );
             workers.spawn(
                 format!("dataset {name} watch"),
-                member::watch_others(pg, others, workers.token()),
+                server.watch_others(others, workers.token()),
             );
         }
     }
@@ -266,7 +324,7 @@ impl Datasets {
     pub fn holding(&self) -> BTreeSet<String> {
         self.members
             .iter()
-            .filter(|m| member::holds_writes(&m.pg, &m.want.borrow()))
+            .filter(|m| m.server.holds_writes(&m.want.borrow()))
             .map(|m| m.service.clone())
             .collect()
     }
@@ -346,7 +404,10 @@ pub fn status_of(
                 let standby = role == Some(Role::Standby);
                 DatasetMemberStatus {
                     role: role.map(role_word).unwrap_or_else(|| "unknown".into()),
-                    lsn: lsn.map(outlast_db::postgres::format_lsn),
+                    lsn: lsn.map(|l| match d.kind {
+                        DatasetKind::Postgres => outlast_db::postgres::format_lsn(l),
+                        DatasetKind::Redis => l.to_string(),
+                    }),
                     lag_bytes: match (standby, primary_lsn, lsn) {
                         (true, Some(p), Some(l)) => Some(p.saturating_sub(l)),
                         _ => None,
