@@ -889,6 +889,7 @@ impl StreamRelay {
             if late > 0 {
                 tracing::error!(stream = %self.cfg.name, peer, late, "relay: an id held twice was already shipped from here");
             }
+            tracing::debug!(stream = %self.cfg.name, peer, conflicts = ?resp.conflicts, shipped, intent = ?own.intent(), "relay: a peer kept its copies of ids held twice");
             if let Err(e) = own.skip(&resp.conflicts) {
                 tracing::error!(stream = %self.cfg.name, error = %e, "relay: could not record skips");
             }
@@ -1106,7 +1107,9 @@ impl StreamRelay {
                 if own.is_skipped(s) || skipped_there(r.seq) {
                     continue;
                 }
-                if first_wins(own.shipped_or_intended(s), &self.sites.me, r.seq) {
+                let kept = first_wins(own.shipped_or_intended(s), &self.sites.me, r.seq);
+                tracing::debug!(stream = %self.cfg.name, origin, id = r.id, theirs = r.seq, ours = s, kept_ours = kept, our_shipped = own.shipped(), our_intent = ?own.intent(), their_shipped = req.shipped, their_intent = ?req.intent, "relay: an id held twice settled");
+                if kept {
                     conflicts.push(r.seq);
                 } else {
                     lose.push(s);

@@ -243,7 +243,10 @@ impl Cluster {
             .arg(config)
             .args(["--site", site])
             .args(args)
-            .env("OUTLAST_LOG", "info,openraft=warn")
+            .env(
+                "OUTLAST_LOG",
+                std::env::var("OUTLAST_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -329,6 +332,15 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
+        // Whole logs kept for a failure that is hard to repeat (`OUTLAST_TEST_LOG_DIR`).
+        if let Ok(keep) = std::env::var("OUTLAST_TEST_LOG_DIR") {
+            for (name, _) in SITES {
+                let _ = std::fs::copy(
+                    self.log_path(name),
+                    Path::new(&keep).join(format!("{name}.log")),
+                );
+            }
+        }
         let mut out = String::new();
         for (name, _) in SITES {
             let text = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
