@@ -14,7 +14,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use indicatif::{ProgressBar, ProgressStyle};
 use outlast_core::clock::unix_ms;
-use outlast_core::config::{Config, Mode};
+use outlast_core::config::{Config, DatasetKind, Mode};
 use outlast_core::status::Status;
 use serde_json::{json, Value};
 
@@ -106,11 +106,13 @@ impl Sites {
         self.stopped.remove(site);
     }
 
-    /// SIGKILL of the site's dataset servers (their postmasters, by the pid file in each
-    /// member's data dir): with its agent, the whole site is gone.
+    /// SIGKILL of the site's dataset servers (PostgreSQL's postmasters and Redis servers, by
+    /// the pid file in each member's data dir): with its agent, the whole site is gone.
     fn kill_servers(&self, site: &str) {
         for dir in self.data_dirs.get(site).into_iter().flatten() {
-            if let Err(e) = outlast_db::signal_postmaster(dir, "-KILL") {
+            let killed = outlast_db::signal_postmaster(dir, "-KILL")
+                .and_then(|_| outlast_db::redis::signal_server(dir, "-KILL"));
+            if let Err(e) = killed {
                 tracing::warn!(site, dir = %dir.display(), error = %e, "could not kill a dataset server");
             }
         }
@@ -482,6 +484,7 @@ async fn request(http: &reqwest::Client, to: &Target, seq: u64, cache: &DnsCache
 /// as its users' applications reach it, with the dataset's user.
 struct DbTarget {
     gateways: Vec<SocketAddr>,
+    kind: DatasetKind,
     user: String,
     password: String,
     database: String,
@@ -489,15 +492,57 @@ struct DbTarget {
     run: i64,
 }
 
-/// The drill's table, made by its first writer.
+/// The drill's table (PostgreSQL), made by its first writer; its keys' prefix (Redis).
 const DB_TABLE: &str = "outlast_drill";
 /// A real client's patience with a connect or a commit.
 const DB_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// One connection of the dataset workload, of the dataset's kind.
+enum DbConn {
+    Pg(tokio_postgres::Client),
+    Redis(outlast_db::resp::Conn),
+}
+
+impl DbConn {
+    fn is_closed(&self) -> bool {
+        match self {
+            DbConn::Pg(c) => c.is_closed(),
+            // A Redis connection that failed is dropped by the writer.
+            DbConn::Redis(_) => false,
+        }
+    }
+
+    /// Writes row `n` of drill `run` (an INSERT, or a SET of `outlast_drill:RUN:N`);
+    /// whether it was acknowledged within [`DB_TIMEOUT`].
+    async fn write(&mut self, run: i64, n: u64) -> bool {
+        match self {
+            DbConn::Pg(c) => {
+                let insert = format!(
+                    "INSERT INTO {DB_TABLE} (run, n) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                );
+                let row = i64::try_from(n).unwrap_or(i64::MAX);
+                let done =
+                    tokio::time::timeout(DB_TIMEOUT, c.execute(&insert, &[&run, &row])).await;
+                matches!(done, Ok(Ok(_)))
+            }
+            DbConn::Redis(c) => {
+                let key = format!("{DB_TABLE}:{run}:{n}");
+                c.ok(&["SET", &key, &unix_ms().to_string()]).await.is_ok()
+            }
+        }
+    }
+}
+
 impl DbTarget {
     /// A connection through the gateway of data site `at` (a timeout or a refusal: None).
-    async fn connect(&self, at: usize) -> Option<tokio_postgres::Client> {
+    async fn connect(&self, at: usize) -> Option<DbConn> {
         let gw = self.gateways.get(at % self.gateways.len().max(1))?;
+        if self.kind == DatasetKind::Redis {
+            let c = outlast_db::resp::Conn::connect(*gw, Some(&self.password), DB_TIMEOUT)
+                .await
+                .ok()?;
+            return Some(DbConn::Redis(c));
+        }
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(gw.ip().to_string())
             .port(gw.port())
@@ -512,22 +557,30 @@ impl DbTarget {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Some(client)
+        Some(DbConn::Pg(client))
     }
 
-    /// Makes the drill's table; whether the primary took it.
+    /// Makes the drill's table (PostgreSQL) or writes a first key (Redis); whether the
+    /// primary took it.
     async fn prepare(&self) -> bool {
         for at in 0..self.gateways.len() {
-            let Some(c) = self.connect(at).await else {
-                continue;
+            let ok = match self.connect(at).await {
+                Some(DbConn::Pg(c)) => {
+                    let sql = format!(
+                        "CREATE TABLE IF NOT EXISTS {DB_TABLE} (run bigint NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run, n))"
+                    );
+                    matches!(
+                        tokio::time::timeout(DB_TIMEOUT, c.batch_execute(&sql)).await,
+                        Ok(Ok(()))
+                    )
+                }
+                Some(DbConn::Redis(mut c)) => {
+                    let key = format!("{DB_TABLE}:{}:ready", self.run);
+                    c.ok(&["SET", &key, "1"]).await.is_ok()
+                }
+                None => false,
             };
-            let sql = format!(
-                "CREATE TABLE IF NOT EXISTS {DB_TABLE} (run bigint NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run, n))"
-            );
-            if matches!(
-                tokio::time::timeout(DB_TIMEOUT, c.batch_execute(&sql)).await,
-                Ok(Ok(()))
-            ) {
+            if ok {
                 return true;
             }
         }
@@ -537,28 +590,45 @@ impl DbTarget {
     /// The numbers of this drill's rows on the primary (None: no gateway answered).
     async fn rows(&self) -> Option<BTreeSet<u64>> {
         for at in 0..self.gateways.len() {
-            let Some(c) = self.connect(at).await else {
-                continue;
-            };
-            let sql = format!("SELECT n FROM {DB_TABLE} WHERE run = $1");
-            let q =
-                tokio::time::timeout(Duration::from_secs(10), c.query(&sql, &[&self.run])).await;
-            if let Ok(Ok(rows)) = q {
-                return Some(
-                    rows.iter()
-                        .filter_map(|r| r.try_get::<_, i64>(0).ok())
-                        .filter_map(|n| u64::try_from(n).ok())
-                        .collect(),
-                );
+            match self.connect(at).await {
+                Some(DbConn::Pg(c)) => {
+                    let sql = format!("SELECT n FROM {DB_TABLE} WHERE run = $1");
+                    let q =
+                        tokio::time::timeout(Duration::from_secs(10), c.query(&sql, &[&self.run]))
+                            .await;
+                    if let Ok(Ok(rows)) = q {
+                        return Some(
+                            rows.iter()
+                                .filter_map(|r| r.try_get::<_, i64>(0).ok())
+                                .filter_map(|n| u64::try_from(n).ok())
+                                .collect(),
+                        );
+                    }
+                }
+                Some(DbConn::Redis(mut c)) => {
+                    let prefix = format!("{DB_TABLE}:{}:", self.run);
+                    let pattern = format!("{prefix}*");
+                    if let Ok(outlast_db::resp::Reply::Array(Some(keys))) =
+                        c.cmd(&["KEYS", &pattern]).await
+                    {
+                        return Some(
+                            keys.iter()
+                                .filter_map(|k| k.text())
+                                .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
+                                .collect(),
+                        );
+                    }
+                }
+                None => {}
             }
         }
         None
     }
 }
 
-/// The dataset workload: one client inserting numbered rows at `rate` per second, one
-/// commit at a time, each with a 2 s timeout; on any error it reconnects (to the next data
-/// site's gateway when one does not answer) and tries the same number again.
+/// The dataset workload: one client writing numbered rows at `rate` per second, one at a
+/// time, each with a 2 s timeout; on any error it reconnects (to the next data site's
+/// gateway when one does not answer) and tries the same number again.
 async fn db_writer(
     target: Arc<DbTarget>,
     rate: u64,
@@ -570,8 +640,7 @@ async fn db_writer(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut n, mut at) = (0u64, 0usize);
-    let mut client: Option<tokio_postgres::Client> = None;
-    let insert = format!("INSERT INTO {DB_TABLE} (run, n) VALUES ($1, $2) ON CONFLICT DO NOTHING");
+    let mut client: Option<DbConn> = None;
     while t0.elapsed() < until {
         tick.tick().await;
         let t = now_ms();
@@ -579,14 +648,8 @@ async fn db_writer(
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             client = target.connect(at).await;
         }
-        let ok = match &client {
-            Some(c) => {
-                let row = i64::try_from(n).unwrap_or(i64::MAX);
-                let done =
-                    tokio::time::timeout(DB_TIMEOUT, c.execute(&insert, &[&target.run, &row]))
-                        .await;
-                matches!(done, Ok(Ok(_)))
-            }
+        let ok = match client.as_mut() {
+            Some(c) => c.write(target.run, n).await,
             None => false,
         };
         let mut rec = lock(&out);
@@ -756,8 +819,12 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
                 .filter(|s| !s.witness)
                 .map(|s| SocketAddr::new(s.address, svc.port))
                 .collect(),
+            kind: d.kind,
             user: d.postgres.user.clone(),
-            password: d.postgres.password.clone(),
+            password: match d.kind {
+                DatasetKind::Postgres => d.postgres.password.clone(),
+                DatasetKind::Redis => d.redis.password.clone(),
+            },
             database: d.postgres.database.clone(),
             run: i64::try_from(started_ms).unwrap_or(i64::MAX),
         }))
@@ -792,9 +859,11 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
             in_sync |= st.is_some_and(|st| {
                 st.datasets.iter().any(|x| {
                     Some(&x.name) == sc.workload.dataset.as_ref()
-                        && x.members
-                            .iter()
-                            .any(|m| m.sync.as_deref() == Some("quorum"))
+                        && x.members.iter().any(|m| {
+                            // A PostgreSQL standby in the synchronous quorum, a Redis
+                            // replica streaming.
+                            matches!(m.sync.as_deref(), Some("quorum") | Some("online"))
+                        })
                 })
             });
         }

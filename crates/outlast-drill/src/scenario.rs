@@ -150,7 +150,8 @@ pub struct Workload {
     pub event_rate: u64,
     /// A request counts as served only when answered within this (default 1 s).
     pub ok_within: Duration,
-    /// The PostgreSQL dataset to insert rows into, through its service's gateways.
+    /// The dataset to write numbered rows (PostgreSQL) or keys (Redis) to, through its
+    /// service's gateways.
     pub dataset: Option<String>,
     /// Commits per second (default 200).
     pub write_rate: u64,
@@ -379,21 +380,12 @@ impl Scenario {
             s.get_ref().clone()
         });
         let dataset = raw.workload.dataset.as_ref().map(|s| {
-            match config.datasets.iter().find(|x| &x.name == s.get_ref()) {
-                None => at(
+            if !config.datasets.iter().any(|x| &x.name == s.get_ref()) {
+                at(
                     s.span(),
                     format!("dataset \"{}\" is not in the config", s.get_ref()),
                     "name one of the config's [[datasets]]",
-                ),
-                Some(d) if d.kind != outlast_core::config::DatasetKind::Postgres => at(
-                    s.span(),
-                    format!(
-                        "dataset \"{}\" is not a PostgreSQL dataset; the drill's writes are SQL inserts",
-                        s.get_ref()
-                    ),
-                    "name a dataset with kind = \"postgres\"",
-                ),
-                Some(_) => {}
+                );
             }
             s.get_ref().clone()
         });

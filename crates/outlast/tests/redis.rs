@@ -473,3 +473,72 @@ fn an_isolated_redis_primary_stops_taking_writes_and_keeps_what_it_took_alone() 
         "every write east acknowledged is in its kept files"
     );
 }
+
+/// `outlast drill` with the `dataset` workload on a Redis dataset: keys written through the
+/// gateways at 200/s across a site loss and the site's return; the report's `db` figures.
+#[test]
+fn a_drill_writes_sessions_through_a_redis_site_loss_and_reports_them() {
+    if outlast_db::redis::find_server().is_none() {
+        println!("redis-server is not installed (apt-get install redis-server): skipped");
+        return;
+    }
+    let b = 9300u16;
+    let mut opts = Opts::new(b);
+    opts.failback_after = "3s";
+    opts.extra = config(b, "auto");
+    let c = Cluster::new(opts);
+    let _reaper = Reaper(vec![
+        c.dir.path().join("east/redis"),
+        c.dir.path().join("west/redis"),
+    ]);
+    let scenario = c.dir.path().join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        r#"name = "redis-site-loss"
+duration = "20s"
+[workload]
+dataset = "sessions"
+write_rate = 200
+[[steps]]
+at = "5s"
+fault = "kill"
+site = "east"
+[[steps]]
+at = "11s"
+fault = "restart"
+site = "east"
+[expect]
+db_lost = "<= 20"
+db_rto_ms = "< 3000"
+"#,
+    )
+    .expect("scenario");
+    let report = c.dir.path().join("report");
+    let out = std::process::Command::new(common::bin())
+        .args(["drill", "--config"])
+        .arg(&c.config)
+        .arg("--scenario")
+        .arg(&scenario)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("outlast drill");
+    let text = std::fs::read_to_string(report.join("report.json")).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let r: Value = serde_json::from_str(&text).expect("report json");
+    let db = &r["db"];
+    println!("db figures: {db}");
+    assert_eq!(out.status.code(), Some(0), "every expectation holds: {r}");
+    assert!(db["acked"].as_u64().unwrap_or(0) > 2000, "{db}");
+    let rto = db["rto_ms"].as_u64().unwrap_or(u64::MAX);
+    assert!(rto > 300 && rto < 3000, "{db}");
+    assert!(
+        db["archives"].as_array().is_some_and(|a| !a.is_empty()),
+        "east's files were kept before it resynced: {db}"
+    );
+}
