@@ -638,8 +638,6 @@ pub fn holds_writes(pg: &Postgres, w: &Want) -> bool {
     !wanted && pg.postmaster_pid().is_some() && !pg.is_standby_dir()
 }
 
-/// Whether a primary in sync mode writes alone because every other member's site (`others`)
-/// is declared down: with no synchronous standby (degraded) or waiting for one (blocked).
 /// The standbys a sync primary names now, given those it `want`s and those the cluster
 /// has `recorded` (none: no change yet). Every standby named must be recorded first, so a
 /// failover, which promotes only a recorded one, never picks a server that may lack an
@@ -669,15 +667,21 @@ pub fn to_name(sync: bool, want: &[String], recorded: Option<&[String]>) -> Opti
     recorded.is_empty().then(|| want.to_vec())
 }
 
+/// Whether a primary in sync mode writes alone because every other member's site (`others`)
+/// is declared down: with no synchronous standby (degraded) or waiting for one (blocked).
 pub(crate) fn alone(w: &Want, others: &[&String], none_named: bool) -> Option<Alone> {
     if !w.sync || others.is_empty() || !others.iter().all(|s| w.down.contains(*s)) {
         return None;
     }
-    Some(if none_named {
-        Alone::Degraded
+    if none_named {
+        Some(Alone::Degraded)
+    } else if w.block_when_alone {
+        Some(Alone::Blocked)
     } else {
-        Alone::Blocked
-    })
+        // Degrade, waiting for the cluster to record it: neither yet (no alert of a block
+        // that lasts one report).
+        None
+    }
 }
 
 #[cfg(test)]
@@ -766,6 +770,8 @@ mod tests {
             alone(&want(&all_down, true, true), &others, false),
             Some(Alone::Blocked)
         );
+        // Degrade before its record: not called blocked.
+        assert_eq!(alone(&want(&all_down, true, false), &others, false), None);
         // One standby's site still up, or async: not alone.
         assert_eq!(alone(&want(&["west"], true, false), &others, true), None);
         assert_eq!(alone(&want(&all_down, false, false), &others, true), None);

@@ -979,3 +979,176 @@ db_rto_ms = "< 3000"
         r["phases"]
     );
 }
+
+/// The acceptance's "losing the only standby": kill -9 of west's agent and postmaster while
+/// a writer commits through east's gateway. `degrade`: once the quorum has declared west
+/// down (and recorded going on alone), commits go on in east alone, with a `db-degraded`
+/// alert, and `db-sync-restored` when west streams again. `block`: no commit is
+/// acknowledged while west is down (`db-blocked`); they resume when it is back. Nothing
+/// acknowledged is lost either way.
+fn lose_the_only_standby(b: u16, standby_lost: &str) {
+    if !postgres_installed() {
+        println!("PostgreSQL is not installed (apt-get install postgresql): skipped");
+        return;
+    }
+    let mut opts = Opts::new(b);
+    let alerts =
+        std::env::temp_dir().join(format!("outlast-alerts-{b}-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&alerts);
+    opts.extra = format!(
+        "{}\n[[alerts]]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> {}; echo >> {}\"]\n",
+        dataset_config(b, "sync").replace(
+            "replication = \"sync\"",
+            &format!("replication = \"sync\"\nstandby_lost = \"{standby_lost}\""),
+        ),
+        alerts.display(),
+        alerts.display()
+    );
+    let mut c = Cluster::new(opts);
+    let _reaper = Reaper(vec![
+        c.dir.path().join("east/pg"),
+        c.dir.path().join("west/pg"),
+    ]);
+    c.start_all();
+    c.wait_healthy();
+    c.wait_for(
+        "east",
+        Duration::from_secs(60),
+        "east primary, west a sync standby",
+        |st| {
+            member(st, "west")["sync"] == "quorum"
+                && dataset(st)["sync_set"] == serde_json::json!(["west"])
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (cl, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.11 port={} user=app password=app-password-1 dbname=app",
+                b + 20
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect east");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        cl.batch_execute("CREATE TABLE seq (n bigint PRIMARY KEY)")
+            .await
+            .expect("create");
+    });
+    let east_gw = format!("127.0.0.11:{}", b + 21);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let w = writer(east_gw, 200, stop.clone(), acked.clone());
+    std::thread::sleep(Duration::from_secs(2));
+
+    let west_dir = c.dir.path().join("west/pg");
+    let pid = outlast_db::running_postmaster(&west_dir).expect("west's postmaster");
+    let killed = Instant::now();
+    c.kill9("west");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let word = if standby_lost == "block" {
+        "blocked"
+    } else {
+        "degraded"
+    };
+    let said = c.wait_for("east", Duration::from_secs(15), word, |st| {
+        dataset(st)["standby_lost"] == word
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let down_until = Instant::now();
+    let during: Vec<Duration> = acked
+        .lock()
+        .expect("acked")
+        .iter()
+        .filter(|(_, at)| *at > killed)
+        .map(|(_, at)| at.duration_since(killed))
+        .collect();
+    println!(
+        "{standby_lost}: east said {word} {said:?} after west's loss; {} commits acknowledged in the {:?} west was down, the first {:?} after the kill",
+        during.len(),
+        down_until.duration_since(killed),
+        during.first()
+    );
+
+    let back = Instant::now();
+    c.start("west");
+    c.wait_for(
+        "east",
+        Duration::from_secs(60),
+        "west streaming in sync again",
+        |st| member(st, "west")["sync"] == "quorum" && dataset(st)["standby_lost"].is_null(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    w.join().expect("writer");
+    let acked = acked.lock().expect("acked").clone();
+    let resumed = acked.iter().filter(|(_, at)| *at > back).count();
+    let missing = lost(&format!("127.0.0.11:{}", b + 20), &acked);
+    let sent = std::fs::read_to_string(&alerts).unwrap_or_default();
+    let _ = std::fs::remove_file(&alerts);
+    let kinds: Vec<String> = sent
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["kind"].as_str().map(str::to_string))
+        .filter(|k| k.starts_with("db-"))
+        .collect();
+    println!(
+        "{standby_lost}: {} commits in all, {resumed} after west's return, {} lost; alerts {kinds:?}",
+        acked.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert!(resumed > 50, "commits resumed once west was back");
+    assert!(
+        kinds.contains(&format!("db-{word}")) && kinds.contains(&"db-sync-restored".to_string()),
+        "alerts: {kinds:?}"
+    );
+    let other = if word == "blocked" {
+        "db-degraded"
+    } else {
+        "db-blocked"
+    };
+    assert!(!kinds.iter().any(|k| k == other), "alerts: {kinds:?}");
+    if standby_lost == "block" {
+        // A commit that was in flight at the kill may still land just after it; none once
+        // the quorum has declared west down.
+        let late = during
+            .iter()
+            .filter(|d| **d > Duration::from_millis(500))
+            .count();
+        assert_eq!(
+            late, 0,
+            "block: commits acknowledged while west was down: {during:?}"
+        );
+    } else {
+        assert!(
+            during.len() > 300,
+            "degrade: commits go on without west: {} in {:?}",
+            during.len(),
+            down_until.duration_since(killed)
+        );
+        assert!(
+            during.first().is_some_and(|d| *d < Duration::from_secs(3)),
+            "degrade: the first commit without west came {:?} after the kill",
+            during.first()
+        );
+    }
+}
+
+#[test]
+fn losing_the_only_standby_degrades_and_writes_go_on() {
+    lose_the_only_standby(9400, "degrade");
+}
+
+#[test]
+fn losing_the_only_standby_with_block_holds_writes_until_it_returns() {
+    lose_the_only_standby(9500, "block");
+}
