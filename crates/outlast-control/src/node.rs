@@ -54,7 +54,7 @@ use outlast_core::{Health, Hysteresis};
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Lease;
-use crate::policy::{self, decide, Observations, Params, Received, Refusal};
+use crate::policy::{self, decide, decide_and_hold, Observations, Params, Received, Refusal};
 use crate::state::{
     ClusterState, Decision, PeerView, Proposal, Report, Request, ServiceView, SiteState,
 };
@@ -99,6 +99,8 @@ pub struct Tick {
     /// again (reported by the leader only).
     pub links_cut: Vec<(String, String)>,
     pub links_restored: Vec<(String, String)>,
+    /// Failovers `max_lag` newly holds back (reported by the leader only).
+    pub failovers_held: Vec<crate::policy::Held>,
     /// Failover phases first seen in this tick: (service, phase, ms since the failover
     /// began as this site knows it).
     pub phases: Vec<(String, &'static str, u64)>,
@@ -185,6 +187,8 @@ pub struct Node {
     quorum_ack_ms: Option<u64>,
     elections: bool,
     links_alerted: BTreeSet<(String, String)>,
+    /// The services whose failover `max_lag` holds back, as last told (leader only).
+    held_alerted: BTreeSet<String>,
     /// The latest failovers, newest last.
     failovers: std::collections::VecDeque<FailoverLog>,
     /// Phases seen outside a tick (published), reported with the next tick.
@@ -248,6 +252,7 @@ impl Node {
             quorum_ack_ms: None,
             elections: true,
             links_alerted: BTreeSet::new(),
+            held_alerted: BTreeSet::new(),
             failovers: std::collections::VecDeque::new(),
             new_phases: Vec::new(),
             holding: BTreeSet::new(),
@@ -901,6 +906,14 @@ impl Node {
             out.links_cut = now.difference(&self.links_alerted).cloned().collect();
             out.links_restored = self.links_alerted.difference(&now).cloned().collect();
             self.links_alerted = now;
+            let (_, held) =
+                decide_and_hold(&self.cfg.params, &self.state, &self.observations(), now_ms);
+            let names: BTreeSet<String> = held.iter().map(|h| h.service.clone()).collect();
+            out.failovers_held = held
+                .into_iter()
+                .filter(|h| !self.held_alerted.contains(&h.service))
+                .collect();
+            self.held_alerted = names;
         }
         self.follow_failovers(now_ms);
         out.phases = std::mem::take(&mut self.new_phases);

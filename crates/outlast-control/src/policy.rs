@@ -309,8 +309,31 @@ pub fn maintenance(
     })
 }
 
+/// A failover that `max_lag` holds back: the dataset's service has no live primary and its
+/// most advanced standby is further behind the old primary's last reported position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub service: String,
+    /// The most advanced standby up (the one a switchover would take).
+    pub best: String,
+    /// How far behind it is (none: it reports no position).
+    pub behind_bytes: Option<u64>,
+    pub max_lag_bytes: u64,
+}
+
 /// Computes the decisions the leader should commit now. Pure: same inputs, same output.
 pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) -> Vec<Decision> {
+    decide_and_hold(p, state, obs, now).0
+}
+
+/// [`decide`], and the failovers `max_lag` holds back now.
+pub fn decide_and_hold(
+    p: &Params,
+    state: &ClusterState,
+    obs: &Observations,
+    now: u64,
+) -> (Vec<Decision>, Vec<Held>) {
+    let mut held = Vec::new();
     let mut out = Vec::new();
     let mut up: BTreeMap<&str, bool> = BTreeMap::new();
 
@@ -431,6 +454,20 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
                         Some(set) => candidates.iter().find(|s| set.contains(s)).copied(),
                         None => candidates.iter().copied().find(close_enough),
                     };
+                    if let (None, None, Some(max), Some(at), Some(best)) = (
+                        candidate,
+                        recorded,
+                        svc.max_lag_bytes,
+                        last_primary_lsn,
+                        candidates.first(),
+                    ) {
+                        held.push(Held {
+                            service: svc.name.clone(),
+                            best: best.to_string(),
+                            behind_bytes: lsn(best).map(|l| at.saturating_sub(l)),
+                            max_lag_bytes: max,
+                        });
+                    }
                     if let Some(to) = candidate {
                         out.push(Decision::PrimaryMove {
                             service: svc.name.clone(),
@@ -505,7 +542,7 @@ pub fn decide(p: &Params, state: &ClusterState, obs: &Observations, now: u64) ->
             }
         }
     }
-    out
+    (out, held)
 }
 
 #[cfg(test)]

@@ -1152,3 +1152,135 @@ fn losing_the_only_standby_degrades_and_writes_go_on() {
 fn losing_the_only_standby_with_block_holds_writes_until_it_returns() {
     lose_the_only_standby(9500, "block");
 }
+
+/// Async with `max_lag = "64kB"`: west's replay is paused, east writes a few MB and is lost
+/// (kill -9 of its agent and postmaster). The failover is held back (west is too far
+/// behind): no promotion, a `failover-held` alert naming west. An operator's switchover to
+/// west then moves it anyway, and west takes writes.
+#[test]
+fn a_failover_max_lag_holds_back_alerts_and_a_switchover_still_moves_it() {
+    if !postgres_installed() {
+        println!("PostgreSQL is not installed (apt-get install postgresql): skipped");
+        return;
+    }
+    let b = 9600u16;
+    let token = "held-token-0123";
+    let alerts =
+        std::env::temp_dir().join(format!("outlast-alerts-{b}-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&alerts);
+    let mut opts = Opts::new(b);
+    opts.failback = "manual";
+    opts.extra = format!(
+        "{}\n[api]\ntoken = \"{token}\"\n\n[[alerts]]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> {}; echo >> {}\"]\n",
+        dataset_config(b, "async").replace(
+            "replication = \"async\"",
+            "replication = \"async\"\nmax_lag = \"64kB\"",
+        ),
+        alerts.display(),
+        alerts.display()
+    );
+    let mut c = Cluster::new(opts);
+    let _reaper = Reaper(vec![
+        c.dir.path().join("east/pg"),
+        c.dir.path().join("west/pg"),
+    ]);
+    c.start_all();
+    c.wait_healthy();
+    c.wait_for(
+        "east",
+        Duration::from_secs(60),
+        "east primary, west streaming",
+        |st| member(st, "east")["role"] == "primary" && member(st, "west")["role"] == "standby",
+    );
+    let admin = outlast_db::admin_password("test-secret-0123456789abcdef", "orders");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sql = |host: &str, user: &str, pw: &str, q: &str| {
+        let conninfo = format!(
+            "host={host} port={} user={user} password={pw} dbname=app connect_timeout=2",
+            b + 20
+        );
+        let q = q.to_string();
+        rt.block_on(async move {
+            let (cl, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            cl.batch_execute(&q).await
+        })
+    };
+    sql(
+        "127.0.0.12",
+        "outlast",
+        &admin,
+        "SELECT pg_wal_replay_pause()",
+    )
+    .expect("pause west");
+    sql(
+        "127.0.0.11",
+        "app",
+        "app-password-1",
+        "CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g",
+    )
+    .expect("write on east");
+    // West's report of its (paused) position, then east's of its own, reach the leader.
+    std::thread::sleep(Duration::from_secs(2));
+    let east_dir = c.dir.path().join("east/pg");
+    let pid = outlast_db::running_postmaster(&east_dir).expect("east's postmaster");
+    c.kill9("east");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let mut held = None;
+    let until = Instant::now() + Duration::from_secs(15);
+    while held.is_none() && Instant::now() < until {
+        held = std::fs::read_to_string(&alerts)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["kind"] == "failover-held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let held = held.expect("a failover-held alert");
+    println!("alert: {}", held["message"]);
+    assert_eq!(held["to"], "west", "{held}");
+    std::thread::sleep(Duration::from_secs(2));
+    let st = c.status("west").expect("status");
+    let svc = st["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["name"] == "pg"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(svc["primary"], "east", "no failover past max_lag: {svc}");
+    assert_eq!(member(&st, "west")["role"], "standby", "{st}");
+
+    let api = format!("http://{}", c.api("west"));
+    let t = Instant::now();
+    let (ok, said) = outlast_cli(
+        &[
+            "switchover",
+            "--api",
+            &api,
+            "--service",
+            "pg",
+            "--to",
+            "west",
+        ],
+        token,
+    );
+    println!("switchover to west: {said} ({:?})", t.elapsed());
+    assert!(ok, "{said}");
+    c.wait_for("west", Duration::from_secs(20), "west primary", |st| {
+        member(st, "west")["role"] == "primary"
+    });
+    sql(
+        "127.0.0.12",
+        "app",
+        "app-password-1",
+        "CREATE TABLE after_move (n int)",
+    )
+    .expect("west takes writes");
+    let _ = std::fs::remove_file(&alerts);
+}

@@ -590,9 +590,13 @@ fn an_async_standby_further_behind_than_max_lag_is_not_promoted_by_a_failover() 
             with_lsn(report("west", 10_000, &["east"], 900, true), west),
             report("witness", 10_000, &["east"], 900, true),
         ]);
-        decide(&p, &state(), &o, 10_000)
+        let (decisions, held) = decide_and_hold(&p, &state(), &o, 10_000);
+        let moved = decisions
             .iter()
-            .any(|d| matches!(d, Decision::PrimaryMove { to, .. } if to == "west"))
+            .any(|d| matches!(d, Decision::PrimaryMove { to, .. } if to == "west"));
+        // Held back exactly when not moved (and said so, for the alert).
+        assert_eq!(!moved && east_last.is_some(), !held.is_empty(), "{held:?}");
+        moved
     };
     // East's last report (stale now, but the last word on where it was) against west's.
     assert!(moved(Some(5_000), 4_500), "500 bytes behind: promoted");
@@ -601,6 +605,23 @@ fn an_async_standby_further_behind_than_max_lag_is_not_promoted_by_a_failover() 
         "exactly max_lag behind: promoted"
     );
     assert!(!moved(Some(5_000), 3_999), "further behind: waits");
+    let east = report("east", 9_000, &[], 0, true);
+    let mut east = east;
+    east.report.db_lsn.insert("db".into(), 5_000);
+    let o = obs(vec![
+        east,
+        with_lsn(report("west", 10_000, &["east"], 900, true), 3_000),
+        report("witness", 10_000, &["east"], 900, true),
+    ]);
+    assert_eq!(
+        decide_and_hold(&p, &state(), &o, 10_000).1,
+        vec![Held {
+            service: "db".into(),
+            best: "west".into(),
+            behind_bytes: Some(2_000),
+            max_lag_bytes: 1000,
+        }]
+    );
     assert!(
         moved(None, 0),
         "the old primary's position unknown: nobody held back"

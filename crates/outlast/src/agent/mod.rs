@@ -425,6 +425,25 @@ impl Agent {
                 self.alert(alerts::event(&by, kind, &key, fields, msg));
             }
         }
+        for h in &tick.failovers_held {
+            let behind = h
+                .behind_bytes
+                .map_or("reports no position".to_string(), |b| {
+                    format!("is {b} bytes behind")
+                });
+            let msg = format!(
+                "the failover of {} is held back: its most advanced standby, {}, {behind} (max_lag {} bytes); move it by hand with outlast switchover --service {} --to {} if losing that much is acceptable",
+                h.service, h.best, h.max_lag_bytes, h.service, h.best
+            );
+            tracing::warn!(service = %h.service, best = %h.best, behind_bytes = ?h.behind_bytes, "{msg}");
+            let fields = alerts::Fields {
+                service: Some(h.service.clone()),
+                to: Some(h.best.clone()),
+                ..Default::default()
+            };
+            let key = format!("{}-{}", h.service, h.best);
+            self.alert(alerts::event(&by, "failover-held", &key, fields, msg));
+        }
         for (service, phase, since) in &tick.phases {
             tracing::info!(service, phase, since_ms = since, "failover phase");
             metrics::histogram!("outlast_failover_phase_seconds", "phase" => *phase)
