@@ -332,6 +332,80 @@ pub fn render_dashboard(st: &Status) -> String {
             .collect();
         format!("<h2>Last failovers</h2><ul>{items}</ul>")
     };
+    let datasets: String = st
+        .datasets
+        .iter()
+        .map(|d| {
+            let members: String = d
+                .members
+                .iter()
+                .map(|m| {
+                    let role = match m.role.as_str() {
+                        "primary" | "standby" => "up",
+                        "fenced" | "cloning" | "rewinding" | "unknown" => "fenced",
+                        _ => "down",
+                    };
+                    format!(
+                        "<tr><td>{}</td><td style=\"color:{};font-weight:bold\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        esc(&m.site),
+                        state_colour(role),
+                        esc(&m.role),
+                        esc(m.lsn.as_deref().unwrap_or("-")),
+                        m.lag_bytes.map_or("-".to_string(), |b| format!("{b} B")),
+                        m.lag_ms.map_or("-".to_string(), human_ms),
+                        esc(m.sync.as_deref().unwrap_or("-")),
+                        esc(m.error.as_deref().unwrap_or(""))
+                    )
+                })
+                .collect();
+            let sync_set = match &d.sync_set {
+                None => "not recorded".to_string(),
+                Some(s) if s.is_empty() => "none (going on alone)".to_string(),
+                Some(s) => s.join(", "),
+            };
+            let alone = d.standby_lost.as_deref().map_or(String::new(), |a| {
+                format!(
+                    " · <b style=\"color:{}\">{}</b>",
+                    state_colour("down"),
+                    esc(&format!("every standby lost: {a}"))
+                )
+            });
+            let diverged: String = d
+                .diverged
+                .iter()
+                .map(|v| {
+                    format!(
+                        "<li>{} (epoch {}, to {}): <code>{}</code></li>",
+                        esc(&v.site),
+                        v.epoch,
+                        esc(v.to_lsn.as_deref().unwrap_or("?")),
+                        esc(&v.path)
+                    )
+                })
+                .collect();
+            let diverged = if diverged.is_empty() {
+                String::new()
+            } else {
+                format!("<p>Diverged history kept here:</p><ul>{diverged}</ul>")
+            };
+            let position = if d.kind == "redis" { "offset" } else { "LSN" };
+            format!(
+                "<h3>{} ({}, {})</h3><p>primary <b>{}</b> · epoch {} · synchronous set {}{alone}</p>\
+                 <table><tr><th>site</th><th>role</th><th>{position}</th><th>lag</th><th>lag time</th><th>sync state</th><th>error</th></tr>{members}</table>{diverged}",
+                esc(&d.name),
+                esc(&d.kind),
+                esc(&d.replication),
+                esc(d.primary.as_deref().unwrap_or("none")),
+                d.epoch,
+                esc(&sync_set),
+            )
+        })
+        .collect();
+    let datasets = if datasets.is_empty() {
+        String::new()
+    } else {
+        format!("<h2>Datasets</h2>{datasets}")
+    };
     let faults = if st.faults.is_empty() {
         String::new()
     } else {
@@ -362,7 +436,7 @@ pub fn render_dashboard(st: &Status) -> String {
          </head><body><div id=\"stale\"></div><div id=\"live\"><h1>{cluster}</h1><p>answered by <b>{site}</b> · leader <b>{leader}</b> · term {term} · epoch {epoch}</p>\
          <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th><th>cut links</th></tr>{rows}</table>\
          <h2>Services</h2><table><tr><th>service</th><th>mode</th><th>primary</th><th>acting</th><th>active at</th><th>requests here</th><th>epoch</th></tr>{svcs}</table>\
-         {backends}{failovers}{streams}{faults}</div>\
+         {backends}{datasets}{failovers}{streams}{faults}</div>\
          <script>const sites=[{apis}];let current=location.origin,lastOk=Date.now();\
          async function refresh(){{const order=[current,...sites.filter(s=>s!==current)];\
          for(const base of order){{try{{const r=await fetch(base+'/',{{cache:'no-store',signal:AbortSignal.timeout(1500)}});if(!r.ok)continue;\
@@ -455,6 +529,51 @@ mod tests {
         assert!(!render_dashboard(&st).contains("Last failovers"));
         assert_eq!(human_ms(999), "999 ms");
         assert_eq!(human_ms(7_200_000), "2 h");
+    }
+
+    #[test]
+    fn a_dataset_shows_its_members_sync_set_and_diverged_history() {
+        use outlast_core::status::{DatasetMemberStatus, DatasetStatus, DivergedStatus};
+        let mut st = with_stream();
+        let member = |site: &str, role: &str, lsn: &str| DatasetMemberStatus {
+            site: site.into(),
+            role: role.into(),
+            lsn: Some(lsn.into()),
+            lag_bytes: (role == "standby").then_some(4096),
+            lag_ms: (role == "standby").then_some(1500),
+            sync: (role == "standby").then(|| "quorum".into()),
+            error: None,
+        };
+        st.datasets = vec![DatasetStatus {
+            name: "orders".into(),
+            kind: "postgres".into(),
+            primary: Some("west".into()),
+            epoch: 4,
+            replication: "sync".into(),
+            members: vec![
+                member("east", "standby", "0/3000060"),
+                member("west", "primary", "0/3001060"),
+            ],
+            standby_lost: Some("degraded".into()),
+            sync_set: Some(vec![]),
+            diverged: vec![DivergedStatus {
+                site: "east".into(),
+                epoch: 3,
+                to_lsn: Some("0/2FFF000".into()),
+                path: "/var/lib/outlast/east/pg.diverged/3".into(),
+            }],
+        }];
+        let page = render_dashboard(&st);
+        for want in [
+            "<h2>Datasets</h2>",
+            "orders (postgres, sync)",
+            "primary <b>west</b> · epoch 4 · synchronous set none (going on alone)",
+            "every standby lost: degraded",
+            "<td>0/3000060</td><td>4096 B</td><td>1.5 s</td><td>quorum</td>",
+            "<code>/var/lib/outlast/east/pg.diverged/3</code>",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in {page}");
+        }
     }
 
     #[test]
