@@ -127,6 +127,10 @@ struct PeerView {
     taking_over: bool,
     /// The peer takes frames in order: several may be in flight to it.
     in_order: bool,
+    /// The first own number in a frame sent to the peer and not answered yet: the peer's
+    /// verdict on any copy of those ids it holds (which of the two is kept) is still on
+    /// its way, so none of them may go into an intent (which wins every later settlement).
+    in_flight_from: Option<u64>,
     /// Frames it refused or did not answer, and the last reason.
     errors: u64,
     last_error: Option<String>,
@@ -765,8 +769,10 @@ impl StreamRelay {
     ) {
         let mut durable = self.durable.subscribe();
         let mut backoff = Duration::from_millis(100);
-        // Frames sent and not answered yet, oldest first, with the peer's answer.
+        // Frames sent and not answered yet, oldest first, with the peer's answer; and the
+        // own numbers each carries.
         let mut pending = futures::stream::FuturesOrdered::new();
+        let mut spans: std::collections::VecDeque<Option<(u64, u64)>> = Default::default();
         // While frames go in order: the number the next one starts from, and the number the
         // peer holds through before it.
         let mut cursor: Option<(u64, u64)> = None;
@@ -820,17 +826,21 @@ impl StreamRelay {
                     pending.push_back(async move {
                         tokio::time::timeout(Duration::from_secs(5), t.replicate(&p, b.frame)).await
                     });
+                    spans.push_back(b.span);
+                    self.in_flight(&peer, &spans);
                     continue;
                 }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 Some(answer) = pending.next(), if !pending.is_empty() => {
+                    spans.pop_front();
                     match answer {
                         Ok(Ok(resp)) if resp.out_of_step => {
                             // The peer holds other than the frames in flight follow: what
                             // it holds is where the next frame starts.
                             pending.clear();
+                            spans.clear();
                             cursor = Some((resp.high + 1, resp.high));
                             due = true;
                         }
@@ -847,6 +857,7 @@ impl StreamRelay {
                             // What the frames still in flight did is unknown: start again
                             // from the peer's last answer.
                             pending.clear();
+                            spans.clear();
                             cursor = None;
                             due = true;
                             tokio::select! {
@@ -860,7 +871,19 @@ impl StreamRelay {
                 _ = durable.changed(), if room => quiet = false,
                 _ = tokio::time::sleep(HEARTBEAT), if pending.is_empty() => due = true,
             }
+            // After the answer was applied (its verdicts first), the frames still in flight.
+            self.in_flight(&peer, &spans);
         }
+    }
+
+    /// Notes the first own number of the frames in flight to `peer` (see
+    /// [`PeerView::in_flight_from`]).
+    fn in_flight(&self, peer: &str, spans: &std::collections::VecDeque<Option<(u64, u64)>>) {
+        let from = spans.iter().flatten().map(|(first, _)| *first).min();
+        lock(&self.peers)
+            .entry(peer.to_string())
+            .or_default()
+            .in_flight_from = from;
     }
 
     /// A frame the peer refused or did not answer: counted, shown in status, and logged at
@@ -885,12 +908,20 @@ impl StreamRelay {
         if !resp.conflicts.is_empty() {
             let mut own = lock(&self.own);
             let shipped = own.shipped();
-            let late = resp.conflicts.iter().filter(|s| **s <= shipped).count();
-            if late > 0 {
-                tracing::error!(stream = %self.cfg.name, peer, late, "relay: an id held twice was already shipped from here");
-            }
             tracing::debug!(stream = %self.cfg.name, peer, conflicts = ?resp.conflicts, shipped, intent = ?own.intent(), "relay: a peer kept its copies of ids held twice");
-            if let Err(e) = own.skip(&resp.conflicts) {
+            // A copy already in an object, or in the intent (which wins every settlement
+            // from then on, and may have told the peer to skip its own copy meanwhile), is
+            // kept: the peer's verdict came too late for it. Skipping it could leave the id
+            // in no object at all (found by a restart of every site mid-stream); keeping it
+            // leaves it twice at worst.
+            let (late, skip): (Vec<u64>, Vec<u64>) = resp
+                .conflicts
+                .iter()
+                .partition(|s| own.shipped_or_intended(**s));
+            if !late.is_empty() {
+                tracing::error!(stream = %self.cfg.name, peer, late = late.len(), "relay: a peer kept its copy of ids this site had already put in an object or its intent; both copies may be stored");
+            }
+            if let Err(e) = own.skip(&skip) {
                 tracing::error!(stream = %self.cfg.name, error = %e, "relay: could not record skips");
             }
             self.counters
@@ -940,8 +971,10 @@ impl StreamRelay {
     /// not (one not heard from since this site started holds nothing yet, as far as it
     /// knows). Otherwise a range could be put in the intent, which wins every settlement,
     /// while the peer still holds its own copy of an id unsettled: if that copy is in the
-    /// peer's intent too, each side skips its own and the event is in no object. Nothing
-    /// ships while a live peer is shipping these events for this site.
+    /// peer's intent too, each side skips its own and the event is in no object. Nor past
+    /// a frame to such a peer whose answer has not come back: the peer holds those events
+    /// (another answer may say so first) but its verdict on a copy of its own is in that
+    /// answer. Nothing ships while a live peer is shipping these events for this site.
     fn own_shippable(&self) -> Option<u64> {
         let mut floor = *self.durable.borrow();
         let down = self.down.borrow().clone();
@@ -954,6 +987,10 @@ impl StreamRelay {
             }
             if live || (!witness && !down.contains(name)) {
                 floor = floor.min(view.and_then(|p| p.high).unwrap_or(0));
+                // Nor past what the peer has not given its verdict on yet.
+                if let Some(from) = view.and_then(|p| p.in_flight_from) {
+                    floor = floor.min(from.saturating_sub(1));
+                }
             }
         }
         Some(floor)
@@ -1797,6 +1834,161 @@ mod tests {
             })
             .count();
         in_object + left
+    }
+
+    /// The steps of [`copies_kept_late`]: a delivery received (0-3, as [`DELIVERIES`]), the
+    /// answer of delivery 2 or 3 reaching its origin (late, after other steps), a site
+    /// putting its copy in its intent, and writing its object.
+    const ANSWER_2: usize = 10;
+    const ANSWER_3: usize = 11;
+    const WEST_INTENDS: usize = 12;
+    const WEST_WRITES: usize = 13;
+    const EAST_INTENDS: usize = 14;
+    const EAST_WRITES: usize = 15;
+
+    /// [`copies_kept`] where the answers between east and west arrive late (a slow peer, a
+    /// pipeline of frames), and west's shipping is its two real steps: the range into its
+    /// intent (once east and the witness hold its copy, as it may learn from any later
+    /// answer), then the object, written with what is not skipped by then.
+    fn copies_kept_late(order: &[usize]) -> usize {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let sites: BTreeMap<&str, StreamRelay> = ["east", "west", "witness"]
+            .into_iter()
+            .map(|n| (n, relay(n, &tmp.path().join(n))))
+            .collect();
+        let mut seqs = BTreeMap::new();
+        for n in ["east", "west"] {
+            let seq = hold(&sites[n], "X");
+            sites[n].durable.send_replace(seq);
+            seqs.insert(n, seq);
+        }
+        let mut answers: BTreeMap<usize, ReplicateResp> = BTreeMap::new();
+        let mut in_object = 0;
+        for step in order {
+            match *step {
+                WEST_INTENDS | EAST_INTENDS => {
+                    let n = if *step == WEST_INTENDS {
+                        "west"
+                    } else {
+                        "east"
+                    };
+                    let mut own = lock(&sites[n].own);
+                    own.set_intent(Some((seqs[n], seqs[n]))).expect("intent");
+                }
+                WEST_WRITES | EAST_WRITES => {
+                    let n = if *step == WEST_WRITES { "west" } else { "east" };
+                    let mut own = lock(&sites[n].own);
+                    in_object += usize::from(!own.is_skipped(seqs[n]));
+                    own.set_shipped(seqs[n]).expect("shipped");
+                    own.set_intent(None).expect("intent");
+                }
+                ANSWER_2 | ANSWER_3 => {
+                    let d = step - ANSWER_2 + 2;
+                    let (origin, to) = DELIVERIES[d];
+                    if let Some(resp) = answers.remove(&d) {
+                        sites[origin].answered(to, &resp);
+                    }
+                }
+                d => {
+                    let (origin, to) = DELIVERIES[d];
+                    let from = Some(seqs[origin]);
+                    let o = &sites[origin];
+                    let built = o
+                        .own_frame(from, &o.progress(from), 10, true, None)
+                        .expect("frame")
+                        .expect("a frame");
+                    let resp = sites[to]
+                        .receive_blocking(&FrameRef::decode(&built.frame).expect("decode"))
+                        .expect("receive");
+                    if d >= 2 {
+                        answers.insert(d, resp);
+                    } else {
+                        o.answered(to, &resp);
+                    }
+                }
+            }
+        }
+        // East ships what it kept, last.
+        let left = ["east", "west"]
+            .into_iter()
+            .filter(|n| {
+                let own = lock(&sites[n].own);
+                !own.is_skipped(seqs[n]) && own.shipped() < seqs[n]
+            })
+            .count();
+        in_object + left
+    }
+
+    /// Found by a restart of every site mid-stream (1 run in about 100 lost 20 acknowledged
+    /// ids): east's verdict on west's copy (east's own wins) reached west after west had put
+    /// its copy in its intent, and west, its copy intended, had told east to skip its own.
+    /// Whatever the order with answers late, an id held twice is never lost.
+    #[test]
+    fn an_id_held_twice_is_never_lost_when_answers_come_late() {
+        let mut twice = 0;
+        let mut all = 0;
+        for witness_first in [[0, 1], [1, 0]] {
+            let orders = orders(
+                &[
+                    2,
+                    3,
+                    ANSWER_2,
+                    ANSWER_3,
+                    WEST_INTENDS,
+                    WEST_WRITES,
+                    EAST_INTENDS,
+                    EAST_WRITES,
+                ],
+                &[
+                    (ANSWER_2, &[2]),
+                    (ANSWER_3, &[3]),
+                    (WEST_INTENDS, &[2]),
+                    (WEST_WRITES, &[WEST_INTENDS]),
+                    (EAST_INTENDS, &[3]),
+                    (EAST_WRITES, &[EAST_INTENDS]),
+                ],
+            );
+            for order in orders {
+                let order = [witness_first.as_slice(), &order].concat();
+                let kept = copies_kept_late(&order);
+                assert!(kept >= 1, "order {order:?} lost the id");
+                twice += usize::from(kept > 1);
+                all += 1;
+            }
+        }
+        // Both sites put their copy in an intent before either verdict arrived: each keeps
+        // its own. Stored twice, never lost; the orders where it happens are counted here.
+        println!("{twice} of {all} orders keep two copies");
+        assert!(twice * 10 < all, "{twice} of {all} orders keep two copies");
+    }
+
+    /// West's copy against east's with answers late, east shipping last: exactly one copy is
+    /// kept, whenever west puts its copy in its intent.
+    #[test]
+    fn an_id_held_twice_keeps_one_copy_when_answers_come_late() {
+        let all = orders(
+            &[0, 1, 2, 3, ANSWER_2, ANSWER_3, WEST_INTENDS, WEST_WRITES],
+            &[
+                (ANSWER_2, &[2]),
+                (ANSWER_3, &[3]),
+                (WEST_INTENDS, &[1, 2]),
+                (WEST_WRITES, &[WEST_INTENDS]),
+            ],
+        );
+        let mut bad = Vec::new();
+        for order in &all {
+            let kept = copies_kept_late(order);
+            if kept != 1 {
+                bad.push((order.clone(), kept));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} of {} orders keep other than one copy, e.g. {:?}",
+            bad.len(),
+            all.len(),
+            &bad[..bad.len().min(5)]
+        );
     }
 
     /// A copy its origin skipped is marked skipped in the replicas the frame reaches: a
