@@ -225,7 +225,7 @@ struct Built {
 struct Progress {
     shipped: u64,
     intent: Option<(u64, u64)>,
-    /// Skipped own events from the frame's first on, ascending.
+    /// Skipped own events still in the spool, ascending.
     skipped: Vec<u64>,
     /// The first own event still in the spool.
     kept_from: u64,
@@ -658,8 +658,8 @@ impl StreamRelay {
     }
 
     /// This site's shipping progress as a frame tells it, read in one piece: the shipped
-    /// mark, the intent, and which own events from `from` on are skipped.
-    fn progress(&self, from: Option<u64>) -> Progress {
+    /// mark, the intent, and which own events still in the spool are skipped.
+    fn progress(&self) -> Progress {
         let own = lock(&self.own);
         // Records before the spool's first are not sent: their skips may be forgotten,
         // and a record sent as shipped and not skipped must be in an object.
@@ -667,10 +667,14 @@ impl StreamRelay {
             .spool
             .first_seq()
             .unwrap_or_else(|| own.spool.next_seq());
+        // Every skip still kept, not only those of the records framed: a peer that got a
+        // record before it was skipped here must not take it, once the shipped mark passes
+        // it, for a copy in an object (found by probing: a third site then told the other
+        // copy's site to skip its own, and the id was in no object).
         Progress {
             shipped: own.shipped(),
             intent: own.intent(),
-            skipped: from.map(|f| own.skips_from(f)).unwrap_or_default(),
+            skipped: own.skips_from(kept_from),
             kept_from,
         }
     }
@@ -719,8 +723,8 @@ impl StreamRelay {
                     }
                 }
             }
-            w.skipped(&progress.skipped);
         }
+        w.skipped(&progress.skipped);
         let span = w.span();
         Ok(Some(Built {
             frame: w.finish(),
@@ -735,7 +739,7 @@ impl StreamRelay {
         from: Option<u64>,
         after: Option<u64>,
     ) -> Option<Built> {
-        let progress = self.progress(from);
+        let progress = self.progress();
         let built = match self.own_frame(from, &progress, REPLICATE_MAX, false, after) {
             Ok(None) => {
                 let me = self.clone();
@@ -1005,7 +1009,7 @@ impl StreamRelay {
     /// of its own until it can, and none once a peer says it is taking over.
     pub(crate) async fn tell_intent(&self, transport: &Arc<dyn Transport>) -> bool {
         // The replicators' frame without events: the progress and the intent only.
-        let frame = match self.own_frame(None, &self.progress(None), 0, false, None) {
+        let frame = match self.own_frame(None, &self.progress(), 0, false, None) {
             Ok(Some(b)) => b.frame,
             Ok(None) => return false,
             Err(e) => {
@@ -1812,7 +1816,7 @@ mod tests {
                     let from = Some(seqs[origin]);
                     let o = &sites[origin];
                     let built = o
-                        .own_frame(from, &o.progress(from), 10, true, None)
+                        .own_frame(from, &o.progress(), 10, true, None)
                         .expect("frame")
                         .expect("a frame");
                     let resp = sites[to]
@@ -1845,6 +1849,9 @@ mod tests {
     const WEST_WRITES: usize = 13;
     const EAST_INTENDS: usize = 14;
     const EAST_WRITES: usize = 15;
+    /// West's progress (shipped mark, intent, skips) reaching the witness in a frame
+    /// without records, as an announced intent or a heartbeat does.
+    const WEST_TELLS_WITNESS: usize = 16;
 
     /// [`copies_kept`] where the answers between east and west arrive late (a slow peer, a
     /// pipeline of frames), and west's shipping is its two real steps: the range into its
@@ -1882,6 +1889,17 @@ mod tests {
                     own.set_shipped(seqs[n]).expect("shipped");
                     own.set_intent(None).expect("intent");
                 }
+                WEST_TELLS_WITNESS => {
+                    let o = &sites["west"];
+                    let built = o
+                        .own_frame(None, &o.progress(), 10, true, None)
+                        .expect("frame")
+                        .expect("a frame");
+                    let resp = sites["witness"]
+                        .receive_blocking(&FrameRef::decode(&built.frame).expect("decode"))
+                        .expect("receive");
+                    o.answered("witness", &resp);
+                }
                 ANSWER_2 | ANSWER_3 => {
                     let d = step - ANSWER_2 + 2;
                     let (origin, to) = DELIVERIES[d];
@@ -1894,7 +1912,7 @@ mod tests {
                     let from = Some(seqs[origin]);
                     let o = &sites[origin];
                     let built = o
-                        .own_frame(from, &o.progress(from), 10, true, None)
+                        .own_frame(from, &o.progress(), 10, true, None)
                         .expect("frame")
                         .expect("a frame");
                     let resp = sites[to]
@@ -1962,6 +1980,26 @@ mod tests {
         assert!(twice * 10 < all, "{twice} of {all} orders keep two copies");
     }
 
+    /// Found by the same test after the fix above: west's copy lost to east's at west and
+    /// west shipped past it; the witness, which held west's copy from before, learnt the
+    /// shipped mark but not the skip, took west's copy for one in an object, and told east
+    /// to skip its own when east's copy reached it. Skips now travel with every frame.
+    #[test]
+    fn a_third_site_learns_a_skip_with_the_shipped_mark_that_passes_it() {
+        let order = [
+            1,
+            3,
+            ANSWER_3,
+            WEST_INTENDS,
+            WEST_WRITES,
+            WEST_TELLS_WITNESS,
+            0,
+            2,
+            ANSWER_2,
+        ];
+        assert_eq!(copies_kept_late(&order), 1);
+    }
+
     /// West's copy against east's with answers late, east shipping last: exactly one copy is
     /// kept, whenever west puts its copy in its intent.
     #[test]
@@ -2004,7 +2042,7 @@ mod tests {
         lock(&east.own).skip(&[lost]).expect("skip");
         let from = Some(kept);
         let built = east
-            .own_frame(from, &east.progress(from), 10, true, None)
+            .own_frame(from, &east.progress(), 10, true, None)
             .expect("frame")
             .expect("a frame");
         assert_eq!(

@@ -12,9 +12,9 @@
 //! "ORR3" | u64 after | the same as "ORR2" after its magic
 //! ```
 //!
-//! A frame is "ORR2" only when some of its records are skipped at the origin (the losing
-//! copy of an id held twice), which is rare: agents from before the skip list still read
-//! every other frame.
+//! A frame is "ORR2" only when the origin keeps skipped numbers (the losing copies of ids
+//! held twice, of its records in the frame or earlier ones still in its spool), which is
+//! rare: agents from before the skip list still read every other frame.
 //!
 //! "ORR3" is a frame in order: `after` is the highest of the origin's numbers the receiver
 //! holds before it, as the origin sent them. A receiver takes it only then (waiting a
@@ -111,13 +111,11 @@ impl FrameWriter {
         Ok(())
     }
 
-    /// Says which of the records pushed so far the origin has skipped (`seqs` ascending;
-    /// numbers outside the pushed ones are left out).
+    /// Says which of its numbers the origin has skipped (`seqs` ascending): those of the
+    /// records in the frame and any earlier ones it still keeps (a receiver may hold such a
+    /// record from an earlier frame).
     pub fn skipped(&mut self, seqs: &[u64]) {
-        if let Some((first, last)) = self.span {
-            self.skipped
-                .extend(seqs.iter().filter(|s| (first..=last).contains(*s)));
-        }
+        self.skipped.extend_from_slice(seqs);
     }
 
     /// Bytes a record of `id` and a `line_len`-byte line takes in a frame.
@@ -145,7 +143,6 @@ impl FrameWriter {
             if !self.in_order {
                 self.buf[..4].copy_from_slice(MAGIC_SKIPS);
             }
-            // No more than the records, each 22 bytes or more: the count fits.
             self.buf
                 .extend_from_slice(&(self.skipped.len() as u32).to_le_bytes());
             for s in &self.skipped {
@@ -400,10 +397,11 @@ mod tests {
         }));
     }
 
-    /// A frame is "ORR2" only when some of its records are skipped, so agents from before
-    /// the skip list read every other frame; skips outside its records are left out.
+    /// A frame is "ORR2" only when the origin has skips to tell, so agents from before the
+    /// skip list read every other frame; skips outside its records travel too (a receiver
+    /// may hold those records from an earlier frame).
     #[test]
-    fn only_a_frame_with_skipped_records_carries_the_list() {
+    fn only_a_frame_with_skips_carries_the_list() {
         let plain = ReplicateReq {
             skipped: vec![],
             ..req()
@@ -415,8 +413,8 @@ mod tests {
             ..req()
         };
         let f = encode(&outside).expect("encode");
-        assert_eq!(&f[..4], b"ORR1");
-        assert!(FrameRef::decode(&f).expect("decode").skipped.is_empty());
+        assert_eq!(&f[..4], b"ORR2");
+        assert_eq!(FrameRef::decode(&f).expect("decode").skipped, vec![7, 91]);
         let mut shuffled = encode(&ReplicateReq {
             skipped: vec![42, 43],
             ..req()
