@@ -219,6 +219,8 @@ pub struct StreamRelay {
 struct Built {
     frame: Vec<u8>,
     span: Option<(u64, u64)>,
+    /// The skipped numbers the frame carries.
+    skipped: Vec<u64>,
 }
 
 /// See [`StreamRelay::progress`].
@@ -729,6 +731,7 @@ impl StreamRelay {
         Ok(Some(Built {
             frame: w.finish(),
             span,
+            skipped: progress.skipped.clone(),
         }))
     }
 
@@ -738,8 +741,15 @@ impl StreamRelay {
         self: &Arc<Self>,
         from: Option<u64>,
         after: Option<u64>,
+        told: &mut BTreeSet<u64>,
     ) -> Option<Built> {
-        let progress = self.progress();
+        let mut progress = self.progress();
+        // The skips of the records framed, and the earlier ones the peer has not
+        // acknowledged yet (each in an answered frame once is enough: it keeps them).
+        told.retain(|s| *s >= progress.kept_from);
+        progress
+            .skipped
+            .retain(|s| from.is_some_and(|f| *s >= f) || !told.contains(s));
         let built = match self.own_frame(from, &progress, REPLICATE_MAX, false, after) {
             Ok(None) => {
                 let me = self.clone();
@@ -777,6 +787,9 @@ impl StreamRelay {
         // own numbers each carries.
         let mut pending = futures::stream::FuturesOrdered::new();
         let mut spans: std::collections::VecDeque<Option<(u64, u64)>> = Default::default();
+        // The skips each frame in flight carries, and those the peer has acknowledged.
+        let mut sent_skips: std::collections::VecDeque<Vec<u64>> = Default::default();
+        let mut told: BTreeSet<u64> = BTreeSet::new();
         // While frames go in order: the number the next one starts from, and the number the
         // peer holds through before it.
         let mut cursor: Option<(u64, u64)> = None;
@@ -809,7 +822,7 @@ impl StreamRelay {
                     } else {
                         None
                     };
-                    let Some(b) = self.replica_frame(from, after).await else {
+                    let Some(b) = self.replica_frame(from, after, &mut told).await else {
                         tokio::select! {
                             _ = stop.cancelled() => return,
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -831,6 +844,7 @@ impl StreamRelay {
                         tokio::time::timeout(Duration::from_secs(5), t.replicate(&p, b.frame)).await
                     });
                     spans.push_back(b.span);
+                    sent_skips.push_back(b.skipped);
                     self.in_flight(&peer, &spans);
                     continue;
                 }
@@ -839,18 +853,21 @@ impl StreamRelay {
                 _ = stop.cancelled() => return,
                 Some(answer) = pending.next(), if !pending.is_empty() => {
                     spans.pop_front();
+                    let skips = sent_skips.pop_front().unwrap_or_default();
                     match answer {
                         Ok(Ok(resp)) if resp.out_of_step => {
                             // The peer holds other than the frames in flight follow: what
                             // it holds is where the next frame starts.
                             pending.clear();
                             spans.clear();
+                            sent_skips.clear();
                             cursor = Some((resp.high + 1, resp.high));
                             due = true;
                         }
                         Ok(Ok(resp)) => {
                             backoff = Duration::from_millis(100);
                             self.answered(&peer, &resp);
+                            told.extend(skips);
                         }
                         other => {
                             let why = match &other {
@@ -862,6 +879,7 @@ impl StreamRelay {
                             // from the peer's last answer.
                             pending.clear();
                             spans.clear();
+                            sent_skips.clear();
                             cursor = None;
                             due = true;
                             tokio::select! {
@@ -2027,6 +2045,41 @@ mod tests {
             all.len(),
             &bad[..bad.len().min(5)]
         );
+    }
+
+    /// A replicator's frames carry the skips of the records they frame, and earlier skips
+    /// until the peer has answered a frame that carried them (it keeps them): a retry storm's
+    /// skips are not sent with every frame for as long as their records stay in the spool.
+    #[tokio::test]
+    async fn a_skip_the_peer_acknowledged_goes_again_only_with_its_record() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let east = Arc::new(relay("east", tmp.path()));
+        let a = hold(&east, "a");
+        let b = hold(&east, "b");
+        let c = hold(&east, "c");
+        east.durable.send_replace(c);
+        lock(&east.own).skip(&[a, c]).expect("skip");
+        let mut told = BTreeSet::new();
+        let first = east
+            .replica_frame(Some(b), None, &mut told)
+            .await
+            .expect("frame");
+        assert_eq!(
+            first.skipped,
+            vec![a, c],
+            "an earlier skip, and a framed one"
+        );
+        told.extend(first.skipped);
+        let next = east
+            .replica_frame(Some(b), None, &mut told)
+            .await
+            .expect("frame");
+        assert_eq!(next.skipped, vec![c], "the earlier one was acknowledged");
+        let beat = east
+            .replica_frame(None, None, &mut told)
+            .await
+            .expect("frame");
+        assert!(beat.skipped.is_empty(), "{:?}", beat.skipped);
     }
 
     /// A copy its origin skipped is marked skipped in the replicas the frame reaches: a
