@@ -7,6 +7,7 @@
 //! and it stops a writable server as soon as the agent says this site does not.
 
 pub mod member;
+pub mod os;
 pub mod postgres;
 pub mod redis;
 pub mod resp;

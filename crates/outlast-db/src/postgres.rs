@@ -357,22 +357,10 @@ impl Postgres {
 
     /// Gives a path to `os_user` (the server must own its data dir and log).
     async fn chown(&self, path: &Path) -> Result<(), PgError> {
-        let Some(u) = &self.spec.os_user else {
-            return Ok(());
-        };
-        let status = Command::new("chown")
-            .args(["-R", &format!("{u}:")])
-            .arg(path)
-            .status()
-            .await
-            .map_err(io("cannot run chown"))?;
-        if !status.success() {
-            return Err(PgError::Refused(format!(
-                "chown {u} {} failed",
-                path.display()
-            )));
+        match &self.spec.os_user {
+            Some(u) => crate::os::chown(u, path).await.map_err(PgError::Refused),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Whether the data dir holds a cluster.
@@ -984,25 +972,15 @@ pub fn quote_literal(s: &str) -> String {
 /// `data_dir`, for whoever must end a server its agent left running (a drill's site loss,
 /// the demo's clean-up, a test's). Ok(false): none runs there.
 pub fn signal_postmaster(data_dir: &Path, sig: &str) -> std::io::Result<bool> {
-    let Some(pid) = running_postmaster(data_dir) else {
-        return Ok(false);
-    };
-    let status = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()?;
-    if !status.success() {
-        return Err(std::io::Error::other(format!("kill {sig} {pid} failed")));
-    }
-    Ok(true)
+    crate::os::signal(running_postmaster(data_dir), sig)
 }
 
 /// The pid of the postmaster running on `data_dir`, from its pid file, when that process is
 /// alive and is a postgres server (a stale file's pid may belong to something else by now).
 pub fn running_postmaster(data_dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    (comm.trim() == "postgres" || comm.trim() == "postmaster").then_some(pid)
+    crate::os::running_pid(&data_dir.join("postmaster.pid"), |c| {
+        c == "postgres" || c == "postmaster"
+    })
 }
 
 #[cfg(test)]

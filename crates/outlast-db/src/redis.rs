@@ -126,24 +126,14 @@ pub fn find_server() -> Option<PathBuf> {
 /// The pid of the Redis server running on `data_dir`, from its pid file, when that process
 /// is alive and is a Redis server.
 pub fn running_server(data_dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(data_dir.join("redis.pid")).ok()?;
-    let pid: u32 = text.trim().parse().ok()?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    comm.trim().starts_with("redis-server").then_some(pid)
+    crate::os::running_pid(&data_dir.join("redis.pid"), |c| {
+        c.starts_with("redis-server")
+    })
 }
 
 /// Sends `sig` ("-TERM", "-KILL") to the Redis server on `data_dir`; Ok(false): none runs.
 pub fn signal_server(data_dir: &Path, sig: &str) -> std::io::Result<bool> {
-    let Some(pid) = running_server(data_dir) else {
-        return Ok(false);
-    };
-    let status = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()?;
-    if !status.success() {
-        return Err(std::io::Error::other(format!("kill {sig} {pid} failed")));
-    }
-    Ok(true)
+    crate::os::signal(running_server(data_dir), sig)
 }
 
 /// What a server said of its replication (INFO replication).
@@ -230,22 +220,10 @@ impl Redis {
     }
 
     async fn chown(&self, path: &Path) -> Result<(), RedisError> {
-        let Some(u) = &self.spec.os_user else {
-            return Ok(());
-        };
-        let status = Command::new("chown")
-            .args(["-R", &format!("{u}:")])
-            .arg(path)
-            .status()
-            .await
-            .map_err(io("cannot run chown"))?;
-        if !status.success() {
-            return Err(RedisError::Refused(format!(
-                "chown {u} {} failed",
-                path.display()
-            )));
+        match &self.spec.os_user {
+            Some(u) => crate::os::chown(u, path).await.map_err(RedisError::Refused),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Starts the server as a replica of `primary`, or as a primary; returns once it answers.

@@ -1,0 +1,42 @@
+//! What both kinds of server need of the machine: the pid of a server from its pid file,
+//! a signal to it, and its files given to the user it runs as.
+
+use std::path::Path;
+
+/// The pid on the first line of `pid_file`, when that process is alive and its name
+/// (`/proc/PID/comm`) is one `ours` accepts (a stale file's pid may belong to something
+/// else by now).
+pub fn running_pid(pid_file: &Path, ours: impl Fn(&str) -> bool) -> Option<u32> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    ours(comm.trim()).then_some(pid)
+}
+
+/// Sends `sig` (as `kill` takes it: "-TERM", "-KILL") to `pid`; Ok(false): no pid.
+pub fn signal(pid: Option<u32>, sig: &str) -> std::io::Result<bool> {
+    let Some(pid) = pid else {
+        return Ok(false);
+    };
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("kill {sig} {pid} failed")));
+    }
+    Ok(true)
+}
+
+/// Gives `path` (recursively) to `user`; an error saying what failed.
+pub async fn chown(user: &str, path: &Path) -> Result<(), String> {
+    let status = tokio::process::Command::new("chown")
+        .args(["-R", &format!("{user}:")])
+        .arg(path)
+        .status()
+        .await
+        .map_err(|e| format!("cannot run chown: {e}"))?;
+    if !status.success() {
+        return Err(format!("chown {user} {} failed", path.display()));
+    }
+    Ok(())
+}
