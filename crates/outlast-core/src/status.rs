@@ -31,6 +31,92 @@ pub struct Status {
     /// The datasets (databases the agents run), as the answering site sees them.
     #[serde(default)]
     pub datasets: Vec<DatasetStatus>,
+    /// The backups (`[[backups]]`) as the answering site takes and verifies them.
+    #[serde(default)]
+    pub backups: Vec<BackupStatus>,
+}
+
+/// One `[[backups]]` at the answering site.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupStatus {
+    pub name: String,
+    /// As configured: `path:/dir` or `dataset:name`.
+    pub source: String,
+    /// Whether the answering site takes (and verifies) this backup's snapshots now: every
+    /// data site for a `path:` source; for a dataset, the first live standby's site (the
+    /// primary's when no standby is up).
+    pub takes: bool,
+    pub every_ms: u64,
+    pub verify_every_ms: u64,
+    /// `backup` or `verify` while one runs.
+    #[serde(default)]
+    pub running: Option<String>,
+    /// The last backup run here, and the last one that succeeded.
+    #[serde(default)]
+    pub last: Option<BackupRun>,
+    #[serde(default)]
+    pub last_ok: Option<BackupRun>,
+    /// The last verify run here, and the last one that succeeded.
+    #[serde(default)]
+    pub verify: Option<VerifyRun>,
+    #[serde(default)]
+    pub verify_ok: Option<VerifyRun>,
+    /// Why the backup is alerting, when it is: the last run failed, or the last verified
+    /// restore is older than twice `verify_every` (or there never was one).
+    #[serde(default)]
+    pub problem: Option<String>,
+}
+
+/// One backup run: a snapshot written to each repository.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupRun {
+    /// When it started (Unix ms).
+    pub at_ms: u64,
+    pub ok: bool,
+    pub duration_ms: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// New data the snapshot added to the first repository, after deduplication.
+    pub added_bytes: u64,
+    pub repos: Vec<RepoRun>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A backup run's result at one repository.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RepoRun {
+    pub url: String,
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    pub duration_ms: u64,
+    /// Snapshots of this backup the retention forgot after this one was written.
+    pub forgotten: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A verify: the newest snapshot restored into a scratch dir and checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VerifyRun {
+    /// When it started (Unix ms).
+    pub at_ms: u64,
+    pub ok: bool,
+    pub url: String,
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// From the start of the restore until its files were checked (and, for PostgreSQL,
+    /// the restored server answered): the RTO of restoring from this backup.
+    pub restore_ms: u64,
+    /// How old the restored snapshot was when the restore ended: the RPO of restoring now.
+    pub age_ms: u64,
+    pub files_checked: u64,
+    pub bytes: u64,
+    /// PostgreSQL: what the restored server answered (its databases, tables).
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One dataset: its committed primary and each member as the answering site sees it (its

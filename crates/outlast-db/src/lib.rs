@@ -8,6 +8,7 @@
 
 pub mod member;
 pub mod os;
+pub mod pgbackup;
 pub mod postgres;
 pub mod redis;
 pub mod resp;

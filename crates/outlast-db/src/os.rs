@@ -40,3 +40,20 @@ pub async fn chown(user: &str, path: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Lets `user`-less others pass through every parent of `dir` (`o+x`), so a server running
+/// as its own user reaches a directory made by root.
+pub async fn open_parents(dir: &Path) {
+    let mut p = dir;
+    loop {
+        let _ = tokio::process::Command::new("chmod")
+            .arg("o+x")
+            .arg(p)
+            .status()
+            .await;
+        match p.parent() {
+            Some(up) if up != Path::new("/") && !up.as_os_str().is_empty() => p = up,
+            _ => break,
+        }
+    }
+}

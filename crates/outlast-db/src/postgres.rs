@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -40,7 +39,7 @@ pub enum PgError {
     Refused(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
     move |source| PgError::Io {
         what: what.into(),
         source,
@@ -282,7 +281,7 @@ impl Postgres {
         Postgres { spec }
     }
 
-    fn bin(&self, program: &str) -> PathBuf {
+    pub(crate) fn bin(&self, program: &str) -> PathBuf {
         self.spec.bin_dir.join(program)
     }
 
@@ -326,33 +325,13 @@ impl Postgres {
 
     /// Runs one of PostgreSQL's programs (as `os_user` when set); its stdout and stderr.
     async fn program(&self, program: &str, args: &[&str]) -> Result<(String, String), PgError> {
-        let path = self.bin(program);
-        let mut cmd = match &self.spec.os_user {
-            Some(u) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]).arg(&path);
-                c
-            }
-            None => Command::new(&path),
-        };
-        cmd.args(args)
-            .env("PGPASSWORD", &self.spec.admin_password)
-            .env("PGCONNECT_TIMEOUT", "2")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = cmd
-            .output()
-            .await
-            .map_err(io(format!("cannot run {}", path.display())))?;
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        if !out.status.success() {
-            return Err(PgError::Program {
-                program: program.to_string(),
-                status: out.status.to_string(),
-                stderr,
-            });
-        }
-        Ok((String::from_utf8_lossy(&out.stdout).to_string(), stderr))
+        crate::pgbackup::run(
+            &self.bin(program),
+            self.spec.os_user.as_deref(),
+            args,
+            Some(&self.spec.admin_password),
+        )
+        .await
     }
 
     /// Gives a path to `os_user` (the server must own its data dir and log).
@@ -390,14 +369,7 @@ impl Postgres {
             .map_err(io(format!("cannot create {}", parent.display())))?;
         if self.spec.os_user.is_some() {
             // The server's user must reach its data dir through the parents.
-            let mut p = parent.as_path();
-            loop {
-                let _ = Command::new("chmod").arg("o+x").arg(p).status().await;
-                match p.parent() {
-                    Some(up) if up != Path::new("/") && !up.as_os_str().is_empty() => p = up,
-                    _ => break,
-                }
-            }
+            crate::os::open_parents(&parent).await;
         }
         let log = self.log_path();
         if !log.exists() {
@@ -950,7 +922,7 @@ impl Postgres {
 }
 
 /// A data dir: created, and readable by its owner only (the server refuses anything else).
-async fn make_private_dir(d: &Path) -> Result<(), PgError> {
+pub(crate) async fn make_private_dir(d: &Path) -> Result<(), PgError> {
     use std::os::unix::fs::PermissionsExt;
     tokio::fs::create_dir_all(d)
         .await

@@ -232,12 +232,8 @@ impl Redis {
         tokio::fs::create_dir_all(d)
             .await
             .map_err(io(format!("cannot create {}", d.display())))?;
-        if self.spec.os_user.is_some() {
-            let mut p = d.parent();
-            while let Some(up) = p.filter(|p| *p != Path::new("/") && !p.as_os_str().is_empty()) {
-                let _ = Command::new("chmod").arg("o+x").arg(up).status().await;
-                p = up.parent();
-            }
+        if let (Some(_), Some(parent)) = (&self.spec.os_user, d.parent()) {
+            crate::os::open_parents(parent).await;
         }
         let up = primary.map(|p| self.addr_of(p)).transpose()?;
         let conf = d.join("redis.conf");

@@ -13,6 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+pub mod backups;
 mod events;
 mod faults;
 mod moves;
@@ -103,6 +104,16 @@ pub trait Source: Send + Sync + 'static {
         let _ = req;
         Box::pin(async { Err((403, "this agent takes no maintenance".to_string())) })
     }
+    /// Runs, verifies or lists backup `name` (see [`backups::BackupAction`]); the answer's
+    /// JSON, else (HTTP status, why).
+    fn backup(
+        &self,
+        name: &str,
+        action: backups::BackupAction,
+    ) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+        let _ = (name, action);
+        Box::pin(async { Err((404, "this agent runs no backups".to_string())) })
+    }
 }
 
 /// A boxed future an agent's answer comes back in.
@@ -152,6 +163,10 @@ pub fn router(source: Arc<dyn Source>) -> Router {
         .route("/v1/faults/:id", axum::routing::delete(faults::clear_one))
         .route("/v1/switchover", post(moves::switchover))
         .route("/v1/maintenance", post(moves::maintenance))
+        .route("/v1/backups", get(backups::list))
+        .route("/v1/backups/:name/run", post(backups::run))
+        .route("/v1/backups/:name/verify", post(backups::verify))
+        .route("/v1/backups/:name/snapshots", get(backups::snapshots))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route("/", get(dashboard))

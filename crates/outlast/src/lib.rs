@@ -2,6 +2,7 @@
 //! together. `main.rs` only parses arguments, sets up tracing and calls in here.
 
 pub mod agent;
+pub mod backup_cli;
 pub mod commands;
 pub mod demo;
 pub mod logging;

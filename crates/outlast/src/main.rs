@@ -132,6 +132,77 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Backups through an agent: a snapshot now, what each repository holds, a restore test.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Restore a backup's snapshot into a directory, straight from its repositories (no
+    /// agent needed): files, or a PostgreSQL data dir ready to start.
+    #[command(
+        after_help = "Examples:\n  outlast restore --config cluster.toml uploads --to /srv/uploads.restored\n  outlast restore --config cluster.toml orders --at 2026-12-04T10:00:00Z --to /var/lib/pg-restore"
+    )]
+    Restore {
+        /// The cluster's config file (it names the repositories and their password files).
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup (a [[backups]] name).
+        name: String,
+        /// A snapshot id (or a unique prefix of one); default: the newest.
+        #[arg(long, conflicts_with = "at")]
+        snapshot: Option<String>,
+        /// The newest snapshot taken at or before this time (RFC 3339 or Unix ms).
+        #[arg(long)]
+        at: Option<String>,
+        /// Only snapshots a site took (a path: backup has one series per data site).
+        #[arg(long)]
+        site: Option<String>,
+        /// Restore from this repository url only (default: the first that opens).
+        #[arg(long)]
+        repo: Option<String>,
+        /// An empty or new directory.
+        #[arg(long)]
+        to: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Take a snapshot now, at the site that takes this backup; prints each repository's.
+    #[command(
+        after_help = "Example:\n  OUTLAST_TOKEN=... outlast backup run orders --config cluster.toml"
+    )]
+    Run {
+        name: String,
+        #[command(flatten)]
+        auth: outlast::commands::TokenArg,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+    },
+    /// Without NAME: each backup's last snapshot and verify; with it: every snapshot of it
+    /// in each repository.
+    #[command(
+        after_help = "Example:\n  OUTLAST_TOKEN=... outlast backup list orders --config cluster.toml"
+    )]
+    List {
+        name: Option<String>,
+        #[command(flatten)]
+        auth: outlast::commands::TokenArg,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+    },
+    /// Restore the newest snapshot into a scratch dir, check every file (and start a
+    /// PostgreSQL snapshot); prints the restore time and the age of what it restored.
+    #[command(
+        after_help = "Example:\n  OUTLAST_TOKEN=... outlast backup verify orders --config cluster.toml"
+    )]
+    Verify {
+        name: String,
+        #[command(flatten)]
+        auth: outlast::commands::TokenArg,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+    },
 }
 
 #[derive(Subcommand)]
@@ -256,8 +327,55 @@ fn main() -> ExitCode {
                 &target, &stream, from, follow,
             )),
         },
+        Command::Backup { command } => match command {
+            BackupCommand::Run { name, auth, target } => {
+                runtime_code(outlast::backup_cli::run(&target, &auth, &name))
+            }
+            BackupCommand::List { name, auth, target } => {
+                runtime_code(outlast::backup_cli::list(&target, &auth, name.as_deref()))
+            }
+            BackupCommand::Verify { name, auth, target } => {
+                runtime_code(outlast::backup_cli::verify(&target, &auth, &name))
+            }
+        },
+        Command::Restore {
+            config,
+            name,
+            snapshot,
+            at,
+            site,
+            repo,
+            to,
+        } => match outlast::backup_cli::restore(outlast::backup_cli::RestoreArgs {
+            config: &config,
+            name: &name,
+            snapshot,
+            at,
+            site,
+            repo,
+            to,
+        }) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        },
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Runs a command that says its own exit code.
+fn runtime_code(fut: impl std::future::Future<Output = anyhow::Result<i32>>) -> i32 {
+    let code = std::sync::atomic::AtomicI32::new(0);
+    let ran = runtime(async {
+        code.store(fut.await?, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    });
+    if ran != 0 {
+        return ran;
+    }
+    code.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 pub fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {

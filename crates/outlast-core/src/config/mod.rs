@@ -4,6 +4,7 @@
 //! spans), then [`validate`] checks the meaning and collects every problem, each with the
 //! file, line, column and a fix, before anything starts.
 
+mod backups;
 mod datasets;
 mod raw;
 mod recover;
@@ -97,6 +98,7 @@ pub struct Config {
     pub services: Vec<Service>,
     pub streams: Vec<Stream>,
     pub datasets: Vec<Dataset>,
+    pub backups: Vec<Backup>,
     pub alerts: Vec<Alert>,
     pub api: Api,
     /// Things that work but are likely not what was meant (`outlast check` prints them).
@@ -389,6 +391,71 @@ pub struct Stream {
 /// The largest `max_event_bytes` a stream may set: an event travels to a peer in one
 /// replication frame, and frames are bounded in bytes.
 pub const MAX_EVENT_BYTES: u64 = 2 << 20;
+
+/// `[[backups]]`: snapshots of a directory or a dataset to restic-format repositories.
+#[derive(Debug, Clone, Serialize)]
+pub struct Backup {
+    pub name: String,
+    pub source: BackupSource,
+    /// A snapshot this often.
+    pub every: Duration,
+    /// PostgreSQL datasets: WAL archived continuously between snapshots.
+    pub wal: bool,
+    pub keep: Keep,
+    /// The newest snapshot is restored and checked this often.
+    pub verify_every: Duration,
+    pub repos: Vec<BackupRepo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupSource {
+    /// A directory (absolute) that every data site holds; each backs up its own.
+    Path(PathBuf),
+    /// A `[[datasets]]` by name.
+    Dataset(String),
+}
+
+/// Retention: how many snapshots of each kind survive a prune (0: none of that kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Keep {
+    pub last: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+}
+
+impl Default for Keep {
+    fn default() -> Self {
+        Self {
+            last: 24,
+            daily: 7,
+            weekly: 4,
+            monthly: 6,
+        }
+    }
+}
+
+/// One repository of a backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupRepo {
+    /// `file:///abs`, `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`
+    /// or `rest:http://host:port/path`.
+    pub url: String,
+    /// The site the repository lives in, when it is in one.
+    pub site: Option<String>,
+    #[serde(skip)]
+    pub password: String,
+    /// Object store keys (endpoint, region, access_key_id, secret_access_key, ...).
+    #[serde(skip)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl Config {
+    pub fn backup(&self, name: &str) -> Option<&Backup> {
+        self.backups.iter().find(|b| b.name == name)
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Sink {

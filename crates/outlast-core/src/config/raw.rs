@@ -24,6 +24,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub datasets: Vec<S<RawDataset>>,
     #[serde(default)]
+    pub backups: Vec<S<RawBackup>>,
+    #[serde(default)]
     pub alerts: Vec<S<RawAlert>>,
     #[serde(default)]
     pub api: Option<S<RawApi>>,
@@ -206,4 +208,36 @@ pub struct RawPostgres {
     pub allow: Option<S<Vec<S<String>>>>,
     #[serde(default)]
     pub settings: BTreeMap<S<String>, S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    pub name: S<String>,
+    pub source: S<String>,
+    pub every: Option<S<String>>,
+    pub wal: Option<S<bool>>,
+    pub keep: Option<S<RawKeep>>,
+    pub verify_every: Option<S<String>>,
+    #[serde(default)]
+    pub repos: Vec<S<RawRepo>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeep {
+    pub last: Option<S<u32>>,
+    pub daily: Option<S<u32>>,
+    pub weekly: Option<S<u32>>,
+    pub monthly: Option<S<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRepo {
+    pub url: S<String>,
+    pub site: Option<S<String>>,
+    pub password_file: Option<S<String>>,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }

@@ -246,6 +246,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
     let services = services(ctx, &raw.services, &sites, &site_names, &timing, &datasets);
     super::datasets::link(ctx, &raw.services, &services, &mut datasets, &raw.datasets);
     let streams = streams(ctx, &raw.streams, &site_names, base);
+    let backups = super::backups::backups(ctx, &raw.backups, &datasets, &site_names, base);
     let alerts = alerts(ctx, &raw.alerts);
     let api = api(ctx, raw.api.as_ref(), base);
     clashes(ctx, &raw, &sites, dns.as_ref(), &services, &datasets);
@@ -277,6 +278,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         services,
         streams,
         datasets,
+        backups,
         alerts,
         api,
         warnings,

@@ -329,6 +329,17 @@ impl Datasets {
             .collect()
     }
 
+    /// This site's PostgreSQL servers, by dataset (backups take base backups of them).
+    pub fn postgres(&self) -> BTreeMap<String, Postgres> {
+        self.members
+            .iter()
+            .filter_map(|m| match &m.server {
+                Server::Postgres(p) => Some((m.dataset.clone(), p.clone())),
+                Server::Redis(_) => None,
+            })
+            .collect()
+    }
+
     /// Every dataset of the config as this site sees it.
     pub fn status(&self, config: &Config, state: &ClusterState) -> Vec<DatasetStatus> {
         config

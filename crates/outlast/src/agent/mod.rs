@@ -9,6 +9,7 @@
 //! decision. Every worker is spawned from [`run`], by name, and joined on shutdown.
 
 pub mod alerts;
+pub mod backups;
 mod datasets;
 mod faults;
 mod limits;
@@ -83,6 +84,8 @@ pub struct Agent {
     peer_auth: Arc<PeerAuth>,
     /// This site's dataset members (database servers it runs).
     datasets: datasets::Datasets,
+    /// This site's backups (snapshots, verifies).
+    backups: Arc<backups::Backups>,
     /// Asks the leader to commit an operator's request when this site does not lead.
     peer_client: OnceLock<Arc<PeerClient>>,
 }
@@ -290,6 +293,7 @@ impl Agent {
             &db_acting,
             &|site, service, epoch| node.handed_over(site, service, epoch, now),
         );
+        self.backups.update(&self.config, &state);
         drop(node);
         let view = zone::zone_view(&self.config, &state, ready, &mut lock(&self.last_known));
         if let Some(view) = view {
@@ -365,6 +369,9 @@ impl Agent {
             .datasets
             .alerts(&self.config.cluster.name, &self.me, by.unix_ms)
         {
+            self.alert(a);
+        }
+        for a in self.backups.alerts(&by) {
             self.alert(a);
         }
         if let Some(fenced) = tick.fenced_changed {
@@ -604,6 +611,47 @@ impl outlast_web::Source for Agent {
     ) -> outlast_web::BoxFuture<'_, Result<outlast_web::MaintenanceAnswer, (u16, String)>> {
         Box::pin(moves::maintenance(self, req))
     }
+
+    fn backup(
+        &self,
+        name: &str,
+        action: outlast_web::backups::BackupAction,
+    ) -> outlast_web::BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+        use outlast_web::backups::BackupAction;
+        let name = name.to_string();
+        Box::pin(async move {
+            let state = self.node().state().clone();
+            let refused = |r: backups::Refused| match r {
+                backups::Refused::NoSuch(why) => (404, why),
+                backups::Refused::NotHere(why) => (409, why),
+            };
+            let json = |v: Result<serde_json::Value, serde_json::Error>| {
+                v.map_err(|e| (500, format!("cannot write the answer: {e}")))
+            };
+            match action {
+                BackupAction::Run => {
+                    let r = self
+                        .backups
+                        .run_now(&name, &self.config, &state)
+                        .await
+                        .map_err(refused)?;
+                    json(serde_json::to_value(r))
+                }
+                BackupAction::Verify => {
+                    let r = self
+                        .backups
+                        .verify_now(&name, &self.config, &state)
+                        .await
+                        .map_err(refused)?;
+                    json(serde_json::to_value(r))
+                }
+                BackupAction::List => {
+                    let r = self.backups.list(&name).await.map_err(refused)?;
+                    json(serde_json::to_value(r))
+                }
+            }
+        })
+    }
 }
 
 /// The relay reaches peers through the authenticated peer client.
@@ -775,6 +823,7 @@ pub async fn run(
         .collect();
     let relay = outlast_relay::Relay::open(&config, &me.name, &me.data_dir, &faults)
         .context("cannot open the event relay")?;
+    let datasets = datasets::Datasets::new(&config, &me.name)?;
     let agent = Arc::new(Agent {
         relay,
         me: me.name.clone(),
@@ -808,7 +857,12 @@ pub async fn run(
         faults: faults.clone(),
         fault_token: config.api.token.clone().or(opts.fault_token),
         peer_auth: auth.clone(),
-        datasets: datasets::Datasets::new(&config, &me.name)?,
+        backups: Arc::new(backups::Backups::new(
+            &config,
+            &me.name,
+            datasets.postgres(),
+        )),
+        datasets,
         config,
     });
     // A restarted primary acts again only once it holds a lease, and peers count for its
@@ -959,6 +1013,7 @@ pub async fn run(
     }
 
     agent.datasets.spawn(&mut back);
+    agent.backups.spawn(&mut back);
     agent.relay.start(
         Arc::new(RelayTransport {
             client: client.clone(),

@@ -136,6 +136,7 @@ impl Agent {
             failovers,
             at_ms: wall_now,
             datasets: self.datasets.status(&self.config, &state),
+            backups: self.backups.status(),
         }
     }
 }

@@ -1,0 +1,398 @@
+//! `outlast backup run|list|verify` (through an agent's API) and `outlast restore` (here,
+//! from the repositories themselves: it works with every site lost).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use outlast_backup::{Pick, ProgressBars};
+use outlast_core::config::{BackupSource, Config};
+use outlast_core::status::{BackupRun, BackupStatus, VerifyRun};
+use rustic_core::{Progress, ProgressType, RusticProgress};
+
+use crate::commands::{count, ApiTarget, TokenArg};
+
+/// The longest a CLI waits for an agent's backup or verify (a large base backup takes a
+/// while; the agent's own run goes on if this gives up).
+const RUN_WAIT: Duration = Duration::from_secs(6 * 3600);
+
+/// rustic's progress drawn by indicatif on stderr (hidden when stderr is no terminal).
+#[derive(Debug, Clone, Copy)]
+pub struct Bars;
+
+#[derive(Debug)]
+struct Bar(ProgressBar);
+
+impl RusticProgress for Bar {
+    fn is_hidden(&self) -> bool {
+        self.0.is_hidden()
+    }
+    fn set_length(&self, len: u64) {
+        self.0.set_length(len);
+    }
+    fn set_title(&self, title: &str) {
+        self.0.set_prefix(title.to_string());
+    }
+    fn inc(&self, inc: u64) {
+        self.0.inc(inc);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl ProgressBars for Bars {
+    fn progress(&self, kind: ProgressType, prefix: &str) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress::hidden();
+        }
+        let bar = match kind {
+            ProgressType::Spinner => ProgressBar::new_spinner(),
+            ProgressType::Counter | ProgressType::Bytes => ProgressBar::new(0),
+        };
+        let template = match kind {
+            ProgressType::Spinner => "{spinner} {prefix} {elapsed}",
+            ProgressType::Counter => "{prefix} [{bar:30}] {pos}/{len} {elapsed}",
+            ProgressType::Bytes => {
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+            }
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(prefix.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress::new(Bar(bar))
+    }
+}
+
+/// A spinner while an agent works (stderr, terminals only).
+fn waiting(what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+pub fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Asks each candidate agent in turn: a site that does not take the backup (409) says
+/// which does, and the next candidate is tried.
+async fn ask(
+    target: &ApiTarget,
+    auth: &TokenArg,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<(String, serde_json::Value)> {
+    let token = auth.token()?;
+    let client = reqwest::Client::builder()
+        .timeout(RUN_WAIT)
+        .connect_timeout(Duration::from_secs(2))
+        .build()?;
+    let mut why = Vec::new();
+    for base in target.candidates()? {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let resp = match client
+            .request(method.clone(), &url)
+            .bearer_auth(&token)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                why.push(format!("{base}: {e}"));
+                continue;
+            }
+        };
+        let code = resp.status();
+        let text = resp.text().await?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{url} answered something else ({e})"))?;
+        if code.is_success() {
+            return Ok((base, value));
+        }
+        let reason = value
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("no reason given")
+            .to_string();
+        if code.as_u16() == 409 {
+            why.push(format!("{base}: {reason}"));
+            continue;
+        }
+        anyhow::bail!("{url} answered {code}: {reason}");
+    }
+    anyhow::bail!("no agent could: {}", why.join("; "))
+}
+
+/// `outlast backup run NAME`: a snapshot now, at the site that takes it.
+pub async fn run(target: &ApiTarget, auth: &TokenArg, name: &str) -> anyhow::Result<i32> {
+    let bar = waiting(&format!("backup {name}: taking a snapshot"));
+    let (base, v) = ask(
+        target,
+        auth,
+        reqwest::Method::POST,
+        &format!("/v1/backups/{name}/run"),
+    )
+    .await?;
+    bar.finish_and_clear();
+    let r: BackupRun = serde_json::from_value(v)?;
+    println!(
+        "backup {name} at {base}: {} in {} ms ({} files, {}, {} new)",
+        if r.ok { "written" } else { "FAILED" },
+        r.duration_ms,
+        r.files,
+        mb(r.bytes),
+        mb(r.added_bytes)
+    );
+    for repo in &r.repos {
+        match (&repo.snapshot, &repo.error) {
+            (_, Some(e)) => println!("  {}: failed: {e}", repo.url),
+            (Some(id), None) => println!(
+                "  {}: snapshot {} in {} ms{}",
+                repo.url,
+                id.get(..8).unwrap_or(id),
+                repo.duration_ms,
+                if repo.forgotten > 0 {
+                    format!(
+                        ", {} forgotten by keep",
+                        count(repo.forgotten as usize, "snapshot", "snapshots")
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+            (None, None) => println!("  {}: nothing written", repo.url),
+        }
+    }
+    if let Some(e) = &r.error {
+        eprintln!("error: {e}");
+    }
+    Ok(if r.ok { 0 } else { 1 })
+}
+
+/// `outlast backup verify NAME`: restore the newest snapshot into a scratch dir and check it.
+pub async fn verify(target: &ApiTarget, auth: &TokenArg, name: &str) -> anyhow::Result<i32> {
+    let bar = waiting(&format!("backup {name}: restoring the newest snapshot"));
+    let (base, v) = ask(
+        target,
+        auth,
+        reqwest::Method::POST,
+        &format!("/v1/backups/{name}/verify"),
+    )
+    .await?;
+    bar.finish_and_clear();
+    let r: VerifyRun = serde_json::from_value(v)?;
+    let snap = r.snapshot.as_deref().unwrap_or("none");
+    if r.ok {
+        println!(
+            "backup {name} at {base}: verified snapshot {} from {}: restored and checked in {} ms ({} files, {}), {} s old{}",
+            snap.get(..8).unwrap_or(snap),
+            r.url,
+            r.restore_ms,
+            r.files_checked,
+            mb(r.bytes),
+            r.age_ms / 1000,
+            r.server.as_ref().map(|s| format!("; {s}")).unwrap_or_default()
+        );
+        Ok(0)
+    } else {
+        println!("backup {name} at {base}: verify FAILED ({})", r.url);
+        eprintln!("error: {}", r.error.as_deref().unwrap_or("unknown"));
+        Ok(1)
+    }
+}
+
+/// `outlast backup list [NAME]`: without a name, each backup's last run and verify at the
+/// answering site; with one, every snapshot each repository holds.
+pub async fn list(target: &ApiTarget, auth: &TokenArg, name: Option<&str>) -> anyhow::Result<i32> {
+    let Some(name) = name else {
+        let (base, v) = ask(target, auth, reqwest::Method::GET, "/v1/backups").await?;
+        let all: Vec<BackupStatus> = serde_json::from_value(v)?;
+        println!("backups at {base}:");
+        for b in all {
+            let last = b.last_ok.as_ref().map_or("never".to_string(), |r| {
+                format!(
+                    "{} s ago ({})",
+                    crate::agent::peer::unix_ms().saturating_sub(r.at_ms) / 1000,
+                    mb(r.bytes)
+                )
+            });
+            let ver = b.verify_ok.as_ref().map_or("never".to_string(), |v| {
+                format!("restore {} ms, {} s old", v.restore_ms, v.age_ms / 1000)
+            });
+            println!(
+                "  {:<12} {:<24} takes here: {:<5} last snapshot: {last}; last verified: {ver}{}",
+                b.name,
+                b.source,
+                b.takes,
+                b.problem
+                    .map(|p| format!("; PROBLEM: {p}"))
+                    .unwrap_or_default()
+            );
+        }
+        return Ok(0);
+    };
+    let (_, v) = ask(
+        target,
+        auth,
+        reqwest::Method::GET,
+        &format!("/v1/backups/{name}/snapshots"),
+    )
+    .await?;
+    let repos: Vec<crate::agent::backups::RepoList> = serde_json::from_value(v)?;
+    let mut bad = 0;
+    for r in repos {
+        println!(
+            "{}{}",
+            r.url,
+            r.site.map(|s| format!(" (site {s})")).unwrap_or_default()
+        );
+        if let Some(e) = r.error {
+            println!("  cannot list: {e}");
+            bad += 1;
+            continue;
+        }
+        if r.snapshots.is_empty() {
+            println!("  no snapshots");
+        }
+        for s in r.snapshots {
+            println!(
+                "  {}  {}  {:<8} {:>10}  {} files  {}",
+                s.id.get(..8).unwrap_or(&s.id),
+                time_text(s.time_ms),
+                s.host,
+                mb(s.bytes),
+                s.files,
+                s.paths.join(",")
+            );
+        }
+    }
+    Ok(if bad > 0 { 1 } else { 0 })
+}
+
+fn time_text(ms: i64) -> String {
+    rustic_core::jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// A time as `--at` takes it: RFC 3339 (`2026-12-04T10:00:00Z`) or Unix milliseconds.
+pub fn parse_at(text: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = text.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    rustic_core::jiff::Timestamp::from_str(text.trim())
+        .map(|t| t.as_millisecond())
+        .map_err(|e| anyhow::anyhow!("--at {text:?} is not a time ({e}); write it like 2026-12-04T10:00:00Z or as Unix milliseconds"))
+}
+
+/// What `outlast restore` is told.
+pub struct RestoreArgs<'a> {
+    pub config: &'a Path,
+    pub name: &'a str,
+    pub snapshot: Option<String>,
+    pub at: Option<String>,
+    pub site: Option<String>,
+    pub repo: Option<String>,
+    pub to: PathBuf,
+}
+
+/// `outlast restore`: a snapshot into `--to`, from the first repository that answers.
+pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
+    let config = match Config::load(a.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(64);
+        }
+    };
+    let Some(b) = config.backup(a.name) else {
+        let names: Vec<&str> = config.backups.iter().map(|b| b.name.as_str()).collect();
+        anyhow::bail!(
+            "no backup {:?} in {}; it has: {}",
+            a.name,
+            a.config.display(),
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let pick = Pick {
+        id: a.snapshot.clone(),
+        at_or_before_ms: a.at.as_deref().map(parse_at).transpose()?,
+        host: a.site.clone(),
+    };
+    let repos: Vec<_> = b
+        .repos
+        .iter()
+        .filter(|r| a.repo.as_ref().is_none_or(|u| &r.url == u))
+        .collect();
+    if repos.is_empty() {
+        anyhow::bail!(
+            "backup {} has no repository {:?}",
+            a.name,
+            a.repo.as_deref().unwrap_or("")
+        );
+    }
+    let started = Instant::now();
+    let mut why = Vec::new();
+    for repo in repos {
+        let step = Instant::now();
+        let open = match outlast_backup::open(repo, Bars) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("{}: {e}; trying the next repository", repo.url);
+                why.push(e.to_string());
+                continue;
+            }
+        };
+        let all = outlast_backup::snapshots(&open, &repo.url, a.name)?;
+        let snap = match outlast_backup::pick(&all, &pick) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{}: {e}; trying the next repository", repo.url);
+                why.push(e.to_string());
+                continue;
+            }
+        };
+        let opened_ms = step.elapsed().as_millis();
+        eprintln!(
+            "restoring snapshot {} of {} (host {}, taken {}) from {} into {}",
+            snap.id.get(..8).unwrap_or(&snap.id),
+            a.name,
+            snap.host,
+            time_text(snap.time_ms),
+            repo.url,
+            a.to.display()
+        );
+        let r = outlast_backup::restore(open, &repo.url, &snap, &a.to)?;
+        println!(
+            "restored {} ({}) in {} ms (repository opened and listed in {opened_ms} ms; {} ms in all)",
+            a.to.display(),
+            mb(r.bytes),
+            r.restore_ms,
+            started.elapsed().as_millis()
+        );
+        if let BackupSource::Dataset(d) = &b.source {
+            println!(
+                "{} is a PostgreSQL data dir (dataset {d}). Start it with: chown -R postgres: {0} && runuser -u postgres -- pg_ctl -D {0} -o \"-c port=PORT\" start",
+                a.to.display()
+            );
+        }
+        return Ok(0);
+    }
+    anyhow::bail!("no repository could restore it: {}", why.join("; "))
+}
