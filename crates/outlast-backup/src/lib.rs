@@ -11,7 +11,6 @@ pub mod source;
 use std::io::BufReader;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use outlast_core::config::Keep;
 use rustic_core::repofile::Node;
@@ -21,14 +20,14 @@ use rustic_core::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use repo::{open, open_or_init, Open};
+pub use repo::{open, open_or_init, open_when_created, Open};
 pub use rustic_core::{NoProgressBars, ProgressBars};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("repository url \"{url}\": {why}")]
     Url { url: String, why: String },
-    #[error("repository {url}: {}", source.display_log())]
+    #[error("repository {url}: {}", short(source))]
     Repo {
         url: String,
         source: Box<RusticError>,
@@ -49,6 +48,23 @@ pub enum Error {
     Mismatch { count: usize, first: Vec<String> },
     #[error("{0}")]
     Io(String),
+}
+
+/// A rustic error in a few lines: its message and context, without the backtrace it
+/// carries when `RUST_BACKTRACE` is set.
+pub fn short(e: &RusticError) -> String {
+    let text = e.to_string();
+    let text = text.split("Backtrace:").next().unwrap_or("");
+    let mut out = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.len() > 600 {
+        let cut = (0..=600)
+            .rev()
+            .find(|i| out.is_char_boundary(*i))
+            .unwrap_or(0);
+        out.truncate(cut);
+        out.push_str(" ...");
+    }
+    out
 }
 
 impl Error {
@@ -139,7 +155,7 @@ pub fn backup_dir(
     let (count, first) = skips.taken();
     if count > 0 {
         if let Err(err) = repo.delete_snapshots(&[snap.id]) {
-            tracing::error!(url, id = %snap.id, error = %err.display_log(),
+            tracing::error!(url, id = %snap.id, error = %short(&err),
                 "could not delete the snapshot of a failed backup");
         }
         return Err(Error::Skipped {
@@ -215,8 +231,38 @@ fn no_panic<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "the restorer stopped".to_string());
-            Err(Error::Restore(why))
+            Err(Error::Restore(panic_text(&why)))
         }
+    }
+}
+
+/// What rustic's panic said, in a line: its guidance and error code when it is a
+/// `RusticError`'s debug text, without the backtrace.
+fn panic_text(why: &str) -> String {
+    let field = |name: &str| {
+        let start = why.find(&format!("{name}: "))? + name.len() + 2;
+        let rest = &why[start..];
+        if let Some(quoted) = rest.strip_prefix('"') {
+            return quoted.find('"').map(|end| quoted[..end].to_string());
+        }
+        let end = rest.find(", ").unwrap_or(rest.len());
+        Some(rest[..end].to_string())
+    };
+    match (field("guidance"), field("error_code")) {
+        (Some(g), Some(c)) => format!(
+            "{g} ({}: a pack or blob could not be read or decrypted)",
+            c.trim_start_matches("Some(")
+                .trim_end_matches(')')
+                .trim_matches('"')
+        ),
+        (Some(g), None) => g,
+        _ => why
+            .split("backtrace")
+            .next()
+            .unwrap_or(why)
+            .chars()
+            .take(400)
+            .collect(),
     }
 }
 
@@ -263,7 +309,7 @@ fn restore_indexed(
             to.display()
         )));
     }
-    let started = Instant::now();
+    let started = outlast_core::clock::now();
     let node = root_node(repo, url, snap)?;
     let ls_opts = LsOptions::default().recursive(true);
     let to_text = format!("{}/", to.display());
@@ -335,9 +381,7 @@ pub fn verify(open: Open, url: &str, snap: &Snapshot, scratch: &Path) -> Result<
             first: problems,
         });
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = outlast_core::clock::unix_ms() as i64;
     Ok(Verified {
         age_ms: now_ms - restored.snapshot.time_ms,
         restored,
@@ -361,7 +405,7 @@ fn check_file(
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut r = BufReader::with_capacity(1 << 20, file);
     for id in node.content.iter().flatten() {
-        let entry = repo.get_index_entry(id).map_err(|e| e.display_log())?;
+        let entry = repo.get_index_entry(id).map_err(|e| short(&e))?;
         if !id.blob_matches_reader(u64::from(entry.data_length()), &mut r) {
             return Err(format!(
                 "chunk {} differs from the snapshot",
@@ -421,8 +465,25 @@ pub fn forget_and_prune(open: &Open, url: &str, name: &str, keep: &Keep) -> Resu
     if !ids.is_empty() {
         open.delete_snapshots(&ids).map_err(e)?;
     }
-    let popts = PruneOptions::default();
+    // Packs younger than an hour are never touched (another site may be writing the index
+    // that uses them); unused ones are marked, and removed 23 h later by a later prune.
+    let popts = PruneOptions::default().keep_pack(rustic_core::jiff::Span::new().hours(1));
     let plan = open.prune_plan(&popts).map_err(e)?;
     open.prune(&popts, plan).map_err(e)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_panic_is_told_in_a_line() {
+        let why = r#"called `Result::unwrap()` on an `Err` value: RusticError { kind: Cryptography, guidance: "Data decryption failed, MAC check failed.", docs_url: None, error_code: Some("C001"), backtrace: Some(Backtrace [{ fn: "x" }]) }"#;
+        assert_eq!(
+            panic_text(why),
+            "Data decryption failed, MAC check failed. (C001: a pack or blob could not be read or decrypted)"
+        );
+        assert_eq!(panic_text("boom backtrace here"), "boom ");
+    }
 }

@@ -98,6 +98,27 @@ pub fn open(repo: &BackupRepo, pb: impl ProgressBars) -> Result<Open, Error> {
     r.open(&Credentials::password(&repo.password)).map_err(e)
 }
 
+/// Opens a repository another site creates: waits (up to `limit`) while nothing is there
+/// yet. Two sites creating one repository at once would each write their own key and
+/// config; only one site ever creates it. Blocking, like all of this crate: run it off the
+/// async runtime.
+#[allow(clippy::disallowed_methods)] // a blocking thread's wait, not a runtime worker's
+pub fn open_when_created(
+    repo: &BackupRepo,
+    pb: impl ProgressBars + Clone,
+    limit: std::time::Duration,
+) -> Result<Open, Error> {
+    let start = outlast_core::clock::now();
+    loop {
+        match open(repo, pb.clone()) {
+            Err(Error::Empty { .. }) if start.elapsed() < limit => {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,7 +98,7 @@ where
         let item = self.inner.next()?;
         Some(match item {
             Err(e) => {
-                self.skips.add(e.display_log());
+                self.skips.add(crate::short(&e));
                 Err(e)
             }
             Ok(ReadSourceEntry { path, node, open }) => {
@@ -129,7 +129,7 @@ impl<O: ReadSourceOpen> ReadSourceOpen for WatchedOpen<O> {
             }),
             Err(e) => {
                 self.skips
-                    .add(format!("{}: {}", self.path, e.display_log()));
+                    .add(format!("{}: {}", self.path, crate::short(&e)));
                 Err(e)
             }
         }

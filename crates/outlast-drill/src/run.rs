@@ -87,7 +87,10 @@ impl Sites {
             cmd.arg("--peer-via").arg(format!("{to}={via}"));
         }
         let child = cmd
-            .env("OUTLAST_LOG", "info,openraft=warn")
+            .env(
+                "OUTLAST_LOG",
+                "info,openraft=warn,rustic_core=warn,opendal=error",
+            )
             .env("OUTLAST_FAULT_TOKEN", &self.token)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io("cannot share the agent log"))?)

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use outlast_backup::{Pick, ProgressBars};
@@ -347,10 +347,10 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
             a.repo.as_deref().unwrap_or("")
         );
     }
-    let started = Instant::now();
+    let started = outlast_core::clock::now();
     let mut why = Vec::new();
     for repo in repos {
-        let step = Instant::now();
+        let step = outlast_core::clock::now();
         let open = match outlast_backup::open(repo, Bars) {
             Ok(o) => o,
             Err(e) => {
@@ -387,9 +387,32 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
             started.elapsed().as_millis()
         );
         if let BackupSource::Dataset(d) = &b.source {
+            // A data dir PostgreSQL accepts: private, and its server's user's when we are root.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&a.to, std::fs::Permissions::from_mode(0o700))?;
+            let user = config
+                .datasets
+                .iter()
+                .find(|x| &x.name == d)
+                .map(|x| x.postgres.os_user.clone())
+                .unwrap_or_else(|| "postgres".into());
+            let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.uid() == 0
+            });
+            if root {
+                let owned = std::process::Command::new("chown")
+                    .args(["-R", &format!("{user}:")])
+                    .arg(&a.to)
+                    .status()?;
+                if !owned.success() {
+                    anyhow::bail!("chown -R {user}: {} failed", a.to.display());
+                }
+            }
             println!(
-                "{} is a PostgreSQL data dir (dataset {d}). Start it with: chown -R postgres: {0} && runuser -u postgres -- pg_ctl -D {0} -o \"-c port=PORT\" start",
-                a.to.display()
+                "{} is a PostgreSQL data dir of dataset {d}{}; start it with: runuser -u {user} -- pg_ctl -D {0} -o \"-c port=PORT\" start",
+                a.to.display(),
+                if root { format!(", owned by {user}") } else { String::new() }
             );
         }
         return Ok(0);

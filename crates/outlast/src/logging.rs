@@ -1,5 +1,5 @@
 //! The process's log: `tracing` to stderr, filtered by `OUTLAST_LOG` (default
-//! `info,openraft=warn`), plain text with colour only when stderr is a terminal (a
+//! `info,openraft=warn,rustic_core=warn,opendal=error`), plain text with colour only when stderr is a terminal (a
 //! redirected agent log was full of escape codes), or one JSON object a line with
 //! `OUTLAST_LOG_FORMAT=json` for log shippers.
 //!
@@ -17,7 +17,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The filter used when `OUTLAST_LOG` is not set.
-pub const DEFAULT_FILTER: &str = "info,openraft=warn";
+pub const DEFAULT_FILTER: &str = "info,openraft=warn,rustic_core=warn,opendal=error";
 
 /// Installs the process's logger; call once, first thing.
 pub fn init() {

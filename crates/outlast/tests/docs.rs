@@ -69,6 +69,9 @@ fn every_config_field_is_in_the_reference() {
         ("RawMember", "`[datasets.members]`"),
         ("RawPostgres", "`[datasets.postgres]`"),
         ("RawRedis", "`[datasets.redis]`"),
+        ("RawBackup", "`[[backups]]`"),
+        ("RawKeep", "`keep`"),
+        ("RawRepo", "`[[backups.repos]]`"),
         ("RawApi", "`[api]`"),
     ];
     let mut missing = Vec::new();

@@ -11,86 +11,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, Opts};
-
-/// An s3s-fs server on 127.0.0.1:port serving `root` (buckets are its folders).
-struct S3 {
-    port: u16,
-    root: PathBuf,
-    child: Option<Child>,
-}
-
-fn s3s_fs() -> PathBuf {
-    if let Ok(p) = std::env::var("OUTLAST_S3S_FS") {
-        return p.into();
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cargo = Path::new(&home).join(".cargo/bin/s3s-fs");
-    if cargo.exists() {
-        return cargo;
-    }
-    PathBuf::from("s3s-fs")
-}
-
-impl S3 {
-    fn start(root: PathBuf, port: u16, bucket: &str) -> Self {
-        std::fs::create_dir_all(root.join(bucket)).expect("bucket dir");
-        let mut s = S3 {
-            port,
-            root,
-            child: None,
-        };
-        s.up();
-        s
-    }
-
-    fn up(&mut self) {
-        let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", "outlast", "--secret-key", "outlast-secret"])
-            .arg(&self.root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs (scripts/test installs it with cargo install --locked)");
-        self.child = Some(child);
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
-        let start = Instant::now();
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "s3s-fs did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn options(&self) -> String {
-        format!(
-            "{{ endpoint = \"http://127.0.0.1:{}\", allow_http = \"true\", access_key_id = \"outlast\", secret_access_key = \"outlast-secret\", region = \"us-east-1\" }}",
-            self.port
-        )
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
+use common::{Cluster, Opts, S3};
 
 fn stream_config(east: &S3, west: &S3, ack: &str) -> String {
     format!(

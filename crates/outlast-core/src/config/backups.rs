@@ -57,6 +57,12 @@ pub(super) fn backups(
                     "wal = true needs a PostgreSQL dataset as the source",
                     "drop wal, or set source = \"dataset:NAME\" of a kind = \"postgres\" dataset",
                 );
+            } else {
+                ctx.at(
+                    w.span(),
+                    "wal = true (WAL archived between snapshots) is not available yet",
+                    "drop wal: each snapshot is a consistent base backup, and `every` bounds what a restore loses",
+                );
             }
         }
         let keep = keep(ctx, r.keep.as_ref());
@@ -369,6 +375,7 @@ password_file = "missing.pass"
             "28:7 repository \"ftp://x\" has no password_file",
             "31:10 source dataset \"nope\" is not a [[datasets]]",
             "32:7 wal = true needs a PostgreSQL dataset",
+            // (with a PostgreSQL dataset it is refused as not available yet)
             "35:8 repository site \"mars\" is not a site",
             "36:17 cannot read password_file",
         ] {

@@ -7,11 +7,11 @@
 //! that restarts neither takes a snapshot at once nor forgets how old its last verified
 //! restore is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outlast_backup::{Label, NoProgressBars, Pick, Snapshot};
 use outlast_control::state::{ClusterState, SiteState};
@@ -26,6 +26,8 @@ use super::peer::unix_ms;
 
 /// How often a loop looks whether a run is due.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How long a site that does not create a repository waits for the one that does.
+const CREATED_WITHIN: Duration = Duration::from_secs(60);
 /// After a failed run, the next try comes after this (or `every`, when shorter).
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -88,6 +90,10 @@ struct Entry {
     /// The agent's start (Unix ms): a verify is late only once twice `verify_every` has
     /// passed since then or since the last verified restore.
     since_ms: u64,
+    /// Whether this site may create the repositories when they are missing: for a path,
+    /// only the first data site (every data site writes to them); for a dataset, the one
+    /// site that takes its snapshots.
+    may_create: bool,
 }
 
 /// This site's backups.
@@ -97,8 +103,17 @@ pub struct Backups {
     entries: Vec<Arc<Entry>>,
     /// This site's PostgreSQL members, by dataset (base backups are taken from them).
     postgres: BTreeMap<String, Postgres>,
-    /// Each backup's problem when its alerts were last looked for.
-    alerted: Mutex<BTreeMap<String, Option<String>>>,
+    /// What each backup's alerts have said so far.
+    alerted: Mutex<BTreeMap<String, Alerted>>,
+}
+
+/// What a backup's alerts have said: the run and the verify (by start time) whose
+/// failures were alerted, and whether lateness was.
+#[derive(Debug, Default)]
+struct Alerted {
+    backup_failed: Option<u64>,
+    verify_failed: Option<u64>,
+    late: bool,
 }
 
 /// Why a run could not start.
@@ -141,6 +156,17 @@ impl Backups {
                     takes: AtomicBool::new(false),
                     home: Mutex::new(None),
                     since_ms: now,
+                    may_create: match &b.source {
+                        BackupSource::Path(_) => {
+                            config
+                                .sites
+                                .iter()
+                                .find(|s| !s.witness)
+                                .map(|s| s.name.as_str())
+                                == Some(me)
+                        }
+                        BackupSource::Dataset(_) => true,
+                    },
                 })
             })
             .collect();
@@ -153,10 +179,15 @@ impl Backups {
         }
     }
 
-    /// Tells each backup whether this site takes it now (from the committed state).
-    pub fn update(&self, config: &Config, state: &ClusterState) {
+    /// Tells each backup whether this site takes it now (from the committed state); a
+    /// dataset's only once this site's server of it is `serving` (a primary or a standby).
+    pub fn update(&self, config: &Config, state: &ClusterState, serving: &BTreeSet<String>) {
         for e in &self.entries {
-            let t = takes(config, &e.backup, &self.me, state);
+            let ready = match &e.backup.source {
+                BackupSource::Path(_) => true,
+                BackupSource::Dataset(d) => serving.contains(d),
+            };
+            let t = ready && takes(config, &e.backup, &self.me, state);
             e.takes.store(t, Ordering::SeqCst);
             let home = match &e.backup.source {
                 BackupSource::Path(_) => Some(self.me.clone()),
@@ -184,43 +215,55 @@ impl Backups {
             .collect()
     }
 
-    /// The alerts of backups whose problem changed since the last call: a run that failed,
-    /// a verify that failed, a verified restore that is late.
+    /// The alerts since the last call: each failed run and each failed verify once, and a
+    /// verified restore that became late once (again after it was on time).
     pub fn alerts(&self, by: &Sender<'_>) -> Vec<AlertEvent> {
         let mut alerted = lock(&self.alerted);
+        let now = unix_ms();
         let mut out = Vec::new();
-        for s in self.status() {
-            let was = alerted.insert(s.name.clone(), s.problem.clone()).flatten();
-            let Some(p) = s.problem.clone() else { continue };
-            if was.as_ref() == Some(&p) {
-                continue;
-            }
-            let kind = if p.starts_with("backup failed") {
-                "backup-failed"
-            } else if p.starts_with("verify failed") {
-                "backup-verify-failed"
-            } else {
-                "backup-verify-late"
+        for e in &self.entries {
+            let s = lock(&e.status).clone();
+            let seen = alerted.entry(s.name.clone()).or_default();
+            let mut say = |kind: &str, key: String, text: String| {
+                out.push(event(
+                    by,
+                    kind,
+                    &format!("{}-{key}", s.name),
+                    Fields {
+                        site: Some(self.me.clone()),
+                        ..Default::default()
+                    },
+                    format!("backup {} at {}: {text}", s.name, self.me),
+                ));
             };
-            let tail = format!(
-                "{}-{}",
-                s.name,
-                blake3::hash(p.as_bytes())
-                    .to_hex()
-                    .as_str()
-                    .get(..12)
-                    .unwrap_or("")
-            );
-            out.push(event(
-                by,
-                kind,
-                &tail,
-                Fields {
-                    site: Some(self.me.clone()),
-                    ..Default::default()
-                },
-                format!("backup {} at {}: {p}", s.name, self.me),
-            ));
+            if let Some(r) = s.last.as_ref().filter(|r| !r.ok && s.takes) {
+                if seen.backup_failed != Some(r.at_ms) {
+                    seen.backup_failed = Some(r.at_ms);
+                    say(
+                        "backup-failed",
+                        r.at_ms.to_string(),
+                        format!("backup failed: {}", r.error.as_deref().unwrap_or("unknown")),
+                    );
+                }
+            }
+            if let Some(v) = s.verify.as_ref().filter(|v| !v.ok && s.takes) {
+                if seen.verify_failed != Some(v.at_ms) {
+                    seen.verify_failed = Some(v.at_ms);
+                    say(
+                        "backup-verify-failed",
+                        v.at_ms.to_string(),
+                        format!("verify failed: {}", v.error.as_deref().unwrap_or("unknown")),
+                    );
+                }
+            }
+            match late(&s, e.since_ms, now) {
+                Some(why) if !seen.late => {
+                    seen.late = true;
+                    say("backup-verify-late", now.to_string(), why);
+                }
+                Some(_) => {}
+                None => seen.late = false,
+            }
         }
         out
     }
@@ -371,7 +414,7 @@ impl Backups {
     async fn run_backup(&self, e: &Entry) -> BackupRun {
         let _one = e.busy.lock().await;
         lock(&e.status).running = Some("backup".into());
-        let started = Instant::now();
+        let started = outlast_core::clock::now();
         let at_ms = unix_ms();
         let home = lock(&e.home).clone();
         let result = self.backup_once(e, home.as_deref()).await;
@@ -458,15 +501,20 @@ impl Backups {
         };
         let mut run = BackupRun::default();
         for repo in repo_order(b, home) {
-            let started = Instant::now();
+            let started = outlast_core::clock::now();
             let r = repo.clone();
             let dir = dir.clone();
             let as_path = as_path.clone();
             let name = b.name.clone();
             let me = self.me.clone();
             let keep = b.keep;
+            let may_create = e.may_create;
             let got = tokio::task::spawn_blocking(move || {
-                let open = outlast_backup::open_or_init(&r, NoProgressBars)?;
+                let open = if may_create {
+                    outlast_backup::open_or_init(&r, NoProgressBars)?
+                } else {
+                    outlast_backup::open_when_created(&r, NoProgressBars, CREATED_WITHIN)?
+                };
                 let label = Label {
                     backup: &name,
                     kind,
@@ -564,7 +612,7 @@ impl Backups {
                 .await
                 .map_err(|x| err(format!("cannot clear {}: {x}", scratch.display())))?;
         }
-        let started = Instant::now();
+        let started = outlast_core::clock::now();
         let name = b.name.clone();
         let s2 = scratch.clone();
         let got = tokio::task::spawn_blocking(move || {
@@ -703,36 +751,51 @@ fn free_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Why a backup alerts, if it does: its last run failed, its last verify failed, or its
-/// last verified restore is older than twice `verify_every` (counted from the agent's start
-/// when it never had one). Only the site that takes a backup alerts on it.
+/// Why a backup alerts, if it does: its last run failed, its last verify failed, its last
+/// verified restore is late (see [`late`]); all that hold, joined. Only the site that
+/// takes a backup alerts on it.
 pub fn problem(s: &BackupStatus, since_ms: u64, now_ms: u64) -> Option<String> {
     if !s.takes {
         return None;
     }
+    let mut all = Vec::new();
     if let Some(r) = s.last.as_ref().filter(|r| !r.ok) {
-        return Some(format!(
+        all.push(format!(
             "backup failed: {}",
             r.error.as_deref().unwrap_or("unknown")
         ));
     }
     if let Some(v) = s.verify.as_ref().filter(|v| !v.ok) {
-        return Some(format!(
+        all.push(format!(
             "verify failed: {}",
             v.error.as_deref().unwrap_or("unknown")
         ));
     }
+    all.extend(late(s, since_ms, now_ms));
+    (!all.is_empty()).then(|| all.join("; "))
+}
+
+/// The last verified restore is older than twice `verify_every` (counted from the agent's
+/// start when there never was one), at the site that takes the backup.
+pub fn late(s: &BackupStatus, since_ms: u64, now_ms: u64) -> Option<String> {
+    if !s.takes {
+        return None;
+    }
     let late_after = s.verify_every_ms.saturating_mul(2);
     let from = s.verify_ok.as_ref().map_or(since_ms, |v| v.at_ms);
-    if now_ms.saturating_sub(from) > late_after {
-        return Some(match &s.verify_ok {
-            Some(v) => format!(
-                "the last verified restore is {} s old (verify_every is {} s)",
-                now_ms.saturating_sub(v.at_ms) / 1000,
-                s.verify_every_ms / 1000
-            ),
-            None => "no verified restore yet".to_string(),
-        });
+    if now_ms.saturating_sub(from) <= late_after {
+        return None;
     }
-    None
+    Some(match &s.verify_ok {
+        Some(v) => format!(
+            "the last verified restore is {} s old (verify_every is {} s)",
+            now_ms.saturating_sub(v.at_ms) / 1000,
+            s.verify_every_ms / 1000
+        ),
+        None => format!(
+            "no verified restore in {} s (verify_every is {} s)",
+            now_ms.saturating_sub(since_ms) / 1000,
+            s.verify_every_ms / 1000
+        ),
+    })
 }

@@ -329,6 +329,16 @@ impl Datasets {
             .collect()
     }
 
+    /// The datasets whose server here runs as a primary or a standby now (a base backup can
+    /// be taken from it).
+    pub fn serving(&self) -> BTreeSet<String> {
+        self.members
+            .iter()
+            .filter(|m| matches!(m.status.borrow().role, Role::Primary | Role::Standby))
+            .map(|m| m.dataset.clone())
+            .collect()
+    }
+
     /// This site's PostgreSQL servers, by dataset (backups take base backups of them).
     pub fn postgres(&self) -> BTreeMap<String, Postgres> {
         self.members

@@ -293,7 +293,8 @@ impl Agent {
             &db_acting,
             &|site, service, epoch| node.handed_over(site, service, epoch, now),
         );
-        self.backups.update(&self.config, &state);
+        self.backups
+            .update(&self.config, &state, &self.datasets.serving());
         drop(node);
         let view = zone::zone_view(&self.config, &state, ready, &mut lock(&self.last_known));
         if let Some(view) = view {

@@ -245,7 +245,8 @@ impl Cluster {
             .args(args)
             .env(
                 "OUTLAST_LOG",
-                std::env::var("OUTLAST_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+                std::env::var("OUTLAST_TEST_LOG")
+                    .unwrap_or_else(|_| outlast::logging::DEFAULT_FILTER.into()),
             )
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -553,5 +554,78 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// An s3s-fs server on 127.0.0.1:port serving `root` (buckets are its folders).
+pub struct S3 {
+    pub port: u16,
+    pub root: PathBuf,
+    child: Option<Child>,
+}
+
+fn s3s_fs() -> PathBuf {
+    if let Ok(p) = std::env::var("OUTLAST_S3S_FS") {
+        return p.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cargo = Path::new(&home).join(".cargo/bin/s3s-fs");
+    if cargo.exists() {
+        return cargo;
+    }
+    PathBuf::from("s3s-fs")
+}
+
+impl S3 {
+    pub fn start(root: PathBuf, port: u16, bucket: &str) -> Self {
+        std::fs::create_dir_all(root.join(bucket)).expect("bucket dir");
+        let mut s = S3 {
+            port,
+            root,
+            child: None,
+        };
+        s.up();
+        s
+    }
+
+    pub fn up(&mut self) {
+        let child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", "outlast", "--secret-key", "outlast-secret"])
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs (scripts/test installs it with cargo install --locked)");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "s3s-fs did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn options(&self) -> String {
+        format!(
+            "{{ endpoint = \"http://127.0.0.1:{}\", allow_http = \"true\", access_key_id = \"outlast\", secret_access_key = \"outlast-secret\", region = \"us-east-1\" }}",
+            self.port
+        )
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        self.down();
     }
 }
