@@ -189,6 +189,54 @@ async fn metrics(State(s): State<Arc<dyn Source>>) -> impl IntoResponse {
     )
 }
 
+/// The backups as the answering site takes them: last snapshot, last verified restore (the
+/// RTO and RPO of restoring from backup), and what is wrong.
+fn render_backups(st: &Status) -> String {
+    if st.backups.is_empty() {
+        return String::new();
+    }
+    let ago = |at: u64| human_ms(st.at_ms.saturating_sub(at));
+    let rows: String = st
+        .backups
+        .iter()
+        .map(|b| {
+            let last = b.last_ok.as_ref().map_or("never".to_string(), |r| {
+                format!(
+                    "{} ago, {:.1} MB in {}",
+                    ago(r.at_ms),
+                    r.bytes as f64 / 1e6,
+                    human_ms(r.duration_ms)
+                )
+            });
+            let verified = b.verify_ok.as_ref().map_or("never".to_string(), |v| {
+                format!(
+                    "{} ago: restored in {}, {} old",
+                    ago(v.at_ms),
+                    human_ms(v.restore_ms),
+                    human_ms(v.age_ms)
+                )
+            });
+            let (colour, problem) = match &b.problem {
+                Some(p) => (state_colour("down"), esc(p)),
+                None => (state_colour("up"), "ok".to_string()),
+            };
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"color:{colour};font-weight:bold\">{problem}</td></tr>",
+                esc(&b.name),
+                esc(&b.source),
+                if b.takes { "yes" } else { "no" },
+                esc(b.running.as_deref().unwrap_or("")),
+                esc(&last),
+                esc(&verified),
+            )
+        })
+        .collect();
+    format!(
+        "<h2>Backups</h2><table><tr><th>backup</th><th>source</th><th>taken here</th><th>running</th>\
+         <th>last snapshot</th><th>last verified restore</th><th>state</th></tr>{rows}</table>"
+    )
+}
+
 async fn dashboard(State(s): State<Arc<dyn Source>>) -> Response {
     // Any page of the cluster may read this one (the dashboard moves to a live site).
     (
@@ -421,6 +469,7 @@ pub fn render_dashboard(st: &Status) -> String {
     } else {
         format!("<h2>Datasets</h2>{datasets}")
     };
+    let backups = render_backups(st);
     let faults = if st.faults.is_empty() {
         String::new()
     } else {
@@ -451,7 +500,7 @@ pub fn render_dashboard(st: &Status) -> String {
          </head><body><div id=\"stale\"></div><div id=\"live\"><h1>{cluster}</h1><p>answered by <b>{site}</b> · leader <b>{leader}</b> · term {term} · epoch {epoch}</p>\
          <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th><th>cut links</th></tr>{rows}</table>\
          <h2>Services</h2><table><tr><th>service</th><th>mode</th><th>primary</th><th>acting</th><th>active at</th><th>requests here</th><th>epoch</th></tr>{svcs}</table>\
-         {backends}{datasets}{failovers}{streams}{faults}</div>\
+         {backends}{datasets}{backups}{failovers}{streams}{faults}</div>\
          <script>const sites=[{apis}];let current=location.origin,lastOk=Date.now();\
          async function refresh(){{const order=[current,...sites.filter(s=>s!==current)];\
          for(const base of order){{try{{const r=await fetch(base+'/',{{cache:'no-store',signal:AbortSignal.timeout(1500)}});if(!r.ok)continue;\
@@ -586,6 +635,44 @@ mod tests {
             "every standby lost: degraded",
             "<td>0/3000060</td><td>4096 B</td><td>1.5 s</td><td>quorum</td>",
             "<code>/var/lib/outlast/east/pg.diverged/3</code>",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in {page}");
+        }
+    }
+
+    #[test]
+    fn a_backup_shows_its_last_snapshot_and_verified_restore() {
+        use outlast_core::status::{BackupRun, BackupStatus, VerifyRun};
+        let mut st = with_stream();
+        st.at_ms = 1_000_000;
+        st.backups = vec![BackupStatus {
+            name: "orders".into(),
+            source: "dataset:orders".into(),
+            takes: true,
+            last_ok: Some(BackupRun {
+                at_ms: 940_000,
+                ok: true,
+                duration_ms: 3_700,
+                bytes: 65_100_000,
+                ..Default::default()
+            }),
+            verify_ok: Some(VerifyRun {
+                at_ms: 970_000,
+                ok: true,
+                restore_ms: 2_000,
+                age_ms: 23_000,
+                ..Default::default()
+            }),
+            problem: Some("verify failed: MAC check failed".into()),
+            ..Default::default()
+        }];
+        let page = render_dashboard(&st);
+        for want in [
+            "<h2>Backups</h2>",
+            "<td>orders</td><td>dataset:orders</td><td>yes</td>",
+            "1 min ago, 65.1 MB in 3.7 s",
+            "30 s ago: restored in 2.0 s, 23 s old",
+            "verify failed: MAC check failed",
         ] {
             assert!(page.contains(want), "missing {want:?} in {page}");
         }
