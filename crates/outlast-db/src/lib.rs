@@ -11,6 +11,7 @@ pub mod os;
 pub mod pgbackup;
 pub mod postgres;
 pub mod redis;
+pub mod redisbackup;
 pub mod resp;
 
 pub use member::{holds_writes, watch_others, Alone, MemberStatus, Remote, Role, Want};
@@ -61,6 +62,61 @@ impl Server {
         match self {
             Server::Postgres(p) => member::watch_others(p, out, stop).await,
             Server::Redis(r) => redis::watch_others(r, out, stop).await,
+        }
+    }
+
+    /// `postgres` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Server::Postgres(_) => "postgres",
+            Server::Redis(_) => "redis",
+        }
+    }
+
+    /// A consistent copy of this member's data in `into` (a new directory), for a backup: a
+    /// PostgreSQL base backup, or a Redis RDB snapshot (`dump.rdb`).
+    pub async fn copy_into(&self, into: &std::path::Path) -> Result<(), String> {
+        match self {
+            Server::Postgres(p) => p.base_backup(into).await.map_err(|e| e.to_string()),
+            Server::Redis(r) => r.rdb_into(into).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Proves a restored copy in `dir`: a server started from it on 127.0.0.1:`port` and
+    /// asked what it holds (then stopped); what it showed.
+    pub async fn check_restored(&self, dir: &std::path::Path, port: u16) -> Result<String, String> {
+        match self {
+            Server::Postgres(p) => pgbackup::check_restored(
+                &p.spec.bin_dir,
+                p.spec.os_user.as_deref(),
+                dir,
+                port,
+                &p.spec.database,
+            )
+            .await
+            .map(|c| {
+                format!(
+                    "manifest {}; started in {} ms; databases {}; {} tables",
+                    if c.manifest_checked {
+                        "verified"
+                    } else {
+                        "missing"
+                    },
+                    c.start_ms,
+                    c.databases.join(", "),
+                    c.tables
+                )
+            })
+            .map_err(|e| e.to_string()),
+            Server::Redis(r) => redisbackup::check_restored(
+                &r.spec.server_bin,
+                r.spec.os_user.as_deref(),
+                dir,
+                port,
+            )
+            .await
+            .map(|keys| format!("loaded by redis-server; {keys} keys"))
+            .map_err(|e| e.to_string()),
         }
     }
 

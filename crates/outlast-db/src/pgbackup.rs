@@ -2,12 +2,9 @@
 //! proof that a restored one is whole (`pg_verifybackup`, then the server started on
 //! loopback and asked a question).
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 
-use tokio::process::Command;
-
-use crate::postgres::{io, make_private_dir, PgError, Postgres, ADMIN_ROLE};
+use crate::postgres::{beside, io, make_private_dir, run, PgError, Postgres, ADMIN_ROLE};
 
 impl Postgres {
     /// A base backup of this site's server (a standby serves one as well as a primary)
@@ -192,59 +189,9 @@ pub async fn check_restored(
     })
 }
 
-fn beside(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "pg".into());
-    dir.with_file_name(format!("{name}{suffix}"))
-}
-
 fn with_log(e: PgError, log: &Path) -> PgError {
     let tail = std::fs::read_to_string(log).unwrap_or_default();
     let tail: Vec<&str> = tail.lines().rev().take(5).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     PgError::Refused(format!("{e}; server log: {}", tail.join(" | ")))
-}
-
-/// Runs one of PostgreSQL's programs (as `os_user` when set, with the admin `password` when
-/// given); its stdout and stderr, or what it said when it failed.
-pub(crate) async fn run(
-    path: &Path,
-    os_user: Option<&str>,
-    args: &[&str],
-    password: Option<&str>,
-) -> Result<(String, String), PgError> {
-    let mut cmd = match os_user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--"]).arg(path);
-            c
-        }
-        None => Command::new(path),
-    };
-    cmd.args(args)
-        .env("PGCONNECT_TIMEOUT", "2")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    if let Some(pw) = password {
-        cmd.env("PGPASSWORD", pw);
-    }
-    let program = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let out = cmd
-        .output()
-        .await
-        .map_err(io(format!("cannot run {}", path.display())))?;
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if !out.status.success() {
-        return Err(PgError::Program {
-            program,
-            status: out.status.to_string(),
-            stderr,
-        });
-    }
-    Ok((String::from_utf8_lossy(&out.stdout).to_string(), stderr))
 }

@@ -288,13 +288,7 @@ impl Postgres {
     /// A path beside the data dir: `<data_dir><suffix>` (a clone or rewind never touches
     /// it).
     fn beside(&self, suffix: &str) -> PathBuf {
-        let name = self
-            .spec
-            .data_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| "pg".into());
-        self.spec.data_dir.with_file_name(format!("{name}{suffix}"))
+        beside(&self.spec.data_dir, suffix)
     }
 
     /// The server's log.
@@ -325,7 +319,7 @@ impl Postgres {
 
     /// Runs one of PostgreSQL's programs (as `os_user` when set); its stdout and stderr.
     async fn program(&self, program: &str, args: &[&str]) -> Result<(String, String), PgError> {
-        crate::pgbackup::run(
+        run(
             &self.bin(program),
             self.spec.os_user.as_deref(),
             args,
@@ -953,6 +947,57 @@ pub fn running_postmaster(data_dir: &Path) -> Option<u32> {
     crate::os::running_pid(&data_dir.join("postmaster.pid"), |c| {
         c == "postgres" || c == "postmaster"
     })
+}
+
+/// Runs one of PostgreSQL's programs (as `os_user` when set, with the admin `password` when
+/// given); its stdout and stderr, or what it said when it failed.
+pub(crate) async fn run(
+    path: &Path,
+    os_user: Option<&str>,
+    args: &[&str],
+    password: Option<&str>,
+) -> Result<(String, String), PgError> {
+    let mut cmd = match os_user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--"]).arg(path);
+            c
+        }
+        None => Command::new(path),
+    };
+    cmd.args(args)
+        .env("PGCONNECT_TIMEOUT", "2")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(pw) = password {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let program = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let out = cmd
+        .output()
+        .await
+        .map_err(io(format!("cannot run {}", path.display())))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if !out.status.success() {
+        return Err(PgError::Program {
+            program,
+            status: out.status.to_string(),
+            stderr,
+        });
+    }
+    Ok((String::from_utf8_lossy(&out.stdout).to_string(), stderr))
+}
+
+/// A path beside `dir`: `<dir><suffix>`.
+pub(crate) fn beside(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "pg".into());
+    dir.with_file_name(format!("{name}{suffix}"))
 }
 
 #[cfg(test)]

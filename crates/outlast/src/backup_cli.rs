@@ -386,7 +386,17 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
             r.restore_ms,
             started.elapsed().as_millis()
         );
-        if let BackupSource::Dataset(d) = &b.source {
+        let dataset = match &b.source {
+            BackupSource::Dataset(d) => config.datasets.iter().find(|x| &x.name == d),
+            BackupSource::Path(_) => None,
+        };
+        if let Some(ds) = dataset.filter(|x| x.kind == outlast_core::config::DatasetKind::Redis) {
+            println!(
+                "{} holds dump.rdb, a Redis snapshot of dataset {}: copy it into a server's dir (as its dbfilename) before the server starts",
+                a.to.display(),
+                ds.name
+            );
+        } else if let BackupSource::Dataset(d) = &b.source {
             // A data dir PostgreSQL accepts: private, and its server's user's when we are root.
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&a.to, std::fs::Permissions::from_mode(0o700))?;

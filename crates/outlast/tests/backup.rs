@@ -661,3 +661,142 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn blake3_short(s: &str) -> String {
     blake3::hash(s.as_bytes()).to_hex().as_str()[..8].to_string()
 }
+
+/// Ends the Redis servers the agents started.
+struct RedisReaper(Vec<PathBuf>);
+
+impl Drop for RedisReaper {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = outlast_db::redis::signal_server(dir, "-KILL");
+        }
+    }
+}
+
+/// A Redis dataset's snapshot: an RDB the replica's site takes, that restic checks and
+/// restores, that a verify loads into a server of its own and counts every key of.
+#[test]
+fn a_redis_dataset_is_backed_up_as_an_rdb_that_loads_with_every_key() {
+    if !installed("redis-server") || !installed("restic") {
+        println!("redis-server or restic is not installed: skipped");
+        return;
+    }
+    let b = 9800u16;
+    let root = tempfile::tempdir().expect("tempdir");
+    let pass = root.path().join("backup.pass");
+    std::fs::write(&pass, format!("{PASSWORD}\n")).expect("write pass");
+    let repo = root.path().join("repo-redis");
+    let mut opts = Opts::new(b);
+    opts.extra = format!(
+        r#"
+[api]
+token = "{TOKEN}"
+
+[[datasets]]
+name = "sessions"
+kind = "redis"
+port = {port}
+replication = "sync"
+[datasets.members]
+east = {{ data_dir = "east/redis" }}
+west = {{ data_dir = "west/redis" }}
+[datasets.redis]
+password = "redis-password-1"
+
+[[services]]
+name = "sessions"
+dataset = "sessions"
+port = {gw}
+
+[[backups]]
+name = "sessions"
+source = "dataset:sessions"
+every = "1h"
+verify_every = "1h"
+[[backups.repos]]
+url = "file://{repo}"
+password_file = "{pass}"
+"#,
+        port = b + 20,
+        gw = b + 21,
+        repo = repo.display(),
+        pass = pass.display(),
+    );
+    let mut c = Cluster::new(opts);
+    let _reaper = RedisReaper(vec![
+        c.dir.path().join("east/redis"),
+        c.dir.path().join("west/redis"),
+    ]);
+    let config = c.config.to_string_lossy().to_string();
+    c.start_all();
+    c.wait_healthy();
+    c.wait_for(
+        "east",
+        Duration::from_secs(60),
+        "east primary, west replica",
+        |st| member(st, "east")["role"] == "primary" && member(st, "west")["role"] == "standby",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let addr: std::net::SocketAddr = format!("127.0.0.11:{}", b + 20).parse().expect("addr");
+        let mut conn =
+            outlast_db::resp::Conn::connect(addr, Some("redis-password-1"), Duration::from_secs(2))
+                .await
+                .expect("connect to east's redis");
+        for i in 0..1000 {
+            conn.ok(&["SET", &format!("session:{i}"), &format!("user {i}")])
+                .await
+                .expect("SET");
+        }
+    });
+    // Every key is at the replica (sync mode: min-replicas-to-write 1) before the snapshot.
+    let (ok, said) = outlast(&["backup", "run", "sessions", "--config", &config]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("at http://127.0.0.12"),
+        "the replica's site takes it: {said}"
+    );
+    println!("backup run sessions: {said}");
+    let repo_text = repo.to_string_lossy().to_string();
+    let snaps = restic_snapshots(&repo_text, &pass);
+    assert!(!snaps.is_empty(), "restic lists no snapshot");
+    let (ok, out, err) = restic(&repo_text, &pass, &["check", "--read-data"]);
+    assert!(ok, "restic check --read-data: {out}{err}");
+    let target = root.path().join("restic-restore");
+    let (ok, _, err) = restic(
+        &repo_text,
+        &pass,
+        &["restore", "latest", "--target", &target.to_string_lossy()],
+    );
+    assert!(ok, "restic restore: {err}");
+    let rdb = std::fs::metadata(target.join("sessions/dump.rdb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(rdb > 10_000, "restic restored a dump.rdb of {rdb} bytes");
+
+    let restored = root.path().join("restored");
+    let (ok, said) = outlast(&[
+        "restore",
+        "--config",
+        &config,
+        "sessions",
+        "--to",
+        &restored.to_string_lossy(),
+    ]);
+    assert!(ok, "{said}");
+    assert_eq!(
+        std::fs::read(restored.join("dump.rdb")).expect("our restore"),
+        std::fs::read(target.join("sessions/dump.rdb")).expect("restic's"),
+        "outlast and restic restore the same bytes"
+    );
+    let (ok, said) = outlast(&["backup", "verify", "sessions", "--config", &config]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("1000 keys"),
+        "the verify loads every key: {said}"
+    );
+    println!("backup verify sessions: {said}");
+}

@@ -125,17 +125,6 @@ fn source(ctx: &mut Ctx<'_>, raw: &S<String>, datasets: &[Dataset]) -> Option<Ba
             );
             return None;
         }
-        if datasets
-            .iter()
-            .any(|x| x.name == d && x.kind != DatasetKind::Postgres)
-        {
-            ctx.at(
-                raw.span(),
-                format!("dataset \"{d}\" is not a PostgreSQL dataset; only PostgreSQL datasets are backed up so far"),
-                "back up a PostgreSQL dataset, or the Redis member's data_dir with \"path:/dir\"",
-            );
-            return None;
-        }
         return Some(BackupSource::Dataset(d.to_string()));
     }
     ctx.at(

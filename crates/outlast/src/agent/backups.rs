@@ -17,7 +17,7 @@ use outlast_backup::{Label, NoProgressBars, Pick, Snapshot};
 use outlast_control::state::{ClusterState, SiteState};
 use outlast_core::config::{Backup, BackupRepo, BackupSource, Config};
 use outlast_core::status::{BackupRun, BackupStatus, RepoRun, VerifyRun};
-use outlast_db::Postgres;
+use outlast_db::Server;
 use tokio_util::sync::CancellationToken;
 
 use super::alerts::{event, AlertEvent, Fields, Sender};
@@ -101,8 +101,8 @@ pub struct Backups {
     me: String,
     dir: PathBuf,
     entries: Vec<Arc<Entry>>,
-    /// This site's PostgreSQL members, by dataset (base backups are taken from them).
-    postgres: BTreeMap<String, Postgres>,
+    /// This site's dataset servers, by dataset (snapshots are copied from them).
+    servers: BTreeMap<String, Server>,
     /// What each backup's alerts have said so far.
     alerted: Mutex<BTreeMap<String, Alerted>>,
 }
@@ -124,7 +124,7 @@ pub enum Refused {
 }
 
 impl Backups {
-    pub fn new(config: &Config, me: &str, postgres: BTreeMap<String, Postgres>) -> Self {
+    pub fn new(config: &Config, me: &str, servers: BTreeMap<String, Server>) -> Self {
         let dir = config
             .site(me)
             .map(|s| s.data_dir.join("backups"))
@@ -174,7 +174,7 @@ impl Backups {
             me: me.to_string(),
             dir,
             entries,
-            postgres,
+            servers,
             alerted: Mutex::new(BTreeMap::new()),
         }
     }
@@ -351,7 +351,12 @@ impl Backups {
                     "{} does not take backup {name} now; {w} does: ask its agent",
                     self.me
                 ),
-                None => format!("{} is a witness and holds no data to back up", self.me),
+                None if matches!(e.backup.source, BackupSource::Path(_)) => {
+                    format!("{} is a witness and holds no data to back up", self.me)
+                }
+                None => format!(
+                    "no site takes backup {name} now: its dataset has no primary or standby up"
+                ),
             }));
         }
         Ok(e)
@@ -479,21 +484,23 @@ impl Backups {
                 (p.clone(), "path", p.clone(), None)
             }
             BackupSource::Dataset(d) => {
-                let pg = self.postgres.get(d).ok_or_else(|| {
-                    format!("{} runs no PostgreSQL member of dataset {d}", self.me)
-                })?;
+                let server = self
+                    .servers
+                    .get(d)
+                    .ok_or_else(|| format!("{} runs no member of dataset {d}", self.me))?;
                 let spool = self.work_dir(e, "base");
                 if spool.exists() {
                     tokio::fs::remove_dir_all(&spool)
                         .await
                         .map_err(|x| format!("cannot clear {}: {x}", spool.display()))?;
                 }
-                pg.base_backup(&spool)
+                server
+                    .copy_into(&spool)
                     .await
-                    .map_err(|x| format!("base backup of {d}: {x}"))?;
+                    .map_err(|x| format!("copying {d} for its snapshot: {x}"))?;
                 (
                     spool.clone(),
-                    "postgres",
+                    server.kind(),
                     PathBuf::from(format!("/{d}")),
                     Some(spool),
                 )
@@ -647,21 +654,8 @@ impl Backups {
             ..Default::default()
         };
         if let BackupSource::Dataset(d) = &b.source {
-            let checked = self.check_server(d, &scratch).await;
-            match checked {
-                Ok(c) => {
-                    v.server = Some(format!(
-                        "manifest {}; started in {} ms; databases {}; {} tables",
-                        if c.manifest_checked {
-                            "verified"
-                        } else {
-                            "missing"
-                        },
-                        c.start_ms,
-                        c.databases.join(", "),
-                        c.tables
-                    ))
-                }
+            match self.check_server(d, &scratch).await {
+                Ok(said) => v.server = Some(said),
                 Err(x) => v.error = Some(format!("the restored server: {x}")),
             }
         }
@@ -674,27 +668,13 @@ impl Backups {
         Ok(v)
     }
 
-    async fn check_server(
-        &self,
-        dataset: &str,
-        dir: &Path,
-    ) -> Result<outlast_db::pgbackup::RestoredCheck, String> {
-        let pg = self.postgres.get(dataset).ok_or_else(|| {
-            format!(
-                "{} runs no PostgreSQL member of {dataset} to check with",
-                self.me
-            )
-        })?;
+    async fn check_server(&self, dataset: &str, dir: &Path) -> Result<String, String> {
+        let server = self
+            .servers
+            .get(dataset)
+            .ok_or_else(|| format!("{} runs no member of {dataset} to check with", self.me))?;
         let port = free_port().map_err(|x| format!("no free port on 127.0.0.1: {x}"))?;
-        outlast_db::pgbackup::check_restored(
-            &pg.spec.bin_dir,
-            pg.spec.os_user.as_deref(),
-            dir,
-            port,
-            &pg.spec.database,
-        )
-        .await
-        .map_err(|x| x.to_string())
+        server.check_restored(dir, port).await
     }
 
     fn save(&self) {

@@ -339,14 +339,11 @@ impl Datasets {
             .collect()
     }
 
-    /// This site's PostgreSQL servers, by dataset (backups take base backups of them).
-    pub fn postgres(&self) -> BTreeMap<String, Postgres> {
+    /// This site's servers, by dataset (backups copy their data).
+    pub fn servers(&self) -> BTreeMap<String, Server> {
         self.members
             .iter()
-            .filter_map(|m| match &m.server {
-                Server::Postgres(p) => Some((m.dataset.clone(), p.clone())),
-                Server::Redis(_) => None,
-            })
+            .map(|m| (m.dataset.clone(), m.server.clone()))
             .collect()
     }
 

@@ -858,11 +858,7 @@ pub async fn run(
         faults: faults.clone(),
         fault_token: config.api.token.clone().or(opts.fault_token),
         peer_auth: auth.clone(),
-        backups: Arc::new(backups::Backups::new(
-            &config,
-            &me.name,
-            datasets.postgres(),
-        )),
+        backups: Arc::new(backups::Backups::new(&config, &me.name, datasets.servers())),
         datasets,
         config,
     });
