@@ -185,6 +185,28 @@ pub struct LogStore {
     log_epoch: Arc<AtomicU64>,
 }
 
+/// Whether `dir` holds any of a site's Raft state (a log, a vote, a snapshot).
+pub fn has_state(dir: &Path) -> bool {
+    ["log.jsonl", "vote.json", "state.json", "snapshot.json"]
+        .iter()
+        .any(|f| fs::metadata(dir.join(f)).is_ok_and(|m| m.len() > 0))
+}
+
+/// Gives a site rebuilt from nothing the vote its peers hold: `leader`'s, committed, in
+/// `term`. A site that lost its Raft dir has forgotten whom it voted for; starting from the
+/// term the cluster is in now, it can never vote twice in a term it may have voted in
+/// before, and it follows the leader it names at once. Refuses a dir that holds state.
+pub fn seed_vote(dir: &Path, term: u64, leader: NodeId) -> std::io::Result<()> {
+    if has_state(dir) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} already holds Raft state", dir.display()),
+        ));
+    }
+    fs::create_dir_all(dir)?;
+    save_json(&dir.join("vote.json"), &Vote::new_committed(term, leader))
+}
+
 impl LogStore {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         fs::create_dir_all(dir)?;

@@ -120,6 +120,43 @@ impl Server {
         }
     }
 
+    /// The member's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        match self {
+            Server::Postgres(p) => &p.spec.data_dir,
+            Server::Redis(r) => &r.spec.data_dir,
+        }
+    }
+
+    /// Whether the member's data directory holds a server's data.
+    pub fn has_data(&self) -> bool {
+        match self {
+            Server::Postgres(p) => p.has_data(),
+            Server::Redis(r) => r.has_data(),
+        }
+    }
+
+    /// Makes a copy restored into [`Self::data_dir`] the server's own: private (PostgreSQL
+    /// refuses a data dir others can read), owned by the user the server runs as, its
+    /// parents passable by that user.
+    pub async fn adopt_restored(&self) -> Result<(), String> {
+        let dir = self.data_dir();
+        if let Server::Postgres(_) = self {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
+        }
+        let user = match self {
+            Server::Postgres(p) => p.spec.os_user.as_deref(),
+            Server::Redis(r) => r.spec.os_user.as_deref(),
+        };
+        if let Some(user) = user {
+            os::chown(user, dir).await?;
+            os::open_parents(dir).await;
+        }
+        Ok(())
+    }
+
     /// Whether the server takes writes while the committed state does not want it to.
     pub fn holds_writes(&self, w: &Want) -> bool {
         match self {

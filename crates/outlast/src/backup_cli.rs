@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use outlast_backup::{Pick, ProgressBars};
-use outlast_core::config::{BackupSource, Config};
+use outlast_core::config::{Backup, BackupRepo, BackupSource, Config, DatasetKind};
 use outlast_core::status::{BackupRun, BackupStatus, VerifyRun};
 use rustic_core::{Progress, ProgressType, RusticProgress};
 
@@ -335,7 +335,7 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
         at_or_before_ms: a.at.as_deref().map(parse_at).transpose()?,
         host: a.site.clone(),
     };
-    let repos: Vec<_> = b
+    let repos: Vec<&BackupRepo> = b
         .repos
         .iter()
         .filter(|r| a.repo.as_ref().is_none_or(|u| &r.url == u))
@@ -347,6 +347,41 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
             a.repo.as_deref().unwrap_or("")
         );
     }
+    let r = restore_from(b, &repos, &pick, &a.to)?;
+    println!(
+        "restored {} ({}) in {} ms (repository opened and listed in {} ms; {} ms in all)",
+        a.to.display(),
+        mb(r.bytes),
+        r.restore_ms,
+        r.opened_ms,
+        r.total_ms
+    );
+    if let Some(said) = ready_for_server(&config, b, &a.to)? {
+        println!("{said}");
+    }
+    Ok(0)
+}
+
+/// What [`restore_from`] restored, and from where.
+pub struct RestoredFrom {
+    pub url: String,
+    pub snapshot: outlast_backup::Snapshot,
+    pub bytes: u64,
+    pub restore_ms: u64,
+    /// Opening the repository and listing its snapshots.
+    pub opened_ms: u64,
+    pub total_ms: u64,
+}
+
+/// The snapshot of backup `b` that `pick` names, restored into `to` (new or empty) from
+/// the first of `repos` that opens and has one; each repository passed over is said on
+/// stderr with why.
+pub fn restore_from(
+    b: &Backup,
+    repos: &[&BackupRepo],
+    pick: &Pick,
+    to: &Path,
+) -> anyhow::Result<RestoredFrom> {
     let started = outlast_core::clock::now();
     let mut why = Vec::new();
     for repo in repos {
@@ -359,8 +394,8 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
                 continue;
             }
         };
-        let all = outlast_backup::snapshots(&open, &repo.url, a.name)?;
-        let snap = match outlast_backup::pick(&all, &pick) {
+        let all = outlast_backup::snapshots(&open, &repo.url, &b.name)?;
+        let snap = match outlast_backup::pick(&all, pick) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{}: {e}; trying the next repository", repo.url);
@@ -368,64 +403,65 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
                 continue;
             }
         };
-        let opened_ms = step.elapsed().as_millis();
+        let opened_ms = step.elapsed().as_millis() as u64;
         eprintln!(
             "restoring snapshot {} of {} (host {}, taken {}) from {} into {}",
             snap.id.get(..8).unwrap_or(&snap.id),
-            a.name,
+            b.name,
             snap.host,
             time_text(snap.time_ms),
             repo.url,
-            a.to.display()
+            to.display()
         );
-        let r = outlast_backup::restore(open, &repo.url, &snap, &a.to)?;
-        println!(
-            "restored {} ({}) in {} ms (repository opened and listed in {opened_ms} ms; {} ms in all)",
-            a.to.display(),
-            mb(r.bytes),
-            r.restore_ms,
-            started.elapsed().as_millis()
-        );
-        let dataset = match &b.source {
-            BackupSource::Dataset(d) => config.datasets.iter().find(|x| &x.name == d),
-            BackupSource::Path(_) => None,
-        };
-        if let Some(ds) = dataset.filter(|x| x.kind == outlast_core::config::DatasetKind::Redis) {
-            println!(
-                "{} holds dump.rdb, a Redis snapshot of dataset {}: copy it into a server's dir (as its dbfilename) before the server starts",
-                a.to.display(),
-                ds.name
-            );
-        } else if let BackupSource::Dataset(d) = &b.source {
-            // A data dir PostgreSQL accepts: private, and its server's user's when we are root.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&a.to, std::fs::Permissions::from_mode(0o700))?;
-            let user = config
-                .datasets
-                .iter()
-                .find(|x| &x.name == d)
-                .map(|x| x.postgres.os_user.clone())
-                .unwrap_or_else(|| "postgres".into());
-            let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
-                use std::os::unix::fs::MetadataExt;
-                m.uid() == 0
-            });
-            if root {
-                let owned = std::process::Command::new("chown")
-                    .args(["-R", &format!("{user}:")])
-                    .arg(&a.to)
-                    .status()?;
-                if !owned.success() {
-                    anyhow::bail!("chown -R {user}: {} failed", a.to.display());
-                }
-            }
-            println!(
-                "{} is a PostgreSQL data dir of dataset {d}{}; start it with: runuser -u {user} -- pg_ctl -D {0} -o \"-c port=PORT\" start",
-                a.to.display(),
-                if root { format!(", owned by {user}") } else { String::new() }
-            );
-        }
-        return Ok(0);
+        let r = outlast_backup::restore(open, &repo.url, &snap, to)?;
+        return Ok(RestoredFrom {
+            url: repo.url.clone(),
+            snapshot: snap,
+            bytes: r.bytes,
+            restore_ms: r.restore_ms,
+            opened_ms,
+            total_ms: started.elapsed().as_millis() as u64,
+        });
     }
     anyhow::bail!("no repository could restore it: {}", why.join("; "))
+}
+
+/// Makes a restored copy of a dataset ready for its server: a PostgreSQL data dir private
+/// and owned by the server's user (when we are root). What the user should know of it;
+/// None for a `path:` backup.
+pub fn ready_for_server(config: &Config, b: &Backup, to: &Path) -> anyhow::Result<Option<String>> {
+    let BackupSource::Dataset(d) = &b.source else {
+        return Ok(None);
+    };
+    let Some(ds) = config.datasets.iter().find(|x| &x.name == d) else {
+        return Ok(None);
+    };
+    if ds.kind == DatasetKind::Redis {
+        return Ok(Some(format!(
+            "{} holds dump.rdb, a Redis snapshot of dataset {}: copy it into a server's dir (as its dbfilename) before the server starts",
+            to.display(),
+            ds.name
+        )));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    let user = ds.postgres.os_user.clone();
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    if root {
+        let owned = std::process::Command::new("chown")
+            .args(["-R", &format!("{user}:")])
+            .arg(to)
+            .status()?;
+        if !owned.success() {
+            anyhow::bail!("chown -R {user}: {} failed", to.display());
+        }
+    }
+    Ok(Some(format!(
+        "{} is a PostgreSQL data dir of dataset {d}{}; start it with: runuser -u {user} -- pg_ctl -D {0} -o \"-c port=PORT\" start",
+        to.display(),
+        if root { format!(", owned by {user}") } else { String::new() }
+    )))
 }

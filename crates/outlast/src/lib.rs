@@ -6,3 +6,4 @@ pub mod backup_cli;
 pub mod commands;
 pub mod demo;
 pub mod logging;
+pub mod rebuild;

@@ -164,6 +164,21 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+    /// Bring a lost site back on an empty machine (the config and its secrets are enough):
+    /// the cluster's state from its peers, each dataset member cloned from the live primary
+    /// (or restored from the newest backup when no member survives), path: backups from
+    /// their newest snapshot; then the agent runs here. Prints a stopwatch per step.
+    #[command(
+        after_help = "Example:\n  outlast rebuild --config /etc/outlast/cluster.toml --site east"
+    )]
+    Rebuild {
+        /// The cluster's config file (the same file at every site).
+        #[arg(long)]
+        config: PathBuf,
+        /// Which of the config's [[sites]] to rebuild (this machine).
+        #[arg(long)]
+        site: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -337,6 +352,14 @@ fn main() -> ExitCode {
             BackupCommand::Verify { name, auth, target } => {
                 runtime_code(outlast::backup_cli::verify(&target, &auth, &name))
             }
+        },
+        Command::Rebuild { config, site } => match outlast::commands::load_config(&config) {
+            Err(code) => code,
+            Ok(config) => runtime(async move {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone());
+                outlast::rebuild::run(config, &site, shutdown).await
+            }),
         },
         Command::Restore {
             config,

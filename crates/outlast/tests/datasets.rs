@@ -1284,3 +1284,224 @@ fn a_failover_max_lag_holds_back_alerts_and_a_switchover_still_moves_it() {
     .expect("west takes writes");
     let _ = std::fs::remove_file(&alerts);
 }
+
+/// Every regular file under `dir`, by its path relative to `dir`, with its bytes.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).expect("under dir").to_path_buf();
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+/// Issue 19's rebuild: east (the primary, and a `path:` backup's site) loses everything
+/// (agent and server killed, its Raft dir, its data dir and the backed-up directory
+/// deleted) while a writer commits through west; `outlast rebuild --site east` brings it
+/// back as a standby with every acknowledged commit, the directory restored from its
+/// snapshot, following the leader. Run again on the rebuilt site, it refuses and changes
+/// nothing.
+#[test]
+fn a_wiped_site_is_rebuilt_from_its_peers_with_every_acknowledged_commit() {
+    if !postgres_installed() {
+        println!("PostgreSQL is not installed (apt-get install postgresql): skipped");
+        return;
+    }
+    let b = 9900u16;
+    let root = tempfile::tempdir().expect("tempdir");
+    let uploads = root.path().join("uploads");
+    std::fs::create_dir_all(uploads.join("img")).expect("mkdir");
+    for i in 0..20u32 {
+        let body: Vec<u8> = (0..50_000u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 13) as u8)
+            .collect();
+        std::fs::write(uploads.join(format!("img/p{i}.bin")), body).expect("write");
+    }
+    std::fs::write(uploads.join("readme.txt"), "kept by outlast\n".repeat(100)).expect("write");
+    let before = tree(&uploads);
+    let pass = root.path().join("backup.pass");
+    std::fs::write(&pass, "rebuild test password\n").expect("write");
+    let mut opts = Opts::new(b);
+    // West stays the primary while east is rebuilt.
+    opts.failback_after = "1h";
+    opts.extra = format!(
+        r#"{}
+[[backups]]
+name = "uploads"
+source = "path:{}"
+every = "1h"
+verify_every = "1h"
+[[backups.repos]]
+url = "file://{}"
+password_file = "{}"
+"#,
+        dataset_config(b, "sync"),
+        uploads.display(),
+        root.path().join("repo").display(),
+        pass.display()
+    );
+    let mut c = Cluster::new(opts);
+    let east_pg_dir = c.dir.path().join("east/pg");
+    let east_state = c.dir.path().join("data/east");
+    let _reaper = Reaper(vec![east_pg_dir.clone(), c.dir.path().join("west/pg")]);
+    c.start_all();
+    c.wait_healthy();
+    c.wait_for(
+        "east",
+        Duration::from_secs(60),
+        "east primary, west a sync standby",
+        |st| member(st, "east")["role"] == "primary" && member(st, "west")["role"] == "standby",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (cl, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.11 port={} user=app password=app-password-1 dbname=app",
+                b + 20
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect east");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        cl.batch_execute(
+            "CREATE TABLE seq (n bigint PRIMARY KEY); CREATE TABLE bulk AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 100000) g",
+        )
+        .await
+        .expect("create");
+    });
+    c.wait_for(
+        "east",
+        Duration::from_secs(60),
+        "east backed up uploads",
+        |st| {
+            st["backups"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"] == "uploads"))
+                .is_some_and(|x| x["last_ok"].is_object())
+        },
+    );
+
+    let west_gw = format!("127.0.0.12:{}", b + 21);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let w = writer(west_gw, 200, stop.clone(), acked.clone());
+    std::thread::sleep(Duration::from_secs(2));
+
+    // East is lost for good: agent and server killed, every byte it kept deleted.
+    let pid = outlast_db::running_postmaster(&east_pg_dir).expect("east's postmaster");
+    c.kill9("east");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    for dir in [&east_pg_dir, &east_state, &uploads] {
+        assert!(dir.exists(), "{} to wipe", dir.display());
+        std::fs::remove_dir_all(dir).expect("wipe");
+    }
+    c.wait_for(
+        "west",
+        Duration::from_secs(20),
+        "west primary alone",
+        |st| member(st, "west")["role"] == "primary",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let during = acked.lock().expect("acked").len();
+
+    // The rebuild, as the machine's operator would run it, while the writer goes on.
+    let out_path = c.dir.path().join("rebuild.out");
+    let out = std::fs::File::create(&out_path).expect("out");
+    let log_path = c.dir.path().join("rebuild.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let t = Instant::now();
+    let child = c
+        .command(common::bin())
+        .args(["rebuild", "--config"])
+        .arg(&c.config)
+        .args(["--site", "east"])
+        .env("OUTLAST_LOG", outlast::logging::DEFAULT_FILTER)
+        .stdout(out)
+        .stderr(log)
+        .spawn()
+        .expect("spawn rebuild");
+    c.agents.insert("east".into(), child);
+    let mut said = String::new();
+    while t.elapsed() < Duration::from_secs(180) && !said.contains("the agent goes on running") {
+        std::thread::sleep(Duration::from_millis(100));
+        said = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let ended = c
+            .agents
+            .get_mut("east")
+            .and_then(|ch| ch.try_wait().ok().flatten());
+        if ended.is_some() {
+            break;
+        }
+    }
+    let took = t.elapsed();
+    println!("outlast rebuild --site east ({took:?}):\n{said}");
+    assert!(
+        said.contains("rebuilt east in"),
+        "{said}{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert!(said.contains("cloned from the primary at west"), "{said}");
+    assert_eq!(tree(&uploads), before, "uploads restored byte for byte");
+
+    c.wait_for(
+        "west",
+        Duration::from_secs(30),
+        "east a sync standby again",
+        |st| member(st, "east")["role"] == "standby" && member(st, "east")["sync"] == "quorum",
+    );
+    let st = c.status("east").expect("east answers");
+    let leader = c.status("west").expect("west answers")["leader"].clone();
+    assert!(leader.is_string(), "west names a leader");
+    assert_eq!(st["leader"], leader, "east follows the leader: {st}");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    w.join().expect("writer");
+    let acked = acked.lock().expect("acked").clone();
+    c.wait_for("west", Duration::from_secs(30), "east caught up", |st| {
+        member(st, "east")["lag_bytes"] == 0
+    });
+    let lost_west = lost(&format!("127.0.0.12:{}", b + 20), &acked);
+    let lost_east = lost(&format!("127.0.0.11:{}", b + 20), &acked);
+    println!(
+        "{} commits acknowledged ({during} before the rebuild began); missing on west {}, on the rebuilt east {}",
+        acked.len(),
+        lost_west.len(),
+        lost_east.len()
+    );
+    assert!(lost_west.is_empty(), "lost on west: {lost_west:?}");
+    assert!(
+        lost_east.is_empty(),
+        "missing on the rebuilt east: {lost_east:?}"
+    );
+
+    // A site that has state is not rebuilt: refused, nothing touched.
+    let again = std::process::Command::new(common::bin())
+        .args(["rebuild", "--config"])
+        .arg(&c.config)
+        .args(["--site", "east"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(!again.status.success(), "{text}");
+    assert!(text.contains("kept state"), "{text}");
+    assert!(
+        outlast_db::running_postmaster(&east_pg_dir).is_some(),
+        "east's server still runs"
+    );
+}

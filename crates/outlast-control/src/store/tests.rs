@@ -106,3 +106,20 @@ async fn state_machine_persists_across_restart() {
     let snap = sm.build_snapshot().await.expect("snapshot");
     assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(3));
 }
+
+#[tokio::test]
+async fn a_seeded_vote_is_the_leaders_and_only_an_empty_dir_takes_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raft = dir.path().join("raft");
+    assert!(!has_state(&raft));
+    seed_vote(&raft, 7, 1).expect("seed");
+    assert!(has_state(&raft));
+    let mut store = LogStore::open(&raft).expect("open");
+    let vote = store.read_vote().await.expect("read").expect("a vote");
+    assert_eq!(vote, Vote::new_committed(7, 1));
+    assert!(vote.is_committed());
+    // A dir with state keeps it.
+    assert!(seed_vote(&raft, 9, 0).is_err());
+    let vote = store.read_vote().await.expect("read").expect("a vote");
+    assert_eq!(vote.leader_id().term, 7);
+}

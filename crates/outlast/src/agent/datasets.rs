@@ -124,7 +124,7 @@ pub fn redis_spec_for(
 
 /// This site's server of `d`, when it is a member; an error when it cannot run here (its
 /// server's programs are not installed).
-fn server_for(
+pub(crate) fn server_for(
     config: &Config,
     d: &Dataset,
     me: &str,
@@ -174,7 +174,7 @@ fn server_for(
 }
 
 /// Whether this process runs as root.
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }

@@ -10,7 +10,7 @@
 
 pub mod alerts;
 pub mod backups;
-mod datasets;
+pub(crate) mod datasets;
 mod faults;
 mod limits;
 mod moves;
