@@ -338,7 +338,7 @@ async fn dataset_member(
     else {
         anyhow::bail!(
             "dataset {name} has no live primary ({}) and no [[backups]] with source = \"dataset:{name}\": nothing to rebuild it from. Bring a member back, or start the agent by hand to begin it empty",
-            ds.as_ref().map(member_roles).unwrap_or_else(|| "unknown to the leader".into())
+            member_roles(answers, name)
         );
     };
     let repos: Vec<&BackupRepo> = b.repos.iter().collect();
@@ -355,7 +355,7 @@ async fn dataset_member(
     let age_ms = (outlast_core::clock::unix_ms() as i64).saturating_sub(r.snapshot.time_ms);
     Ok(format!(
         "no member's server answers ({}): restored snapshot {} (taken {} s before) from {}, {}{}",
-        ds.as_ref().map(member_roles).unwrap_or_default(),
+        member_roles(answers, name),
         r.snapshot.id.get(..8).unwrap_or(&r.snapshot.id),
         age_ms / 1000,
         r.url,
@@ -372,10 +372,25 @@ async fn dataset_member(
     ))
 }
 
-fn member_roles(d: &outlast_core::status::DatasetStatus) -> String {
+fn member_roles(answers: &[Status], dataset: &str) -> String {
+    let Some(d) = answers
+        .first()
+        .and_then(|l| l.datasets.iter().find(|d| d.name == dataset))
+    else {
+        return "unknown to the leader".into();
+    };
     d.members
         .iter()
-        .map(|m| format!("{} {}", m.site, m.role))
+        .map(|m| {
+            // Each member as its own site tells it (another site sees only what it asks).
+            let own = answers
+                .iter()
+                .find(|a| a.site == m.site)
+                .and_then(|a| a.datasets.iter().find(|x| x.name == dataset))
+                .and_then(|x| x.members.iter().find(|y| y.site == m.site))
+                .map(|y| y.role.clone());
+            format!("{} {}", m.site, own.unwrap_or_else(|| "silent".to_string()))
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
