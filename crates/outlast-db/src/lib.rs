@@ -128,14 +128,6 @@ impl Server {
         }
     }
 
-    /// Whether the member's data directory holds a server's data.
-    pub fn has_data(&self) -> bool {
-        match self {
-            Server::Postgres(p) => p.has_data(),
-            Server::Redis(r) => r.has_data(),
-        }
-    }
-
     /// Makes a copy restored into [`Self::data_dir`] the server's own: private (PostgreSQL
     /// refuses a data dir others can read), owned by the user the server runs as, its
     /// parents passable by that user.

@@ -1,5 +1,5 @@
 //! What both kinds of server need of the machine: the pid of a server from its pid file,
-//! a signal to it, and its files given to the user it runs as.
+//! a signal to it, its files given to the user it runs as, and its programs run as that user.
 
 use std::path::Path;
 
@@ -25,6 +25,25 @@ pub fn signal(pid: Option<u32>, sig: &str) -> std::io::Result<bool> {
         return Err(std::io::Error::other(format!("kill {sig} {pid} failed")));
     }
     Ok(true)
+}
+
+/// A command running `program` as `os_user` (through `runuser`) when one is given, else as
+/// this process's user.
+pub fn command_as(program: &Path, os_user: Option<&str>) -> tokio::process::Command {
+    match os_user {
+        Some(u) => {
+            let mut c = tokio::process::Command::new("runuser");
+            c.args(["-u", u, "--"]).arg(program);
+            c
+        }
+        None => tokio::process::Command::new(program),
+    }
+}
+
+/// Whether this process runs as root (and so can run servers as their own users).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// Gives `path` (recursively) to `user`; an error saying what failed.

@@ -957,14 +957,7 @@ pub(crate) async fn run(
     args: &[&str],
     password: Option<&str>,
 ) -> Result<(String, String), PgError> {
-    let mut cmd = match os_user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--"]).arg(path);
-            c
-        }
-        None => Command::new(path),
-    };
+    let mut cmd = crate::os::command_as(path, os_user);
     cmd.args(args)
         .env("PGCONNECT_TIMEOUT", "2")
         .stdin(std::process::Stdio::null())

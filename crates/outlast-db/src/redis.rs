@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +42,7 @@ pub enum RedisError {
     Refused(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RedisError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RedisError {
     move |source| RedisError::Io {
         what: what.into(),
         source,
@@ -246,15 +245,7 @@ impl Redis {
         let _ = std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600));
         self.chown(d).await?;
         let bin = &self.spec.server_bin;
-        let mut cmd = match &self.spec.os_user {
-            Some(u) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        let out = cmd
+        let out = crate::os::command_as(bin, self.spec.os_user.as_deref())
             .arg(&conf)
             .stdin(Stdio::null())
             .output()

@@ -5,17 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::process::Command;
-
-use crate::redis::{Redis, RedisError};
+use crate::redis::{io, Redis, RedisError};
 use crate::resp::{info_fields, Conn, Reply};
 
 /// How long a background save may take before the backup gives up.
 const SAVE_WITHIN: Duration = Duration::from_secs(600);
-
-fn io(what: String) -> impl FnOnce(std::io::Error) -> RedisError {
-    move |source| RedisError::Io { what, source }
-}
 
 impl Redis {
     /// Has this site's server write a fresh RDB snapshot (`BGSAVE`, a replica serves one as
@@ -29,18 +23,16 @@ impl Redis {
             )));
         }
         let mut c = self.connect().await?;
-        let before = last_save(&mut c).await?;
-        match c.cmd(&["BGSAVE"]).await {
-            Ok(_) => {}
-            // One already running (Redis's own `save` schedule): wait for it, then ours.
-            Err(e) if e.to_string().contains("already in progress") => {
-                wait_saved(&mut c, before).await?;
-                let again = last_save(&mut c).await?;
-                c.cmd(&["BGSAVE"]).await?;
-                wait_saved(&mut c, again).await?;
-                return self.copy_rdb(&mut c, into).await;
+        let mut before = last_save(&mut c).await?;
+        if let Err(e) = c.cmd(&["BGSAVE"]).await {
+            if !e.to_string().contains("already in progress") {
+                return Err(e.into());
             }
-            Err(e) => return Err(e.into()),
+            // One already running (Redis's own `save` schedule) began before this backup:
+            // wait for it, then take ours.
+            wait_saved(&mut c, before).await?;
+            before = last_save(&mut c).await?;
+            c.cmd(&["BGSAVE"]).await?;
         }
         wait_saved(&mut c, before).await?;
         self.copy_rdb(&mut c, into).await
@@ -136,14 +128,7 @@ pub async fn check_restored(
             crate::os::open_parents(parent).await;
         }
     }
-    let mut cmd = match os_user {
-        Some(u) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", u, "--"]).arg(server_bin);
-            c
-        }
-        None => Command::new(server_bin),
-    };
+    let mut cmd = crate::os::command_as(server_bin, os_user);
     let d = dir.to_string_lossy().to_string();
     cmd.args([
         "--bind",

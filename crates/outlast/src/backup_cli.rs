@@ -446,10 +446,7 @@ pub fn ready_for_server(config: &Config, b: &Backup, to: &Path) -> anyhow::Resul
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
     let user = ds.postgres.os_user.clone();
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.uid() == 0
-    });
+    let root = outlast_db::os::is_root();
     if root {
         let owned = std::process::Command::new("chown")
             .args(["-R", &format!("{user}:")])

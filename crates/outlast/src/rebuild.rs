@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use outlast_backup::Pick;
-use outlast_core::config::{BackupRepo, BackupSource, Config, DatasetKind};
+use outlast_core::config::{BackupRepo, BackupSource, Config};
 use outlast_core::status::Status;
 use outlast_db::Server;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +100,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
             )
         })?
         .clone();
-    let root = crate::agent::datasets::is_root();
+    let root = outlast_db::os::is_root();
     let mut servers = Vec::new();
     for d in &config.datasets {
         if let Some(s) = crate::agent::datasets::server_for(&config, d, site, root)? {
@@ -342,12 +342,7 @@ async fn dataset_member(
         );
     };
     let repos: Vec<&BackupRepo> = b.repos.iter().collect();
-    let pick = Pick {
-        id: None,
-        at_or_before_ms: None,
-        host: None,
-    };
-    let r = restore_from(b, &repos, &pick, server.data_dir())?;
+    let r = restore_from(b, &repos, &Pick::default(), server.data_dir())?;
     server
         .adopt_restored()
         .await
@@ -360,11 +355,7 @@ async fn dataset_member(
         age_ms / 1000,
         r.url,
         mb(r.bytes),
-        if config
-            .datasets
-            .iter()
-            .any(|d| d.name == name && d.kind == DatasetKind::Redis)
-        {
+        if matches!(server, Server::Redis(_)) {
             "; the server loads its dump.rdb"
         } else {
             ""
@@ -403,9 +394,8 @@ fn restore_path(
 ) -> anyhow::Result<String> {
     let repos: Vec<&BackupRepo> = b.repos.iter().collect();
     let mine = Pick {
-        id: None,
-        at_or_before_ms: None,
         host: Some(site.to_string()),
+        ..Pick::default()
     };
     if path.exists() {
         // restore_from wants a new or empty directory; an empty one is removed so the
@@ -416,12 +406,7 @@ fn restore_path(
         Ok(r) => r,
         Err(e) => {
             eprintln!("no snapshot of {site}'s own ({e}); taking the newest of any site");
-            let any = Pick {
-                id: None,
-                at_or_before_ms: None,
-                host: None,
-            };
-            restore_from(b, &repos, &any, path)?
+            restore_from(b, &repos, &Pick::default(), path)?
         }
     };
     let age_ms = (outlast_core::clock::unix_ms() as i64).saturating_sub(r.snapshot.time_ms);

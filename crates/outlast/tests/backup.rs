@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts, S3};
+use common::{Cluster, Opts, PgReaper, RedisReaper, S3};
 use serde_json::Value;
 
 const TOKEN: &str = "backup-test-token-0123456789";
@@ -36,17 +35,6 @@ fn pg_bin() -> Option<PathBuf> {
         .collect();
     found.sort();
     found.pop()
-}
-
-/// Ends the servers the agents started, whatever happened in the test.
-struct Reaper(Vec<PathBuf>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = outlast_db::signal_postmaster(dir, "-QUIT");
-        }
-    }
 }
 
 /// Unmounts a bind mount on drop.
@@ -106,27 +94,8 @@ fn restic_snapshots(repo: &str, pass: &Path) -> Vec<Value> {
     serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("restic said {out}: {e}"))
 }
 
-/// Every regular file under `dir` by its path relative to `dir`, with its bytes.
-fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            let t = e.file_type().expect("file type");
-            if t.is_dir() {
-                stack.push(p);
-            } else if t.is_file() {
-                let rel = p.strip_prefix(dir).expect("under dir").to_path_buf();
-                out.insert(rel, std::fs::read(&p).expect("read file"));
-            }
-        }
-    }
-    out
-}
-
 fn same_tree(want: &Path, got: &Path) {
-    let (a, b) = (files(want), files(got));
+    let (a, b) = (common::files(want), common::files(got));
     assert_eq!(
         a.keys().collect::<Vec<_>>(),
         b.keys().collect::<Vec<_>>(),
@@ -286,7 +255,7 @@ options = {s3opts}
         s3opts = s3.options(),
     );
     let mut c = Cluster::new(opts);
-    let _reaper = Reaper(vec![
+    let _reaper = PgReaper(vec![
         c.dir.path().join("east/pg"),
         c.dir.path().join("west/pg"),
     ]);
@@ -445,7 +414,7 @@ options = {s3opts}
     let port = b + 40;
     let hba = sock.join("hba.conf");
     std::fs::write(&hba, "local all all trust\n").expect("hba");
-    let _reaper2 = Reaper(vec![restored.clone()]);
+    let _reaper2 = PgReaper(vec![restored.clone()]);
     let started = Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(bin.join("pg_ctl"))
@@ -660,17 +629,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 fn blake3_short(s: &str) -> String {
     blake3::hash(s.as_bytes()).to_hex().as_str()[..8].to_string()
-}
-
-/// Ends the Redis servers the agents started.
-struct RedisReaper(Vec<PathBuf>);
-
-impl Drop for RedisReaper {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = outlast_db::redis::signal_server(dir, "-KILL");
-        }
-    }
 }
 
 /// A Redis dataset's snapshot: an RDB the replica's site takes, that restic checks and

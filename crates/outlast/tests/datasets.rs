@@ -14,25 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts};
+use common::{Cluster, Opts, PgReaper};
 use serde_json::Value;
 
 fn postgres_installed() -> bool {
     std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| d.flatten().any(|e| e.path().join("bin/initdb").exists()))
         .unwrap_or(false)
-}
-
-/// Ends the servers the agents started (they outlive an agent by design), whatever
-/// happened in the test.
-struct Reaper(Vec<PathBuf>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = outlast_db::signal_postmaster(dir, "-QUIT");
-        }
-    }
 }
 
 fn dataset(st: &Value) -> &Value {
@@ -165,6 +153,29 @@ async fn present(addr: &str) -> Option<std::collections::BTreeSet<i64>> {
     Some(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
 }
 
+/// Runs `sql` as the application's user at `addr` (host:port); panics saying why it failed.
+fn app_sql(addr: &str, sql: &str) {
+    let (host, port) = addr.split_once(':').expect("host:port");
+    let conninfo = format!(
+        "host={host} port={port} user=app password=app-password-1 dbname=app connect_timeout=2"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (cl, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        cl.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} at {addr}: {e}"));
+    });
+}
+
 fn lost(addr: &str, acked: &[(i64, Instant)]) -> Vec<i64> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -288,7 +299,7 @@ fn an_isolated_primary_stops_taking_writes_before_its_lease_ends() {
     opts.failback = "manual";
     opts.extra = dataset_config(b, "async");
     let mut c = Cluster::new(opts);
-    let _reaper = Reaper(vec![
+    let _reaper = PgReaper(vec![
         c.dir.path().join("east/pg"),
         c.dir.path().join("west/pg"),
     ]);
@@ -416,7 +427,7 @@ fn an_isolated_primary_stops_taking_writes_before_its_lease_ends() {
         format!("{tail}\nport = {copy_port}\ndefault_transaction_read_only = on\n"),
     )
     .expect("configure the copy");
-    let _copy = Reaper(vec![data.clone()]);
+    let _copy = PgReaper(vec![data.clone()]);
     let pg_ctl = psql.with_file_name("pg_ctl");
     let started = c
         .command("runuser")
@@ -475,7 +486,7 @@ fn a_site_loss_moves_the_database_and_loses_no_acknowledged_commit() {
     opts.failback_after = "3s";
     opts.extra = dataset_config(b, "sync");
     let mut c = Cluster::new(opts);
-    let _reaper = Reaper(vec![
+    let _reaper = PgReaper(vec![
         c.dir.path().join("east/pg"),
         c.dir.path().join("west/pg"),
     ]);
@@ -497,31 +508,10 @@ fn a_site_loss_moves_the_database_and_loses_no_acknowledged_commit() {
         "made and cloned by the agents, in sync (west recorded as the synchronous standby), {:?} after the start",
         t.elapsed()
     );
-    let east_pg = format!("127.0.0.11:{}", b + 20);
-    {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let (cl, conn) = tokio_postgres::connect(
-                &format!(
-                    "host=127.0.0.11 port={} user=app password=app-password-1 dbname=app",
-                    b + 20
-                ),
-                tokio_postgres::NoTls,
-            )
-            .await
-            .expect("connect east");
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            cl.batch_execute("CREATE TABLE seq (n bigint PRIMARY KEY)")
-                .await
-                .expect("create");
-        });
-    }
-    let _ = east_pg;
+    app_sql(
+        &format!("127.0.0.11:{}", b + 20),
+        "CREATE TABLE seq (n bigint PRIMARY KEY)",
+    );
 
     // The writer goes through west's gateway: the surviving site's, as a client that
     // reached it by DNS after the loss would.
@@ -678,7 +668,7 @@ fn a_planned_switchover_and_maintenance_move_the_database_with_nothing_lost() {
         dataset_config(b, "sync")
     );
     let mut c = Cluster::new(opts);
-    let _reaper = Reaper(vec![
+    let _reaper = PgReaper(vec![
         c.dir.path().join("east/pg"),
         c.dir.path().join("west/pg"),
     ]);
@@ -690,27 +680,10 @@ fn a_planned_switchover_and_maintenance_move_the_database_with_nothing_lost() {
         "east primary, west a sync standby",
         |st| member(st, "east")["role"] == "primary" && member(st, "west")["sync"] == "quorum",
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (cl, conn) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.11 port={} user=app password=app-password-1 dbname=app",
-                b + 20
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .expect("connect east");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        cl.batch_execute("CREATE TABLE seq (n bigint PRIMARY KEY)")
-            .await
-            .expect("create");
-    });
+    app_sql(
+        &format!("127.0.0.11:{}", b + 20),
+        "CREATE TABLE seq (n bigint PRIMARY KEY)",
+    );
     let api = |site: &str| format!("http://{}", c.api(site));
 
     // Refused, changing nothing: a wrong token, an unknown site, a site with no member.
@@ -910,7 +883,7 @@ fn a_drill_reports_the_database_downtime_and_that_nothing_acknowledged_was_lost(
     opts.failback_after = "3s";
     opts.extra = dataset_config(b, "sync");
     let c = Cluster::new(opts);
-    let _reaper = Reaper(vec![
+    let _reaper = PgReaper(vec![
         c.dir.path().join("east/pg"),
         c.dir.path().join("west/pg"),
     ]);
@@ -1005,7 +978,7 @@ fn lose_the_only_standby(b: u16, standby_lost: &str) {
         alerts.display()
     );
     let mut c = Cluster::new(opts);
-    let _reaper = Reaper(vec![
+    let _reaper = PgReaper(vec![
         c.dir.path().join("east/pg"),
         c.dir.path().join("west/pg"),
     ]);
@@ -1020,27 +993,10 @@ fn lose_the_only_standby(b: u16, standby_lost: &str) {
                 && dataset(st)["sync_set"] == serde_json::json!(["west"])
         },
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (cl, conn) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.11 port={} user=app password=app-password-1 dbname=app",
-                b + 20
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .expect("connect east");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        cl.batch_execute("CREATE TABLE seq (n bigint PRIMARY KEY)")
-            .await
-            .expect("create");
-    });
+    app_sql(
+        &format!("127.0.0.11:{}", b + 20),
+        "CREATE TABLE seq (n bigint PRIMARY KEY)",
+    );
     let east_gw = format!("127.0.0.11:{}", b + 21);
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -1180,7 +1136,7 @@ fn a_failover_max_lag_holds_back_alerts_and_a_switchover_still_moves_it() {
         alerts.display()
     );
     let mut c = Cluster::new(opts);
-    let _reaper = Reaper(vec![
+    let _reaper = PgReaper(vec![
         c.dir.path().join("east/pg"),
         c.dir.path().join("west/pg"),
     ]);
@@ -1285,24 +1241,6 @@ fn a_failover_max_lag_holds_back_alerts_and_a_switchover_still_moves_it() {
     let _ = std::fs::remove_file(&alerts);
 }
 
-/// Every regular file under `dir`, by its path relative to `dir`, with its bytes.
-fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).expect("under dir").to_path_buf();
-                out.insert(rel, std::fs::read(&p).expect("read"));
-            }
-        }
-    }
-    out
-}
-
 /// Issue 19's rebuild: east (the primary, and a `path:` backup's site) loses everything
 /// (agent and server killed, its Raft dir, its data dir and the backed-up directory
 /// deleted) while a writer commits through west; `outlast rebuild --site east` brings it
@@ -1326,7 +1264,7 @@ fn a_wiped_site_is_rebuilt_from_its_peers_with_every_acknowledged_commit() {
         std::fs::write(uploads.join(format!("img/p{i}.bin")), body).expect("write");
     }
     std::fs::write(uploads.join("readme.txt"), "kept by outlast\n".repeat(100)).expect("write");
-    let before = tree(&uploads);
+    let before = common::files(&uploads);
     let pass = root.path().join("backup.pass");
     std::fs::write(&pass, "rebuild test password\n").expect("write");
     let mut opts = Opts::new(b);
@@ -1351,7 +1289,7 @@ password_file = "{}"
     let mut c = Cluster::new(opts);
     let east_pg_dir = c.dir.path().join("east/pg");
     let east_state = c.dir.path().join("data/east");
-    let _reaper = Reaper(vec![east_pg_dir.clone(), c.dir.path().join("west/pg")]);
+    let _reaper = PgReaper(vec![east_pg_dir.clone(), c.dir.path().join("west/pg")]);
     c.start_all();
     c.wait_healthy();
     c.wait_for(
@@ -1360,29 +1298,7 @@ password_file = "{}"
         "east primary, west a sync standby",
         |st| member(st, "east")["role"] == "primary" && member(st, "west")["role"] == "standby",
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (cl, conn) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.11 port={} user=app password=app-password-1 dbname=app",
-                b + 20
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .expect("connect east");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        cl.batch_execute(
-            "CREATE TABLE seq (n bigint PRIMARY KEY); CREATE TABLE bulk AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 100000) g",
-        )
-        .await
-        .expect("create");
-    });
+    app_sql(&format!("127.0.0.11:{}", b + 20), "CREATE TABLE seq (n bigint PRIMARY KEY); CREATE TABLE bulk AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 100000) g");
     c.wait_for(
         "east",
         Duration::from_secs(60),
@@ -1457,7 +1373,11 @@ password_file = "{}"
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
     assert!(said.contains("cloned from the primary at west"), "{said}");
-    assert_eq!(tree(&uploads), before, "uploads restored byte for byte");
+    assert_eq!(
+        common::files(&uploads),
+        before,
+        "uploads restored byte for byte"
+    );
 
     c.wait_for(
         "west",

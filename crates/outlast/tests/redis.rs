@@ -17,22 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts};
+use common::{Cluster, Opts, RedisReaper};
 use outlast_db::resp::Conn;
 use serde_json::Value;
 
 const PASSWORD: &str = "session-secret-1";
-
-/// Ends the servers the agents started (they outlive an agent by design).
-struct Reaper(Vec<PathBuf>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = outlast_db::redis::signal_server(dir, "-KILL");
-        }
-    }
-}
 
 fn dataset(st: &Value) -> &Value {
     &st["datasets"][0]
@@ -154,7 +143,7 @@ fn a_redis_dataset_follows_a_site_loss_and_fails_back_with_its_sessions() {
     let mut c = Cluster::new(opts);
     let east_dir = c.dir.path().join("east/redis");
     let west_dir = c.dir.path().join("west/redis");
-    let _reaper = Reaper(vec![east_dir.clone(), west_dir.clone()]);
+    let _reaper = RedisReaper(vec![east_dir.clone(), west_dir.clone()]);
     let t = Instant::now();
     c.start_all();
     c.wait_healthy();
@@ -339,7 +328,7 @@ fn an_isolated_redis_primary_stops_taking_writes_and_keeps_what_it_took_alone() 
     opts.netns = true;
     opts.extra = config(b, "manual");
     let mut c = Cluster::new(opts);
-    let _reaper = Reaper(vec![
+    let _reaper = RedisReaper(vec![
         c.dir.path().join("east/redis"),
         c.dir.path().join("west/redis"),
     ]);
@@ -443,7 +432,7 @@ fn an_isolated_redis_primary_stops_taking_writes_and_keeps_what_it_took_alone() 
         "--logfile",
         &dir.join("copy.log").to_string_lossy(),
     ]));
-    let _copy = Reaper(vec![dir.clone()]);
+    let _copy = RedisReaper(vec![dir.clone()]);
     let mut found = BTreeSet::new();
     for _ in 0..50 {
         let out = c
@@ -487,7 +476,7 @@ fn a_drill_writes_sessions_through_a_redis_site_loss_and_reports_them() {
     opts.failback_after = "3s";
     opts.extra = config(b, "auto");
     let c = Cluster::new(opts);
-    let _reaper = Reaper(vec![
+    let _reaper = RedisReaper(vec![
         c.dir.path().join("east/redis"),
         c.dir.path().join("west/redis"),
     ]);

@@ -173,12 +173,6 @@ pub(crate) fn server_for(
     })
 }
 
-/// Whether this process runs as root.
-pub(crate) fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
 struct Member {
     dataset: String,
     service: String,
@@ -210,7 +204,7 @@ impl Datasets {
     pub fn new(config: &Config, me: &str) -> anyhow::Result<Self> {
         let mut members = Vec::new();
         let mut pending = Vec::new();
-        let root = is_root();
+        let root = outlast_db::os::is_root();
         for d in &config.datasets {
             let Some(server) = server_for(config, d, me, root)? else {
                 continue;

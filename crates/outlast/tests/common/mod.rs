@@ -629,3 +629,45 @@ impl Drop for S3 {
         self.down();
     }
 }
+
+/// Every regular file under `dir` by its path relative to `dir`, with its bytes.
+pub fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            let t = e.file_type().expect("file type");
+            if t.is_dir() {
+                stack.push(p);
+            } else if t.is_file() {
+                let rel = p.strip_prefix(dir).expect("under dir").to_path_buf();
+                out.insert(rel, std::fs::read(&p).expect("read file"));
+            }
+        }
+    }
+    out
+}
+
+/// Ends the PostgreSQL servers under these data dirs (they outlive an agent by design),
+/// whatever happened in the test.
+pub struct PgReaper(pub Vec<PathBuf>);
+
+impl Drop for PgReaper {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = outlast_db::signal_postmaster(dir, "-QUIT");
+        }
+    }
+}
+
+/// Ends the Redis servers under these data dirs, whatever happened in the test.
+pub struct RedisReaper(pub Vec<PathBuf>);
+
+impl Drop for RedisReaper {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = outlast_db::redis::signal_server(dir, "-KILL");
+        }
+    }
+}
