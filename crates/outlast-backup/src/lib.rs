@@ -127,6 +127,21 @@ pub struct Label<'a> {
     /// The path the snapshot records (restic shows it; a restore of a `path:` source goes
     /// back there by default).
     pub as_path: &'a Path,
+    /// More tags (where a base backup's or a WAL batch's WAL lies, see [`WAL_FROM`]).
+    pub tags: &'a [String],
+}
+
+/// The `kind:` tag of a batch of archived WAL segments (not a snapshot of its own).
+pub const KIND_WAL: &str = "kind:wal";
+/// Tag prefixes: where in the WAL a base backup starts (`wal-from:` + log and segment, 16
+/// hex digits) and the last segment a WAL batch holds (`wal-upto:`); a restore fetches
+/// the batches that reach its base backup's start.
+pub const WAL_FROM: &str = "wal-from:";
+pub const WAL_UPTO: &str = "wal-upto:";
+
+/// The value of the tag starting with `prefix`.
+pub fn tag_value<'a>(tags: &'a [String], prefix: &str) -> Option<&'a str> {
+    tags.iter().find_map(|t| t.strip_prefix(prefix))
 }
 
 /// Takes a snapshot of `dir` (incremental against the newest snapshot of the same host and
@@ -140,7 +155,11 @@ pub fn backup_dir(
 ) -> Result<(Snapshot, Open), Error> {
     let e = |source| Error::repo(url, source);
     let repo = open.to_indexed_ids().map_err(e)?;
-    let tags = format!("outlast,{},kind:{}", backup_tag(label.backup), label.kind);
+    let mut tags = format!("outlast,{},kind:{}", backup_tag(label.backup), label.kind);
+    for t in label.tags {
+        tags.push(',');
+        tags.push_str(t);
+    }
     let snap = SnapshotOptions::default()
         .host(Some(label.host.to_string()))
         .add_tags(&tags)
@@ -167,17 +186,88 @@ pub fn backup_dir(
     Ok((Snapshot::from_file(&snap), repo.drop_index()))
 }
 
-/// The snapshots of backup `name`, oldest first.
+/// The snapshots of backup `name`, oldest first (its WAL batches are not snapshots: see
+/// [`wal_batches`]).
 pub fn snapshots(open: &Open, url: &str, name: &str) -> Result<Vec<Snapshot>, Error> {
+    tagged(open, url, name, false)
+}
+
+/// The batches of archived WAL of backup `name`, every site's, oldest first.
+pub fn wal_batches(open: &Open, url: &str, name: &str) -> Result<Vec<Snapshot>, Error> {
+    tagged(open, url, name, true)
+}
+
+fn tagged(open: &Open, url: &str, name: &str, wal: bool) -> Result<Vec<Snapshot>, Error> {
     let tag = backup_tag(name);
     let mut all = open
         .get_all_snapshots()
         .map_err(|e| Error::repo(url, e))?
         .into_iter()
-        .filter(|s| s.tags.contains(&tag))
+        .filter(|s| s.tags.contains(&tag) && s.tags.contains(KIND_WAL) == wal)
         .collect::<Vec<_>>();
     all.sort_by(|a, b| a.time.cmp(&b.time));
     Ok(all.iter().map(Snapshot::from_file).collect())
+}
+
+/// What [`restore_wal`] fetched.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalRestored {
+    pub batches: usize,
+    pub files: u64,
+    pub bytes: u64,
+    /// The newest batch's time (Unix ms): no restore from this repository can reach past
+    /// what it archived before then.
+    pub newest_ms: Option<i64>,
+    pub restore_ms: u64,
+}
+
+/// Fetches into `into` (made when missing) every archived WAL segment of backup `name`
+/// that a base backup starting at WAL position `from` (see [`WAL_FROM`]) may need: each
+/// batch, of every site, whose last segment is at or after it (all of them without `from`).
+/// A segment that two sites archived is fetched once.
+pub fn restore_wal(
+    open: Open,
+    url: &str,
+    name: &str,
+    from: Option<&str>,
+    into: &Path,
+) -> Result<WalRestored, Error> {
+    let started = outlast_core::clock::now();
+    let batches: Vec<Snapshot> = wal_batches(&open, url, name)?
+        .into_iter()
+        .filter(|b| match (from, tag_value(&b.tags, WAL_UPTO)) {
+            (Some(from), Some(upto)) => upto >= from,
+            _ => true,
+        })
+        .collect();
+    let io = |what: &Path, x: std::io::Error| Error::Io(format!("{}: {x}", what.display()));
+    std::fs::create_dir_all(into).map_err(|x| io(into, x))?;
+    let mut out = WalRestored {
+        batches: batches.len(),
+        newest_ms: batches.iter().map(|b| b.time_ms).max(),
+        ..Default::default()
+    };
+    if batches.is_empty() {
+        return Ok(out);
+    }
+    let repo = indexed(open, url)?;
+    for (i, b) in batches.iter().enumerate() {
+        let scratch = into.join(format!(".batch-{i}"));
+        restore_indexed(&repo, url, b, &scratch)?;
+        for f in std::fs::read_dir(&scratch).map_err(|x| io(&scratch, x))? {
+            let f = f.map_err(|x| io(&scratch, x))?;
+            let to = into.join(f.file_name());
+            if to.exists() {
+                continue;
+            }
+            out.bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+            out.files += 1;
+            std::fs::rename(f.path(), &to).map_err(|x| io(&to, x))?;
+        }
+        std::fs::remove_dir_all(&scratch).map_err(|x| io(&scratch, x))?;
+    }
+    out.restore_ms = started.elapsed().as_millis() as u64;
+    Ok(out)
 }
 
 /// Which snapshot: an id (or unique prefix), else the newest, optionally the newest
@@ -429,12 +519,12 @@ pub struct Pruned {
 pub fn forget_and_prune(open: &Open, url: &str, name: &str, keep: &Keep) -> Result<Pruned, Error> {
     let e = |source| Error::repo(url, source);
     let tag = backup_tag(name);
-    let all: Vec<_> = open
+    let (wal, all): (Vec<_>, Vec<_>) = open
         .get_all_snapshots()
         .map_err(e)?
         .into_iter()
         .filter(|s| s.tags.contains(&tag))
-        .collect();
+        .partition(|s| s.tags.contains(KIND_WAL));
     let n = |v: u32| (v > 0).then_some(i32::try_from(v).unwrap_or(i32::MAX));
     let opts = KeepOptions::default()
         .keep_last(n(keep.last))
@@ -451,14 +541,32 @@ pub fn forget_and_prune(open: &Open, url: &str, name: &str, keep: &Keep) -> Resu
     }
     let mut out = Pruned::default();
     let mut ids = Vec::new();
+    // Where the oldest base backup kept starts in the WAL: batches that end before it
+    // serve no restore any more.
+    let mut oldest_from: Option<String> = None;
     for (_, snaps) in groups {
         for f in opts.apply(snaps, &now).map_err(e)? {
             if f.keep {
                 out.kept += 1;
+                let tags: Vec<String> = f.snapshot.tags.iter().cloned().collect();
+                if let Some(from) = tag_value(&tags, WAL_FROM) {
+                    if oldest_from.as_deref().is_none_or(|o| from < o) {
+                        oldest_from = Some(from.to_string());
+                    }
+                }
             } else {
                 out.forgotten
                     .push(f.snapshot.id.to_hex().as_str().to_string());
                 ids.push(f.snapshot.id);
+            }
+        }
+    }
+    if let Some(from) = &oldest_from {
+        for w in wal {
+            let tags: Vec<String> = w.tags.iter().cloned().collect();
+            if tag_value(&tags, WAL_UPTO).is_some_and(|upto| upto < from.as_str()) {
+                out.forgotten.push(w.id.to_hex().as_str().to_string());
+                ids.push(w.id);
             }
         }
     }

@@ -25,3 +25,43 @@ pub fn unix_us() -> u128 {
 pub fn now() -> std::time::Instant {
     std::time::Instant::now()
 }
+
+/// A time (Unix ms) in UTC as `YYYY-MM-DD HH:MM:SS.mmm+00`, the form PostgreSQL reads a
+/// `timestamptz` in whatever its `TimeZone`.
+pub fn utc_text(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}+00",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_read_as_utc_dates() {
+        assert_eq!(super::utc_text(0), "1970-01-01 00:00:00.000+00");
+        assert_eq!(
+            super::utc_text(951_782_400_123),
+            "2000-02-29 00:00:00.123+00"
+        );
+        assert_eq!(
+            super::utc_text(1_796_454_001_999),
+            "2026-12-05 07:00:01.999+00"
+        );
+    }
+}

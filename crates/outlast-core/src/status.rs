@@ -65,6 +65,37 @@ pub struct BackupStatus {
     /// restore is older than twice `verify_every` (or there never was one).
     #[serde(default)]
     pub problem: Option<String>,
+    /// `wal = true`, at a member site of the dataset: this site's WAL shipping.
+    #[serde(default)]
+    pub wal: Option<WalStatus>,
+}
+
+/// A member site's shipping of the WAL its server archived.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WalStatus {
+    pub every_ms: u64,
+    /// Segments archived here and not yet in every repository.
+    pub waiting: u64,
+    #[serde(default)]
+    pub last: Option<WalRun>,
+    #[serde(default)]
+    pub last_ok: Option<WalRun>,
+}
+
+/// One batch of archived WAL written to the repositories.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WalRun {
+    /// When it started (Unix ms).
+    pub at_ms: u64,
+    pub ok: bool,
+    pub duration_ms: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// The last segment it held (timeline, log, segment).
+    #[serde(default)]
+    pub upto: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One backup run: a snapshot written to each repository.

@@ -709,6 +709,7 @@ mod tests {
                 .collect(),
             clients: Vec::new(),
             settings: BTreeMap::new(),
+            wal: None,
         };
         let mut m = Member::new(Postgres::new(spec));
         m.status.sync_names = Some(sync_names.into());

@@ -69,6 +69,43 @@ pub struct PgSpec {
     pub clients: Vec<String>,
     /// More `postgresql.conf` settings from the config.
     pub settings: BTreeMap<String, String>,
+    /// WAL archived continuously into a local spool (a `[[backups]]` with `wal = true`).
+    pub wal: Option<WalArchive>,
+}
+
+/// Continuous archiving of a member's WAL: every completed segment (a standby's too:
+/// `archive_mode = always`) copied into `spool`, where the agent picks it up, and a segment
+/// switch at least every `every` while there are writes.
+#[derive(Debug, Clone)]
+pub struct WalArchive {
+    pub spool: PathBuf,
+    pub every: Duration,
+}
+
+impl WalArchive {
+    /// The spool of a member whose data dir is `data_dir`: beside it, so a copy into the
+    /// spool never crosses file systems and a wiped data dir's spool goes with it.
+    pub fn spool_for(data_dir: &Path) -> PathBuf {
+        beside(data_dir, ".wal-spool")
+    }
+
+    /// Where a restore fetches archived WAL for a data dir restored into `data_dir`.
+    pub fn restore_dir_for(data_dir: &Path) -> PathBuf {
+        beside(data_dir, ".wal-restore")
+    }
+
+    /// `postgresql.conf` lines: each segment copied, flushed, then renamed into the spool,
+    /// so the agent never ships half a segment.
+    pub fn conf(&self) -> String {
+        let spool = self.spool.to_string_lossy().replace('\'', "''");
+        let part = format!("\"{spool}/%f.part\"");
+        format!(
+            "archive_mode = always\n\
+             archive_command = 'cp \"%p\" {part} && sync {part} && mv -f {part} \"{spool}/%f\"'\n\
+             archive_timeout = '{}s'\n",
+            self.every.as_secs().max(1)
+        )
+    }
 }
 
 impl PgSpec {
@@ -131,6 +168,10 @@ impl PgSpec {
         );
         for (k, v) in &self.settings {
             s.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+        }
+        // After the operator's settings: a backup that archives WAL needs these.
+        if let Some(w) = &self.wal {
+            s.push_str(&w.conf());
         }
         s
     }
@@ -400,6 +441,12 @@ impl Postgres {
             tokio::fs::write(&main, text)
                 .await
                 .map_err(io(format!("cannot write {}", main.display())))?;
+        }
+        if let Some(w) = &self.spec.wal {
+            tokio::fs::create_dir_all(&w.spool)
+                .await
+                .map_err(io(format!("cannot create {}", w.spool.display())))?;
+            self.chown(&w.spool).await?;
         }
         let signal = d.join("standby.signal");
         if standby {
@@ -1019,6 +1066,7 @@ mod tests {
             settings: [("shared_buffers".to_string(), "32MB".to_string())]
                 .into_iter()
                 .collect(),
+            wal: None,
         }
     }
 

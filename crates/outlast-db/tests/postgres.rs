@@ -50,6 +50,7 @@ fn spec(me: &str, dir: &Path, port: u16, bin: &Path) -> PgSpec {
         settings: [("shared_buffers".to_string(), "16MB".to_string())]
             .into_iter()
             .collect(),
+        wal: None,
     }
 }
 

@@ -308,8 +308,10 @@ pub struct RestoreArgs<'a> {
     pub to: PathBuf,
 }
 
-/// `outlast restore`: a snapshot into `--to`, from the first repository that answers.
-pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
+/// `outlast restore`: a snapshot into `--to`, from the first repository that answers; for
+/// a backup that archives WAL (unless `--snapshot` names one), the WAL replayed onto it up
+/// to `--at` (else to the end of what was archived).
+pub async fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
     let config = match Config::load(a.config) {
         Ok(c) => c,
         Err(e) => {
@@ -330,9 +332,10 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
             }
         );
     };
+    let at_ms = a.at.as_deref().map(parse_at).transpose()?;
     let pick = Pick {
         id: a.snapshot.clone(),
-        at_or_before_ms: a.at.as_deref().map(parse_at).transpose()?,
+        at_or_before_ms: at_ms,
         host: a.site.clone(),
     };
     let repos: Vec<&BackupRepo> = b
@@ -347,7 +350,7 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
             a.repo.as_deref().unwrap_or("")
         );
     }
-    let r = restore_from(b, &repos, &pick, &a.to)?;
+    let r = tokio::task::block_in_place(|| restore_from(b, &repos, &pick, &a.to))?;
     println!(
         "restored {} ({}) in {} ms (repository opened and listed in {} ms; {} ms in all)",
         a.to.display(),
@@ -356,10 +359,128 @@ pub fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
         r.opened_ms,
         r.total_ms
     );
-    if let Some(said) = ready_for_server(&config, b, &a.to)? {
+    let said = ready_for_server(&config, b, &a.to)?;
+    if let (true, None, Some(ds)) = (b.wal, &a.snapshot, config.dataset_of(b)) {
+        let bin_dir = match &ds.postgres.bin_dir {
+            Some(d) => d.clone(),
+            None => outlast_db::find_bin_dir().ok_or_else(|| {
+                anyhow::anyhow!("replaying WAL needs PostgreSQL on this machine (pg_config or /usr/lib/postgresql); install it, or set bin_dir under [datasets.postgres]")
+            })?,
+        };
+        let user = outlast_db::os::is_root().then_some(ds.postgres.os_user.as_str());
+        let w = replay_wal(b, &repos, &r, &a.to, at_ms, &bin_dir, user).await?;
+        println!("{}", w.said());
+    }
+    if let Some(said) = said {
         println!("{said}");
     }
     Ok(0)
+}
+
+/// What [`replay_wal`] did.
+pub struct Replayed {
+    pub files: u64,
+    pub bytes: u64,
+    pub batches: usize,
+    /// When the newest batch fetched was shipped (Unix ms).
+    pub newest_ms: Option<i64>,
+    pub fetch_ms: u64,
+    pub recover_ms: u64,
+    pub target_ms: Option<i64>,
+    /// The last transaction replayed, as the server's log gave its time.
+    pub last_transaction: Option<String>,
+}
+
+impl Replayed {
+    pub fn said(&self) -> String {
+        format!(
+            "replayed {} WAL files ({}, {} batches, the newest shipped {}) {} in {} ms (fetched in {} ms); last transaction replayed: {}",
+            self.files,
+            mb(self.bytes),
+            self.batches,
+            self.newest_ms.map_or("never".into(), time_text),
+            match self.target_ms {
+                Some(t) => format!("up to {}", time_text(t)),
+                None => "to the end of the archive".into(),
+            },
+            self.recover_ms,
+            self.fetch_ms,
+            self.last_transaction.as_deref().unwrap_or("none in the archived WAL")
+        )
+    }
+}
+
+/// Replays the archived WAL of backup `b` onto its base backup restored in `to` (from
+/// [`restore_from`]): the batches that reach the base's start fetched from the repository it
+/// came from (else the others), then PostgreSQL's recovery up to `target_ms` (else the end
+/// of the archive), which ends in a new timeline. `to` is then a data dir its server
+/// starts as a primary. The fetched WAL is removed after.
+pub async fn replay_wal(
+    b: &Backup,
+    repos: &[&BackupRepo],
+    base: &RestoredFrom,
+    to: &Path,
+    target_ms: Option<i64>,
+    bin_dir: &Path,
+    os_user: Option<&str>,
+) -> anyhow::Result<Replayed> {
+    let archive = outlast_db::postgres::WalArchive::restore_dir_for(to);
+    if archive.exists() {
+        std::fs::remove_dir_all(&archive)
+            .map_err(|e| anyhow::anyhow!("cannot clear {}: {e}", archive.display()))?;
+    }
+    let from = outlast_backup::tag_value(&base.snapshot.tags, outlast_backup::WAL_FROM);
+    let mut order: Vec<&&BackupRepo> = repos.iter().filter(|r| r.url == base.url).collect();
+    order.extend(repos.iter().filter(|r| r.url != base.url));
+    let mut why = Vec::new();
+    let mut fetched = None;
+    for repo in order {
+        let got = tokio::task::block_in_place(|| {
+            let open = outlast_backup::open(repo, Bars)?;
+            outlast_backup::restore_wal(open, &repo.url, &b.name, from, &archive)
+        });
+        match got {
+            Ok(w) => {
+                fetched = Some(w);
+                break;
+            }
+            Err(e) => {
+                eprintln!("{}: the WAL: {e}; trying the next repository", repo.url);
+                why.push(e.to_string());
+                let _ = std::fs::remove_dir_all(&archive);
+            }
+        }
+    }
+    let Some(w) = fetched else {
+        anyhow::bail!("no repository gave the archived WAL: {}", why.join("; "));
+    };
+    eprintln!(
+        "replaying {} WAL files from {} batches onto the base backup{}",
+        w.files,
+        w.batches,
+        target_ms.map_or(String::new(), |t| format!(" up to {}", time_text(t)))
+    );
+    let port = free_port()?;
+    let recovered =
+        outlast_db::pgbackup::recover(bin_dir, os_user, to, &archive, target_ms, port).await;
+    let _ = std::fs::remove_dir_all(&archive);
+    let recovered = recovered.map_err(|e| anyhow::anyhow!("replaying the archived WAL: {e}"))?;
+    Ok(Replayed {
+        files: w.files,
+        bytes: w.bytes,
+        batches: w.batches,
+        newest_ms: w.newest_ms,
+        fetch_ms: w.restore_ms,
+        recover_ms: recovered.recover_ms,
+        target_ms,
+        last_transaction: recovered.last_transaction,
+    })
+}
+
+/// A port nothing listens on at 127.0.0.1 now (a restored server takes it).
+pub fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
 }
 
 /// What [`restore_from`] restored, and from where.
@@ -445,6 +566,24 @@ pub fn ready_for_server(config: &Config, b: &Backup, to: &Path) -> anyhow::Resul
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
+    // A restored copy never acts as a member by accident: it listens on localhost only,
+    // archives nowhere (the member's archive_command would feed the live dataset's WAL
+    // spool) and streams from no one.
+    let conf = to.join("outlast.conf");
+    let member = std::fs::read_to_string(&conf).unwrap_or_default();
+    std::fs::write(
+        &conf,
+        format!(
+            "{member}\n# A copy of dataset {d} restored by outlast restore: not a member of the cluster.\n\
+             listen_addresses = 'localhost'\n\
+             archive_mode = off\n"
+        ),
+    )?;
+    std::fs::write(
+        to.join("postgresql.auto.conf"),
+        "# Cleared by outlast restore (the member's primary_conninfo and slot).\n",
+    )?;
+    let _ = std::fs::remove_file(to.join("standby.signal"));
     let user = ds.postgres.os_user.clone();
     let root = outlast_db::os::is_root();
     if root {

@@ -369,21 +369,18 @@ fn main() -> ExitCode {
             site,
             repo,
             to,
-        } => match outlast::backup_cli::restore(outlast::backup_cli::RestoreArgs {
-            config: &config,
-            name: &name,
-            snapshot,
-            at,
-            site,
-            repo,
-            to,
-        }) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                1
-            }
-        },
+        } => runtime_code(async move {
+            outlast::backup_cli::restore(outlast::backup_cli::RestoreArgs {
+                config: &config,
+                name: &name,
+                snapshot,
+                at,
+                site,
+                repo,
+                to,
+            })
+            .await
+        }),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

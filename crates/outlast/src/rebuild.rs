@@ -30,7 +30,7 @@ use outlast_core::status::Status;
 use outlast_db::Server;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup_cli::{mb, restore_from};
+use crate::backup_cli::{mb, replay_wal, restore_from};
 
 /// The longest the cluster's answer (step 1) and the rejoin (step 4) are waited for.
 const PEERS_WAIT: Duration = Duration::from_secs(60);
@@ -166,7 +166,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
                 );
                 continue;
             }
-            let said = restore_path(b, path, site)?;
+            let said = tokio::task::block_in_place(|| restore_path(b, path, site))?;
             watch.lap(format!("backup {}", b.name), said);
         }
     }
@@ -342,24 +342,39 @@ async fn dataset_member(
         );
     };
     let repos: Vec<&BackupRepo> = b.repos.iter().collect();
-    let r = restore_from(b, &repos, &Pick::default(), server.data_dir())?;
+    let r = tokio::task::block_in_place(|| {
+        restore_from(b, &repos, &Pick::default(), server.data_dir())
+    })?;
     server
         .adopt_restored()
         .await
         .map_err(|e| anyhow::anyhow!("dataset {name}: {e}"))?;
     let age_ms = (outlast_core::clock::unix_ms() as i64).saturating_sub(r.snapshot.time_ms);
+    let replayed = match server {
+        Server::Postgres(pg) if b.wal => {
+            let w = replay_wal(
+                b,
+                &repos,
+                &r,
+                server.data_dir(),
+                None,
+                &pg.spec.bin_dir,
+                pg.spec.os_user.as_deref(),
+            )
+            .await
+            .with_context(|| format!("dataset {name}"))?;
+            format!("; {}", w.said())
+        }
+        Server::Postgres(_) => String::new(),
+        Server::Redis(_) => "; the server loads its dump.rdb".into(),
+    };
     Ok(format!(
-        "no member's server answers ({}): restored snapshot {} (taken {} s before) from {}, {}{}",
+        "no member's server answers ({}): restored snapshot {} (taken {} s before) from {}, {}{replayed}",
         member_roles(answers, name),
         r.snapshot.id.get(..8).unwrap_or(&r.snapshot.id),
         age_ms / 1000,
         r.url,
         mb(r.bytes),
-        if matches!(server, Server::Redis(_)) {
-            "; the server loads its dump.rdb"
-        } else {
-            ""
-        }
     ))
 }
 

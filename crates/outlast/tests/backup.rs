@@ -168,6 +168,54 @@ fn psql_at(bin: &Path, socket_dir: &Path, port: u16, db: &str, sql: &str) -> Str
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Starts a restored data dir on a private socket under `sock` (as postgres), asks `sql`
+/// of its `app` database, stops it; the answer.
+fn query_restored(bin: &Path, restored: &Path, sock: &Path, port: u16, sql: &str) -> String {
+    std::fs::create_dir_all(sock).expect("mkdir");
+    assert!(Command::new("chown")
+        .args(["-R", "postgres:"])
+        .arg(sock)
+        .status()
+        .expect("chown")
+        .success());
+    if let Some(parent) = sock.parent() {
+        let _ = Command::new("chmod").args(["o+x"]).arg(parent).status();
+    }
+    let hba = sock.join("hba.conf");
+    std::fs::write(&hba, "local all all trust\n").expect("hba");
+    let started = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(restored)
+        .args(["-w", "-t", "60", "-l"])
+        .arg(sock.join("log"))
+        .arg("-o")
+        .arg(format!(
+            "-c port={port} -c listen_addresses='' -c unix_socket_directories='{}' -c hba_file='{}' -c synchronous_standby_names='' -c archive_mode=off",
+            sock.display(),
+            hba.display()
+        ))
+        .arg("start")
+        .output()
+        .expect("pg_ctl");
+    assert!(
+        started.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&started.stderr),
+        std::fs::read_to_string(sock.join("log")).unwrap_or_default()
+    );
+    let n = psql_at(bin, sock, port, "app", sql);
+    let _ = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(restored)
+        .args(["-m", "fast", "-w", "stop"])
+        .status();
+    n
+}
+
 #[test]
 fn backups_are_restored_by_restic_and_by_outlast_and_verified() {
     let Some(bin) = pg_bin() else {
@@ -399,62 +447,18 @@ options = {s3opts}
         "outlast restore orders: {} ms: {said}",
         t.elapsed().as_millis()
     );
-    let sock = root.path().join("sock");
-    std::fs::create_dir_all(&sock).expect("mkdir");
-    assert!(Command::new("chown")
-        .args(["-R", "postgres:"])
-        .arg(&sock)
-        .status()
-        .expect("chown")
-        .success());
-    let _ = Command::new("chmod")
-        .args(["o+x"])
-        .arg(root.path())
-        .status();
-    let port = b + 40;
-    let hba = sock.join("hba.conf");
-    std::fs::write(&hba, "local all all trust\n").expect("hba");
     let _reaper2 = PgReaper(vec![restored.clone()]);
-    let started = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join("pg_ctl"))
-        .arg("-D")
-        .arg(&restored)
-        .args(["-w", "-t", "60", "-l"])
-        .arg(sock.join("log"))
-        .arg("-o")
-        .arg(format!(
-            "-c port={port} -c listen_addresses='' -c unix_socket_directories='{}' -c hba_file='{}' -c synchronous_standby_names=''",
-            sock.display(),
-            hba.display()
-        ))
-        .arg("start")
-        .output()
-        .expect("pg_ctl");
-    assert!(
-        started.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&started.stderr),
-        std::fs::read_to_string(sock.join("log")).unwrap_or_default()
-    );
-    let n = psql_at(
+    let n = query_restored(
         &bin,
-        &sock,
-        port,
-        "app",
+        &restored,
+        &root.path().join("sock"),
+        b + 40,
         "SELECT count(*), max(n) FROM orders",
     );
     assert_eq!(
         n, "5000|5000",
         "the restored dataset holds every row committed before the snapshot"
     );
-    let _ = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join("pg_ctl"))
-        .arg("-D")
-        .arg(&restored)
-        .args(["-m", "fast", "stop"])
-        .status();
 
     // outlast restore of the path, from the s3:// repository.
     let restored_files = root.path().join("restored-files");
@@ -757,4 +761,206 @@ password_file = "{pass}"
         "the verify loads every key: {said}"
     );
     println!("backup verify sessions: {said}");
+}
+
+/// The status entry of backup `name` at a site.
+fn backup_entry<'a>(st: &'a Value, name: &str) -> &'a Value {
+    st["backups"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn a_point_in_time_restore_holds_exactly_the_rows_committed_before_at() {
+    let Some(bin) = pg_bin() else {
+        println!("PostgreSQL is not installed (apt-get install postgresql): skipped");
+        return;
+    };
+    if !installed("restic") {
+        println!("restic is not installed (apt-get install restic): skipped");
+        return;
+    }
+    let b = 10_000u16;
+    let root = tempfile::tempdir().expect("tempdir");
+    let pass = root.path().join("backup.pass");
+    std::fs::write(&pass, format!("{PASSWORD}\n")).expect("write pass");
+    let repo = root.path().join("repo-pg");
+    let mut opts = Opts::new(b);
+    opts.extra = format!(
+        r#"
+[api]
+token = "{TOKEN}"
+
+[[datasets]]
+name = "orders"
+port = {pg}
+replication = "sync"
+[datasets.members]
+east = {{ data_dir = "east/pg" }}
+west = {{ data_dir = "west/pg" }}
+[datasets.postgres]
+password = "app-password-1"
+allow = ["127.0.0.1"]
+settings = {{ shared_buffers = "16MB" }}
+
+[[services]]
+name = "pg"
+dataset = "orders"
+port = {gw}
+
+[[backups]]
+name = "orders"
+source = "dataset:orders"
+every = "1h"
+verify_every = "1h"
+wal = true
+wal_every = "1s"
+[[backups.repos]]
+url = "file://{repo}"
+password_file = "{pass}"
+"#,
+        pg = b + 20,
+        gw = b + 21,
+        repo = repo.display(),
+        pass = pass.display(),
+    );
+    let mut c = Cluster::new(opts);
+    let _reaper = PgReaper(vec![
+        c.dir.path().join("east/pg"),
+        c.dir.path().join("west/pg"),
+    ]);
+    let config = c.config.to_string_lossy().to_string();
+    c.start_all();
+    c.wait_healthy();
+    c.wait_for(
+        "east",
+        Duration::from_secs(90),
+        "east primary, west streaming",
+        |st| member(st, "east")["role"] == "primary" && member(st, "west")["role"] == "standby",
+    );
+    let app = format!(
+        "host=127.0.0.11 port={} user=app password=app-password-1 dbname=app connect_timeout=2",
+        b + 20
+    );
+    let sql = |q: &str| {
+        let out = Command::new(bin.join("psql"))
+            .args([&app, "-XAtc", q])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{q}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    sql("CREATE TABLE pitr (n bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    sql("INSERT INTO pitr (n) SELECT g FROM generate_series(1, 100) g");
+    // The base backup (west, the standby, takes it at the agents' start).
+    c.wait_for("west", Duration::from_secs(120), "west took orders", |st| {
+        backup_entry(st, "orders")["last_ok"].is_object()
+    });
+    // Then rows one transaction each, 20 ms apart, while the WAL is shipped every second.
+    sql("DO $$ BEGIN FOR i IN 101..400 LOOP INSERT INTO pitr (n) VALUES (i); COMMIT; PERFORM pg_sleep(0.02); END LOOP; END $$");
+    let (at_201, at_300) = {
+        let t = sql("SELECT (extract(epoch FROM at) * 1000)::bigint FROM pitr WHERE n IN (201, 300) ORDER BY n");
+        let v: Vec<i64> = t.lines().filter_map(|l| l.parse().ok()).collect();
+        assert_eq!(v.len(), 2, "{t}");
+        (v[0], v[1])
+    };
+    // Row 200 committed before row 201 began (20 ms later): a target 5 ms before row 201's
+    // insert holds exactly rows 1..=200.
+    let target = at_201 - 5;
+    let target_2 = at_300 - 5;
+    // The segment holding the rows is switched out within archive_timeout (= wal_every).
+    let seg = sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let pos = seg[8..].to_string();
+    for site in ["east", "west"] {
+        c.wait_for(
+            site,
+            Duration::from_secs(60),
+            "the rows' WAL shipped",
+            |st| {
+                backup_entry(st, "orders")["wal"]["last_ok"]["upto"]
+                    .as_str()
+                    .is_some_and(|u| u.len() == 24 && u[8..] >= *pos)
+            },
+        );
+    }
+    let wal = backup_entry(&c.status("east").expect("status"), "orders")["wal"].clone();
+    println!("east's WAL shipping: {wal}");
+
+    // restic reads the WAL batches too.
+    let repo_text = repo.to_string_lossy().to_string();
+    let snaps = restic_snapshots(&repo_text, &pass);
+    let batches = snaps
+        .iter()
+        .filter(|s| {
+            s["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|x| x == "kind:wal"))
+        })
+        .count();
+    assert!(batches >= 2, "restic lists {batches} WAL batches");
+    let (ok, out, err) = restic(&repo_text, &pass, &["check", "--read-data"]);
+    assert!(ok, "restic check --read-data: {out}{err}");
+
+    for (i, (at, want)) in [(target, "200|200"), (target_2, "299|299")]
+        .iter()
+        .enumerate()
+    {
+        let restored = root.path().join(format!("pitr-{i}"));
+        let _reaper2 = PgReaper(vec![restored.clone()]);
+        let t = Instant::now();
+        let (ok, said) = outlast(&[
+            "restore",
+            "--config",
+            &config,
+            "orders",
+            "--at",
+            &at.to_string(),
+            "--to",
+            &restored.to_string_lossy(),
+        ]);
+        assert!(ok, "{said}");
+        assert!(said.contains("replayed"), "{said}");
+        println!(
+            "outlast restore orders --at {at}: {} ms: {said}",
+            t.elapsed().as_millis()
+        );
+        let n = query_restored(
+            &bin,
+            &restored,
+            &root.path().join(format!("sock-{i}")),
+            b + 40 + i as u16,
+            "SELECT count(*), max(n) FROM pitr",
+        );
+        assert_eq!(
+            &n, want,
+            "a restore --at {at} holds exactly the rows committed before it"
+        );
+    }
+
+    // A time past everything archived is refused, not quietly cut short.
+    let later = root.path().join("pitr-future");
+    let _reaper3 = PgReaper(vec![later.clone()]);
+    let future = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        + 3_600_000)
+        .to_string();
+    let (ok, said) = outlast(&[
+        "restore",
+        "--config",
+        &config,
+        "orders",
+        "--at",
+        &future,
+        "--to",
+        &later.to_string_lossy(),
+    ]);
+    assert!(!ok, "a target past the archive must fail: {said}");
+    println!("restore --at an hour ahead: {said}");
 }

@@ -24,6 +24,8 @@ pub(super) fn backups(
 ) -> Vec<Backup> {
     let mut out = Vec::new();
     let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+    // Which backup archives each dataset's WAL (one may: the spool is the dataset's).
+    let mut wal_of: HashMap<String, String> = HashMap::new();
     for b in raw {
         let r = b.get_ref();
         let name = r.name.get_ref().trim().to_string();
@@ -57,13 +59,28 @@ pub(super) fn backups(
                     "wal = true needs a PostgreSQL dataset as the source",
                     "drop wal, or set source = \"dataset:NAME\" of a kind = \"postgres\" dataset",
                 );
-            } else {
-                ctx.at(
-                    w.span(),
-                    "wal = true (WAL archived between snapshots) is not available yet",
-                    "drop wal: each snapshot is a consistent base backup, and `every` bounds what a restore loses",
-                );
+            } else if let Some(BackupSource::Dataset(d)) = &source {
+                if let Some(other) = wal_of.insert(d.clone(), name.clone()) {
+                    ctx.at(
+                        w.span(),
+                        format!("backup \"{other}\" already archives the WAL of dataset {d}"),
+                        "keep wal = true on one backup of a dataset (give that one every repository)",
+                    );
+                }
             }
+        }
+        let wal_every = at_least(
+            ctx,
+            "wal_every",
+            r.wal_every.as_ref(),
+            Duration::from_secs(30),
+        );
+        if let (Some(w), false) = (r.wal_every.as_ref(), wal) {
+            ctx.at(
+                w.span(),
+                "wal_every is set but wal is not",
+                "add wal = true (a PostgreSQL dataset), or drop wal_every",
+            );
         }
         let keep = keep(ctx, r.keep.as_ref());
         let mut repos = Vec::new();
@@ -87,6 +104,7 @@ pub(super) fn backups(
                 source,
                 every,
                 wal,
+                wal_every,
                 keep,
                 verify_every,
                 repos,
@@ -364,7 +382,6 @@ password_file = "missing.pass"
             "28:7 repository \"ftp://x\" has no password_file",
             "31:10 source dataset \"nope\" is not a [[datasets]]",
             "32:7 wal = true needs a PostgreSQL dataset",
-            // (with a PostgreSQL dataset it is refused as not available yet)
             "35:8 repository site \"mars\" is not a site",
             "36:17 cannot read password_file",
         ] {

@@ -401,6 +401,9 @@ pub struct Backup {
     pub every: Duration,
     /// PostgreSQL datasets: WAL archived continuously between snapshots.
     pub wal: bool,
+    /// How often each member site ships the WAL it archived to the repositories (and
+    /// PostgreSQL's `archive_timeout`): what a restore from backup loses at most.
+    pub wal_every: Duration,
     pub keep: Keep,
     /// The newest snapshot is restored and checked this often.
     pub verify_every: Duration,
@@ -454,6 +457,14 @@ pub struct BackupRepo {
 impl Config {
     pub fn backup(&self, name: &str) -> Option<&Backup> {
         self.backups.iter().find(|b| b.name == name)
+    }
+
+    /// The dataset a backup is of (none for a `path:` source).
+    pub fn dataset_of(&self, b: &Backup) -> Option<&Dataset> {
+        match &b.source {
+            BackupSource::Dataset(d) => self.datasets.iter().find(|x| &x.name == d),
+            BackupSource::Path(_) => None,
+        }
     }
 }
 

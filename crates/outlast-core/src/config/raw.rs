@@ -217,6 +217,7 @@ pub struct RawBackup {
     pub source: S<String>,
     pub every: Option<S<String>>,
     pub wal: Option<S<bool>>,
+    pub wal_every: Option<S<String>>,
     pub keep: Option<S<RawKeep>>,
     pub verify_every: Option<S<String>>,
     #[serde(default)]

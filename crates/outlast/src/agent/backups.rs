@@ -16,7 +16,7 @@ use std::time::Duration;
 use outlast_backup::{Label, NoProgressBars, Pick, Snapshot};
 use outlast_control::state::{ClusterState, SiteState};
 use outlast_core::config::{Backup, BackupRepo, BackupSource, Config};
-use outlast_core::status::{BackupRun, BackupStatus, RepoRun, VerifyRun};
+use outlast_core::status::{BackupRun, BackupStatus, RepoRun, VerifyRun, WalRun, WalStatus};
 use outlast_db::Server;
 use tokio_util::sync::CancellationToken;
 
@@ -113,6 +113,7 @@ pub struct Backups {
 struct Alerted {
     backup_failed: Option<u64>,
     verify_failed: Option<u64>,
+    wal_failed: Option<u64>,
     late: bool,
 }
 
@@ -149,6 +150,10 @@ impl Backups {
                         last_ok: k.last_ok,
                         verify: k.verify_ok.clone(),
                         verify_ok: k.verify_ok,
+                        wal: ships_wal(b, &servers).then(|| WalStatus {
+                            every_ms: b.wal_every.as_millis() as u64,
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
                     backup: b.clone(),
@@ -256,6 +261,19 @@ impl Backups {
                     );
                 }
             }
+            if let Some(r) = wal_failed(&s) {
+                if seen.wal_failed != Some(r.at_ms) {
+                    seen.wal_failed = Some(r.at_ms);
+                    say(
+                        "backup-wal-failed",
+                        format!("wal-{}", r.at_ms),
+                        format!(
+                            "WAL shipping failed: {}",
+                            r.error.as_deref().unwrap_or("unknown")
+                        ),
+                    );
+                }
+            }
             match late(&s, e.since_ms, now) {
                 Some(why) if !seen.late => {
                     seen.late = true;
@@ -268,8 +286,21 @@ impl Backups {
         out
     }
 
-    /// Starts a loop per backup in `workers`.
+    /// Starts a loop per backup in `workers`, and one more per backup whose WAL this site
+    /// ships.
     pub fn spawn(self: &Arc<Self>, workers: &mut super::workers::Workers) {
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| ships_wal(&e.backup, &self.servers))
+        {
+            let me = self.clone();
+            let e = e.clone();
+            let stop = workers.token();
+            workers.spawn(format!("wal {}", e.backup.name), async move {
+                me.ship_wal(e, stop).await;
+            });
+        }
         for e in &self.entries {
             let me = self.clone();
             let e = e.clone();
@@ -506,6 +537,15 @@ impl Backups {
                 )
             }
         };
+        // Where a PostgreSQL base backup starts in the WAL: a restore fetches the WAL
+        // batches from there on.
+        let tags: Vec<String> = spool
+            .as_deref()
+            .and_then(outlast_db::pgbackup::start_segment)
+            .and_then(|seg| outlast_db::pgbackup::segment_position(&seg).map(str::to_string))
+            .map(|pos| format!("{}{pos}", outlast_backup::WAL_FROM))
+            .into_iter()
+            .collect();
         let mut run = BackupRun::default();
         for repo in repo_order(b, home) {
             let started = outlast_core::clock::now();
@@ -516,6 +556,7 @@ impl Backups {
             let me = self.me.clone();
             let keep = b.keep;
             let may_create = e.may_create;
+            let tags = tags.clone();
             let got = tokio::task::spawn_blocking(move || {
                 let open = if may_create {
                     outlast_backup::open_or_init(&r, NoProgressBars)?
@@ -527,6 +568,7 @@ impl Backups {
                     kind,
                     host: &me,
                     as_path: &as_path,
+                    tags: &tags,
                 };
                 let (snap, open) = outlast_backup::backup_dir(open, &r.url, &dir, &label)?;
                 let pruned = outlast_backup::forget_and_prune(&open, &r.url, &name, &keep)?;
@@ -668,12 +710,88 @@ impl Backups {
         Ok(v)
     }
 
+    /// Every `wal_every`, the segments this site's server archived into its spool go to
+    /// every repository as one batch (a snapshot tagged `kind:wal`), then leave the spool.
+    /// Segments a repository did not take stay and go with the next batch.
+    async fn ship_wal(&self, e: Arc<Entry>, stop: CancellationToken) {
+        let every = e.backup.wal_every;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let run = self.ship_once(&e).await;
+            let name = &e.backup.name;
+            let mut s = lock(&e.status);
+            let Some(w) = s.wal.as_mut() else { continue };
+            w.waiting = run.1;
+            let Some(run) = run.0 else { continue };
+            if run.ok {
+                tracing::debug!(backup = %name, files = run.files, upto = run.upto.as_deref().unwrap_or(""), "backup: WAL shipped");
+                metrics::gauge!("outlast_backup_wal_shipped_timestamp_seconds", "backup" => name.clone())
+                    .set(run.at_ms as f64 / 1000.0);
+                metrics::counter!("outlast_backup_wal_bytes_total", "backup" => name.clone())
+                    .increment(run.bytes);
+                w.last_ok = Some(run.clone());
+            } else {
+                tracing::warn!(backup = %name, error = run.error.as_deref().unwrap_or(""), "backup: WAL shipping failed");
+                metrics::counter!("outlast_backup_wal_failures_total", "backup" => name.clone())
+                    .increment(1);
+            }
+            metrics::gauge!("outlast_backup_wal_waiting_segments", "backup" => name.clone())
+                .set(w.waiting as f64);
+            w.last = Some(run);
+        }
+    }
+
+    /// One batch: what it did (none when nothing waited) and how many files still wait.
+    async fn ship_once(&self, e: &Entry) -> (Option<WalRun>, u64) {
+        let b = &e.backup;
+        let BackupSource::Dataset(d) = &b.source else {
+            return (None, 0);
+        };
+        let Some(server) = self.servers.get(d) else {
+            return (None, 0);
+        };
+        let spool = outlast_db::postgres::WalArchive::spool_for(server.data_dir());
+        let batch = spool.join(".batch");
+        let at_ms = unix_ms();
+        let started = outlast_core::clock::now();
+        let home = lock(&e.home).clone();
+        let repos: Vec<BackupRepo> = repo_order(b, home.as_deref())
+            .into_iter()
+            .cloned()
+            .collect();
+        let name = b.name.clone();
+        let me = self.me.clone();
+        let got =
+            tokio::task::spawn_blocking(move || ship_batch(&spool, &batch, &repos, &name, &me))
+                .await;
+        let (mut run, waiting) = match got {
+            Ok(r) => r,
+            Err(x) => (
+                Some(WalRun {
+                    error: Some(format!("the shipping stopped: {x}")),
+                    ..Default::default()
+                }),
+                0,
+            ),
+        };
+        if let Some(r) = run.as_mut() {
+            r.at_ms = at_ms;
+            r.duration_ms = started.elapsed().as_millis() as u64;
+            r.ok = r.error.is_none();
+        }
+        (run, waiting)
+    }
+
     async fn check_server(&self, dataset: &str, dir: &Path) -> Result<String, String> {
         let server = self
             .servers
             .get(dataset)
             .ok_or_else(|| format!("{} runs no member of {dataset} to check with", self.me))?;
-        let port = free_port().map_err(|x| format!("no free port on 127.0.0.1: {x}"))?;
+        let port = crate::backup_cli::free_port()
+            .map_err(|x| format!("no free port on 127.0.0.1: {x}"))?;
         server.check_restored(dir, port).await
     }
 
@@ -725,20 +843,135 @@ fn load(dir: &Path) -> BTreeMap<String, Kept> {
     }
 }
 
-/// A port nothing listens on at 127.0.0.1 now (a verify's restored server takes it).
-fn free_port() -> std::io::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+/// Whether this site ships `b`'s WAL: it archives a dataset's WAL and this site runs a
+/// member of that dataset.
+fn ships_wal(b: &Backup, servers: &BTreeMap<String, Server>) -> bool {
+    matches!(&b.source, BackupSource::Dataset(d) if b.wal && servers.contains_key(d))
+}
+
+/// Moves the finished segments of `spool` into `batch` and writes `batch` to each
+/// repository; empties `batch` once every repository holds it. Blocking.
+fn ship_batch(
+    spool: &Path,
+    batch: &Path,
+    repos: &[BackupRepo],
+    name: &str,
+    me: &str,
+) -> (Option<WalRun>, u64) {
+    let fail = |why: String| {
+        (
+            Some(WalRun {
+                error: Some(why),
+                ..Default::default()
+            }),
+            0,
+        )
+    };
+    if let Err(x) = std::fs::create_dir_all(batch) {
+        return fail(format!("cannot create {}: {x}", batch.display()));
+    }
+    let entries = match std::fs::read_dir(spool) {
+        Ok(r) => r,
+        Err(x) => {
+            return fail(format!(
+                "cannot read the WAL spool {}: {x}",
+                spool.display()
+            ))
+        }
+    };
+    for f in entries.flatten() {
+        let n = f.file_name().to_string_lossy().to_string();
+        if n.starts_with('.') || n.ends_with(".part") || !f.path().is_file() {
+            continue;
+        }
+        if let Err(x) = std::fs::rename(f.path(), batch.join(&n)) {
+            return fail(format!("cannot move {n} into the batch: {x}"));
+        }
+    }
+    let files: Vec<(String, u64)> = match std::fs::read_dir(batch) {
+        Ok(r) => r
+            .flatten()
+            .map(|f| {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                (f.file_name().to_string_lossy().to_string(), len)
+            })
+            .collect(),
+        Err(x) => return fail(format!("cannot read {}: {x}", batch.display())),
+    };
+    if files.is_empty() {
+        return (None, 0);
+    }
+    let upto = files
+        .iter()
+        .filter_map(|(n, _)| outlast_db::pgbackup::segment_position(n))
+        .max()
+        .map(str::to_string);
+    let last_name = files
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| outlast_db::pgbackup::segment_position(n).is_some())
+        .max_by_key(|n| outlast_db::pgbackup::segment_position(n))
+        .map(str::to_string);
+    let tags: Vec<String> = upto
+        .iter()
+        .map(|u| format!("{}{u}", outlast_backup::WAL_UPTO))
+        .collect();
+    let as_path = PathBuf::from(format!("/{name}.wal"));
+    let label = Label {
+        backup: name,
+        kind: "wal",
+        host: me,
+        as_path: &as_path,
+        tags: &tags,
+    };
+    let mut errors = Vec::new();
+    for r in repos {
+        // The first snapshot creates a repository (one site only, see `may_create`); until
+        // then the WAL waits: it is of no use before a base backup anyway.
+        match outlast_backup::open(r, NoProgressBars) {
+            Err(outlast_backup::Error::Empty { .. }) => return (None, files.len() as u64),
+            Err(x) => errors.push(format!("{}: {x}", r.url)),
+            Ok(o) => {
+                if let Err(x) = outlast_backup::backup_dir(o, &r.url, batch, &label) {
+                    errors.push(format!("{}: {x}", r.url));
+                }
+            }
+        }
+    }
+    let run = WalRun {
+        files: files.len() as u64,
+        bytes: files.iter().map(|(_, l)| l).sum(),
+        upto: last_name,
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+        ..Default::default()
+    };
+    if !errors.is_empty() {
+        return (Some(run), files.len() as u64);
+    }
+    for (n, _) in &files {
+        if let Err(x) = std::fs::remove_file(batch.join(n)) {
+            tracing::warn!(file = %n, error = %x, "could not remove a shipped WAL segment");
+        }
+    }
+    (Some(run), 0)
 }
 
 /// Why a backup alerts, if it does: its last run failed, its last verify failed, its last
-/// verified restore is late (see [`late`]); all that hold, joined. Only the site that
-/// takes a backup alerts on it.
+/// verified restore is late (see [`late`]), this site's last WAL batch failed; all that
+/// hold, joined. Only the site that takes a backup alerts on the first three.
 pub fn problem(s: &BackupStatus, since_ms: u64, now_ms: u64) -> Option<String> {
-    if !s.takes {
-        return None;
-    }
     let mut all = Vec::new();
+    // Every member site ships its own WAL, whether or not it takes the snapshots.
+    if let Some(r) = wal_failed(s) {
+        all.push(format!(
+            "WAL shipping failed ({} segments waiting): {}",
+            s.wal.as_ref().map_or(0, |w| w.waiting),
+            r.error.as_deref().unwrap_or("unknown")
+        ));
+    }
+    if !s.takes {
+        return (!all.is_empty()).then(|| all.join("; "));
+    }
     if let Some(r) = s.last.as_ref().filter(|r| !r.ok) {
         all.push(format!(
             "backup failed: {}",
@@ -753,6 +986,11 @@ pub fn problem(s: &BackupStatus, since_ms: u64, now_ms: u64) -> Option<String> {
     }
     all.extend(late(s, since_ms, now_ms));
     (!all.is_empty()).then(|| all.join("; "))
+}
+
+/// This site's last WAL batch, when it failed.
+fn wal_failed(s: &BackupStatus) -> Option<&WalRun> {
+    s.wal.as_ref()?.last.as_ref().filter(|r| !r.ok)
 }
 
 /// The last verified restore is older than twice `verify_every` (counted from the agent's

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use outlast_control::state::{ClusterState, SiteState};
-use outlast_core::config::{Config, Dataset, DatasetKind, Replication, StandbyLost};
+use outlast_core::config::{BackupSource, Config, Dataset, DatasetKind, Replication, StandbyLost};
 use outlast_core::status::{DatasetMemberStatus, DatasetStatus, DivergedStatus};
 use outlast_db::member::{Alone, Handover, MemberStatus, Remote, Role, Want};
 use outlast_db::{PgSpec, Postgres, Redis, RedisSpec, Server};
@@ -78,6 +78,14 @@ pub fn spec_for(
         .map(|s| s.address.to_string())
         .collect();
     clients.extend(d.postgres.allow.iter().cloned());
+    let wal = config
+        .backups
+        .iter()
+        .find(|b| b.wal && b.source == BackupSource::Dataset(d.name.clone()))
+        .map(|b| outlast_db::postgres::WalArchive {
+            spool: outlast_db::postgres::WalArchive::spool_for(&data_dir),
+            every: b.wal_every,
+        });
     Some(PgSpec {
         dataset: d.name.clone(),
         me: me.to_string(),
@@ -92,6 +100,7 @@ pub fn spec_for(
         members,
         clients,
         settings: d.postgres.settings.clone(),
+        wal,
     })
 }
 
