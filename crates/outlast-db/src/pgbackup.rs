@@ -166,6 +166,10 @@ impl<'a> Private<'a> {
     /// A fast stop (a kill when that fails), and the private folder removed.
     async fn stop(self) {
         let d = self.dir.to_string_lossy().to_string();
+        if crate::postgres::running_postmaster(self.dir).is_none() {
+            let _ = tokio::fs::remove_dir_all(&self.side).await;
+            return;
+        }
         let stopped = run(
             &self.bin_dir.join("pg_ctl"),
             self.os_user,
@@ -320,10 +324,22 @@ pub async fn recover(
     let until = started + Duration::from_secs(6 * 3600);
     let promoted = loop {
         if crate::postgres::running_postmaster(dir).is_none() {
-            break Err(PgError::Refused(format!(
-                "the server stopped during recovery; its log: {}",
-                tail(&server.log(), 8)
-            )));
+            let log = server.log();
+            let last = last_transaction(&log);
+            break Err(PgError::Refused(
+                if log.contains("recovery ended before configured recovery target was reached") {
+                    format!(
+                        "the archived WAL ends before {}: the last transaction it holds committed at {}; restore with an earlier time, or without one for everything archived",
+                        target_ms.map_or("the target".into(), outlast_core::clock::utc_text),
+                        last.as_deref().unwrap_or("(none in it)")
+                    )
+                } else {
+                    format!(
+                        "the server stopped during recovery; its log: {}",
+                        tail(&log, 8)
+                    )
+                },
+            ));
         }
         match server.ask("postgres", "SELECT pg_is_in_recovery()").await {
             Ok(t) if t.trim() == "f" => break Ok(()),
@@ -337,18 +353,21 @@ pub async fn recover(
     let log = server.log();
     server.stop().await;
     promoted?;
-    let last_transaction = log
-        .lines()
+    Ok(Recovered {
+        recover_ms,
+        last_transaction: last_transaction(&log),
+    })
+}
+
+/// The time of the last transaction a recovery replayed, as its log says it.
+fn last_transaction(log: &str) -> Option<String> {
+    log.lines()
         .filter_map(|l| {
             l.split("last completed transaction was at log time ")
                 .nth(1)
         })
         .next_back()
-        .map(|t| t.trim().to_string());
-    Ok(Recovered {
-        recover_ms,
-        last_transaction,
-    })
+        .map(|t| t.trim().to_string())
 }
 
 fn with_log(e: PgError, log: &Path) -> PgError {

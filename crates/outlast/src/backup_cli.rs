@@ -368,8 +368,17 @@ pub async fn restore(a: RestoreArgs<'_>) -> anyhow::Result<i32> {
             })?,
         };
         let user = outlast_db::os::is_root().then_some(ds.postgres.os_user.as_str());
-        let w = replay_wal(b, &repos, &r, &a.to, at_ms, &bin_dir, user).await?;
-        println!("{}", w.said());
+        match replay_wal(b, &repos, &r, &a.to, at_ms, &bin_dir, user).await {
+            Ok(w) => println!("{}", w.said()),
+            Err(e) => {
+                // A base backup without its WAL is not what was asked for: nothing is left.
+                let _ = std::fs::remove_dir_all(&a.to);
+                anyhow::bail!(
+                    "{e:#}; {} was removed (--snapshot ID restores a base backup alone)",
+                    a.to.display()
+                );
+            }
+        }
     }
     if let Some(said) = said {
         println!("{said}");

@@ -962,5 +962,7 @@ password_file = "{pass}"
         &later.to_string_lossy(),
     ]);
     assert!(!ok, "a target past the archive must fail: {said}");
+    assert!(said.contains("the archived WAL ends before"), "{said}");
+    assert!(!later.exists(), "a failed restore leaves nothing");
     println!("restore --at an hour ahead: {said}");
 }

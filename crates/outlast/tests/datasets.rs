@@ -1425,3 +1425,161 @@ password_file = "{}"
         "east's server still runs"
     );
 }
+
+#[test]
+fn a_site_lost_with_its_only_member_is_rebuilt_from_the_backup_plus_its_wal() {
+    if !postgres_installed() {
+        println!("PostgreSQL is not installed (apt-get install postgresql): skipped");
+        return;
+    }
+    let b = 10_100u16;
+    let root = tempfile::tempdir().expect("tempdir");
+    let pass = root.path().join("backup.pass");
+    std::fs::write(&pass, "rebuild test password\n").expect("write");
+    let mut opts = Opts::new(b);
+    // East runs the dataset's only member: nothing survives its loss but the backup.
+    opts.extra = format!(
+        r#"
+[[datasets]]
+name = "orders"
+port = {pg}
+replication = "async"
+[datasets.members]
+east = {{ data_dir = "east/pg" }}
+[datasets.postgres]
+password = "app-password-1"
+allow = ["127.0.0.1"]
+settings = {{ shared_buffers = "16MB" }}
+
+[[services]]
+name = "pg"
+dataset = "orders"
+port = {gw}
+
+[[backups]]
+name = "orders"
+source = "dataset:orders"
+every = "1h"
+verify_every = "1h"
+wal = true
+wal_every = "1s"
+[[backups.repos]]
+url = "file://{repo}"
+password_file = "{pass}"
+"#,
+        pg = b + 20,
+        gw = b + 21,
+        repo = root.path().join("repo").display(),
+        pass = pass.display()
+    );
+    let mut c = Cluster::new(opts);
+    let east_pg_dir = c.dir.path().join("east/pg");
+    let east_spool = c.dir.path().join("east/pg.wal-spool");
+    let east_state = c.dir.path().join("data/east");
+    let _reaper = PgReaper(vec![east_pg_dir.clone()]);
+    c.start_all();
+    c.wait_healthy();
+    c.wait_for("east", Duration::from_secs(60), "east primary", |st| {
+        member(st, "east")["role"] == "primary"
+    });
+    app_sql(
+        &format!("127.0.0.11:{}", b + 20),
+        "CREATE TABLE seq (n bigint PRIMARY KEY)",
+    );
+    c.wait_for(
+        "east",
+        Duration::from_secs(90),
+        "east took its base backup",
+        |st| {
+            st["backups"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"] == "orders"))
+                .is_some_and(|x| x["last_ok"].is_object())
+        },
+    );
+
+    let west_gw = format!("127.0.0.12:{}", b + 21);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let w = writer(west_gw, 200, stop.clone(), acked.clone());
+    std::thread::sleep(Duration::from_secs(5));
+
+    // East is lost with everything it kept, its WAL spool included.
+    let pid = outlast_db::running_postmaster(&east_pg_dir).expect("east's postmaster");
+    c.kill9("east");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let lost_at = Instant::now();
+    for dir in [&east_pg_dir, &east_spool, &east_state] {
+        assert!(dir.exists(), "{} to wipe", dir.display());
+        std::fs::remove_dir_all(dir).expect("wipe");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    w.join().expect("writer");
+    let acked = acked.lock().expect("acked").clone();
+
+    let out_path = c.dir.path().join("rebuild.out");
+    let out = std::fs::File::create(&out_path).expect("out");
+    let log_path = c.dir.path().join("rebuild.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let t = Instant::now();
+    let child = c
+        .command(common::bin())
+        .args(["rebuild", "--config"])
+        .arg(&c.config)
+        .args(["--site", "east"])
+        .env("OUTLAST_LOG", outlast::logging::DEFAULT_FILTER)
+        .stdout(out)
+        .stderr(log)
+        .spawn()
+        .expect("spawn rebuild");
+    c.agents.insert("east".into(), child);
+    let mut said = String::new();
+    while t.elapsed() < Duration::from_secs(180) && !said.contains("the agent goes on running") {
+        std::thread::sleep(Duration::from_millis(100));
+        said = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let ended = c
+            .agents
+            .get_mut("east")
+            .and_then(|ch| ch.try_wait().ok().flatten());
+        if ended.is_some() {
+            break;
+        }
+    }
+    println!("outlast rebuild --site east ({:?}):\n{said}", t.elapsed());
+    assert!(
+        said.contains("rebuilt east in"),
+        "{said}{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert!(said.contains("restored snapshot"), "{said}");
+    assert!(said.contains("replayed"), "{said}");
+    c.wait_for(
+        "east",
+        Duration::from_secs(60),
+        "east's member primary again",
+        |st| member(st, "east")["role"] == "primary",
+    );
+    let missing = lost(&format!("127.0.0.11:{}", b + 20), &acked);
+    let when: std::collections::HashMap<i64, Instant> = acked.iter().cloned().collect();
+    let oldest_lost_ms = missing
+        .iter()
+        .filter_map(|n| when.get(n))
+        .map(|at| lost_at.saturating_duration_since(*at).as_millis())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "{} commits acknowledged; {} lost, acknowledged at most {oldest_lost_ms} ms before the loss (every = 1h, wal_every = 1s)",
+        acked.len(),
+        missing.len()
+    );
+    assert!(acked.len() > 500, "the writer wrote {}", acked.len());
+    // What was lost is what east had not yet shipped: a segment switch (archive_timeout =
+    // wal_every) and a batch (wal_every) plus the shipping itself.
+    assert!(
+        oldest_lost_ms <= 4_000,
+        "commits acknowledged {oldest_lost_ms} ms before the loss are missing: {missing:?}"
+    );
+}

@@ -388,4 +388,47 @@ password_file = "missing.pass"
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
     }
+
+    #[test]
+    fn wal_is_archived_by_one_backup_of_a_postgres_dataset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dataset = r#"
+[[datasets]]
+name = "orders"
+port = 5432
+[datasets.members]
+west = { data_dir = "west/pg" }
+east = { data_dir = "east/pg" }
+[datasets.postgres]
+password = "app-password-1"
+[[services]]
+name = "pg"
+dataset = "orders"
+port = 6432
+"#;
+        let one = |name: &str, extra: &str| {
+            format!(
+                "[[backups]]\nname = \"{name}\"\nsource = \"dataset:orders\"\n{extra}\n[[backups.repos]]\nurl = \"file:///r/{name}\"\npassword_file = \"backup.pass\"\n"
+            )
+        };
+        let c = base(&format!("{dataset}{}", one("a", "wal = true")), dir.path()).expect("valid");
+        assert!(c.backups[0].wal);
+        assert_eq!(c.backups[0].wal_every, Duration::from_secs(30));
+        let p = problems(base(
+            &format!(
+                "{dataset}{}{}{}",
+                one("a", "wal = true\nwal_every = \"5s\""),
+                one("b", "wal = true"),
+                one("c", "wal_every = \"10s\"")
+            ),
+            dir.path(),
+        ))
+        .join("\n");
+        assert!(
+            p.contains("backup \"a\" already archives the WAL of dataset orders"),
+            "{p}"
+        );
+        assert!(p.contains("wal_every is set but wal is not"), "{p}");
+        assert!(!p.contains("\"5s\""), "{p}");
+    }
 }
