@@ -51,6 +51,43 @@ pub struct Recording {
     pub phases: Vec<PhaseAt>,
     /// The dataset workload, when there is one.
     pub db: Option<DbRecording>,
+    /// Each `rebuild` step's stopwatch.
+    pub rebuilds: Vec<RebuildRun>,
+    /// The newest verified restore of each backup, as the sites told it after the drill.
+    pub restores: Vec<VerifiedRestore>,
+}
+
+/// One `outlast rebuild` during the drill.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RebuildRun {
+    pub site: String,
+    /// When it started, in drill time.
+    pub at_ms: u64,
+    /// From its start until the site rejoined (none: it had not when the drill ended).
+    pub total_ms: Option<u64>,
+    pub steps: Vec<RebuildStep>,
+}
+
+/// A step of a rebuild, as its stopwatch timed it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RebuildStep {
+    pub step: String,
+    pub ms: u64,
+    pub said: String,
+}
+
+/// A backup's newest verified restore: how long restoring it took and how old what it
+/// restored was (the RTO and RPO of restoring from backup).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VerifiedRestore {
+    pub backup: String,
+    /// The site that verified it.
+    pub site: String,
+    /// When the verify started (Unix ms).
+    pub at_ms: u64,
+    pub restore_ms: u64,
+    pub age_ms: u64,
+    pub snapshot: Option<String>,
 }
 
 /// What the dataset workload did and found.
@@ -183,6 +220,12 @@ pub struct Report {
     /// Phases of the primary moves during the drill.
     #[serde(default)]
     pub phases: Vec<PhaseAt>,
+    /// Each `rebuild` fault's stopwatch.
+    #[serde(default)]
+    pub rebuilds: Vec<RebuildRun>,
+    /// The newest verified restore of each backup when the drill ended.
+    #[serde(default)]
+    pub restores: Vec<VerifiedRestore>,
     pub expectations: Vec<Verdict>,
     pub passed: bool,
 }
@@ -381,6 +424,7 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
             "db_lost" => db.as_ref()?.lost? as f64,
             "db_rto_ms" => db.as_ref()?.rto_ms? as f64,
             "db_diverged" => db.as_ref()?.diverged as f64,
+            "rebuild_ms" => rec.rebuilds.last()?.total_ms? as f64,
             _ => return None,
         })
     };
@@ -418,6 +462,8 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         passed: expectations.iter().all(|v| v.pass),
         timeline,
         phases: rec.phases.clone(),
+        rebuilds: rec.rebuilds.clone(),
+        restores: rec.restores.clone(),
         expectations,
     }
 }
@@ -816,6 +862,8 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
         );
     }
     s.push_str("</table>");
+    s.push_str(&rebuild_rows(&r.rebuilds));
+    s.push_str(&restore_rows(&r.restores, r.started_ms + r.duration_ms));
     let rows = failover_rows(&r.phases);
     if !rows.is_empty() {
         s.push_str("<h2>Failover phases</h2><table><tr><th>move</th><th>phase</th><th>at</th><th>since the first</th></tr>");
@@ -853,7 +901,7 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
     }
     s.push_str("</table>");
     if !history.is_empty() {
-        s.push_str("<h2>Trend (this scenario, earlier drills)</h2><table><tr><th>started</th><th>RTO</th><th>failed requests</th><th>writes lost</th><th></th></tr>");
+        s.push_str("<h2>Trend (this scenario, earlier drills)</h2><table><tr><th>started</th><th>RTO</th><th>failed requests</th><th>writes lost</th><th>rebuild</th><th></th></tr>");
         let max = history
             .iter()
             .filter_map(|h| h.rto_ms)
@@ -864,11 +912,12 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
             let bar = h.rto_ms.map(|v| 200.0 * v as f64 / max).unwrap_or(0.0);
             let _ = write!(
                 s,
-                r##"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><svg width="210" height="12"><rect width="{bar:.0}" height="12" fill="#36c"/></svg></td></tr>"##,
+                r##"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><svg width="210" height="12"><rect width="{bar:.0}" height="12" fill="#36c"/></svg></td></tr>"##,
                 esc(&h.started),
                 fmt_ms(h.rto_ms),
                 h.requests.failed,
-                h.writes.lost
+                h.writes.lost,
+                fmt_ms(h.rebuilds.last().and_then(|b| b.total_ms))
             );
         }
         s.push_str("</table>");
@@ -883,6 +932,66 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
     }
     s.push_str("</body></html>\n");
     s
+}
+
+/// The stopwatch of each rebuild: its steps, their times, what each said.
+fn rebuild_rows(rebuilds: &[RebuildRun]) -> String {
+    let mut s = String::new();
+    for b in rebuilds {
+        let _ = write!(
+            s,
+            r#"<h2>Rebuild of {} at {:.2} s: <span class="big">{}</span></h2><table><tr><th>step</th><th>took</th><th></th></tr>"#,
+            esc(&b.site),
+            b.at_ms as f64 / 1000.0,
+            b.total_ms
+                .map(|t| format!("{:.3} s", t as f64 / 1000.0))
+                .unwrap_or_else(|| "not rejoined when the drill ended".into())
+        );
+        for st in &b.steps {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{:.3} s</td><td>{}</td></tr>",
+                esc(&st.step),
+                st.ms as f64 / 1000.0,
+                esc(&st.said)
+            );
+        }
+        s.push_str("</table>");
+    }
+    s
+}
+
+/// Each backup's newest verified restore, and how old it was at the drill's end.
+fn restore_rows(restores: &[VerifiedRestore], end_ms: u64) -> String {
+    if restores.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "<h2>Restores from backup (the newest verified)</h2><table><tr><th>backup</th><th>verified</th><th>restore took</th><th>age of what it restored</th><th>snapshot</th></tr>",
+    );
+    for v in restores {
+        let _ =
+            write!(
+            s,
+            "<tr><td>{}</td><td>{} ago at {}</td><td>{:.3} s</td><td>{:.0} s</td><td>{}</td></tr>",
+            esc(&v.backup),
+            ago(end_ms.saturating_sub(v.at_ms)),
+            esc(&v.site),
+            v.restore_ms as f64 / 1000.0,
+            v.age_ms as f64 / 1000.0,
+            esc(v.snapshot.as_deref().map_or("", |x| x.get(..8).unwrap_or(x)))
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+fn ago(ms: u64) -> String {
+    match ms / 1000 {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3600),
+    }
 }
 
 /// When the preferred primary acted again after its restart, and what to call it.

@@ -56,6 +56,11 @@ struct Sites {
     proxy: FaultProxy,
     /// Per site, the data dirs of its dataset members (a site loss takes their servers).
     data_dirs: BTreeMap<String, Vec<PathBuf>>,
+    /// Per site, what a `wipe` deletes: its data dir, its members' data dirs and their WAL
+    /// spools.
+    wipe_dirs: BTreeMap<String, Vec<PathBuf>>,
+    /// Each `rebuild` started: the site and where it writes its stopwatch.
+    rebuilds: Vec<(String, PathBuf)>,
     /// The token the agents take on `/v1/faults` (for sink faults).
     token: String,
 }
@@ -74,13 +79,29 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
 
 impl Sites {
     fn start(&mut self, site: &str) -> Result<()> {
+        self.start_as(site, &["agent"])
+    }
+
+    /// `outlast rebuild` of the site, which goes on as its agent; its stopwatch goes to
+    /// `logs/rebuild-SITE-N.json`.
+    fn start_rebuild(&mut self, site: &str) -> Result<()> {
+        let n = self.rebuilds.iter().filter(|(s, _)| s == site).count();
+        let json = self.logs.join(format!("rebuild-{site}-{n}.json"));
+        let text = json.to_string_lossy().to_string();
+        self.start_as(site, &["rebuild", "--steps-json", &text])?;
+        self.rebuilds.push((site.to_string(), json));
+        Ok(())
+    }
+
+    fn start_as(&mut self, site: &str, command: &[&str]) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.logs.join(format!("{site}.log")))
             .map_err(io(format!("cannot open the agent log of {site}")))?;
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["agent", "--config"])
+        cmd.args(command)
+            .arg("--config")
             .arg(&self.config)
             .args(["--site", site]);
         for (to, via) in self.proxy.dial_map(site) {
@@ -146,6 +167,20 @@ impl Sites {
             Fault::Restart(s) => {
                 self.kill(s);
                 self.start(s)?;
+            }
+            Fault::Wipe(s) => {
+                self.kill(s);
+                self.kill_servers(s);
+                for dir in self.wipe_dirs.get(s).into_iter().flatten() {
+                    if dir.exists() {
+                        std::fs::remove_dir_all(dir)
+                            .map_err(io(format!("cannot wipe {}", dir.display())))?;
+                    }
+                }
+            }
+            Fault::Rebuild(s) => {
+                self.kill(s);
+                self.start_rebuild(s)?;
             }
             Fault::Partition { sites, from } => self.proxy.between(sites, from, |l| l.cut = true),
             Fault::Delay { site, ms } => self.proxy.around(site, |l| l.delay_ms = *ms),
@@ -289,7 +324,7 @@ impl FaultApi {
 
 /// How the drill reaches the cluster: its own agents (local) or running ones (attach).
 enum Driver {
-    Local(Sites, FaultApi),
+    Local(Box<Sites>, FaultApi),
     Attach(FaultApi),
 }
 
@@ -336,9 +371,9 @@ impl Driver {
                     }
                     // The stop sent with the matching `stop` step ends now by itself.
                     Fault::Cont(_) => Ok(()),
-                    Fault::Restart(s) => Err(agent(
+                    Fault::Restart(s) | Fault::Wipe(s) | Fault::Rebuild(s) => Err(agent(
                         s,
-                        "a restart needs the agent's process, which attach mode does not own",
+                        "this fault needs the agent's process and files, which attach mode does not own",
                     )),
                     Fault::Partition { sites, from } => {
                         for (side, other) in [(sites, from), (from, sites)] {
@@ -705,13 +740,14 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
         let token = config.api.token.clone().ok_or_else(|| DrillError::Refused(
             "attach mode sends faults to the agents' /v1/faults, which needs [api] token in the config".into(),
         ))?;
-        if let Some(st) = sc
-            .steps
-            .iter()
-            .find(|s| matches!(s.fault, Fault::Restart(_)))
-        {
+        if let Some(st) = sc.steps.iter().find(|s| {
+            matches!(
+                s.fault,
+                Fault::Restart(_) | Fault::Wipe(_) | Fault::Rebuild(_)
+            )
+        }) {
             return Err(DrillError::Refused(format!(
-                "{} needs the agent's process, which attach mode does not own; use kill (and let the site's supervisor restart it) or stop and cont",
+                "{} needs the agent's process (and for wipe and rebuild its files), which attach mode does not own; use kill (and let the site's supervisor restart it) or stop and cont, and run outlast rebuild on the site's machine yourself",
                 st.fault.describe()
             )));
         }
@@ -763,13 +799,30 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
                     (site.name.clone(), dirs)
                 })
                 .collect(),
+            wipe_dirs: config
+                .sites
+                .iter()
+                .map(|site| {
+                    let mut dirs = vec![site.data_dir.clone()];
+                    for d in config
+                        .datasets
+                        .iter()
+                        .filter_map(|d| d.members.get(&site.name))
+                    {
+                        dirs.push(d.clone());
+                        dirs.push(outlast_db::postgres::WalArchive::spool_for(d));
+                    }
+                    (site.name.clone(), dirs)
+                })
+                .collect(),
+            rebuilds: Vec::new(),
             token: token.clone(),
         };
         for s in &config.sites {
             sites.start(&s.name)?;
         }
         Driver::Local(
-            sites,
+            Box::new(sites),
             FaultApi {
                 http: http.clone(),
                 token,
@@ -1044,6 +1097,7 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
     };
     let mut faults = Vec::new();
     let mut restarts = Vec::new();
+    let mut rebuilt: Vec<(String, u64)> = Vec::new();
     let mut steps = sc.steps.iter().peekable();
     while t0.elapsed() < end {
         while let Some(step) = steps.next_if(|s| t0.elapsed() >= s.at) {
@@ -1076,6 +1130,9 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
             if let Fault::Restart(s) = &step.fault {
                 restarts.push((s.clone(), at_ms));
             }
+            if let Fault::Rebuild(s) = &step.fault {
+                rebuilt.push((s.clone(), at_ms));
+            }
             bar.println(format!(
                 "  {:>6.2} s  {}",
                 at_ms as f64 / 1000.0,
@@ -1106,6 +1163,10 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
     }
     bar.finish_and_clear();
     driver.clear().await;
+    let rebuilds = match &mut driver {
+        Driver::Local(sites, _) => rebuild_stopwatches(sites, &rebuilt).await,
+        Driver::Attach(_) => Vec::new(),
+    };
 
     // Let the spools drain, then read every sink back.
     let mut stored: BTreeMap<String, usize> = BTreeMap::new();
@@ -1175,8 +1236,25 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
     };
     let mut phases = Vec::new();
     let mut archives = BTreeSet::new();
+    let mut restores: BTreeMap<String, report::VerifiedRestore> = BTreeMap::new();
     for s in config.sites.iter().filter(|s| driver.running(&s.name)) {
         if let Some(st) = status(&http, s.api_addr()).await {
+            for b in &st.backups {
+                let Some(v) = &b.verify_ok else { continue };
+                if restores.get(&b.name).is_none_or(|x| x.at_ms < v.at_ms) {
+                    restores.insert(
+                        b.name.clone(),
+                        report::VerifiedRestore {
+                            backup: b.name.clone(),
+                            site: st.site.clone(),
+                            at_ms: v.at_ms,
+                            restore_ms: v.restore_ms,
+                            age_ms: v.age_ms,
+                            snapshot: v.snapshot.clone(),
+                        },
+                    );
+                }
+            }
             phases.push(st.failovers);
             for d in st
                 .datasets
@@ -1222,6 +1300,8 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
         failback_ms,
         phases,
         db,
+        rebuilds,
+        restores: restores.into_values().collect(),
     };
     let mut rec = rec;
     rec.requests.sort_by_key(|r| r.t_ms);
@@ -1233,6 +1313,58 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
         write_report(&kept, &report, &history, &logs)?;
     }
     Ok((report, out_dir))
+}
+
+/// The longest the drill waits after its workload for a rebuild's site to rejoin.
+const REBUILD_WAIT: Duration = Duration::from_secs(300);
+
+/// Each rebuild's stopwatch, as `outlast rebuild --steps-json` wrote it once the site
+/// rejoined (waiting for those not done yet, up to [`REBUILD_WAIT`]).
+async fn rebuild_stopwatches(sites: &mut Sites, at: &[(String, u64)]) -> Vec<report::RebuildRun> {
+    let until = outlast_core::clock::now() + REBUILD_WAIT;
+    let mut out = Vec::new();
+    let started = sites.rebuilds.clone();
+    for ((site, json), (_, at_ms)) in started.iter().zip(at) {
+        let mut run = report::RebuildRun {
+            site: site.clone(),
+            at_ms: *at_ms,
+            ..Default::default()
+        };
+        loop {
+            if let Some(v) = std::fs::read(json)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            {
+                run.total_ms = v["total_ms"].as_u64();
+                run.steps = v["steps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| report::RebuildStep {
+                        step: s["step"].as_str().unwrap_or_default().to_string(),
+                        ms: s["ms"].as_u64().unwrap_or(0),
+                        said: s["said"].as_str().unwrap_or_default().to_string(),
+                    })
+                    .collect();
+                break;
+            }
+            let ended = sites
+                .children
+                .get_mut(site)
+                .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if ended || outlast_core::clock::now() > until {
+                tracing::warn!(
+                    site,
+                    ended,
+                    "the rebuild did not rejoin (see the site's log)"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        out.push(run);
+    }
+    out
 }
 
 /// The phases of the moves of the drill as the sites saw them, in drill time. Where

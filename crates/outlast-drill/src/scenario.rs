@@ -51,6 +51,11 @@ pub enum Fault {
     Stop(String),
     Cont(String),
     Restart(String),
+    /// The site is lost with its data: agent and dataset servers killed, its data dir and
+    /// its members' data dirs (and WAL spools) deleted.
+    Wipe(String),
+    /// `outlast rebuild` of a wiped site, which then runs as its agent.
+    Rebuild(String),
     Partition {
         sites: Vec<String>,
         from: Vec<String>,
@@ -73,6 +78,8 @@ impl Fault {
             Fault::Stop(s) => format!("stop {s}"),
             Fault::Cont(s) => format!("cont {s}"),
             Fault::Restart(s) => format!("restart {s}"),
+            Fault::Wipe(s) => format!("wipe {s}"),
+            Fault::Rebuild(s) => format!("rebuild {s}"),
             Fault::Partition { sites, from } => {
                 format!("partition {} from {}", sites.join(","), from.join(","))
             }
@@ -140,6 +147,7 @@ pub const METRICS: &[&str] = &[
     "db_lost",
     "db_rto_ms",
     "db_diverged",
+    "rebuild_ms",
 ];
 
 #[derive(Debug, Clone)]
@@ -255,6 +263,23 @@ impl Scenario {
                 "stop" => Fault::Stop(site(&st.site, &st.fault, &mut at)),
                 "cont" => Fault::Cont(site(&st.site, &st.fault, &mut at)),
                 "restart" => Fault::Restart(site(&st.site, &st.fault, &mut at)),
+                "wipe" => Fault::Wipe(site(&st.site, &st.fault, &mut at)),
+                "rebuild" => {
+                    let s = site(&st.site, &st.fault, &mut at);
+                    let wiped = raw.steps.iter().any(|w| {
+                        w.fault.get_ref() == "wipe"
+                            && w.site.as_ref().is_some_and(|x| x.get_ref() == &s)
+                            && parse_duration(w.at.get_ref()).is_ok_and(|t| t < when)
+                    });
+                    if !s.is_empty() && !wiped {
+                        at(
+                            st.fault.span(),
+                            format!("rebuild {s} comes after no wipe of {s}: a site with its state restarts, it is not rebuilt"),
+                            &format!("add a step fault = \"wipe\", site = \"{s}\" before it, or use restart"),
+                        );
+                    }
+                    Fault::Rebuild(s)
+                }
                 "heal" => Fault::Heal,
                 "partition" => {
                     let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
@@ -314,7 +339,7 @@ impl Scenario {
                     at(
                         st.fault.span(),
                         format!("fault \"{other}\" is not known"),
-                        "use kill, stop, cont, restart, partition, heal, delay, sink-down or sink-up",
+                        "use kill, stop, cont, restart, wipe, rebuild, partition, heal, delay, sink-down or sink-up",
                     );
                     Fault::Heal
                 }

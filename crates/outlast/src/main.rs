@@ -178,6 +178,13 @@ enum Command {
         /// Which of the config's [[sites]] to rebuild (this machine).
         #[arg(long)]
         site: String,
+        /// SITE=ADDR: the agent dials that site's peer port at ADDR instead (a drill's fault
+        /// proxy).
+        #[arg(long, value_name = "SITE=ADDR", value_parser = parse_peer_via)]
+        peer_via: Vec<(String, std::net::SocketAddr)>,
+        /// Also write the stopwatch as JSON to this file once the site rejoined.
+        #[arg(long, value_name = "FILE")]
+        steps_json: Option<PathBuf>,
     },
 }
 
@@ -277,13 +284,7 @@ fn main() -> ExitCode {
             Ok(config) => runtime(async move {
                 let shutdown = CancellationToken::new();
                 spawn_signal_handler(shutdown.clone());
-                let opts = outlast::agent::AgentOptions {
-                    peer_via: peer_via.into_iter().collect(),
-                    fault_token: std::env::var("OUTLAST_FAULT_TOKEN")
-                        .ok()
-                        .filter(|t| !t.is_empty()),
-                };
-                outlast::agent::run(config, &site, opts, shutdown).await
+                outlast::agent::run(config, &site, agent_options(peer_via), shutdown).await
             }),
         },
         Command::Status { target, json } => runtime(outlast::commands::status(&target, json)),
@@ -353,12 +354,21 @@ fn main() -> ExitCode {
                 runtime_code(outlast::backup_cli::verify(&target, &auth, &name))
             }
         },
-        Command::Rebuild { config, site } => match outlast::commands::load_config(&config) {
+        Command::Rebuild {
+            config,
+            site,
+            peer_via,
+            steps_json,
+        } => match outlast::commands::load_config(&config) {
             Err(code) => code,
             Ok(config) => runtime(async move {
                 let shutdown = CancellationToken::new();
                 spawn_signal_handler(shutdown.clone());
-                outlast::rebuild::run(config, &site, shutdown).await
+                let opts = outlast::rebuild::RebuildOptions {
+                    agent: agent_options(peer_via),
+                    steps_json,
+                };
+                outlast::rebuild::run(config, &site, opts, shutdown).await
             }),
         },
         Command::Restore {
@@ -383,6 +393,16 @@ fn main() -> ExitCode {
         }),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// An agent's options from its command line and environment.
+fn agent_options(peer_via: Vec<(String, std::net::SocketAddr)>) -> outlast::agent::AgentOptions {
+    outlast::agent::AgentOptions {
+        peer_via: peer_via.into_iter().collect(),
+        fault_token: std::env::var("OUTLAST_FAULT_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    }
 }
 
 /// Runs a command that says its own exit code.

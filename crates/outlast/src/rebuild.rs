@@ -66,6 +66,21 @@ impl Stopwatch {
         self.step = now;
     }
 
+    /// `{site, total_ms, steps: [{step, ms, said}]}`.
+    fn json(&self, site: &str) -> String {
+        let steps: Vec<serde_json::Value> = self
+            .done
+            .iter()
+            .map(|(step, ms, said)| serde_json::json!({"step": step, "ms": ms, "said": said}))
+            .collect();
+        serde_json::json!({
+            "site": site,
+            "total_ms": self.started.elapsed().as_millis() as u64,
+            "steps": steps,
+        })
+        .to_string()
+    }
+
     fn table(&self, site: &str) -> String {
         let width = self.done.iter().map(|d| d.0.len()).max().unwrap_or(0);
         let mut out = format!(
@@ -83,8 +98,21 @@ fn seconds(ms: u64) -> String {
     format!("{:.3} s", ms as f64 / 1000.0)
 }
 
+/// How the rebuilt site's agent runs, and where the stopwatch goes.
+#[derive(Debug, Default)]
+pub struct RebuildOptions {
+    pub agent: crate::agent::AgentOptions,
+    /// The stopwatch as JSON, written once the site rejoined (a drill reads it).
+    pub steps_json: Option<PathBuf>,
+}
+
 /// `outlast rebuild`: the steps above, then the agent until `shutdown`.
-pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    site: &str,
+    opts: RebuildOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let me = config
         .site(site)
         .with_context(|| {
@@ -172,12 +200,7 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
     }
 
     // 4. The agent, and the rejoin.
-    let agent = crate::agent::run(
-        config.clone(),
-        site,
-        crate::agent::AgentOptions::default(),
-        shutdown.clone(),
-    );
+    let agent = crate::agent::run(config.clone(), site, opts.agent, shutdown.clone());
     tokio::pin!(agent);
     let api = me.api_addr().to_string();
     watch.lap("agent started", format!("serving on {api}"));
@@ -192,6 +215,11 @@ pub async fn run(config: Config, site: &str, shutdown: CancellationToken) -> any
         Some(said) => {
             watch.lap("rejoined", said);
             print!("{}", watch.table(site));
+            if let Some(path) = &opts.steps_json {
+                if let Err(e) = std::fs::write(path, watch.json(site)) {
+                    eprintln!("cannot write {}: {e}", path.display());
+                }
+            }
             println!("the agent goes on running (SIGTERM stops it)");
         }
         None => eprintln!(

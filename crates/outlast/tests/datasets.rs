@@ -1583,3 +1583,129 @@ password_file = "{pass}"
         "commits acknowledged {oldest_lost_ms} ms before the loss are missing: {missing:?}"
     );
 }
+
+/// A drill's `wipe` and `rebuild` faults: east (the primary) is lost with every byte it
+/// kept while the drill commits 200 rows/s, then rebuilt by `outlast rebuild`; the report
+/// times each step of the rebuild, shows the newest verified restore of the dataset's
+/// backup, and no acknowledged commit is lost.
+#[test]
+fn a_drill_wipes_a_site_and_times_its_rebuild() {
+    if !postgres_installed() {
+        println!("PostgreSQL is not installed (apt-get install postgresql): skipped");
+        return;
+    }
+    let b = 10_200u16;
+    let mut opts = Opts::new(b);
+    // West stays the primary while east is rebuilt from it.
+    opts.failback_after = "1h";
+    let repo = tempfile::tempdir().expect("tempdir");
+    let pass = repo.path().join("backup.pass");
+    std::fs::write(&pass, "drill test password\n").expect("write");
+    opts.extra = format!(
+        r#"{}
+[[backups]]
+name = "orders"
+source = "dataset:orders"
+every = "1h"
+verify_every = "1h"
+wal = true
+wal_every = "2s"
+[[backups.repos]]
+url = "file://{}"
+password_file = "{}"
+"#,
+        dataset_config(b, "sync"),
+        repo.path().join("repo").display(),
+        pass.display()
+    );
+    let c = Cluster::new(opts);
+    let _reaper = PgReaper(vec![
+        c.dir.path().join("east/pg"),
+        c.dir.path().join("west/pg"),
+    ]);
+    let scenario = c.dir.path().join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        r#"name = "wipe-east"
+duration = "30s"
+[workload]
+dataset = "orders"
+write_rate = 200
+[[steps]]
+at = "6s"
+fault = "wipe"
+site = "east"
+[[steps]]
+at = "10s"
+fault = "rebuild"
+site = "east"
+[expect]
+db_lost = "== 0"
+rebuild_ms = "< 60000"
+"#,
+    )
+    .expect("scenario");
+    let report = c.dir.path().join("report");
+    let out = std::process::Command::new(common::bin())
+        .args(["drill", "--config"])
+        .arg(&c.config)
+        .arg("--scenario")
+        .arg(&scenario)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .expect("outlast drill");
+    let text = std::fs::read_to_string(report.join("report.json")).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let r: Value = serde_json::from_str(&text).expect("report json");
+    println!("rebuilds: {}", r["rebuilds"]);
+    println!("restores: {}", r["restores"]);
+    println!("db: {}", r["db"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "every expectation holds: {}",
+        r["expectations"]
+    );
+    let rb = &r["rebuilds"][0];
+    assert_eq!(rb["site"], "east", "{rb}");
+    let total = rb["total_ms"].as_u64().expect("the rebuild rejoined");
+    let steps = rb["steps"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "cluster state",
+            "dataset orders",
+            "agent started",
+            "rejoined"
+        ],
+        "{rb}"
+    );
+    assert!(
+        steps[1]["said"]
+            .as_str()
+            .is_some_and(|s| s.contains("cloned from the primary at west")),
+        "{rb}"
+    );
+    let sum: u64 = steps.iter().filter_map(|s| s["ms"].as_u64()).sum();
+    assert!(sum <= total + 5, "the steps add up to the total: {rb}");
+    assert_eq!(r["db"]["lost"], 0, "{}", r["db"]);
+    let restore = &r["restores"][0];
+    assert_eq!(restore["backup"], "orders", "{}", r["restores"]);
+    assert!(restore["restore_ms"].as_u64().unwrap_or(0) > 0, "{restore}");
+    let html = std::fs::read_to_string(report.join("index.html")).expect("index.html");
+    assert!(
+        html.contains("Rebuild of east"),
+        "the page shows the rebuild"
+    );
+    assert!(
+        html.contains("Restores from backup"),
+        "the page shows the newest verified restore"
+    );
+}

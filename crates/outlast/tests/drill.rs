@@ -187,7 +187,7 @@ fn a_bad_scenario_is_refused_with_line_and_column() {
     let (config, scenario) = setup(
         dir.path(),
         7920,
-        "[[steps]]\nat = \"3s\"\nfault = \"explode\"\nsite = \"mars\"\n",
+        "[[steps]]\nat = \"3s\"\nfault = \"explode\"\nsite = \"mars\"\n[[steps]]\nat = \"4s\"\nfault = \"rebuild\"\nsite = \"east\"\n",
         "",
     );
     let out = Command::new(common::bin())
@@ -201,6 +201,10 @@ fn a_bad_scenario_is_refused_with_line_and_column() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("scenario.toml:10:9: fault \"explode\" is not known"),
+        "{err}"
+    );
+    assert!(
+        err.contains("scenario.toml:14:9: rebuild east comes after no wipe of east"),
         "{err}"
     );
     // Nothing was started: the ports are free.
