@@ -90,6 +90,9 @@ struct Entry {
     /// The agent's start (Unix ms): a verify is late only once twice `verify_every` has
     /// passed since then or since the last verified restore.
     since_ms: u64,
+    /// Which repository the next verify restores from (in [`repo_order`]): each in turn, so
+    /// every repository is proven, not just the first.
+    verify_next: std::sync::atomic::AtomicUsize,
     /// Whether this site may create the repositories when they are missing: for a path,
     /// only the first data site (every data site writes to them); for a dataset, the one
     /// site that takes its snapshots.
@@ -161,6 +164,7 @@ impl Backups {
                     takes: AtomicBool::new(false),
                     home: Mutex::new(None),
                     since_ms: now,
+                    verify_next: std::sync::atomic::AtomicUsize::new(0),
                     may_create: match &b.source {
                         BackupSource::Path(_) => {
                             config
@@ -650,7 +654,8 @@ impl Backups {
         // A path's snapshots are this site's own; a dataset's newest from any site.
         let host = matches!(b.source, BackupSource::Path(_)).then(|| self.me.clone());
         let repos = repo_order(b, home.as_deref());
-        let Some(repo) = repos.first().map(|r| (*r).clone()) else {
+        let turn = e.verify_next.fetch_add(1, Ordering::SeqCst);
+        let Some(repo) = repos.get(turn % repos.len().max(1)).map(|r| (*r).clone()) else {
             return Err((String::new(), "the backup has no repository".into()));
         };
         let url = repo.url.clone();
