@@ -244,3 +244,233 @@ command = ["sh", "-c", "cat > '{dir}/'\"$OUTLAST_IDEMPOTENCY_KEY\".json"]
     let log = std::fs::read_to_string(c.log_path(&sender)).expect("log");
     assert!(log.contains("alert not delivered"), "the failure is logged");
 }
+
+/// One request as a provider's endpoint got it.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+/// Records every request to 127.0.0.1:`port`; answers each path the way its provider does
+/// (Slack 200 "ok", PagerDuty 202, Twilio 201, a heartbeat 200).
+fn provider(port: u16) -> Arc<Mutex<Vec<Seen>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind provider");
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut headers = BTreeMap::new();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.trim_end().split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                }
+            }
+            let len: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let (status, answer) = if path.starts_with("/slack") {
+                (200, "ok")
+            } else if path.starts_with("/v2/enqueue") {
+                (202, r#"{"status":"success","message":"Event processed"}"#)
+            } else if path.contains("/Messages.json") {
+                (201, r#"{"sid":"SM123","status":"queued"}"#)
+            } else {
+                (200, "OK")
+            };
+            out.lock().expect("lock").push(Seen {
+                at: Instant::now(),
+                path,
+                headers,
+                body: String::from_utf8_lossy(&body).to_string(),
+            });
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    seen
+}
+
+#[test]
+fn alert_presets_speak_each_providers_request_and_the_heartbeat_follows_the_leader() {
+    let base = 10_300;
+    let port = base + 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("pd.key");
+    std::fs::write(&key_file, "R0UTING0KEY0000000000000000000001\n").expect("write");
+    let token_file = dir.path().join("twilio.token");
+    std::fs::write(&token_file, "tw-token-1\n").expect("write");
+    let seen = provider(port);
+    let mut opts = Opts::new(base);
+    opts.extra = format!(
+        r#"
+[[alerts]]
+kind = "slack"
+url = "http://127.0.0.1:{port}/slack/T000/B000/XXXX"
+[[alerts]]
+kind = "pagerduty"
+url = "http://127.0.0.1:{port}/v2/enqueue"
+routing_key_file = "{key}"
+[[alerts]]
+kind = "twilio"
+url = "http://127.0.0.1:{port}"
+account_sid = "AC123"
+auth_token_file = "{token}"
+from = "+15005550006"
+to = ["+15551234567"]
+[[alerts]]
+kind = "heartbeat"
+url = "http://127.0.0.1:{port}/beat"
+every = "1s"
+"#,
+        key = key_file.display(),
+        token = token_file.display()
+    );
+    let mut c = Cluster::new(opts);
+    c.start_all();
+    c.wait_healthy();
+    let beats_from = |who: &str, after: Instant| -> usize {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.path == "/beat" && s.at > after)
+            .filter(|s| serde_json::from_str::<Value>(&s.body).is_ok_and(|v| v["sent_by"] == who))
+            .count()
+    };
+    let leader = c.status("west").expect("status")["leader"]
+        .as_str()
+        .expect("a leader")
+        .to_string();
+    let t = Instant::now();
+    wait(
+        Duration::from_secs(10),
+        "heartbeats from the leader",
+        || (beats_from(&leader, t) >= 2).then_some(()),
+    );
+
+    // The leader is lost: its pings stop, the new leader's begin, and the site-down goes
+    // out through each preset.
+    c.kill9(&leader);
+    let killed = Instant::now();
+    let new_leader = wait(Duration::from_secs(15), "a new leader", || {
+        let site = ["east", "west", "witness"]
+            .into_iter()
+            .find(|s| *s != leader)?;
+        let l = c.status(site)?["leader"].as_str()?.to_string();
+        (l != leader).then_some(l)
+    });
+    wait(
+        Duration::from_secs(10),
+        "heartbeats from the new leader",
+        || (beats_from(&new_leader, killed) >= 2).then_some(()),
+    );
+    assert_eq!(
+        beats_from(&leader, killed + Duration::from_millis(200)),
+        0,
+        "a dead leader sends no heartbeat"
+    );
+    let gap = {
+        let all = seen.lock().expect("lock");
+        let first_new = all
+            .iter()
+            .filter(|s| s.path == "/beat" && s.at > killed)
+            .map(|s| s.at)
+            .min()
+            .expect("a beat");
+        first_new.duration_since(killed)
+    };
+    println!("heartbeat: {leader} killed, {new_leader} pinged {gap:?} later");
+
+    let find = |pred: &dyn Fn(&Seen) -> bool| -> Option<Seen> {
+        seen.lock().expect("lock").iter().find(|s| pred(s)).cloned()
+    };
+    let down_text = format!("site {leader} is down");
+    let slack = wait(Duration::from_secs(15), "slack", || {
+        find(&|s| s.path.starts_with("/slack") && s.body.contains(&down_text))
+    });
+    assert_eq!(slack.path, "/slack/T000/B000/XXXX");
+    assert!(
+        slack.headers["content-type"].starts_with("application/json"),
+        "{slack:?}"
+    );
+    let v: Value = serde_json::from_str(&slack.body).expect("json");
+    assert_eq!(
+        v["text"],
+        format!("[outlast shop] {down_text}"),
+        "Slack's incoming webhook takes {{\"text\"}}: {v}"
+    );
+
+    let pd = wait(Duration::from_secs(15), "pagerduty trigger", || {
+        find(&|s| s.path == "/v2/enqueue" && s.body.contains(&down_text))
+    });
+    let v: Value = serde_json::from_str(&pd.body).expect("json");
+    assert_eq!(v["routing_key"], "R0UTING0KEY0000000000000000000001");
+    assert_eq!(v["event_action"], "trigger");
+    assert_eq!(v["dedup_key"], format!("shop-site-{leader}"));
+    assert_eq!(v["payload"]["severity"], "critical");
+    assert_eq!(v["payload"]["source"], leader.as_str());
+    assert_eq!(v["payload"]["class"], "site-down");
+    assert!(
+        v["payload"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains(&down_text)),
+        "{v}"
+    );
+    assert!(
+        v["payload"]["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.len() == 24 && t.ends_with('Z') && t.contains('T')),
+        "an ISO 8601 timestamp: {v}"
+    );
+
+    let sms = wait(Duration::from_secs(15), "twilio", || {
+        find(&|s| s.path.contains("/Messages.json") && s.body.contains("is+down"))
+    });
+    assert_eq!(sms.path, "/2010-04-01/Accounts/AC123/Messages.json");
+    assert_eq!(
+        sms.headers["authorization"], "Basic QUMxMjM6dHctdG9rZW4tMQ==",
+        "HTTP basic auth with the account SID and auth token"
+    );
+    assert_eq!(
+        sms.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    assert!(
+        sms.body.contains("To=%2B15551234567") && sms.body.contains("From=%2B15005550006"),
+        "{}",
+        sms.body
+    );
+
+    // Back: PagerDuty's incident resolves under the same dedup key.
+    c.start(&leader);
+    let key = format!("\"dedup_key\":\"shop-site-{leader}\"");
+    let resolve = wait(Duration::from_secs(30), "pagerduty resolve", || {
+        find(&|s| {
+            s.path == "/v2/enqueue" && s.body.contains("\"resolve\"") && s.body.contains(&key)
+        })
+    });
+    let v: Value = serde_json::from_str(&resolve.body).expect("json");
+    assert_eq!(v["dedup_key"], format!("shop-site-{leader}"), "{v}");
+    assert_eq!(v["routing_key"], "R0UTING0KEY0000000000000000000001");
+}

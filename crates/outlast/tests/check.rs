@@ -492,3 +492,53 @@ fn hostile_configs_are_refused_at_once_with_their_place() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
 }
+
+#[test]
+fn alert_presets_name_what_they_miss_and_what_they_do_not_read() {
+    let text = format!(
+        r#"{VALID}
+[[alerts]]
+kind = "pagerduty"
+[[alerts]]
+kind = "twilio"
+url = "ftp://sms"
+[[alerts]]
+kind = "slack"
+url = "https://hooks.slack.com/services/T/B/X"
+every = "1m"
+[[alerts]]
+kind = "heartbeat"
+url = "https://hc-ping.com/abc"
+every = "10ms"
+"#
+    );
+    let c = check(&text);
+    expect_line(
+        &c,
+        &text,
+        "[[alerts]]",
+        0,
+        "a pagerduty alert needs its routing_key; add routing_key_file = \"routing_key.txt\" (a file holding it, readable by the agent only)",
+    );
+    expect_line(
+        &c,
+        &text,
+        "\"ftp://sms\"",
+        0,
+        "twilio url \"ftp://sms\" is not http(s); write it as \"https://api.twilio.com\"",
+    );
+    expect_line(
+        &c,
+        &text,
+        "\"1m\"",
+        0,
+        "every is not read by a slack alert; drop it (it is for kind = heartbeat)",
+    );
+    expect_line(
+        &c,
+        &text,
+        "\"10ms\"",
+        0,
+        "every = \"10ms\" is shorter than a second; give \"1m\" or so (the watcher's grace period is longer)",
+    );
+}

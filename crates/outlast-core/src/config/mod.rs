@@ -490,6 +490,45 @@ pub enum Alert {
     Command {
         argv: Vec<String>,
     },
+    /// A Slack incoming webhook (`{"text": ...}`).
+    Slack {
+        url: String,
+    },
+    /// PagerDuty Events API v2: trigger, and resolve with the same dedup key.
+    PagerDuty {
+        url: String,
+        #[serde(skip)]
+        routing_key: String,
+    },
+    /// SMS through Twilio's Messages API (or a compatible one at `url`).
+    Twilio {
+        url: String,
+        account_sid: String,
+        #[serde(skip)]
+        auth_token: String,
+        from: String,
+        to: Vec<String>,
+    },
+    /// Pinged by the leader every `every`: an outside watcher notices the silence.
+    Heartbeat {
+        url: String,
+        every: Duration,
+    },
+}
+
+impl Alert {
+    /// What it is called in logs and metrics.
+    pub fn channel(&self) -> &'static str {
+        match self {
+            Alert::Webhook { .. } => "webhook",
+            Alert::Smtp { .. } => "smtp",
+            Alert::Command { .. } => "command",
+            Alert::Slack { .. } => "slack",
+            Alert::PagerDuty { .. } => "pagerduty",
+            Alert::Twilio { .. } => "twilio",
+            Alert::Heartbeat { .. } => "heartbeat",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

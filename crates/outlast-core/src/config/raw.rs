@@ -151,6 +151,14 @@ pub struct RawAlert {
     pub to: Vec<S<String>>,
     #[serde(default)]
     pub command: Vec<S<String>>,
+    /// pagerduty: the integration's routing key (or from a file).
+    pub routing_key: Option<S<String>>,
+    pub routing_key_file: Option<S<String>>,
+    /// twilio: the account, and its auth token from a file.
+    pub account_sid: Option<S<String>>,
+    pub auth_token_file: Option<S<String>>,
+    /// heartbeat: how often the leader pings.
+    pub every: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

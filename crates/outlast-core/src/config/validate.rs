@@ -247,7 +247,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
     super::datasets::link(ctx, &raw.services, &services, &mut datasets, &raw.datasets);
     let streams = streams(ctx, &raw.streams, &site_names, base);
     let backups = super::backups::backups(ctx, &raw.backups, &datasets, &site_names, base);
-    let alerts = alerts(ctx, &raw.alerts);
+    let alerts = alerts(ctx, &raw.alerts, base);
     let api = api(ctx, raw.api.as_ref(), base);
     clashes(ctx, &raw, &sites, dns.as_ref(), &services, &datasets);
     let mut warnings = Vec::new();
@@ -997,10 +997,11 @@ fn streams(
     out
 }
 
-fn alerts(ctx: &mut Ctx<'_>, raw: &[S<RawAlert>]) -> Vec<Alert> {
+fn alerts(ctx: &mut Ctx<'_>, raw: &[S<RawAlert>], base: &Path) -> Vec<Alert> {
     let mut out = Vec::new();
     for a in raw {
         let r = a.get_ref();
+        stray_alert_fields(ctx, r);
         match r.kind.get_ref().as_str() {
             "webhook" => match &r.url {
                 Some(u)
@@ -1058,14 +1059,187 @@ fn alerts(ctx: &mut Ctx<'_>, raw: &[S<RawAlert>]) -> Vec<Alert> {
                     });
                 }
             }
+            "slack" => {
+                if let Some(url) = http_url(ctx, a, r, "slack", "https://hooks.slack.com/services/T000/B000/XXXX") {
+                    out.push(Alert::Slack { url });
+                }
+            }
+            "pagerduty" => {
+                let url = match &r.url {
+                    None => Some("https://events.pagerduty.com/v2/enqueue".to_string()),
+                    Some(_) => http_url(ctx, a, r, "pagerduty", "https://events.pagerduty.com/v2/enqueue"),
+                };
+                let key = secret(ctx, a, base, r.routing_key.as_ref(), r.routing_key_file.as_ref(), "pagerduty", "routing_key");
+                if let (Some(url), Some(routing_key)) = (url, key) {
+                    out.push(Alert::PagerDuty { url, routing_key });
+                }
+            }
+            "twilio" => {
+                let url = match &r.url {
+                    None => Some("https://api.twilio.com".to_string()),
+                    Some(_) => http_url(ctx, a, r, "twilio", "https://api.twilio.com"),
+                };
+                let token = secret(ctx, a, base, None, r.auth_token_file.as_ref(), "twilio", "auth_token");
+                let sid = r.account_sid.as_ref().map(|s| s.get_ref().trim().to_string()).filter(|s| !s.is_empty());
+                let from = r.from.as_ref().map(|s| s.get_ref().trim().to_string()).filter(|s| !s.is_empty());
+                if sid.is_none() || from.is_none() || r.to.is_empty() {
+                    ctx.at(
+                        a.span(),
+                        "a twilio alert needs account_sid, from and to",
+                        "add account_sid = \"AC...\", from = \"+15005550006\" and to = [\"+15551234567\"]",
+                    );
+                }
+                if let (Some(url), Some(auth_token), Some(account_sid), Some(from)) = (url, token, sid, from) {
+                    if !r.to.is_empty() {
+                        out.push(Alert::Twilio {
+                            url,
+                            account_sid,
+                            auth_token,
+                            from,
+                            to: r.to.iter().map(|t| t.get_ref().clone()).collect(),
+                        });
+                    }
+                }
+            }
+            "heartbeat" => {
+                let every = ctx.duration("every", r.every.as_ref(), Duration::from_secs(60));
+                if every < Duration::from_secs(1) {
+                    if let Some(e) = &r.every {
+                        ctx.at(e.span(), format!("every = \"{}\" is shorter than a second", e.get_ref()), "give \"1m\" or so (the watcher's grace period is longer)");
+                    }
+                }
+                if let Some(url) = http_url(ctx, a, r, "heartbeat", "https://hc-ping.com/YOUR-UUID") {
+                    out.push(Alert::Heartbeat { url, every });
+                }
+            }
             other => ctx.at(
                 r.kind.span(),
                 format!("alert kind \"{other}\" is not known"),
-                "use \"webhook\", \"smtp\" or \"command\"",
+                "use \"webhook\", \"smtp\", \"command\", \"slack\", \"pagerduty\", \"twilio\" or \"heartbeat\"",
             ),
         }
     }
     out
+}
+
+/// A field that the alert's kind does not read is an error, not silently ignored.
+fn stray_alert_fields(ctx: &mut Ctx<'_>, r: &RawAlert) {
+    let kind = r.kind.get_ref().as_str();
+    type Field<'a> = (&'a str, Option<Range<usize>>, &'a [&'a str]);
+    let fields: [Field<'_>; 8] = [
+        (
+            "url",
+            r.url.as_ref().map(|x| x.span()),
+            &["webhook", "slack", "pagerduty", "twilio", "heartbeat"],
+        ),
+        ("server", r.server.as_ref().map(|x| x.span()), &["smtp"]),
+        (
+            "from",
+            r.from.as_ref().map(|x| x.span()),
+            &["smtp", "twilio"],
+        ),
+        (
+            "routing_key",
+            r.routing_key.as_ref().map(|x| x.span()),
+            &["pagerduty"],
+        ),
+        (
+            "routing_key_file",
+            r.routing_key_file.as_ref().map(|x| x.span()),
+            &["pagerduty"],
+        ),
+        (
+            "account_sid",
+            r.account_sid.as_ref().map(|x| x.span()),
+            &["twilio"],
+        ),
+        (
+            "auth_token_file",
+            r.auth_token_file.as_ref().map(|x| x.span()),
+            &["twilio"],
+        ),
+        ("every", r.every.as_ref().map(|x| x.span()), &["heartbeat"]),
+    ];
+    for (field, span, kinds) in fields {
+        if let Some(span) = span {
+            if !kinds.contains(&kind) {
+                ctx.at(
+                    span,
+                    format!("{field} is not read by a {kind} alert"),
+                    format!("drop it (it is for kind = {})", kinds.join(" or ")),
+                );
+            }
+        }
+    }
+}
+
+/// The alert's `url`, which must be http(s).
+fn http_url(
+    ctx: &mut Ctx<'_>,
+    a: &S<RawAlert>,
+    r: &RawAlert,
+    kind: &str,
+    example: &str,
+) -> Option<String> {
+    match &r.url {
+        Some(u) if u.get_ref().starts_with("http://") || u.get_ref().starts_with("https://") => {
+            Some(u.get_ref().clone())
+        }
+        Some(u) => {
+            ctx.at(
+                u.span(),
+                format!("{kind} url \"{}\" is not http(s)", u.get_ref()),
+                format!("write it as \"{example}\""),
+            );
+            None
+        }
+        None => {
+            ctx.at(
+                a.span(),
+                format!("a {kind} alert needs a url"),
+                format!("add url = \"{example}\""),
+            );
+            None
+        }
+    }
+}
+
+/// A secret given inline (`inline`) or in a file (`file`, relative to the config).
+fn secret(
+    ctx: &mut Ctx<'_>,
+    a: &S<RawAlert>,
+    base: &Path,
+    inline: Option<&S<String>>,
+    file: Option<&S<String>>,
+    kind: &str,
+    field: &str,
+) -> Option<String> {
+    if let Some(v) = inline.filter(|v| !v.get_ref().trim().is_empty()) {
+        return Some(v.get_ref().trim().to_string());
+    }
+    let Some(f) = file else {
+        ctx.at(a.span(), format!("a {kind} alert needs its {field}"), format!("add {field}_file = \"{field}.txt\" (a file holding it, readable by the agent only)"));
+        return None;
+    };
+    match read_secret(&resolve(base, f.get_ref())) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        Ok(_) => {
+            ctx.at(
+                f.span(),
+                format!("the {field}_file is empty"),
+                format!("write the {field} in it"),
+            );
+            None
+        }
+        Err(e) => {
+            ctx.at(
+                f.span(),
+                format!("cannot read {field}_file: {e}"),
+                "create the file or fix the path",
+            );
+            None
+        }
+    }
 }
 
 fn api(ctx: &mut Ctx<'_>, raw: Option<&S<RawApi>>, base: &Path) -> Api {

@@ -1084,6 +1084,27 @@ pub async fn run(
             outlast_dns::push::run(me.address, targets, zone, leads, every, stop).await
         });
     }
+    // The dead-man's switch: the leader pings each heartbeat target.
+    if agent
+        .config
+        .alerts
+        .iter()
+        .any(|a| matches!(a, outlast_core::config::Alert::Heartbeat { .. }))
+    {
+        let stop = back.token();
+        let leads = {
+            let agent = agent.clone();
+            move || agent.is_leader()
+        };
+        let (targets, cluster) = (
+            agent.config.alerts.clone(),
+            agent.config.cluster.name.clone(),
+        );
+        let me = agent.me.clone();
+        back.spawn("heartbeat", async move {
+            alerts::heartbeat(targets, cluster, me, leads, stop).await
+        });
+    }
     // Apply committed changes.
     {
         let agent = agent.clone();
