@@ -354,6 +354,11 @@ impl Member {
                     "the data dir is empty and another member's server runs: this site will not start an empty primary beside it; move the primary to a member with data".into(),
                 ));
             }
+            if let Some(why) = &pg.spec.refuse_initdb {
+                return Err(PgError::Refused(format!(
+                    "the data dir is empty and no other member's server answers, but {why}: this site will not start an empty primary in its place"
+                )));
+            }
             self.status.role = Role::Cloning;
             pg.initdb().await?;
             self.slots_made = false;
@@ -710,6 +715,7 @@ mod tests {
             clients: Vec::new(),
             settings: BTreeMap::new(),
             wal: None,
+            refuse_initdb: None,
         };
         let mut m = Member::new(Postgres::new(spec));
         m.status.sync_names = Some(sync_names.into());

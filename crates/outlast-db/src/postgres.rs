@@ -71,6 +71,9 @@ pub struct PgSpec {
     pub settings: BTreeMap<String, String>,
     /// WAL archived continuously into a local spool (a `[[backups]]` with `wal = true`).
     pub wal: Option<WalArchive>,
+    /// Why this member must not make a new, empty cluster when its data dir is empty
+    /// (its dataset's data exists elsewhere: a backup holds it); none: it may.
+    pub refuse_initdb: Option<String>,
 }
 
 /// Continuous archiving of a member's WAL: every completed segment (a standby's too:
@@ -1067,6 +1070,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             wal: None,
+            refuse_initdb: None,
         }
     }
 

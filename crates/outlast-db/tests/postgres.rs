@@ -51,6 +51,7 @@ fn spec(me: &str, dir: &Path, port: u16, bin: &Path) -> PgSpec {
             .into_iter()
             .collect(),
         wal: None,
+        refuse_initdb: None,
     }
 }
 

@@ -1520,6 +1520,35 @@ password_file = "{pass}"
     w.join().expect("writer");
     let acked = acked.lock().expect("acked").clone();
 
+    // Started as a plain agent instead, the wiped site must not make an empty primary in
+    // the data's place: its backup holds the data.
+    c.start("east");
+    c.wait_for(
+        "east",
+        Duration::from_secs(60),
+        "east refuses to start empty",
+        |st| {
+            member(st, "east")["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("will not start an empty primary"))
+        },
+    );
+    let said = c.status("east").expect("status");
+    println!(
+        "a plain agent on the wiped east: {}",
+        member(&said, "east")["error"]
+    );
+    assert!(
+        outlast_db::running_postmaster(&east_pg_dir).is_none(),
+        "no server runs on the empty dir"
+    );
+    c.kill9("east");
+    for dir in [&east_pg_dir, &east_spool, &east_state] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).expect("wipe again");
+        }
+    }
+
     let out_path = c.dir.path().join("rebuild.out");
     let out = std::fs::File::create(&out_path).expect("out");
     let log_path = c.dir.path().join("rebuild.log");

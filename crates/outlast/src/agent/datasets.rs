@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use outlast_control::state::{ClusterState, SiteState};
-use outlast_core::config::{BackupSource, Config, Dataset, DatasetKind, Replication, StandbyLost};
+use outlast_core::config::{
+    Backup, BackupSource, Config, Dataset, DatasetKind, Replication, StandbyLost,
+};
 use outlast_core::status::{DatasetMemberStatus, DatasetStatus, DivergedStatus};
 use outlast_db::member::{Alone, Handover, MemberStatus, Remote, Role, Want};
 use outlast_db::{PgSpec, Postgres, Redis, RedisSpec, Server};
@@ -101,6 +103,7 @@ pub fn spec_for(
         clients,
         settings: d.postgres.settings.clone(),
         wal,
+        refuse_initdb: None,
     })
 }
 
@@ -182,6 +185,61 @@ pub(crate) fn server_for(
     })
 }
 
+/// How long an empty member waits for its dataset's backups to say whether they hold it.
+const BACKUPS_ASKED_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `dataset`'s data exists in one of its `backups` (then an empty member must not
+/// start an empty cluster): why, or none when every repository is empty or not made yet. A
+/// repository that cannot be read counts as holding it: an empty primary in place of real
+/// data is the one outcome to avoid.
+async fn data_elsewhere(dataset: &str, backups: Vec<Backup>) -> Option<String> {
+    let d = dataset.to_string();
+    let ask = tokio::task::spawn_blocking(move || {
+        for b in &backups {
+            for r in &b.repos {
+                let open = match outlast_backup::open(r, outlast_backup::NoProgressBars) {
+                    Ok(o) => o,
+                    Err(outlast_backup::Error::Empty { .. }) => continue,
+                    Err(e) => {
+                        return Some(format!(
+                            "backup {} of dataset {d} could not be read to tell whether it holds the data ({e})",
+                            b.name
+                        ))
+                    }
+                };
+                match outlast_backup::snapshots(&open, &r.url, &b.name) {
+                    Ok(s) if s.is_empty() => {}
+                    Ok(s) => {
+                        return Some(format!(
+                            "backup {} holds {} snapshots of dataset {d} in {}: its data exists. Bring this site back with `outlast rebuild` (on an empty site) or the data with `outlast restore`, or make a member that has the data primary",
+                            b.name,
+                            s.len(),
+                            r.url
+                        ))
+                    }
+                    Err(e) => {
+                        return Some(format!(
+                            "backup {} of dataset {d} could not be listed to tell whether it holds the data ({e})",
+                            b.name
+                        ))
+                    }
+                }
+            }
+        }
+        None
+    });
+    match tokio::time::timeout(BACKUPS_ASKED_WITHIN, ask).await {
+        Ok(Ok(said)) => said,
+        Ok(Err(e)) => Some(format!(
+            "asking the backups of dataset {dataset} failed ({e})"
+        )),
+        Err(_) => Some(format!(
+            "the backups of dataset {dataset} did not answer within {} s",
+            BACKUPS_ASKED_WITHIN.as_secs()
+        )),
+    }
+}
+
 struct Member {
     dataset: String,
     service: String,
@@ -240,14 +298,30 @@ impl Datasets {
 
     /// Starts the member loops (once) in `workers`. Until the first [`Self::update`] a loop
     /// wants nothing: no server starts writable before the committed state is known.
-    pub fn spawn(&self, workers: &mut Workers) {
+    pub fn spawn(&self, config: &Config, workers: &mut Workers) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         for (server, want, status, others) in pending {
             let name = server.dataset().to_string();
-            workers.spawn(
-                format!("dataset {name}"),
-                server.clone().run(want, status, workers.token()),
-            );
+            let backups: Vec<Backup> = config
+                .backups
+                .iter()
+                .filter(|b| b.source == BackupSource::Dataset(name.clone()))
+                .cloned()
+                .collect();
+            let run = server.clone();
+            let token = workers.token();
+            workers.spawn(format!("dataset {name}"), async move {
+                let run = match run {
+                    // An empty PostgreSQL member first asks its dataset's backups whether
+                    // the data exists: if it does, it never makes an empty cluster.
+                    Server::Postgres(mut pg) if !pg.has_data() && !backups.is_empty() => {
+                        pg.spec.refuse_initdb = data_elsewhere(&pg.spec.dataset, backups).await;
+                        Server::Postgres(pg)
+                    }
+                    other => other,
+                };
+                run.run(want, status, token).await
+            });
             workers.spawn(
                 format!("dataset {name} watch"),
                 server.watch_others(others, workers.token()),

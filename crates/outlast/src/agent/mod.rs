@@ -1009,7 +1009,7 @@ pub async fn run(
         });
     }
 
-    agent.datasets.spawn(&mut back);
+    agent.datasets.spawn(&agent.config, &mut back);
     agent.backups.spawn(&mut back);
     agent.relay.start(
         Arc::new(RelayTransport {
