@@ -26,21 +26,26 @@ pub fn now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
-/// A time (Unix ms) in UTC as `YYYY-MM-DD HH:MM:SS.mmm+00`, the form PostgreSQL reads a
-/// `timestamptz` in whatever its `TimeZone`.
-pub fn utc_text(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let in_day = ms.rem_euclid(86_400_000);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+/// The civil date (proleptic Gregorian year, month 1-12, day 1-31) of a day counted from
+/// 1970-01-01.
+pub fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// A time (Unix ms) in UTC as `YYYY-MM-DD HH:MM:SS.mmm+00`, the form PostgreSQL reads a
+/// `timestamptz` in whatever its `TimeZone`.
+pub fn utc_text(ms: i64) -> String {
+    let (y, m, d) = civil(ms.div_euclid(86_400_000));
+    let in_day = ms.rem_euclid(86_400_000);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}+00",
         in_day / 3_600_000,
@@ -48,6 +53,12 @@ pub fn utc_text(ms: i64) -> String {
         in_day / 1000 % 60,
         in_day % 1000
     )
+}
+
+/// A time (Unix ms) as RFC 3339 in UTC with milliseconds: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339(ms: i64) -> String {
+    let t = utc_text(ms);
+    format!("{}Z", t.replacen(' ', "T", 1).trim_end_matches("+00"))
 }
 
 #[cfg(test)]

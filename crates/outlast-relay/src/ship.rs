@@ -197,24 +197,10 @@ pub async fn read_sinks(
     Ok((out, differ))
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 /// `yyyy-mm-ddThh:mm:ssZ` of a Unix time in milliseconds.
 pub fn utc_timestamp(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
-    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let (y, m, d) = outlast_core::clock::civil(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
@@ -227,7 +213,7 @@ pub fn utc_timestamp(ms: u64) -> String {
 /// The object key of a batch (without the sink's prefix).
 pub fn object_key(stream: &str, origin: &str, first: u64, last: u64, accepted_ms: u64) -> String {
     let secs = (accepted_ms / 1000) as i64;
-    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let (y, m, d) = outlast_core::clock::civil(secs.div_euclid(86_400));
     let h = secs.rem_euclid(86_400) / 3600;
     format!("{stream}/{y:04}/{m:02}/{d:02}/{h:02}/{origin}-{first:020}-{last:020}.ndjson.zst")
 }
@@ -781,8 +767,8 @@ mod tests {
             object_key("clicks", "east", 1, 1000, ms),
             "clicks/2026/11/22/13/east-00000000000000000001-00000000000000001000.ndjson.zst"
         );
-        assert_eq!(civil(0), (1970, 1, 1));
-        assert_eq!(civil(-1), (1969, 12, 31));
-        assert_eq!(civil(11_016), (2000, 2, 29));
+        assert_eq!(outlast_core::clock::civil(0), (1970, 1, 1));
+        assert_eq!(outlast_core::clock::civil(-1), (1969, 12, 31));
+        assert_eq!(outlast_core::clock::civil(11_016), (2000, 2, 29));
     }
 }

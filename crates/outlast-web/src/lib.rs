@@ -18,6 +18,7 @@ mod events;
 mod faults;
 mod moves;
 pub mod serve;
+pub mod statuspage;
 
 pub use outlast_core::faults::{FaultKind, FaultView};
 
@@ -169,6 +170,9 @@ pub fn router(source: Arc<dyn Source>) -> Router {
         .route("/v1/backups/:name/snapshots", get(backups::snapshots))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/status", get(status_page))
+        .route("/status.json", get(status_json))
+        .route("/status/feed.atom", get(status_feed))
         .route("/", get(dashboard))
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /v1/status".into()) })
         .with_state(source)
@@ -235,6 +239,27 @@ fn render_backups(st: &Status) -> String {
         "<h2>Backups</h2><table><tr><th>backup</th><th>source</th><th>taken here</th><th>running</th>\
          <th>last snapshot</th><th>last verified restore</th><th>state</th></tr>{rows}</table>"
     )
+}
+
+/// The public status page (no token: it is for everyone).
+async fn status_page(State(s): State<Arc<dyn Source>>) -> Response {
+    Html(statuspage::summary(&s.status()).html()).into_response()
+}
+
+async fn status_json(State(s): State<Arc<dyn Source>>) -> Response {
+    (
+        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        Json(statuspage::summary(&s.status()).json()),
+    )
+        .into_response()
+}
+
+async fn status_feed(State(s): State<Arc<dyn Source>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")],
+        statuspage::summary(&s.status()).atom(),
+    )
+        .into_response()
 }
 
 async fn dashboard(State(s): State<Arc<dyn Source>>) -> Response {

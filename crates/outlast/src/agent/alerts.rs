@@ -356,7 +356,7 @@ pub fn pagerduty_body(routing_key: &str, event: &AlertEvent) -> serde_json::Valu
             "summary": format!("[{}] {}", event.cluster, event.message).chars().take(1024).collect::<String>(),
             "source": event.site.clone().unwrap_or_else(|| event.sent_by.clone()),
             "severity": severity,
-            "timestamp": outlast_core::clock::utc_text(event.unix_ms as i64).replacen(' ', "T", 1).replace("+00", "Z"),
+            "timestamp": outlast_core::clock::rfc3339(event.unix_ms as i64),
             "component": event.service.clone().or_else(|| event.site.clone()),
             "group": event.cluster,
             "class": event.kind,

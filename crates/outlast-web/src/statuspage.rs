@@ -1,0 +1,629 @@
+//! The public status page every site serves, the witness included: `/status` (HTML that
+//! needs no JavaScript), `/status.json` (Statuspage's summary shape, so the tools that read
+//! Statuspage read it) and `/status/feed.atom`.
+//!
+//! All three come from one [`Summary`] of what the answering site sees: each site, service,
+//! dataset and stream as a component with a Statuspage state; an open incident per site
+//! that is down or in maintenance, updated by the primary moves it caused; and the latest
+//! primary moves the site saw as past incidents, each with its phases.
+
+use std::fmt::Write as _;
+
+use outlast_core::clock::rfc3339;
+use outlast_core::status::{DatasetStatus, FailoverStatus, ServiceStatus, Status};
+use serde_json::{json, Value};
+
+/// A component's state, in Statuspage's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum State {
+    Operational,
+    UnderMaintenance,
+    Degraded,
+    PartialOutage,
+    MajorOutage,
+}
+
+impl State {
+    pub fn word(self) -> &'static str {
+        match self {
+            State::Operational => "operational",
+            State::UnderMaintenance => "under_maintenance",
+            State::Degraded => "degraded_performance",
+            State::PartialOutage => "partial_outage",
+            State::MajorOutage => "major_outage",
+        }
+    }
+
+    fn said(self) -> &'static str {
+        match self {
+            State::Operational => "Operational",
+            State::UnderMaintenance => "Under maintenance",
+            State::Degraded => "Degraded",
+            State::PartialOutage => "Partial outage",
+            State::MajorOutage => "Major outage",
+        }
+    }
+
+    fn colour(self) -> &'static str {
+        match self {
+            State::Operational => "#2a7",
+            State::UnderMaintenance => "#36c",
+            State::Degraded => "#e90",
+            State::PartialOutage => "#e60",
+            State::MajorOutage => "#d22",
+        }
+    }
+}
+
+/// One component.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub id: String,
+    pub name: String,
+    pub group: &'static str,
+    pub state: State,
+    pub description: String,
+}
+
+/// One incident: open (a site down or in maintenance) or past (a primary move).
+#[derive(Debug, Clone)]
+pub struct Incident {
+    pub id: String,
+    pub name: String,
+    /// `investigating`, `identified`, `monitoring` or `resolved`.
+    pub status: &'static str,
+    /// `none`, `minor`, `major` or `critical`.
+    pub impact: &'static str,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+    pub resolved_ms: Option<u64>,
+    /// (Unix ms, status, what happened), oldest first.
+    pub updates: Vec<(u64, &'static str, String)>,
+    pub components: Vec<String>,
+}
+
+/// The page's content.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub cluster: String,
+    pub seen_by: String,
+    pub at_ms: u64,
+    pub components: Vec<Component>,
+    pub incidents: Vec<Incident>,
+}
+
+pub const GROUPS: [&str; 4] = ["Services", "Datasets", "Streams", "Sites"];
+
+fn service_state(s: &ServiceStatus, st: &Status) -> (State, String) {
+    let down = |site: &str| st.sites.iter().any(|x| x.name == site && x.state == "down");
+    if s.mode == "primary-standby" {
+        return match &s.primary {
+            None => (State::MajorOutage, "no primary".into()),
+            Some(p) if !s.primary_acting || down(p) => (
+                State::MajorOutage,
+                format!("primary {p} is not serving; a failover is under way"),
+            ),
+            Some(p) => (State::Operational, format!("served from {p}")),
+        };
+    }
+    let up: Vec<&String> = s.active_sites.iter().filter(|x| !down(x)).collect();
+    if up.is_empty() {
+        (State::MajorOutage, "no active site".into())
+    } else {
+        (
+            State::Operational,
+            format!(
+                "served from {}",
+                up.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )
+    }
+}
+
+fn dataset_state(d: &DatasetStatus) -> (State, String) {
+    let primary = d.members.iter().find(|m| m.role == "primary");
+    let Some(p) = primary else {
+        return (State::MajorOutage, "no member takes writes".into());
+    };
+    let standbys = d.members.iter().filter(|m| m.role == "standby").count();
+    let others = d.members.len().saturating_sub(1);
+    if standbys < others {
+        (
+            State::Degraded,
+            format!(
+                "writes at {}; {standbys} of {others} other members stream from it",
+                p.site
+            ),
+        )
+    } else {
+        (State::Operational, format!("writes at {}", p.site))
+    }
+}
+
+/// What the answering site sees, as a status page.
+pub fn summary(st: &Status) -> Summary {
+    let mut components = Vec::new();
+    for s in &st.services {
+        let (state, description) = service_state(s, st);
+        components.push(Component {
+            id: format!("service-{}", s.name),
+            name: s.name.clone(),
+            group: "Services",
+            state,
+            description,
+        });
+    }
+    for d in &st.datasets {
+        let (state, description) = dataset_state(d);
+        components.push(Component {
+            id: format!("dataset-{}", d.name),
+            name: d.name.clone(),
+            group: "Datasets",
+            state,
+            description,
+        });
+    }
+    for s in &st.streams {
+        let late = s
+            .oldest_unshipped_ms
+            .is_some_and(|t| st.at_ms.saturating_sub(t) > 60_000);
+        components.push(Component {
+            id: format!("stream-{}", s.name),
+            name: s.name.clone(),
+            group: "Streams",
+            state: if late {
+                State::Degraded
+            } else {
+                State::Operational
+            },
+            description: if late {
+                format!(
+                    "events accepted; {} wait to be shipped, the oldest for over a minute",
+                    s.spool_events
+                )
+            } else {
+                "events accepted and shipped".into()
+            },
+        });
+    }
+    for s in &st.sites {
+        let state = match s.state.as_str() {
+            "up" => State::Operational,
+            "down" => State::MajorOutage,
+            "maintenance" => State::UnderMaintenance,
+            _ => State::Degraded,
+        };
+        components.push(Component {
+            id: format!("site-{}", s.name),
+            name: s.name.clone(),
+            group: "Sites",
+            state,
+            description: format!("{}{}", if s.witness { "witness, " } else { "" }, s.state),
+        });
+    }
+    let mut incidents = Vec::new();
+    // Open: each site down or in maintenance, updated by the moves that left it.
+    for s in st
+        .sites
+        .iter()
+        .filter(|s| s.state == "down" || s.state == "maintenance")
+    {
+        let down = s.state == "down";
+        let started = s.last_seen_ms.unwrap_or(st.at_ms);
+        let mut updates = vec![(
+            started,
+            "investigating",
+            if down {
+                format!("Site {} stopped answering its peers.", s.name)
+            } else {
+                format!(
+                    "Site {} is in maintenance: its primaries move away.",
+                    s.name
+                )
+            },
+        )];
+        let mut affected = vec![format!("site-{}", s.name)];
+        for f in st
+            .failovers
+            .iter()
+            .rev()
+            .filter(|f| f.from.as_deref() == Some(s.name.as_str()))
+        {
+            let at = f.phases.last().map_or(started, |p| p.at_ms);
+            if at + 60_000 < started {
+                continue;
+            }
+            updates.push((
+                at,
+                "identified",
+                format!(
+                    "{} now served from {} ({}).",
+                    f.what,
+                    f.to,
+                    f.reason.to_lowercase()
+                ),
+            ));
+            affected.push(format!("service-{}", f.what));
+        }
+        let recovered = components
+            .iter()
+            .filter(|c| c.group != "Sites")
+            .all(|c| c.state == State::Operational);
+        if recovered {
+            updates.push((
+                st.at_ms,
+                "monitoring",
+                format!(
+                    "Every service is served from the other sites; {} is watched until it is back.",
+                    s.name
+                ),
+            ));
+        }
+        let status = updates.last().map_or("investigating", |u| u.1);
+        incidents.push(Incident {
+            id: format!(
+                "{}-{}-{started}",
+                if down { "down" } else { "maintenance" },
+                s.name
+            ),
+            name: if down {
+                format!("Site {} is down", s.name)
+            } else {
+                format!("Site {} is in maintenance", s.name)
+            },
+            status,
+            impact: if !down {
+                "none"
+            } else if recovered {
+                "minor"
+            } else {
+                "major"
+            },
+            started_ms: started,
+            updated_ms: updates.last().map_or(started, |u| u.0),
+            resolved_ms: None,
+            updates,
+            components: affected,
+        });
+    }
+    // Past: each primary move this site saw.
+    for f in &st.failovers {
+        incidents.push(moved(f));
+    }
+    Summary {
+        cluster: st.cluster.clone(),
+        seen_by: st.site.clone(),
+        at_ms: st.at_ms,
+        components,
+        incidents,
+    }
+}
+
+/// A primary move as a resolved incident, its phases as updates.
+fn moved(f: &FailoverStatus) -> Incident {
+    let started = f.phases.first().map_or(0, |p| p.at_ms);
+    let ended = f.phases.last().map_or(started, |p| p.at_ms);
+    let from = f.from.as_deref().unwrap_or("none");
+    let updates = f
+        .phases
+        .iter()
+        .map(|p| {
+            let status = match p.name.as_str() {
+                "last-heard" | "declared" => "investigating",
+                "old-lease-over" | "acting" | "db-promoted" => "identified",
+                _ => "monitoring",
+            };
+            (p.at_ms, status, phase_text(&p.name, f))
+        })
+        .chain(std::iter::once((
+            ended,
+            "resolved",
+            format!("{} is served from {}.", f.what, f.to),
+        )))
+        .collect();
+    Incident {
+        id: format!("move-{}-{}", f.what, f.epoch),
+        name: format!("{}: primary moved from {from} to {}", f.what, f.to),
+        status: "resolved",
+        impact: if f.reason.eq_ignore_ascii_case("failover") {
+            "major"
+        } else {
+            "none"
+        },
+        started_ms: started,
+        updated_ms: ended,
+        resolved_ms: Some(ended),
+        updates,
+        components: vec![format!("service-{}", f.what)],
+    }
+}
+
+fn phase_text(name: &str, f: &FailoverStatus) -> String {
+    let from = f.from.as_deref().unwrap_or("the old primary");
+    match name {
+        "last-heard" => format!("{from} was last heard from."),
+        "declared" => format!("{from} was declared down by a majority of sites."),
+        "old-lease-over" => format!("{from}'s lease ran out: it can no longer take writes."),
+        "acting" => format!("{} acts as the primary.", f.to),
+        "db-promoted" => format!("The database at {} was promoted.", f.to),
+        "dns-published" => "DNS answers name the new primary.".into(),
+        "gateway-switched" => "Every gateway sends traffic to the new primary.".into(),
+        other => other.to_string(),
+    }
+}
+
+impl Summary {
+    /// The worst state of any component.
+    pub fn worst(&self) -> State {
+        self.components
+            .iter()
+            .map(|c| c.state)
+            .max()
+            .unwrap_or(State::Operational)
+    }
+
+    /// Statuspage's overall indicator and its description: `critical` when a service or
+    /// dataset is out, `major` when a site is, `minor` when anything is degraded.
+    pub fn indicator(&self) -> (&'static str, &'static str) {
+        let out = |groups: &[&str]| {
+            self.components.iter().any(|c| {
+                groups.contains(&c.group)
+                    && matches!(c.state, State::MajorOutage | State::PartialOutage)
+            })
+        };
+        if out(&["Services", "Datasets"]) {
+            ("critical", "Major Service Outage")
+        } else if out(&["Sites", "Streams"]) {
+            ("major", "Partial System Outage")
+        } else if self.worst() == State::Degraded {
+            ("minor", "Minor Service Outage")
+        } else if self.worst() == State::UnderMaintenance {
+            ("none", "Service Under Maintenance")
+        } else {
+            ("none", "All Systems Operational")
+        }
+    }
+
+    /// `/status.json`: Statuspage's `summary.json` shape.
+    pub fn json(&self) -> Value {
+        let page_id = format!("outlast-{}", self.cluster);
+        let at = rfc3339(self.at_ms as i64);
+        let mut components: Vec<Value> = Vec::new();
+        for (gi, g) in GROUPS.iter().enumerate() {
+            let members: Vec<&Component> =
+                self.components.iter().filter(|c| c.group == *g).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let group_id = format!("group-{}", g.to_lowercase());
+            let worst = members
+                .iter()
+                .map(|c| c.state)
+                .max()
+                .unwrap_or(State::Operational);
+            components.push(json!({
+                "id": group_id, "name": g, "status": worst.word(), "created_at": at,
+                "updated_at": at, "position": gi * 100, "description": null, "showcase": false,
+                "start_date": null, "group_id": null, "page_id": page_id, "group": true,
+                "only_show_if_degraded": false,
+                "components": members.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+            }));
+            for (i, c) in members.iter().enumerate() {
+                components.push(json!({
+                    "id": c.id, "name": c.name, "status": c.state.word(), "created_at": at,
+                    "updated_at": at, "position": gi * 100 + i + 1,
+                    "description": c.description, "showcase": true, "start_date": null,
+                    "group_id": group_id, "page_id": page_id, "group": false,
+                    "only_show_if_degraded": false,
+                }));
+            }
+        }
+        let incident = |i: &Incident| {
+            let updates: Vec<Value> = i
+                .updates
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(n, (t, status, body))| {
+                    let t = rfc3339(*t as i64);
+                    json!({
+                        "id": format!("{}-{n}", i.id), "status": status, "body": body,
+                        "incident_id": i.id, "created_at": t, "updated_at": t,
+                        "display_at": t, "affected_components": null,
+                    })
+                })
+                .collect();
+            json!({
+                "id": i.id, "name": i.name, "status": i.status, "impact": i.impact,
+                "created_at": rfc3339(i.started_ms as i64),
+                "updated_at": rfc3339(i.updated_ms as i64),
+                "started_at": rfc3339(i.started_ms as i64),
+                "monitoring_at": i.updates.iter().find(|u| u.1 == "monitoring").map(|u| rfc3339(u.0 as i64)),
+                "resolved_at": i.resolved_ms.map(|t| rfc3339(t as i64)),
+                "shortlink": format!("/status#{}", i.id), "page_id": page_id,
+                "incident_updates": updates,
+                "components": self.components.iter().filter(|c| i.components.contains(&c.id))
+                    .map(|c| json!({"id": c.id, "name": c.name, "status": c.state.word()}))
+                    .collect::<Vec<_>>(),
+            })
+        };
+        let (indicator, description) = self.indicator();
+        json!({
+            "page": {
+                "id": page_id,
+                "name": format!("{} status", self.cluster),
+                "url": "/status",
+                "time_zone": "Etc/UTC",
+                "updated_at": at,
+            },
+            "status": {"indicator": indicator, "description": description},
+            "components": components,
+            "incidents": self.incidents.iter().filter(|i| i.resolved_ms.is_none()).map(incident).collect::<Vec<_>>(),
+            "scheduled_maintenances": [],
+            "past_incidents": self.incidents.iter().filter(|i| i.resolved_ms.is_some()).map(incident).collect::<Vec<_>>(),
+        })
+    }
+
+    /// `/status/feed.atom`: an entry per incident, newest update first.
+    pub fn atom(&self) -> String {
+        let updated = self
+            .incidents
+            .iter()
+            .map(|i| i.updated_ms)
+            .max()
+            .unwrap_or(self.at_ms);
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom">
+<title>{} status</title>
+<id>urn:outlast:{}:status</id>
+<link href="/status"/>
+<updated>{}</updated>
+<author><name>outlast at {}</name></author>
+"#,
+            esc(&self.cluster),
+            esc(&self.cluster),
+            rfc3339(updated as i64),
+            esc(&self.seen_by)
+        );
+        let mut all: Vec<&Incident> = self.incidents.iter().collect();
+        all.sort_by_key(|i| std::cmp::Reverse(i.updated_ms));
+        for i in all {
+            let mut body = String::new();
+            for (t, status, text) in i.updates.iter().rev() {
+                let _ = write!(
+                    body,
+                    "<p><b>{}</b> ({}) {}</p>",
+                    esc(status),
+                    esc(&rfc3339(*t as i64)),
+                    esc(text)
+                );
+            }
+            let _ = write!(
+                s,
+                r#"<entry>
+<id>urn:outlast:{}:{}</id>
+<title>{} ({})</title>
+<link href="/status#{}"/>
+<published>{}</published>
+<updated>{}</updated>
+<content type="html">{}</content>
+</entry>
+"#,
+                esc(&self.cluster),
+                esc(&i.id),
+                esc(&i.name),
+                esc(i.status),
+                esc(&i.id),
+                rfc3339(i.started_ms as i64),
+                rfc3339(i.updated_ms as i64),
+                esc(&body)
+            );
+        }
+        s.push_str("</feed>\n");
+        s
+    }
+
+    /// `/status`: the page, readable without JavaScript.
+    pub fn html(&self) -> String {
+        let (_, description) = self.indicator();
+        let worst = self.worst();
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{c} status</title>
+<link rel="alternate" type="application/atom+xml" href="/status/feed.atom" title="{c} incidents">
+<style>body{{font-family:system-ui,sans-serif;margin:0 auto;padding:24px;max-width:820px;color:#222}}.banner{{padding:18px 20px;border-radius:6px;color:#fff;font-size:22px;font-weight:600}}h2{{margin-top:32px;font-size:18px;border-bottom:1px solid #ddd;padding-bottom:6px}}.row{{display:flex;justify-content:space-between;padding:10px 4px;border-bottom:1px solid #eee}}.row small{{color:#666;display:block}}.state{{font-weight:600;white-space:nowrap}}.inc{{border-left:4px solid #ccc;padding:4px 12px;margin:14px 0}}.inc p{{margin:4px 0}}.meta{{color:#666;font-size:13px}}footer{{margin-top:40px;color:#888;font-size:13px}}</style></head><body>
+<h1>{c}</h1>
+<div class="banner" style="background:{bg}">{d}</div>
+"#,
+            c = esc(&self.cluster),
+            bg = if worst == State::Operational {
+                "#2a7"
+            } else {
+                worst.colour()
+            },
+            d = esc(description)
+        );
+        let open: Vec<&Incident> = self
+            .incidents
+            .iter()
+            .filter(|i| i.resolved_ms.is_none())
+            .collect();
+        if !open.is_empty() {
+            s.push_str("<h2>Active incidents</h2>");
+            for i in open {
+                incident_html(&mut s, i, "#d22");
+            }
+        }
+        for g in GROUPS {
+            let members: Vec<&Component> =
+                self.components.iter().filter(|c| c.group == g).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let _ = write!(s, "<h2>{g}</h2>");
+            for c in members {
+                let _ = write!(
+                    s,
+                    r#"<div class="row" id="{}"><div>{}<small>{}</small></div><div class="state" style="color:{}">● {}</div></div>"#,
+                    esc(&c.id),
+                    esc(&c.name),
+                    esc(&c.description),
+                    c.state.colour(),
+                    c.state.said()
+                );
+            }
+        }
+        let past: Vec<&Incident> = self
+            .incidents
+            .iter()
+            .filter(|i| i.resolved_ms.is_some())
+            .collect();
+        s.push_str("<h2>Past incidents</h2>");
+        if past.is_empty() {
+            s.push_str("<p class=\"meta\">None recorded.</p>");
+        }
+        for i in past {
+            incident_html(&mut s, i, "#2a7");
+        }
+        let _ = writeln!(
+            s,
+            r#"<footer>As seen by site {} at {}. Every site of the cluster serves this page; <a href="/status.json">JSON</a> · <a href="/status/feed.atom">Atom feed</a>.</footer></body></html>"#,
+            esc(&self.seen_by),
+            rfc3339(self.at_ms as i64)
+        );
+        s
+    }
+}
+
+fn incident_html(s: &mut String, i: &Incident, colour: &str) {
+    let _ = write!(
+        s,
+        r#"<div class="inc" id="{}" style="border-color:{colour}"><b>{}</b> <span class="meta">{} · impact {} · from {}</span>"#,
+        esc(&i.id),
+        esc(&i.name),
+        esc(i.status),
+        esc(i.impact),
+        rfc3339(i.started_ms as i64)
+    );
+    for (t, status, text) in i.updates.iter().rev() {
+        let _ = write!(
+            s,
+            "<p><b>{}</b> <span class=\"meta\">{}</span> {}</p>",
+            esc(status),
+            rfc3339(*t as i64),
+            esc(text)
+        );
+    }
+    s.push_str("</div>");
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

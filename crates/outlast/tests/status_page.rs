@@ -1,0 +1,177 @@
+//! The public status page, as a browser without JavaScript and a Statuspage client read it
+//! from the witness: a site loss shows as an active incident with the affected components,
+//! and once the site is back the page is green again with the primary's moves among the
+//! past incidents. The Atom feed parses as XML.
+
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, Opts};
+use serde_json::Value;
+
+fn component<'a>(j: &'a Value, id: &str) -> &'a Value {
+    j["components"]
+        .as_array()
+        .and_then(|c| c.iter().find(|x| x["id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+/// Statuspage's summary shape: the fields its clients read.
+fn check_shape(j: &Value) {
+    for f in ["id", "name", "url", "time_zone", "updated_at"] {
+        assert!(j["page"][f].is_string(), "page.{f}: {j}");
+    }
+    let indicator = j["status"]["indicator"].as_str().unwrap_or("");
+    assert!(
+        ["none", "minor", "major", "critical"].contains(&indicator),
+        "{j}"
+    );
+    assert!(j["status"]["description"].is_string());
+    for c in j["components"].as_array().expect("components") {
+        for f in [
+            "id",
+            "name",
+            "status",
+            "created_at",
+            "updated_at",
+            "page_id",
+        ] {
+            assert!(c[f].is_string(), "component {f}: {c}");
+        }
+        assert!(c["position"].is_u64() && c["group"].is_boolean(), "{c}");
+        let s = c["status"].as_str().unwrap_or("");
+        assert!(
+            [
+                "operational",
+                "degraded_performance",
+                "partial_outage",
+                "major_outage",
+                "under_maintenance"
+            ]
+            .contains(&s),
+            "{c}"
+        );
+    }
+    for key in ["incidents", "past_incidents"] {
+        for i in j[key].as_array().expect("incidents") {
+            for f in [
+                "id",
+                "name",
+                "status",
+                "impact",
+                "created_at",
+                "updated_at",
+                "shortlink",
+            ] {
+                assert!(i[f].is_string(), "incident {f}: {i}");
+            }
+            for u in i["incident_updates"].as_array().expect("updates") {
+                for f in [
+                    "id",
+                    "status",
+                    "body",
+                    "incident_id",
+                    "created_at",
+                    "display_at",
+                ] {
+                    assert!(u[f].is_string(), "update {f}: {u}");
+                }
+            }
+        }
+    }
+    assert!(j["scheduled_maintenances"].is_array());
+}
+
+fn atom_parses(c: &Cluster, site: &str) -> String {
+    let feed = c.get(site, "/status/feed.atom").expect("feed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("feed.xml");
+    std::fs::write(&path, &feed).expect("write");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as E; t = E.parse(sys.argv[1]); ns = '{http://www.w3.org/2005/Atom}'; print(len(t.getroot().findall(ns + 'entry')))",
+        ])
+        .arg(&path)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "the feed is not XML: {}\n{feed}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
+    let b = 10_400;
+    let mut c = Cluster::new(Opts::new(b));
+    c.start_all();
+    c.wait_healthy();
+    let json = |c: &Cluster| -> Value {
+        serde_json::from_str(&c.get("witness", "/status.json").expect("status.json")).expect("json")
+    };
+    let j = json(&c);
+    check_shape(&j);
+    assert_eq!(j["status"]["description"], "All Systems Operational", "{j}");
+    assert_eq!(component(&j, "service-db")["status"], "operational");
+
+    c.kill9("east");
+    c.wait_for("witness", Duration::from_secs(20), "east down", |st| {
+        st["sites"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|x| x["name"] == "east" && x["state"] == "down")
+        })
+    });
+    let j = json(&c);
+    check_shape(&j);
+    println!("while east is down: {}", j["status"]);
+    assert_eq!(component(&j, "site-east")["status"], "major_outage", "{j}");
+    assert_ne!(j["status"]["indicator"], "none", "{j}");
+    let inc = j["incidents"]
+        .as_array()
+        .and_then(|i| i.iter().find(|x| x["name"] == "Site east is down"))
+        .cloned()
+        .expect("an active incident for east");
+    assert!(
+        inc["components"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|x| x["id"] == "site-east")),
+        "{inc}"
+    );
+    let page = c.get("witness", "/status").expect("page");
+    assert!(page.contains("Site east is down") && page.contains("Active incidents"));
+    assert!(!page.contains("<script"), "the page needs no JavaScript");
+    let entries: u64 = atom_parses(&c, "witness").parse().unwrap_or(0);
+    assert!(entries >= 1, "the feed holds the incident");
+
+    // Back: green again, and the moves are past incidents, resolved.
+    c.start("east");
+    c.wait_for(
+        "witness",
+        Duration::from_secs(30),
+        "east up and primary",
+        |st| common::all_up(st) && common::acting_primary_is("east")(st),
+    );
+    let j = json(&c);
+    check_shape(&j);
+    assert_eq!(j["status"]["description"], "All Systems Operational", "{j}");
+    assert!(
+        j["incidents"].as_array().is_some_and(|i| i.is_empty()),
+        "{j}"
+    );
+    let past = j["past_incidents"].as_array().cloned().unwrap_or_default();
+    assert!(
+        past.iter().any(
+            |i| i["status"] == "resolved" && i["name"] == "db: primary moved from east to west"
+        ),
+        "{past:?}"
+    );
+    let page = c.get("west", "/status").expect("west serves it too");
+    assert!(page.contains("Past incidents") && page.contains("primary moved"));
+    atom_parses(&c, "west");
+}
