@@ -209,7 +209,8 @@ pub fn summary(st: &Status) -> Summary {
         .filter(|s| s.state == "down" || s.state == "maintenance")
     {
         let down = s.state == "down";
-        let started = s.last_seen_ms.unwrap_or(st.at_ms);
+        // `last_seen_ms` is how long ago the answering site last heard from it.
+        let started = st.at_ms.saturating_sub(s.last_seen_ms.unwrap_or(0));
         let mut updates = vec![(
             started,
             "investigating",
@@ -304,8 +305,9 @@ fn moved(f: &FailoverStatus) -> Incident {
     let started = f.phases.first().map_or(0, |p| p.at_ms);
     let ended = f.phases.last().map_or(started, |p| p.at_ms);
     let from = f.from.as_deref().unwrap_or("none");
-    let updates = f
-        .phases
+    let mut phases = f.phases.clone();
+    phases.sort_by_key(|p| p.at_ms);
+    let updates = phases
         .iter()
         .map(|p| {
             let status = match p.name.as_str() {
@@ -323,7 +325,16 @@ fn moved(f: &FailoverStatus) -> Incident {
         .collect();
     Incident {
         id: format!("move-{}-{}", f.what, f.epoch),
-        name: format!("{}: primary moved from {from} to {}", f.what, f.to),
+        name: if f.reason.eq_ignore_ascii_case("failover") {
+            format!("{}: primary moved from {from} to {}", f.what, f.to)
+        } else {
+            format!(
+                "{}: primary moved from {from} to {} ({})",
+                f.what,
+                f.to,
+                f.reason.to_lowercase()
+            )
+        },
         status: "resolved",
         impact: if f.reason.eq_ignore_ascii_case("failover") {
             "major"
@@ -340,9 +351,14 @@ fn moved(f: &FailoverStatus) -> Incident {
 
 fn phase_text(name: &str, f: &FailoverStatus) -> String {
     let from = f.from.as_deref().unwrap_or("the old primary");
+    let failover = f.reason.eq_ignore_ascii_case("failover");
     match name {
         "last-heard" => format!("{from} was last heard from."),
-        "declared" => format!("{from} was declared down by a majority of sites."),
+        "declared" if failover => format!("{from} was declared down by a majority of sites."),
+        "declared" => format!(
+            "The cluster decided to move the primary ({}).",
+            f.reason.to_lowercase()
+        ),
         "old-lease-over" => format!("{from}'s lease ran out: it can no longer take writes."),
         "acting" => format!("{} acts as the primary.", f.to),
         "db-promoted" => format!("The database at {} was promoted.", f.to),
@@ -540,10 +556,12 @@ impl Summary {
 <div class="banner" style="background:{bg}">{d}</div>
 "#,
             c = esc(&self.cluster),
-            bg = if worst == State::Operational {
-                "#2a7"
-            } else {
-                worst.colour()
+            bg = match self.indicator().0 {
+                "critical" => State::MajorOutage.colour(),
+                "major" => State::PartialOutage.colour(),
+                "minor" => State::Degraded.colour(),
+                _ if worst == State::UnderMaintenance => worst.colour(),
+                _ => State::Operational.colour(),
             },
             d = esc(description)
         );

@@ -106,6 +106,54 @@ fn atom_parses(c: &Cluster, site: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Where the screenshots stay after the test (a CI artefact): `target/tmp/screenshots`.
+fn shots() -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&d).expect("screenshots dir");
+    d
+}
+
+/// A screenshot of `url` by Debian's Chromium, headless; its size in bytes (0 when
+/// Chromium is not installed: the test says so and goes on). The page holds no script, so
+/// what it shows is what a browser with JavaScript off shows.
+fn screenshot(url: &str, name: &str) -> u64 {
+    let Ok(found) = which_chromium() else {
+        println!("chromium is not installed (apt-get install chromium): no screenshot");
+        return 0;
+    };
+    let path = shots().join(name);
+    let _ = std::fs::remove_file(&path);
+    let mut cmd = std::process::Command::new(found);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1000,1500",
+    ]);
+    let out = cmd
+        .arg(format!("--screenshot={}", path.display()))
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        len > 10_000,
+        "chromium wrote no screenshot of {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("screenshot {} ({len} bytes)", path.display());
+    len
+}
+
+fn which_chromium() -> Result<String, ()> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(|p| p.to_string())
+        .ok_or(())
+}
+
 #[test]
 fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
     let b = 10_400;
@@ -148,6 +196,8 @@ fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
     assert!(!page.contains("<script"), "the page needs no JavaScript");
     let entries: u64 = atom_parses(&c, "witness").parse().unwrap_or(0);
     assert!(entries >= 1, "the feed holds the incident");
+    let url = format!("http://{}/status", c.api("witness"));
+    screenshot(&url, "status-east-down.png");
 
     // Back: green again, and the moves are past incidents, resolved.
     c.start("east");
@@ -174,4 +224,8 @@ fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
     let page = c.get("west", "/status").expect("west serves it too");
     assert!(page.contains("Past incidents") && page.contains("primary moved"));
     atom_parses(&c, "west");
+    screenshot(
+        &format!("http://{}/status", c.api("west")),
+        "status-recovered.png",
+    );
 }
