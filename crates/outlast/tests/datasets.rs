@@ -412,6 +412,14 @@ fn an_isolated_primary_stops_taking_writes_before_its_lease_ends() {
         |st| member(st, "east")["role"] == "standby",
     );
     println!("east rejoined as a standby {st_at:?} after the heal");
+    // West may see east's server stream before east's own loop has said so (and listed
+    // the history it archived): wait for east's word too.
+    c.wait_for(
+        "east",
+        Duration::from_secs(30),
+        "east says it is a standby",
+        |st| member(st, "east")["role"] == "standby",
+    );
     let st = c.status("east").expect("status");
     let diverged = dataset(&st)["diverged"]
         .as_array()
