@@ -76,3 +76,9 @@ pub async fn open_parents(dir: &Path) {
         }
     }
 }
+
+/// A port nothing listens on at 127.0.0.1 now (a restored server is started on it).
+pub fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}

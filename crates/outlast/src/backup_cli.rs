@@ -469,7 +469,7 @@ pub async fn replay_wal(
         w.batches,
         target_ms.map_or(String::new(), |t| format!(" up to {}", time_text(t)))
     );
-    let port = free_port()?;
+    let port = outlast_db::os::free_port()?;
     let recovered =
         outlast_db::pgbackup::recover(bin_dir, os_user, to, &archive, target_ms, port).await;
     let _ = std::fs::remove_dir_all(&archive);
@@ -484,12 +484,6 @@ pub async fn replay_wal(
         target_ms,
         last_transaction: recovered.last_transaction,
     })
-}
-
-/// A port nothing listens on at 127.0.0.1 now (a restored server takes it).
-pub fn free_port() -> std::io::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// What [`restore_from`] restored, and from where.

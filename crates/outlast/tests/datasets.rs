@@ -1255,6 +1255,47 @@ fn a_failover_max_lag_holds_back_alerts_and_a_switchover_still_moves_it() {
 /// back as a standby with every acknowledged commit, the directory restored from its
 /// snapshot, following the leader. Run again on the rebuilt site, it refuses and changes
 /// nothing.
+/// `outlast rebuild --site east`, as the machine's operator would run it (it goes on as
+/// east's agent, reaped with the cluster): what it printed once east rejoined, checked to
+/// hold the stopwatch's table.
+fn rebuild_east(c: &mut Cluster) -> String {
+    let out_path = c.dir.path().join("rebuild.out");
+    let out = std::fs::File::create(&out_path).expect("out");
+    let log_path = c.dir.path().join("rebuild.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let t = Instant::now();
+    let child = c
+        .command(common::bin())
+        .args(["rebuild", "--config"])
+        .arg(&c.config)
+        .args(["--site", "east"])
+        .env("OUTLAST_LOG", outlast::logging::DEFAULT_FILTER)
+        .stdout(out)
+        .stderr(log)
+        .spawn()
+        .expect("spawn rebuild");
+    c.agents.insert("east".into(), child);
+    let mut said = String::new();
+    while t.elapsed() < Duration::from_secs(180) && !said.contains("the agent goes on running") {
+        std::thread::sleep(Duration::from_millis(100));
+        said = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let ended = c
+            .agents
+            .get_mut("east")
+            .and_then(|ch| ch.try_wait().ok().flatten());
+        if ended.is_some() {
+            break;
+        }
+    }
+    println!("outlast rebuild --site east ({:?}):\n{said}", t.elapsed());
+    assert!(
+        said.contains("rebuilt east in"),
+        "{said}{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    said
+}
+
 #[test]
 fn a_wiped_site_is_rebuilt_from_its_peers_with_every_acknowledged_commit() {
     if !postgres_installed() {
@@ -1345,41 +1386,7 @@ password_file = "{}"
     let during = acked.lock().expect("acked").len();
 
     // The rebuild, as the machine's operator would run it, while the writer goes on.
-    let out_path = c.dir.path().join("rebuild.out");
-    let out = std::fs::File::create(&out_path).expect("out");
-    let log_path = c.dir.path().join("rebuild.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let t = Instant::now();
-    let child = c
-        .command(common::bin())
-        .args(["rebuild", "--config"])
-        .arg(&c.config)
-        .args(["--site", "east"])
-        .env("OUTLAST_LOG", outlast::logging::DEFAULT_FILTER)
-        .stdout(out)
-        .stderr(log)
-        .spawn()
-        .expect("spawn rebuild");
-    c.agents.insert("east".into(), child);
-    let mut said = String::new();
-    while t.elapsed() < Duration::from_secs(180) && !said.contains("the agent goes on running") {
-        std::thread::sleep(Duration::from_millis(100));
-        said = std::fs::read_to_string(&out_path).unwrap_or_default();
-        let ended = c
-            .agents
-            .get_mut("east")
-            .and_then(|ch| ch.try_wait().ok().flatten());
-        if ended.is_some() {
-            break;
-        }
-    }
-    let took = t.elapsed();
-    println!("outlast rebuild --site east ({took:?}):\n{said}");
-    assert!(
-        said.contains("rebuilt east in"),
-        "{said}{}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
-    );
+    let said = rebuild_east(&mut c);
     assert!(said.contains("cloned from the primary at west"), "{said}");
     assert_eq!(
         common::files(&uploads),
@@ -1557,40 +1564,7 @@ password_file = "{pass}"
         }
     }
 
-    let out_path = c.dir.path().join("rebuild.out");
-    let out = std::fs::File::create(&out_path).expect("out");
-    let log_path = c.dir.path().join("rebuild.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let t = Instant::now();
-    let child = c
-        .command(common::bin())
-        .args(["rebuild", "--config"])
-        .arg(&c.config)
-        .args(["--site", "east"])
-        .env("OUTLAST_LOG", outlast::logging::DEFAULT_FILTER)
-        .stdout(out)
-        .stderr(log)
-        .spawn()
-        .expect("spawn rebuild");
-    c.agents.insert("east".into(), child);
-    let mut said = String::new();
-    while t.elapsed() < Duration::from_secs(180) && !said.contains("the agent goes on running") {
-        std::thread::sleep(Duration::from_millis(100));
-        said = std::fs::read_to_string(&out_path).unwrap_or_default();
-        let ended = c
-            .agents
-            .get_mut("east")
-            .and_then(|ch| ch.try_wait().ok().flatten());
-        if ended.is_some() {
-            break;
-        }
-    }
-    println!("outlast rebuild --site east ({:?}):\n{said}", t.elapsed());
-    assert!(
-        said.contains("rebuilt east in"),
-        "{said}{}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
-    );
+    let said = rebuild_east(&mut c);
     assert!(said.contains("restored snapshot"), "{said}");
     assert!(said.contains("replayed"), "{said}");
     c.wait_for(

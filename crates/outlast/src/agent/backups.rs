@@ -795,8 +795,8 @@ impl Backups {
             .servers
             .get(dataset)
             .ok_or_else(|| format!("{} runs no member of {dataset} to check with", self.me))?;
-        let port = crate::backup_cli::free_port()
-            .map_err(|x| format!("no free port on 127.0.0.1: {x}"))?;
+        let port =
+            outlast_db::os::free_port().map_err(|x| format!("no free port on 127.0.0.1: {x}"))?;
         server.check_restored(dir, port).await
     }
 
@@ -906,20 +906,17 @@ fn ship_batch(
     if files.is_empty() {
         return (None, 0);
     }
-    let upto = files
-        .iter()
-        .filter_map(|(n, _)| outlast_db::pgbackup::segment_position(n))
-        .max()
-        .map(str::to_string);
+    // The newest segment in the batch; its position tags the batch.
     let last_name = files
         .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| outlast_db::pgbackup::segment_position(n).is_some())
-        .max_by_key(|n| outlast_db::pgbackup::segment_position(n))
-        .map(str::to_string);
-    let tags: Vec<String> = upto
-        .iter()
+        .filter_map(|(n, _)| Some((outlast_db::pgbackup::segment_position(n)?, n)))
+        .max()
+        .map(|(_, n)| n.clone());
+    let tags: Vec<String> = last_name
+        .as_deref()
+        .and_then(outlast_db::pgbackup::segment_position)
         .map(|u| format!("{}{u}", outlast_backup::WAL_UPTO))
+        .into_iter()
         .collect();
     let as_path = PathBuf::from(format!("/{name}.wal"));
     let label = Label {
