@@ -6,6 +6,7 @@
 //! ([`store`]). It never probes anything and never opens a socket: observations and time
 //! come from outside, so the deterministic simulation in `tests/` can drive it.
 
+mod history;
 pub mod lease;
 pub mod node;
 pub mod policy;

@@ -314,10 +314,13 @@ impl Node {
             Request::Maintenance { site, on } => {
                 policy::maintenance(p, &self.state, &obs, site, *on, now_ms)?
             }
+            Request::IncidentNote { .. } => policy::incident_note(&self.state, req)?,
         };
         Ok(Proposal {
             base_epoch: self.state.epoch,
             decisions: vec![d],
+            at_ms: 0,
+            silent_ms: Default::default(),
         })
     }
 
@@ -427,7 +430,9 @@ impl Node {
                 | Decision::Maintenance { site, .. } => {
                     self.site_changed_at.insert(site.clone(), now_ms);
                 }
-                Decision::Active { .. } | Decision::SyncSet { .. } => {}
+                Decision::Active { .. }
+                | Decision::SyncSet { .. }
+                | Decision::IncidentNote { .. } => {}
             }
         }
         // A jump without decisions (a snapshot): whatever changed dates from now.
@@ -876,6 +881,8 @@ impl Node {
         (!decisions.is_empty()).then_some(Proposal {
             base_epoch: self.state.epoch,
             decisions,
+            at_ms: 0,
+            silent_ms: Default::default(),
         })
     }
 

@@ -309,6 +309,74 @@ pub fn maintenance(
     })
 }
 
+/// An operator's incident note, checked against the committed history: the incident must
+/// exist, a new one needs a title, and each component named must be a site or service of
+/// the cluster (`site-NAME`, `service-NAME`).
+pub fn incident_note(
+    state: &ClusterState,
+    req: &crate::state::Request,
+) -> Result<Decision, Refusal> {
+    let crate::state::Request::IncidentNote {
+        id,
+        title,
+        status,
+        impact,
+        body,
+        by,
+        components,
+    } = req
+    else {
+        return Err(Refusal::Conflict("not an incident note".into()));
+    };
+    match id {
+        Some(id) if !state.history.incidents.iter().any(|i| i.id == *id) => {
+            let known: Vec<String> = state
+                .history
+                .incidents
+                .iter()
+                .rev()
+                .take(5)
+                .map(|i| i.id.to_string())
+                .collect();
+            return Err(Refusal::Unknown(format!(
+                "no incident {id} in the history (the newest: {})",
+                if known.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        None if title.is_none() => {
+            return Err(Refusal::Conflict(
+                "a new incident needs a title (or give the id of one to update)".into(),
+            ))
+        }
+        _ => {}
+    }
+    for c in components {
+        let known = c
+            .strip_prefix("site-")
+            .is_some_and(|s| state.sites.contains_key(s))
+            || c.strip_prefix("service-")
+                .is_some_and(|s| state.services.contains_key(s));
+        if !known {
+            return Err(Refusal::Unknown(format!(
+                "no component {c:?}: name a site-NAME or service-NAME of this cluster"
+            )));
+        }
+    }
+    Ok(Decision::IncidentNote {
+        id: *id,
+        title: title.clone(),
+        status: *status,
+        impact: *impact,
+        body: body.clone(),
+        by: by.clone(),
+        components: components.clone(),
+    })
+}
+
 /// A failover that `max_lag` holds back: the dataset's service has no live primary and its
 /// most advanced standby is further behind the old primary's last reported position.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use outlast_core::config::{Config, Mode};
+use outlast_core::incident::{History, Impact, Step};
 use outlast_core::Health;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,9 @@ pub struct ClusterState {
     /// Sites an operator put in maintenance: moved away from and never chosen until off.
     #[serde(default)]
     pub maintenance: std::collections::BTreeSet<String>,
+    /// The incidents and outages, written by the committed entries (`history.rs`).
+    #[serde(default)]
+    pub history: History,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +111,21 @@ pub enum Decision {
         service: String,
         sites: Vec<String>,
     },
+    /// An operator's words on an incident (`id`), or a new incident (`id` none, `title`
+    /// given): see `history.rs`.
+    IncidentNote {
+        id: Option<u64>,
+        #[serde(default)]
+        title: Option<String>,
+        status: Step,
+        #[serde(default)]
+        impact: Option<Impact>,
+        body: String,
+        #[serde(default)]
+        by: Option<String>,
+        #[serde(default)]
+        components: Vec<String>,
+    },
 }
 
 /// What an operator asks of the cluster (`/v1/switchover`, `/v1/maintenance`); the leader
@@ -114,8 +133,24 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Request {
-    Switchover { service: String, to: String },
-    Maintenance { site: String, on: bool },
+    Switchover {
+        service: String,
+        to: String,
+    },
+    Maintenance {
+        site: String,
+        on: bool,
+    },
+    /// Open an incident (`id` none) or add an update to one.
+    IncidentNote {
+        id: Option<u64>,
+        title: Option<String>,
+        status: Step,
+        impact: Option<Impact>,
+        body: String,
+        by: Option<String>,
+        components: Vec<String>,
+    },
 }
 
 /// One Raft log entry: decisions taken on the state at `base_epoch`.
@@ -123,6 +158,14 @@ pub enum Request {
 pub struct Proposal {
     pub base_epoch: u64,
     pub decisions: Vec<Decision>,
+    /// The leader's clock (Unix ms) when it proposed: the time the incident history records
+    /// (0: none, as in entries from before the history).
+    #[serde(default)]
+    pub at_ms: u64,
+    /// For each site this entry declares down: how long the leader had not heard from it,
+    /// so its outage is recorded from when it went silent, not from the verdict.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub silent_ms: BTreeMap<String, u64>,
 }
 
 impl Proposal {
@@ -176,6 +219,7 @@ impl ClusterState {
             sites,
             services,
             maintenance: Default::default(),
+            history: History::default(),
         }
     }
 
@@ -185,6 +229,7 @@ impl ClusterState {
         if p.base_epoch != self.epoch {
             return None;
         }
+        let before = self.clone();
         self.epoch += 1;
         let epoch = self.epoch;
         for d in &p.decisions {
@@ -234,8 +279,10 @@ impl ClusterState {
                         self.maintenance.remove(site);
                     }
                 }
+                Decision::IncidentNote { .. } => {}
             }
         }
+        crate::history::record(self, &before, p);
         Some(p.decisions.clone())
     }
 }

@@ -540,7 +540,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 }
                                 Decision::Active { .. }
                                 | Decision::Maintenance { .. }
-                                | Decision::SyncSet { .. } => {}
+                                | Decision::SyncSet { .. }
+                                | Decision::IncidentNote { .. } => {}
                             }
                         }
                         let epoch = inner.data.state.epoch;

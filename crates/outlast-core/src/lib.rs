@@ -11,6 +11,7 @@ pub mod duration;
 pub mod faults;
 pub mod files;
 pub mod hysteresis;
+pub mod incident;
 pub mod status;
 pub mod throttle;
 

@@ -34,6 +34,10 @@ pub struct Status {
     /// The backups (`[[backups]]`) as the answering site takes and verifies them.
     #[serde(default)]
     pub backups: Vec<BackupStatus>,
+    /// The committed incident history (the same at every site): incidents with their
+    /// updates, and each component's outages over the last 91 days.
+    #[serde(default)]
+    pub history: crate::incident::History,
 }
 
 /// One `[[backups]]` at the answering site.
@@ -155,6 +159,9 @@ pub struct VerifyRun {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DatasetStatus {
     pub name: String,
+    /// The service that carries it (its primary is the service's).
+    #[serde(default)]
+    pub service: String,
     pub kind: String,
     /// The committed primary (its service's).
     pub primary: Option<String>,
@@ -462,4 +469,66 @@ pub struct MaintenanceAnswer {
     pub epoch: u64,
     /// The primaries that moved away from the site (going in only).
     pub moved: Vec<MoveAnswer>,
+}
+
+/// `POST /v1/incidents` (a new incident; `title` required) and `POST /v1/incidents/ID` (an
+/// update): an operator's words, committed through the cluster so every site shows them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentRequest {
+    #[serde(default)]
+    pub title: Option<String>,
+    /// investigating | identified | monitoring | resolved
+    pub status: String,
+    /// none | maintenance | minor | major | critical (a new incident: minor when absent)
+    #[serde(default)]
+    pub impact: Option<String>,
+    pub message: String,
+    /// Who writes (shown beside the words).
+    #[serde(default)]
+    pub by: Option<String>,
+    /// Components it touches: `site-NAME`, `service-NAME`.
+    #[serde(default)]
+    pub components: Vec<String>,
+}
+
+/// The longest title and message an incident request may carry.
+pub const INCIDENT_TITLE_MAX: usize = 200;
+pub const INCIDENT_MESSAGE_MAX: usize = 4000;
+
+impl IncidentRequest {
+    /// Checks the words and their lengths; why not, for a 400.
+    pub fn check(&self, new: bool) -> Result<(), String> {
+        crate::incident::Step::parse(&self.status)?;
+        if let Some(i) = &self.impact {
+            crate::incident::Impact::parse(i)?;
+        }
+        if new && self.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
+            return Err("a new incident needs a \"title\"".into());
+        }
+        if self
+            .title
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > INCIDENT_TITLE_MAX)
+        {
+            return Err(format!(
+                "the title is longer than {INCIDENT_TITLE_MAX} characters"
+            ));
+        }
+        if self.message.trim().is_empty() {
+            return Err("the \"message\" is empty: say what is happening".into());
+        }
+        if self.message.chars().count() > INCIDENT_MESSAGE_MAX {
+            return Err(format!(
+                "the message is longer than {INCIDENT_MESSAGE_MAX} characters"
+            ));
+        }
+        if self.by.as_ref().is_some_and(|b| b.chars().count() > 100) {
+            return Err("\"by\" is longer than 100 characters".into());
+        }
+        if self.components.len() > 64 {
+            return Err("more than 64 components".into());
+        }
+        Ok(())
+    }
 }

@@ -105,6 +105,16 @@ pub trait Source: Send + Sync + 'static {
         let _ = req;
         Box::pin(async { Err((403, "this agent takes no maintenance".to_string())) })
     }
+    /// Opens an incident (`id` none) or updates one, committed through the cluster; the
+    /// incident as it stands after, else (HTTP status, why).
+    fn incident(
+        &self,
+        id: Option<u64>,
+        req: outlast_core::status::IncidentRequest,
+    ) -> BoxFuture<'_, Result<outlast_core::incident::Incident, (u16, String)>> {
+        let _ = (id, req);
+        Box::pin(async { Err((403, "this agent takes no incident updates".to_string())) })
+    }
     /// Runs, verifies or lists backup `name` (see [`backups::BackupAction`]); the answer's
     /// JSON, else (HTTP status, why).
     fn backup(
@@ -164,6 +174,11 @@ pub fn router(source: Arc<dyn Source>) -> Router {
         .route("/v1/faults/:id", axum::routing::delete(faults::clear_one))
         .route("/v1/switchover", post(moves::switchover))
         .route("/v1/maintenance", post(moves::maintenance))
+        .route(
+            "/v1/incidents",
+            get(moves::incidents).post(moves::incident_open),
+        )
+        .route("/v1/incidents/:id", post(moves::incident_update))
         .route("/v1/backups", get(backups::list))
         .route("/v1/backups/:name/run", post(backups::run))
         .route("/v1/backups/:name/verify", post(backups::verify))
@@ -635,6 +650,7 @@ mod tests {
         };
         st.datasets = vec![DatasetStatus {
             name: "orders".into(),
+            service: "pg".into(),
             kind: "postgres".into(),
             primary: Some("west".into()),
             epoch: 4,

@@ -18,7 +18,7 @@ fn authorize(src: &dyn Source, headers: &HeaderMap) -> Result<(), (StatusCode, &
     match src.admin_token() {
         None => Err((
             StatusCode::FORBIDDEN,
-            "switchover and maintenance are off at this agent: set [api] token in the config",
+            "switchover, maintenance and incident updates are off at this agent: set [api] token in the config",
         )),
         Some(want) => crate::bearer(headers, want),
     }
@@ -78,4 +78,59 @@ pub(crate) async fn maintenance(
         Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
     };
     answer(src.maintenance(req).await)
+}
+
+/// `GET /v1/incidents`: the committed history (public, as the status page is).
+pub(crate) async fn incidents(State(src): State<Arc<dyn Source>>) -> Response {
+    let st = src.status();
+    let mut all = st.history.incidents;
+    all.reverse();
+    Json(serde_json::json!({ "incidents": all })).into_response()
+}
+
+async fn incident(
+    src: Arc<dyn Source>,
+    headers: HeaderMap,
+    id: Option<u64>,
+    body: Bytes,
+) -> Response {
+    if let Err((code, why)) = authorize(src.as_ref(), &headers) {
+        return refuse(code, why);
+    }
+    let req = match parse::<outlast_core::status::IncidentRequest>(
+        &body,
+        r#"{"title": "...", "status": "investigating|identified|monitoring|resolved", "message": "...", "impact": "minor", "by": "NAME", "components": ["service-NAME"]}"#,
+    ) {
+        Ok(r) => r,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
+    };
+    if let Err(why) = req.check(id.is_none()) {
+        return refuse(StatusCode::BAD_REQUEST, why);
+    }
+    answer(src.incident(id, req).await)
+}
+
+/// `POST /v1/incidents`: a new incident.
+pub(crate) async fn incident_open(
+    State(src): State<Arc<dyn Source>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    incident(src, headers, None, body).await
+}
+
+/// `POST /v1/incidents/ID`: an update.
+pub(crate) async fn incident_update(
+    State(src): State<Arc<dyn Source>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not an incident id (a number, as /v1/incidents lists them)"),
+        );
+    };
+    incident(src, headers, Some(id), body).await
 }

@@ -63,6 +63,10 @@ pub struct Component {
     pub group: &'static str,
     pub state: State,
     pub description: String,
+    /// Daily bars from the committed history, oldest first (empty: none kept for it).
+    pub days: Vec<outlast_core::incident::Day>,
+    /// Uptime over the days known.
+    pub uptime: Option<f64>,
 }
 
 /// One incident: open (a site down or in maintenance) or past (a primary move).
@@ -80,6 +84,9 @@ pub struct Incident {
     /// (Unix ms, status, what happened), oldest first.
     pub updates: Vec<(u64, &'static str, String)>,
     pub components: Vec<String>,
+    /// The phases this site saw of the primary moves the incident covers (its own clock,
+    /// not committed): (Unix ms, what).
+    pub phases: Vec<(u64, String)>,
 }
 
 /// The page's content.
@@ -149,6 +156,8 @@ pub fn summary(st: &Status) -> Summary {
             id: format!("service-{}", s.name),
             name: s.name.clone(),
             group: "Services",
+            days: Vec::new(),
+            uptime: None,
             state,
             description,
         });
@@ -159,6 +168,8 @@ pub fn summary(st: &Status) -> Summary {
             id: format!("dataset-{}", d.name),
             name: d.name.clone(),
             group: "Datasets",
+            days: Vec::new(),
+            uptime: None,
             state,
             description,
         });
@@ -171,6 +182,8 @@ pub fn summary(st: &Status) -> Summary {
             id: format!("stream-{}", s.name),
             name: s.name.clone(),
             group: "Streams",
+            days: Vec::new(),
+            uptime: None,
             state: if late {
                 State::Degraded
             } else {
@@ -197,100 +210,40 @@ pub fn summary(st: &Status) -> Summary {
             id: format!("site-{}", s.name),
             name: s.name.clone(),
             group: "Sites",
+            days: Vec::new(),
+            uptime: None,
             state,
             description: format!("{}{}", if s.witness { "witness, " } else { "" }, s.state),
         });
     }
-    let mut incidents = Vec::new();
-    // Open: each site down or in maintenance, updated by the moves that left it.
-    for s in st
-        .sites
+    // Uptime: from the committed outages, the same at every site.
+    let dataset_service: std::collections::BTreeMap<&str, &str> = st
+        .datasets
         .iter()
-        .filter(|s| s.state == "down" || s.state == "maintenance")
-    {
-        let down = s.state == "down";
-        // `last_seen_ms` is how long ago the answering site last heard from it.
-        let started = st.at_ms.saturating_sub(s.last_seen_ms.unwrap_or(0));
-        let mut updates = vec![(
-            started,
-            "investigating",
-            if down {
-                format!("Site {} stopped answering its peers.", s.name)
-            } else {
-                format!(
-                    "Site {} is in maintenance: its primaries move away.",
-                    s.name
-                )
-            },
-        )];
-        let mut affected = vec![format!("site-{}", s.name)];
-        for f in st
-            .failovers
-            .iter()
-            .rev()
-            .filter(|f| f.from.as_deref() == Some(s.name.as_str()))
-        {
-            let at = f.phases.last().map_or(started, |p| p.at_ms);
-            if at + 60_000 < started {
-                continue;
-            }
-            updates.push((
-                at,
-                "identified",
-                format!(
-                    "{} now served from {} ({}).",
-                    f.what,
-                    f.to,
-                    f.reason.to_lowercase()
-                ),
-            ));
-            affected.push(format!("service-{}", f.what));
+        .map(|d| (d.name.as_str(), d.service.as_str()))
+        .collect();
+    for c in &mut components {
+        let key = match c.group {
+            "Services" => Some(format!("service-{}", c.name)),
+            "Sites" => Some(format!("site-{}", c.name)),
+            "Datasets" => dataset_service
+                .get(c.name.as_str())
+                .filter(|s| !s.is_empty())
+                .map(|s| format!("service-{s}")),
+            _ => None,
+        };
+        if let Some(k) = key {
+            c.days = st.history.days(&k, UPTIME_DAYS, st.at_ms);
+            c.uptime = st.history.uptime(&k, UPTIME_DAYS, st.at_ms);
         }
-        let recovered = components
-            .iter()
-            .filter(|c| c.group != "Sites")
-            .all(|c| c.state == State::Operational);
-        if recovered {
-            updates.push((
-                st.at_ms,
-                "monitoring",
-                format!(
-                    "Every service is served from the other sites; {} is watched until it is back.",
-                    s.name
-                ),
-            ));
-        }
-        let status = updates.last().map_or("investigating", |u| u.1);
-        incidents.push(Incident {
-            id: format!(
-                "{}-{}-{started}",
-                if down { "down" } else { "maintenance" },
-                s.name
-            ),
-            name: if down {
-                format!("Site {} is down", s.name)
-            } else {
-                format!("Site {} is in maintenance", s.name)
-            },
-            status,
-            impact: if !down {
-                "none"
-            } else if recovered {
-                "minor"
-            } else {
-                "major"
-            },
-            started_ms: started,
-            updated_ms: updates.last().map_or(started, |u| u.0),
-            resolved_ms: None,
-            updates,
-            components: affected,
-        });
     }
-    // Past: each primary move this site saw.
-    for f in &st.failovers {
-        incidents.push(moved(f));
-    }
+    let incidents = st
+        .history
+        .incidents
+        .iter()
+        .rev()
+        .map(|i| committed(i, st, &dataset_service))
+        .collect();
     Summary {
         cluster: st.cluster.clone(),
         seen_by: st.site.clone(),
@@ -300,52 +253,61 @@ pub fn summary(st: &Status) -> Summary {
     }
 }
 
-/// A primary move as a resolved incident, its phases as updates.
-fn moved(f: &FailoverStatus) -> Incident {
-    let started = f.phases.first().map_or(0, |p| p.at_ms);
-    let ended = f.phases.last().map_or(started, |p| p.at_ms);
-    let from = f.from.as_deref().unwrap_or("none");
-    let mut phases = f.phases.clone();
-    phases.sort_by_key(|p| p.at_ms);
-    let updates = phases
-        .iter()
-        .map(|p| {
-            let status = match p.name.as_str() {
-                "last-heard" | "declared" => "investigating",
-                "old-lease-over" | "acting" | "db-promoted" => "identified",
-                _ => "monitoring",
-            };
-            (p.at_ms, status, phase_text(&p.name, f))
-        })
-        .chain(std::iter::once((
-            ended,
-            "resolved",
-            format!("{} is served from {}.", f.what, f.to),
-        )))
-        .collect();
+/// How many days of uptime the page draws.
+pub const UPTIME_DAYS: u64 = 90;
+
+/// A committed incident, with the phases this site saw of the moves it covers.
+fn committed(
+    i: &outlast_core::incident::Incident,
+    st: &Status,
+    dataset_service: &std::collections::BTreeMap<&str, &str>,
+) -> Incident {
+    let mut components: Vec<String> = i.components.iter().cloned().collect();
+    for (d, s) in dataset_service {
+        if i.components.contains(&format!("service-{s}")) {
+            components.push(format!("dataset-{d}"));
+        }
+    }
+    let end = i.resolved_ms.unwrap_or(st.at_ms);
+    let mut phases = Vec::new();
+    for f in &st.failovers {
+        let Some(first) = f.phases.iter().map(|p| p.at_ms).min() else {
+            continue;
+        };
+        let ours = i.components.contains(&format!("service-{}", f.what))
+            && first + 60_000 >= i.started_ms
+            && first <= end + 1000;
+        if !ours {
+            continue;
+        }
+        let mut ps = f.phases.clone();
+        ps.sort_by_key(|p| p.at_ms);
+        for p in ps {
+            phases.push((p.at_ms, format!("{}: {}", f.what, phase_text(&p.name, f))));
+        }
+    }
+    phases.sort_by_key(|p| p.0);
     Incident {
-        id: format!("move-{}-{}", f.what, f.epoch),
-        name: if f.reason.eq_ignore_ascii_case("failover") {
-            format!("{}: primary moved from {from} to {}", f.what, f.to)
-        } else {
-            format!(
-                "{}: primary moved from {from} to {} ({})",
-                f.what,
-                f.to,
-                f.reason.to_lowercase()
-            )
-        },
-        status: "resolved",
-        impact: if f.reason.eq_ignore_ascii_case("failover") {
-            "major"
-        } else {
-            "none"
-        },
-        started_ms: started,
-        updated_ms: ended,
-        resolved_ms: Some(ended),
-        updates,
-        components: vec![format!("service-{}", f.what)],
+        id: i.id.to_string(),
+        name: i.title.clone(),
+        status: i.status.word(),
+        impact: i.impact.word(),
+        started_ms: i.started_ms,
+        updated_ms: i.updates.last().map_or(i.started_ms, |u| u.at_ms),
+        resolved_ms: i.resolved_ms,
+        updates: i
+            .updates
+            .iter()
+            .map(|u| {
+                let body = match &u.by {
+                    Some(by) => format!("{} ({by})", u.body),
+                    None => u.body.clone(),
+                };
+                (u.at_ms, u.status.word(), body)
+            })
+            .collect(),
+        components,
+        phases,
     }
 }
 
@@ -431,6 +393,7 @@ impl Summary {
                     "description": c.description, "showcase": true, "start_date": null,
                     "group_id": group_id, "page_id": page_id, "group": false,
                     "only_show_if_degraded": false,
+                    "uptime_90d": c.uptime,
                 }));
             }
         }
@@ -458,6 +421,7 @@ impl Summary {
                 "resolved_at": i.resolved_ms.map(|t| rfc3339(t as i64)),
                 "shortlink": format!("/status#{}", i.id), "page_id": page_id,
                 "incident_updates": updates,
+                "phases_seen_here": i.phases.iter().map(|(t, what)| json!({"at": rfc3339(*t as i64), "what": what})).collect::<Vec<_>>(),
                 "components": self.components.iter().filter(|c| i.components.contains(&c.id))
                     .map(|c| json!({"id": c.id, "name": c.name, "status": c.state.word()}))
                     .collect::<Vec<_>>(),
@@ -551,7 +515,7 @@ impl Summary {
             s,
             r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{c} status</title>
 <link rel="alternate" type="application/atom+xml" href="/status/feed.atom" title="{c} incidents">
-<style>body{{font-family:system-ui,sans-serif;margin:0 auto;padding:24px;max-width:820px;color:#222}}.banner{{padding:18px 20px;border-radius:6px;color:#fff;font-size:22px;font-weight:600}}h2{{margin-top:32px;font-size:18px;border-bottom:1px solid #ddd;padding-bottom:6px}}.row{{display:flex;justify-content:space-between;padding:10px 4px;border-bottom:1px solid #eee}}.row small{{color:#666;display:block}}.state{{font-weight:600;white-space:nowrap}}.inc{{border-left:4px solid #ccc;padding:4px 12px;margin:14px 0}}.inc p{{margin:4px 0}}.meta{{color:#666;font-size:13px}}footer{{margin-top:40px;color:#888;font-size:13px}}</style></head><body>
+<style>body{{font-family:system-ui,sans-serif;margin:0 auto;padding:24px;max-width:820px;color:#222}}.banner{{padding:18px 20px;border-radius:6px;color:#fff;font-size:22px;font-weight:600}}h2{{margin-top:32px;font-size:18px;border-bottom:1px solid #ddd;padding-bottom:6px}}.row{{display:flex;justify-content:space-between;padding:10px 4px;border-bottom:1px solid #eee}}.row small{{color:#666;display:block}}.state{{font-weight:600;white-space:nowrap}}.inc{{border-left:4px solid #ccc;padding:4px 12px;margin:14px 0}}.inc p{{margin:4px 0}}.meta{{color:#666;font-size:13px}}.bars{{display:flex;gap:2px;height:26px;margin:6px 4px 0}}.bars span{{flex:1;border-radius:2px}}.axis{{display:flex;justify-content:space-between;color:#888;font-size:12px;margin:2px 4px 10px}}.phase{{color:#555;font-size:13px;margin-left:14px}}footer{{margin-top:40px;color:#888;font-size:13px}}</style></head><body>
 <h1>{c}</h1>
 <div class="banner" style="background:{bg}">{d}</div>
 "#,
@@ -593,6 +557,7 @@ impl Summary {
                     c.state.colour(),
                     c.state.said()
                 );
+                bars_html(&mut s, c);
             }
         }
         let past: Vec<&Incident> = self
@@ -617,6 +582,65 @@ impl Summary {
     }
 }
 
+/// A component's daily bars (none drawn when the history keeps none for it).
+fn bars_html(s: &mut String, c: &Component) {
+    if c.days.is_empty() {
+        return;
+    }
+    s.push_str(r#"<div class="bars">"#);
+    for d in &c.days {
+        let (y, m, day) = outlast_core::clock::civil((d.day_ms / 86_400_000) as i64);
+        let (colour, text) = match d.uptime {
+            None => ("#ddd", "no data".to_string()),
+            Some(u) => {
+                let colour = match d.worst.as_deref() {
+                    None => State::Operational.colour(),
+                    Some("under_maintenance") if u >= 1.0 => State::UnderMaintenance.colour(),
+                    _ if u >= 0.9999 => "#8c4",
+                    _ if u >= 0.99 => State::Degraded.colour(),
+                    _ if u >= 0.9 => State::PartialOutage.colour(),
+                    _ => State::MajorOutage.colour(),
+                };
+                let mut text = format!("{:.2} % up", u * 100.0);
+                if d.down_ms > 0 {
+                    let _ = write!(text, ", {} down", human_ms(d.down_ms));
+                }
+                if let Some(w) = &d.worst {
+                    let _ = write!(text, " (worst: {})", w.replace('_', " "));
+                }
+                (colour, text)
+            }
+        };
+        let _ = write!(
+            s,
+            r#"<span style="background:{colour}" title="{y:04}-{m:02}-{day:02}: {}"></span>"#,
+            esc(&text)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"</div><div class="axis"><span>{} days ago</span><span>{}</span><span>today</span></div>"#,
+        c.days.len(),
+        c.uptime
+            .map_or("no uptime known yet".to_string(), |u| format!(
+                "{:.3} % uptime",
+                u * 100.0
+            ))
+    );
+}
+
+fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 120_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else if ms < 7_200_000 {
+        format!("{} min", ms / 60_000)
+    } else {
+        format!("{:.1} h", ms as f64 / 3_600_000.0)
+    }
+}
+
 fn incident_html(s: &mut String, i: &Incident, colour: &str) {
     let _ = write!(
         s,
@@ -634,6 +658,14 @@ fn incident_html(s: &mut String, i: &Incident, colour: &str) {
             esc(status),
             rfc3339(*t as i64),
             esc(text)
+        );
+    }
+    for (t, what) in &i.phases {
+        let _ = write!(
+            s,
+            "<div class=\"phase\">{} · {}</div>",
+            rfc3339(*t as i64),
+            esc(what)
         );
     }
     s.push_str("</div>");

@@ -281,6 +281,78 @@ pub async fn maintenance(
     Ok(())
 }
 
+/// `outlast incident open|update`: prints the incident as committed.
+pub async fn incident(
+    target: &ApiTarget,
+    auth: &TokenArg,
+    id: Option<u64>,
+    req: outlast_core::status::IncidentRequest,
+) -> anyhow::Result<()> {
+    req.check(id.is_none()).map_err(|e| anyhow::anyhow!(e))?;
+    let path = match id {
+        Some(id) => format!("/v1/incidents/{id}"),
+        None => "/v1/incidents".to_string(),
+    };
+    let i: outlast_core::incident::Incident = mutate(target, auth, &path, &req).await?;
+    print!("{}", said_incident(&i));
+    Ok(())
+}
+
+/// `outlast incident list`.
+pub async fn incidents(target: &ApiTarget) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct All {
+        incidents: Vec<outlast_core::incident::Incident>,
+    }
+    let api = target.resolve().await?;
+    let url = format!("{}/v1/incidents", api.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+    let code = resp.status();
+    let text = resp.text().await?;
+    if !code.is_success() {
+        anyhow::bail!("{url} answered {code}: {}", text.trim());
+    }
+    let all: All = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{url} answered something else: {e}"))?;
+    if all.incidents.is_empty() {
+        println!("no incidents recorded");
+    }
+    for i in &all.incidents {
+        print!("{}", said_incident(i));
+    }
+    Ok(())
+}
+
+fn said_incident(i: &outlast_core::incident::Incident) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "#{} {} [{}, impact {}] since {}\n",
+        i.id,
+        i.title,
+        i.status.word(),
+        i.impact.word(),
+        outlast_core::clock::rfc3339(i.started_ms as i64)
+    );
+    for u in i.updates.iter().rev() {
+        let _ = writeln!(
+            s,
+            "  {} {:<13} {}{}",
+            outlast_core::clock::rfc3339(u.at_ms as i64),
+            u.status.word(),
+            u.body,
+            u.by.as_ref().map(|b| format!(" ({b})")).unwrap_or_default()
+        );
+    }
+    s
+}
+
 /// `outlast events send`: posts NDJSON and prints the acknowledgement.
 pub async fn events_send(target: &ApiTarget, stream: &str, file: &str) -> anyhow::Result<()> {
     let body = if file == "-" {

@@ -137,6 +137,13 @@ enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Incidents on the status page: open one, add an update, or list the history. The
+    /// cluster writes its own (site down, primary moved, …); these are an operator's words,
+    /// committed so every site shows them.
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
+    },
     /// Restore a backup's snapshot into a directory, straight from its repositories (no
     /// agent needed): files, or a PostgreSQL data dir ready to start.
     #[command(
@@ -222,6 +229,64 @@ enum BackupCommand {
         name: String,
         #[command(flatten)]
         auth: outlast::commands::TokenArg,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum IncidentCommand {
+    /// Open an incident.
+    #[command(
+        after_help = "Example:\n  OUTLAST_TOKEN=... outlast incident open --title \"Slow checkouts\" --message \"Payments answer in 5 s; we are looking\" --component service-web --config cluster.toml"
+    )]
+    Open {
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        message: String,
+        /// investigating | identified | monitoring | resolved
+        #[arg(long, default_value = "investigating")]
+        status: String,
+        /// none | maintenance | minor | major | critical
+        #[arg(long, default_value = "minor")]
+        impact: String,
+        /// A component it touches (site-NAME, service-NAME); repeat for more.
+        #[arg(long = "component")]
+        components: Vec<String>,
+        /// Who writes (shown beside the words); default: $USER.
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        auth: outlast::commands::TokenArg,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+    },
+    /// Add an update to an incident (its id as `outlast incident list` shows it).
+    #[command(
+        after_help = "Example:\n  OUTLAST_TOKEN=... outlast incident update 3 --status resolved --message \"East is back and has caught up\" --config cluster.toml"
+    )]
+    Update {
+        id: u64,
+        #[arg(long)]
+        message: String,
+        /// investigating | identified | monitoring | resolved
+        #[arg(long)]
+        status: String,
+        /// none | maintenance | minor | major | critical
+        #[arg(long)]
+        impact: Option<String>,
+        #[arg(long = "component")]
+        components: Vec<String>,
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        auth: outlast::commands::TokenArg,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+    },
+    /// The committed incidents, newest first.
+    List {
         #[command(flatten)]
         target: outlast::commands::ApiTarget,
     },
@@ -342,6 +407,53 @@ fn main() -> ExitCode {
             } => runtime(outlast::commands::events_tail(
                 &target, &stream, from, follow,
             )),
+        },
+        Command::Incident { command } => match command {
+            IncidentCommand::Open {
+                title,
+                message,
+                status,
+                impact,
+                components,
+                by,
+                auth,
+                target,
+            } => runtime(outlast::commands::incident(
+                &target,
+                &auth,
+                None,
+                outlast_core::status::IncidentRequest {
+                    title: Some(title),
+                    status,
+                    impact: Some(impact),
+                    message,
+                    by: by.or_else(|| std::env::var("USER").ok()),
+                    components,
+                },
+            )),
+            IncidentCommand::Update {
+                id,
+                message,
+                status,
+                impact,
+                components,
+                by,
+                auth,
+                target,
+            } => runtime(outlast::commands::incident(
+                &target,
+                &auth,
+                Some(id),
+                outlast_core::status::IncidentRequest {
+                    title: None,
+                    status,
+                    impact,
+                    message,
+                    by: by.or_else(|| std::env::var("USER").ok()),
+                    components,
+                },
+            )),
+            IncidentCommand::List { target } => runtime(outlast::commands::incidents(&target)),
         },
         Command::Backup { command } => match command {
             BackupCommand::Run { name, auth, target } => {

@@ -1,16 +1,43 @@
 //! The public status page, as a browser without JavaScript and a Statuspage client read it
 //! from the witness: a site loss shows as an active incident with the affected components,
-//! and once the site is back the page is green again with the primary's moves among the
-//! past incidents. The Atom feed parses as XML.
+//! and once the site is back and the primary has failed back, the incident is resolved and
+//! the page is green again. Every site holds the same committed history; an operator's
+//! words need the token and show at every site; the uptime bars count the outage. The
+//! Atom feed parses as XML.
 
 #![allow(clippy::disallowed_methods)]
 
 mod common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use common::{Cluster, Opts};
 use serde_json::Value;
+
+const TOKEN: &str = "status-page-token-0123456789";
+
+/// A POST with an optional bearer token: (status code, body).
+fn post(addr: std::net::SocketAddr, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
 
 fn component<'a>(j: &'a Value, id: &str) -> &'a Value {
     j["components"]
@@ -157,7 +184,9 @@ fn which_chromium() -> Result<String, ()> {
 #[test]
 fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
     let b = 10_400;
-    let mut c = Cluster::new(Opts::new(b));
+    let mut o = Opts::new(b);
+    o.extra = format!("\n[api]\ntoken = \"{TOKEN}\"\n");
+    let mut c = Cluster::new(o);
     c.start_all();
     c.wait_healthy();
     let json = |c: &Cluster| -> Value {
@@ -167,6 +196,10 @@ fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
     check_shape(&j);
     assert_eq!(j["status"]["description"], "All Systems Operational", "{j}");
     assert_eq!(component(&j, "service-db")["status"], "operational");
+    println!(
+        "history before the loss: {}",
+        c.get("witness", "/v1/incidents").unwrap_or_default()
+    );
 
     c.kill9("east");
     c.wait_for("witness", Duration::from_secs(20), "east down", |st| {
@@ -185,12 +218,104 @@ fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
         .and_then(|i| i.iter().find(|x| x["name"] == "Site east is down"))
         .cloned()
         .expect("an active incident for east");
-    assert!(
-        inc["components"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|x| x["id"] == "site-east")),
-        "{inc}"
+    let id = inc["id"].as_str().unwrap_or("").to_string();
+    // The failover's update arrives as the primary moves.
+    let moved = |c: &Cluster| {
+        json(c)["incidents"].as_array().is_some_and(|i| {
+            i.iter().any(|x| {
+                x["id"] == id.as_str()
+                    && x["incident_updates"].as_array().is_some_and(|u| {
+                        u.iter().any(|u| {
+                            u["body"]
+                                .as_str()
+                                .is_some_and(|b| b.contains("db now served from west"))
+                        })
+                    })
+            })
+        })
+    };
+    let t0 = Instant::now();
+    while !moved(&c) && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(moved(&c), "the incident tells the failover: {}", json(&c));
+    let j = json(&c);
+    let inc = j["incidents"]
+        .as_array()
+        .and_then(|i| i.iter().find(|x| x["id"] == id.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    for id in ["site-east", "service-db"] {
+        assert!(
+            inc["components"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|x| x["id"] == id)),
+            "{id}: {inc}"
+        );
+    }
+    // Every site that is up holds the same history, committed through Raft.
+    let history = |c: &Cluster, site: &str| -> Value {
+        let v: Value =
+            serde_json::from_str(&c.get(site, "/v1/incidents").expect("incidents")).expect("json");
+        v["incidents"].clone()
+    };
+    let t0 = Instant::now();
+    while history(&c, "west") != history(&c, "witness") && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(history(&c, "west"), history(&c, "witness"));
+    // An operator's words: refused without the token, committed with it, shown everywhere.
+    let (code, body) = post(
+        c.api("west"),
+        &format!("/v1/incidents/{id}"),
+        None,
+        r#"{"status": "identified", "message": "no token"}"#,
     );
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = post(
+        c.api("west"),
+        &format!("/v1/incidents/{id}"),
+        Some(TOKEN),
+        r#"{"status": "bogus", "message": "x"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("investigating, identified"), "{body}");
+    let (code, body) = post(
+        c.api("west"),
+        "/v1/incidents/999",
+        Some(TOKEN),
+        r#"{"status": "identified", "message": "x"}"#,
+    );
+    assert_eq!(code, 404, "{body}");
+    let out = std::process::Command::new(common::bin())
+        .args(["incident", "update", &id, "--status", "identified"])
+        .args([
+            "--message",
+            "The east data centre lost power; its provider is on it.",
+        ])
+        .args(["--by", "ops on call"])
+        .args(["--api", &format!("http://{}", c.api("west"))])
+        .env("OUTLAST_TOKEN", TOKEN)
+        .output()
+        .expect("outlast incident update");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && said.contains("lost power"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("outlast incident update said:\n{said}");
+    let t0 = Instant::now();
+    while !c
+        .get("witness", "/status")
+        .is_some_and(|p| p.contains("lost power") && p.contains("ops on call"))
+        && t0.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c
+        .get("witness", "/status")
+        .is_some_and(|p| p.contains("lost power")));
     let page = c.get("witness", "/status").expect("page");
     assert!(page.contains("Site east is down") && page.contains("Active incidents"));
     assert!(!page.contains("<script"), "the page needs no JavaScript");
@@ -215,14 +340,42 @@ fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
         "{j}"
     );
     let past = j["past_incidents"].as_array().cloned().unwrap_or_default();
+    let done = past
+        .iter()
+        .find(|i| i["id"] == id.as_str())
+        .cloned()
+        .expect("east's incident among the past ones");
+    assert_eq!(done["status"], "resolved", "{done}");
+    let bodies: Vec<String> = done["incident_updates"]
+        .as_array()
+        .map(|u| {
+            u.iter()
+                .filter_map(|x| x["body"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("east's incident, newest update first: {bodies:#?}");
     assert!(
-        past.iter().any(
-            |i| i["status"] == "resolved" && i["name"] == "db: primary moved from east to west"
-        ),
-        "{past:?}"
+        bodies
+            .iter()
+            .any(|b| b.contains("served from east again (failback)")),
+        "{bodies:?}"
     );
+    assert!(
+        bodies.iter().any(|b| b.contains("answers again")),
+        "{bodies:?}"
+    );
+    // The outage counts against today's uptime, the same at every site.
+    let up = component(&j, "service-db")["uptime_90d"]
+        .as_f64()
+        .unwrap_or(1.0);
+    // The history starts with its first committed entry (east's loss), so the share is
+    // of the minutes since then, not of the day.
+    println!("db's uptime today: {:.4} %", up * 100.0);
+    assert!(up < 1.0 && up > 0.0, "db's uptime counts the outage: {up}");
+    assert_eq!(history(&c, "west"), history(&c, "witness"));
     let page = c.get("west", "/status").expect("west serves it too");
-    assert!(page.contains("Past incidents") && page.contains("primary moved"));
+    assert!(page.contains("Past incidents") && page.contains("% uptime"));
     atom_parses(&c, "west");
     screenshot(
         &format!("http://{}/status", c.api("west")),

@@ -66,6 +66,7 @@ fn initial() -> ClusterState {
             .collect(),
         services,
         maintenance: Default::default(),
+        history: Default::default(),
     }
 }
 
@@ -80,6 +81,8 @@ fn moved() -> (ClusterState, Vec<Decision>) {
         hold_ms: LEASE + MARGIN,
     };
     let p = Proposal {
+        at_ms: 0,
+        silent_ms: Default::default(),
         base_epoch: 0,
         decisions: vec![d.clone()],
     };

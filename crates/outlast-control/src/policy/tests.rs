@@ -77,6 +77,7 @@ fn state() -> ClusterState {
         sites,
         services,
         maintenance: Default::default(),
+        history: Default::default(),
     }
 }
 
@@ -332,6 +333,8 @@ fn a_down_site_comes_back_only_caught_up_and_unfenced() {
 fn stale_proposal_changes_nothing() {
     let mut s = state();
     let p = Proposal {
+        at_ms: 0,
+        silent_ms: Default::default(),
         base_epoch: 5,
         decisions: vec![Decision::SiteDown {
             site: "east".into(),
@@ -340,6 +343,8 @@ fn stale_proposal_changes_nothing() {
     assert_eq!(s.apply(&p), None);
     assert_eq!(s, state());
     let p = Proposal {
+        at_ms: 0,
+        silent_ms: Default::default(),
         base_epoch: 0,
         decisions: vec![Decision::SiteDown {
             site: "east".into(),
@@ -550,6 +555,8 @@ fn the_primary_asks_for_its_sync_set_and_the_cluster_records_it_before_it_is_use
         }]
     );
     st.apply(&Proposal {
+        at_ms: 0,
+        silent_ms: Default::default(),
         base_epoch: st.epoch,
         decisions: d,
     });
@@ -564,6 +571,8 @@ fn the_primary_asks_for_its_sync_set_and_the_cluster_records_it_before_it_is_use
     assert_eq!(decide(&p, &st, &o, 10_000), vec![]);
     // The new primary was a synchronous standby: it leaves the set when it moves.
     st.apply(&Proposal {
+        at_ms: 0,
+        silent_ms: Default::default(),
         base_epoch: st.epoch,
         decisions: vec![Decision::PrimaryMove {
             service: "db".into(),
@@ -625,5 +634,186 @@ fn an_async_standby_further_behind_than_max_lag_is_not_promoted_by_a_failover() 
     assert!(
         moved(None, 0),
         "the old primary's position unknown: nobody held back"
+    );
+}
+
+/// The incident history from committed entries: a site loss, its failover, its return and
+/// the failback make one incident that ends resolved; the outage runs from the silence to
+/// the move; an operator's note lands on the incident; a replay of the same entries on
+/// another state gives the same history.
+#[test]
+fn committed_entries_write_one_incident_per_site_loss() {
+    use outlast_core::incident::{Impact, Step};
+    let entries = vec![
+        Proposal {
+            base_epoch: 0,
+            at_ms: 1_000_000,
+            silent_ms: [("east".to_string(), 1500)].into_iter().collect(),
+            decisions: vec![
+                Decision::SiteDown {
+                    site: "east".into(),
+                },
+                Decision::PrimaryMove {
+                    service: "db".into(),
+                    from: Some("east".into()),
+                    to: "west".into(),
+                    reason: MoveReason::Failover,
+                    hold_ms: 1000,
+                },
+            ],
+        },
+        Proposal {
+            base_epoch: 1,
+            at_ms: 1_010_000,
+            silent_ms: Default::default(),
+            decisions: vec![Decision::IncidentNote {
+                id: Some(1),
+                title: None,
+                status: Step::Identified,
+                impact: Some(Impact::Critical),
+                body: "power cut at east".into(),
+                by: Some("ops".into()),
+                components: vec![],
+            }],
+        },
+        Proposal {
+            base_epoch: 2,
+            at_ms: 1_060_000,
+            silent_ms: Default::default(),
+            decisions: vec![Decision::SiteUp {
+                site: "east".into(),
+            }],
+        },
+        Proposal {
+            base_epoch: 3,
+            at_ms: 1_090_000,
+            silent_ms: Default::default(),
+            decisions: vec![Decision::PrimaryMove {
+                service: "db".into(),
+                from: Some("west".into()),
+                to: "east".into(),
+                reason: MoveReason::Failback,
+                hold_ms: 1000,
+            }],
+        },
+    ];
+    let mut st = state();
+    let mut statuses = Vec::new();
+    for p in &entries {
+        assert!(st.apply(p).is_some());
+        statuses.push(st.history.incidents.last().map(|i| i.status));
+    }
+    assert_eq!(
+        statuses,
+        vec![
+            Some(Step::Identified),
+            Some(Step::Identified),
+            Some(Step::Monitoring),
+            Some(Step::Resolved)
+        ]
+    );
+    let h = &st.history;
+    assert_eq!(h.incidents.len(), 1, "{h:#?}");
+    let i = &h.incidents[0];
+    assert_eq!(i.title, "Site east is down");
+    assert_eq!(i.impact, Impact::Critical);
+    assert_eq!(i.resolved_ms, Some(1_090_000));
+    assert!(i.moved.is_empty());
+    assert_eq!(i.updates.len(), 5, "{:#?}", i.updates);
+    assert_eq!(i.updates[2].by.as_deref(), Some("ops"));
+    assert!(i.components.contains("service-db") && i.components.contains("site-east"));
+    // db was out from east's silence to the move, east from its silence to its return;
+    // web, active at west too, partially out while east was down.
+    let out = |c: &str| -> Vec<(u64, Option<u64>, String)> {
+        h.outages
+            .iter()
+            .filter(|o| o.component == c)
+            .map(|o| (o.start_ms, o.end_ms, o.state.clone()))
+            .collect()
+    };
+    assert_eq!(
+        out("service-db"),
+        vec![(998_500, Some(1_000_000), "major_outage".into())]
+    );
+    assert_eq!(
+        out("site-east"),
+        vec![(998_500, Some(1_060_000), "major_outage".into())]
+    );
+    assert_eq!(
+        out("service-web"),
+        vec![(998_500, Some(1_060_000), "partial_outage".into())]
+    );
+    assert_eq!(h.since_ms, Some(998_500));
+    // The same entries on another copy: the same history.
+    let mut again = state();
+    for p in &entries {
+        again.apply(p);
+    }
+    assert_eq!(again.history, st.history);
+    // A stale entry changes nothing, history included.
+    let before = st.history.clone();
+    assert!(st.apply(&entries[0]).is_none());
+    assert_eq!(st.history, before);
+}
+
+/// A planned switchover outside any incident is recorded resolved at once, of impact none;
+/// maintenance opens an incident that its end resolves.
+#[test]
+fn planned_moves_and_maintenance_are_recorded() {
+    use outlast_core::incident::{Impact, Step};
+    let mut st = state();
+    let mut at = 5_000_000;
+    let mut commit = |st: &mut ClusterState, d: Decision| {
+        at += 1000;
+        let p = Proposal {
+            base_epoch: st.epoch,
+            at_ms: at,
+            silent_ms: Default::default(),
+            decisions: vec![d],
+        };
+        st.apply(&p);
+    };
+    commit(
+        &mut st,
+        Decision::PrimaryMove {
+            service: "db".into(),
+            from: Some("east".into()),
+            to: "west".into(),
+            reason: MoveReason::Switchover,
+            hold_ms: 0,
+        },
+    );
+    commit(
+        &mut st,
+        Decision::Maintenance {
+            site: "west".into(),
+            on: true,
+        },
+    );
+    commit(
+        &mut st,
+        Decision::Maintenance {
+            site: "west".into(),
+            on: false,
+        },
+    );
+    let i = &st.history.incidents;
+    assert_eq!(i.len(), 2, "{i:#?}");
+    assert_eq!((i[0].status, i[0].impact), (Step::Resolved, Impact::None));
+    assert_eq!(i[1].title, "Site west is in maintenance");
+    assert_eq!(
+        (i[1].status, i[1].impact),
+        (Step::Resolved, Impact::Maintenance)
+    );
+    let maint: Vec<_> = st
+        .history
+        .outages
+        .iter()
+        .filter(|o| o.component == "site-west")
+        .map(|o| (o.state.as_str(), o.start_ms, o.end_ms))
+        .collect();
+    assert_eq!(
+        maint,
+        vec![("under_maintenance", 5_002_000, Some(5_003_000))]
     );
 }

@@ -9,6 +9,8 @@ fn entry(index: u64, base_epoch: u64) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
         payload: EntryPayload::Normal(Proposal {
+            at_ms: 0,
+            silent_ms: Default::default(),
             base_epoch,
             decisions: vec![],
         }),
@@ -21,6 +23,7 @@ fn empty_state() -> ClusterState {
         sites: Default::default(),
         services: Default::default(),
         maintenance: Default::default(),
+        history: Default::default(),
     }
 }
 

@@ -159,6 +159,7 @@ impl SimConfig {
                 .collect(),
             services,
             maintenance: Default::default(),
+            history: Default::default(),
         }
     }
 }

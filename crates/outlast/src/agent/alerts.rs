@@ -626,6 +626,18 @@ pub fn for_change(
                     event(by, kind, site, fields, format!("site {site} is {word}"))
                 }
                 Decision::SyncSet { .. } => return None,
+                Decision::IncidentNote {
+                    id, title, status, body, ..
+                } => {
+                    let what = match (id, title) {
+                        (Some(id), _) => format!("incident {id}"),
+                        (None, Some(t)) => format!("new incident \"{t}\""),
+                        (None, None) => "new incident".to_string(),
+                    };
+                    let key = id.map_or("new".to_string(), |i| i.to_string());
+                    let message = format!("{what} ({}): {body}", status.word());
+                    event(by, "incident-update", &key, Fields::default(), message)
+                }
             })
         })
         .collect()

@@ -517,6 +517,7 @@ pub fn status_of(
         .collect();
     DatasetStatus {
         name: d.name.clone(),
+        service: d.service.clone(),
         kind: match d.kind {
             DatasetKind::Postgres => "postgres".into(),
             DatasetKind::Redis => "redis".into(),
@@ -688,6 +689,7 @@ port = 15432
             .into_iter()
             .collect(),
             maintenance: Default::default(),
+            history: Default::default(),
         }
     }
 

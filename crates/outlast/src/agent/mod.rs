@@ -204,6 +204,14 @@ impl Agent {
                         "synchronous standbys recorded"
                     );
                 }
+                outlast_control::Decision::IncidentNote { id, status, .. } => {
+                    tracing::info!(
+                        ?id,
+                        status = status.word(),
+                        epoch = change.epoch,
+                        "incident note committed"
+                    );
+                }
                 outlast_control::Decision::PrimaryMove {
                     service,
                     from,
@@ -464,7 +472,21 @@ impl Agent {
         }
     }
 
-    async fn propose(&self, proposal: outlast_control::Proposal) {
+    async fn propose(&self, mut proposal: outlast_control::Proposal) {
+        proposal.at_ms = unix_ms();
+        let now = self.now_ms();
+        let views = self.node().site_views(now);
+        for d in &proposal.decisions {
+            if let outlast_control::Decision::SiteDown { site } = d {
+                if let Some(ms) = views
+                    .iter()
+                    .find(|v| v.name == *site)
+                    .and_then(|v| v.last_seen_ms)
+                {
+                    proposal.silent_ms.insert(site.clone(), ms);
+                }
+            }
+        }
         tracing::info!(epoch = proposal.base_epoch, decisions = ?proposal.decisions, "proposing");
         let timeout = self.config.timing.lease;
         match tokio::time::timeout(timeout, self.raft().client_write(proposal)).await {
@@ -611,6 +633,14 @@ impl outlast_web::Source for Agent {
         req: outlast_web::MaintenanceRequest,
     ) -> outlast_web::BoxFuture<'_, Result<outlast_web::MaintenanceAnswer, (u16, String)>> {
         Box::pin(moves::maintenance(self, req))
+    }
+
+    fn incident(
+        &self,
+        id: Option<u64>,
+        req: outlast_core::status::IncidentRequest,
+    ) -> outlast_web::BoxFuture<'_, Result<outlast_core::incident::Incident, (u16, String)>> {
+        Box::pin(moves::incident(self, id, req))
     }
 
     fn backup(

@@ -65,10 +65,11 @@ impl Agent {
             if !self.is_leader() {
                 return Err((503, "this site stopped leading; ask again".into()));
             }
-            let proposal = {
+            let mut proposal = {
                 let now = self.now_ms();
                 self.node().request(&req, now).map_err(refused)?
             };
+            proposal.at_ms = super::peer::unix_ms();
             let Some(decision) = proposal.decisions.first().cloned() else {
                 return Err((500, "nothing to commit".into()));
             };
@@ -237,4 +238,63 @@ pub async fn maintenance(
         epoch: c.epoch,
         moved,
     })
+}
+
+/// `POST /v1/incidents[/ID]`: commits the operator's words, then answers with the incident
+/// as this site applied it.
+pub async fn incident(
+    agent: &Agent,
+    id: Option<u64>,
+    req: outlast_core::status::IncidentRequest,
+) -> Result<outlast_core::incident::Incident, Failed> {
+    use outlast_core::incident::{Impact, Step};
+    let status = Step::parse(&req.status).map_err(|e| (400, e))?;
+    let impact = req
+        .impact
+        .as_deref()
+        .map(Impact::parse)
+        .transpose()
+        .map_err(|e| (400, e))?;
+    let title = req.title.as_ref().map(|t| t.trim().to_string());
+    let c = agent
+        .commit_request(Request::IncidentNote {
+            id,
+            title: title.clone(),
+            status,
+            impact,
+            body: req.message.trim().to_string(),
+            by: req.by.clone(),
+            components: req.components.clone(),
+        })
+        .await?;
+    // A site that does not lead applies the entry a moment after the leader committed it.
+    let deadline = outlast_core::clock::now() + agent.config.timing.lease * 2;
+    loop {
+        {
+            let node = agent.node();
+            let st = node.state();
+            if st.epoch >= c.epoch {
+                let found = st.history.incidents.iter().rev().find(|i| match id {
+                    Some(id) => i.id == id,
+                    None => i.key.is_none() && Some(&i.title) == title.as_ref(),
+                });
+                return found.cloned().ok_or_else(|| {
+                    (
+                        500,
+                        format!("committed at epoch {} but not in the history", c.epoch),
+                    )
+                });
+            }
+        }
+        if outlast_core::clock::now() > deadline {
+            return Err((
+                504,
+                format!(
+                    "committed (epoch {}) but this site has not applied it yet; see /v1/incidents",
+                    c.epoch
+                ),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }

@@ -137,6 +137,7 @@ impl Agent {
             at_ms: wall_now,
             datasets: self.datasets.status(&self.config, &state),
             backups: self.backups.status(),
+            history: state.history,
         }
     }
 }
