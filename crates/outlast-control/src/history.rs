@@ -45,6 +45,16 @@ fn component_states(st: &ClusterState) -> BTreeMap<String, &'static str> {
             out.insert(site_c(name), "under_maintenance");
         }
     }
+    for (name, d) in &st.deps {
+        out.insert(
+            format!("dependency-{name}"),
+            if d.state == "down" {
+                "major_outage"
+            } else {
+                "degraded_performance"
+            },
+        );
+    }
     for (name, s) in &st.services {
         let state = match &s.primary {
             Some(p) if s.mode == outlast_core::config::Mode::PrimaryStandby => {
@@ -164,6 +174,10 @@ pub(crate) fn record(st: &mut ClusterState, before: &ClusterState, p: &Proposal)
     st.history = h;
 }
 
+/// A failover committed at most this long before its site's verdict joins the site's
+/// incident.
+const JOIN_MS: u64 = 30_000;
+
 struct Writer<'a> {
     h: &'a mut History,
     at_ms: u64,
@@ -240,6 +254,18 @@ impl Writer<'_> {
                         hit.join(", ")
                     )
                 };
+                // A failover from this site committed just before the verdict (its backends
+                // stopped answering first) is the same event: it joins this incident.
+                let (joined, kept): (Vec<Incident>, Vec<Incident>) =
+                    std::mem::take(&mut self.h.incidents)
+                        .into_iter()
+                        .partition(|i| {
+                            i.is_open()
+                                && i.key.as_deref().is_some_and(|k| k.starts_with("service:"))
+                                && i.moved.values().all(|from| from == site)
+                                && i.started_ms + JOIN_MS >= at
+                        });
+                self.h.incidents = kept;
                 let i = self.open(
                     Some(key),
                     format!("Site {site} is down"),
@@ -249,6 +275,18 @@ impl Writer<'_> {
                 );
                 i.components.insert(site_c(site));
                 i.components.extend(hit.iter().map(|s| service_c(s)));
+                for j in joined {
+                    i.started_ms = i.started_ms.min(j.started_ms);
+                    i.impact = i.impact.max(j.impact);
+                    i.components.extend(j.components);
+                    i.moved.extend(j.moved);
+                    for mut u in j.updates {
+                        u.status = Step::Identified;
+                        i.updates.push(u);
+                    }
+                    i.status = Step::Identified;
+                }
+                i.updates.sort_by_key(|u| u.at_ms);
             }
             Decision::SiteUp { site } => {
                 let Some(i) = self.open_keyed(&format!("site:{site}")) else {
@@ -386,6 +424,64 @@ impl Writer<'_> {
                 i.resolved_ms = (*status == Step::Resolved).then_some(i.resolved_ms.unwrap_or(at));
                 if *status == Step::Resolved {
                     i.moved.clear();
+                }
+            }
+            Decision::Dependency {
+                name,
+                state,
+                seen_by,
+            } => {
+                let key = format!("dep:{name}");
+                let from = if seen_by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" from {}", seen_by.join(", "))
+                };
+                if state == "up" {
+                    if let Some(i) = self.open_keyed(&key) {
+                        i.status = Step::Resolved;
+                        i.resolved_ms = Some(at);
+                        i.updates.push(Update {
+                            at_ms: at,
+                            status: Step::Resolved,
+                            body: format!("Every endpoint of {name} answers again."),
+                            by: None,
+                        });
+                    }
+                    return;
+                }
+                let body = if state == "down" {
+                    format!("No endpoint of {name} answers{from}.")
+                } else {
+                    format!("Some endpoints of {name} do not answer{from}; the others carry its traffic.")
+                };
+                let impact = if state == "down" {
+                    Impact::Major
+                } else {
+                    Impact::Minor
+                };
+                match self.open_keyed(&key) {
+                    Some(i) => {
+                        i.impact = i.impact.max(impact);
+                        i.title = format!("Dependency {name} is {state}");
+                        let status = i.status;
+                        i.updates.push(Update {
+                            at_ms: at,
+                            status,
+                            body,
+                            by: None,
+                        });
+                    }
+                    None => {
+                        let i = self.open(
+                            Some(key),
+                            format!("Dependency {name} is {state}"),
+                            impact,
+                            Step::Identified,
+                            body,
+                        );
+                        i.components.insert(format!("dependency-{name}"));
+                    }
                 }
             }
             Decision::Active { .. } => {}

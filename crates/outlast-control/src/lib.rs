@@ -17,6 +17,6 @@ pub use lease::Lease;
 pub use node::{Answer, DbReport, FailoverLog, Node, NodeConfig, SiteView, Tick};
 pub use policy::{decide, Observations, Params, Received, Refusal};
 pub use state::{
-    ClusterState, Decision, MoveReason, PeerView, Proposal, Report, Request, ServiceState,
-    ServiceView, SiteState,
+    ClusterState, Decision, DepState, MoveReason, PeerView, Proposal, Report, Request,
+    ServiceState, ServiceView, SiteState,
 };

@@ -178,6 +178,8 @@ pub struct Node {
     log_epoch: u64,
     /// The local services' health, as the probes see it.
     health: BTreeMap<String, ServiceView>,
+    /// This site's verdict per dependency (data sites).
+    deps: BTreeMap<String, String>,
     fenced: bool,
     /// The site whose entries this site last took as its leader's, and when.
     leader_heard: Option<(String, u64)>,
@@ -246,6 +248,7 @@ impl Node {
             promoted_at,
             site_changed_at,
             health: BTreeMap::new(),
+            deps: BTreeMap::new(),
             fenced: true,
             leader_heard: None,
             raft_leader: None,
@@ -349,6 +352,79 @@ impl Node {
         self.health = health;
     }
 
+    /// This site's verdict per dependency, for its reports.
+    pub fn set_deps(&mut self, deps: BTreeMap<String, String>) {
+        self.deps = deps;
+    }
+
+    /// Each site's verdict per dependency: this site's own, and the fresh reports'.
+    pub fn deps_seen(&self, now_ms: u64) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        if !self.deps.is_empty() {
+            out.insert(self.cfg.me.clone(), self.deps.clone());
+        }
+        for site in self.reports.keys() {
+            if *site == self.cfg.me {
+                continue;
+            }
+            if let Some(r) = self
+                .fresh_report(site, now_ms)
+                .filter(|r| !r.deps.is_empty())
+            {
+                out.insert(site.clone(), r.deps.clone());
+            }
+        }
+        out
+    }
+
+    /// Dependency changes to commit: each dependency's worst verdict among the data sites
+    /// that report one (`unknown` counts as nothing), against the committed state.
+    fn dep_decisions(&self, now_ms: u64) -> Vec<Decision> {
+        let seen = self.deps_seen(now_ms);
+        let mut names: BTreeSet<&String> = seen.values().flat_map(|m| m.keys()).collect();
+        names.extend(self.state.deps.keys());
+        let mut out = Vec::new();
+        for name in names {
+            let mut worst = "up";
+            let mut by: Vec<String> = Vec::new();
+            let mut any = false;
+            for (site, m) in &seen {
+                let Some(v) = m.get(name) else { continue };
+                let rank = |x: &str| match x {
+                    "down" => 2,
+                    "degraded" => 1,
+                    _ => 0,
+                };
+                if v != "unknown" {
+                    any = true;
+                }
+                if rank(v) > rank(worst) {
+                    worst = if v == "down" { "down" } else { "degraded" };
+                    by.clear();
+                }
+                if rank(v) == rank(worst) && worst != "up" {
+                    by.push(site.clone());
+                }
+            }
+            if !any {
+                continue;
+            }
+            let now = self.state.deps.get(name);
+            let same = match now {
+                None => worst == "up",
+                Some(c) => c.state == worst && c.seen_by == by,
+            };
+            if !same {
+                out.push(Decision::Dependency {
+                    name: name.clone(),
+                    state: worst.to_string(),
+                    seen_by: by,
+                });
+            }
+        }
+        out
+    }
+
     /// Raft's view: the leader's name, and (when this site leads) how long ago a quorum
     /// acknowledged it.
     pub fn set_raft(&mut self, leader: Option<String>, quorum_ack_ms: Option<u64>) {
@@ -432,7 +508,8 @@ impl Node {
                 }
                 Decision::Active { .. }
                 | Decision::SyncSet { .. }
-                | Decision::IncidentNote { .. } => {}
+                | Decision::IncidentNote { .. }
+                | Decision::Dependency { .. } => {}
             }
         }
         // A jump without decisions (a snapshot): whatever changed dates from now.
@@ -697,6 +774,7 @@ impl Node {
             handed_over: self.db.handed_over.clone(),
             db_sync: self.db.sync_want.clone(),
             db_lsn: self.db.lsn.clone(),
+            deps: self.deps.clone(),
         }
     }
 
@@ -877,7 +955,8 @@ impl Node {
 
     /// What the leader proposes now, if anything (call on the leader only).
     pub fn propose(&self, now_ms: u64) -> Option<Proposal> {
-        let decisions = decide(&self.cfg.params, &self.state, &self.observations(), now_ms);
+        let mut decisions = decide(&self.cfg.params, &self.state, &self.observations(), now_ms);
+        decisions.extend(self.dep_decisions(now_ms));
         (!decisions.is_empty()).then_some(Proposal {
             base_epoch: self.state.epoch,
             decisions,

@@ -59,6 +59,18 @@ pub struct ClusterState {
     /// The incidents and outages, written by the committed entries (`history.rs`).
     #[serde(default)]
     pub history: History,
+    /// Dependencies not up, as the data sites report them (absent: up).
+    #[serde(default)]
+    pub deps: BTreeMap<String, DepState>,
+}
+
+/// A dependency's committed state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepState {
+    /// `degraded` or `down` (the worst any data site reports).
+    pub state: String,
+    /// The data sites that report it so.
+    pub seen_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +122,13 @@ pub enum Decision {
     SyncSet {
         service: String,
         sites: Vec<String>,
+    },
+    /// A dependency's state changed, as the data sites report it: `up`, `degraded` or
+    /// `down`, and the sites whose verdict that is.
+    Dependency {
+        name: String,
+        state: String,
+        seen_by: Vec<String>,
     },
     /// An operator's words on an incident (`id`), or a new incident (`id` none, `title`
     /// given): see `history.rs`.
@@ -220,6 +239,7 @@ impl ClusterState {
             services,
             maintenance: Default::default(),
             history: History::default(),
+            deps: BTreeMap::new(),
         }
     }
 
@@ -280,6 +300,23 @@ impl ClusterState {
                     }
                 }
                 Decision::IncidentNote { .. } => {}
+                Decision::Dependency {
+                    name,
+                    state,
+                    seen_by,
+                } => {
+                    if state == "up" {
+                        self.deps.remove(name);
+                    } else {
+                        self.deps.insert(
+                            name.clone(),
+                            DepState {
+                                state: state.clone(),
+                                seen_by: seen_by.clone(),
+                            },
+                        );
+                    }
+                }
             }
         }
         crate::history::record(self, &before, p);
@@ -342,4 +379,7 @@ pub struct Report {
     /// a failover promotes the most advanced.
     #[serde(default)]
     pub db_lsn: BTreeMap<String, u64>,
+    /// Per dependency: this data site's verdict (`up`, `degraded`, `down`, `unknown`).
+    #[serde(default)]
+    pub deps: BTreeMap<String, String>,
 }

@@ -541,7 +541,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 Decision::Active { .. }
                                 | Decision::Maintenance { .. }
                                 | Decision::SyncSet { .. }
-                                | Decision::IncidentNote { .. } => {}
+                                | Decision::IncidentNote { .. }
+                                | Decision::Dependency { .. } => {}
                             }
                         }
                         let epoch = inner.data.state.epoch;

@@ -32,6 +32,14 @@ pub enum FaultKind {
         #[serde(default)]
         site: Option<String>,
     },
+    /// A dependency's endpoint (`endpoint`; its first when absent; every one with "all")
+    /// cannot be reached from this site: its probes fail and its egress forwarder does not
+    /// connect to it, as in a real outage of that endpoint.
+    DepDown {
+        dep: String,
+        #[serde(default)]
+        endpoint: Option<String>,
+    },
     /// The agent stops (SIGSTOP) and is continued when the fault ends.
     Stop {},
     /// The agent is killed (SIGKILL) at once; it comes back only if something restarts it.
@@ -47,6 +55,14 @@ impl FaultKind {
             FaultKind::Delay { ms, to } => format!("delay {ms} ms to {}", list(to)),
             FaultKind::SinkDown { site: Some(s) } => format!("sink-down {s}"),
             FaultKind::SinkDown { site: None } => "sink-down".into(),
+            FaultKind::DepDown {
+                dep,
+                endpoint: None,
+            } => format!("dep-down {dep}"),
+            FaultKind::DepDown {
+                dep,
+                endpoint: Some(e),
+            } => format!("dep-down {dep} {e}"),
             FaultKind::Stop {} => "stop".into(),
             FaultKind::Kill {} => "kill".into(),
         }
@@ -142,6 +158,22 @@ impl Faults {
     }
 
     /// Whether writes to a sink of `sink_site` (None: a sink of no site) must fail.
+    /// Whether a drill cut endpoint `endpoint` of dependency `dep` (`first`: it is the
+    /// dependency's first endpoint).
+    pub fn dep_cut(&self, dep: &str, endpoint: &str, first: bool) -> bool {
+        self.live().iter().any(|a| match &a.kind {
+            FaultKind::DepDown {
+                dep: d,
+                endpoint: e,
+            } if d == dep => match e.as_deref() {
+                None => first,
+                Some("all") => true,
+                Some(e) => e == endpoint,
+            },
+            _ => false,
+        })
+    }
+
     pub fn sink_down(&self, sink_site: Option<&str>) -> bool {
         self.live().iter().any(|a| match &a.kind {
             FaultKind::SinkDown { site: None } => true,

@@ -38,6 +38,50 @@ pub struct Status {
     /// updates, and each component's outages over the last 91 days.
     #[serde(default)]
     pub history: crate::incident::History,
+    /// The dependencies (`[[dependencies]]`): the committed state, each data site's
+    /// verdict, and this site's probes and egress counts per endpoint.
+    #[serde(default)]
+    pub dependencies: Vec<DependencyStatus>,
+}
+
+/// One `[[dependencies]]` as the answering site sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DependencyStatus {
+    pub name: String,
+    pub services: Vec<String>,
+    /// `http`, `tcp` or `dns`.
+    pub check: String,
+    pub egress_port: Option<u16>,
+    /// The committed state: `up`, `degraded` or `down` (the worst any data site reports).
+    pub state: String,
+    /// The data sites whose verdict made `state` (none when up).
+    pub seen_by: Vec<String>,
+    /// Each data site's own verdict, from its latest report.
+    pub sites: std::collections::BTreeMap<String, String>,
+    /// This site's verdict (none at a witness).
+    pub here: Option<String>,
+    /// The endpoint this site's egress forwarder sends a new connection to now.
+    pub in_use: Option<String>,
+    pub endpoints: Vec<DependencyEndpoint>,
+}
+
+/// One endpoint of a dependency, from the answering site.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DependencyEndpoint {
+    pub address: String,
+    pub health: String,
+    pub since_ms: u64,
+    pub last_probe_ms: f64,
+    pub last_error: Option<String>,
+    /// A drill's `dep-down` cuts it from this site now.
+    pub cut: bool,
+    /// What this site's egress forwarder saw of it.
+    pub connections: u64,
+    pub errors: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub active: u64,
+    pub egress_error: Option<String>,
 }
 
 /// One `[[backups]]` at the answering site.
@@ -478,8 +522,10 @@ pub struct MaintenanceAnswer {
 pub struct IncidentRequest {
     #[serde(default)]
     pub title: Option<String>,
-    /// investigating | identified | monitoring | resolved
-    pub status: String,
+    /// investigating | identified | monitoring | resolved (absent: a new incident is
+    /// investigating, an update keeps the incident's status)
+    #[serde(default)]
+    pub status: Option<String>,
     /// none | maintenance | minor | major | critical (a new incident: minor when absent)
     #[serde(default)]
     pub impact: Option<String>,
@@ -499,7 +545,9 @@ pub const INCIDENT_MESSAGE_MAX: usize = 4000;
 impl IncidentRequest {
     /// Checks the words and their lengths; why not, for a 400.
     pub fn check(&self, new: bool) -> Result<(), String> {
-        crate::incident::Step::parse(&self.status)?;
+        if let Some(s) = &self.status {
+            crate::incident::Step::parse(s)?;
+        }
         if let Some(i) = &self.impact {
             crate::incident::Impact::parse(i)?;
         }

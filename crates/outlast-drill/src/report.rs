@@ -55,6 +55,43 @@ pub struct Recording {
     pub rebuilds: Vec<RebuildRun>,
     /// The newest verified restore of each backup, as the sites told it after the drill.
     pub restores: Vec<VerifiedRestore>,
+    /// Each dependency as the sites saw it during the drill.
+    pub dependencies: Vec<DepRun>,
+}
+
+/// One dependency during a drill: its committed state over time, where each site's egress
+/// forwarder sent new connections, and what the forwarders counted per endpoint at the end.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DepRun {
+    pub name: String,
+    /// Drill time when its committed state first left `up` (none: it never did).
+    pub first_not_up_ms: Option<u64>,
+    /// How long it was not `up`, in total, as sampled every 100 ms.
+    pub not_up_ms: u64,
+    /// The worst committed state seen.
+    pub worst: String,
+    /// Each change of a site's egress target: (drill ms, site, from, to).
+    pub egress_moves: Vec<EgressMove>,
+    /// At the end, per site and endpoint: connections, errors, bytes sent and received.
+    pub endpoints: Vec<EndpointCount>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EgressMove {
+    pub at_ms: u64,
+    pub site: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EndpointCount {
+    pub site: String,
+    pub endpoint: String,
+    pub connections: u64,
+    pub errors: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 /// One `outlast rebuild` during the drill.
@@ -226,6 +263,9 @@ pub struct Report {
     /// The newest verified restore of each backup when the drill ended.
     #[serde(default)]
     pub restores: Vec<VerifiedRestore>,
+    /// Each `[[dependencies]]` during the drill.
+    #[serde(default)]
+    pub dependencies: Vec<DepRun>,
     pub expectations: Vec<Verdict>,
     pub passed: bool,
 }
@@ -425,6 +465,7 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
             "db_rto_ms" => db.as_ref()?.rto_ms? as f64,
             "db_diverged" => db.as_ref()?.diverged as f64,
             "rebuild_ms" => rec.rebuilds.last()?.total_ms? as f64,
+            "dep_down_ms" => rec.dependencies.iter().map(|d| d.not_up_ms).max()? as f64,
             _ => return None,
         })
     };
@@ -464,6 +505,7 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         phases: rec.phases.clone(),
         rebuilds: rec.rebuilds.clone(),
         restores: rec.restores.clone(),
+        dependencies: rec.dependencies.clone(),
         expectations,
     }
 }
@@ -864,6 +906,7 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
     s.push_str("</table>");
     s.push_str(&rebuild_rows(&r.rebuilds));
     s.push_str(&restore_rows(&r.restores, r.started_ms + r.duration_ms));
+    s.push_str(&dependency_rows(&r.dependencies));
     let rows = failover_rows(&r.phases);
     if !rows.is_empty() {
         s.push_str("<h2>Failover phases</h2><table><tr><th>move</th><th>phase</th><th>at</th><th>since the first</th></tr>");
@@ -957,6 +1000,57 @@ fn rebuild_rows(rebuilds: &[RebuildRun]) -> String {
             );
         }
         s.push_str("</table>");
+    }
+    s
+}
+
+/// Each dependency: how long it was out, where the egress forwarders went, what they saw.
+fn dependency_rows(deps: &[DepRun]) -> String {
+    let mut s = String::new();
+    for d in deps {
+        let _ = write!(
+            s,
+            r#"<h2>Dependency {}: <span class="big">{}</span></h2><p>{}</p>"#,
+            esc(&d.name),
+            if d.not_up_ms == 0 {
+                "up throughout".to_string()
+            } else {
+                format!("{} for {:.2} s", esc(&d.worst), d.not_up_ms as f64 / 1000.0)
+            },
+            d.first_not_up_ms
+                .map(|t| format!("First seen not up at {:.2} s.", t as f64 / 1000.0))
+                .unwrap_or_default()
+        );
+        if !d.egress_moves.is_empty() {
+            s.push_str("<table><tr><th>at</th><th>site</th><th>egress from</th><th>to</th></tr>");
+            for m in &d.egress_moves {
+                let _ = write!(
+                    s,
+                    "<tr><td>{:.2} s</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    m.at_ms as f64 / 1000.0,
+                    esc(&m.site),
+                    esc(m.from.as_deref().unwrap_or("none")),
+                    esc(m.to.as_deref().unwrap_or("none"))
+                );
+            }
+            s.push_str("</table>");
+        }
+        if !d.endpoints.is_empty() {
+            s.push_str("<table><tr><th>site</th><th>endpoint</th><th>connections</th><th>errors</th><th>sent</th><th>received</th></tr>");
+            for e in &d.endpoints {
+                let _ = write!(
+                    s,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} B</td><td>{} B</td></tr>",
+                    esc(&e.site),
+                    esc(&e.endpoint),
+                    e.connections,
+                    e.errors,
+                    e.bytes_sent,
+                    e.bytes_received
+                );
+            }
+            s.push_str("</table>");
+        }
     }
     s
 }

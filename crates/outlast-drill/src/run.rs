@@ -185,7 +185,8 @@ impl Sites {
             Fault::Partition { sites, from } => self.proxy.between(sites, from, |l| l.cut = true),
             Fault::Delay { site, ms } => self.proxy.around(site, |l| l.delay_ms = *ms),
             Fault::Heal => self.proxy.heal(),
-            Fault::SinkDown(_) | Fault::SinkUp(_) => {}
+            Fault::SinkDown(_) | Fault::SinkUp(_) | Fault::DepDown { .. } | Fault::DepUp { .. } => {
+            }
         }
         Ok(())
     }
@@ -228,6 +229,8 @@ impl Drop for Sites {
 enum Undo {
     Heal,
     Sink(Option<String>),
+    /// A dependency's fault at a site.
+    Dep(String, String),
 }
 
 /// Faults sent to the agents' `/v1/faults` (attach mode; sink faults in local mode too).
@@ -294,7 +297,7 @@ impl FaultApi {
         }
     }
 
-    /// A sink fault goes to every data site that runs.
+    /// A sink or dependency fault goes to every data site that runs (or the one it names).
     async fn sink(&mut self, fault: &Fault, sites: &[String], lasting: Duration) -> Result<()> {
         match fault {
             Fault::SinkDown(which) => {
@@ -307,6 +310,32 @@ impl FaultApi {
                     self.inject(s, body.clone(), Some(Undo::Sink(which.clone())))
                         .await?;
                 }
+            }
+            Fault::DepDown {
+                dep,
+                site,
+                endpoint,
+            } => {
+                let body = serde_json::json!({
+                    "kind": "dep-down",
+                    "dep": dep,
+                    "endpoint": endpoint,
+                    "for_ms": lasting.as_millis() as u64,
+                });
+                for s in sites
+                    .iter()
+                    .filter(|s| site.as_ref().is_none_or(|x| x == *s))
+                {
+                    self.inject(s, body.clone(), Some(Undo::Dep(dep.clone(), s.clone())))
+                        .await?;
+                }
+            }
+            Fault::DepUp { dep, site } => {
+                self.undo(|u| match u {
+                    Some(Undo::Dep(d, s)) => d == dep && site.as_ref().is_none_or(|x| x == s),
+                    _ => false,
+                })
+                .await
             }
             Fault::SinkUp(which) => {
                 self.undo(|u| match (u, which) {
@@ -346,7 +375,10 @@ impl Driver {
         lasting: Duration,
         until_cont: Duration,
     ) -> Result<()> {
-        if matches!(fault, Fault::SinkDown(_) | Fault::SinkUp(_)) {
+        if matches!(
+            fault,
+            Fault::SinkDown(_) | Fault::SinkUp(_) | Fault::DepDown { .. } | Fault::DepUp { .. }
+        ) {
             // Every data site that runs writes to the sinks, so each must see the fault.
             let targets: Vec<String> = config
                 .sites
@@ -400,7 +432,10 @@ impl Driver {
                         api.undo(|u| *u == Some(Undo::Heal)).await;
                         Ok(())
                     }
-                    Fault::SinkDown(_) | Fault::SinkUp(_) => Ok(()),
+                    Fault::SinkDown(_)
+                    | Fault::SinkUp(_)
+                    | Fault::DepDown { .. }
+                    | Fault::DepUp { .. } => Ok(()),
                 }
             }
         }
@@ -1060,6 +1095,35 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
         )));
     }
 
+    // The dependencies as every data site sees them, every 100 ms.
+    let dep_samples: Arc<Mutex<Vec<DepSample>>> = Arc::default();
+    if !config.dependencies.is_empty() {
+        let (http, samples, apis) = (http.clone(), dep_samples.clone(), apis.clone());
+        let data: BTreeSet<String> = config
+            .sites
+            .iter()
+            .filter(|s| !s.witness)
+            .map(|s| s.name.clone())
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            while t0.elapsed() < end + Duration::from_secs(1) {
+                let at = t0.elapsed().as_millis() as u64;
+                for (site, api) in apis.iter().filter(|(s, _)| data.contains(s)) {
+                    if let Some(st) = status(&http, *api).await {
+                        for d in st.dependencies {
+                            lock(&samples).push(DepSample {
+                                at_ms: at,
+                                site: site.clone(),
+                                status: d,
+                            });
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+
     // Who is primary, as the first live site tells it (for the failback time).
     {
         let (http, primaries, apis) = (http.clone(), primaries.clone(), apis.clone());
@@ -1290,7 +1354,9 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
     stored.retain(|id, _| {
         acked_ids.contains(id) || id.starts_with(&format!("{}-{started_ms}-", sc.name))
     });
+    let dependencies = dep_runs(&config, std::mem::take(&mut *lock(&dep_samples)));
     let rec = Recording {
+        dependencies,
         duration_ms: end.as_millis() as u64,
         requests: std::mem::take(&mut *lock(&requests)),
         acked: acked_all.clone(),
@@ -1365,6 +1431,80 @@ async fn rebuild_stopwatches(sites: &mut Sites, at: &[(String, u64)]) -> Vec<rep
         out.push(run);
     }
     out
+}
+
+/// One site's view of one dependency at a moment of the drill.
+struct DepSample {
+    at_ms: u64,
+    site: String,
+    status: outlast_core::status::DependencyStatus,
+}
+
+/// What the samples tell of each dependency.
+fn dep_runs(config: &Config, mut samples: Vec<DepSample>) -> Vec<report::DepRun> {
+    samples.sort_by_key(|s| s.at_ms);
+    config
+        .dependencies
+        .iter()
+        .map(|d| {
+            let mine: Vec<&DepSample> =
+                samples.iter().filter(|s| s.status.name == d.name).collect();
+            let mut run = report::DepRun {
+                name: d.name.clone(),
+                worst: "up".into(),
+                ..Default::default()
+            };
+            // Committed state, one reading per sampling round (the first site's).
+            let mut last_round: Option<u64> = None;
+            let mut last_not_up: Option<u64> = None;
+            let mut in_use: BTreeMap<&str, Option<String>> = BTreeMap::new();
+            for s in &mine {
+                if last_round != Some(s.at_ms) {
+                    let not_up = s.status.state != "up";
+                    // The span since the last round counts when that round saw it out.
+                    if let Some(t) = last_not_up {
+                        run.not_up_ms += s.at_ms.saturating_sub(t);
+                    }
+                    last_not_up = not_up.then_some(s.at_ms);
+                    if not_up {
+                        run.first_not_up_ms.get_or_insert(s.at_ms);
+                        if run.worst != "down" {
+                            run.worst = s.status.state.clone();
+                        }
+                    }
+                    last_round = Some(s.at_ms);
+                }
+                if s.status.egress_port.is_some() {
+                    let before = in_use.insert(&s.site, s.status.in_use.clone());
+                    if let Some(before) = before.filter(|b| *b != s.status.in_use) {
+                        run.egress_moves.push(report::EgressMove {
+                            at_ms: s.at_ms,
+                            site: s.site.clone(),
+                            from: before,
+                            to: s.status.in_use.clone(),
+                        });
+                    }
+                }
+            }
+            let mut last_by_site: BTreeMap<&str, &DepSample> = BTreeMap::new();
+            for s in &mine {
+                last_by_site.insert(&s.site, s);
+            }
+            for (site, s) in last_by_site {
+                for e in &s.status.endpoints {
+                    run.endpoints.push(report::EndpointCount {
+                        site: site.to_string(),
+                        endpoint: e.address.clone(),
+                        connections: e.connections,
+                        errors: e.errors,
+                        bytes_sent: e.bytes_sent,
+                        bytes_received: e.bytes_received,
+                    });
+                }
+            }
+            run
+        })
+        .collect()
 }
 
 /// The phases of the moves of the drill as the sites saw them, in drill time. Where

@@ -43,6 +43,8 @@ struct RawStep {
     sites: Option<Vec<String>>,
     from: Option<Vec<String>>,
     ms: Option<u64>,
+    dep: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +70,19 @@ pub enum Fault {
     /// Writes to the sinks of the site (every sink when None) fail.
     SinkDown(Option<String>),
     SinkUp(Option<String>),
+    /// A dependency's endpoint (its first when `endpoint` is none; every one with "all")
+    /// is cut from `site` (every data site when none): probes fail, the egress forwarder
+    /// goes elsewhere.
+    DepDown {
+        dep: String,
+        site: Option<String>,
+        endpoint: Option<String>,
+    },
+    /// Ends the `dep-down` of `dep` (at `site`, or everywhere).
+    DepUp {
+        dep: String,
+        site: Option<String>,
+    },
     Heal,
 }
 
@@ -88,6 +103,26 @@ impl Fault {
             Fault::SinkDown(None) => "sink-down".into(),
             Fault::SinkUp(Some(s)) => format!("sink-up {s}"),
             Fault::SinkUp(None) => "sink-up".into(),
+            Fault::DepDown {
+                dep,
+                site,
+                endpoint,
+            } => format!(
+                "dep-down {dep}{}{}",
+                endpoint
+                    .as_ref()
+                    .map(|e| format!(" {e}"))
+                    .unwrap_or_default(),
+                site.as_ref()
+                    .map(|s| format!(" at {s}"))
+                    .unwrap_or_default()
+            ),
+            Fault::DepUp { dep, site } => format!(
+                "dep-up {dep}{}",
+                site.as_ref()
+                    .map(|s| format!(" at {s}"))
+                    .unwrap_or_default()
+            ),
             Fault::Heal => "heal".into(),
         }
     }
@@ -148,6 +183,7 @@ pub const METRICS: &[&str] = &[
     "db_rto_ms",
     "db_diverged",
     "rebuild_ms",
+    "dep_down_ms",
 ];
 
 #[derive(Debug, Clone)]
@@ -335,11 +371,90 @@ impl Scenario {
                         Fault::SinkUp(sink_site)
                     }
                 }
+                "dep-down" | "dep-up" => {
+                    let dep = match &st.dep {
+                        Some(d) if config.dependencies.iter().any(|x| &x.name == d.get_ref()) => {
+                            d.get_ref().clone()
+                        }
+                        Some(d) => {
+                            let names: Vec<&str> = config
+                                .dependencies
+                                .iter()
+                                .map(|x| x.name.as_str())
+                                .collect();
+                            at(
+                                d.span(),
+                                format!("dependency \"{}\" is not in the config", d.get_ref()),
+                                &format!(
+                                    "name one of: {}",
+                                    if names.is_empty() {
+                                        "(none: add a [[dependencies]])".to_string()
+                                    } else {
+                                        names.join(", ")
+                                    }
+                                ),
+                            );
+                            String::new()
+                        }
+                        None => {
+                            at(
+                                st.fault.span(),
+                                format!("fault \"{}\" needs dep", st.fault.get_ref()),
+                                "add dep = \"NAME\" (a [[dependencies]] of the config)",
+                            );
+                            String::new()
+                        }
+                    };
+                    let on = st.site.as_ref().map(|_| site(&st.site, &st.fault, &mut at));
+                    if let Some(s) = on
+                        .as_deref()
+                        .filter(|s| config.sites.iter().any(|x| x.name == *s && x.witness))
+                    {
+                        at(
+                            st.site
+                                .as_ref()
+                                .map(|x| x.span())
+                                .unwrap_or(st.fault.span()),
+                            format!("{s} is a witness: it calls no dependency"),
+                            "name a data site, or leave site out for every data site",
+                        );
+                    }
+                    if st.fault.get_ref() == "dep-down" {
+                        let endpoint = st.endpoint.as_ref().map(|e| {
+                            let ok = e.get_ref() == "all"
+                                || config.dependencies.iter().any(|x| {
+                                    x.name == dep && x.endpoints.contains(e.get_ref())
+                                });
+                            if !ok && !dep.is_empty() {
+                                at(
+                                    e.span(),
+                                    format!("dependency {dep} lists no endpoint \"{}\"", e.get_ref()),
+                                    "name one of its endpoints, or \"all\", or leave endpoint out for its first",
+                                );
+                            }
+                            e.get_ref().clone()
+                        });
+                        Fault::DepDown {
+                            dep,
+                            site: on,
+                            endpoint,
+                        }
+                    } else {
+                        if let Some(e) = &st.endpoint {
+                            at(
+                                e.span(),
+                                "dep-up ends every dep-down of the dependency; it takes no endpoint".into(),
+                                "drop endpoint",
+                            );
+                        }
+                        Fault::DepUp { dep, site: on }
+                    }
+                }
                 other => {
                     at(
                         st.fault.span(),
                         format!("fault \"{other}\" is not known"),
-                        "use kill, stop, cont, restart, wipe, rebuild, partition, heal, delay, sink-down or sink-up",
+                        "use kill, stop, cont, restart, wipe, rebuild, partition, heal, delay, sink-down, sink-up, dep-down or dep-up",
                     );
                     Fault::Heal
                 }

@@ -14,6 +14,7 @@
 //! `Retry-After` there instead.
 
 mod codec;
+pub mod egress;
 mod headers;
 mod http;
 pub mod limits;

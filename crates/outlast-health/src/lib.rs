@@ -51,6 +51,7 @@ pub async fn probe(
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
+            CheckKind::Dns { query } => dns_probe(query, target, source).await,
             CheckKind::Http { path, expect } => {
                 let url = format!("http://{target}{path}");
                 let resp = http.get(&url).send().await.map_err(|e| e.to_string())?;
@@ -73,6 +74,49 @@ pub async fn probe(
         Err(_) => (false, Some(format!("no answer within {:?}", check.timeout))),
     };
     ProbeResult { ok, latency, error }
+}
+
+/// Asks `target` for `query`'s A records over UDP, from `source`: Ok when it answers
+/// NOERROR to this very question.
+async fn dns_probe(query: &str, target: SocketAddr, source: IpAddr) -> Result<(), String> {
+    let bind = if target.is_ipv4() == source.is_ipv4() {
+        SocketAddr::new(source, 0)
+    } else if target.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| e.to_string())?;
+    sock.connect(target).await.map_err(|e| e.to_string())?;
+    let id = (outlast_core::clock::unix_us() as u16) ^ 0x5a5a;
+    let mut q = Vec::with_capacity(32 + query.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in query.split('.').filter(|l| !l.is_empty()) {
+        let l = label.as_bytes();
+        if l.len() > 63 {
+            return Err(format!("label \"{label}\" is longer than 63 bytes"));
+        }
+        q.push(l.len() as u8);
+        q.extend_from_slice(l);
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send(&q).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    // Answers to other questions (a late one from an earlier probe) are skipped.
+    for _ in 0..8 {
+        let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
+        if n < 12 || buf[..2] != id.to_be_bytes() || buf[2] & 0x80 == 0 {
+            continue;
+        }
+        return match buf[3] & 0x0f {
+            0 => Ok(()),
+            rcode => Err(format!("answered rcode {rcode} for {query}")),
+        };
+    }
+    Err("no answer to this question".into())
 }
 
 /// One backend's counter and what it last said.

@@ -179,6 +179,7 @@ pub fn router(source: Arc<dyn Source>) -> Router {
             get(moves::incidents).post(moves::incident_open),
         )
         .route("/v1/incidents/:id", post(moves::incident_update))
+        .route("/v1/incidents/:id/updates", post(moves::incident_update))
         .route("/v1/backups", get(backups::list))
         .route("/v1/backups/:name/run", post(backups::run))
         .route("/v1/backups/:name/verify", post(backups::verify))

@@ -99,7 +99,7 @@ pub struct Summary {
     pub incidents: Vec<Incident>,
 }
 
-pub const GROUPS: [&str; 4] = ["Services", "Datasets", "Streams", "Sites"];
+pub const GROUPS: [&str; 5] = ["Services", "Datasets", "Streams", "Dependencies", "Sites"];
 
 fn service_state(s: &ServiceStatus, st: &Status) -> (State, String) {
     let down = |site: &str| st.sites.iter().any(|x| x.name == site && x.state == "down");
@@ -199,6 +199,30 @@ pub fn summary(st: &Status) -> Summary {
             },
         });
     }
+    for d in &st.dependencies {
+        let state = match d.state.as_str() {
+            "down" => State::MajorOutage,
+            "degraded" => State::Degraded,
+            _ => State::Operational,
+        };
+        let mut description = if d.services.is_empty() {
+            format!("{} endpoint(s)", d.endpoints.len())
+        } else {
+            format!("used by {}", d.services.join(", "))
+        };
+        if !d.seen_by.is_empty() {
+            let _ = write!(description, "; {} from {}", d.state, d.seen_by.join(", "));
+        }
+        components.push(Component {
+            id: format!("dependency-{}", d.name),
+            name: d.name.clone(),
+            group: "Dependencies",
+            days: Vec::new(),
+            uptime: None,
+            state,
+            description,
+        });
+    }
     for s in &st.sites {
         let state = match s.state.as_str() {
             "up" => State::Operational,
@@ -226,6 +250,7 @@ pub fn summary(st: &Status) -> Summary {
         let key = match c.group {
             "Services" => Some(format!("service-{}", c.name)),
             "Sites" => Some(format!("site-{}", c.name)),
+            "Dependencies" => Some(format!("dependency-{}", c.name)),
             "Datasets" => dataset_service
                 .get(c.name.as_str())
                 .filter(|s| !s.is_empty())
@@ -351,7 +376,7 @@ impl Summary {
         };
         if out(&["Services", "Datasets"]) {
             ("critical", "Major Service Outage")
-        } else if out(&["Sites", "Streams"]) {
+        } else if out(&["Sites", "Streams", "Dependencies"]) {
             ("major", "Partial System Outage")
         } else if self.worst() == State::Degraded {
             ("minor", "Minor Service Outage")

@@ -264,15 +264,15 @@ enum IncidentCommand {
     },
     /// Add an update to an incident (its id as `outlast incident list` shows it).
     #[command(
-        after_help = "Example:\n  OUTLAST_TOKEN=... outlast incident update 3 --status resolved --message \"East is back and has caught up\" --config cluster.toml"
+        after_help = "Example:\n  OUTLAST_TOKEN=... outlast incident update 3 \"East is back and has caught up\" --status resolved --config cluster.toml"
     )]
     Update {
         id: u64,
-        #[arg(long)]
+        /// What to say.
         message: String,
-        /// investigating | identified | monitoring | resolved
+        /// investigating | identified | monitoring | resolved (default: the incident's own)
         #[arg(long)]
-        status: String,
+        status: Option<String>,
         /// none | maintenance | minor | major | critical
         #[arg(long)]
         impact: Option<String>,
@@ -424,7 +424,7 @@ fn main() -> ExitCode {
                 None,
                 outlast_core::status::IncidentRequest {
                     title: Some(title),
-                    status,
+                    status: Some(status),
                     impact: Some(impact),
                     message,
                     by: by.or_else(|| std::env::var("USER").ok()),

@@ -70,6 +70,7 @@ fn every_config_field_is_in_the_reference() {
         ("RawPostgres", "`[datasets.postgres]`"),
         ("RawRedis", "`[datasets.redis]`"),
         ("RawBackup", "`[[backups]]`"),
+        ("RawDependency", "`[[dependencies]]`"),
         ("RawKeep", "`keep`"),
         ("RawRepo", "`[[backups.repos]]`"),
         ("RawApi", "`[api]`"),

@@ -17,6 +17,7 @@ fn setup(
     base: u16,
     steps: &str,
     extra_expect: &str,
+    more_config: &str,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
     let mut o = common::Opts::new(base);
     o.dns = true;
@@ -32,7 +33,8 @@ site = "east"
 url = "file://sinks/west"
 site = "west"
 "#
-    .to_string();
+    .to_string()
+        + more_config;
     let config = dir.join("outlast.toml");
     std::fs::write(
         &config,
@@ -69,7 +71,17 @@ fn drill(base: u16, steps: &str, extra_expect: &str) -> (Value, i32) {
 }
 
 fn drill_in(dir: &Path, base: u16, steps: &str, extra_expect: &str) -> (Value, i32) {
-    let (config, scenario) = setup(dir, base, steps, extra_expect);
+    drill_with(dir, base, steps, extra_expect, "")
+}
+
+fn drill_with(
+    dir: &Path,
+    base: u16,
+    steps: &str,
+    extra_expect: &str,
+    more_config: &str,
+) -> (Value, i32) {
+    let (config, scenario) = setup(dir, base, steps, extra_expect, more_config);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
     let mut backends: Vec<std::process::Child> = [("east", base + 10), ("west", base + 11)]
         .iter()
@@ -188,6 +200,7 @@ fn a_bad_scenario_is_refused_with_line_and_column() {
         dir.path(),
         7920,
         "[[steps]]\nat = \"3s\"\nfault = \"explode\"\nsite = \"mars\"\n[[steps]]\nat = \"4s\"\nfault = \"rebuild\"\nsite = \"east\"\n",
+        "",
         "",
     );
     let out = Command::new(common::bin())
@@ -417,3 +430,170 @@ writes_duplicated = "== 0"
 }
 
 const TOKEN: &str = "drill-token-0123456789";
+
+/// A GET through `addr` (an egress port): the backend's words, or none.
+fn get_via(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines()
+        .last()
+        .map(|l| l.trim().to_string())
+        .filter(|l| l.starts_with("backend"))
+}
+
+#[test]
+fn a_dependency_cut_shows_in_the_report_and_on_the_status_page_and_egress_moves_on() {
+    let base = 10_500;
+    let dir = tempfile::tempdir().expect("tmp");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
+    // The dependency's two endpoints: "backend pay-1" and "backend pay-2".
+    let mut deps: Vec<std::process::Child> = [("pay-1", base + 20), ("pay-2", base + 21)]
+        .iter()
+        .map(|(name, port)| {
+            Command::new("python3")
+                .args([script, &port.to_string(), name])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("dependency backend")
+        })
+        .collect();
+    let more = format!(
+        r#"
+[[dependencies]]
+name = "payments"
+endpoints = ["127.0.0.1:{}", "127.0.0.1:{}"]
+services = ["db"]
+egress_port = {}
+check = {{ kind = "http", path = "/", interval = "200ms", timeout = "200ms" }}
+"#,
+        base + 20,
+        base + 21,
+        base + 30
+    );
+    // An application at east calls the dependency through east's egress all along, and a
+    // reader watches the witness's status page.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let caller = {
+        let stop = stop.clone();
+        let egress = format!("127.0.0.11:{}", base + 30);
+        std::thread::spawn(move || {
+            let mut seen: Vec<(std::time::Instant, Option<String>)> = Vec::new();
+            let t0 = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t0.elapsed() < std::time::Duration::from_secs(90)
+            {
+                seen.push((std::time::Instant::now(), get_via(&egress)));
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            seen
+        })
+    };
+    let watcher = {
+        let stop = stop.clone();
+        let url: std::net::SocketAddr = format!("127.0.0.13:{}", base + 1).parse().expect("addr");
+        std::thread::spawn(move || {
+            let mut found: (bool, bool) = (false, false);
+            let t0 = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t0.elapsed() < std::time::Duration::from_secs(90)
+            {
+                if let Some(j) = common::http_get(url, "/status.json")
+                    .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                {
+                    found.0 |= j["components"].as_array().is_some_and(|c| {
+                        c.iter().any(|x| {
+                            x["id"] == "dependency-payments"
+                                && x["status"] == "degraded_performance"
+                        })
+                    });
+                    found.1 |= j["incidents"].as_array().is_some_and(|i| {
+                        i.iter()
+                            .any(|x| x["name"] == "Dependency payments is degraded")
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            found
+        })
+    };
+    let (r, code) = drill_with(
+        dir.path(),
+        base,
+        "[[steps]]\nat = \"3s\"\nfault = \"dep-down\"\ndep = \"payments\"\n[[steps]]\nat = \"8s\"\nfault = \"dep-up\"\ndep = \"payments\"\n",
+        "dep_down_ms = \"> 0\"",
+        &more,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let calls = caller.join().expect("caller");
+    let (component, incident) = watcher.join().expect("watcher");
+    for d in &mut deps {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+    assert_eq!(code, 0, "{r}");
+    let d = &r["dependencies"][0];
+    println!("the report's dependency: {d:#}");
+    assert_eq!(d["name"], "payments");
+    assert_eq!(d["worst"], "degraded", "{d}");
+    let first = d["first_not_up_ms"].as_u64().expect("seen not up");
+    assert!((3000..6000).contains(&first), "seen degraded at {first} ms");
+    let out = d["not_up_ms"].as_u64().unwrap_or(0);
+    assert!((2000..9000).contains(&out), "degraded for {out} ms");
+    let pay1 = format!("127.0.0.1:{}", base + 20);
+    let pay2 = format!("127.0.0.1:{}", base + 21);
+    let moves = d["egress_moves"].as_array().cloned().unwrap_or_default();
+    assert!(
+        moves
+            .iter()
+            .any(|m| m["site"] == "east" && m["from"] == pay1.as_str() && m["to"] == pay2.as_str()),
+        "east's egress moved to the second endpoint: {moves:?}"
+    );
+    assert!(
+        moves
+            .iter()
+            .any(|m| m["site"] == "east" && m["from"] == pay2.as_str() && m["to"] == pay1.as_str()),
+        "and back once the first answered again: {moves:?}"
+    );
+    let east2 = d["endpoints"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|x| x["site"] == "east" && x["endpoint"] == pay2.as_str())
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert!(east2["connections"].as_u64().unwrap_or(0) > 0, "{east2}");
+    assert!(east2["bytes_received"].as_u64().unwrap_or(0) > 0, "{east2}");
+    // The application never failed a call: a cut endpoint is passed over at once.
+    let answered: Vec<&str> = calls.iter().filter_map(|(_, b)| b.as_deref()).collect();
+    let failed = calls.iter().filter(|(_, b)| b.is_none()).count();
+    let by2 = answered.iter().filter(|b| b.contains("pay-2")).count();
+    println!(
+        "calls through east's egress: {} answered ({} by pay-2), {failed} failed",
+        answered.len(),
+        by2
+    );
+    assert!(by2 > 10 && answered.iter().any(|b| b.contains("pay-1")));
+    // Calls fail only before the agents started and after they stopped, never in between.
+    let first_ok = calls.iter().position(|(_, b)| b.is_some()).unwrap_or(0);
+    let last_ok = calls.iter().rposition(|(_, b)| b.is_some()).unwrap_or(0);
+    let gaps = calls[first_ok..=last_ok]
+        .iter()
+        .filter(|(_, b)| b.is_none())
+        .count();
+    assert_eq!(gaps, 0, "no call failed while the drill ran");
+    assert!(
+        component,
+        "the witness's status page showed the dependency degraded"
+    );
+    assert!(incident, "and an incident for it");
+}

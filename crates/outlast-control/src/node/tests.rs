@@ -67,6 +67,7 @@ fn initial() -> ClusterState {
         services,
         maintenance: Default::default(),
         history: Default::default(),
+        deps: Default::default(),
     }
 }
 
@@ -104,6 +105,7 @@ fn report(site: &str, applied: u64, acting: &[&str], grant_age_east: u64) -> Rep
         handed_over: Default::default(),
         db_sync: Default::default(),
         db_lsn: Default::default(),
+        deps: Default::default(),
     }
 }
 

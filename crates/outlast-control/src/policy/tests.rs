@@ -78,6 +78,7 @@ fn state() -> ClusterState {
         services,
         maintenance: Default::default(),
         history: Default::default(),
+        deps: Default::default(),
     }
 }
 
@@ -135,6 +136,7 @@ fn report(site: &str, at: u64, down: &[&str], down_for: u64, services_up: bool) 
             handed_over: Default::default(),
             db_sync: Default::default(),
             db_lsn: Default::default(),
+            deps: Default::default(),
         },
     }
 }
@@ -815,5 +817,64 @@ fn planned_moves_and_maintenance_are_recorded() {
     assert_eq!(
         maint,
         vec![("under_maintenance", 5_002_000, Some(5_003_000))]
+    );
+}
+
+/// A failover committed just before its site is declared down (the site's backends went
+/// quiet first) joins the site's incident instead of standing alone.
+#[test]
+fn a_failover_just_before_the_verdict_joins_the_site_incident() {
+    let mut st = state();
+    let p = |base, at, d| Proposal {
+        base_epoch: base,
+        at_ms: at,
+        silent_ms: Default::default(),
+        decisions: vec![d],
+    };
+    st.apply(&p(
+        0,
+        2_000_000,
+        Decision::PrimaryMove {
+            service: "db".into(),
+            from: Some("east".into()),
+            to: "west".into(),
+            reason: MoveReason::Failover,
+            hold_ms: 0,
+        },
+    ));
+    st.apply(&p(
+        1,
+        2_000_400,
+        Decision::SiteDown {
+            site: "east".into(),
+        },
+    ));
+    st.apply(&p(
+        2,
+        2_030_000,
+        Decision::SiteUp {
+            site: "east".into(),
+        },
+    ));
+    st.apply(&p(
+        3,
+        2_040_000,
+        Decision::PrimaryMove {
+            service: "db".into(),
+            from: Some("west".into()),
+            to: "east".into(),
+            reason: MoveReason::Failback,
+            hold_ms: 0,
+        },
+    ));
+    let i = &st.history.incidents;
+    assert_eq!(i.len(), 1, "{i:#?}");
+    assert_eq!(i[0].title, "Site east is down");
+    assert_eq!(i[0].started_ms, 2_000_000);
+    assert!(i[0].components.contains("service-db"));
+    assert_eq!(
+        i[0].status,
+        outlast_core::incident::Step::Resolved,
+        "{i:#?}"
     );
 }

@@ -24,6 +24,7 @@ fn empty_state() -> ClusterState {
         services: Default::default(),
         maintenance: Default::default(),
         history: Default::default(),
+        deps: Default::default(),
     }
 }
 

@@ -160,6 +160,7 @@ impl SimConfig {
             services,
             maintenance: Default::default(),
             history: Default::default(),
+            deps: Default::default(),
         }
     }
 }

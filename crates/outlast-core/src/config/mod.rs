@@ -6,10 +6,12 @@
 
 mod backups;
 mod datasets;
+mod dependencies;
 mod raw;
 mod recover;
 mod validate;
 
+pub use dependencies::split_endpoint;
 pub use validate::line_col;
 
 use std::collections::BTreeMap;
@@ -101,9 +103,26 @@ pub struct Config {
     pub backups: Vec<Backup>,
     pub alerts: Vec<Alert>,
     pub api: Api,
+    /// `[[dependencies]]`: what the services need from outside, probed from every data site.
+    pub dependencies: Vec<Dependency>,
     /// Things that work but are likely not what was meant (`outlast check` prints them).
     #[serde(skip)]
     pub warnings: Vec<Problem>,
+}
+
+/// One `[[dependencies]]`: an outside service the applications call (a payment API, an
+/// object store, a mail relay), probed from every data site; with `egress_port`, each data
+/// site forwards a local port to its first healthy endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dependency {
+    pub name: String,
+    /// `host:port`, in order of preference.
+    pub endpoints: Vec<String>,
+    pub check: Check,
+    /// The services that use it (shown with it; nothing moves because of it).
+    pub services: Vec<String>,
+    /// The local port (on each data site's address) the applications reach it through.
+    pub egress_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -225,8 +244,15 @@ pub enum Failback {
 
 #[derive(Debug, Clone, Serialize)]
 pub enum CheckKind {
-    Http { path: String, expect: u16 },
+    Http {
+        path: String,
+        expect: u16,
+    },
     Tcp,
+    /// A DNS server answers `query` (type A) with NOERROR (dependencies only).
+    Dns {
+        query: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -29,6 +29,18 @@ pub struct RawConfig {
     pub alerts: Vec<S<RawAlert>>,
     #[serde(default)]
     pub api: Option<S<RawApi>>,
+    #[serde(default)]
+    pub dependencies: Vec<S<RawDependency>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDependency {
+    pub name: S<String>,
+    pub endpoints: Vec<S<String>>,
+    pub check: Option<S<RawCheck>>,
+    pub services: Option<Vec<S<String>>>,
+    pub egress_port: Option<S<u16>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +120,8 @@ pub struct RawService {
 pub struct RawCheck {
     pub kind: S<String>,
     pub path: Option<S<String>>,
+    /// kind = "dns" (dependencies): the name asked.
+    pub query: Option<S<String>>,
     pub expect: Option<S<u16>>,
     pub interval: Option<S<String>>,
     pub timeout: Option<S<String>>,

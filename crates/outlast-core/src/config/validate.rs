@@ -249,7 +249,17 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
     let backups = super::backups::backups(ctx, &raw.backups, &datasets, &site_names, base);
     let alerts = alerts(ctx, &raw.alerts, base);
     let api = api(ctx, raw.api.as_ref(), base);
-    clashes(ctx, &raw, &sites, dns.as_ref(), &services, &datasets);
+    let dependencies =
+        super::dependencies::dependencies(ctx, &raw.dependencies, &services, &timing);
+    clashes(
+        ctx,
+        &raw,
+        &sites,
+        dns.as_ref(),
+        &services,
+        &datasets,
+        &dependencies,
+    );
     let mut warnings = Vec::new();
     if dns.is_none() {
         for r in &raw.services {
@@ -281,6 +291,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         backups,
         alerts,
         api,
+        dependencies,
         warnings,
     }
 }
@@ -771,7 +782,7 @@ fn services(
         ctx.port("port", &r.port);
         let max_connections =
             ctx.connections(r.max_connections.as_ref(), DEFAULT_GATEWAY_CONNECTIONS);
-        let check = check(ctx, r.check.as_ref(), protocol, timing);
+        let check = check(ctx, r.check.as_ref(), protocol, timing, false);
         out.push(Service {
             name,
             protocol,
@@ -789,11 +800,12 @@ fn services(
     out
 }
 
-fn check(
+pub(super) fn check(
     ctx: &mut Ctx<'_>,
     raw: Option<&S<RawCheck>>,
     protocol: Protocol,
     timing: &Timing,
+    dns_ok: bool,
 ) -> Check {
     let default_interval = timing.probe_interval;
     let default_timeout = timing.probe_interval.min(Duration::from_secs(1));
@@ -822,15 +834,41 @@ fn check(
             expect: c.expect.as_ref().map(|e| *e.get_ref()).unwrap_or(200),
         },
         "tcp" => CheckKind::Tcp,
+        "dns" if dns_ok => CheckKind::Dns {
+            query: c
+                .query
+                .as_ref()
+                .map(|q| q.get_ref().trim_end_matches('.').to_string())
+                .unwrap_or_default(),
+        },
         other => {
             ctx.at(
                 c.kind.span(),
-                format!("check kind \"{other}\" is not known"),
-                "use \"http\" or \"tcp\"",
+                format!("check kind \"{other}\" is not known here"),
+                if dns_ok {
+                    "use \"http\", \"tcp\" or \"dns\""
+                } else {
+                    "use \"http\" or \"tcp\""
+                },
             );
             CheckKind::Tcp
         }
     };
+    match (&kind, &c.query) {
+        (CheckKind::Dns { query }, _) if query.is_empty() || query.len() > 253 => {
+            ctx.at(
+                raw.span(),
+                "a dns check needs a query name",
+                "add query = \"example.com\" (the name the endpoint must answer for)",
+            );
+        }
+        (CheckKind::Dns { .. }, _) | (_, None) => {}
+        (_, Some(q)) => ctx.at(
+            q.span(),
+            "query is read by kind = \"dns\" checks only",
+            "drop query, or set kind = \"dns\"",
+        ),
+    }
     if let Some(e) = c
         .expect
         .as_ref()
@@ -1298,6 +1336,7 @@ fn clashes(
     dns: Option<&Dns>,
     services: &[Service],
     datasets: &[Dataset],
+    dependencies: &[Dependency],
 ) {
     let mut used: HashMap<SocketAddr, String> = HashMap::new();
     let mut claim = |ctx: &mut Ctx<'_>, addr: SocketAddr, who: String, span: Range<usize>| {
@@ -1343,6 +1382,17 @@ fn clashes(
                 format!("service {}'s gateway on site {}", svc.name, site.name),
                 raw_svc.get_ref().port.span(),
             );
+        }
+        for (d, raw_d) in dependencies.iter().zip(&raw.dependencies) {
+            if let (Some(port), Some(span)) = (d.egress_port, raw_d.get_ref().egress_port.as_ref())
+            {
+                claim(
+                    ctx,
+                    SocketAddr::new(site.address, port),
+                    format!("dependency {}'s egress on site {}", d.name, site.name),
+                    span.span(),
+                );
+            }
         }
     }
     for (svc, raw_svc) in services.iter().zip(&raw.services) {

@@ -626,6 +626,24 @@ pub fn for_change(
                     event(by, kind, site, fields, format!("site {site} is {word}"))
                 }
                 Decision::SyncSet { .. } => return None,
+                Decision::Dependency {
+                    name,
+                    state,
+                    seen_by,
+                } => {
+                    let kind = match state.as_str() {
+                        "up" => "dep-up",
+                        "down" => "dep-down",
+                        _ => "dep-degraded",
+                    };
+                    let from = if seen_by.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (seen from {})", seen_by.join(", "))
+                    };
+                    let message = format!("dependency {name} is {state}{from}");
+                    event(by, kind, name, Fields::default(), message)
+                }
                 Decision::IncidentNote {
                     id, title, status, body, ..
                 } => {

@@ -690,6 +690,7 @@ port = 15432
             .collect(),
             maintenance: Default::default(),
             history: Default::default(),
+            deps: Default::default(),
         }
     }
 

@@ -40,7 +40,7 @@ pub fn inject(
         FaultKind::SinkDown { site: Some(s) } if !sites.contains(s) => {
             return Err(format!("sink-down names site {s:?}, not in this cluster"))
         }
-        FaultKind::SinkDown { .. } => {}
+        FaultKind::SinkDown { .. } | FaultKind::DepDown { .. } => {}
         FaultKind::Stop {} => stop_self(lasting)?,
         FaultKind::Kill {} => kill_self(),
     }

@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod backups;
 pub(crate) mod datasets;
+mod deps;
 mod faults;
 mod limits;
 mod moves;
@@ -55,6 +56,8 @@ pub struct Agent {
     start: Instant,
     start_std: std::time::Instant,
     monitor: Monitor,
+    /// The dependencies' probes and egress forwarders at this site.
+    deps: deps::Deps,
     /// The site's control logic.
     node: Mutex<Node>,
     /// The highest epoch in this site's Raft log, kept current by the log store.
@@ -202,6 +205,19 @@ impl Agent {
                         ?sites,
                         epoch = change.epoch,
                         "synchronous standbys recorded"
+                    );
+                }
+                outlast_control::Decision::Dependency {
+                    name,
+                    state,
+                    seen_by,
+                } => {
+                    tracing::warn!(
+                        dependency = name,
+                        state,
+                        ?seen_by,
+                        epoch = change.epoch,
+                        "dependency state committed"
                     );
                 }
                 outlast_control::Decision::IncidentNote { id, status, .. } => {
@@ -361,6 +377,7 @@ impl Agent {
                 node.applied(&committed, &[], now);
             }
             node.set_health(health);
+            node.set_deps(self.deps.verdicts());
             node.set_holding(self.datasets.holding());
             node.set_db(self.datasets.report());
             let tick = node.tick(now);
@@ -601,6 +618,7 @@ impl outlast_web::Source for Agent {
         kind: outlast_core::faults::FaultKind,
         lasting: Duration,
     ) -> Result<outlast_core::faults::FaultView, String> {
+        deps::check_fault(&self.config, &kind)?;
         let sites = self.config.sites.iter().map(|s| s.name.clone()).collect();
         faults::inject(&self.faults, &self.me, &sites, kind, lasting)
     }
@@ -862,6 +880,13 @@ pub async fn run(
         start: Instant::now(),
         start_std: outlast_core::clock::now(),
         monitor,
+        deps: deps::Deps::start(
+            &config,
+            me.witness,
+            me.address,
+            faults.clone(),
+            shutdown.child_token(),
+        ),
         node: Mutex::new(node),
         log_epoch: log.log_epoch_handle(),
         sm: sm.clone(),
@@ -987,6 +1012,23 @@ pub async fn run(
                 ),
             }
         }
+    }
+
+    // One egress forwarder per dependency with an egress_port, on every data site.
+    for dep in &agent.deps.list {
+        let (Some(port), Some(egress)) = (dep.cfg.egress_port, dep.egress.clone()) else {
+            continue;
+        };
+        let addr = SocketAddr::new(me.address, port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot open the egress of {} on {addr}", dep.cfg.name))?;
+        let limit = ConnLimit::new(format!("egress:{}", dep.cfg.name), 10_000);
+        let steer: Arc<dyn outlast_gateway::egress::Steer> = dep.clone();
+        front.spawn(
+            format!("egress {}", dep.cfg.name),
+            egress.serve(listener, me.address, steer, limit, front.token()),
+        );
     }
 
     // Every site answers DNS for the zone, the witness included.

@@ -248,7 +248,18 @@ pub async fn incident(
     req: outlast_core::status::IncidentRequest,
 ) -> Result<outlast_core::incident::Incident, Failed> {
     use outlast_core::incident::{Impact, Step};
-    let status = Step::parse(&req.status).map_err(|e| (400, e))?;
+    let status = match (&req.status, id) {
+        (Some(s), _) => Step::parse(s).map_err(|e| (400, e))?,
+        (None, None) => Step::Investigating,
+        (None, Some(id)) => agent
+            .node()
+            .state()
+            .history
+            .incidents
+            .iter()
+            .find(|i| i.id == id)
+            .map_or(Step::Investigating, |i| i.status),
+    };
     let impact = req
         .impact
         .as_deref()

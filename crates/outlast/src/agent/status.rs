@@ -122,7 +122,9 @@ impl Agent {
                     .collect(),
             })
             .collect();
+        let deps_seen = node.deps_seen(now);
         drop(node);
+        let dependencies = self.deps.status(&self.config, &state.deps, &deps_seen);
         outlast_web::Status {
             cluster: self.config.cluster.name.clone(),
             site: self.me.clone(),
@@ -138,6 +140,7 @@ impl Agent {
             datasets: self.datasets.status(&self.config, &state),
             backups: self.backups.status(),
             history: state.history,
+            dependencies,
         }
     }
 }
