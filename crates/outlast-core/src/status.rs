@@ -42,6 +42,21 @@ pub struct Status {
     /// verdict, and this site's probes and egress counts per endpoint.
     #[serde(default)]
     pub dependencies: Vec<DependencyStatus>,
+    /// The latest alerts this site tried to deliver (one entry per target), newest first.
+    #[serde(default)]
+    pub alerts_sent: Vec<AlertSent>,
+}
+
+/// One delivery of an alert to one target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AlertSent {
+    pub unix_ms: u64,
+    pub kind: String,
+    pub message: String,
+    /// The target's kind: webhook, email, command, slack, pagerduty, twilio.
+    pub channel: String,
+    pub ok: bool,
+    pub error: Option<String>,
 }
 
 /// One `[[dependencies]]` as the answering site sees it.

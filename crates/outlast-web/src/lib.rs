@@ -314,6 +314,122 @@ fn state_colour(state: &str) -> &'static str {
     }
 }
 
+/// The open incidents and the latest resolved ones, from the committed history.
+fn render_incidents(st: &Status) -> String {
+    let all = &st.history.incidents;
+    if all.is_empty() {
+        return "<h2>Incidents</h2><p>None recorded (<a href=\"/status\">status page</a>).</p>"
+            .into();
+    }
+    let mut shown: Vec<&outlast_core::incident::Incident> =
+        all.iter().rev().filter(|i| i.is_open()).collect();
+    shown.extend(all.iter().rev().filter(|i| !i.is_open()).take(5));
+    let mut rows = String::new();
+    for i in shown {
+        let last = i.updates.last();
+        rows.push_str(&format!(
+            "<tr id=\"incident-{}\"><td>#{}</td><td>{}</td><td style=\"color:{};font-weight:bold\">{}</td><td>{}</td><td>{} ago</td><td>{}</td></tr>",
+            i.id,
+            i.id,
+            esc(&i.title),
+            if i.is_open() { "#cf222e" } else { "#1a7f37" },
+            i.status.word(),
+            i.impact.word(),
+            human_ms(st.at_ms.saturating_sub(i.started_ms)),
+            esc(last.map_or("", |u| u.body.as_str()))
+        ));
+    }
+    format!(
+        "<h2>Incidents</h2><table><tr><th>id</th><th>incident</th><th>status</th><th>impact</th><th>started</th><th>last update</th></tr>{rows}</table>"
+    )
+}
+
+/// Each dependency: its committed state, each site's verdict, and this site's endpoints
+/// with what its egress forwarder sent them.
+fn render_dependencies(st: &Status) -> String {
+    if st.dependencies.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("<h2>Dependencies</h2>");
+    for d in &st.dependencies {
+        let sites: Vec<String> = d
+            .sites
+            .iter()
+            .map(|(site, v)| format!("{}: {}", esc(site), esc(v)))
+            .collect();
+        s.push_str(&format!(
+            "<p id=\"dependency-{}\"><b>{}</b> <span style=\"color:{};font-weight:bold\">{}</span>{} · {}{}</p>",
+            esc(&d.name),
+            esc(&d.name),
+            state_colour(if d.state == "degraded" { "unknown" } else { &d.state }),
+            esc(&d.state),
+            if d.services.is_empty() {
+                String::new()
+            } else {
+                format!(" · used by {}", esc(&d.services.join(", ")))
+            },
+            sites.join(", "),
+            d.in_use
+                .as_ref()
+                .map(|e| format!(" · egress here goes to <b>{}</b>", esc(e)))
+                .unwrap_or_default()
+        ));
+        s.push_str("<table><tr><th>endpoint</th><th>health here</th><th>since</th><th>last check</th><th>connections</th><th>errors</th><th>sent</th><th>received</th><th>open</th><th>last error</th></tr>");
+        for e in &d.endpoints {
+            s.push_str(&format!(
+                "<tr><td>{}</td><td style=\"color:{};font-weight:bold\">{}{}</td><td>{}</td><td>{:.1} ms</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&e.address),
+                state_colour(&e.health),
+                esc(&e.health),
+                if e.cut { " (cut by a drill)" } else { "" },
+                human_ms(e.since_ms),
+                e.last_probe_ms,
+                e.connections,
+                e.errors,
+                human_bytes(e.bytes_sent),
+                human_bytes(e.bytes_received),
+                e.active,
+                esc(e.last_error.as_deref().or(e.egress_error.as_deref()).unwrap_or(""))
+            ));
+        }
+        s.push_str("</table>");
+    }
+    s
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        0..=9_999 => format!("{b} B"),
+        10_000..=9_999_999 => format!("{} kB", b / 1000),
+        _ => format!("{} MB", b / 1_000_000),
+    }
+}
+
+/// The alerts this site tried to deliver.
+fn render_alerts_sent(st: &Status) -> String {
+    if st.alerts_sent.is_empty() {
+        return String::new();
+    }
+    let mut rows = String::new();
+    for a in st.alerts_sent.iter().take(15) {
+        rows.push_str(&format!(
+            "<tr><td>{} ago</td><td>{}</td><td>{}</td><td style=\"color:{};font-weight:bold\">{}</td><td>{}</td></tr>",
+            human_ms(st.at_ms.saturating_sub(a.unix_ms)),
+            esc(&a.kind),
+            esc(&a.channel),
+            state_colour(if a.ok { "up" } else { "down" }),
+            if a.ok { "delivered" } else { "failed" },
+            esc(&match &a.error {
+                Some(e) => format!("{} ({e})", a.message),
+                None => a.message.clone(),
+            })
+        ));
+    }
+    format!(
+        "<h2>Alerts sent from here</h2><table><tr><th>when</th><th>kind</th><th>target</th><th>delivery</th><th>message</th></tr>{rows}</table>"
+    )
+}
+
 /// A page a person reads at a glance. It refreshes itself every two seconds from the site
 /// that served it and, when that site stops answering, from the next site that does, and
 /// says so; with no site answering it says how old what it shows is.
@@ -511,6 +627,9 @@ pub fn render_dashboard(st: &Status) -> String {
         format!("<h2>Datasets</h2>{datasets}")
     };
     let backups = render_backups(st);
+    let incidents = render_incidents(st);
+    let dependencies = render_dependencies(st);
+    let alerts_sent = render_alerts_sent(st);
     let faults = if st.faults.is_empty() {
         String::new()
     } else {
@@ -541,7 +660,7 @@ pub fn render_dashboard(st: &Status) -> String {
          </head><body><div id=\"stale\"></div><div id=\"live\"><h1>{cluster}</h1><p>answered by <b>{site}</b> · leader <b>{leader}</b> · term {term} · epoch {epoch}</p>\
          <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th><th>cut links</th></tr>{rows}</table>\
          <h2>Services</h2><table><tr><th>service</th><th>mode</th><th>primary</th><th>acting</th><th>active at</th><th>requests here</th><th>epoch</th></tr>{svcs}</table>\
-         {backends}{datasets}{backups}{failovers}{streams}{faults}</div>\
+         {incidents}{backends}{dependencies}{datasets}{backups}{failovers}{streams}{alerts_sent}{faults}</div>\
          <script>const sites=[{apis}];let current=location.origin,lastOk=Date.now();\
          async function refresh(){{const order=[current,...sites.filter(s=>s!==current)];\
          for(const base of order){{try{{const r=await fetch(base+'/',{{cache:'no-store',signal:AbortSignal.timeout(1500)}});if(!r.ok)continue;\

@@ -8,6 +8,8 @@
 #![allow(clippy::disallowed_methods)]
 
 mod common;
+#[path = "common/webdriver.rs"]
+mod webdriver;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -200,6 +202,18 @@ fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
         "history before the loss: {}",
         c.get("witness", "/v1/incidents").unwrap_or_default()
     );
+    // Real Chromium through WebDriver: one browser with JavaScript on at west's dashboard,
+    // one with it off for the status page.
+    let dash = webdriver::Browser::start(b + 50, true)
+        .expect("chromedriver and chromium (apt-get install chromium-driver)");
+    let plain = webdriver::Browser::start(b + 51, false).expect("a second browser");
+    plain.goto("data:text/html,<p id=x>off</p><script>document.getElementById('x').textContent='on'</script>");
+    assert_eq!(plain.text("#x"), "off", "this browser runs no JavaScript");
+    dash.goto(&format!("http://{}/", c.api("west")));
+    let first = dash.text("#live");
+    assert!(first.contains("Sites") && first.contains("east"), "{first}");
+    // A mark that a reload would wipe: the page must update itself in place.
+    dash.script("window.__mark = 42; return 0;");
 
     c.kill9("east");
     c.wait_for("witness", Duration::from_secs(20), "east down", |st| {
@@ -320,6 +334,34 @@ fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
     assert!(entries >= 1, "the feed holds the incident");
     let url = format!("http://{}/status", c.api("witness"));
     screenshot(&url, "status-east-down.png");
+    // The dashboard, never reloaded, now shows the incident.
+    let t0 = Instant::now();
+    while !dash.text("#live").contains("Site east is down")
+        && t0.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let live = dash.text("#live");
+    assert!(
+        live.contains("Site east is down"),
+        "the dashboard updated itself: {live}"
+    );
+    assert_eq!(
+        dash.script("return window.__mark;"),
+        42,
+        "updated in place, not reloaded"
+    );
+    let n = dash.screenshot(&shots().join("dashboard-east-down.png"));
+    assert!(n > 10_000, "a dashboard screenshot");
+    // The status page with JavaScript off: the incident and the affected components.
+    plain.goto(&url);
+    let text = plain.text("body");
+    assert!(
+        text.contains("Site east is down") && text.contains("Major outage"),
+        "{text}"
+    );
+    let n = plain.screenshot(&shots().join("status-east-down-no-js.png"));
+    assert!(n > 10_000, "a status page screenshot");
 
     // Back: green again, and the moves are past incidents, resolved.
     c.start("east");
@@ -374,6 +416,14 @@ fn the_witness_status_page_shows_a_site_loss_and_its_recovery() {
     let page = c.get("west", "/status").expect("west serves it too");
     assert!(page.contains("Past incidents") && page.contains("% uptime"));
     atom_parses(&c, "west");
+    plain.goto(&format!("http://{}/status", c.api("witness")));
+    let text = plain.text("body");
+    assert!(
+        text.contains("All Systems Operational") && text.contains("resolved"),
+        "{text}"
+    );
+    plain.screenshot(&shots().join("status-recovered-no-js.png"));
+    dash.screenshot(&shots().join("dashboard-recovered.png"));
     screenshot(
         &format!("http://{}/status", c.api("west")),
         "status-recovered.png",

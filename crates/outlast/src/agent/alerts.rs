@@ -36,7 +36,14 @@ pub struct AlertEvent {
 /// flapping site's down/up alerts, and tells the other targets when one could not deliver.
 pub struct Alerter {
     input: tokio::sync::mpsc::UnboundedSender<Msg>,
+    /// The latest deliveries this site tried, newest last (see [`Alerter::recent`]).
+    log: std::sync::Arc<
+        std::sync::Mutex<std::collections::VecDeque<outlast_core::status::AlertSent>>,
+    >,
 }
+
+/// How many deliveries [`Alerter::recent`] keeps.
+const KEEP_SENT: usize = 50;
 
 enum Msg {
     Event(AlertEvent),
@@ -65,6 +72,9 @@ impl Alerter {
             .build()
             .unwrap_or_default();
         let (input, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+        let log: std::sync::Arc<
+            std::sync::Mutex<std::collections::VecDeque<outlast_core::status::AlertSent>>,
+        > = Default::default();
         let mut queues = Vec::new();
         for (i, target) in targets
             .into_iter()
@@ -77,10 +87,26 @@ impl Alerter {
             let channel = target.channel();
             let back = input.clone();
             let span = tracing::info_span!("alerts", channel);
+            let log = log.clone();
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
                     while let Some(event) = q.recv().await {
-                        match deliver(&http, &target, &event).await {
+                        let r = deliver(&http, &target, &event).await;
+                        {
+                            let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                            l.push_back(outlast_core::status::AlertSent {
+                                unix_ms: outlast_core::clock::unix_ms(),
+                                kind: event.kind.clone(),
+                                message: event.message.clone(),
+                                channel: channel.to_string(),
+                                ok: r.is_ok(),
+                                error: r.as_ref().err().cloned(),
+                            });
+                            while l.len() > KEEP_SENT {
+                                l.pop_front();
+                            }
+                        }
+                        match r {
                             Ok(()) => {
                                 metrics::counter!("outlast_alerts_sent_total", "channel" => channel)
                                     .increment(1)
@@ -154,7 +180,13 @@ impl Alerter {
                 }
             }
         });
-        Self { input }
+        Self { input, log }
+    }
+
+    /// The latest deliveries this site tried (each target's own), newest first.
+    pub fn recent(&self) -> Vec<outlast_core::status::AlertSent> {
+        let l = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        l.iter().rev().cloned().collect()
     }
 
     /// Queues `event` for every target.

@@ -141,6 +141,7 @@ impl Agent {
             backups: self.backups.status(),
             history: state.history,
             dependencies,
+            alerts_sent: self.alerter.recent(),
         }
     }
 }
