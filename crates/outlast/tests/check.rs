@@ -542,3 +542,78 @@ every = "10ms"
         "every = \"10ms\" is shorter than a second; give \"1m\" or so (the watcher's grace period is longer)",
     );
 }
+
+#[test]
+fn dependency_mistakes_are_placed() {
+    let text = format!(
+        r#"{VALID}
+[[dependencies]]
+name = "payments"
+endpoints = ["api.pay.example", "127.0.0.1:0", "10.0.0.5:443"]
+services = ["shop"]
+egress_port = 8080
+check = {{ kind = "dns" }}
+
+[[dependencies]]
+name = "mail"
+endpoints = ["10.0.0.9:25"]
+check = {{ kind = "tcp", query = "x.example" }}
+"#
+    );
+    let c = check(&text);
+    expect_line(
+        &c,
+        &text,
+        "\"api.pay.example\"",
+        0,
+        "endpoint \"api.pay.example\" has no :port; write it as \"host:port\", like \"api.example.com:443\" or \"10.0.0.5:5432\"",
+    );
+    expect_line(
+        &c,
+        &text,
+        "\"127.0.0.1:0\"",
+        0,
+        "endpoint port 0 in \"127.0.0.1:0\" cannot be reached; write it as \"host:port\", like \"api.example.com:443\" or \"10.0.0.5:5432\"",
+    );
+    expect_line(
+        &c,
+        &text,
+        "\"shop\"]",
+        0,
+        "dependency \"payments\" names service \"shop\", which is not defined; use one of: web",
+    );
+    expect_line(
+        &c,
+        &text,
+        "8080",
+        1,
+        "127.0.0.11:8080 is used twice: by service web's gateway on site east and by dependency payments's egress on site east; give each listener its own port or its site its own address",
+    );
+    expect_line(
+        &c,
+        &text,
+        "{ kind = \"dns\" }",
+        0,
+        "a dns check needs a query name; add query = \"example.com\" (the name the endpoint must answer for)",
+    );
+    expect_line(
+        &c,
+        &text,
+        "\"x.example\"",
+        0,
+        "query is read by kind = \"dns\" checks only; drop query, or set kind = \"dns\"",
+    );
+    // A service's check cannot be a DNS one.
+    let text = VALID.replace(
+        "port = 8080\n",
+        "port = 8080\ncheck = { kind = \"dns\", query = \"a.example\" }\n",
+    );
+    let c = check(&text);
+    expect_line(
+        &c,
+        &text,
+        "\"dns\"",
+        0,
+        "check kind \"dns\" is not known here; use \"http\" or \"tcp\"",
+    );
+}
