@@ -484,7 +484,7 @@ impl Writer<'_> {
                     }
                 }
             }
-            Decision::Active { .. } => {}
+            Decision::Active { .. } | Decision::HistoryStart {} => {}
         }
     }
 

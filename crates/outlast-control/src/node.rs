@@ -509,6 +509,7 @@ impl Node {
                 Decision::Active { .. }
                 | Decision::SyncSet { .. }
                 | Decision::IncidentNote { .. }
+                | Decision::HistoryStart {}
                 | Decision::Dependency { .. } => {}
             }
         }
@@ -957,6 +958,10 @@ impl Node {
     pub fn propose(&self, now_ms: u64) -> Option<Proposal> {
         let mut decisions = decide(&self.cfg.params, &self.state, &self.observations(), now_ms);
         decisions.extend(self.dep_decisions(now_ms));
+        // A new cluster's first entry dates its history, so a quiet cluster has uptime too.
+        if decisions.is_empty() && self.state.epoch == 0 && self.state.history.since_ms.is_none() {
+            decisions.push(Decision::HistoryStart {});
+        }
         (!decisions.is_empty()).then_some(Proposal {
             base_epoch: self.state.epoch,
             decisions,

@@ -130,6 +130,8 @@ pub enum Decision {
         state: String,
         seen_by: Vec<String>,
     },
+    /// The first entry of a new cluster: the time its history (and uptime) begins.
+    HistoryStart {},
     /// An operator's words on an incident (`id`), or a new incident (`id` none, `title`
     /// given): see `history.rs`.
     IncidentNote {
@@ -299,7 +301,7 @@ impl ClusterState {
                         self.maintenance.remove(site);
                     }
                 }
-                Decision::IncidentNote { .. } => {}
+                Decision::IncidentNote { .. } | Decision::HistoryStart {} => {}
                 Decision::Dependency {
                     name,
                     state,

@@ -542,6 +542,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 | Decision::Maintenance { .. }
                                 | Decision::SyncSet { .. }
                                 | Decision::IncidentNote { .. }
+                                | Decision::HistoryStart {}
                                 | Decision::Dependency { .. } => {}
                             }
                         }

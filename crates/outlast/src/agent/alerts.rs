@@ -657,7 +657,7 @@ pub fn for_change(
                     };
                     event(by, kind, site, fields, format!("site {site} is {word}"))
                 }
-                Decision::SyncSet { .. } => return None,
+                Decision::SyncSet { .. } | Decision::HistoryStart {} => return None,
                 Decision::Dependency {
                     name,
                     state,

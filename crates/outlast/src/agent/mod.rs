@@ -220,6 +220,9 @@ impl Agent {
                         "dependency state committed"
                     );
                 }
+                outlast_control::Decision::HistoryStart {} => {
+                    tracing::info!(epoch = change.epoch, "the cluster's history begins");
+                }
                 outlast_control::Decision::IncidentNote { id, status, .. } => {
                     tracing::info!(
                         ?id,
