@@ -293,14 +293,11 @@ impl Writer<'_> {
                     return;
                 };
                 if i.moved.is_empty() {
-                    i.status = Step::Resolved;
-                    i.resolved_ms = Some(at);
-                    i.updates.push(Update {
-                        at_ms: at,
-                        status: Step::Resolved,
-                        body: format!("Site {site} answers again; nothing waits for it."),
-                        by: None,
-                    });
+                    i.note(
+                        at,
+                        Step::Resolved,
+                        format!("Site {site} answers again; nothing waits for it."),
+                    );
                 } else {
                     i.status = Step::Monitoring;
                     let waiting: Vec<&str> = i.moved.keys().map(|s| s.as_str()).collect();
@@ -337,15 +334,12 @@ impl Writer<'_> {
                         i.components.insert(site_c(site));
                     }
                 } else if let Some(i) = self.open_keyed(&key) {
-                    i.status = Step::Resolved;
-                    i.resolved_ms = Some(at);
                     i.moved.clear();
-                    i.updates.push(Update {
-                        at_ms: at,
-                        status: Step::Resolved,
-                        body: format!("Maintenance of site {site} is over."),
-                        by: None,
-                    });
+                    i.note(
+                        at,
+                        Step::Resolved,
+                        format!("Maintenance of site {site} is over."),
+                    );
                 }
             }
             Decision::SyncSet { service, sites } => {
@@ -367,17 +361,11 @@ impl Writer<'_> {
                     }
                 } else if !sites.is_empty() {
                     if let Some(i) = self.open_keyed(&key) {
-                        i.status = Step::Resolved;
-                        i.resolved_ms = Some(at);
-                        i.updates.push(Update {
-                            at_ms: at,
-                            status: Step::Resolved,
-                            body: format!(
-                                "{} holds each commit of {service} again.",
-                                sites.join(", ")
-                            ),
-                            by: None,
-                        });
+                        i.note(
+                            at,
+                            Step::Resolved,
+                            format!("{} holds each commit of {service} again.", sites.join(", ")),
+                        );
                     }
                 }
             }
@@ -439,14 +427,11 @@ impl Writer<'_> {
                 };
                 if state == "up" {
                     if let Some(i) = self.open_keyed(&key) {
-                        i.status = Step::Resolved;
-                        i.resolved_ms = Some(at);
-                        i.updates.push(Update {
-                            at_ms: at,
-                            status: Step::Resolved,
-                            body: format!("Every endpoint of {name} answers again."),
-                            by: None,
-                        });
+                        i.note(
+                            at,
+                            Step::Resolved,
+                            format!("Every endpoint of {name} answers again."),
+                        );
                     }
                     return;
                 }

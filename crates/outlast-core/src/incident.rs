@@ -123,6 +123,20 @@ impl Incident {
     pub fn is_open(&self) -> bool {
         self.resolved_ms.is_none()
     }
+
+    /// Adds the cluster's own update and takes its status (resolving it when `resolved`).
+    pub fn note(&mut self, at_ms: u64, status: Step, body: String) {
+        self.status = status;
+        if status == Step::Resolved {
+            self.resolved_ms = Some(at_ms);
+        }
+        self.updates.push(Update {
+            at_ms,
+            status,
+            body,
+            by: None,
+        });
+    }
 }
 
 /// A span of time a component was not operational, derived from the committed state.

@@ -148,12 +148,7 @@ impl Egress {
 /// Resolves `host:port` and connects from `source` (a second per address, three addresses
 /// at most).
 pub async fn dial(endpoint: &str, source: IpAddr) -> Result<tokio::net::TcpStream, String> {
-    let addrs: Vec<SocketAddr> =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(endpoint))
-            .await
-            .map_err(|_| format!("resolving {endpoint} took over 2 s"))?
-            .map_err(|e| format!("cannot resolve {endpoint}: {e}"))?
-            .collect();
+    let addrs = resolve(endpoint).await?;
     let mut last = format!("{endpoint} resolves to no address");
     for a in addrs.into_iter().take(3) {
         match connect_from(source, a).await {
@@ -162,4 +157,15 @@ pub async fn dial(endpoint: &str, source: IpAddr) -> Result<tokio::net::TcpStrea
         }
     }
     Err(last)
+}
+
+/// The addresses `host:port` resolves to, within 2 s.
+pub async fn resolve(endpoint: &str) -> Result<Vec<SocketAddr>, String> {
+    Ok(
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(endpoint))
+            .await
+            .map_err(|_| format!("resolving {endpoint} took over 2 s"))?
+            .map_err(|e| format!("cannot resolve {endpoint}: {e}"))?
+            .collect(),
+    )
 }

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use outlast_core::config::{Config, Dependency};
 use outlast_core::faults::{FaultKind, Faults};
@@ -268,11 +267,9 @@ impl Deps {
 }
 
 async fn resolve(endpoint: &str) -> Result<std::net::SocketAddr, String> {
-    let mut addrs = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(endpoint))
-        .await
-        .map_err(|_| format!("resolving {endpoint} took over 2 s"))?
-        .map_err(|e| format!("cannot resolve {endpoint}: {e}"))?;
-    addrs
+    outlast_gateway::egress::resolve(endpoint)
+        .await?
+        .into_iter()
         .next()
         .ok_or_else(|| format!("{endpoint} resolves to no address"))
 }
