@@ -19,6 +19,7 @@ mod faults;
 mod moves;
 pub mod serve;
 pub mod statuspage;
+pub mod tls;
 
 pub use outlast_core::faults::{FaultKind, FaultView};
 
