@@ -45,6 +45,25 @@ pub struct Status {
     /// The latest alerts this site tried to deliver (one entry per target), newest first.
     #[serde(default)]
     pub alerts_sent: Vec<AlertSent>,
+    /// How the answering site's peer port is encrypted, and what it refused.
+    #[serde(default)]
+    pub peer_tls: PeerTlsView,
+}
+
+/// The peer port's TLS at the answering site.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerTlsView {
+    /// "certificates", "secret" or "off".
+    pub mode: String,
+    /// Connections or requests refused, by reason (`unknown-ca`, `expired`, `wrong-name`,
+    /// `claims-other-site`, `no-certificate`, ...).
+    pub refused: std::collections::BTreeMap<String, u64>,
+    /// This site's certificate's end of validity (RFC 3339), with certificate files.
+    pub not_after: Option<String>,
+    /// When the material in force was loaded (Unix ms).
+    pub loaded_ms: u64,
+    /// Reloads that failed (the previous material stayed in force).
+    pub reload_failures: u64,
 }
 
 /// One delivery of an alert to one target.

@@ -29,18 +29,84 @@ pub(crate) fn bearer(
     headers: &axum::http::HeaderMap,
     want: &str,
 ) -> Result<(), (StatusCode, &'static str)> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
+    match presented(headers) {
         None => Err((
             StatusCode::UNAUTHORIZED,
             "send Authorization: Bearer <the [api] token>",
         )),
-        Some(got) if blake3::hash(want.as_bytes()) == blake3::hash(got.as_bytes()) => Ok(()),
+        Some(got) if same(want, &got) => Ok(()),
         Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong token")),
     }
+}
+
+/// The token a request presents: `Authorization: Bearer T`, or HTTP Basic with T as the
+/// password (what a browser sends after asking, for the dashboard).
+fn presented(headers: &axum::http::HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(t) = v.strip_prefix("Bearer ") {
+        return Some(t.to_string());
+    }
+    let b64 = v.strip_prefix("Basic ")?;
+    let raw =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    Some(
+        text.split_once(':')
+            .map(|(_, p)| p)
+            .unwrap_or(&text)
+            .to_string(),
+    )
+}
+
+/// Equal in constant time: both sides are hashed and the hashes compared (blake3's
+/// comparison does not stop at the first difference), so a wrong token of any length
+/// takes the time a right one does.
+fn same(want: &str, got: &str) -> bool {
+    blake3::hash(want.as_bytes()) == blake3::hash(got.as_bytes())
+}
+
+/// Paths anyone may read even with a `read_token`: the public status page.
+const PUBLIC: [&str; 3] = ["/status", "/status.json", "/status/feed.atom"];
+
+/// With `[api] read_token`, every request but the public status page, event ingest (its
+/// own `ingest` setting) and the mutations (their own token check) must present the read
+/// token or the mutation token. Both comparisons always run.
+async fn reads(
+    State(src): State<Arc<dyn Source>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(read) = src.read_token() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let is_read = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !is_read || PUBLIC.contains(&path) {
+        return next.run(req).await;
+    }
+    let ok = match presented(req.headers()) {
+        Some(got) => {
+            let as_read = same(read, &got);
+            let as_admin = src.admin_token().map(|w| same(w, &got)).unwrap_or(false);
+            as_read | as_admin
+        }
+        None => false,
+    };
+    if ok {
+        return next.run(req).await;
+    }
+    let mut r = refuse(
+        StatusCode::UNAUTHORIZED,
+        "this agent's reads want a token: send Authorization: Bearer <the [api] read_token>",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"outlast\", charset=\"UTF-8\""),
+    );
+    r
 }
 
 /// A refusal with its reason as JSON (`{"error": ...}`).
@@ -88,6 +154,10 @@ pub trait Source: Send + Sync + 'static {
     }
     /// The token switchover and maintenance want (`[api] token`); None turns them off.
     fn admin_token(&self) -> Option<&str> {
+        None
+    }
+    /// The token reads want (`[api] read_token`); None: reads are open.
+    fn read_token(&self) -> Option<&str> {
         None
     }
     /// Carries out a planned switchover; once done, what moved, else (HTTP status, why).
@@ -192,6 +262,7 @@ pub fn router(source: Arc<dyn Source>) -> Router {
         .route("/status/feed.atom", get(status_feed))
         .route("/", get(dashboard))
         .fallback(|| async { ApiError::NotFound("no such endpoint; see /v1/status".into()) })
+        .layer(axum::middleware::from_fn_with_state(source.clone(), reads))
         .with_state(source)
 }
 
@@ -686,12 +757,14 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     source: Arc<dyn Source>,
     conns: Arc<outlast_gateway::limits::ConnLimit>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = serve::Limits {
         conns,
         max_body: body_limit(source.as_ref()),
         drain: std::time::Duration::from_secs(3),
+        tls,
     };
     serve::serve(listener, router(source), limits, shutdown).await
 }

@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use outlast_gateway::limits::{ConnLimit, IdleBody, BODY_IDLE_TIMEOUT, HEADER_TIMEOUT};
 use tower::ServiceExt;
 
+use crate::tls::PeerCert;
+
 /// What one listener allows.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -25,6 +27,10 @@ pub struct Limits {
     pub max_body: u64,
     /// How long in-flight requests may finish once shutdown begins.
     pub drain: Duration,
+    /// TLS on this listener: each connection's handshake must end within
+    /// [`crate::tls::HANDSHAKE_TIMEOUT`]; a client certificate it verified reaches the
+    /// handlers as a [`crate::tls::PeerCert`] extension.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight
@@ -67,22 +73,67 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let max_body = limits.max_body;
-        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let router = router.clone();
-            async move {
-                if let Some(refusal) = too_large(&req, max_body) {
-                    return Ok::<_, std::convert::Infallible>(refusal);
+        let service = move |cert: Option<PeerCert>| {
+            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let router = router.clone();
+                let cert = cert.clone();
+                async move {
+                    if let Some(refusal) = too_large(&req, max_body) {
+                        return Ok::<_, std::convert::Infallible>(refusal);
+                    }
+                    let mut req = req.map(|b| Body::new(IdleBody::new(b, BODY_IDLE_TIMEOUT)));
+                    if let Some(c) = cert {
+                        req.extensions_mut().insert(c);
+                    }
+                    router.oneshot(req).await
                 }
-                let req = req.map(|b| Body::new(IdleBody::new(b, BODY_IDLE_TIMEOUT)));
-                router.oneshot(req).await
+            })
+        };
+        match &limits.tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service(None));
+                let watched = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _place = place;
+                    let _ = watched.await;
+                });
             }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        let watched = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _place = place;
-            let _ = watched.await;
-        });
+            Some(config) => {
+                // The handshake runs in the connection's own task, so a slow or silent
+                // client never holds up the accept loop.
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let _place = place;
+                    let tls = match tokio::time::timeout(
+                        crate::tls::HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake refused");
+                            metrics::counter!("outlast_tls_handshake_failures_total").increment(1);
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!("outlast_tls_handshake_failures_total").increment(1);
+                            return;
+                        }
+                    };
+                    let cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| PeerCert(Arc::new(c.clone().into_owned())));
+                    let conn = builder.serve_connection(TokioIo::new(tls), service(cert));
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(limits.drain, graceful.shutdown())

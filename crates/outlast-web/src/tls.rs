@@ -41,7 +41,6 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
     ServerConfig, SignatureScheme,
 };
-use serde::Serialize;
 
 /// How often certificate files are checked for a change.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -460,20 +459,7 @@ fn current(
     })
 }
 
-/// What the status shows of the peer port's TLS.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct PeerTlsView {
-    /// "certificates", "secret" or "off".
-    pub mode: String,
-    /// Connections refused, by reason.
-    pub refused: BTreeMap<String, u64>,
-    /// This site's certificate's end of validity (RFC 3339), with certificate files.
-    pub not_after: Option<String>,
-    /// When the material in force was loaded (Unix ms).
-    pub loaded_ms: u64,
-    /// Reloads that failed (the previous material stayed in force).
-    pub reload_failures: u64,
-}
+pub use outlast_core::status::PeerTlsView;
 
 /// The peer port's TLS: both configs, and the reload of certificate files.
 pub struct PeerTls {
@@ -594,6 +580,11 @@ impl PeerTls {
                 .unwrap_or_else(|p| p.into_inner()),
         }
     }
+}
+
+/// The end of validity of the certificate in force (Unix seconds), with files.
+pub fn not_after_secs(tls: &PeerTls) -> Option<i64> {
+    tls.live.now().not_after
 }
 
 /// Whether a verified peer certificate names `site`.

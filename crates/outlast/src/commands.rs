@@ -43,6 +43,9 @@ pub fn check(path: &Path) -> i32 {
             for w in &c.warnings {
                 eprintln!("warning: {w}");
             }
+            if !check_certificates(&c) {
+                return EXIT_CONFIG;
+            }
             let witnesses = c.sites.iter().filter(|s| s.witness).count();
             println!(
                 "{}: ok: cluster {}, {} ({} witness), quorum {}, {}, {}, {}{}",
@@ -548,5 +551,95 @@ mod tests {
             .collect();
         assert_eq!(cells.len(), 9, "{text}");
         assert_eq!(cells[7..], ["east: 5", "-"], "{text}");
+    }
+}
+
+/// With `[tls]` certificate files: each site's certificate that is on this machine must
+/// load, chain to the CA and name its site (the CA must load). A site's files may be
+/// missing here: each machine holds its own site's key only. False when any is wrong.
+fn check_certificates(c: &Config) -> bool {
+    let outlast_core::config::PeerTls::Certificates(f) = &c.tls else {
+        return true;
+    };
+    let Some(ca) = f.ca.clone() else { return true };
+    if let Err(e) = outlast_web::tls::read_certs(&ca) {
+        eprintln!("{}: [tls] ca: {e}", c.path.display());
+        return false;
+    }
+    let mut ok = true;
+    let soon = outlast_core::clock::unix_ms() / 1000 + 30 * 86_400;
+    for site in &c.sites {
+        let (cert, key) = f.cert_for(&site.name);
+        if !cert.exists() && !key.exists() {
+            eprintln!(
+                "note: no certificate for site {} here ({}): fine on a machine that runs another site; `outlast certs --config {}` makes them",
+                site.name,
+                cert.display(),
+                c.path.display()
+            );
+            continue;
+        }
+        let files = outlast_web::tls::Files {
+            ca: ca.clone(),
+            cert,
+            key,
+        };
+        match outlast_web::tls::PeerTls::new(outlast_web::tls::PeerTrust::Files(files), &site.name)
+        {
+            Ok(t) => {
+                if let Some(end) = t.view().not_after {
+                    let left = outlast_web::tls::not_after_secs(&t);
+                    if left.is_some_and(|l| (l as u64) < soon) {
+                        eprintln!(
+                            "warning: the certificate of site {} ends {end}: renew it (outlast certs --config {} --renew {})",
+                            site.name,
+                            c.path.display(),
+                            site.name
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: [tls] site {}: {e}", c.path.display(), site.name);
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// `outlast certs`.
+pub fn certs(config: &Path, dir: Option<std::path::PathBuf>, renew: &[String], days: u32) -> i32 {
+    let c = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let base = config.parent().unwrap_or(Path::new("."));
+    let dir = dir.unwrap_or_else(|| base.join("tls"));
+    match crate::init::certs(&c, &dir, renew, days) {
+        Ok(done) => {
+            for d in &done {
+                println!("{d}");
+            }
+            if done.is_empty() {
+                println!(
+                    "every site has a certificate in {}; --renew SITE makes a new one",
+                    dir.display()
+                );
+            }
+            if !matches!(c.tls, outlast_core::config::PeerTls::Certificates(_)) {
+                let rel = dir.strip_prefix(base).unwrap_or(&dir);
+                println!(
+                    "\nadd to {}:\n[tls]\nca = \"{r}/ca.pem\"\ncert = \"{r}/{{site}}.pem\"\nkey = \"{r}/{{site}}.key\"",
+                    config.display(),
+                    r = rel.display()
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
     }
 }

@@ -5,5 +5,6 @@ pub mod agent;
 pub mod backup_cli;
 pub mod commands;
 pub mod demo;
+pub mod init;
 pub mod logging;
 pub mod rebuild;

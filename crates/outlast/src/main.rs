@@ -80,6 +80,70 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Start a new cluster: a commented config, the cluster secret, an API token, a CA and
+    /// one certificate per site, one systemd unit per site. Asks on a terminal for what
+    /// the flags do not give; never overwrites a file.
+    #[command(
+        after_help = "Example:\n  outlast init --dir ./shop --cluster shop --site east=10.0.1.5 --site west=10.0.2.5 --witness arbiter=10.0.3.5 --service web:80:8080\n\nThen copy the folder to /etc/outlast on each machine (keep tls/ca.key elsewhere),\nand start each site: systemctl enable --now outlast@east"
+    )]
+    Init {
+        /// The folder to write into (created; files in it are never overwritten).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The cluster's name.
+        #[arg(long, default_value = "main")]
+        cluster: String,
+        /// A data site, NAME=ADDRESS (twice or more).
+        #[arg(long, value_name = "NAME=ADDRESS", value_parser = outlast::init::parse_site)]
+        site: Vec<(String, std::net::IpAddr)>,
+        /// The witness: votes, hosts nothing, on a third failure domain.
+        #[arg(long, value_name = "NAME=ADDRESS", value_parser = outlast::init::parse_site)]
+        witness: Vec<(String, std::net::IpAddr)>,
+        /// An HTTP service, NAME:PORT:BACKEND_PORT (the application at 127.0.0.1:BACKEND_PORT
+        /// beside each data site's agent).
+        #[arg(long, value_name = "NAME:PORT:BACKEND_PORT", value_parser = outlast::init::parse_service)]
+        service: Vec<outlast::init::ServiceSpec>,
+        #[arg(long, default_value_t = 7400)]
+        peer_port: u16,
+        #[arg(long, default_value_t = 7401)]
+        api_port: u16,
+        /// Where the files will be on each machine (the units' --config path).
+        #[arg(long, default_value = "/etc/outlast")]
+        install_dir: PathBuf,
+        /// The outlast executable the units run.
+        #[arg(long, default_value = "/usr/bin/outlast")]
+        binary: PathBuf,
+        /// Where each agent keeps its state (a folder per site under it).
+        #[arg(long, default_value = "/var/lib/outlast")]
+        data_dir: PathBuf,
+    },
+    /// Make the peer certificates of a config's sites: a CA in DIR when there is none, a
+    /// certificate for each site that has none (or is named by --renew). Prints the [tls]
+    /// table to add when the config has none.
+    #[command(
+        after_help = "Examples:\n  outlast certs --config cluster.toml                 # tls/ beside the config\n  outlast certs --config cluster.toml --renew east    # a new certificate for east; its agent picks it up"
+    )]
+    Certs {
+        #[arg(long)]
+        config: PathBuf,
+        /// Where the CA and certificates are (default: tls/ beside the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Make a new certificate for this site even though it has one.
+        #[arg(long, value_name = "SITE")]
+        renew: Vec<String>,
+        /// How long new certificates are valid.
+        #[arg(long, default_value_t = outlast::init::SITE_DAYS)]
+        days: u32,
+    },
+    /// Print a shell completion script (bash, zsh, fish).
+    #[command(
+        after_help = "Example:\n  outlast completions bash > /etc/bash_completion.d/outlast"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(after_help = "Example:\n  outlast man > outlast.1 && man ./outlast.1")]
+    Man,
     /// The demo's click-tracking backend (started by `outlast demo`).
     #[command(hide = true)]
     DemoBackend {
@@ -340,6 +404,83 @@ fn main() -> ExitCode {
     outlast::logging::init();
     let code = match cli.command {
         Command::Check { config } => outlast::commands::check(&config),
+        Command::Init {
+            dir,
+            cluster,
+            site,
+            witness,
+            service,
+            peer_port,
+            api_port,
+            install_dir,
+            binary,
+            data_dir,
+        } => {
+            let asked = site.is_empty() && witness.is_empty();
+            let mut spec = outlast::init::InitSpec {
+                dir,
+                cluster,
+                sites: site
+                    .into_iter()
+                    .map(|(name, address)| (name, address, false))
+                    .chain(witness.into_iter().map(|(n, a)| (n, a, true)))
+                    .map(|(name, address, witness)| outlast::init::SiteSpec {
+                        name,
+                        address,
+                        witness,
+                    })
+                    .collect(),
+                services: service,
+                peer_port,
+                api_port,
+                install_dir,
+                binary,
+                data_dir,
+            };
+            let ready = if asked {
+                outlast::init::ask(&mut spec)
+            } else {
+                Ok(())
+            };
+            match ready.and_then(|()| outlast::init::init(&spec)) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    println!(
+                        "next: outlast check --config {}/outlast.toml; copy the folder to {} on each site (keep tls/ca.key off them); systemctl enable --now outlast@SITE",
+                        spec.dir.display(),
+                        spec.install_dir.display()
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            }
+        }
+        Command::Certs {
+            config,
+            dir,
+            renew,
+            days,
+        } => outlast::commands::certs(&config, dir, &renew, days),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "outlast", &mut std::io::stdout());
+            0
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
         Command::Agent {
             config,
             site,

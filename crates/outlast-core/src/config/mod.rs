@@ -9,9 +9,11 @@ mod datasets;
 mod dependencies;
 mod raw;
 mod recover;
+mod tls;
 mod validate;
 
 pub use dependencies::split_endpoint;
+pub use tls::{for_site, PeerTls, SiteFiles};
 pub use validate::line_col;
 
 use std::collections::BTreeMap;
@@ -103,6 +105,8 @@ pub struct Config {
     pub backups: Vec<Backup>,
     pub alerts: Vec<Alert>,
     pub api: Api,
+    /// `[tls]`: how peer traffic is encrypted.
+    pub tls: PeerTls,
     /// `[[dependencies]]`: what the services need from outside, probed from every data site.
     pub dependencies: Vec<Dependency>,
     /// Things that work but are likely not what was meant (`outlast check` prints them).
@@ -561,6 +565,12 @@ impl Alert {
 pub struct Api {
     #[serde(skip)]
     pub token: Option<String>,
+    /// With it, reads (status, metrics, events, pages but the public status page) want
+    /// this token or the mutation token.
+    #[serde(skip)]
+    pub read_token: Option<String>,
+    /// The API served over TLS with these files (`{site}` in them is the site's name).
+    pub tls: Option<SiteFiles>,
     /// Client connections the API holds open at once; over it a new one gets 503.
     pub max_connections: usize,
     /// Whether event ingest wants the token (`ingest = "token"`) or is open to whoever
@@ -573,8 +583,10 @@ impl Default for Api {
     fn default() -> Self {
         Self {
             token: None,
+            read_token: None,
             max_connections: DEFAULT_API_CONNECTIONS,
             ingest_needs_token: false,
+            tls: None,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub api: Option<S<RawApi>>,
     #[serde(default)]
+    pub tls: Option<S<RawTls>>,
+    #[serde(default)]
     pub dependencies: Vec<S<RawDependency>>,
 }
 
@@ -180,6 +182,10 @@ pub struct RawAlert {
 pub struct RawApi {
     pub token: Option<S<String>>,
     pub token_file: Option<S<String>>,
+    pub read_token: Option<S<String>>,
+    pub read_token_file: Option<S<String>>,
+    pub tls_cert: Option<S<String>>,
+    pub tls_key: Option<S<String>>,
     pub max_connections: Option<S<u64>>,
     pub ingest: Option<S<String>>,
 }
@@ -263,4 +269,13 @@ pub struct RawRepo {
     pub password_file: Option<S<String>>,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub peer: Option<S<String>>,
+    pub ca: Option<S<String>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
 }

@@ -17,9 +17,21 @@ pub(super) struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
     problems: Vec<Problem>,
+    /// Things that work but are likely not what was meant.
+    warnings: Vec<Problem>,
 }
 
 impl Ctx<'_> {
+    pub(super) fn warn(
+        &mut self,
+        span: Range<usize>,
+        what: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.warnings
+            .push(Problem::at(self.file, self.text, span.start, what, fix));
+    }
+
     pub(super) fn at(
         &mut self,
         span: Range<usize>,
@@ -203,6 +215,7 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<Config, Vec<Problem>> {
         file,
         text,
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     let Some(raw) = read_raw(&mut ctx, text) else {
         ctx.problems.sort_by_key(|p| (p.line, p.col));
@@ -249,6 +262,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
     let backups = super::backups::backups(ctx, &raw.backups, &datasets, &site_names, base);
     let alerts = alerts(ctx, &raw.alerts, base);
     let api = api(ctx, raw.api.as_ref(), base);
+    let tls = super::tls::peer_tls(ctx, raw.tls.as_ref(), base);
     let dependencies =
         super::dependencies::dependencies(ctx, &raw.dependencies, &services, &timing);
     clashes(
@@ -260,7 +274,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         &datasets,
         &dependencies,
     );
-    let mut warnings = Vec::new();
+    let mut warnings = std::mem::take(&mut ctx.warnings);
     if dns.is_none() {
         for r in &raw.services {
             let r = r.get_ref();
@@ -291,6 +305,7 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         backups,
         alerts,
         api,
+        tls,
         dependencies,
         warnings,
     }
@@ -1309,6 +1324,18 @@ fn api(ctx: &mut Ctx<'_>, raw: Option<&S<RawApi>>, base: &Path) -> Api {
         }
         (None, None) => None,
     };
+    let read_token = match (&r.read_token, &r.read_token_file) {
+        (Some(_), Some(f)) => {
+            ctx.at(
+                f.span(),
+                "both read_token and read_token_file are set",
+                "keep one of them",
+            );
+            None
+        }
+        (inline, file) => inline_or_file(ctx, base, inline.as_ref(), file.as_ref(), "read_token"),
+    };
+    let tls = super::tls::api_tls(ctx, raw, base);
     let ingest_needs_token = ctx.choice(
         "ingest",
         r.ingest.as_ref(),
@@ -1324,8 +1351,45 @@ fn api(ctx: &mut Ctx<'_>, raw: Option<&S<RawApi>>, base: &Path) -> Api {
     }
     Api {
         token,
+        read_token,
         max_connections,
         ingest_needs_token,
+        tls,
+    }
+}
+
+/// An optional secret given inline or in a file (relative to the config); an empty one is
+/// an error (it would let anyone in).
+fn inline_or_file(
+    ctx: &mut Ctx<'_>,
+    base: &Path,
+    inline: Option<&S<String>>,
+    file: Option<&S<String>>,
+    field: &str,
+) -> Option<String> {
+    let (value, span) = match (inline, file) {
+        (Some(v), _) => (Ok(v.get_ref().clone()), v.span()),
+        (None, Some(f)) => (read_secret(&resolve(base, f.get_ref())), f.span()),
+        (None, None) => return None,
+    };
+    match value {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        Ok(_) => {
+            ctx.at(
+                span,
+                format!("{field} is empty"),
+                "write a long random token (or remove it)",
+            );
+            None
+        }
+        Err(e) => {
+            ctx.at(
+                span,
+                format!("cannot read {field}_file: {e}"),
+                "create the file or fix the path",
+            );
+            None
+        }
     }
 }
 

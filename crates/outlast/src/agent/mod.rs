@@ -85,6 +85,8 @@ pub struct Agent {
     fault_token: Option<String>,
     /// Signs and checks peer traffic; counts replays refused per peer.
     peer_auth: Arc<PeerAuth>,
+    /// TLS on the peer port (None only with `[tls] peer = "off"`).
+    peer_tls: Option<Arc<outlast_web::tls::PeerTls>>,
     /// This site's dataset members (database servers it runs).
     datasets: datasets::Datasets,
     /// This site's backups (snapshots, verifies).
@@ -642,6 +644,10 @@ impl outlast_web::Source for Agent {
         self.config.api.token.as_deref()
     }
 
+    fn read_token(&self) -> Option<&str> {
+        self.config.api.read_token.as_deref()
+    }
+
     fn switchover(
         &self,
         req: outlast_web::SwitchoverRequest,
@@ -830,11 +836,13 @@ pub async fn run(
         .map(|(n, a)| (n.clone(), opts.peer_via.get(n).copied().unwrap_or(*a)))
         .collect();
     let faults: Arc<Faults> = Arc::default();
+    let peer_tls = peer_tls(&config, &me.name)?;
     let client = Arc::new(PeerClient::new(
         auth.clone(),
         me.address,
         dial,
         faults.clone(),
+        peer_tls.as_deref(),
     )?);
 
     let monitor = Monitor::start(
@@ -916,6 +924,7 @@ pub async fn run(
         faults: faults.clone(),
         fault_token: config.api.token.clone().or(opts.fault_token),
         peer_auth: auth.clone(),
+        peer_tls: peer_tls.clone(),
         backups: Arc::new(backups::Backups::new(&config, &me.name, datasets.servers())),
         datasets,
         config,
@@ -946,6 +955,16 @@ pub async fn run(
         }
     }
 
+    let api_tls = match &agent.config.api.tls {
+        Some(f) => {
+            let (cert, key) = f.cert_for(&me.name);
+            Some(
+                outlast_web::tls::api_server_config(&cert, &key)
+                    .context("cannot load the API's certificate ([api] tls_cert, tls_key)")?,
+            )
+        }
+        None => None,
+    };
     let peer_listener = tokio::net::TcpListener::bind(me.peer_addr())
         .await
         .with_context(|| format!("cannot listen for peers on {}", me.peer_addr()))?;
@@ -1050,12 +1069,16 @@ pub async fn run(
         });
     }
 
+    if let Some(tls) = peer_tls.clone() {
+        let stop = back.token();
+        back.spawn("peer certificates", reload_certificates(tls, stop));
+    }
     {
         let source: Arc<dyn outlast_web::Source> = agent.clone();
         let conns = ConnLimit::new("api", caps.api);
         let stop = front.token();
         front.spawn("api", async move {
-            let served = outlast_web::run(api_listener, source, conns, async move {
+            let served = outlast_web::run(api_listener, source, conns, api_tls, async move {
                 stop.cancelled().await
             })
             .await;
@@ -1065,11 +1088,17 @@ pub async fn run(
         });
     }
     {
-        let peer_server = Arc::new(PeerServer::new(auth, agent.clone(), faults));
+        let peer_server = Arc::new(PeerServer::new(
+            auth,
+            peer_tls.clone(),
+            agent.clone(),
+            faults,
+        ));
         let limits = outlast_web::serve::Limits {
             conns: ConnLimit::new("peer", caps.peer),
             max_body: outlast_relay::PEER_MAX_BODY as u64,
             drain: Duration::from_secs(2),
+            tls: peer_tls.as_ref().map(|t| t.server_config()),
         };
         let stop = peers.token();
         peers.spawn("peer server", async move {
@@ -1342,4 +1371,66 @@ async fn step_down(agent: &Arc<Agent>, client: &PeerClient) {
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct StepDown {
     pub elect_in_ms: u64,
+}
+
+/// The peer port's TLS from `[tls]`: certificate files for this site, a CA keyed from
+/// the cluster secret, or none (`peer = "off"`).
+fn peer_tls(config: &Config, site: &str) -> anyhow::Result<Option<Arc<outlast_web::tls::PeerTls>>> {
+    use outlast_core::config::PeerTls as Mode;
+    use outlast_web::tls::{Files, PeerTls, PeerTrust};
+    let trust = match &config.tls {
+        Mode::Off => {
+            tracing::warn!("[tls] peer = \"off\": peer traffic travels in clear (signed only)");
+            return Ok(None);
+        }
+        Mode::Secret => PeerTrust::Secret(config.cluster.secret.clone()),
+        Mode::Certificates(f) => {
+            let (cert, key) = f.cert_for(site);
+            let Some(ca) = f.ca.clone() else {
+                anyhow::bail!("[tls] has no ca");
+            };
+            PeerTrust::Files(Files { ca, cert, key })
+        }
+    };
+    let tls = PeerTls::new(trust, site).context("cannot set up TLS on the peer port ([tls])")?;
+    Ok(Some(Arc::new(tls)))
+}
+
+/// Reads the peer certificate files again when they change, and at once on SIGHUP.
+async fn reload_certificates(
+    tls: Arc<outlast_web::tls::PeerTls>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; certificate files are still checked every 2 s");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(outlast_web::tls::RELOAD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let force = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        match tls.reload(force) {
+            Ok(true) => tracing::info!(
+                not_after = ?tls.view().not_after,
+                "peer certificates reloaded: new connections use them"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                "peer certificates did not reload: the previous ones stay in force"
+            ),
+        }
+    }
 }

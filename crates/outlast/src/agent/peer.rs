@@ -312,6 +312,8 @@ pub trait PeerHandler: Send + Sync + 'static {
 
 pub struct PeerServer {
     pub auth: Arc<PeerAuth>,
+    /// With TLS on the peer port: a request must come from a site its certificate names.
+    pub tls: Option<Arc<outlast_web::tls::PeerTls>>,
     pub handler: Arc<dyn PeerHandler>,
     /// Injected faults: a partition refuses the cut-off sites' requests here too.
     pub faults: Arc<Faults>,
@@ -321,9 +323,15 @@ pub struct PeerServer {
 }
 
 impl PeerServer {
-    pub fn new(auth: Arc<PeerAuth>, handler: Arc<dyn PeerHandler>, faults: Arc<Faults>) -> Self {
+    pub fn new(
+        auth: Arc<PeerAuth>,
+        tls: Option<Arc<outlast_web::tls::PeerTls>>,
+        handler: Arc<dyn PeerHandler>,
+        faults: Arc<Faults>,
+    ) -> Self {
         Self {
             auth,
+            tls,
             handler,
             faults,
             refusals_logged: outlast_core::throttle::LogThrottle::new(Duration::from_secs(10)),
@@ -376,22 +384,37 @@ fn encode<T: Serialize>(auth: &PeerAuth, to: &Asker<'_>, path: &str, value: &T) 
 
 async fn handle(
     State(srv): State<Arc<PeerServer>>,
+    cert: Option<axum::Extension<outlast_web::tls::PeerCert>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    let refused = |e: &dyn std::fmt::Display| {
+        if srv.refusals_logged.allow(&e.to_string()) {
+            tracing::warn!(path, error = %e, "refused peer request (logged once per 10 s)");
+        }
+        metrics::counter!("outlast_peer_auth_failures_total").increment(1);
+        // The same answer for every reason: the reason is in this site's log only.
+        (StatusCode::UNAUTHORIZED, "peer authentication failed").into_response()
+    };
     let (from, nonce) = match srv.auth.verify(headers.get(AUTH_HEADER), &path, &body) {
         Ok(v) => v,
-        Err(e) => {
-            if srv.refusals_logged.allow(&e.to_string()) {
-                tracing::warn!(path, error = %e, "refused peer request (logged once per 10 s)");
-            }
-            metrics::counter!("outlast_peer_auth_failures_total").increment(1);
-            // The same answer for every reason: the reason is in this site's log only.
-            return (StatusCode::UNAUTHORIZED, "peer authentication failed").into_response();
-        }
+        Err(e) => return refused(&e),
     };
+    // The certificate the connection showed must name the site the request is from: a
+    // member's certificate cannot speak for another member.
+    if let Some(tls) = &srv.tls {
+        let named = cert
+            .as_ref()
+            .is_some_and(|c| outlast_web::tls::names_site(&c.0 .0, &from));
+        if !named {
+            tls.count_refusal("claims-other-site");
+            return refused(&format!(
+                "a request from {from} over a connection whose certificate does not name it"
+            ));
+        }
+    }
     let asker = Asker { site: &from, nonce };
     if srv.faults.cut(&from) {
         return (
@@ -516,28 +539,48 @@ pub enum CallError {
 pub struct PeerClient {
     http: reqwest::Client,
     auth: Arc<PeerAuth>,
-    /// Site name → peer socket address.
-    peers: BTreeMap<String, SocketAddr>,
+    /// Site name → the peer port's base URL.
+    peers: BTreeMap<String, String>,
     faults: Arc<Faults>,
 }
 
 impl PeerClient {
+    /// With `tls`, every call is TLS 1.3 to `https://<site>.outlast:<port>` (the name
+    /// resolved here to the peer's address), showing this site's certificate and expecting
+    /// one that names the site dialled; without, plain HTTP.
     pub fn new(
         auth: Arc<PeerAuth>,
         source: IpAddr,
         peers: BTreeMap<String, SocketAddr>,
         faults: Arc<Faults>,
+        tls: Option<&outlast_web::tls::PeerTls>,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
             .local_address(source)
             .connect_timeout(Duration::from_secs(1))
             .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .build()?;
+            .tcp_nodelay(true);
+        let urls = peers
+            .iter()
+            .map(|(site, addr)| {
+                let url = match tls {
+                    Some(_) => {
+                        let host = outlast_web::tls::peer_name(site);
+                        b = std::mem::take(&mut b).resolve(&host, *addr);
+                        format!("https://{host}:{}", addr.port())
+                    }
+                    None => format!("http://{addr}"),
+                };
+                (site.clone(), url)
+            })
+            .collect();
+        if let Some(t) = tls {
+            b = b.use_preconfigured_tls(t.client_config()).https_only(true);
+        }
         Ok(Self {
-            http,
+            http: b.build()?,
             auth,
-            peers,
+            peers: urls,
             faults,
         })
     }
@@ -566,15 +609,11 @@ impl PeerClient {
         content_type: &'static str,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let addr = self
-            .peers
-            .get(site)
-            .copied()
-            .ok_or_else(|| CallError::Status {
-                site: site.to_string(),
-                code: 0,
-                reason: "not a peer".into(),
-            })?;
+        let base = self.peers.get(site).ok_or_else(|| CallError::Status {
+            site: site.to_string(),
+            code: 0,
+            reason: "not a peer".into(),
+        })?;
         if self.faults.cut(site) {
             return Err(CallError::Cut { site: site.into() });
         }
@@ -585,7 +624,7 @@ impl PeerClient {
         let (auth, nonce) = self.auth.sign(site, path, &body);
         let resp = self
             .http
-            .post(format!("http://{addr}{path}"))
+            .post(format!("{base}{path}"))
             .header(AUTH_HEADER, auth)
             .header("content-type", content_type)
             .timeout(timeout)

@@ -142,6 +142,13 @@ impl Agent {
             history: state.history,
             dependencies,
             alerts_sent: self.alerter.recent(),
+            peer_tls: match &self.peer_tls {
+                Some(t) => t.view(),
+                None => outlast_core::status::PeerTlsView {
+                    mode: "off".into(),
+                    ..Default::default()
+                },
+            },
         }
     }
 }
