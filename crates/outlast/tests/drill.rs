@@ -36,11 +36,10 @@ site = "west"
     .to_string()
         + more_config;
     let config = dir.join("outlast.toml");
-    std::fs::write(
+    common::write_config(
         &config,
-        common::config_text(&o, "drill-secret-0123456789abcdef"),
-    )
-    .expect("config");
+        &common::config_text(&o, "drill-secret-0123456789abcdef"),
+    );
     let scenario = dir.join("scenario.toml");
     std::fs::write(
         &scenario,

@@ -14,7 +14,7 @@ use common::{config_text, metric_value, Cluster, Opts};
 fn agent_with_wrong_secret_is_not_counted() {
     let mut c = Cluster::new(Opts::new(7480));
     let wrong = c.dir.path().join("wrong.toml");
-    std::fs::write(&wrong, config_text(&c.opts, "a-different-secret-entirely")).expect("write");
+    common::write_config(&wrong, &config_text(&c.opts, "a-different-secret-entirely"));
     c.start_with_config("east", &wrong);
     c.start("west");
     c.start("witness");

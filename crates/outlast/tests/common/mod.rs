@@ -39,6 +39,9 @@ pub struct Opts {
     pub netns: bool,
     /// Serve DNS for shop.test. on port base+3, the service named db.shop.test.
     pub dns: bool,
+    /// How peer traffic is protected: "certificates" (the default: a CA and a certificate
+    /// per site made by `outlast certs` in the config's folder), "secret" or "off".
+    pub tls: &'static str,
 }
 
 impl Opts {
@@ -52,6 +55,7 @@ impl Opts {
             extra: String::new(),
             netns: false,
             dns: false,
+            tls: "certificates",
         }
     }
 }
@@ -121,8 +125,33 @@ west = ["127.0.0.1:{bw}"]
             b + 3
         ));
     }
+    match o.tls {
+        "certificates" => s.push_str(
+            "\n[tls]\nca = \"tls/ca.pem\"\ncert = \"tls/{site}.pem\"\nkey = \"tls/{site}.key\"\n",
+        ),
+        "off" => s.push_str("\n[tls]\npeer = \"off\"\n"),
+        _ => {}
+    }
     s.push_str(&o.extra);
     s
+}
+
+/// Writes a config made by [`config_text`]; with certificates, makes them beside it
+/// (`outlast certs`, kept when they exist).
+pub fn write_config(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write config");
+    if text.contains("cert = \"tls/{site}.pem\"") {
+        let out = Command::new(bin())
+            .args(["certs", "--config"])
+            .arg(path)
+            .output()
+            .expect("outlast certs");
+        assert!(
+            out.status.success(),
+            "outlast certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// GET over plain HTTP/1.1; `None` when nothing answers.
@@ -148,7 +177,7 @@ impl Cluster {
     pub fn with_secret(opts: Opts, secret: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("outlast.toml");
-        std::fs::write(&config, config_text(&opts, secret)).expect("write config");
+        write_config(&config, &config_text(&opts, secret));
         let netns = opts.netns.then(|| {
             let name = format!("outlast-t{}-{}", opts.port_base, std::process::id());
             run(Command::new("ip").args(["netns", "add", &name]));
