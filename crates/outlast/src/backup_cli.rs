@@ -95,10 +95,7 @@ async fn ask(
     path: &str,
 ) -> anyhow::Result<(String, serde_json::Value)> {
     let token = auth.token()?;
-    let client = reqwest::Client::builder()
-        .timeout(RUN_WAIT)
-        .connect_timeout(Duration::from_secs(2))
-        .build()?;
+    let client = target.client(RUN_WAIT)?;
     let mut why = Vec::new();
     for base in target.candidates()? {
         let url = format!("{}{path}", base.trim_end_matches('/'));

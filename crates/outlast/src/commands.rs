@@ -84,6 +84,9 @@ pub struct ApiTarget {
     /// With --config: ask this site's agent only.
     #[arg(long, requires = "config")]
     pub site: Option<String>,
+    /// A PEM CA certificate to trust for an https:// API (the cluster's tls/ca.pem).
+    #[arg(long, env = "OUTLAST_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl ApiTarget {
@@ -98,10 +101,11 @@ impl ApiTarget {
             }]);
         }
         let of = |c: &Config| -> Vec<String> {
+            let scheme = if c.api.tls.is_some() { "https" } else { "http" };
             c.sites
                 .iter()
                 .filter(|s| self.site.as_ref().is_none_or(|want| *want == s.name))
-                .map(|s| format!("http://{}", s.api_addr()))
+                .map(|s| format!("{scheme}://{}", s.api_addr()))
                 .collect()
         };
         if let Some(path) = &self.config {
@@ -131,12 +135,37 @@ impl ApiTarget {
         Ok(out)
     }
 
+    /// A client for the API: trusting `--ca` for https, and sending `OUTLAST_TOKEN` (which
+    /// also opens reads under `[api] read_token`), or else `OUTLAST_READ_TOKEN`.
+    pub fn client(&self, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder().timeout(timeout);
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("cannot read --ca {}: {e}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("--ca {}: not PEM certificates: {e}", ca.display()))?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let token = ["OUTLAST_TOKEN", "OUTLAST_READ_TOKEN"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|t| !t.trim().is_empty()));
+        if let Some(t) = token {
+            let mut h = reqwest::header::HeaderMap::new();
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                .map_err(|_| anyhow::anyhow!("the token holds characters a header cannot"))?;
+            v.set_sensitive(true);
+            h.insert(reqwest::header::AUTHORIZATION, v);
+            b = b.default_headers(h);
+        }
+        Ok(b.build()?)
+    }
+
     /// The first candidate whose agent answers `/v1/status`.
     pub async fn resolve(&self) -> anyhow::Result<String> {
         let candidates = self.candidates()?;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(1500))
-            .build()?;
+        let client = self.client(Duration::from_millis(1500))?;
         let mut why = Vec::new();
         for base in &candidates {
             match client.get(format!("{base}/v1/status")).send().await {
@@ -156,9 +185,7 @@ impl ApiTarget {
 pub async fn status(target: &ApiTarget, json: bool) -> anyhow::Result<()> {
     let api = target.resolve().await?;
     let url = format!("{}/v1/status", api.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
+    let client = target.client(Duration::from_secs(5))?;
     let resp = client.get(&url).send().await.map_err(|e| {
         anyhow::anyhow!("cannot reach {url}: {e}; is the agent running? (--api URL)")
     })?;
@@ -217,9 +244,7 @@ async fn mutate<T: serde::de::DeserializeOwned>(
     let api = target.resolve().await?;
     let url = format!("{}{path}", api.trim_end_matches('/'));
     // The agent answers once the move is done: its own bound is under two minutes.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?;
+    let client = target.client(Duration::from_secs(120))?;
     let resp = client
         .post(&url)
         .bearer_auth(token)
@@ -309,9 +334,7 @@ pub async fn incidents(target: &ApiTarget) -> anyhow::Result<()> {
     }
     let api = target.resolve().await?;
     let url = format!("{}/v1/incidents", api.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = target.client(Duration::from_secs(10))?;
     let resp = client
         .get(&url)
         .send()
@@ -367,9 +390,7 @@ pub async fn events_send(target: &ApiTarget, stream: &str, file: &str) -> anyhow
     };
     let api = target.resolve().await?;
     let url = format!("{}/v1/streams/{stream}/events", api.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let client = target.client(Duration::from_secs(30))?;
     let mut post = client.post(&url);
     // A stream whose ingest wants the token ([api] ingest = "token").
     if let Some(token) = std::env::var("OUTLAST_TOKEN")
@@ -403,9 +424,7 @@ pub async fn events_tail(
     follow: bool,
 ) -> anyhow::Result<()> {
     let api = target.resolve().await?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = target.client(Duration::from_secs(10))?;
     let mut next = from;
     loop {
         let url = format!(
@@ -508,52 +527,6 @@ pub fn render_status(st: &outlast_web::Status) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The stream table lines its columns up under their headings, however long a cell.
-    #[test]
-    fn status_shows_streams_in_columns() {
-        let st: outlast_web::Status = serde_json::from_value(serde_json::json!({
-            "cluster": "shop", "site": "west", "leader": null, "term": 1, "epoch": 1,
-            "sites": [], "services": [],
-            "streams": [
-                {"name": "clicks", "spool_events": 0, "spool_bytes": 0,
-                 "oldest_unshipped_ms": null, "sink": "s3://a-long-bucket-name/raw"},
-                {"name": "conversions-of-the-autumn-sale", "spool_events": 5,
-                 "spool_bytes": 2048, "oldest_unshipped_ms": 900, "sink": null,
-                 "replicas": {"east": 5}}
-            ]
-        }))
-        .expect("a status");
-        let text = render_status(&st);
-        let table: Vec<&str> = text
-            .lines()
-            .skip_while(|l| !l.starts_with("STREAM"))
-            .collect();
-        assert_eq!(table.len(), 3, "{text}");
-        let sink_at = table[0].find("SINK").expect("heading");
-        assert_eq!(
-            table[1].find("s3://a-long-bucket-name/raw"),
-            Some(sink_at),
-            "{text}"
-        );
-        assert_eq!(table[2].get(sink_at..sink_at + 1), Some("-"), "{text}");
-        assert!(
-            table[2].contains("5 (2.0 KiB)") && table[2].contains("0.9 s"),
-            "{text}"
-        );
-        let cells: Vec<&str> = table[2]
-            .split("  ")
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
-        assert_eq!(cells.len(), 9, "{text}");
-        assert_eq!(cells[7..], ["east: 5", "-"], "{text}");
-    }
-}
-
 /// With `[tls]` certificate files: each site's certificate that is on this machine must
 /// load, chain to the CA and name its site (the CA must load). A site's files may be
 /// missing here: each machine holds its own site's key only. False when any is wrong.
@@ -641,5 +614,51 @@ pub fn certs(config: &Path, dir: Option<std::path::PathBuf>, renew: &[String], d
             eprintln!("error: {e:#}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream table lines its columns up under their headings, however long a cell.
+    #[test]
+    fn status_shows_streams_in_columns() {
+        let st: outlast_web::Status = serde_json::from_value(serde_json::json!({
+            "cluster": "shop", "site": "west", "leader": null, "term": 1, "epoch": 1,
+            "sites": [], "services": [],
+            "streams": [
+                {"name": "clicks", "spool_events": 0, "spool_bytes": 0,
+                 "oldest_unshipped_ms": null, "sink": "s3://a-long-bucket-name/raw"},
+                {"name": "conversions-of-the-autumn-sale", "spool_events": 5,
+                 "spool_bytes": 2048, "oldest_unshipped_ms": 900, "sink": null,
+                 "replicas": {"east": 5}}
+            ]
+        }))
+        .expect("a status");
+        let text = render_status(&st);
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("STREAM"))
+            .collect();
+        assert_eq!(table.len(), 3, "{text}");
+        let sink_at = table[0].find("SINK").expect("heading");
+        assert_eq!(
+            table[1].find("s3://a-long-bucket-name/raw"),
+            Some(sink_at),
+            "{text}"
+        );
+        assert_eq!(table[2].get(sink_at..sink_at + 1), Some("-"), "{text}");
+        assert!(
+            table[2].contains("5 (2.0 KiB)") && table[2].contains("0.9 s"),
+            "{text}"
+        );
+        let cells: Vec<&str> = table[2]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells.len(), 9, "{text}");
+        assert_eq!(cells[7..], ["east: 5", "-"], "{text}");
     }
 }

@@ -103,8 +103,10 @@ enum Command {
         /// beside each data site's agent).
         #[arg(long, value_name = "NAME:PORT:BACKEND_PORT", value_parser = outlast::init::parse_service)]
         service: Vec<outlast::init::ServiceSpec>,
+        /// Every site's agent-to-agent port.
         #[arg(long, default_value_t = 7400)]
         peer_port: u16,
+        /// Every site's API port.
         #[arg(long, default_value_t = 7401)]
         api_port: u16,
         /// Where the files will be on each machine (the units' --config path).

@@ -74,6 +74,7 @@ fn every_config_field_is_in_the_reference() {
         ("RawKeep", "`keep`"),
         ("RawRepo", "`[[backups.repos]]`"),
         ("RawApi", "`[api]`"),
+        ("RawTls", "`[tls]`"),
     ];
     let mut missing = Vec::new();
     let structs: Vec<&str> = raw
