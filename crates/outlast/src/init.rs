@@ -49,6 +49,9 @@ pub struct InitSpec {
     pub binary: PathBuf,
     /// Where each agent keeps its state (a folder per site under it).
     pub data_dir: PathBuf,
+    /// Every site answers DNS for this zone on `dns_port` (each service as its name).
+    pub dns_zone: Option<String>,
+    pub dns_port: u16,
 }
 
 /// `NAME=ADDRESS`.
@@ -181,6 +184,19 @@ pub fn config_text(spec: &InitSpec) -> String {
             );
         }
     }
+    if let Some(zone) = &spec.dns_zone {
+        let zone = if zone.ends_with('.') {
+            zone.clone()
+        } else {
+            format!("{zone}.")
+        };
+        t.push_str(&format!(
+            "\n[dns]\n# Every site answers for this zone with the addresses of the sites that serve each\n\
+             # service; delegate the zone to the sites (NS records) so clients follow a loss.\n\
+             zone = \"{zone}\"\nport = {}\nttl = 5\n",
+            spec.dns_port
+        ));
+    }
     for (i, svc) in spec.services.iter().enumerate() {
         let primary = data.first().map(|s| s.name.as_str()).unwrap_or("");
         t.push_str(&format!(
@@ -189,11 +205,16 @@ pub fn config_text(spec: &InitSpec) -> String {
              # when its site is lost.\n\
              mode = \"primary-standby\"\nprimary = \"{primary}\"\n\
              # Back to the primary once it has been healthy for failback_after.\n\
-             failback = \"auto\"\nport = {port}\n\
+             failback = \"auto\"\nport = {port}\n{dns}\
              check = {{ kind = \"http\", path = \"/\", interval = \"200ms\", timeout = \"200ms\" }}\n\
              [services.backends]\n",
             name = svc.name,
             port = svc.port,
+            dns = if spec.dns_zone.is_some() {
+                format!("dns_name = \"{}\"\n", svc.name)
+            } else {
+                String::new()
+            },
         ));
         if i == 0 {
             t.push_str("# The application beside each data site's agent.\n");
@@ -217,7 +238,6 @@ pub fn unit_text(spec: &InitSpec, site: &str) -> String {
          # (the Debian package's outlast@.service does the same: systemctl enable --now outlast@{site})\n\
          [Unit]\n\
          Description=outlast agent, site {site}\n\
-         Documentation=man:outlast(1)\n\
          Wants=network-online.target\n\
          After=network-online.target\n\
          \n\
@@ -233,6 +253,7 @@ pub fn unit_text(spec: &InitSpec, site: &str) -> String {
          LimitNOFILE=65536\n\
          NoNewPrivileges=yes\n\
          ProtectSystem=strict\n\
+         AmbientCapabilities=CAP_NET_BIND_SERVICE\n\
          ProtectHome=yes\n\
          PrivateTmp=yes\n\
          PrivateDevices=yes\n\
@@ -268,6 +289,9 @@ fn check_spec(spec: &InitSpec) -> anyhow::Result<()> {
     }
     if spec.sites.iter().filter(|s| !s.witness).count() < 2 {
         bail!("give at least two data sites (--site NAME=ADDRESS)");
+    }
+    if spec.dns_zone.is_some() && [spec.peer_port, spec.api_port].contains(&spec.dns_port) {
+        bail!("--dns-port is one of the agents' ports");
     }
     if spec.peer_port == spec.api_port {
         bail!("--peer-port and --api-port are the same");

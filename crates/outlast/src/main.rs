@@ -118,6 +118,12 @@ enum Command {
         /// Where each agent keeps its state (a folder per site under it).
         #[arg(long, default_value = "/var/lib/outlast")]
         data_dir: PathBuf,
+        /// Answer DNS for this zone at every site (each service under its name).
+        #[arg(long)]
+        dns_zone: Option<String>,
+        /// The port DNS is answered on.
+        #[arg(long, default_value_t = 53)]
+        dns_port: u16,
     },
     /// Make the peer certificates of a config's sites: a CA in DIR when there is none, a
     /// certificate for each site that has none (or is named by --renew). Prints the [tls]
@@ -417,6 +423,8 @@ fn main() -> ExitCode {
             install_dir,
             binary,
             data_dir,
+            dns_zone,
+            dns_port,
         } => {
             let asked = site.is_empty() && witness.is_empty();
             let mut spec = outlast::init::InitSpec {
@@ -438,6 +446,8 @@ fn main() -> ExitCode {
                 install_dir,
                 binary,
                 data_dir,
+                dns_zone,
+                dns_port,
             };
             let ready = if asked {
                 outlast::init::ask(&mut spec)
