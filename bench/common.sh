@@ -33,6 +33,12 @@ cluster_toml() {
     printf '[[sites]]\nname = "%s"\naddress = "127.0.0.%s"\npeer_port = %s\napi_port = %s\n' "${site%%:*}" "$addr" "$1" "$2"
     [ "${site%%:*}" = witness ] && printf 'witness = true\n'
   done
+  # PEER_TLS=off|secret|certificates: how peer traffic is protected (bench/tls.sh compares).
+  case "${PEER_TLS:-secret}" in
+    off) printf '[tls]\npeer = "off"\n' ;;
+    certificates)
+      printf '[tls]\nca = "tls/ca.pem"\ncert = "tls/{site}.pem"\nkey = "tls/{site}.key"\n' ;;
+  esac
 }
 
 # Starts the three agents of $work/outlast.toml; east's pid is then ${pids[-3]}. Words
@@ -40,6 +46,10 @@ cluster_toml() {
 # usage: start_agents [WRAPPER...]
 start_agents() {
   local s wrap
+  # Certificate files named by the config are made beside it (a CA and one per site).
+  if grep -q 'tls/{site}.pem' "$work/outlast.toml"; then
+    "$bin" certs --config "$work/outlast.toml" >/dev/null
+  fi
   for s in east west witness; do
     wrap=()
     [ "$s" = east ] && wrap=("$@")

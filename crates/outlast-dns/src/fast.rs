@@ -505,4 +505,32 @@ mod tests {
         junk[2] = 0x80; // a response: never answered
         assert_eq!(c.answer(&junk), None);
     }
+
+    // Hostile packets: random bytes, and real queries with bytes changed, cut or added.
+    // Never a panic; an answer, when given, carries the query's id and is a response.
+    // PROPTEST_CASES sets the count (scripts/fuzz runs 100,000).
+    proptest::proptest! {
+        #[test]
+        fn hostile_packets_get_formerr_or_silence_never_a_panic(
+            random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            at in proptest::prelude::any::<usize>(),
+            byte in proptest::prelude::any::<u8>(),
+            cut in proptest::prelude::any::<usize>(),
+            edns in proptest::prelude::any::<bool>(),
+        ) {
+            let c = compiled();
+            let mut q = query("db.shop.test.", RecordType::A, edns);
+            let i = at % q.len();
+            q[i] = byte;
+            q.truncate(1 + cut % q.len());
+            q.extend_from_slice(&random[..random.len().min(40)]);
+            for packet in [&random, &q] {
+                if let Some(r) = c.answer(packet) {
+                    proptest::prop_assert!(r.len() >= 12);
+                    proptest::prop_assert_eq!(&r[..2], &packet[..2]);
+                    proptest::prop_assert!(r[2] & 0x80 != 0, "a response");
+                }
+            }
+        }
+    }
 }

@@ -285,3 +285,37 @@ impl Framing {
         }
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    const HEAD: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+
+    // Hostile response heads from a backend: random bytes, and a real head with bytes
+    // changed, cut or added. A head is parsed, refused with an error, or waited for; never
+    // a panic, and every Ok(Some) consumed what it parsed (PROPTEST_CASES sets the count).
+    proptest! {
+        #[test]
+        fn hostile_response_heads_are_parsed_or_refused(
+            random in proptest::collection::vec(any::<u8>(), 0..2048),
+            at in any::<usize>(),
+            byte in any::<u8>(),
+            cut in any::<usize>(),
+            head_only in any::<bool>(),
+        ) {
+            let mut real = HEAD.to_vec();
+            let i = at % real.len();
+            real[i] = byte;
+            real.truncate(1 + cut % real.len());
+            for input in [random.clone(), real] {
+                let mut buf = BytesMut::from(&input[..]);
+                let before = buf.len();
+                if let Ok(Some(_)) = parse_head(&mut buf, head_only) {
+                    prop_assert!(buf.len() < before, "a parsed head is consumed");
+                }
+            }
+        }
+    }
+}

@@ -277,7 +277,11 @@ fn replay(addr: SocketAddr, request: &[u8]) -> Option<u16> {
 /// notice.
 #[test]
 fn captured_peer_requests_replayed_are_refused_and_counted() {
-    let mut c = Cluster::new(Opts::new(7920));
+    // The request layer under TLS: peer traffic in clear so the recorder can read it
+    // (peer_tls.rs replays captured TLS connections).
+    let mut o = Opts::new(7920);
+    o.tls = "off";
+    let mut c = Cluster::new(o);
     let west_peer: SocketAddr = "127.0.0.12:7920".parse().expect("addr");
     let witness_peer: SocketAddr = "127.0.0.13:7920".parse().expect("addr");
     let rec = Recorder::start(7935, west_peer);
