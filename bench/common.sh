@@ -44,12 +44,16 @@ cluster_toml() {
 # Starts the three agents of $work/outlast.toml; east's pid is then ${pids[-3]}. Words
 # given go in front of east's command (a profiler that runs it, say).
 # usage: start_agents [WRAPPER...]
-start_agents() {
-  local s wrap
-  # Certificate files named by the config are made beside it (a CA and one per site).
+# Certificate files named by the config are made beside it (a CA and one per site).
+make_certs() {
   if grep -q 'tls/{site}.pem' "$work/outlast.toml"; then
     "$bin" certs --config "$work/outlast.toml" >/dev/null
   fi
+}
+
+start_agents() {
+  local s wrap
+  make_certs
   for s in east west witness; do
     wrap=()
     [ "$s" = east ] && wrap=("$@")

@@ -34,6 +34,7 @@ trap 'cleanup; rm -rf "$data"' EXIT
 sed -i "s|^api_port = 17401|api_port = 17401\ndata_dir = \"$data/SITE\"|" "$work/outlast.toml"
 awk '/^name = "/{site=$3; gsub(/"/,"",site)} {gsub(/SITE/, site); print}' "$work/outlast.toml" >"$work/o.toml"
 mv "$work/o.toml" "$work/outlast.toml"
+make_certs
 "$bin" check --config "$work/outlast.toml" >/dev/null
 start_agents
 site_pids=("${pids[-3]}" "${pids[-2]}" "${pids[-1]}") # east (takes the events), west, witness
