@@ -309,6 +309,36 @@ impl Live {
             .or_default() += 1;
     }
 
+    // Handshake signatures: what the webpki verifiers of either end do, with the one
+    // provider's algorithms (they do not change when certificates are reloaded).
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = provider().signature_verification_algorithms;
+        self.counted(rustls::crypto::verify_tls13_signature(
+            message, cert, dss, &algs,
+        ))
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+
     fn counted<T>(&self, r: Result<T, rustls::Error>) -> Result<T, rustls::Error> {
         if let Err(e) = &r {
             let why = match e {
@@ -366,8 +396,7 @@ impl ClientCertVerifier for ClientCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let v = self.0.now().client_verifier.clone();
-        v.verify_tls12_signature(message, cert, dss)
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -376,12 +405,11 @@ impl ClientCertVerifier for ClientCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let v = self.0.now().client_verifier.clone();
-        self.0.counted(v.verify_tls13_signature(message, cert, dss))
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.now().client_verifier.supported_verify_schemes()
+        self.0.schemes()
     }
 }
 
@@ -408,8 +436,7 @@ impl ServerCertVerifier for ServerCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let v = self.0.now().server_verifier.clone();
-        v.verify_tls12_signature(message, cert, dss)
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -418,12 +445,11 @@ impl ServerCertVerifier for ServerCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let v = self.0.now().server_verifier.clone();
-        self.0.counted(v.verify_tls13_signature(message, cert, dss))
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.now().server_verifier.supported_verify_schemes()
+        self.0.schemes()
     }
 }
 
@@ -555,6 +581,11 @@ impl PeerTls {
         }
     }
 
+    /// The end of validity of the certificate in force (Unix seconds), with files.
+    pub fn not_after_secs(&self) -> Option<i64> {
+        self.live.now().not_after
+    }
+
     pub fn view(&self) -> PeerTlsView {
         let c = self.live.now();
         PeerTlsView {
@@ -580,11 +611,6 @@ impl PeerTls {
                 .unwrap_or_else(|p| p.into_inner()),
         }
     }
-}
-
-/// The end of validity of the certificate in force (Unix seconds), with files.
-pub fn not_after_secs(tls: &PeerTls) -> Option<i64> {
-    tls.live.now().not_after
 }
 
 /// Whether a verified peer certificate names `site`.

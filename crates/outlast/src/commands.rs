@@ -561,7 +561,7 @@ fn check_certificates(c: &Config) -> bool {
         {
             Ok(t) => {
                 if let Some(end) = t.view().not_after {
-                    let left = outlast_web::tls::not_after_secs(&t);
+                    let left = t.not_after_secs();
                     if left.is_some_and(|l| (l as u64) < soon) {
                         eprintln!(
                             "warning: the certificate of site {} ends {end}: renew it (outlast certs --config {} --renew {})",
