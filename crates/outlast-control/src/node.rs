@@ -180,6 +180,7 @@ pub struct Node {
     health: BTreeMap<String, ServiceView>,
     /// This site's verdict per dependency (data sites).
     deps: BTreeMap<String, String>,
+    rtt_us: BTreeMap<String, u64>,
     fenced: bool,
     /// The site whose entries this site last took as its leader's, and when.
     leader_heard: Option<(String, u64)>,
@@ -249,6 +250,7 @@ impl Node {
             site_changed_at,
             health: BTreeMap::new(),
             deps: BTreeMap::new(),
+            rtt_us: BTreeMap::new(),
             fenced: true,
             leader_heard: None,
             raft_leader: None,
@@ -353,6 +355,26 @@ impl Node {
     }
 
     /// This site's verdict per dependency, for its reports.
+    /// This site's round trips to the DNS probe networks, sent in its reports.
+    pub fn set_rtt(&mut self, rtt_us: BTreeMap<String, u64>) {
+        self.rtt_us = rtt_us;
+    }
+
+    /// Every site's latest round trips to the DNS probe networks (reports no older than
+    /// `max_age_ms`), this site's included.
+    pub fn rtts(&self, now_ms: u64, max_age_ms: u64) -> Vec<(String, BTreeMap<String, u64>)> {
+        let mut out: Vec<(String, BTreeMap<String, u64>)> = self
+            .reports
+            .values()
+            .filter(|r| {
+                r.report.site != self.cfg.me && now_ms.saturating_sub(r.at_ms) <= max_age_ms
+            })
+            .map(|r| (r.report.site.clone(), r.report.rtt_us.clone()))
+            .collect();
+        out.push((self.cfg.me.clone(), self.rtt_us.clone()));
+        out
+    }
+
     pub fn set_deps(&mut self, deps: BTreeMap<String, String>) {
         self.deps = deps;
     }
@@ -776,6 +798,7 @@ impl Node {
             db_sync: self.db.sync_want.clone(),
             db_lsn: self.db.lsn.clone(),
             deps: self.deps.clone(),
+            rtt_us: self.rtt_us.clone(),
         }
     }
 

@@ -384,4 +384,8 @@ pub struct Report {
     /// Per dependency: this data site's verdict (`up`, `degraded`, `down`, `unknown`).
     #[serde(default)]
     pub deps: BTreeMap<String, String>,
+    /// Per `[[dns.probes]]` network: this data site's smoothed round trip to it (µs), for
+    /// DNS names steered by latency.
+    #[serde(default)]
+    pub rtt_us: BTreeMap<String, u64>,
 }

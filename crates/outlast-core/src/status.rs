@@ -357,6 +357,24 @@ pub struct ServiceStatus {
     /// The answering site's backends for this service.
     #[serde(default)]
     pub backends: Vec<BackendStatus>,
+    /// protocol = "udp": the answering site's gateway counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpStatus>,
+}
+
+/// A UDP gateway's counters at one site, since its start.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UdpStatus {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub sessions_open: u64,
+    pub sessions_opened: u64,
+    /// Sessions moved to another target (a refusal, or their target left the routing).
+    pub sessions_moved: u64,
+    pub dropped_no_backend: u64,
+    pub dropped_cap: u64,
+    pub dropped_truncated: u64,
+    pub dropped_send_failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -12,18 +12,20 @@
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 
+use crate::steer::Client;
 use crate::view::ZoneView;
 
 const EDNS_PAYLOAD: u16 = 1232;
@@ -41,6 +43,8 @@ type ByType = HashMap<(u16, bool), Vec<u8>>;
 /// The compiled zone.
 pub struct Compiled {
     view: Arc<ZoneView>,
+    /// Steered names (lower-case qname wire) and their compiled picks.
+    steered: HashMap<Vec<u8>, SteerCompiled>,
     zone_wire: Vec<u8>,
     /// Lower-case qname wire → (qtype, with EDNS) → full response bytes. Every name the
     /// zone has is a key, so a type not compiled for one is NODATA (slow path), never
@@ -53,6 +57,19 @@ pub struct Compiled {
 fn response(view: &ZoneView, id: u16, rd: bool, query: Query, edns: bool) -> Option<Vec<u8>> {
     let name = LowerName::from(query.name().clone());
     let answer = view.answer(&name, query.query_type());
+    encode(id, rd, query, edns, answer, None)
+}
+
+/// A response message's bytes; `ecs`, the query's client subnet with the scope that
+/// decided, is echoed in the OPT record.
+fn encode(
+    id: u16,
+    rd: bool,
+    query: Query,
+    edns: bool,
+    answer: crate::Answer,
+    ecs: Option<ClientSubnet>,
+) -> Option<Vec<u8>> {
     let mut msg = Message::new(id, MessageType::Response, OpCode::Query);
     msg.metadata.recursion_desired = rd;
     msg.metadata.response_code = answer.code;
@@ -66,9 +83,108 @@ fn response(view: &ZoneView, id: u16, rd: bool, query: Query, edns: bool) -> Opt
         let mut e = Edns::new();
         e.set_max_payload(EDNS_PAYLOAD);
         e.set_version(0);
+        if let Some(ecs) = ecs {
+            e.options_mut().insert(EdnsOption::Subnet(ecs));
+        }
         msg.set_edns(e);
     }
     msg.to_vec().ok()
+}
+
+/// A steered name's compiled A answers: per pick (candidate indices), without and with
+/// EDNS. Picks are all ordered choices of `answers` of the candidates, when there are at
+/// most [`MAX_PICKS`] of them; otherwise each is built when asked.
+struct SteerCompiled {
+    steer: crate::steer::Steered,
+    by_pick: HashMap<(Vec<u8>, bool), Vec<u8>>,
+}
+
+const MAX_PICKS: usize = 4096;
+
+/// Every ordered choice of `k` of `0..n`.
+fn picks(n: usize, k: usize) -> Vec<Vec<u8>> {
+    let mut out = vec![Vec::new()];
+    for _ in 0..k {
+        let mut next = Vec::new();
+        for p in &out {
+            for i in 0..n as u8 {
+                if !p.contains(&i) {
+                    let mut q = p.clone();
+                    q.push(i);
+                    next.push(q);
+                }
+            }
+            if next.len() > MAX_PICKS {
+                return Vec::new();
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// Adds an ECS option to a response whose last record is an OPT record with no options:
+/// the query's FAMILY, SOURCE PREFIX-LENGTH and ADDRESS (`query_ecs`, the option's data as
+/// asked) with `scope`. None when the response does not end so (the slow path answers).
+fn append_ecs(out: &mut Vec<u8>, query_ecs: &[u8], scope: u8) -> Option<()> {
+    let n = out.len();
+    if n < 11 || out[n - 11] != 0 || out[n - 10..n - 8] != [0, 41] || out[n - 2..] != [0, 0] {
+        return None;
+    }
+    let len = query_ecs.len() as u16;
+    out[n - 2..].copy_from_slice(&(len + 4).to_be_bytes());
+    out.extend_from_slice(&8u16.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(query_ecs.get(..3)?);
+    out.push(scope);
+    out.extend_from_slice(query_ecs.get(4..)?);
+    Some(())
+}
+
+/// The EDNS Client Subnet option of a query's OPT record (its RDATA is `opt`): the
+/// client and the option's own bytes (FAMILY, SOURCE, SCOPE, ADDRESS). `Err` when it is
+/// malformed (the slow path then answers FORMERR).
+fn ecs_of(opt: &[u8]) -> Result<Option<(Client, &[u8])>, ()> {
+    let mut i = 0;
+    while i + 4 <= opt.len() {
+        let code = u16::from_be_bytes([opt[i], opt[i + 1]]);
+        let len = u16::from_be_bytes([opt[i + 2], opt[i + 3]]) as usize;
+        let data = opt.get(i + 4..i + 4 + len).ok_or(())?;
+        if code == 8 {
+            if data.len() < 4 {
+                return Err(());
+            }
+            let family = u16::from_be_bytes([data[0], data[1]]);
+            let source = data[2];
+            let bytes = &data[4..];
+            let width: u8 = match family {
+                1 => 32,
+                2 => 128,
+                _ => return Err(()),
+            };
+            if source > width || bytes.len() != (source as usize).div_ceil(8) || data[3] != 0 {
+                return Err(());
+            }
+            let mut full = [0u8; 16];
+            full[..bytes.len()].copy_from_slice(bytes);
+            let addr = if family == 1 {
+                IpAddr::from([full[0], full[1], full[2], full[3]])
+            } else {
+                IpAddr::from(full)
+            };
+            let client = Client {
+                addr,
+                source,
+                ecs: true,
+            };
+            return Ok(Some((client, data)));
+        }
+        i += 4 + len;
+    }
+    if i != opt.len() {
+        return Err(());
+    }
+    Ok(None)
 }
 
 impl Compiled {
@@ -100,6 +216,32 @@ impl Compiled {
                 }
             }
         }
+        let mut steered = HashMap::new();
+        if view.ready {
+            for (name, st) in &view.steered {
+                let lname = LowerName::from(name.clone());
+                let mut by_pick = HashMap::new();
+                for p in picks(st.candidates.len(), st.answers.min(st.candidates.len())) {
+                    let addrs: Vec<Ipv4Addr> =
+                        p.iter().map(|&i| st.candidates[i as usize].addr).collect();
+                    for edns in [false, true] {
+                        let mut q = Query::query(name.to_lowercase(), RecordType::A);
+                        q.set_query_class(DNSClass::IN);
+                        let answer = view.with_addrs(&lname, RecordType::A, Some(&addrs));
+                        if let Some(bytes) = encode(0, false, q, edns, answer, None) {
+                            by_pick.insert((p.clone(), edns), bytes);
+                        }
+                    }
+                }
+                steered.insert(
+                    crate::wire_name(name),
+                    SteerCompiled {
+                        steer: st.clone(),
+                        by_pick,
+                    },
+                );
+            }
+        }
         let soa_rr = view
             .answer(&LowerName::from(&view.zone), RecordType::SOA)
             .answers
@@ -115,21 +257,22 @@ impl Compiled {
             .unwrap_or_default();
         Compiled {
             view,
+            steered,
             zone_wire,
             answers,
             soa_rr,
         }
     }
 
-    /// The answer to one packet, or `None` to stay silent.
-    pub fn answer(&self, packet: &[u8]) -> Option<Vec<u8>> {
-        match self.fast(packet) {
+    /// The answer to one packet from `from`, or `None` to stay silent.
+    pub fn answer(&self, packet: &[u8], from: Option<IpAddr>) -> Option<Vec<u8>> {
+        match self.fast(packet, from) {
             Some(r) => Some(r),
-            None => self.slow(packet),
+            None => self.slow(packet, from),
         }
     }
 
-    fn fast(&self, p: &[u8]) -> Option<Vec<u8>> {
+    fn fast(&self, p: &[u8], from: Option<IpAddr>) -> Option<Vec<u8>> {
         if p.len() < 17 || p[2] & 0xF8 != 0 {
             return None; // a response, or an opcode other than QUERY
         }
@@ -160,12 +303,15 @@ impl Compiled {
         if qclass != 1 {
             return None;
         }
+        let mut opt: &[u8] = &[];
         let edns = if ar == 1 {
             // Only a plain OPT record: root owner, type 41, version 0.
             let o = p.get(question_end..question_end + 11)?;
             if o[0] != 0 || u16::from_be_bytes([o[1], o[2]]) != 41 || o[6] != 0 {
                 return None;
             }
+            let rdlen = u16::from_be_bytes([o[9], o[10]]) as usize;
+            opt = p.get(question_end + 11..question_end + 11 + rdlen)?;
             true
         } else {
             if question_end != p.len() {
@@ -177,6 +323,33 @@ impl Compiled {
             return None;
         }
         let rd = p[2] & 0x01;
+        if qtype == 1 {
+            if let Some(sc) = self.steered.get(lower.as_slice()) {
+                let (client, ecs) = match ecs_of(opt).ok()? {
+                    Some((c, bytes)) if c.source > 0 => (c, Some(bytes)),
+                    // SOURCE 0: the client asks that its address not be used.
+                    Some((_, bytes)) => (Client::resolver(from?), Some(bytes)),
+                    None => (Client::resolver(from?), None),
+                };
+                let pick = sc
+                    .steer
+                    .pick(&client, &self.view.networks, &self.view.latencies);
+                let mut out = match sc.by_pick.get(&(pick.indices().to_vec(), edns)) {
+                    Some(b) => b.clone(),
+                    None => return None, // too many picks to compile: the slow path
+                };
+                out[0] = p[0];
+                out[1] = p[1];
+                out[2] = (out[2] & !0x01) | rd;
+                out.get_mut(12..qname_end)?
+                    .copy_from_slice(&p[12..qname_end]);
+                if let Some(bytes) = ecs {
+                    let scope = if client.ecs { pick.scope } else { 0 };
+                    append_ecs(&mut out, bytes, scope)?;
+                }
+                return Some(out);
+            }
+        }
         if let Some(types) = self.answers.get(lower.as_slice()) {
             let t = types.get(&(qtype, edns))?;
             let mut out = t.clone();
@@ -186,6 +359,10 @@ impl Compiled {
             // The question, byte for byte as asked (the case may differ).
             out.get_mut(12..qname_end)?
                 .copy_from_slice(&p[12..qname_end]);
+            // An answer that is the same for every client says so: scope 0.
+            if let Some((_, bytes)) = ecs_of(opt).ok()? {
+                append_ecs(&mut out, bytes, 0)?;
+            }
             return Some(out);
         }
         // In the zone but not a name it has: NXDOMAIN with the SOA; outside: REFUSED.
@@ -217,11 +394,14 @@ impl Compiled {
             out.extend_from_slice(&41u16.to_be_bytes());
             out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
             out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            if let Some((_, bytes)) = ecs_of(opt).ok()? {
+                append_ecs(&mut out, bytes, 0)?;
+            }
         }
         Some(out)
     }
 
-    fn slow(&self, p: &[u8]) -> Option<Vec<u8>> {
+    fn slow(&self, p: &[u8], from: Option<IpAddr>) -> Option<Vec<u8>> {
         let msg = match Message::from_vec(p) {
             Ok(m) => m,
             Err(_) => {
@@ -248,13 +428,41 @@ impl Compiled {
         });
         let edns = msg.edns.is_some();
         match code {
-            None => response(
-                &self.view,
-                msg.metadata.id,
-                msg.metadata.recursion_desired,
-                msg.queries[0].clone(),
-                edns,
-            ),
+            None => {
+                let query = msg.queries[0].clone();
+                let ecs = msg
+                    .edns
+                    .as_ref()
+                    .and_then(|e| match e.options().get(EdnsCode::Subnet) {
+                        Some(EdnsOption::Subnet(s)) => Some(*s),
+                        _ => None,
+                    });
+                let client = match ecs {
+                    Some(s) if s.source_prefix() > 0 => Some(Client {
+                        addr: s.addr(),
+                        source: s.source_prefix(),
+                        ecs: true,
+                    }),
+                    _ => from.map(Client::resolver),
+                };
+                let name = LowerName::from(query.name().clone());
+                let (answer, pick) =
+                    self.view
+                        .answer_for(&name, query.query_type(), client.as_ref());
+                let echo = ecs.map(|mut s| {
+                    let decided = client.is_some_and(|c| c.ecs);
+                    s.set_scope_prefix(pick.filter(|_| decided).map_or(0, |p| p.scope));
+                    s
+                });
+                encode(
+                    msg.metadata.id,
+                    msg.metadata.recursion_desired,
+                    query,
+                    edns,
+                    answer,
+                    echo,
+                )
+            }
             Some(code) => {
                 let mut out =
                     Message::new(msg.metadata.id, MessageType::Response, msg.metadata.op_code);
@@ -341,6 +549,13 @@ pub fn serve_udp(
     Ok(threads)
 }
 
+fn source_ip(a: &SockaddrStorage) -> Option<IpAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(IpAddr::V4(v4.ip()));
+    }
+    a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+}
+
 fn udp_reader(s: &UdpSocket, published: &Published, stop: &AtomicBool) {
     let fd = s.as_raw_fd();
     let answered = metrics::counter!("outlast_dns_queries_total", "path" => "udp");
@@ -380,7 +595,7 @@ fn udp_reader(s: &UdpSocket, published: &Published, stop: &AtomicBool) {
         outs.clear();
         to.clear();
         for (buf, (len, from)) in bufs.iter().zip(&got) {
-            if let Some(out) = compiled.answer(&buf[..*len]) {
+            if let Some(out) = compiled.answer(&buf[..*len], from.as_ref().and_then(source_ip)) {
                 outs.push(out);
                 to.push(*from);
             }
@@ -428,6 +643,9 @@ mod tests {
             ttl: 5,
             name_servers: vec![("east".into(), Ipv4Addr::new(127, 0, 0, 11))],
             names,
+            steered: BTreeMap::new(),
+            networks: Arc::default(),
+            latencies: Arc::default(),
         }))
     }
 
@@ -467,8 +685,8 @@ mod tests {
             ] {
                 for edns in [false, true] {
                     let q = query(name, t, edns);
-                    let fast = c.answer(&q).expect("an answer");
-                    let slow = c.slow(&q).expect("slow");
+                    let fast = c.answer(&q, None).expect("an answer");
+                    let slow = c.slow(&q, None).expect("slow");
                     let (f, s) = (
                         Message::from_vec(&fast).expect("fast decodes"),
                         Message::from_vec(&slow).expect("slow decodes"),
@@ -496,14 +714,14 @@ mod tests {
     #[test]
     fn garbage_gets_formerr_or_silence() {
         let c = compiled();
-        assert_eq!(c.answer(&[1, 2]), None, "no header: silence");
+        assert_eq!(c.answer(&[1, 2], None), None, "no header: silence");
         let mut junk = vec![
             0x12, 0x34, 0x01, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 3, b'a',
         ];
-        let r = c.answer(&junk).expect("FORMERR");
+        let r = c.answer(&junk, None).expect("FORMERR");
         assert_eq!(r[3] & 0x0f, 1);
         junk[2] = 0x80; // a response: never answered
-        assert_eq!(c.answer(&junk), None);
+        assert_eq!(c.answer(&junk, None), None);
     }
 
     // Hostile packets: random bytes, and real queries with bytes changed, cut or added.
@@ -525,7 +743,7 @@ mod tests {
             q.truncate(1 + cut % q.len());
             q.extend_from_slice(&random[..random.len().min(40)]);
             for packet in [&random, &q] {
-                if let Some(r) = c.answer(packet) {
+                if let Some(r) = c.answer(packet, None) {
                     proptest::prop_assert!(r.len() >= 12);
                     proptest::prop_assert_eq!(&r[..2], &packet[..2]);
                     proptest::prop_assert!(r[2] & 0x80 != 0, "a response");

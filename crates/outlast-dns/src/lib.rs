@@ -9,6 +9,7 @@
 
 mod fast;
 pub mod push;
+pub mod steer;
 mod view;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{LowerName, Record};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -68,6 +70,21 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response: R,
     ) -> ResponseInfo {
+        let ecs = request
+            .edns
+            .as_ref()
+            .and_then(|e| match e.options().get(EdnsCode::Subnet) {
+                Some(EdnsOption::Subnet(s)) => Some(*s),
+                _ => None,
+            });
+        let client = match ecs {
+            Some(s) if s.source_prefix() > 0 => steer::Client {
+                addr: s.addr(),
+                source: s.source_prefix(),
+                ecs: true,
+            },
+            _ => steer::Client::resolver(request.src().ip()),
+        };
         let edns = request.edns.as_ref().map(|e| {
             let mut out = Edns::new();
             out.set_max_payload(e.max_payload().max(512));
@@ -89,7 +106,12 @@ impl RequestHandler for Handler {
             let q = &request.queries.queries()[0];
             let view = self.view.borrow().clone();
             let name: &LowerName = q.name();
-            let answer = view.answer(name, q.query_type());
+            let (answer, pick) = view.answer_for(name, q.query_type(), Some(&client));
+            let mut answer_edns = edns.clone();
+            if let (Some(e), Some(mut s)) = (answer_edns.as_mut(), ecs) {
+                s.set_scope_prefix(pick.filter(|_| client.ecs).map_or(0, |p| p.scope));
+                e.options_mut().insert(EdnsOption::Subnet(s));
+            }
             metrics::counter!("outlast_dns_queries_total", "rcode" => answer.code.to_string())
                 .increment(1);
             if !answer.authoritative() {
@@ -99,13 +121,14 @@ impl RequestHandler for Handler {
                 metadata.authoritative = true;
                 metadata.recursion_available = false;
                 metadata.response_code = answer.code;
-                let built = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
-                    metadata,
-                    answer.answers.iter(),
-                    answer.authorities.iter(),
-                    std::iter::empty::<&Record>(),
-                    answer.additionals.iter(),
-                );
+                let built = MessageResponseBuilder::new(&request.queries, answer_edns.as_ref())
+                    .build(
+                        metadata,
+                        answer.answers.iter(),
+                        answer.authorities.iter(),
+                        std::iter::empty::<&Record>(),
+                        answer.additionals.iter(),
+                    );
                 response.send_response(built).await
             }
         };

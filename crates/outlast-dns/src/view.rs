@@ -2,10 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+use crate::steer::{Client, Latencies, Networks, Pick, Steered};
 
 /// The zone as every site answers it.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +23,13 @@ pub struct ZoneView {
     pub name_servers: Vec<(String, Ipv4Addr)>,
     /// A records per owner name (lower-case, fully qualified).
     pub names: BTreeMap<Name, Vec<Ipv4Addr>>,
+    /// Names whose A answer depends on the client (also in `names`, with every healthy
+    /// site, for other types and clients not known).
+    pub steered: BTreeMap<Name, Steered>,
+    /// Client networks for `nearest`.
+    pub networks: Arc<Networks>,
+    /// Measured round trips for `latency`.
+    pub latencies: Arc<Latencies>,
 }
 
 /// One query's answer.
@@ -75,6 +85,34 @@ impl ZoneView {
             ttl: 5,
             name_servers: vec![],
             names: BTreeMap::new(),
+            steered: BTreeMap::new(),
+            networks: Arc::default(),
+            latencies: Arc::default(),
+        }
+    }
+
+    /// The pick for a steered name's A answer, if `name` is steered.
+    pub fn pick(&self, name: &Name, client: &Client) -> Option<(&Steered, Pick)> {
+        let s = self.steered.get(name)?;
+        Some((s, s.pick(client, &self.networks, &self.latencies)))
+    }
+
+    /// Why `name` answers what it does for `client`, in words.
+    pub fn explain(&self, name: &Name, client: &Client) -> String {
+        let owner = name.to_lowercase();
+        if !self.ready {
+            return "not ready: no committed state yet, every query gets SERVFAIL".into();
+        }
+        match (self.steered.get(&owner), self.names.get(&owner)) {
+            (Some(s), _) => s.explain(client, &self.networks, &self.latencies),
+            (None, Some(addrs)) if addrs.is_empty() => {
+                "no healthy site and nothing known before: NODATA".into()
+            }
+            (None, Some(addrs)) => format!(
+                "not steered (or no more healthy sites than it lists): every client gets {}; scope /0",
+                addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            (None, None) => "not a name in the zone: NXDOMAIN".into(),
         }
     }
 
@@ -116,6 +154,38 @@ impl ZoneView {
 
     /// The answer to one question. Pure, so every case is a unit test.
     pub fn answer(&self, name: &LowerName, qtype: RecordType) -> Answer {
+        self.answer_for(name, qtype, None).0
+    }
+
+    /// The answer to one question from `client`: a steered name's A records are its pick
+    /// (returned too, for the ECS scope).
+    pub fn answer_for(
+        &self,
+        name: &LowerName,
+        qtype: RecordType,
+        client: Option<&Client>,
+    ) -> (Answer, Option<Pick>) {
+        let owner = Name::from(name.clone());
+        if let (Some(c), RecordType::A | RecordType::ANY, true) = (client, qtype, self.ready) {
+            if let Some((s, pick)) = self.pick(&owner, c) {
+                let addrs: Vec<Ipv4Addr> = pick
+                    .indices()
+                    .iter()
+                    .map(|&i| s.candidates[i as usize].addr)
+                    .collect();
+                return (self.with_addrs(name, qtype, Some(&addrs)), Some(pick));
+            }
+        }
+        (self.with_addrs(name, qtype, None), None)
+    }
+
+    /// The answer, with `addrs` in place of the name's own A records when given.
+    pub(crate) fn with_addrs(
+        &self,
+        name: &LowerName,
+        qtype: RecordType,
+        addrs: Option<&[Ipv4Addr]>,
+    ) -> Answer {
         let zone = LowerName::from(&self.zone);
         if !zone.zone_of(name) {
             return Answer::code(ResponseCode::Refused);
@@ -165,7 +235,7 @@ impl ZoneView {
                 _ => nodata(self),
             };
         }
-        match self.names.get(&owner) {
+        match self.names.get(&owner).map(|own| addrs.unwrap_or(own)) {
             Some(addrs) => match qtype {
                 RecordType::A | RecordType::ANY if !addrs.is_empty() => Answer {
                     code: ResponseCode::NoError,
@@ -204,6 +274,9 @@ mod tests {
             ttl: 5,
             name_servers: vec![("east".into(), Ipv4Addr::new(127, 0, 0, 11))],
             names,
+            steered: BTreeMap::new(),
+            networks: Arc::default(),
+            latencies: Arc::default(),
         }
     }
 

@@ -514,6 +514,8 @@ struct Target {
     servers: Vec<SocketAddr>,
     name: Name,
     port: u16,
+    /// A `protocol = "udp"` service: a request is a datagram that must be answered.
+    udp: bool,
 }
 
 type DnsCache = Mutex<Option<(Ipv4Addr, Instant)>>;
@@ -536,6 +538,7 @@ async fn request(http: &reqwest::Client, to: &Target, seq: u64, cache: &DnsCache
         },
     };
     let ok = match ip {
+        Some(ip) if to.udp => udp_request(SocketAddr::new(IpAddr::V4(ip), to.port), seq).await,
         Some(ip) => http
             .get(format!(
                 "http://{}/c/{seq}?seq={seq}",
@@ -551,6 +554,31 @@ async fn request(http: &reqwest::Client, to: &Target, seq: u64, cache: &DnsCache
         *lock(cache) = None;
     }
     ok
+}
+
+/// One datagram to a UDP service from a new client port, on a connected socket as a
+/// stub resolver or SIP stack uses (so "port unreachable" fails it at once): sent again
+/// once after a second without an answer; answered within two seconds.
+async fn udp_request(to: SocketAddr, seq: u64) -> bool {
+    let Ok(sock) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+        return false;
+    };
+    if sock.connect(to).await.is_err() {
+        return false;
+    }
+    let msg = format!("drill {seq}");
+    let mut buf = [0u8; 2048];
+    for _ in 0..2 {
+        if sock.send(msg.as_bytes()).await.is_err() {
+            return false;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+            Ok(Ok(n)) => return n > 0,
+            Ok(Err(_)) => return false,
+            Err(_) => {}
+        }
+    }
+    false
 }
 
 /// Where the dataset workload writes: the dataset's service on each data site's gateway,
@@ -890,6 +918,7 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
                 name: Name::from_ascii(format!("{host}.{}", dns.zone.trim_end_matches('.')))
                     .map_err(|e| DrillError::Invalid(format!("the service's DNS name: {e}")))?,
                 port: svc.port,
+                udp: svc.protocol == outlast_core::config::Protocol::Udp,
             }))
         }
         _ => None,

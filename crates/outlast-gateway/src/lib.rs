@@ -2,7 +2,7 @@
 //!
 //! It follows the committed routing ([`Routes`], published by the agent on every change)
 //! and never decides anything itself. HTTP (1.1 and h2c, WebSocket upgrades passed through)
-//! and raw TCP. Local healthy backends first, round-robin, with passive ejection on connect
+//! raw TCP, and UDP datagrams in sessions. Local healthy backends first, round-robin, with passive ejection on connect
 //! errors; when none is usable here, or the service is not active here, one hop to the
 //! gateway of a site where it is active (a header, or for TCP the peer's site address, stops
 //! a second hop). Retries only where safe: a request that never reached a backend (connect
@@ -22,11 +22,13 @@ mod pool;
 mod routes;
 mod server;
 mod tcp;
+pub mod udp;
 
 pub use http::HttpGateway;
 pub use routes::{LeaseClock, Routes, ServiceRoute, Stats, Target, TargetStats};
 pub use server::serve_http;
 pub use tcp::{accept as tcp_accept, serve_tcp};
+pub use udp::{serve_udp, udp_sockets, udp_workers, UdpGateway, UdpStatus};
 
 /// Header that marks a request forwarded by another site's gateway.
 pub const HOP_HEADER: &str = "x-outlast-hop";

@@ -96,7 +96,7 @@ pub async fn serve_http(
 /// wake-ups pulled them towards the threads that woke them: one ran a 4 ms burst while the
 /// other's clients waited 4 ms. Kept apart, the gateway's p99.9 under wrk fell from
 /// 5–6 ms to about 4 ms, HAProxy's, and its p99 from 2.0–4.2 ms to 1.7–1.95 ms.
-fn worker_cores(workers: usize) -> Vec<usize> {
+pub(crate) fn worker_cores(workers: usize) -> Vec<usize> {
     let cores = allowed_cores();
     if cores.len() == workers && workers > 1 {
         cores
@@ -119,7 +119,7 @@ fn allowed_cores() -> Vec<usize> {
 
 /// Keeps the calling thread to `core`; a refusal (a container that forbids it) leaves the
 /// thread where the kernel puts it.
-fn keep_to_core(core: usize) {
+pub(crate) fn keep_to_core(core: usize) {
     use nix::sched::{sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
     let mut set = CpuSet::new();

@@ -52,6 +52,9 @@ pub async fn probe(
                     .map_err(|e| e.to_string())
             }
             CheckKind::Dns { query } => dns_probe(query, target, source).await,
+            CheckKind::Udp { send, expect } => {
+                udp_probe(send, expect, target, source, check.timeout).await
+            }
             CheckKind::Http { path, expect } => {
                 let url = format!("http://{target}{path}");
                 let resp = http.get(&url).send().await.map_err(|e| e.to_string())?;
@@ -117,6 +120,59 @@ async fn dns_probe(query: &str, target: SocketAddr, source: IpAddr) -> Result<()
         };
     }
     Err("no answer to this question".into())
+}
+
+/// The socket a UDP probe sends from: this site's address when the families agree.
+async fn udp_socket(target: SocketAddr, source: IpAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let bind = if target.is_ipv4() == source.is_ipv4() {
+        SocketAddr::new(source, 0)
+    } else if target.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    sock.connect(target).await?;
+    Ok(sock)
+}
+
+/// Sends `send` to a UDP backend. With `expect`, up is an answer that starts with it;
+/// without, up is no "port unreachable" within the timeout (nothing else can be known of
+/// a one-way service), so the caller's timeout ending this future counts as up.
+async fn udp_probe(
+    send: &[u8],
+    expect: &[u8],
+    target: SocketAddr,
+    source: IpAddr,
+    timeout: Duration,
+) -> Result<(), String> {
+    let sock = udp_socket(target, source)
+        .await
+        .map_err(|e| e.to_string())?;
+    sock.send(send).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let wait = if expect.is_empty() {
+        // Leave a margin inside the check's timeout: silence is the healthy outcome here.
+        timeout.mul_f32(0.8)
+    } else {
+        timeout
+    };
+    let got = tokio::time::timeout(wait, async {
+        // Answers that do not match (a late one from an earlier probe) are skipped.
+        for _ in 0..8 {
+            let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
+            if buf[..n].starts_with(expect) {
+                return Ok(());
+            }
+        }
+        Err("answers did not start with the expected bytes".to_string())
+    })
+    .await;
+    match got {
+        Ok(r) => r,
+        Err(_) if expect.is_empty() => Ok(()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
 }
 
 /// One backend's counter and what it last said.

@@ -196,6 +196,37 @@ pub trait Source: Send + Sync + 'static {
         let _ = (name, action);
         Box::pin(async { Err((404, "this agent runs no backups".to_string())) })
     }
+    /// What this site's DNS answers `name` (A) for a client at `client` (with a prefix
+    /// length: an ECS subnet) and why, as JSON; else (HTTP status, why).
+    fn dns_explain(&self, name: &str, client: &str) -> Result<serde_json::Value, (u16, String)> {
+        let _ = (name, client);
+        Err((404, "this agent serves no DNS".to_string()))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ExplainQuery {
+    name: Option<String>,
+    client: Option<String>,
+}
+
+async fn dns_explain(
+    State(s): State<Arc<dyn Source>>,
+    axum::extract::Query(q): axum::extract::Query<ExplainQuery>,
+) -> Response {
+    let (Some(name), Some(client)) = (q.name, q.client) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "give name=NAME and client=ADDRESS (or ADDRESS/PREFIX for a client subnet)",
+        );
+    };
+    match s.dns_explain(&name, &client) {
+        Ok(v) => Json(v).into_response(),
+        Err((code, why)) => refuse(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+            why,
+        ),
+    }
 }
 
 /// A boxed future an agent's answer comes back in.
@@ -256,6 +287,7 @@ pub fn router(source: Arc<dyn Source>) -> Router {
         .route("/v1/backups/:name/verify", post(backups::verify))
         .route("/v1/backups/:name/snapshots", get(backups::snapshots))
         .route("/v1/status", get(status))
+        .route("/v1/dns/explain", get(dns_explain))
         .route("/metrics", get(metrics))
         .route("/status", get(status_page))
         .route("/status.json", get(status_json))

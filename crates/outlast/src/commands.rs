@@ -204,6 +204,57 @@ pub async fn status(target: &ApiTarget, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `outlast dns explain`: what a site's DNS answers NAME for a client, and why.
+pub async fn dns_explain(
+    target: &ApiTarget,
+    name: &str,
+    client: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let api = target.resolve().await?;
+    let url = format!("{}/v1/dns/explain", api.trim_end_matches('/'));
+    let http = target.client(Duration::from_secs(5))?;
+    let resp = http
+        .get(&url)
+        .query(&[("name", name), ("client", client)])
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot reach {url}: {e}; is the agent running? (--api URL)")
+        })?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if !status.is_success() {
+        anyhow::bail!("{url} answered {status}: {}", text.trim());
+    }
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{url} did not answer JSON: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let answer: Vec<&str> = v["answer"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "{} for {}: {} {} (scope /{})",
+        v["name"].as_str().unwrap_or(name),
+        client,
+        v["rcode"].as_str().unwrap_or("?"),
+        if answer.is_empty() {
+            "-".to_string()
+        } else {
+            answer.join(", ")
+        },
+        v["scope"]
+    )?;
+    writeln!(out, "  {}", v["reason"].as_str().unwrap_or(""))?;
+    Ok(())
+}
+
 /// The token a mutation sends: `--token-file`, else `OUTLAST_TOKEN`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TokenArg {

@@ -18,6 +18,26 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DnsCommand {
+    /// What NAME answers (type A) for a client, and why.
+    #[command(
+        after_help = "Examples:\n  outlast dns explain www --client 203.0.113.9 --config cluster.toml\n  outlast dns explain www.shop.example --client 198.51.100.0/24   # as a resolver sending ECS"
+    )]
+    Explain {
+        /// The name, in the zone or relative to it.
+        name: String,
+        /// The client's address (as the resolver's), or ADDRESS/PREFIX (an ECS subnet).
+        #[arg(long)]
+        client: String,
+        #[command(flatten)]
+        target: outlast::commands::ApiTarget,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run one site's agent (foreground; SIGTERM drains and exits 0).
     #[command(
@@ -203,6 +223,12 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// DNS as a site's agent answers it: `dns explain` shows what a client gets for a name
+    /// and why (steering's selector, the network that decided, the ECS scope).
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
     },
     /// Backups through an agent: a snapshot now, what each repository holds, a restore test.
     Backup {
@@ -607,6 +633,16 @@ fn main() -> ExitCode {
                 },
             )),
             IncidentCommand::List { target } => runtime(outlast::commands::incidents(&target)),
+        },
+        Command::Dns { command } => match command {
+            DnsCommand::Explain {
+                name,
+                client,
+                target,
+                json,
+            } => runtime(outlast::commands::dns_explain(
+                &target, &name, &client, json,
+            )),
         },
         Command::Backup { command } => match command {
             BackupCommand::Run { name, auth, target } => {

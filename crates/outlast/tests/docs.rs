@@ -60,6 +60,8 @@ fn every_config_field_is_in_the_reference() {
         ("RawSite", "`[[sites]]`"),
         ("RawDns", "`[dns]`"),
         ("RawPush", "`[[dns.push]]`"),
+        ("RawProbe", "`[[dns.probes]]`"),
+        ("RawSteering", "DNS steering"),
         ("RawService", "`[[services]]`"),
         ("RawCheck", "`check`"),
         ("RawStream", "`[[streams]]`"),

@@ -106,6 +106,7 @@ fn report(site: &str, applied: u64, acting: &[&str], grant_age_east: u64) -> Rep
         db_sync: Default::default(),
         db_lsn: Default::default(),
         deps: Default::default(),
+        rtt_us: Default::default(),
     }
 }
 

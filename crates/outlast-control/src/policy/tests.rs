@@ -137,6 +137,7 @@ fn report(site: &str, at: u64, down: &[&str], down_for: u64, services_up: bool) 
             db_sync: Default::default(),
             db_lsn: Default::default(),
             deps: Default::default(),
+            rtt_us: Default::default(),
         },
     }
 }

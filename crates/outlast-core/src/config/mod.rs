@@ -9,10 +9,14 @@ mod datasets;
 mod dependencies;
 mod raw;
 mod recover;
+mod steering;
 mod tls;
 mod validate;
 
 pub use dependencies::split_endpoint;
+pub use steering::{
+    parse_networks, read_networks, Cidr, LatencyProbe, NetworkSites, Selector, Steering,
+};
 pub use tls::{for_site, PeerTls, SiteFiles};
 pub use validate::line_col;
 
@@ -212,6 +216,12 @@ pub struct Dns {
     pub all_down: AllDown,
     /// External primaries that get RFC 2136 updates.
     pub push: Vec<DnsPush>,
+    /// Client networks and the sites that serve them, nearest first (`networks`).
+    pub networks: NetworkSites,
+    /// More of them in a file, read again whenever it changes.
+    pub networks_file: Option<PathBuf>,
+    /// Round trips measured by every data site, for `selector = "latency"`.
+    pub probes: Vec<LatencyProbe>,
 }
 
 /// `[[dns.push]]`: an external primary server updated with TSIG-signed RFC 2136 updates.
@@ -230,6 +240,31 @@ pub struct DnsPush {
 pub enum Protocol {
     Http,
     Tcp,
+    Udp,
+}
+
+/// protocol = "udp": which client datagrams go to the same backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// One client address and port keeps its backend (the default).
+    Session,
+    /// One client IP keeps its backend, whatever its ports (a phone's SIP and RTP).
+    Ip,
+    /// Each datagram goes to the next backend (syslog, metrics).
+    Packet,
+}
+
+/// The UDP side of a `protocol = "udp"` service.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct UdpOptions {
+    pub affinity: Affinity,
+    /// A session with no datagram either way for this long ends.
+    pub idle_timeout: Duration,
+    /// Answers expected per client datagram: a session ends once it has had this many for
+    /// every datagram it sent (0: one-way, ends after its datagram is forwarded). None:
+    /// only the idle timeout ends it.
+    pub responses: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -257,6 +292,12 @@ pub enum CheckKind {
     Dns {
         query: String,
     },
+    /// A datagram `send` gets an answer starting with `expect` within the timeout; with an
+    /// empty `expect`, up means no "port unreachable" came back within the timeout.
+    Udp {
+        send: Vec<u8>,
+        expect: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -282,6 +323,10 @@ pub struct Service {
     pub max_connections: usize,
     /// The dataset whose primary this service follows (its primary is the dataset's).
     pub dataset: Option<String>,
+    /// protocol = "udp" only.
+    pub udp: Option<UdpOptions>,
+    /// How DNS picks among the service's healthy sites per client (none: all of them).
+    pub steering: Option<Steering>,
     /// Backends per site name.
     pub backends: BTreeMap<String, Vec<SocketAddr>>,
 }

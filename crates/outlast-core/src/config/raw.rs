@@ -87,6 +87,28 @@ pub struct RawDns {
     pub all_down: Option<S<String>>,
     #[serde(default)]
     pub push: Vec<S<RawPush>>,
+    /// Client networks → the sites that serve them, nearest first.
+    #[serde(default)]
+    pub networks: BTreeMap<S<String>, S<Vec<S<String>>>>,
+    pub networks_file: Option<S<String>>,
+    #[serde(default)]
+    pub probes: Vec<S<RawProbe>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    pub network: S<String>,
+    pub target: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSteering {
+    pub selector: S<String>,
+    pub answers: Option<S<u32>>,
+    #[serde(default)]
+    pub weights: BTreeMap<S<String>, S<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +135,14 @@ pub struct RawService {
     pub check: Option<S<RawCheck>>,
     pub max_connections: Option<S<u64>>,
     pub dataset: Option<S<String>>,
+    /// protocol = "udp": which datagrams share a backend (session, ip, packet).
+    pub affinity: Option<S<String>>,
+    /// protocol = "udp": a session with no datagram either way for this long ends.
+    pub idle_timeout: Option<S<String>>,
+    /// protocol = "udp": answers expected per client datagram (0 one-way, 1 request/answer).
+    pub responses: Option<S<u32>>,
+    /// How DNS picks among the service's healthy sites for each client.
+    pub steering: Option<S<RawSteering>>,
     #[serde(default)]
     pub backends: BTreeMap<S<String>, S<Vec<S<String>>>>,
 }
@@ -125,6 +155,12 @@ pub struct RawCheck {
     /// kind = "dns" (dependencies): the name asked.
     pub query: Option<S<String>>,
     pub expect: Option<S<u16>>,
+    /// kind = "udp": the datagram sent (text), or `send_hex` for bytes.
+    pub send: Option<S<String>>,
+    pub send_hex: Option<S<String>>,
+    /// kind = "udp": what the answer must start with (text), or `receive_hex`.
+    pub receive: Option<S<String>>,
+    pub receive_hex: Option<S<String>>,
     pub interval: Option<S<String>>,
     pub timeout: Option<S<String>>,
 }

@@ -254,9 +254,22 @@ fn build(ctx: &mut Ctx<'_>, raw: RawConfig, base: &Path, file: &Path) -> Config 
         .enumerate()
         .map(|(i, s)| (s.name.clone(), i))
         .collect();
-    let dns = raw.dns.as_ref().map(|d| dns(ctx, d, base));
+    let data_sites: Vec<String> = sites
+        .iter()
+        .filter(|s| !s.witness)
+        .map(|s| s.name.clone())
+        .collect();
+    let dns = raw.dns.as_ref().map(|d| dns(ctx, d, base, &data_sites));
     let mut datasets = super::datasets::datasets(ctx, &raw.datasets, &sites, &site_names, base);
-    let services = services(ctx, &raw.services, &sites, &site_names, &timing, &datasets);
+    let services = services(
+        ctx,
+        &raw.services,
+        &sites,
+        &site_names,
+        &timing,
+        &datasets,
+        dns.as_ref(),
+    );
     super::datasets::link(ctx, &raw.services, &services, &mut datasets, &raw.datasets);
     let streams = streams(ctx, &raw.streams, &site_names, base);
     let backups = super::backups::backups(ctx, &raw.backups, &datasets, &site_names, base);
@@ -572,7 +585,7 @@ fn sites(ctx: &mut Ctx<'_>, raw: &[S<RawSite>], base: &Path, cluster: &S<RawClus
     out
 }
 
-fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>, base: &Path) -> Dns {
+fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>, base: &Path, data_sites: &[String]) -> Dns {
     let d = raw.get_ref();
     let mut zone = d.zone.get_ref().trim().to_string();
     if zone.is_empty() || zone == "." {
@@ -600,12 +613,16 @@ fn dns(ctx: &mut Ctx<'_>, raw: &S<RawDns>, base: &Path) -> Dns {
         .filter_map(|p| dns_push(ctx, p, &zone, base))
         .collect();
     ctx.port("port", &d.port);
+    let steer = super::steering::dns_steering(ctx, d, base, data_sites);
     Dns {
         zone,
         port: *d.port.get_ref(),
         ttl: d.ttl.as_ref().map(|t| *t.get_ref()).unwrap_or(5),
         all_down,
         push,
+        networks: steer.networks,
+        networks_file: steer.networks_file,
+        probes: steer.probes,
     }
 }
 
@@ -616,7 +633,13 @@ fn services(
     site_names: &HashMap<String, usize>,
     timing: &Timing,
     datasets: &[Dataset],
+    dns: Option<&Dns>,
 ) -> Vec<Service> {
+    let data_sites: Vec<String> = sites
+        .iter()
+        .filter(|s| !s.witness)
+        .map(|s| s.name.clone())
+        .collect();
     let mut out = Vec::new();
     let mut seen: HashMap<String, Range<usize>> = HashMap::new();
     let mut dns_seen: HashMap<String, Range<usize>> = HashMap::new();
@@ -658,8 +681,13 @@ fn services(
             } else {
                 Protocol::Http
             },
-            &[("http", Protocol::Http), ("tcp", Protocol::Tcp)],
+            &[
+                ("http", Protocol::Http),
+                ("tcp", Protocol::Tcp),
+                ("udp", Protocol::Udp),
+            ],
         );
+        let udp = udp_options(ctx, r, protocol);
         let mode = ctx.choice(
             "mode",
             r.mode.as_ref(),
@@ -798,6 +826,38 @@ fn services(
         let max_connections =
             ctx.connections(r.max_connections.as_ref(), DEFAULT_GATEWAY_CONNECTIONS);
         let check = check(ctx, r.check.as_ref(), protocol, timing, false);
+        let steering = r.steering.as_ref().map(|st| {
+            if mode == Mode::PrimaryStandby {
+                ctx.at(
+                    st.span(),
+                    format!("service \"{name}\" is primary-standby: one site serves it, so DNS has nothing to steer"),
+                    "drop steering, or make the service mode = \"active-active\"",
+                );
+            }
+            super::steering::steering(ctx, st, &data_sites, dns)
+        });
+        if let Some(c) = &r.check {
+            let udp_check = matches!(check.kind, CheckKind::Udp { .. });
+            if udp_check != (protocol == Protocol::Udp) {
+                ctx.at(
+                    c.get_ref().kind.span(),
+                    format!(
+                        "check kind \"{}\" cannot probe the backends of a {} service",
+                        c.get_ref().kind.get_ref(),
+                        if protocol == Protocol::Udp {
+                            "UDP"
+                        } else {
+                            "TCP or HTTP"
+                        }
+                    ),
+                    if protocol == Protocol::Udp {
+                        "use kind = \"udp\" (with send and receive for an answer to check)"
+                    } else {
+                        "use kind = \"http\" or \"tcp\""
+                    },
+                );
+            }
+        }
         out.push(Service {
             name,
             protocol,
@@ -809,10 +869,119 @@ fn services(
             check,
             max_connections,
             dataset: dataset.map(|d| d.name.clone()),
+            udp,
+            steering,
             backends,
         });
     }
     out
+}
+
+/// A UDP service's options; the fields are refused on other protocols.
+fn udp_options(ctx: &mut Ctx<'_>, r: &RawService, protocol: Protocol) -> Option<UdpOptions> {
+    if protocol != Protocol::Udp {
+        let given = [
+            ("affinity", r.affinity.as_ref().map(|v| v.span())),
+            ("idle_timeout", r.idle_timeout.as_ref().map(|v| v.span())),
+            ("responses", r.responses.as_ref().map(|v| v.span())),
+        ];
+        for (field, span) in given {
+            if let Some(span) = span {
+                ctx.at(
+                    span,
+                    format!("{field} is read by protocol = \"udp\" services only"),
+                    format!("drop {field}, or set protocol = \"udp\""),
+                );
+            }
+        }
+        return None;
+    }
+    let affinity = ctx.choice(
+        "affinity",
+        r.affinity.as_ref(),
+        Affinity::Session,
+        &[
+            ("session", Affinity::Session),
+            ("ip", Affinity::Ip),
+            ("packet", Affinity::Packet),
+        ],
+    );
+    let idle_timeout = ctx.duration(
+        "idle_timeout",
+        r.idle_timeout.as_ref(),
+        Duration::from_secs(30),
+    );
+    if let Some(v) = &r.idle_timeout {
+        if idle_timeout < Duration::from_millis(100) || idle_timeout > Duration::from_secs(86_400) {
+            ctx.at(
+                v.span(),
+                format!("idle_timeout = \"{}\" is out of range", v.get_ref()),
+                "give a duration from 100ms to 24h (30s when unset)",
+            );
+        }
+    }
+    if let Some(v) = r.responses.as_ref().filter(|v| *v.get_ref() > 1000) {
+        ctx.at(
+            v.span(),
+            format!(
+                "responses = {} is more answers per datagram than any protocol gives",
+                v.get_ref()
+            ),
+            "use 0 for one-way traffic (syslog), 1 for request/answer (DNS), or drop it",
+        );
+    }
+    Some(UdpOptions {
+        affinity,
+        idle_timeout,
+        responses: r.responses.as_ref().map(|v| *v.get_ref()),
+    })
+}
+
+/// Text, or bytes written as hex (spaces allowed), for a UDP check's payloads.
+fn payload(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    text: Option<&S<String>>,
+    hex: Option<&S<String>>,
+) -> Vec<u8> {
+    match (text, hex) {
+        (Some(t), Some(h)) => {
+            ctx.at(
+                h.span(),
+                format!("{field} and {field}_hex are both given"),
+                format!("keep one: {field} for text, {field}_hex for bytes"),
+            );
+            t.get_ref().as_bytes().to_vec()
+        }
+        (Some(t), None) => t.get_ref().as_bytes().to_vec(),
+        (None, Some(h)) => {
+            let digits: Vec<u8> = h
+                .get_ref()
+                .bytes()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+            let bytes: Option<Vec<u8>> = digits
+                .len()
+                .is_multiple_of(2)
+                .then(|| {
+                    digits
+                        .chunks(2)
+                        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+                        .collect()
+                })
+                .flatten();
+            bytes.unwrap_or_else(|| {
+                ctx.at(
+                    h.span(),
+                    format!("{field}_hex is not hex bytes"),
+                    "write pairs of hex digits, like \"0001 0000\"",
+                );
+                Vec::new()
+            })
+        }
+        (None, None) => Vec::new(),
+    }
 }
 
 pub(super) fn check(
@@ -831,6 +1000,10 @@ pub(super) fn check(
                 expect: 200,
             },
             Protocol::Tcp => CheckKind::Tcp,
+            Protocol::Udp => CheckKind::Udp {
+                send: Vec::new(),
+                expect: Vec::new(),
+            },
         };
         return Check {
             kind,
@@ -849,6 +1022,10 @@ pub(super) fn check(
             expect: c.expect.as_ref().map(|e| *e.get_ref()).unwrap_or(200),
         },
         "tcp" => CheckKind::Tcp,
+        "udp" if !dns_ok => CheckKind::Udp {
+            send: payload(ctx, "send", c.send.as_ref(), c.send_hex.as_ref()),
+            expect: payload(ctx, "receive", c.receive.as_ref(), c.receive_hex.as_ref()),
+        },
         "dns" if dns_ok => CheckKind::Dns {
             query: c
                 .query
@@ -863,12 +1040,29 @@ pub(super) fn check(
                 if dns_ok {
                     "use \"http\", \"tcp\" or \"dns\""
                 } else {
-                    "use \"http\" or \"tcp\""
+                    "use \"http\", \"tcp\" or \"udp\""
                 },
             );
             CheckKind::Tcp
         }
     };
+    if !matches!(kind, CheckKind::Udp { .. }) {
+        let given = [
+            ("send", c.send.as_ref()),
+            ("send_hex", c.send_hex.as_ref()),
+            ("receive", c.receive.as_ref()),
+            ("receive_hex", c.receive_hex.as_ref()),
+        ];
+        for (field, v) in given {
+            if let Some(v) = v {
+                ctx.at(
+                    v.span(),
+                    format!("{field} is read by kind = \"udp\" checks only"),
+                    format!("drop {field}, or set kind = \"udp\""),
+                );
+            }
+        }
+    }
     match (&kind, &c.query) {
         (CheckKind::Dns { query }, _) if query.is_empty() || query.len() > 253 => {
             ctx.at(

@@ -246,6 +246,7 @@ impl Deps {
                         outlast_core::config::CheckKind::Http { .. } => "http".into(),
                         outlast_core::config::CheckKind::Tcp => "tcp".into(),
                         outlast_core::config::CheckKind::Dns { .. } => "dns".into(),
+                        outlast_core::config::CheckKind::Udp { .. } => "udp".into(),
                     },
                     egress_port: d.egress_port,
                     here: here.map(|h| h.verdict().to_string()),

@@ -72,10 +72,14 @@ pub struct Agent {
     gateway_stats: BTreeMap<String, Arc<outlast_gateway::Stats>>,
     /// Each service gateway's connection cap and accept health at this site.
     gateway_limits: BTreeMap<String, Arc<ConnLimit>>,
+    /// The UDP services' gateways at this site (their counters, for the status).
+    udp_gateways: Mutex<BTreeMap<String, Arc<outlast_gateway::UdpGateway>>>,
     /// The lease deadline as the gateways check it on every request.
     lease_clock: Arc<outlast_gateway::LeaseClock>,
     zone: tokio::sync::watch::Sender<Arc<outlast_dns::ZoneView>>,
     last_known: Mutex<zone::LastKnown>,
+    /// Client networks and round trips that steered DNS names choose with.
+    steering: Mutex<zone::Steering>,
     /// A leader has been known: DNS has had a committed state to answer from.
     dns_ready: AtomicBool,
     relay: outlast_relay::Relay,
@@ -325,7 +329,22 @@ impl Agent {
         self.backups
             .update(&self.config, &state, &self.datasets.serving());
         drop(node);
-        let view = zone::zone_view(&self.config, &state, ready, &mut lock(&self.last_known));
+        if let Some(dns) = self.config.dns.as_ref().filter(|d| !d.probes.is_empty()) {
+            let fresh = 3 * self.config.timing.probe_interval.as_millis() as u64 + 2_000;
+            let lat = zone::latencies(dns, &self.node().rtts(now, fresh));
+            let mut st = lock(&self.steering);
+            if *st.latencies != lat {
+                st.latencies = Arc::new(lat);
+            }
+        }
+        let steering = lock(&self.steering).clone();
+        let view = zone::zone_view(
+            &self.config,
+            &state,
+            ready,
+            &mut lock(&self.last_known),
+            &steering,
+        );
         if let Some(view) = view {
             let serial = view.ready.then_some(u64::from(view.serial));
             self.zone.send_if_modified(|cur| {
@@ -644,6 +663,58 @@ impl outlast_web::Source for Agent {
         self.config.api.token.as_deref()
     }
 
+    fn dns_explain(&self, name: &str, client: &str) -> Result<serde_json::Value, (u16, String)> {
+        use outlast_dns::steer::{Cidr, Client};
+        let Some(dns) = &self.config.dns else {
+            return Err((404, "the config has no [dns]".into()));
+        };
+        let (addr, source, ecs) = match client.split_once('/') {
+            Some(_) => {
+                let c: Cidr = client.parse().map_err(|e: String| (400, e))?;
+                (c.addr, c.len, true)
+            }
+            None => {
+                let a: std::net::IpAddr = client
+                    .parse()
+                    .map_err(|_| (400, format!("\"{client}\" is not an IP address")))?;
+                (a, Cidr::bits(a).1, false)
+            }
+        };
+        let client = Client { addr, source, ecs };
+        let mut fqdn = name.trim_end_matches('.').to_string();
+        let zone = dns.zone.trim_end_matches('.');
+        if !fqdn.eq_ignore_ascii_case(zone)
+            && !fqdn
+                .to_ascii_lowercase()
+                .ends_with(&format!(".{}", zone.to_ascii_lowercase()))
+        {
+            fqdn = format!("{fqdn}.{zone}");
+        }
+        let owner = hickory_proto::rr::Name::from_ascii(format!("{fqdn}."))
+            .map_err(|e| (400, format!("\"{name}\" is not a DNS name: {e}")))?;
+        let view = self.zone.borrow().clone();
+        let lower = hickory_proto::rr::LowerName::from(owner.clone());
+        let (answer, pick) =
+            view.answer_for(&lower, hickory_proto::rr::RecordType::A, Some(&client));
+        let addrs: Vec<String> = answer
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "name": owner.to_string(),
+            "client": client.addr.to_string(),
+            "client_prefix": client.source,
+            "rcode": answer.code.to_string(),
+            "answer": addrs,
+            "scope": pick.map_or(0, |p| p.scope),
+            "reason": view.explain(&owner, &client),
+        }))
+    }
+
     fn read_token(&self) -> Option<&str> {
         self.config.api.read_token.as_deref()
     }
@@ -914,12 +985,17 @@ pub async fn run(
             .map(|s| (s.name.clone(), Arc::default()))
             .collect(),
         gateway_limits,
+        udp_gateways: Mutex::default(),
         lease_clock: Arc::default(),
         zone: tokio::sync::watch::channel(Arc::new(outlast_dns::ZoneView::not_ready(
             hickory_proto::rr::Name::root(),
         )))
         .0,
         last_known: Mutex::new(BTreeMap::new()),
+        steering: Mutex::new(zone::Steering {
+            networks: Arc::new(zone::networks(&config, None).unwrap_or_default()),
+            latencies: Arc::default(),
+        }),
         dns_ready: AtomicBool::new(false),
         faults: faults.clone(),
         fault_token: config.api.token.clone().or(opts.fault_token),
@@ -984,9 +1060,6 @@ pub async fn run(
             agent.config.sites.iter().map(|s| s.address).collect();
         for svc in &agent.config.services {
             let addr = SocketAddr::new(me.address, svc.port);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot open the gateway of {} on {addr}", svc.name))?;
             let routes = agent.routes.subscribe();
             let stop = front.token();
             let limit = agent
@@ -1002,6 +1075,28 @@ pub async fn run(
                 .cloned()
                 .unwrap_or_default();
             let name = format!("gateway {}", svc.name);
+            if let (outlast_core::config::Protocol::Udp, Some(udp)) = (svc.protocol, svc.udp) {
+                let sockets = outlast_gateway::udp_sockets(addr, outlast_gateway::udp_workers())
+                    .with_context(|| {
+                        format!("cannot open the UDP gateway of {} on {addr}", svc.name)
+                    })?;
+                let gw = outlast_gateway::UdpGateway::new(
+                    &svc.name,
+                    me.address,
+                    site_addresses.clone(),
+                    routes,
+                    stats,
+                    agent.lease_clock.clone(),
+                    udp,
+                    limit,
+                );
+                lock(&agent.udp_gateways).insert(svc.name.clone(), gw.clone());
+                front.spawn(name, outlast_gateway::serve_udp(sockets, gw, stop));
+                continue;
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot open the gateway of {} on {addr}", svc.name))?;
             match svc.protocol {
                 outlast_core::config::Protocol::Http => {
                     let gw = Arc::new(outlast_gateway::HttpGateway::new(
@@ -1017,21 +1112,22 @@ pub async fn run(
                         outlast_gateway::serve_http(listener, gw, limit, stop, GATEWAY_DRAIN),
                     );
                 }
-                outlast_core::config::Protocol::Tcp => front.spawn(
-                    name,
-                    outlast_gateway::serve_tcp(
-                        listener,
-                        svc.name.clone(),
-                        me.address,
-                        site_addresses.clone(),
-                        routes,
-                        stats,
-                        agent.lease_clock.clone(),
-                        limit,
-                        stop,
-                        GATEWAY_DRAIN,
+                outlast_core::config::Protocol::Tcp | outlast_core::config::Protocol::Udp => front
+                    .spawn(
+                        name,
+                        outlast_gateway::serve_tcp(
+                            listener,
+                            svc.name.clone(),
+                            me.address,
+                            site_addresses.clone(),
+                            routes,
+                            stats,
+                            agent.lease_clock.clone(),
+                            limit,
+                            stop,
+                            GATEWAY_DRAIN,
+                        ),
                     ),
-                ),
             }
         }
     }
@@ -1065,6 +1161,74 @@ pub async fn run(
         front.spawn("dns", async move {
             if let Err(e) = outlast_dns::serve(addr, view, stop).await {
                 tracing::error!(%addr, error = %e, "DNS server failed");
+            }
+        });
+    }
+    // Steering inputs: the networks file, read again when it changes; round trips to the
+    // probe networks, measured by each data site and shared in its reports.
+    if let Some(path) = agent
+        .config
+        .dns
+        .as_ref()
+        .and_then(|d| d.networks_file.clone())
+    {
+        let agent = agent.clone();
+        let stop = back.token();
+        back.spawn("dns networks", async move {
+            let mut seen = None;
+            loop {
+                let stamp = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                if stamp != seen {
+                    seen = stamp;
+                    match zone::networks(&agent.config, Some(&path)) {
+                        Ok(n) => {
+                            tracing::info!(file = %path.display(), networks = n.len(), "DNS networks loaded");
+                            lock(&agent.steering).networks = Arc::new(n);
+                        }
+                        Err(problems) => {
+                            metrics::counter!("outlast_dns_networks_reload_failures_total").increment(1);
+                            tracing::warn!(problems = %problems.join("; "), "DNS networks file not loaded; the previous networks stay");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        });
+    }
+    let probes = agent
+        .config
+        .dns
+        .as_ref()
+        .map(|d| d.probes.clone())
+        .unwrap_or_default();
+    if !probes.is_empty() && !me.witness {
+        let agent = agent.clone();
+        let stop = back.token();
+        let source = me.address;
+        back.spawn("dns probes", async move {
+            let mut smooth: BTreeMap<String, u64> = BTreeMap::new();
+            loop {
+                for p in &probes {
+                    let key = p.network.to_string();
+                    match zone::round_trip(source, p.target).await {
+                        Some(us) => {
+                            let prev = smooth.get(&key).copied().unwrap_or(us);
+                            // EWMA, a new sample weighing 0.3.
+                            smooth.insert(key, (prev * 7 + us * 3) / 10);
+                        }
+                        None => {
+                            smooth.remove(&key);
+                        }
+                    }
+                }
+                agent.node().set_rtt(smooth.clone());
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         });
     }

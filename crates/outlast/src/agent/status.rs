@@ -96,6 +96,9 @@ impl Agent {
                     requests: stats.map(|s| s.requests()).unwrap_or(0),
                     forwarded,
                     backends,
+                    udp: super::lock(&self.udp_gateways)
+                        .get(&svc.name)
+                        .map(|g| g.counters()),
                 })
             })
             .collect();

@@ -8,7 +8,9 @@ use hickory_proto::rr::Name;
 use outlast_control::{ClusterState, SiteState};
 use outlast_core::config::{AllDown, Mode};
 use outlast_core::Config;
+use outlast_dns::steer::{Candidate, Latencies, Networks, Steered};
 use outlast_dns::ZoneView;
+use std::sync::Arc;
 
 /// Per DNS name, the last non-empty answer (what `all_down = "fail-open"` keeps serving).
 pub type LastKnown = BTreeMap<Name, Vec<Ipv4Addr>>;
@@ -20,6 +22,7 @@ pub fn zone_view(
     state: &ClusterState,
     ready: bool,
     last: &mut LastKnown,
+    steering: &Steering,
 ) -> Option<ZoneView> {
     let dns = config.dns.as_ref()?;
     let zone = Name::from_ascii(&dns.zone).ok()?;
@@ -29,6 +32,7 @@ pub fn zone_view(
     };
     let up = |site: &String| state.sites.get(site) != Some(&SiteState::Down);
     let mut names = BTreeMap::new();
+    let mut steered = BTreeMap::new();
     for svc in &config.services {
         let (Some(label), Some(st)) = (&svc.dns_name, state.services.get(&svc.name)) else {
             continue;
@@ -40,7 +44,33 @@ pub fn zone_view(
             Mode::PrimaryStandby => st.primary.iter().filter(|p| up(p)).collect(),
             Mode::ActiveActive => st.active_sites.iter().filter(|s| up(s)).collect(),
         };
-        let addrs: Vec<Ipv4Addr> = sites.into_iter().filter_map(|s| v4(s)).collect();
+        let healthy: Vec<(&String, Ipv4Addr)> = sites
+            .into_iter()
+            .filter_map(|s| Some((s, v4(s)?)))
+            .collect();
+        if let Some(st) = svc
+            .steering
+            .as_ref()
+            .filter(|st| healthy.len() > st.answers)
+        {
+            let candidates = healthy
+                .iter()
+                .map(|(site, addr)| Candidate {
+                    site: site.to_string(),
+                    addr: *addr,
+                    weight: st.weights.get(*site).copied().unwrap_or(1),
+                })
+                .collect();
+            steered.insert(
+                owner.to_lowercase(),
+                Steered {
+                    selector: st.selector,
+                    answers: st.answers,
+                    candidates,
+                },
+            );
+        }
+        let addrs: Vec<Ipv4Addr> = healthy.iter().map(|(_, a)| *a).collect();
         let addrs = if !addrs.is_empty() {
             last.insert(owner.clone(), addrs.clone());
             addrs
@@ -62,7 +92,74 @@ pub fn zone_view(
             .filter_map(|s| Some((s.name.clone(), v4(&s.name)?)))
             .collect(),
         names,
+        steered,
+        networks: steering.networks.clone(),
+        latencies: steering.latencies.clone(),
     })
+}
+
+/// What steered names choose with, kept by the agent: the client networks (config and
+/// `networks_file`, read again when it changes) and the measured round trips.
+#[derive(Debug, Clone, Default)]
+pub struct Steering {
+    pub networks: Arc<Networks>,
+    pub latencies: Arc<Latencies>,
+}
+
+/// The client networks: the config's `networks`, then the file's (a file line for the same
+/// network wins).
+pub fn networks(config: &Config, file: Option<&std::path::Path>) -> Result<Networks, Vec<String>> {
+    let Some(dns) = &config.dns else {
+        return Ok(Networks::default());
+    };
+    let mut all = dns.networks.clone();
+    if let Some(path) = file {
+        let sites: Vec<String> = config
+            .sites
+            .iter()
+            .filter(|s| !s.witness)
+            .map(|s| s.name.clone())
+            .collect();
+        all.extend(outlast_core::config::read_networks(path, &sites)?);
+    }
+    Ok(Networks::new(all))
+}
+
+/// Round trips per probe network and site, from every site's latest report.
+pub fn latencies(
+    dns: &outlast_core::config::Dns,
+    rtts: &[(String, BTreeMap<String, u64>)],
+) -> Latencies {
+    let mut measured = BTreeMap::new();
+    for p in &dns.probes {
+        let key = p.network.to_string();
+        for (site, r) in rtts {
+            if let Some(us) = r.get(&key) {
+                measured.insert((p.network, site.clone()), *us);
+            }
+        }
+    }
+    Latencies::new(measured)
+}
+
+/// One TCP connect from `source` to `target`: how long it took (µs), or none within 1 s.
+pub async fn round_trip(source: IpAddr, target: std::net::SocketAddr) -> Option<u64> {
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .ok()?;
+    if source.is_ipv4() == target.is_ipv4() {
+        socket.bind(std::net::SocketAddr::new(source, 0)).ok()?;
+    }
+    let t = outlast_core::clock::now();
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(1), socket.connect(target))
+        .await
+        .ok()?
+        .ok()?;
+    drop(stream);
+    Some(t.elapsed().as_micros() as u64)
 }
 
 #[cfg(test)]
@@ -133,7 +230,7 @@ west = ["127.0.0.1:9102"]
         let c = config("fail-open");
         let mut state = ClusterState::initial(&c);
         let mut last = LastKnown::new();
-        let z = zone_view(&c, &state, true, &mut last).expect("zone");
+        let z = zone_view(&c, &state, true, &mut last, &Steering::default()).expect("zone");
         assert!(z.ready);
         assert_eq!(z.names[&name("db.shop.test.")], vec![addr("127.0.0.11")]);
         assert_eq!(
@@ -143,7 +240,7 @@ west = ["127.0.0.1:9102"]
         assert_eq!(z.name_servers.len(), 3, "the witness answers too");
         state.sites.insert("east".into(), SiteState::Down);
         state.epoch = 4;
-        let z = zone_view(&c, &state, true, &mut last).expect("zone");
+        let z = zone_view(&c, &state, true, &mut last, &Steering::default()).expect("zone");
         assert_eq!(z.names[&name("www.shop.test.")], vec![addr("127.0.0.12")]);
         assert_eq!(z.serial, 4, "SOA serial = epoch");
     }
@@ -157,10 +254,10 @@ west = ["127.0.0.1:9102"]
             let c = config(mode);
             let mut state = ClusterState::initial(&c);
             let mut last = LastKnown::new();
-            zone_view(&c, &state, true, &mut last).expect("zone");
+            zone_view(&c, &state, true, &mut last, &Steering::default()).expect("zone");
             state.sites.insert("east".into(), SiteState::Down);
             state.sites.insert("west".into(), SiteState::Down);
-            let z = zone_view(&c, &state, true, &mut last).expect("zone");
+            let z = zone_view(&c, &state, true, &mut last, &Steering::default()).expect("zone");
             assert_eq!(z.names[&name("db.shop.test.")], want, "{mode}");
         }
     }
@@ -174,6 +271,13 @@ west = ["127.0.0.1:9102"]
         assert!(!text.contains("[dns]"));
         let c = Config::parse(std::path::Path::new("t.toml"), &text).expect("valid");
         let mut last = LastKnown::new();
-        assert!(zone_view(&c, &ClusterState::initial(&c), true, &mut last).is_none());
+        assert!(zone_view(
+            &c,
+            &ClusterState::initial(&c),
+            true,
+            &mut last,
+            &Steering::default()
+        )
+        .is_none());
     }
 }

@@ -1,0 +1,282 @@
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket as StdUdp;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+
+use super::*;
+
+/// A UDP echo backend on its own thread that prefixes each answer with its tag.
+struct Echo {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(tag: &'static str) -> Echo {
+        let s = StdUdp::bind("127.0.0.1:0").expect("bind echo");
+        s.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let addr = s.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let mut out = tag.as_bytes().to_vec();
+                    out.extend_from_slice(&buf[..n]);
+                    let _ = s.send_to(&out, from);
+                }
+            }
+        });
+        Echo {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Closes the socket: later datagrams get "port unreachable".
+    fn kill(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::ops::Drop for Echo {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn route(backends: &[SocketAddr]) -> Routes {
+    let mut services = BTreeMap::new();
+    services.insert(
+        "voip".to_string(),
+        ServiceRoute {
+            epoch: 1,
+            local: true,
+            refuse: false,
+            primary_standby: false,
+            backends: backends.to_vec(),
+            up_since: BTreeMap::new(),
+            remotes: vec![],
+            unreachable: false,
+        },
+    );
+    Routes { services }
+}
+
+struct Gw {
+    addr: SocketAddr,
+    gw: Arc<UdpGateway>,
+    routes: watch::Sender<Arc<Routes>>,
+    stop: CancellationToken,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Gw {
+    fn start(backends: &[SocketAddr], options: UdpOptions, cap: usize) -> Gw {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, rx) = watch::channel(Arc::new(route(backends)));
+        let gw = UdpGateway::new(
+            "voip",
+            "127.0.0.1".parse().expect("ip"),
+            HashSet::new(),
+            rx,
+            Arc::default(),
+            Arc::new(LeaseClock::default()),
+            options,
+            ConnLimit::new("udp", cap),
+        );
+        let sockets = udp_sockets("127.0.0.1:0".parse().expect("addr"), 1).expect("sockets");
+        let addr = sockets[0].local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        rt.spawn(serve_udp(sockets, gw.clone(), stop.clone()));
+        Gw {
+            addr,
+            gw,
+            routes: tx,
+            stop,
+            rt,
+        }
+    }
+}
+
+impl std::ops::Drop for Gw {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = &self.rt;
+    }
+}
+
+fn options(affinity: Affinity, responses: Option<u32>) -> UdpOptions {
+    UdpOptions {
+        affinity,
+        idle_timeout: Duration::from_secs(5),
+        responses,
+    }
+}
+
+fn client() -> StdUdp {
+    let c = StdUdp::bind("127.0.0.1:0").expect("client");
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    c
+}
+
+/// Sends `msg` and returns the answer's tag (the text before ':').
+fn ask(c: &StdUdp, to: SocketAddr, msg: &str) -> Option<String> {
+    c.send_to(msg.as_bytes(), to).ok()?;
+    let mut buf = [0u8; 2048];
+    let (n, _) = c.recv_from(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.ends_with(msg), "answer {text:?} to {msg:?}");
+    text.split(':').next().map(str::to_string)
+}
+
+#[test]
+fn a_session_keeps_its_backend_for_a_thousand_datagrams_and_sessions_spread() {
+    let (a, b) = (Echo::start("A:"), Echo::start("B:"));
+    let gw = Gw::start(&[a.addr, b.addr], options(Affinity::Session, None), 100);
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        let c = client();
+        let first = ask(&c, gw.addr, "hello").expect("answer");
+        for i in 0..1000 {
+            assert_eq!(ask(&c, gw.addr, &format!("m{i}")).as_ref(), Some(&first));
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "sessions go round the backends: {seen:?}");
+    std::thread::sleep(Duration::from_millis(50));
+    let c = gw.gw.counters();
+    assert_eq!(c.sessions_opened, 4);
+    assert_eq!(c.datagrams_in, 4004);
+    assert_eq!(c.datagrams_out, 2 * 4004);
+}
+
+#[test]
+fn ip_affinity_keeps_every_port_of_a_client_together_and_packet_affinity_spreads() {
+    let (a, b) = (Echo::start("A:"), Echo::start("B:"));
+    let gw = Gw::start(&[a.addr, b.addr], options(Affinity::Ip, None), 100);
+    let tags: HashSet<String> = (0..6)
+        .map(|_| ask(&client(), gw.addr, "sip").expect("answer"))
+        .collect();
+    assert_eq!(tags.len(), 1, "one client IP, one backend: {tags:?}");
+    drop(gw);
+    let gw = Gw::start(&[a.addr, b.addr], options(Affinity::Packet, None), 100);
+    let c = client();
+    let tags: Vec<String> = (0..6)
+        .map(|i| ask(&c, gw.addr, &format!("log{i}")).expect("answer"))
+        .collect();
+    assert!(tags.windows(2).all(|w| w[0] != w[1]), "{tags:?}");
+}
+
+#[test]
+fn a_dead_backend_s_sessions_move_and_lose_nothing() {
+    let (mut a, mut b) = (Echo::start("A:"), Echo::start("B:"));
+    let gw = Gw::start(&[a.addr, b.addr], options(Affinity::Session, None), 100);
+    let clients: Vec<StdUdp> = (0..4).map(|_| client()).collect();
+    let mut on_a = 0;
+    for c in &clients {
+        if ask(c, gw.addr, "x").as_deref() == Some("A") {
+            on_a += 1;
+        }
+    }
+    assert!(on_a > 0 && on_a < 4, "sessions on both: {on_a}");
+    a.kill();
+    for i in 0..200 {
+        for c in &clients {
+            assert_eq!(
+                ask(c, gw.addr, &format!("after{i}")).as_deref(),
+                Some("B"),
+                "every datagram answered, by the live backend"
+            );
+        }
+    }
+    assert_eq!(gw.gw.counters().sessions_moved, on_a);
+    // With no backend left, datagrams are dropped and counted, not queued.
+    b.kill();
+    let c = client();
+    assert_eq!(ask(&c, gw.addr, "nobody"), None);
+    assert!(gw.gw.counters().dropped_no_backend >= 1);
+}
+
+#[test]
+fn sessions_leave_a_backend_that_leaves_the_routing() {
+    let (a, b) = (Echo::start("A:"), Echo::start("B:"));
+    let gw = Gw::start(&[a.addr, b.addr], options(Affinity::Session, None), 100);
+    let c = client();
+    let first = ask(&c, gw.addr, "x").expect("answer");
+    let (keep, other) = if first == "A" {
+        (b.addr, "B")
+    } else {
+        (a.addr, "A")
+    };
+    gw.routes.send_replace(Arc::new(route(&[keep])));
+    assert_eq!(ask(&c, gw.addr, "y").as_deref(), Some(other));
+}
+
+#[test]
+fn idle_and_answered_sessions_end_and_the_cap_holds() {
+    let a = Echo::start("A:");
+    let mut o = options(Affinity::Session, None);
+    o.idle_timeout = Duration::from_millis(200);
+    let gw = Gw::start(&[a.addr], o, 2);
+    let (c1, c2, c3) = (client(), client(), client());
+    assert!(ask(&c1, gw.addr, "1").is_some());
+    assert!(ask(&c2, gw.addr, "2").is_some());
+    assert_eq!(gw.gw.counters().sessions_open, 2);
+    c3.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    assert_eq!(ask(&c3, gw.addr, "3"), None, "over the cap");
+    assert_eq!(gw.gw.counters().dropped_cap, 1);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(gw.gw.counters().sessions_open, 0, "idle sessions ended");
+    assert!(ask(&c3, gw.addr, "3").is_some(), "room again");
+    drop(gw);
+
+    let gw = Gw::start(&[a.addr], options(Affinity::Session, Some(1)), 100);
+    let c = client();
+    for i in 0..5 {
+        assert!(ask(&c, gw.addr, &format!("q{i}")).is_some());
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let n = gw.gw.counters();
+    assert_eq!(n.sessions_open, 0, "an answered request ends its session");
+    assert_eq!(n.sessions_opened, 5);
+}
+
+#[test]
+fn one_way_datagrams_need_no_session() {
+    let s = StdUdp::bind("127.0.0.1:0").expect("sink");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let gw = Gw::start(
+        &[s.local_addr().expect("addr")],
+        options(Affinity::Session, Some(0)),
+        100,
+    );
+    let c = client();
+    for i in 0..50 {
+        c.send_to(format!("log {i}").as_bytes(), gw.addr)
+            .expect("send");
+    }
+    let mut buf = [0u8; 100];
+    for i in 0..50 {
+        let (n, _) = s.recv_from(&mut buf).expect("forwarded");
+        assert_eq!(&buf[..n], format!("log {i}").as_bytes());
+    }
+    assert_eq!(gw.gw.counters().sessions_opened, 0);
+}
