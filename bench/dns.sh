@@ -19,6 +19,26 @@ options => {
   udp_threads => 2
   tcp_threads => 1
 }
+plugins => {
+  geoip => {
+    maps => {
+      near => {
+        datacenters => [east, west]
+        nets => {
+          198.51.100.0/24 => [west, east]
+          203.0.113.0/24 => [east, west]
+          10.0.0.0/8 => [west, east]
+        }
+      }
+    }
+    resources => {
+      near => {
+        map => near
+        dcmap => { east => 127.0.0.11, west => 127.0.0.12 }
+      }
+    }
+  }
+}
 CONF
 cat >"$work/gdnsd/zones/shop.test" <<ZONE
 \$TTL 5
@@ -32,6 +52,7 @@ ns-witness A 127.0.0.13
 db       A   127.0.0.11
 www      A   127.0.0.11
 www      A   127.0.0.12
+near 5   DYNA geoip!near
 ZONE
 gdnsd -c "$work/gdnsd" start >"$work/gdnsd.log" 2>&1 & pids+=($!)
 gdnsd_pid=$!
@@ -60,6 +81,18 @@ port = 18503
 [services.backends]
 east = ["127.0.0.1:18090"]
 west = ["127.0.0.1:18091"]
+[[services]]
+name = "near"
+dns_name = "near"
+port = 18504
+steering = { selector = "nearest" }
+[services.backends]
+east = ["127.0.0.1:18090"]
+west = ["127.0.0.1:18091"]
+[dns.networks]
+"198.51.100.0/24" = ["west", "east"]
+"203.0.113.0/24" = ["east", "west"]
+"10.0.0.0/8" = ["west", "east"]
 CONF
 } >"$work/outlast.toml"
 start_agents
@@ -93,3 +126,36 @@ awk 'FNR == 1 {f++} {q[f] += $1; n[f]++; t[f] = t[f] sprintf("%s%.0f", FNR > 1 ?
     printf "outlast DNS  %10.0f queries/s   (turns: %s; lost: %d)  %.2f µs CPU per answer\n", q[2] / n[2], t[2], l[2], c[2] / n[2];
     printf "ratio outlast/gdnsd: %.2f queries/s, %.2f CPU per answer (below 1 = cheaper)\n", (q[2] / n[2]) / (q[1] / n[1]), (c[2] / n[2]) / (c[1] / n[1]);
   }' "$work/g.txt" "$work/o.txt"
+
+# The steered name: 0%, 50% and 100% of queries with ECS 198.51.100.0/24 (answered west,
+# scope /24); the others come from 127.0.0.1 (not listed: east, the first site).
+echo
+echo "steered name near.shop.test (nearest by network):"
+for srv in 127.0.0.11 127.0.0.31; do
+  echo "  $srv: $(dig @$srv -p 5300 +short +subnet=198.51.100.7/24 near.shop.test A) for 198.51.100.7/24, $(dig @$srv -p 5300 +short near.shop.test A) without ECS;$(dig @$srv -p 5300 +subnet=198.51.100.7/24 near.shop.test A | grep -o 'CLIENT-SUBNET: .*')"
+done
+printf 'near.shop.test A\n' >"$work/near.txt"
+ecs=8:00011800c63364 # family 1, source /24, scope 0, 198.51.100
+steered() { # server pid share -> "qps cpu-µs-per-answer"
+  local before after
+  before=$(ticks "$2")
+  case $3 in
+    0) dnsperf -s "$1" -p 5300 -d "$work/near.txt" -l "$secs" -c 8 -T 2 -q 500 >"$work/p1.out" 2>&1; : >"$work/p2.out" ;;
+    100) dnsperf -s "$1" -p 5300 -d "$work/near.txt" -l "$secs" -c 8 -T 2 -q 500 -E "$ecs" >"$work/p1.out" 2>&1; : >"$work/p2.out" ;;
+    50)
+      dnsperf -s "$1" -p 5300 -d "$work/near.txt" -l "$secs" -c 4 -T 1 -q 250 >"$work/p1.out" 2>&1 &
+      dnsperf -s "$1" -p 5300 -d "$work/near.txt" -l "$secs" -c 4 -T 1 -q 250 -E "$ecs" >"$work/p2.out" 2>&1
+      wait %% 2>/dev/null || true ;;
+  esac
+  after=$(ticks "$2")
+  cat "$work/p1.out" "$work/p2.out" | awk -v cpu=$((after - before)) '/Queries per second/ {q += $4} /Queries completed/ {c += $3}
+    END {print q, cpu * 10000 / c}'
+}
+for share in 0 50 100; do
+  g=0; o=0
+  for _ in 1 2; do
+    g=$(awk -v a="$g" -v b="$(steered 127.0.0.31 "$gdnsd_pid" "$share" | cut -d' ' -f1)" 'BEGIN {print a + b / 2}')
+    o=$(awk -v a="$o" -v b="$(steered 127.0.0.11 "$east_pid" "$share" | cut -d' ' -f1)" 'BEGIN {print a + b / 2}')
+  done
+  awk -v s="$share" -v g="$g" -v o="$o" 'BEGIN { printf "  %3d%% ECS: gdnsd geoip %9.0f q/s   outlast %9.0f q/s   ratio %.2f\n", s, g, o, o / g }'
+done

@@ -25,7 +25,7 @@ use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 
-use crate::steer::Client;
+use crate::steer::{Client, MAX_ANSWERS};
 use crate::view::ZoneView;
 
 const EDNS_PAYLOAD: u16 = 1232;
@@ -96,7 +96,18 @@ fn encode(
 /// most [`MAX_PICKS`] of them; otherwise each is built when asked.
 struct SteerCompiled {
     steer: crate::steer::Steered,
-    by_pick: HashMap<(Vec<u8>, bool), Vec<u8>>,
+    by_pick: HashMap<PickKey, Vec<u8>>,
+}
+
+/// A pick's candidate indices (padded), how many, and whether the answer has EDNS: a key
+/// built on the stack for every query.
+type PickKey = ([u8; MAX_ANSWERS], u8, bool);
+
+fn pick_key(pick: &[u8], edns: bool) -> PickKey {
+    let mut k = [0u8; MAX_ANSWERS];
+    let n = pick.len().min(MAX_ANSWERS);
+    k[..n].copy_from_slice(&pick[..n]);
+    (k, n as u8, edns)
 }
 
 const MAX_PICKS: usize = 4096;
@@ -229,7 +240,7 @@ impl Compiled {
                         q.set_query_class(DNSClass::IN);
                         let answer = view.with_addrs(&lname, RecordType::A, Some(&addrs));
                         if let Some(bytes) = encode(0, false, q, edns, answer, None) {
-                            by_pick.insert((p.clone(), edns), bytes);
+                            by_pick.insert(pick_key(&p, edns), bytes);
                         }
                     }
                 }
@@ -334,10 +345,11 @@ impl Compiled {
                 let pick = sc
                     .steer
                     .pick(&client, &self.view.networks, &self.view.latencies);
-                let mut out = match sc.by_pick.get(&(pick.indices().to_vec(), edns)) {
-                    Some(b) => b.clone(),
-                    None => return None, // too many picks to compile: the slow path
+                let Some(compiled) = sc.by_pick.get(&pick_key(pick.indices(), edns)) else {
+                    return None; // too many picks to compile: the slow path
                 };
+                let mut out = Vec::with_capacity(compiled.len() + 24);
+                out.extend_from_slice(compiled);
                 out[0] = p[0];
                 out[1] = p[1];
                 out[2] = (out[2] & !0x01) | rd;

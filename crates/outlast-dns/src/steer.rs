@@ -173,8 +173,14 @@ fn name_hash(s: &str) -> u64 {
 impl Steered {
     /// Orders the candidates for `client` and keeps the first `answers`.
     pub fn pick(&self, client: &Client, networks: &Networks, latencies: &Latencies) -> Pick {
-        let n = self.candidates.len();
-        let mut order: Vec<usize> = (0..n).collect();
+        // At most MAX_ANSWERS candidates are ordered (more sites than that is not a case
+        // this serves); on the stack, as this runs for every query.
+        let n = self.candidates.len().min(MAX_ANSWERS);
+        let mut order = [0usize; MAX_ANSWERS];
+        for (i, o) in order.iter_mut().enumerate() {
+            *o = i;
+        }
+        let order_n = &mut order[..n];
         let mut network = None;
         let scope;
         match self.selector {
@@ -196,8 +202,11 @@ impl Steered {
                     let u = (mix(seed ^ name_hash(&c.site)) >> 11) as f64 / (1u64 << 53) as f64;
                     u.max(f64::MIN_POSITIVE).ln() / f64::from(c.weight)
                 };
-                let keys: Vec<f64> = self.candidates.iter().map(key).collect();
-                order.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]));
+                let mut keys = [0f64; MAX_ANSWERS];
+                for (k, c) in keys.iter_mut().zip(&self.candidates) {
+                    *k = key(c);
+                }
+                order_n.sort_unstable_by(|&a, &b| keys[b].total_cmp(&keys[a]).then(a.cmp(&b)));
                 scope = net.len;
                 network = Some(net);
             }
@@ -215,7 +224,7 @@ impl Steered {
                                 .position(|s| *s == self.candidates[*i].site)
                                 .unwrap_or(usize::MAX)
                         };
-                        order.sort_by_key(rank);
+                        order_n.sort_by_key(rank);
                         scope = net.len;
                         network = Some(*net);
                     }
@@ -230,8 +239,8 @@ impl Steered {
             scope,
             network,
         };
-        for (slot, i) in p.sites.iter_mut().zip(order) {
-            *slot = i as u8;
+        for (slot, i) in p.sites.iter_mut().zip(order_n.iter()) {
+            *slot = *i as u8;
         }
         p
     }

@@ -36,6 +36,7 @@ fn main() {
 
 fn echo(addr: SocketAddr) {
     let s = UdpSocket::bind(addr).expect("bind");
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
     let fd = s.as_raw_fd();
     const B: usize = 64;
     let mut bufs = vec![[0u8; 2048]; B];
@@ -64,15 +65,19 @@ fn echo(addr: SocketAddr) {
 }
 
 fn load(to: SocketAddr, sessions: usize, size: usize, rate: u64, secs: u64) {
-    let start = Instant::now();
     let socks: Vec<Arc<UdpSocket>> = (0..sessions)
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            socket2::SockRef::from(&s)
+                .set_recv_buffer_size(1 << 20)
+                .expect("buffer");
             s.connect(to).expect("connect");
             s.set_nonblocking(true).expect("nonblocking");
             Arc::new(s)
         })
         .collect();
+    // The clock starts once every socket is open, or their opening would be a burst.
+    let start = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let lat: Arc<Mutex<Vec<u32>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));

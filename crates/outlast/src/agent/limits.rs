@@ -54,7 +54,16 @@ pub fn caps(config: &Config, fds: u64) -> Caps {
         .map(|s| (s.name.clone(), s.max_connections))
         .collect();
     let room = fds.saturating_sub(RESERVED + (api + peer) as u64);
-    let need: u64 = wanted.values().map(|c| 2 * *c as u64).sum();
+    // A TCP or HTTP client holds two descriptors (its own and the backend's); a UDP
+    // session one (its upstream socket).
+    let need: u64 = config
+        .services
+        .iter()
+        .map(|s| match s.protocol {
+            outlast_core::config::Protocol::Udp => s.max_connections as u64,
+            _ => 2 * s.max_connections as u64,
+        })
+        .sum();
     let gateways = if need <= room || need == 0 {
         wanted
     } else {
