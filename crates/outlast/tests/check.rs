@@ -614,6 +614,6 @@ check = {{ kind = "tcp", query = "x.example" }}
         &text,
         "\"dns\"",
         0,
-        "check kind \"dns\" is not known here; use \"http\" or \"tcp\"",
+        "check kind \"dns\" is not known here; use \"http\", \"tcp\" or \"udp\"",
     );
 }
