@@ -12,6 +12,7 @@ pub mod faults;
 pub mod files;
 pub mod hysteresis;
 pub mod incident;
+pub mod net;
 pub mod status;
 pub mod throttle;
 

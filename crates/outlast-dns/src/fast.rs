@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use nix::errno::Errno;
@@ -442,29 +442,18 @@ impl Compiled {
         match code {
             None => {
                 let query = msg.queries[0].clone();
-                let ecs = msg
-                    .edns
-                    .as_ref()
-                    .and_then(|e| match e.options().get(EdnsCode::Subnet) {
-                        Some(EdnsOption::Subnet(s)) => Some(*s),
-                        _ => None,
-                    });
-                let client = match ecs {
-                    Some(s) if s.source_prefix() > 0 => Some(Client {
-                        addr: s.addr(),
-                        source: s.source_prefix(),
-                        ecs: true,
-                    }),
-                    _ => from.map(Client::resolver),
-                };
+                let ecs = crate::steer::ecs_option(msg.edns.as_ref());
+                let client = Client::of(ecs, from);
                 let name = LowerName::from(query.name().clone());
                 let (answer, pick) =
                     self.view
                         .answer_for(&name, query.query_type(), client.as_ref());
-                let echo = ecs.map(|mut s| {
-                    let decided = client.is_some_and(|c| c.ecs);
-                    s.set_scope_prefix(pick.filter(|_| decided).map_or(0, |p| p.scope));
-                    s
+                let echo = ecs.map(|mut s| match client {
+                    Some(c) => c.echo(s, pick.as_ref()),
+                    None => {
+                        s.set_scope_prefix(0);
+                        s
+                    }
                 });
                 encode(
                     msg.metadata.id,

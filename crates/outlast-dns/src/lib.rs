@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, ResponseCode};
-use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{LowerName, Record};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -70,21 +70,9 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response: R,
     ) -> ResponseInfo {
-        let ecs = request
-            .edns
-            .as_ref()
-            .and_then(|e| match e.options().get(EdnsCode::Subnet) {
-                Some(EdnsOption::Subnet(s)) => Some(*s),
-                _ => None,
-            });
-        let client = match ecs {
-            Some(s) if s.source_prefix() > 0 => steer::Client {
-                addr: s.addr(),
-                source: s.source_prefix(),
-                ecs: true,
-            },
-            _ => steer::Client::resolver(request.src().ip()),
-        };
+        let ecs = steer::ecs_option(request.edns.as_ref());
+        let client = steer::Client::of(ecs, Some(request.src().ip()))
+            .unwrap_or_else(|| steer::Client::resolver(request.src().ip()));
         let edns = request.edns.as_ref().map(|e| {
             let mut out = Edns::new();
             out.set_max_payload(e.max_payload().max(512));
@@ -108,9 +96,9 @@ impl RequestHandler for Handler {
             let name: &LowerName = q.name();
             let (answer, pick) = view.answer_for(name, q.query_type(), Some(&client));
             let mut answer_edns = edns.clone();
-            if let (Some(e), Some(mut s)) = (answer_edns.as_mut(), ecs) {
-                s.set_scope_prefix(pick.filter(|_| client.ecs).map_or(0, |p| p.scope));
-                e.options_mut().insert(EdnsOption::Subnet(s));
+            if let (Some(e), Some(s)) = (answer_edns.as_mut(), ecs) {
+                e.options_mut()
+                    .insert(EdnsOption::Subnet(client.echo(s, pick.as_ref())));
             }
             metrics::counter!("outlast_dns_queries_total", "rcode" => answer.code.to_string())
                 .increment(1);

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 pub use outlast_core::config::{Cidr, Selector};
 
 /// A steered name's healthy sites and how to choose among them.
@@ -129,6 +130,36 @@ impl Client {
             source: Cidr::bits(addr).1,
             ecs: false,
         }
+    }
+}
+
+/// A query's EDNS Client Subnet option, if it has one.
+pub fn ecs_option(edns: Option<&hickory_proto::op::Edns>) -> Option<ClientSubnet> {
+    match edns?.options().get(EdnsCode::Subnet) {
+        Some(EdnsOption::Subnet(s)) => Some(*s),
+        _ => None,
+    }
+}
+
+impl Client {
+    /// Who asked: the ECS subnet when given (SOURCE 0 asks that it not be used), else the
+    /// resolver at `from`.
+    pub fn of(ecs: Option<ClientSubnet>, from: Option<IpAddr>) -> Option<Client> {
+        match ecs {
+            Some(s) if s.source_prefix() > 0 => Some(Client {
+                addr: s.addr(),
+                source: s.source_prefix(),
+                ecs: true,
+            }),
+            _ => from.map(Client::resolver),
+        }
+    }
+
+    /// The ECS option an answer echoes: the query's, with the scope that decided (0 when
+    /// the answer did not depend on this client's subnet).
+    pub fn echo(&self, mut asked: ClientSubnet, pick: Option<&Pick>) -> ClientSubnet {
+        asked.set_scope_prefix(pick.filter(|_| self.ecs).map_or(0, |p| p.scope));
+        asked
     }
 }
 

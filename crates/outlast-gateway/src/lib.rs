@@ -27,7 +27,7 @@ pub mod udp;
 pub use http::HttpGateway;
 pub use routes::{LeaseClock, Routes, ServiceRoute, Stats, Target, TargetStats};
 pub use server::serve_http;
-pub use tcp::{accept as tcp_accept, serve_tcp};
+pub use tcp::{accept as tcp_accept, connect_from, serve_tcp};
 pub use udp::{serve_udp, udp_sockets, udp_workers, UdpGateway, UdpStatus};
 
 /// Header that marks a request forwarded by another site's gateway.

@@ -349,6 +349,16 @@ struct Current {
 }
 
 impl Current {
+    fn new(gw: &UdpGateway) -> Self {
+        let mut routes = gw.routes.clone();
+        let route = gw.route(&routes.borrow_and_update().clone());
+        Current {
+            routes,
+            route,
+            version: 0,
+        }
+    }
+
     fn refresh(&mut self, gw: &UdpGateway) {
         if self.routes.has_changed().unwrap_or(false) {
             let r = self.routes.borrow_and_update().clone();
@@ -384,12 +394,7 @@ async fn worker(socket: std::net::UdpSocket, gw: Arc<UdpGateway>, stop: Cancella
         None
     };
     let sessions: Sessions = Arc::default();
-    let mut current = Current {
-        routes: gw.routes.clone(),
-        route: None,
-        version: 0,
-    };
-    current.route = gw.route(&current.routes.borrow_and_update().clone());
+    let mut current = Current::new(&gw);
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut got: Vec<(usize, Option<SocketAddr>, bool)> = Vec::with_capacity(BATCH);
@@ -461,14 +466,7 @@ fn socket_family(s: &UdpSocket) -> bool {
 
 /// A non-blocking UDP socket on this site's address (any port), for upstream traffic.
 fn bound_socket(source: IpAddr, v4: bool) -> std::io::Result<UdpSocket> {
-    let bind = if source.is_ipv4() == v4 {
-        SocketAddr::new(source, 0)
-    } else if v4 {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let s = std::net::UdpSocket::bind(bind)?;
+    let s = std::net::UdpSocket::bind(outlast_core::net::local_for(source, v4))?;
     s.set_nonblocking(true)?;
     UdpSocket::from_std(s)
 }
@@ -710,12 +708,8 @@ async fn answers(
 ) {
     let idle = gw.options.idle_timeout;
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut current = Current {
-        routes: gw.routes.clone(),
-        route: None,
-        version: 0,
-    };
-    let mut routes_seen = false;
+    // The routing is read only when a refusal needs it (most sessions never do).
+    let mut current: Option<Current> = None;
     loop {
         let since = gw
             .now_ms()
@@ -746,23 +740,19 @@ async fn answers(
             }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 // The target's port is closed: move, and send the last datagram again.
-                if !routes_seen {
-                    current.route = gw.route(&current.routes.borrow_and_update().clone());
-                    routes_seen = true;
-                } else {
-                    current.refresh(&gw);
-                }
+                let current = current.get_or_insert_with(|| Current::new(&gw));
+                current.refresh(&gw);
                 let mut st = lock(&session.state);
                 let failed = st.target;
                 st.refusals = st.refusals.saturating_add(1);
-                if !relocate(&gw, &current, &session, &mut st, Some(failed)) {
+                if !relocate(&gw, current, &session, &mut st, Some(failed)) {
                     gw.dropped(Drop::NoBackend);
                     break;
                 }
                 if st.refusals > 2 {
                     gw.dropped(Drop::NoBackend);
                 } else if !st.last.is_empty() {
-                    send_upstream(&gw, &current, &session, &mut st);
+                    send_upstream(&gw, current, &session, &mut st);
                 }
             }
             Err(e) => {

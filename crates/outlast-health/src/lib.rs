@@ -82,17 +82,9 @@ pub async fn probe(
 /// Asks `target` for `query`'s A records over UDP, from `source`: Ok when it answers
 /// NOERROR to this very question.
 async fn dns_probe(query: &str, target: SocketAddr, source: IpAddr) -> Result<(), String> {
-    let bind = if target.is_ipv4() == source.is_ipv4() {
-        SocketAddr::new(source, 0)
-    } else if target.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let sock = tokio::net::UdpSocket::bind(bind)
+    let sock = udp_socket(target, source)
         .await
         .map_err(|e| e.to_string())?;
-    sock.connect(target).await.map_err(|e| e.to_string())?;
     let id = (outlast_core::clock::unix_us() as u16) ^ 0x5a5a;
     let mut q = Vec::with_capacity(32 + query.len());
     q.extend_from_slice(&id.to_be_bytes());
@@ -124,14 +116,8 @@ async fn dns_probe(query: &str, target: SocketAddr, source: IpAddr) -> Result<()
 
 /// The socket a UDP probe sends from: this site's address when the families agree.
 async fn udp_socket(target: SocketAddr, source: IpAddr) -> std::io::Result<tokio::net::UdpSocket> {
-    let bind = if target.is_ipv4() == source.is_ipv4() {
-        SocketAddr::new(source, 0)
-    } else if target.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    let sock =
+        tokio::net::UdpSocket::bind(outlast_core::net::local_for(source, target.is_ipv4())).await?;
     sock.connect(target).await?;
     Ok(sock)
 }

@@ -142,22 +142,11 @@ pub fn latencies(
     Latencies::new(measured)
 }
 
-/// One TCP connect from `source` to `target`: how long it took (µs), or none within 1 s.
+/// One TCP connect from `source` to `target` (the gateway's, within 1 s): how long it
+/// took (µs), or none.
 pub async fn round_trip(source: IpAddr, target: std::net::SocketAddr) -> Option<u64> {
-    let socket = if target.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
-    }
-    .ok()?;
-    if source.is_ipv4() == target.is_ipv4() {
-        socket.bind(std::net::SocketAddr::new(source, 0)).ok()?;
-    }
     let t = outlast_core::clock::now();
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(1), socket.connect(target))
-        .await
-        .ok()?
-        .ok()?;
+    let stream = outlast_gateway::connect_from(source, target).await.ok()?;
     drop(stream);
     Some(t.elapsed().as_micros() as u64)
 }
