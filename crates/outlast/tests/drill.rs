@@ -465,6 +465,21 @@ fn a_dependency_cut_shows_in_the_report_and_on_the_status_page_and_egress_moves_
                 .expect("dependency backend")
         })
         .collect();
+    // Both endpoints answer before the drill starts: a slow interpreter start on a busy
+    // machine would otherwise be a real "degraded" at the drill's first second.
+    for port in [base + 20, base + 21] {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            .is_err()
+        {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "dependency backend on {addr} never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
     let more = format!(
         r#"
 [[dependencies]]
