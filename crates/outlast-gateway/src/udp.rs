@@ -4,7 +4,9 @@
 //! client address on one worker), read in batches with `recvmmsg` into 64 KB buffers, so
 //! no datagram is cut. A client address and port is a session with its own upstream
 //! socket, bound to this site's address and connected to the session's target, so the
-//! backend's answers come back on it and go to that client alone. `affinity` says which
+//! backend's answers come back on it and go to that client alone. Answers of all a
+//! worker's sessions queue for its listening socket and leave in batches with `sendmmsg`
+//! (datagrams upstream go one per call: each session's socket is its own). `affinity` says which
 //! datagrams share a target: a session (default), a client IP (rendezvous hash, the same on
 //! every worker), or none (each datagram to the next backend; answers are taken from any
 //! of the service's targets).
@@ -24,20 +26,22 @@
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 use outlast_core::config::{Affinity, UdpOptions};
 pub use outlast_core::status::UdpStatus;
 use rustc_hash::{FxHashMap, FxHasher};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::ConnLimit;
@@ -45,8 +49,10 @@ use crate::routes::{Balancer, LeaseClock, Routes, ServiceRoute, Stats, Target};
 
 /// Largest datagram taken whole (the most a UDP payload can be over IPv4).
 const MAX_DATAGRAM: usize = 64 * 1024;
-/// Datagrams taken per system call.
+/// Datagrams taken, or answers sent, per system call.
 const BATCH: usize = 32;
+/// Answers a worker holds for its clients before its sessions wait (a socket's worth).
+const REPLY_QUEUE: usize = 1024;
 
 /// Why a datagram was dropped (the label of `outlast_gateway_udp_dropped_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,6 +400,10 @@ async fn worker(socket: std::net::UdpSocket, gw: Arc<UdpGateway>, stop: Cancella
         None
     };
     let sessions: Sessions = Arc::default();
+    let (replies, queue) = mpsc::channel(REPLY_QUEUE);
+    if oneway.is_none() {
+        tokio::spawn(replier(socket.clone(), queue, gw.clone()));
+    }
     let mut current = Current::new(&gw);
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
@@ -438,7 +448,7 @@ async fn worker(socket: std::net::UdpSocket, gw: Arc<UdpGateway>, stop: Cancella
             let data = &buf[..len];
             match &oneway {
                 Some(up) => forward_oneway(&gw, &current, up, client, data),
-                None => forward(&gw, &current, &socket, &sessions, client, data),
+                None => forward(&gw, &current, &replies, &sessions, client, data),
             }
         }
     }
@@ -446,6 +456,60 @@ async fn worker(socket: std::net::UdpSocket, gw: Arc<UdpGateway>, stop: Cancella
     let n = lock(&sessions).len() as u64;
     gw.counts.sessions_open.fetch_sub(n, Ordering::Relaxed);
     lock(&sessions).clear();
+}
+
+/// An answer on its way to a client.
+type Reply = (SocketAddr, Vec<u8>);
+
+/// Sends the answers a worker's sessions queue through its listening socket, up to
+/// [`BATCH`] per `sendmmsg`, in the order they came.
+async fn replier(listener: Arc<UdpSocket>, mut queue: mpsc::Receiver<Reply>, gw: Arc<UdpGateway>) {
+    let mut batch: Vec<Reply> = Vec::with_capacity(BATCH);
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        let mut done = 0;
+        while done < batch.len() {
+            match send_batch(&listener, &mut headers, &batch[done..]) {
+                Ok(n) => {
+                    gw.count(Flow::Out, n as u64);
+                    done += n.max(1); // never 0 for a batch of one or more
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if listener.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // The first of the rest could not go (the kernel says which only by
+                    // failing the call): drop it, send the others.
+                    tracing::debug!(error = %e, client = %batch[done].0, "UDP answer not sent");
+                    gw.dropped(Drop::SendFailed);
+                    done += 1;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// One `sendmmsg` of `batch` from the listening socket: how many datagrams left.
+fn send_batch(
+    listener: &UdpSocket,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    batch: &[Reply],
+) -> std::io::Result<usize> {
+    let addrs: Vec<Option<SockaddrStorage>> = batch
+        .iter()
+        .map(|(to, _)| Some(SockaddrStorage::from(*to)))
+        .collect();
+    let iovs: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|(_, d)| [IoSlice::new(d)]).collect();
+    let fd = listener.as_raw_fd();
+    listener.try_io(Interest::WRITABLE, || {
+        let none: [ControlMessage<'_>; 0] = [];
+        sendmmsg(fd, headers, &iovs, &addrs, none, MsgFlags::MSG_DONTWAIT)
+            .map(|sent| sent.count())
+            .map_err(std::io::Error::from)
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -504,7 +568,7 @@ fn forward_oneway(
 fn forward(
     gw: &Arc<UdpGateway>,
     current: &Current,
-    listener: &Arc<UdpSocket>,
+    replies: &mpsc::Sender<Reply>,
     sessions: &Sessions,
     client: SocketAddr,
     data: &[u8],
@@ -512,7 +576,7 @@ fn forward(
     let existing = lock(sessions).get(&client).cloned();
     let session = match existing {
         Some(s) => s,
-        None => match open(gw, current, listener, sessions, client) {
+        None => match open(gw, current, replies, sessions, client) {
             Some(s) => s,
             None => return,
         },
@@ -637,7 +701,7 @@ fn relocate(
 fn open(
     gw: &Arc<UdpGateway>,
     current: &Current,
-    listener: &Arc<UdpSocket>,
+    replies: &mpsc::Sender<Reply>,
     sessions: &Sessions,
     client: SocketAddr,
 ) -> Option<Arc<Session>> {
@@ -691,7 +755,7 @@ fn open(
     gw.count(Flow::Opened, 1);
     tokio::spawn(answers(
         gw.clone(),
-        listener.clone(),
+        replies.clone(),
         sessions.clone(),
         session.clone(),
     ));
@@ -702,7 +766,7 @@ fn open(
 /// idle, or its target refuses with nowhere else to go.
 async fn answers(
     gw: Arc<UdpGateway>,
-    listener: Arc<UdpSocket>,
+    replies: mpsc::Sender<Reply>,
     sessions: Sessions,
     session: Arc<Session>,
 ) {
@@ -728,8 +792,12 @@ async fn answers(
                     continue;
                 }
                 session.last_ms.store(gw.now_ms(), Ordering::Relaxed);
-                if listener.send_to(&buf[..n], session.client).await.is_ok() {
-                    gw.count(Flow::Out, 1);
+                if replies
+                    .send((session.client, buf[..n].to_vec()))
+                    .await
+                    .is_err()
+                {
+                    break; // the worker stopped
                 }
                 let answered = session.answered.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(k) = gw.options.responses {

@@ -280,3 +280,52 @@ fn one_way_datagrams_need_no_session() {
     }
     assert_eq!(gw.gw.counters().sessions_opened, 0);
 }
+
+#[test]
+fn answers_leave_many_to_a_call_and_in_the_order_they_came() {
+    let gw = Gw::start(&[], options(Affinity::Session, None), 10);
+    let clients: Vec<StdUdp> = (0..40).map(|_| client()).collect();
+    let to: Vec<SocketAddr> = clients
+        .iter()
+        .map(|c| c.local_addr().expect("addr"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let counted = rt.block_on(async {
+        let listener = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        listener.writable().await.expect("writable");
+        // 40 answers for 40 clients: one call takes a whole batch of them.
+        let batch: Vec<Reply> = (0..40)
+            .map(|i| (to[i], format!("to {i}").into_bytes()))
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let n = send_batch(&listener, &mut headers, &batch).expect("sendmmsg");
+        assert_eq!(n, BATCH, "one system call sent a whole batch");
+        // 100 answers queued for the first client go out whole and in order.
+        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
+        for i in 0..100 {
+            tx.send((to[0], format!("seq {i}").into_bytes()))
+                .await
+                .expect("queued");
+        }
+        drop(tx);
+        replier(listener, rx, gw.gw.clone()).await;
+        gw.gw.counters().datagrams_out
+    });
+    assert_eq!(counted, 100, "the replier counts what it sent");
+    let mut buf = [0u8; 64];
+    for (i, c) in clients.iter().enumerate().take(BATCH) {
+        let (n, _) = c.recv_from(&mut buf).expect("batched answer");
+        assert_eq!(&buf[..n], format!("to {i}").as_bytes());
+    }
+    assert!(
+        clients[BATCH].recv_from(&mut buf).is_err(),
+        "the 33rd waits for the next call"
+    );
+    for i in 0..100 {
+        let (n, _) = clients[0].recv_from(&mut buf).expect("queued answer");
+        assert_eq!(&buf[..n], format!("seq {i}").as_bytes());
+    }
+}
