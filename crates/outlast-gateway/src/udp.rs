@@ -465,11 +465,10 @@ type Reply = (SocketAddr, Vec<u8>);
 /// [`BATCH`] per `sendmmsg`, in the order they came.
 async fn replier(listener: Arc<UdpSocket>, mut queue: mpsc::Receiver<Reply>, gw: Arc<UdpGateway>) {
     let mut batch: Vec<Reply> = Vec::with_capacity(BATCH);
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         let mut done = 0;
         while done < batch.len() {
-            match send_batch(&listener, &mut headers, &batch[done..]) {
+            match send_batch(&listener, &batch[done..]) {
                 Ok(n) => {
                     gw.count(Flow::Out, n as u64);
                     done += n.max(1); // never 0 for a batch of one or more
@@ -492,12 +491,11 @@ async fn replier(listener: Arc<UdpSocket>, mut queue: mpsc::Receiver<Reply>, gw:
     }
 }
 
-/// One `sendmmsg` of `batch` from the listening socket: how many datagrams left.
-fn send_batch(
-    listener: &UdpSocket,
-    headers: &mut MultiHeaders<SockaddrStorage>,
-    batch: &[Reply],
-) -> std::io::Result<usize> {
+/// One `sendmmsg` of up to [`BATCH`] of `batch` from the listening socket: how many
+/// datagrams left. (Its headers are made per call: they hold raw pointers, so a task may
+/// not keep them across an await.)
+fn send_batch(listener: &UdpSocket, batch: &[Reply]) -> std::io::Result<usize> {
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let addrs: Vec<Option<SockaddrStorage>> = batch
         .iter()
         .map(|(to, _)| Some(SockaddrStorage::from(*to)))
@@ -506,9 +504,16 @@ fn send_batch(
     let fd = listener.as_raw_fd();
     listener.try_io(Interest::WRITABLE, || {
         let none: [ControlMessage<'_>; 0] = [];
-        sendmmsg(fd, headers, &iovs, &addrs, none, MsgFlags::MSG_DONTWAIT)
-            .map(|sent| sent.count())
-            .map_err(std::io::Error::from)
+        sendmmsg(
+            fd,
+            &mut headers,
+            &iovs,
+            &addrs,
+            none,
+            MsgFlags::MSG_DONTWAIT,
+        )
+        .map(|sent| sent.count())
+        .map_err(std::io::Error::from)
     })
 }
 

@@ -300,8 +300,7 @@ fn answers_leave_many_to_a_call_and_in_the_order_they_came() {
         let batch: Vec<Reply> = (0..40)
             .map(|i| (to[i], format!("to {i}").into_bytes()))
             .collect();
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-        let n = send_batch(&listener, &mut headers, &batch).expect("sendmmsg");
+        let n = send_batch(&listener, &batch).expect("sendmmsg");
         assert_eq!(n, BATCH, "one system call sent a whole batch");
         // 100 answers queued for the first client go out whole and in order.
         let (tx, rx) = mpsc::channel(REPLY_QUEUE);
