@@ -492,10 +492,11 @@ async fn replier(listener: Arc<UdpSocket>, mut queue: mpsc::Receiver<Reply>, gw:
 }
 
 /// One `sendmmsg` of up to [`BATCH`] of `batch` from the listening socket: how many
-/// datagrams left. (Its headers are made per call: they hold raw pointers, so a task may
-/// not keep them across an await.)
+/// datagrams left. (Its headers are made per call, as many as it sends: they hold raw
+/// pointers, so a task may not keep them across an await.)
 fn send_batch(listener: &UdpSocket, batch: &[Reply]) -> std::io::Result<usize> {
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let batch = &batch[..batch.len().min(BATCH)];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
     let addrs: Vec<Option<SockaddrStorage>> = batch
         .iter()
         .map(|(to, _)| Some(SockaddrStorage::from(*to)))

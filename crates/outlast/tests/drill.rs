@@ -81,17 +81,9 @@ fn drill_with(
     more_config: &str,
 ) -> (Value, i32) {
     let (config, scenario) = setup(dir, base, steps, extra_expect, more_config);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
     let mut backends: Vec<std::process::Child> = [("east", base + 10), ("west", base + 11)]
         .iter()
-        .map(|(site, port)| {
-            Command::new("python3")
-                .args([script, &port.to_string(), site])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("backend")
-        })
+        .map(|(site, port)| common::http_backend(*port, site))
         .collect();
     let report = dir.join("report");
     let out = Command::new(common::bin())
@@ -452,34 +444,12 @@ fn get_via(addr: &str) -> Option<String> {
 fn a_dependency_cut_shows_in_the_report_and_on_the_status_page_and_egress_moves_on() {
     let base = 10_500;
     let dir = tempfile::tempdir().expect("tmp");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
-    // The dependency's two endpoints: "backend pay-1" and "backend pay-2".
+    // The dependency's two endpoints: "backend pay-1" and "backend pay-2", both answering
+    // before the drill starts (one still starting would be a real "degraded" at once).
     let mut deps: Vec<std::process::Child> = [("pay-1", base + 20), ("pay-2", base + 21)]
         .iter()
-        .map(|(name, port)| {
-            Command::new("python3")
-                .args([script, &port.to_string(), name])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("dependency backend")
-        })
+        .map(|(name, port)| common::http_backend(*port, name))
         .collect();
-    // Both endpoints answer before the drill starts: a slow interpreter start on a busy
-    // machine would otherwise be a real "degraded" at the drill's first second.
-    for port in [base + 20, base + 21] {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let t0 = std::time::Instant::now();
-        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
-            .is_err()
-        {
-            assert!(
-                t0.elapsed() < std::time::Duration::from_secs(20),
-                "dependency backend on {addr} never listened"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
     let more = format!(
         r#"
 [[dependencies]]

@@ -171,13 +171,7 @@ fn init_writes_a_cluster_that_checks_verifies_refuses_to_overwrite_and_survives_
     );
 
     // The cluster it describes runs: a backend beside the sites, a drill losing east.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
-    let mut backend = Command::new("python3")
-        .args([script, &(BASE + 10).to_string(), "app"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("backend");
+    let mut backend = common::http_backend(BASE + 10, "app");
     let scenario = dir.join("loss.toml");
     std::fs::write(
         &scenario,

@@ -278,14 +278,7 @@ rto_ms = "< 5000"
     .into_iter()
     .map(|(port, tag, mode)| {
         if mode == "http" {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
-            let child = Command::new("/usr/bin/python3")
-                .args([script, &port.to_string(), tag])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("backend");
-            Backend(Some(child))
+            Backend(Some(common::http_backend(port, tag)))
         } else {
             Backend::start(port, tag, mode)
         }

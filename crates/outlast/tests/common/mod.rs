@@ -138,6 +138,29 @@ west = ["127.0.0.1:{bw}"]
 
 /// Writes a config made by [`config_text`]; with certificates, makes them beside it
 /// (`outlast certs`, kept when they exist).
+/// A real HTTP backend (tests/support/backend.py) on 127.0.0.1:`port` whose answers end
+/// with "backend `tag`", returned once it accepts connections (a busy machine can take a
+/// while to start an interpreter). The caller kills it by its pid.
+pub fn http_backend(port: u16, tag: &str) -> Child {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
+    let child = Command::new("python3")
+        .args([script, &port.to_string(), tag])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 backend");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let t0 = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "backend {tag} on {addr} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 pub fn write_config(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write config");
     if text.contains("cert = \"tls/{site}.pem\"") {
