@@ -223,9 +223,20 @@ fn strangers_are_refused_at_the_handshake_and_the_cluster_is_unaffected() {
     assert!(common::http_get(gw, "/").is_some(), "the service answers");
 }
 
-/// Client-to-server TCP payload, in order, of the connection to `dst` that carried the
-/// most (one seen from its SYN) in a pcap file.
-fn first_connection_payload(pcap: &[u8], dst: SocketAddr) -> Vec<u8> {
+/// One TCP connection to the peer port seen in a capture: its client-to-server payload
+/// in sequence order, and whether the capture holds it from its SYN (only then is the
+/// payload the connection's whole beginning, a TLS ClientHello included).
+struct Flow {
+    from_syn: bool,
+    payload: Vec<u8>,
+}
+
+/// Every connection to `dst` in a pcap file, keyed by its client's address and port (a
+/// port used again after a SYN starts a new connection), in the order they were first
+/// seen. Reading every connection rather than "the first" matters: the capture also holds
+/// connections refused before a site listened, connections that carried only heartbeats,
+/// and connections whose start the capture missed.
+fn connections(pcap: &[u8], dst: SocketAddr) -> Vec<Flow> {
     let link = u32::from_le_bytes(pcap[20..24].try_into().expect("header"));
     let skip = match link {
         1 => 14,   // Ethernet (lo)
@@ -238,61 +249,72 @@ fn first_connection_payload(pcap: &[u8], dst: SocketAddr) -> Vec<u8> {
         panic!("IPv4 only")
     };
     let mut at = 24;
-    let mut opened = std::collections::BTreeSet::new();
-    let mut conns: std::collections::BTreeMap<u16, std::collections::BTreeMap<u32, Vec<u8>>> =
-        Default::default();
+    // (client address, client port) -> index of its current connection in `flows`.
+    let mut current: std::collections::HashMap<([u8; 4], u16), usize> = Default::default();
+    let mut flows: Vec<(bool, std::collections::BTreeMap<u32, Vec<u8>>)> = Vec::new();
     while at + 16 <= pcap.len() {
         let caplen = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().expect("rec")) as usize;
         let pkt = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
         at += 16 + caplen;
         let Some(ip) = pkt.get(skip..) else { continue };
-        if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 6 {
+        if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 6 || ip[16..20] != dst_ip.octets() {
             continue;
         }
         let ihl = usize::from(ip[0] & 0x0f) * 4;
-        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
-        if ip[16..20] != dst_ip.octets() {
-            continue;
-        }
-        let Some(tcp) = ip.get(ihl..total) else {
+        // A segment handed to the capture before segmentation may say 0 here.
+        let total = match usize::from(u16::from_be_bytes([ip[2], ip[3]])) {
+            0 => ip.len(),
+            n => n.min(ip.len()),
+        };
+        let Some(tcp) = ip.get(ihl..total).filter(|t| t.len() >= 20) else {
             continue;
         };
-        if tcp.len() < 20 {
+        if u16::from_be_bytes([tcp[2], tcp[3]]) != dst.port() {
             continue;
         }
-        let (sport, dport) = (
+        let client = (
+            [ip[12], ip[13], ip[14], ip[15]],
             u16::from_be_bytes([tcp[0], tcp[1]]),
-            u16::from_be_bytes([tcp[2], tcp[3]]),
         );
-        if dport != dst.port() {
-            continue;
-        }
-        let flags = tcp[13];
-        let syn = flags & 0x02 != 0;
-        if syn {
-            opened.insert(sport);
-        }
-        if !opened.contains(&sport) {
-            continue;
-        }
+        let syn = tcp[13] & 0x02 != 0;
+        let i = match current.get(&client) {
+            Some(i) if !syn => *i,
+            _ => {
+                flows.push((syn, Default::default()));
+                current.insert(client, flows.len() - 1);
+                flows.len() - 1
+            }
+        };
         let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
         let off = usize::from(tcp[12] >> 4) * 4;
-        if let Some(data) = tcp.get(off..) {
-            if !data.is_empty() {
-                conns
-                    .entry(sport)
-                    .or_default()
-                    .entry(seq)
-                    .or_insert_with(|| data.to_vec());
-            }
+        if let Some(data) = tcp.get(off..).filter(|d| !d.is_empty()) {
+            flows[i].1.entry(seq).or_insert_with(|| data.to_vec());
         }
     }
     // In sequence order (wrap-around within one short capture is not expected).
-    conns
-        .into_values()
-        .map(|segs| segs.into_values().flatten().collect::<Vec<u8>>())
-        .max_by_key(|b| b.len())
-        .unwrap_or_default()
+    flows
+        .into_iter()
+        .map(|(from_syn, segs)| Flow {
+            from_syn,
+            payload: segs.into_values().flatten().collect(),
+        })
+        .collect()
+}
+
+/// The whole HTTP/1.1 request in `bytes` (head and Content-Length body) that holds
+/// `needle`.
+fn request_holding(bytes: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
+    let at = bytes.windows(needle.len()).position(|w| w == needle)?;
+    let start = bytes[..at].windows(5).rposition(|w| w == b"POST ")?;
+    let head_end = start + bytes[start..].windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[start..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    bytes.get(start..head_end + len).map(<[u8]>::to_vec)
 }
 
 /// Writes `bytes` to `addr` as one client and reads what comes back for up to 3 s.
@@ -344,7 +366,10 @@ site = "west"
     let pcap = c.dir.path().join("peer.pcap");
     // Capture from before the agents start, so the first connection is whole.
     let mut dump = Command::new("tcpdump")
-        .args(["-i", "lo", "-U", "-s", "0", "-w"])
+        // Immediate mode: packets reach tcpdump as they pass, not in blocks the kernel hands
+        // over once full or after a timeout (packets still in a block when tcpdump is
+        // stopped would never reach the file).
+        .args(["-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w"])
         .arg(&pcap)
         .arg(format!("tcp port {base}"))
         .stdout(Stdio::null())
@@ -372,6 +397,8 @@ site = "west"
     let marker = format!("MARKER-{}-{}", tls, std::process::id());
     let api = c.api("east");
     let mut acked = 0;
+    let before = std::fs::metadata(&pcap).map_or(0, |m| m.len());
+    let mut events_bytes = 0;
     for i in 0..40 {
         let body = format!("{{\"id\":\"{marker}-{i}\",\"note\":\"{marker}\"}}\n");
         let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(1)).expect("api");
@@ -386,19 +413,65 @@ site = "west"
         let _ = s.read_to_string(&mut answer);
         if answer.starts_with("HTTP/1.1 200") {
             acked += 1;
+            events_bytes += body.len();
         }
     }
     assert!(
         acked >= 30,
         "events acknowledged (replicated to west): {acked}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill").arg(dump.id().to_string()).status();
-    let _ = dump.wait();
-    let captured = std::fs::read(&pcap).expect("pcap");
     let west_peer: SocketAddr = format!("127.0.0.12:{base}").parse().expect("addr");
-    let payload = first_connection_payload(&captured, west_peer);
-    assert!(payload.len() > 100, "a connection to west was captured");
+    // What is replayed: in clear text the request that carried the events (found by its
+    // marker, wherever in which connection it travelled); encrypted, the connection to
+    // west that carried the most, whole from its SYN (its bytes cannot be read). Waited
+    // for in the capture file itself rather than after a fixed pause, bounded.
+    let pick = |flows: &[Flow]| -> Option<Vec<u8>> {
+        if tls == "off" {
+            flows
+                .iter()
+                .find_map(|f| request_holding(&f.payload, marker.as_bytes()))
+        } else {
+            flows
+                .iter()
+                .filter(|f| f.from_syn)
+                .map(|f| &f.payload)
+                .max_by_key(|p| p.len())
+                .filter(|p| p.len() > 1000)
+                .cloned()
+        }
+    };
+    // The events crossed the wire before they were acknowledged; the capture holds at
+    // least their bytes once tcpdump has written them.
+    let least = before + events_bytes as u64;
+    let waited = Instant::now();
+    let mut picked = None;
+    while waited.elapsed() < Duration::from_secs(10) {
+        let bytes = std::fs::read(&pcap).unwrap_or_default();
+        if bytes.len() as u64 >= least {
+            picked = pick(&connections(&bytes, west_peer));
+            if picked.is_some() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &dump.id().to_string()])
+        .status();
+    let _ = dump.wait();
+    let mut tail = String::new();
+    let _ = err.read_to_string(&mut tail);
+    let captured = std::fs::read(&pcap).expect("pcap");
+    let flows = connections(&captured, west_peer);
+    let payload = picked.unwrap_or_else(|| {
+        panic!(
+            "{tls}: no connection to west carrying the events in {} bytes of capture ({} \
+             connections: {:?} bytes); tcpdump said: {tail}",
+            captured.len(),
+            flows.len(),
+            flows.iter().map(|f| f.payload.len()).collect::<Vec<_>>()
+        )
+    });
     let answer = replay(west_peer, &payload);
     std::thread::sleep(Duration::from_millis(200));
     let st = c.status("west").expect("status");
