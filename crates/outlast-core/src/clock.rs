@@ -26,6 +26,48 @@ pub fn now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
+/// The site's lease deadline, shared by the agent with everything that must stop the moment
+/// the lease ends rather than at the next routing update: the gateways (checked by every
+/// request to a primary-standby service) and DNS (checked by every answer).
+#[derive(Debug)]
+pub struct LeaseClock {
+    base: std::time::Instant,
+    until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LeaseClock {
+    fn default() -> Self {
+        Self {
+            base: now(),
+            until_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaseClock {
+    /// Sets the deadline (`None`: no lease).
+    pub fn set(&self, until: Option<std::time::Instant>) {
+        let ms = until
+            .map(|t| t.saturating_duration_since(self.base).as_millis() as u64)
+            .unwrap_or(0);
+        self.until_ms
+            .store(ms, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A clock whose lease always holds (for servers run without an agent, and tests).
+    pub fn always() -> Self {
+        let c = Self::default();
+        c.until_ms
+            .store(u64::MAX, std::sync::atomic::Ordering::Release);
+        c
+    }
+
+    pub fn holds(&self) -> bool {
+        (self.base.elapsed().as_millis() as u64)
+            < self.until_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// The civil date (proleptic Gregorian year, month 1-12, day 1-31) of a day counted from
 /// 1970-01-01.
 pub fn civil(days: i64) -> (i64, u32, u32) {

@@ -48,6 +48,20 @@ pub struct Status {
     /// How the answering site's peer port is encrypted, and what it refused.
     #[serde(default)]
     pub peer_tls: PeerTlsView,
+    /// Whether the answering site's DNS answers from the committed routing now (absent
+    /// without `[dns]`).
+    #[serde(default)]
+    pub dns: Option<DnsStatus>,
+}
+
+/// The answering site's authoritative DNS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DnsStatus {
+    /// True once it answers from the committed routing; false: every query in the zone
+    /// gets SERVFAIL.
+    pub ready: bool,
+    /// Why it is not ready, in words.
+    pub why: Option<String>,
 }
 
 /// The peer port's TLS at the answering site.

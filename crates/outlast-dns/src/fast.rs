@@ -52,6 +52,9 @@ pub struct Compiled {
     answers: HashMap<Vec<u8>, ByType>,
     /// The SOA record, uncompressed, for negative answers to unknown names.
     soa_rr: Vec<u8>,
+    /// The same zone as answered while the site's lease does not hold (its own primary
+    /// names withheld), when that differs.
+    withheld: Option<Box<Compiled>>,
 }
 
 fn response(view: &ZoneView, id: u16, rd: bool, query: Query, edns: bool) -> Option<Vec<u8>> {
@@ -213,6 +216,11 @@ impl Compiled {
         }
         if view.ready {
             for name in &names {
+                if view.withholds(name) {
+                    // Known (not NXDOMAIN), answered by the slow path: SERVFAIL.
+                    answers.entry(crate::wire_name(name)).or_default();
+                    continue;
+                }
                 for t in TYPES {
                     for edns in [false, true] {
                         let mut q = Query::query(name.to_lowercase(), t);
@@ -266,12 +274,16 @@ impl Compiled {
                 Some(buf)
             })
             .unwrap_or_default();
+        let withheld = view
+            .withheld()
+            .map(|w| Box::new(Compiled::new(Arc::new(w))));
         Compiled {
             view,
             steered,
             zone_wire,
             answers,
             soa_rr,
+            withheld,
         }
     }
 
@@ -526,6 +538,7 @@ const MAX_QUERY: usize = 4096;
 pub fn serve_udp(
     addr: SocketAddr,
     published: Arc<Published>,
+    lease: Arc<outlast_core::clock::LeaseClock>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let workers = std::thread::available_parallelism()
@@ -541,10 +554,11 @@ pub fn serve_udp(
     for (i, s) in sockets.into_iter().enumerate() {
         let published = published.clone();
         let stop = stop.clone();
+        let lease = lease.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
-                .spawn(move || udp_reader(&s, &published, &stop))?,
+                .spawn(move || udp_reader(&s, &published, &lease, &stop))?,
         );
     }
     Ok(threads)
@@ -557,7 +571,12 @@ fn source_ip(a: &SockaddrStorage) -> Option<IpAddr> {
     a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
 }
 
-fn udp_reader(s: &UdpSocket, published: &Published, stop: &AtomicBool) {
+fn udp_reader(
+    s: &UdpSocket,
+    published: &Published,
+    lease: &outlast_core::clock::LeaseClock,
+    stop: &AtomicBool,
+) {
     let fd = s.as_raw_fd();
     let answered = metrics::counter!("outlast_dns_queries_total", "path" => "udp");
     let (mut generation, mut compiled) = published.load();
@@ -595,8 +614,13 @@ fn udp_reader(s: &UdpSocket, published: &Published, stop: &AtomicBool) {
         }
         outs.clear();
         to.clear();
+        // Once per batch: a site whose lease ran out withholds its own primary names.
+        let serving = match (&compiled.withheld, lease.holds()) {
+            (Some(w), false) => &**w,
+            _ => &*compiled,
+        };
         for (buf, (len, from)) in bufs.iter().zip(&got) {
-            if let Some(out) = compiled.answer(&buf[..*len], from.as_ref().and_then(source_ip)) {
+            if let Some(out) = serving.answer(&buf[..*len], from.as_ref().and_then(source_ip)) {
                 outs.push(out);
                 to.push(*from);
             }
@@ -647,6 +671,8 @@ mod tests {
             steered: BTreeMap::new(),
             networks: Arc::default(),
             latencies: Arc::default(),
+            own: Default::default(),
+            withheld: false,
         }))
     }
 

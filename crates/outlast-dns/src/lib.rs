@@ -23,6 +23,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
+use outlast_core::clock::LeaseClock;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -39,14 +40,15 @@ pub(crate) fn wire_name(name: &hickory_proto::rr::Name) -> Vec<u8> {
     out
 }
 
-/// Answers queries from the latest [`ZoneView`].
+/// Answers queries from the latest [`ZoneView`] while the site's lease holds.
 pub struct Handler {
     view: watch::Receiver<Arc<ZoneView>>,
+    lease: Arc<LeaseClock>,
 }
 
 impl Handler {
-    pub fn new(view: watch::Receiver<Arc<ZoneView>>) -> Self {
-        Self { view }
+    pub fn new(view: watch::Receiver<Arc<ZoneView>>, lease: Arc<LeaseClock>) -> Self {
+        Self { view, lease }
     }
 }
 
@@ -94,7 +96,17 @@ impl RequestHandler for Handler {
             let q = &request.queries.queries()[0];
             let view = self.view.borrow().clone();
             let name: &LowerName = q.name();
-            let (answer, pick) = view.answer_for(name, q.query_type(), Some(&client));
+            let owner = hickory_proto::rr::Name::from(name.clone());
+            let (answer, pick) = if !self.lease.holds() && view.own.contains(&owner) {
+                (
+                    view.withheld()
+                        .unwrap_or_else(|| (*view).clone())
+                        .answer(name, q.query_type()),
+                    None,
+                )
+            } else {
+                view.answer_for(name, q.query_type(), Some(&client))
+            };
             let mut answer_edns = edns.clone();
             if let (Some(e), Some(s)) = (answer_edns.as_mut(), ecs) {
                 e.options_mut()
@@ -131,10 +143,14 @@ impl RequestHandler for Handler {
 }
 
 /// Serves DNS on `addr` until `shutdown`: UDP through the compiled fast path (one reader
-/// thread per core), TCP through hickory-server.
+/// thread per core), TCP through hickory-server. Every answer is checked against `lease`
+/// when it is made: a site whose lease ran out (a paused process that resumed, a site cut
+/// off) stops naming itself as a primary from that moment, not from its next zone update,
+/// since what it committed may be stale.
 pub async fn serve(
     addr: SocketAddr,
     mut view: watch::Receiver<Arc<ZoneView>>,
+    lease: Arc<LeaseClock>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let published = Arc::new(fast::Published::new(fast::Compiled::new(
@@ -144,8 +160,8 @@ pub async fn serve(
     // instead of silently sharing the UDP port with the first.
     let tcp = tokio::net::TcpListener::bind(addr).await?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let threads = fast::serve_udp(addr, published.clone(), stop.clone())?;
-    let mut server = Server::new(Handler::new(view.clone()));
+    let threads = fast::serve_udp(addr, published.clone(), lease.clone(), stop.clone())?;
+    let mut server = Server::new(Handler::new(view.clone(), lease));
     server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
     loop {
         tokio::select! {

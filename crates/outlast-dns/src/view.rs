@@ -30,6 +30,13 @@ pub struct ZoneView {
     pub networks: Arc<Networks>,
     /// Measured round trips for `latency`.
     pub latencies: Arc<Latencies>,
+    /// Primary-standby names that the answering site answers with itself: it names itself
+    /// only while its lease holds (a site whose lease ran out may have been moved away
+    /// from by a decision it has not learnt yet).
+    pub own: std::collections::BTreeSet<Name>,
+    /// This view is the one answered while the lease does not hold: `own` names get
+    /// SERVFAIL.
+    pub withheld: bool,
 }
 
 /// One query's answer.
@@ -88,7 +95,24 @@ impl ZoneView {
             steered: BTreeMap::new(),
             networks: Arc::default(),
             latencies: Arc::default(),
+            own: Default::default(),
+            withheld: false,
         }
+    }
+
+    /// The view answered while this site's lease does not hold: its own primary-standby
+    /// names answer SERVFAIL (so a resolver asks a site whose routing is current), the rest
+    /// as committed. None when it would be the same view.
+    pub fn withheld(&self) -> Option<ZoneView> {
+        (!self.own.is_empty() && !self.withheld).then(|| ZoneView {
+            withheld: true,
+            ..self.clone()
+        })
+    }
+
+    /// Whether `name` answers SERVFAIL in this view though the zone is ready.
+    pub(crate) fn withholds(&self, name: &Name) -> bool {
+        self.withheld && self.own.contains(name)
     }
 
     /// The pick for a steered name's A answer, if `name` is steered.
@@ -102,6 +126,10 @@ impl ZoneView {
         let owner = name.to_lowercase();
         if !self.ready {
             return "not ready: no committed state yet, every query gets SERVFAIL".into();
+        }
+        if self.withholds(&owner) {
+            return "this site's lease has run out: it does not name itself as a primary, SERVFAIL"
+                .into();
         }
         match (self.steered.get(&owner), self.names.get(&owner)) {
             (Some(s), _) => s.explain(client, &self.networks, &self.latencies),
@@ -187,13 +215,15 @@ impl ZoneView {
         addrs: Option<&[Ipv4Addr]>,
     ) -> Answer {
         let zone = LowerName::from(&self.zone);
-        if !zone.zone_of(name) {
+        // Zone transfers are refused, as servers without an allow-list do: the zone's
+        // names are not for anyone to list.
+        if !zone.zone_of(name) || matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
             return Answer::code(ResponseCode::Refused);
         }
-        if !self.ready {
+        let owner = Name::from(name.clone());
+        if !self.ready || self.withholds(&owner) {
             return Answer::code(ResponseCode::ServFail);
         }
-        let owner = Name::from(name.clone());
         let nodata = |s: &Self| Answer {
             code: ResponseCode::NoError,
             answers: vec![],
@@ -277,6 +307,8 @@ mod tests {
             steered: BTreeMap::new(),
             networks: Arc::default(),
             latencies: Arc::default(),
+            own: [Name::from_ascii("db.shop.test.").expect("db")].into(),
+            withheld: false,
         }
     }
 
@@ -323,6 +355,35 @@ mod tests {
         assert_eq!((a.answers.len(), a.additionals.len()), (1, 1));
         let a = v.answer(&q("ns-east.shop.test."), RecordType::A);
         assert_eq!(a.answers.len(), 1);
+    }
+
+    #[test]
+    fn a_site_whose_lease_ran_out_withholds_only_its_own_primary_names() {
+        let v = view().withheld().expect("db is this site's");
+        assert_eq!(
+            v.answer(&q("db.shop.test."), RecordType::A).code,
+            ResponseCode::ServFail
+        );
+        assert_eq!(
+            v.answer(&q("www.shop.test."), RecordType::A).answers.len(),
+            2
+        );
+        let mut none = view();
+        none.own.clear();
+        assert!(
+            none.withheld().is_none(),
+            "nothing to withhold: the same view"
+        );
+    }
+
+    #[test]
+    fn zone_transfers_are_refused() {
+        let v = view();
+        for t in [RecordType::AXFR, RecordType::IXFR] {
+            let a = v.answer(&q("shop.test."), t);
+            assert_eq!((a.code, a.answers.len()), (ResponseCode::Refused, 0), "{t}");
+            assert!(!a.authoritative());
+        }
     }
 
     #[test]

@@ -50,37 +50,7 @@ impl ServiceRoute {
     }
 }
 
-/// The site's lease deadline, shared with the agent, checked by every request to a
-/// primary-standby service: the door closes the moment the lease ends, not at the next
-/// routing update.
-#[derive(Debug)]
-pub struct LeaseClock {
-    base: Instant,
-    until_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Default for LeaseClock {
-    fn default() -> Self {
-        Self {
-            base: outlast_core::clock::now(),
-            until_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-}
-
-impl LeaseClock {
-    /// Sets the deadline (`None`: no lease).
-    pub fn set(&self, until: Option<Instant>) {
-        let ms = until
-            .map(|t| t.saturating_duration_since(self.base).as_millis() as u64)
-            .unwrap_or(0);
-        self.until_ms.store(ms, Ordering::Release);
-    }
-
-    pub fn holds(&self) -> bool {
-        (self.base.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Acquire)
-    }
-}
+pub use outlast_core::clock::LeaseClock;
 
 /// Where one attempt goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

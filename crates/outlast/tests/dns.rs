@@ -66,6 +66,20 @@ fn dns_follows_the_primary_and_drops_a_killed_site_within_one_detection_window()
     );
     assert!(dig("127.0.0.12", port, &["nope.shop.test", "A"]).contains("status: NXDOMAIN"));
     assert!(dig("127.0.0.12", port, &["example.com", "A"]).contains("status: REFUSED"));
+    // Zone transfers, over TCP and UDP, are refused (they used to get an empty NOERROR).
+    for args in [
+        &["shop.test", "AXFR"][..],
+        &["shop.test", "IXFR=1"],
+        &["shop.test", "IXFR=1", "+notcp", "+comments"],
+        &["shop.test", "AXFR", "+notcp", "+comments"],
+    ] {
+        let out = dig("127.0.0.12", port, args);
+        assert!(
+            out.contains("status: REFUSED") || out.contains("Transfer failed"),
+            "{args:?}: {out}"
+        );
+        assert!(!out.contains("127.0.0.11"), "{args:?}: {out}");
+    }
     assert!(
         dig("127.0.0.12", port, &["db.shop.test", "A", "+tcp"]).contains("127.0.0.11"),
         "TCP"
@@ -120,6 +134,117 @@ fn dns_follows_the_primary_and_drops_a_killed_site_within_one_detection_window()
         serial.split_whitespace().nth(2),
         Some(new_epoch.to_string().as_str())
     );
+}
+
+/// One A query for `name` to `server` over UDP: (rcode, the addresses answered), or None
+/// when nothing came back within 300 ms.
+fn query_a(sock: &UdpSocket, server: &str, id: u16, name: &str) -> Option<(u8, Vec<String>)> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    sock.send_to(&q, server).ok()?;
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < deadline {
+        let Ok(n) = sock.recv(&mut buf) else { continue };
+        let p = &buf[..n];
+        if n < 12 || p[0..2] != id.to_be_bytes() {
+            continue; // a late answer to an earlier query
+        }
+        let rcode = p[3] & 0x0f;
+        let answers = u16::from_be_bytes([p[6], p[7]]);
+        let mut i = 12 + q.len() - 12; // the question, as sent
+        let mut addrs = Vec::new();
+        for _ in 0..answers {
+            // Owner: a compression pointer or labels.
+            while i < n && p[i] != 0 && p[i] & 0xc0 != 0xc0 {
+                i += usize::from(p[i]) + 1;
+            }
+            i += if p.get(i).is_some_and(|b| b & 0xc0 == 0xc0) {
+                2
+            } else {
+                1
+            };
+            let (t, len) = (
+                u16::from_be_bytes([*p.get(i)?, *p.get(i + 1)?]),
+                usize::from(u16::from_be_bytes([*p.get(i + 8)?, *p.get(i + 9)?])),
+            );
+            let data = p.get(i + 10..i + 10 + len)?;
+            if t == 1 && len == 4 {
+                addrs.push(format!("{}.{}.{}.{}", data[0], data[1], data[2], data[3]));
+            }
+            i += 10 + len;
+        }
+        return Some((rcode, addrs));
+    }
+    None
+}
+
+/// Issue 38: a primary paused with SIGSTOP loses its lease, west takes over; when it
+/// resumes, its DNS must never name itself for the service it no longer holds, not even in
+/// the moment before it learns of the move (it answered its stale zone for about a
+/// second). SERVFAIL sends resolvers to another site.
+#[test]
+fn a_resumed_old_primary_never_names_itself_in_dns() {
+    let mut opts = Opts::new(11000);
+    opts.dns = true;
+    opts.failback = "manual";
+    let port = 11003;
+    let mut c = Cluster::new(opts);
+    c.start_all();
+    c.wait_healthy();
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let east = format!("127.0.0.11:{port}");
+    let mut id: u16 = 1;
+    let t0 = Instant::now();
+    while query_a(&sock, &east, id, "db.shop.test").map(|(_, a)| a)
+        != Some(vec!["127.0.0.11".into()])
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "east never named itself"
+        );
+        id += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = c.agents["east"].id().to_string();
+    common::run(Command::new("kill").args(["-STOP", &pid]));
+    c.wait_acting("west", "west", Duration::from_secs(10));
+    common::run(Command::new("kill").args(["-CONT", &pid]));
+    let resumed = Instant::now();
+    let (mut named_self, mut servfail, mut west, mut silent) = (0, 0, 0, 0);
+    let mut first_west = None;
+    while resumed.elapsed() < Duration::from_secs(3) {
+        id = id.wrapping_add(1);
+        match query_a(&sock, &east, id, "db.shop.test") {
+            Some((_, a)) if a.contains(&"127.0.0.11".to_string()) => named_self += 1,
+            Some((2, _)) => servfail += 1,
+            Some((0, a)) if a == ["127.0.0.12"] => {
+                west += 1;
+                first_west.get_or_insert(resumed.elapsed());
+            }
+            Some(other) => panic!("unexpected answer {other:?}"),
+            None => silent += 1,
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "after SIGCONT: {named_self} answers named east, {servfail} SERVFAIL, {west} named west (first after {first_west:?}), {silent} unanswered"
+    );
+    let _ = c.status("east");
+    assert_eq!(
+        named_self,
+        0,
+        "the fenced old primary named itself\n{}",
+        c.logs()
+    );
+    assert!(west > 0, "east never answered from the new routing");
 }
 
 #[test]

@@ -82,6 +82,8 @@ pub struct Agent {
     steering: Mutex<zone::Steering>,
     /// A leader has been known: DNS has had a committed state to answer from.
     dns_ready: AtomicBool,
+    /// Why DNS answers SERVFAIL now (None: it answers from the committed routing).
+    dns_not_ready: Mutex<Option<&'static str>>,
     relay: outlast_relay::Relay,
     /// Faults a drill injected through `/v1/faults`; they end by themselves.
     faults: Arc<Faults>,
@@ -302,18 +304,32 @@ impl Agent {
         // probing: a site cut off from the leader answered SERVFAIL). A site cut off from
         // the majority answers SERVFAIL, so that resolvers ask a site whose routing is
         // current. Before the first leader there is no committed routing to answer from.
+        // A site whose lease ran out does not name itself as a primary (the DNS server
+        // checks the lease clock on every answer): after a pause its committed state may be
+        // stale (found by probing: a paused primary's DNS named itself for a second after it
+        // resumed, while its status already said fenced).
         let verdicts = self
             .monitor
             .snapshot()
             .values()
             .all(|h| h.backends.iter().all(|b| b.health != Health::Unknown));
         let ever = self.dns_ready.load(Ordering::SeqCst) || node.leader(now).is_some();
-        let ready = ever && verdicts && node.hears_majority(now);
+        let acting = node.acting(now);
+        let fenced = !node.holds_lease(now);
+        let not_ready = if !ever {
+            Some("no leader yet: nothing committed to answer from")
+        } else if !verdicts {
+            Some("waiting for the first health verdict of every backend")
+        } else if !node.hears_majority(now) {
+            Some("this site does not hear a majority")
+        } else {
+            None
+        };
+        let ready = not_ready.is_none();
         if ready {
             self.dns_ready.store(true, Ordering::SeqCst);
         }
-        let acting = node.acting(now);
-        let fenced = !node.holds_lease(now);
+        *lock(&self.dns_not_ready) = not_ready;
         let cut = node.cut_from_here(now);
         // A database server must stop taking writes before the lease ends, not at its end:
         // it is let act only while a quarter of the lease is still ahead (renewals come
@@ -340,6 +356,7 @@ impl Agent {
         let steering = lock(&self.steering).clone();
         let view = zone::zone_view(
             &self.config,
+            &self.me,
             &state,
             ready,
             &mut lock(&self.last_known),
@@ -997,6 +1014,7 @@ pub async fn run(
             latencies: Arc::default(),
         }),
         dns_ready: AtomicBool::new(false),
+        dns_not_ready: Mutex::new(Some("starting")),
         faults: faults.clone(),
         fault_token: config.api.token.clone().or(opts.fault_token),
         peer_auth: auth.clone(),
@@ -1158,8 +1176,9 @@ pub async fn run(
             .with_context(|| format!("cannot serve DNS on {addr}"))?;
         let view = agent.zone.subscribe();
         let stop = front.token();
+        let lease = agent.lease_clock.clone();
         front.spawn("dns", async move {
-            if let Err(e) = outlast_dns::serve(addr, view, stop).await {
+            if let Err(e) = outlast_dns::serve(addr, view, lease, stop).await {
                 tracing::error!(%addr, error = %e, "DNS server failed");
             }
         });

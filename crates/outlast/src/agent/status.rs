@@ -3,7 +3,7 @@
 use outlast_core::config::Mode;
 use outlast_core::Health;
 
-use super::Agent;
+use super::{lock, Agent};
 
 pub(super) fn health_word(h: Health) -> &'static str {
     match h {
@@ -145,6 +145,13 @@ impl Agent {
             history: state.history,
             dependencies,
             alerts_sent: self.alerter.recent(),
+            dns: self.config.dns.as_ref().map(|_| {
+                let why = *lock(&self.dns_not_ready);
+                outlast_core::status::DnsStatus {
+                    ready: why.is_none(),
+                    why: why.map(str::to_string),
+                }
+            }),
             peer_tls: match &self.peer_tls {
                 Some(t) => t.view(),
                 None => outlast_core::status::PeerTlsView {

@@ -15,10 +15,11 @@ use std::sync::Arc;
 /// Per DNS name, the last non-empty answer (what `all_down = "fail-open"` keeps serving).
 pub type LastKnown = BTreeMap<Name, Vec<Ipv4Addr>>;
 
-/// The zone for `state`; `ready` false answers SERVFAIL for everything. None without a
-/// `[dns]` section.
+/// The zone for `state` as site `me` answers it; `ready` false answers SERVFAIL for
+/// everything. None without a `[dns]` section.
 pub fn zone_view(
     config: &Config,
+    me: &str,
     state: &ClusterState,
     ready: bool,
     last: &mut LastKnown,
@@ -33,6 +34,7 @@ pub fn zone_view(
     let up = |site: &String| state.sites.get(site) != Some(&SiteState::Down);
     let mut names = BTreeMap::new();
     let mut steered = BTreeMap::new();
+    let mut own = std::collections::BTreeSet::new();
     for svc in &config.services {
         let (Some(label), Some(st)) = (&svc.dns_name, state.services.get(&svc.name)) else {
             continue;
@@ -40,6 +42,9 @@ pub fn zone_view(
         let Ok(owner) = Name::from_ascii(label).and_then(|n| n.append_domain(&zone)) else {
             continue;
         };
+        if svc.mode == Mode::PrimaryStandby && st.primary.as_deref() == Some(me) {
+            own.insert(owner.to_lowercase());
+        }
         let sites: Vec<&String> = match svc.mode {
             Mode::PrimaryStandby => st.primary.iter().filter(|p| up(p)).collect(),
             Mode::ActiveActive => st.active_sites.iter().filter(|s| up(s)).collect(),
@@ -95,6 +100,8 @@ pub fn zone_view(
         steered,
         networks: steering.networks.clone(),
         latencies: steering.latencies.clone(),
+        own,
+        withheld: false,
     })
 }
 
@@ -219,7 +226,8 @@ west = ["127.0.0.1:9102"]
         let c = config("fail-open");
         let mut state = ClusterState::initial(&c);
         let mut last = LastKnown::new();
-        let z = zone_view(&c, &state, true, &mut last, &Steering::default()).expect("zone");
+        let z =
+            zone_view(&c, "witness", &state, true, &mut last, &Steering::default()).expect("zone");
         assert!(z.ready);
         assert_eq!(z.names[&name("db.shop.test.")], vec![addr("127.0.0.11")]);
         assert_eq!(
@@ -229,7 +237,8 @@ west = ["127.0.0.1:9102"]
         assert_eq!(z.name_servers.len(), 3, "the witness answers too");
         state.sites.insert("east".into(), SiteState::Down);
         state.epoch = 4;
-        let z = zone_view(&c, &state, true, &mut last, &Steering::default()).expect("zone");
+        let z =
+            zone_view(&c, "witness", &state, true, &mut last, &Steering::default()).expect("zone");
         assert_eq!(z.names[&name("www.shop.test.")], vec![addr("127.0.0.12")]);
         assert_eq!(z.serial, 4, "SOA serial = epoch");
     }
@@ -243,10 +252,11 @@ west = ["127.0.0.1:9102"]
             let c = config(mode);
             let mut state = ClusterState::initial(&c);
             let mut last = LastKnown::new();
-            zone_view(&c, &state, true, &mut last, &Steering::default()).expect("zone");
+            zone_view(&c, "witness", &state, true, &mut last, &Steering::default()).expect("zone");
             state.sites.insert("east".into(), SiteState::Down);
             state.sites.insert("west".into(), SiteState::Down);
-            let z = zone_view(&c, &state, true, &mut last, &Steering::default()).expect("zone");
+            let z = zone_view(&c, "witness", &state, true, &mut last, &Steering::default())
+                .expect("zone");
             assert_eq!(z.names[&name("db.shop.test.")], want, "{mode}");
         }
     }
@@ -262,6 +272,7 @@ west = ["127.0.0.1:9102"]
         let mut last = LastKnown::new();
         assert!(zone_view(
             &c,
+            "witness",
             &ClusterState::initial(&c),
             true,
             &mut last,

@@ -23,8 +23,13 @@ pub const SITES: [(&str, &str); 3] = [
     ("witness", "127.0.0.13"),
 ];
 
+/// The outlast binary under test: this build's, or `OUTLAST_TEST_BIN` (another build, to
+/// show a new test fails on the code before its fix).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_outlast")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("OUTLAST_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_outlast").into())
+    })
 }
 
 /// Timing of the acceptance: probe 100ms, fall 3, grace 500ms, lease 1s.
@@ -417,6 +422,8 @@ impl Cluster {
                         .is_some_and(|s| s.iter().all(|x| x["state"] == "up"))
                     && st["services"][0]["primary"] == "east"
                     && st["services"][0]["primary_acting"] == true
+                    // With [dns]: its answers come from the committed routing.
+                    && st["dns"]["ready"] != false
             });
         }
     }
