@@ -176,6 +176,8 @@ pub struct Node {
     site_changed_at: BTreeMap<String, u64>,
     /// The highest epoch in this site's Raft log (kept current by the caller).
     log_epoch: u64,
+    /// The last local time the log was seen not ahead of the applied state.
+    log_current_ms: u64,
     /// The local services' health, as the probes see it.
     health: BTreeMap<String, ServiceView>,
     /// This site's verdict per dependency (data sites).
@@ -245,6 +247,7 @@ impl Node {
             reports: BTreeMap::new(),
             grants: BTreeMap::new(),
             log_epoch: state.epoch,
+            log_current_ms: now_ms,
             state,
             promoted_at,
             site_changed_at,
@@ -283,10 +286,26 @@ impl Node {
         self.state.epoch
     }
 
-    /// The highest epoch in this site's Raft log, as Raft has it now. The caller keeps it
-    /// current: a voter must never grant a lease with a log it thinks older than it is.
-    pub fn set_log_epoch(&mut self, epoch: u64) {
+    /// The highest epoch in this site's Raft log, as Raft has it now (read at `now_ms`).
+    /// The caller keeps it current: a voter must never grant a lease with a log it thinks
+    /// older than it is, and a site's own vote for its lease ages from the last moment its
+    /// log was seen current (see lease.rs).
+    pub fn set_log_epoch(&mut self, epoch: u64, now_ms: u64) {
         self.log_epoch = self.log_epoch.max(epoch);
+        self.see_log(now_ms);
+    }
+
+    /// Notes `now_ms` as a moment the log was seen current, if it is.
+    fn see_log(&mut self, now_ms: u64) {
+        if self.log_epoch <= self.state.epoch {
+            self.log_current_ms = self.log_current_ms.max(now_ms);
+        }
+    }
+
+    /// This site's own vote for its lease: None while its log is current, else when it
+    /// last was.
+    fn own_vote(&self) -> Option<u64> {
+        (self.log_epoch > self.state.epoch).then_some(self.log_current_ms)
     }
 
     /// What this site's dataset servers are now (reported with every heartbeat).
@@ -550,6 +569,7 @@ impl Node {
         }
         self.state = state.clone();
         self.log_epoch = self.log_epoch.max(state.epoch);
+        self.see_log(now_ms);
     }
 
     /// A heartbeat to `peer` sent at `sent_ms` was answered; the peer's reachability when
@@ -590,6 +610,15 @@ impl Node {
             .map_or(Health::Unknown, |t| t.counter.state())
     }
 
+    /// Since when (local ms) this site's probes have counted `peer` unreachable; None while
+    /// they count it reachable.
+    pub fn unreachable_since(&self, peer: &str) -> Option<u64> {
+        self.peers
+            .get(peer)
+            .filter(|t| t.counter.state() == Health::Down)
+            .map(|t| t.since_ms)
+    }
+
     fn record_probe(&mut self, peer: &str, ok: bool, now_ms: u64) -> Option<Health> {
         let t = self.peers.get_mut(peer)?;
         if ok {
@@ -624,11 +653,11 @@ impl Node {
 
     /// The lease ends at this local time (None: not held at all).
     pub fn lease_expires(&self) -> Option<u64> {
-        self.lease.expires_at(self.log_epoch, self.state.epoch)
+        self.lease.expires_at(self.own_vote())
     }
 
     pub fn holds_lease(&self, now_ms: u64) -> bool {
-        self.lease.holds(now_ms, self.log_epoch, self.state.epoch)
+        self.lease.holds(now_ms, self.own_vote())
     }
 
     /// How long since this site last granted each peer's lease (since it started, for a

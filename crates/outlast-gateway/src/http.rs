@@ -31,6 +31,8 @@ const MAX_ATTEMPTS: usize = 3;
 const WAIT_FOR_ROUTE: Duration = Duration::from_secs(5);
 /// Largest request body the gateway buffers (it must, to retry).
 const MAX_BODY: usize = 16 << 20;
+/// Largest answer from another site's gateway read whole before it is passed on.
+const HOP_WHOLE: u64 = 1 << 20;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -360,6 +362,59 @@ impl HttpGateway {
         }
     }
 
+    /// Resolves once `target`, another site's gateway, is no longer where the routing sends
+    /// this service (its site no longer active for it); never for a local backend, whose
+    /// answer to a request it took still counts.
+    async fn left_the_route(&self, target: Target) {
+        if !target.remote {
+            return std::future::pending().await;
+        }
+        let mut rx = self.routes.clone();
+        loop {
+            let gone = rx
+                .borrow_and_update()
+                .services
+                .get(&self.service)
+                .is_none_or(|r| !r.remotes.contains(&target.addr));
+            if gone {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// `resp` from another site's gateway with its body read whole when it announces at
+    /// most [`HOP_WHOLE`] bytes (else passed on as it streams); `Err` when `target` left
+    /// the routing before the body was in (true) or the body broke off (false).
+    async fn whole_answer(
+        &self,
+        resp: Response<crate::pool::PooledBody>,
+        target: Target,
+    ) -> Result<Response<Body>, (String, bool)> {
+        let small = crate::limits::content_length(resp.headers()).is_some_and(|n| n <= HOP_WHOLE);
+        if !small {
+            return Ok(resp.map(|b| b.boxed()));
+        }
+        let (parts, body) = resp.into_parts();
+        let left = self.left_the_route(target);
+        tokio::select! {
+            biased;
+            got = body.collect() => match got {
+                Ok(c) => Ok(Response::from_parts(
+                    parts,
+                    Full::new(c.to_bytes()).map_err(|e| match e {}).boxed(),
+                )),
+                Err(e) => Err((format!("{}: the answer broke off: {e}", target.addr), false)),
+            },
+            () = left => Err((
+                format!("{} left the routing while its answer was still coming", target.addr),
+                true,
+            )),
+        }
+    }
+
     pub(crate) async fn handle(
         self: Arc<Self>,
         pool: Arc<ConnPool>,
@@ -446,12 +501,20 @@ impl HttpGateway {
         // backend busy accepting), until the deadline: a GET in flight when a primary's
         // backend dies is answered by the new primary. Retries within a round draw on the
         // retry budget; rounds do not.
+        // The routing as of each round's start: a failed round waits for a change to this
+        // service's route after it (or a back-off), never for one it has already seen. (A
+        // clone of the gateway's receiver counted every change since the gateway started as
+        // new: failed rounds did not wait at all, and a dead primary backend was retried in
+        // a tight loop, thousands of connects a second, until its health check caught up.)
+        let mut rx = self.routes.clone();
         loop {
+            let seen = rx.borrow_and_update().services.get(&self.service).cloned();
             let Some((epoch, targets)) = self.wait_for_targets(may_hop, deadline).await else {
                 return unavailable(format!("{}: {last_error}", self.service));
             };
             // What each attempt of this round met, for the answer if none succeeds.
             let mut round: Vec<String> = Vec::new();
+            let mut moved_away = false;
             for (i, t) in targets.iter().take(MAX_ATTEMPTS).enumerate() {
                 if i > 0 && !self.take_retry() {
                     return text(
@@ -464,7 +527,56 @@ impl HttpGateway {
                     );
                 }
                 let out = self.outgoing(&parts, &scan, &body, t, client);
-                match pool.send(epoch, t.addr, &out, idempotent).await {
+                let sent = {
+                    let send = pool.send(epoch, t.addr, &out, idempotent, t.remote);
+                    let left = self.left_the_route(*t);
+                    tokio::select! {
+                        biased;
+                        r = send => Some(r),
+                        () = left => None,
+                    }
+                };
+                let Some(sent) = sent else {
+                    // The route moved away from the target while the request waited there
+                    // (a primary paused or cut off, a backend gone): what it would answer
+                    // no longer counts. Sent again where the service is now when that is
+                    // safe, else answered at once rather than left to hang.
+                    self.stats.record(&self.service, t, false);
+                    let why = format!(
+                        "{} left the routing while the request waited for its answer",
+                        t.addr
+                    );
+                    if !idempotent {
+                        return text(
+                            StatusCode::BAD_GATEWAY,
+                            format!("{}: {why}; not sent again: {} is not idempotent (send an Idempotency-Key to allow it)", self.service, parts.method),
+                        );
+                    }
+                    round.push(why);
+                    moved_away = true;
+                    break;
+                };
+                match sent {
+                    Ok(resp) if t.remote && idempotent => {
+                        // A hop's answer is read whole before it is passed on (up to
+                        // HOP_WHOLE): a site paused between an answer's head and its body
+                        // would otherwise hold the client on a body that never comes, where
+                        // the request can still go where the service is now.
+                        match self.whole_answer(resp, *t).await {
+                            Ok(resp) => {
+                                self.stats.record(&self.service, t, true);
+                                return resp;
+                            }
+                            Err((why, left)) => {
+                                self.stats.record(&self.service, t, false);
+                                round.push(why);
+                                if left {
+                                    moved_away = true;
+                                    break;
+                                }
+                            }
+                        }
+                    }
                     Ok(resp) => {
                         self.stats.record(&self.service, t, true);
                         return resp.map(|b| b.boxed());
@@ -501,18 +613,15 @@ impl HttpGateway {
             if !round.is_empty() {
                 last_error = round.join("; ");
             }
+            if moved_away {
+                continue; // the route changed: a new round at once
+            }
             let Some(left) = deadline.checked_duration_since(outlast_core::clock::now()) else {
                 return unavailable(format!("{}: {last_error}", self.service));
             };
-            let mut rx = self.routes.clone();
             let moved = async {
                 while rx.changed().await.is_ok() {
-                    if rx
-                        .borrow()
-                        .services
-                        .get(&self.service)
-                        .is_some_and(|r| r.epoch != epoch || r.local)
-                    {
+                    if rx.borrow().services.get(&self.service) != seen.as_ref() {
                         return;
                     }
                 }

@@ -70,6 +70,50 @@ pub(crate) struct ConnPool {
     idle_for: Duration,
     answer_within: Duration,
     idle: Mutex<Idle>,
+    /// Per target: how new connections to it are opened (see [`Dial`]).
+    dials: Mutex<rustc_hash::FxHashMap<SocketAddr, Arc<Dial>>>,
+}
+
+/// Connection attempts to one backend at once, per gateway worker.
+const DIALS_AT_ONCE: usize = 4;
+/// The same to another site's gateway: ours listens with a deep queue, and a burst of hops
+/// across a long round trip must not wait on each other's handshakes.
+const HOP_DIALS_AT_ONCE: usize = 64;
+/// What one connection may take to open, all attempts together.
+const CONNECT_WITHIN: Duration = Duration::from_secs(1);
+/// One attempt's limit when nothing is known of the target yet.
+const FIRST_ATTEMPT: Duration = Duration::from_millis(100);
+/// Bounds of one attempt's limit once the target's connect time is known.
+const ATTEMPT_MIN: Duration = Duration::from_millis(10);
+
+/// How new connections to one target are opened. A burst of requests released at once
+/// (those held during a failover) must not open a burst of connections: a backend's listen
+/// queue (5 for Python's http.server) drops the SYNs past it, and a dropped SYN is sent
+/// again only after a second, long after a client with a 2 s patience gave up (found by
+/// probing: 76 of 92 released requests waited 1 s for their connect). So: a few attempts
+/// at once, the rest wait their turn, and an attempt that takes ten times the target's usual
+/// connect time is given up for a fresh one (a new SYN at once) within [`CONNECT_WITHIN`].
+struct Dial {
+    gate: tokio::sync::Semaphore,
+    /// Smoothed connect time (µs); 0 until one succeeded.
+    usual_us: std::sync::atomic::AtomicU64,
+}
+
+impl Dial {
+    fn attempt_limit(&self) -> Duration {
+        match self.usual_us.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => FIRST_ATTEMPT,
+            us => Duration::from_micros(us.saturating_mul(10)).clamp(ATTEMPT_MIN, CONNECT_WITHIN),
+        }
+    }
+
+    fn record(&self, took: Duration) {
+        let us = took.as_micros().max(1) as u64;
+        let old = self.usual_us.load(std::sync::atomic::Ordering::Relaxed);
+        let new = if old == 0 { us } else { (old * 7 + us) / 8 };
+        self.usual_us
+            .store(new.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -126,7 +170,26 @@ impl ConnPool {
             idle_for,
             answer_within,
             idle: Mutex::new(Idle::default()),
+            dials: Mutex::default(),
         }
+    }
+
+    fn dial(&self, addr: SocketAddr, hop: bool) -> Arc<Dial> {
+        self.dials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Dial {
+                    gate: tokio::sync::Semaphore::new(if hop {
+                        HOP_DIALS_AT_ONCE
+                    } else {
+                        DIALS_AT_ONCE
+                    }),
+                    usual_us: std::sync::atomic::AtomicU64::new(0),
+                })
+            })
+            .clone()
     }
 
     /// Closes connections idle for longer than the idle time, and those closed by the
@@ -192,10 +255,37 @@ impl ConnPool {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Conn, SendError> {
-        let stream = crate::tcp::connect_from(self.source, addr)
+    async fn connect(&self, addr: SocketAddr, hop: bool) -> Result<Conn, SendError> {
+        let dial = self.dial(addr, hop);
+        let started = outlast_core::clock::now();
+        let timed_out =
+            || SendError::NotSent(format!("cannot connect to {addr}: connect timed out"));
+        let _turn = tokio::time::timeout(CONNECT_WITHIN, dial.gate.acquire())
             .await
-            .map_err(|e| SendError::NotSent(format!("cannot connect to {addr}: {e}")))?;
+            .map_err(|_| timed_out())?
+            .map_err(|_| timed_out())?;
+        let stream = loop {
+            let left = CONNECT_WITHIN.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            let attempt = outlast_core::clock::now();
+            match tokio::time::timeout(
+                dial.attempt_limit().min(left),
+                crate::tcp::connect_from(self.source, addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => {
+                    dial.record(attempt.elapsed());
+                    break s;
+                }
+                Ok(Err(e)) => {
+                    return Err(SendError::NotSent(format!("cannot connect to {addr}: {e}")))
+                }
+                Err(_) => continue, // a fresh socket: its SYN goes at once
+            }
+        };
         Ok(Conn {
             stream,
             buf: BytesMut::new(),
@@ -205,13 +295,15 @@ impl ConnPool {
 
     /// Sends `req` (see [`Wire`]) to `addr` on a pooled connection, or a new one.
     /// `replay_safe` (the request is idempotent) lets a request written to a pooled
-    /// connection that closed without a word go to another connection.
+    /// connection that closed without a word go to another connection. `hop`: `addr` is
+    /// another site's gateway, not a backend.
     pub(crate) async fn send(
         self: &Arc<Self>,
         epoch: u64,
         addr: SocketAddr,
         req: &Outgoing,
         replay_safe: bool,
+        hop: bool,
     ) -> Result<Response<PooledBody>, SendError> {
         let mut stale = 0;
         loop {
@@ -224,7 +316,7 @@ impl ConnPool {
             let mut conn = match pooled {
                 Some(c) => c,
                 // Boxed: the connecting future is large and seldom needed.
-                None => Box::pin(self.connect(addr)).await?,
+                None => Box::pin(self.connect(addr, hop)).await?,
             };
             conn.timer
                 .as_mut()
@@ -720,7 +812,7 @@ mod tests {
     ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
         let idempotent = req.method() != Method::POST;
         let resp = pool
-            .send(epoch, addr, &encode(&req), idempotent)
+            .send(epoch, addr, &encode(&req), idempotent, false)
             .await
             .map_err(|e| match e {
                 SendError::NotSent(e) => format!("not sent: {e}"),
@@ -849,6 +941,58 @@ mod tests {
         assert_eq!(opened.load(Ordering::SeqCst), 2);
     }
 
+    /// A backend with a listen queue of one that takes its connections slowly (as python's
+    /// http.server with its queue of 5 does under a burst): SYNs past the queue are dropped,
+    /// and the kernel would send each again only after a second. Forty requests at once
+    /// must all be answered well before that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_new_connections_to_a_short_listen_queue_is_not_held_a_second() {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("socket");
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
+            .expect("bind");
+        socket.listen(1).expect("listen");
+        let listener: std::net::TcpListener = socket.into();
+        let addr = listener.local_addr().expect("addr");
+        // A plain thread stands for the backend's own accept loop, slow on purpose.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::sleep(Duration::from_millis(2));
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut s = stream;
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    );
+                });
+            }
+        });
+        let pool = pool();
+        let started = outlast_core::clock::now();
+        let all: Vec<_> = (0..40)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { fetch(&pool, 1, addr).await })
+            })
+            .collect();
+        for r in all {
+            assert_eq!(r.await.expect("task"), Ok(Bytes::from_static(b"ok")));
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(900),
+            "40 answers took {took:?}: dropped SYNs waited out the kernel's second"
+        );
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_not_sent() {
         let addr = {
@@ -856,7 +1000,7 @@ mod tests {
             l.local_addr().expect("addr")
         };
         match pool()
-            .send(1, addr, &encode(&request(Method::GET, b"")), true)
+            .send(1, addr, &encode(&request(Method::GET, b"")), true, false)
             .await
         {
             Err(SendError::NotSent(e)) => assert!(e.contains("cannot connect"), "{e}"),

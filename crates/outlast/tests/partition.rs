@@ -75,3 +75,61 @@ fn isolated_primary_fences_within_its_lease_others_take_over_and_it_rejoins() {
     );
     c.wait_acting("east", "east", Duration::from_secs(15));
 }
+
+/// Issue 38: east, the primary, cut off from every site. For a moment each other site sees
+/// it as a cut link (the others still reach it, as their last reports say) before they
+/// all lose it; west's gateway answered 10-21 requests 503 "cannot be reached from west
+/// (the others reach it)" at once in that moment. They must be held while the move is
+/// decided (up to the 5 s the gateway promises) and answered by the new primary.
+#[test]
+fn requests_for_a_primary_cut_off_from_everyone_wait_for_the_move() {
+    let mut opts = Opts::new(11120);
+    opts.netns = true;
+    let mut c = Cluster::new(opts);
+    c.start_all();
+    c.wait_healthy();
+    let gw = c.gateway("west");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/load.py");
+    let load = c
+        .command("python3")
+        .args([
+            script,
+            &gw.ip().to_string(),
+            &gw.port().to_string(),
+            "100",
+            "6",
+            "5",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("load");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.isolate("east");
+    let out = load.wait_with_output().expect("load");
+    let results: Vec<(f64, f64, String, String)> =
+        serde_json::from_slice(&out.stdout).expect("load's JSON");
+    let refused: Vec<&(f64, f64, String, String)> =
+        results.iter().filter(|r| r.2 == "503").collect();
+    let failed: Vec<&(f64, f64, String, String)> =
+        results.iter().filter(|r| r.2 != "200").collect();
+    let longest = results.iter().map(|r| r.1).fold(0.0, f64::max);
+    println!(
+        "{} GETs through west while east was cut off: {} answered 200, {} refused 503, longest {:.0} ms",
+        results.len(),
+        results.len() - failed.len(),
+        refused.len(),
+        longest * 1000.0
+    );
+    assert!(
+        refused.is_empty(),
+        "refused at once: {:?}",
+        &refused[..refused.len().min(3)]
+    );
+    assert!(
+        failed.is_empty(),
+        "failed: {:?}\n{}",
+        &failed[..failed.len().min(3)],
+        c.logs()
+    );
+    c.heal();
+}

@@ -247,7 +247,7 @@ fn a_grant_is_given_only_with_a_log_not_ahead_of_the_asker() {
     witness.on_report(report("east", 0, &["db"], 0), 100);
     assert_eq!(witness.report(150).grant_age_ms["east"], 50);
     // The move is in the witness's log: east (applied 0) gets no more grants.
-    witness.set_log_epoch(1);
+    witness.set_log_epoch(1, 200);
     let answer = witness.on_report(report("east", 0, &["db"], 0), 400);
     assert_eq!(answer.log_epoch, 1);
     assert_eq!(witness.report(500).grant_age_ms["east"], 400);
@@ -357,4 +357,40 @@ fn a_failover_records_each_phase_once_where_it_was_seen() {
     down.sites.insert("east".into(), SiteState::Down);
     east.applied(&down, &decisions, 20_070);
     assert!(east.failovers().next().is_none());
+}
+
+/// East holds the move that demotes it in its log but has not applied it (it helped commit
+/// it, then lost the leader before learning so). The witness never got the entry and keeps
+/// answering east's heartbeats as current. East's own vote must age from the last moment
+/// its log was current: its lease ends a lease after that, whatever the witness says.
+#[test]
+fn a_site_whose_log_holds_an_unapplied_entry_counts_itself_only_as_of_before_it() {
+    let mut east = Node::new(cfg("east"), initial(), 0);
+    let answer = Answer {
+        log_epoch: 0,
+        applied_epoch: 0,
+    };
+    east.on_answer("witness", 100, answer, 105);
+    east.set_log_epoch(0, 400);
+    assert!(east.holds_lease(500), "current log, the witness's answer");
+    // The demoting entry arrives (appended after the read at 400).
+    east.set_log_epoch(1, 450);
+    for t in (500..3000).step_by(100) {
+        east.on_answer("witness", t, answer, t + 5);
+        east.set_log_epoch(1, t + 5);
+    }
+    assert!(east.holds_lease(400 + LEASE - 1));
+    assert!(
+        !east.holds_lease(400 + LEASE),
+        "its own vote ends a lease after it last saw its log current"
+    );
+    assert_eq!(east.lease_expires(), Some(400 + LEASE));
+    // Applying the entry makes its log current again: its own vote counts anew.
+    let (moved_state, decisions) = moved();
+    east.applied(&moved_state, &decisions, 3100);
+    assert!(east.holds_lease(3100));
+    assert!(
+        east.acting(3100).is_empty(),
+        "and it knows it is no longer primary"
+    );
 }

@@ -367,7 +367,8 @@ impl Sim {
     /// the log store on every call).
     fn sync_log(&mut self, i: usize) {
         let e = self.log_epoch(i);
-        self.sites[i].node.set_log_epoch(e);
+        let local = self.local(i);
+        self.sites[i].node.set_log_epoch(e, local);
     }
 
     fn log_epoch(&self, i: usize) -> u64 {

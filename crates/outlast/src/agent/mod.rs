@@ -132,7 +132,11 @@ impl Agent {
     /// voter must never grant a lease with a log it thinks older than it is.
     fn node(&self) -> MutexGuard<'_, Node> {
         let mut node = lock(&self.node);
-        node.set_log_epoch(self.log_epoch.load(Ordering::SeqCst));
+        // The time first, then the log: the log's epoch is set before an append is
+        // acknowledged, so a log read as current was current at this time (the site's own
+        // lease vote ages from it).
+        let now = self.now_ms();
+        node.set_log_epoch(self.log_epoch.load(Ordering::SeqCst), now);
         if let Some(raft) = self.raft.get() {
             let m = raft.metrics().borrow().clone();
             let leader = m.current_leader.and_then(|id| self.names.get(&id).cloned());
@@ -331,6 +335,15 @@ impl Agent {
         }
         *lock(&self.dns_not_ready) = not_ready;
         let cut = node.cut_from_here(now);
+        let settle = self.config.timing.detection().as_millis() as u64;
+        let cut_settled: std::collections::BTreeSet<String> = cut
+            .iter()
+            .filter(|s| {
+                node.unreachable_since(s)
+                    .is_some_and(|t| now.saturating_sub(t) >= settle)
+            })
+            .cloned()
+            .collect();
         // A database server must stop taking writes before the lease ends, not at its end:
         // it is let act only while a quarter of the lease is still ahead (renewals come
         // every probe, so this trips only after most of a lease without one).
@@ -384,6 +397,7 @@ impl Agent {
             fenced,
             health: &health,
             cut: &cut,
+            cut_settled: &cut_settled,
         });
         // A gateway has switched once it routes somewhere by the service's committed epoch.
         let switched: Vec<(String, u64)> = next

@@ -22,6 +22,9 @@ pub struct Inputs<'a> {
     pub health: &'a BTreeMap<String, ServiceHealth>,
     /// Sites this one cannot reach while others can (see `Node::cut_from_here`).
     pub cut: &'a BTreeSet<String>,
+    /// Of those, the ones cut for longer than a failover takes to be decided: a site lost
+    /// whole looks cut for a moment, until every other site has lost it too.
+    pub cut_settled: &'a BTreeSet<String>,
 }
 
 /// Local backends when the service is active here (primary-standby: acting as primary),
@@ -67,7 +70,14 @@ pub fn routes(i: &Inputs<'_>) -> Routes {
             .copied()
             .filter(|s| !i.cut.contains(*s))
             .collect();
-        let unreachable = !local && !others.is_empty() && reachable.is_empty();
+        // Answered 503 at once only once the cut has lasted past the time a failover takes
+        // to be decided; until then requests wait for the routing (a primary cut off from
+        // every site is first seen as a cut by each: found by probing, 10-21 requests got a
+        // 503 at once while the move was being decided).
+        let unreachable = !local
+            && !others.is_empty()
+            && reachable.is_empty()
+            && others.iter().all(|s| i.cut_settled.contains(*s));
         let remotes = reachable
             .into_iter()
             .filter_map(|s| i.config.site(s))
@@ -142,7 +152,18 @@ west = ["127.0.0.1:9102"]
     }
 
     fn make(me: &str, acting: &[&str], fenced: bool, cut: &[&str]) -> Routes {
+        make_with(me, acting, fenced, cut, cut)
+    }
+
+    fn make_with(
+        me: &str,
+        acting: &[&str],
+        fenced: bool,
+        cut: &[&str],
+        settled: &[&str],
+    ) -> Routes {
         let config = config();
+        let settled: BTreeSet<String> = settled.iter().map(|s| s.to_string()).collect();
         let state = ClusterState::initial(&config);
         let acting: Vec<String> = acting.iter().map(|s| s.to_string()).collect();
         let cut: BTreeSet<String> = cut.iter().map(|s| s.to_string()).collect();
@@ -180,6 +201,7 @@ west = ["127.0.0.1:9102"]
             fenced,
             health: &health,
             cut: &cut,
+            cut_settled: &settled,
         })
     }
 
@@ -217,5 +239,12 @@ west = ["127.0.0.1:9102"]
         assert!(db.unreachable && db.remotes.is_empty());
         let web = route(&make("west", &[], false, &["east"]), "web");
         assert!(web.local && !web.unreachable, "served here anyway");
+    }
+
+    #[test]
+    fn a_young_cut_holds_requests_for_the_routing_instead_of_refusing_them() {
+        let db = route(&make_with("west", &[], false, &["east"], &[]), "db");
+        assert!(!db.unreachable, "not answered 503 at once");
+        assert!(db.remotes.is_empty(), "nor sent beyond the cut: they wait");
     }
 }

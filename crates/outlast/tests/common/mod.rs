@@ -147,9 +147,16 @@ west = ["127.0.0.1:{bw}"]
 /// with "backend `tag`", returned once it accepts connections (a busy machine can take a
 /// while to start an interpreter). The caller kills it by its pid.
 pub fn http_backend(port: u16, tag: &str) -> Child {
+    http_backend_with(port, tag, &[])
+}
+
+/// [`http_backend`] with more arguments for backend.py (`"stock"`: python http.server's
+/// own defaults, HTTP/1.0 and a listen queue of 5).
+pub fn http_backend_with(port: u16, tag: &str, more: &[&str]) -> Child {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
     let child = Command::new("python3")
         .args([script, &port.to_string(), tag])
+        .args(more)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -1,14 +1,18 @@
 """A test backend: answers GET with "backend SITE", 501 to other methods (as python's
 http.server does), threads per request, and a listen backlog like nginx's (511) rather
-than socketserver's 5, so a burst of requests is queued, not refused."""
+than socketserver's 5, so a burst of requests is queued, not refused.
+
+With a third argument "stock" it keeps python's http.server defaults instead: HTTP/1.0
+(a connection per request) and a listen queue of 5, as `python3 -m http.server` runs."""
 import http.server
 import sys
 
 port, site = int(sys.argv[1]), sys.argv[2]
+stock = len(sys.argv) > 3 and sys.argv[3] == "stock"
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.0" if stock else "HTTP/1.1"
 
     def do_GET(self):
         body = ("backend %s\n" % site).encode()
@@ -22,7 +26,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 511
+    request_queue_size = 5 if stock else 511
     daemon_threads = True
 
 
