@@ -617,3 +617,27 @@ check = {{ kind = "tcp", query = "x.example" }}
         "check kind \"dns\" is not known here; use \"http\", \"tcp\" or \"udp\"",
     );
 }
+
+/// Issue 38: a stream named `..`, `.`, `a/b` or `../x` passed and was joined under
+/// `data_dir/streams/`. One name rule for every name that becomes a path, each refused at
+/// its place, every problem at once.
+#[test]
+fn names_that_would_become_paths_are_refused_where_they_stand() {
+    for bad in ["..", ".", "a/b", "../x", "with space", ""] {
+        let text = VALID.replace("name = \"clicks\"", &format!("name = \"{bad}\""));
+        let c = check(&text);
+        expect_line(
+            &c,
+            &text,
+            &format!("\"{bad}\"\n[[streams.sinks]]"),
+            0,
+            &format!(
+                "stream name \"{bad}\" is not a plain name; use letters, digits, '-' and '_' only (1 to 64 of them; the name becomes a file name)"
+            ),
+        );
+    }
+    let text = VALID.replace("name = \"west\"", "name = \"../west\"");
+    let c = check(&text);
+    assert_eq!(c.code, 64);
+    assert!(c.stderr.contains("site name \"../west\" is not a plain name"), "{}", c.stderr);
+}

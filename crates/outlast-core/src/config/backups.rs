@@ -28,18 +28,7 @@ pub(super) fn backups(
     let mut wal_of: HashMap<String, String> = HashMap::new();
     for b in raw {
         let r = b.get_ref();
-        let name = r.name.get_ref().trim().to_string();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            ctx.at(
-                r.name.span(),
-                format!("backup name \"{name}\" is empty or has characters other than letters, digits, - and _"),
-                "give the backup a name like \"orders\"",
-            );
-        }
+        let name = ctx.plain_name("backup", &r.name);
         ctx.unique(&mut seen, "backup", &name, r.name.span());
         let source = source(ctx, &r.source, datasets);
         let every = at_least(ctx, "every", r.every.as_ref(), Duration::from_secs(3600));

@@ -44,18 +44,7 @@ pub(super) fn datasets(
     let mut seen: HashMap<String, Range<usize>> = HashMap::new();
     for d in raw {
         let r = d.get_ref();
-        let name = r.name.get_ref().trim().to_string();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            ctx.at(
-                r.name.span(),
-                format!("dataset name \"{name}\" is empty or has characters other than letters, digits, - and _"),
-                "give the dataset a name like \"orders\"",
-            );
-        }
+        let name = ctx.plain_name("dataset", &r.name);
         ctx.unique(&mut seen, "dataset", &name, r.name.span());
         let kind = ctx.choice(
             "kind",

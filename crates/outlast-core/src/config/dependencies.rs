@@ -51,18 +51,7 @@ pub(super) fn dependencies(
     };
     for d in raw {
         let r = d.get_ref();
-        let name = r.name.get_ref().trim().to_string();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            ctx.at(
-                r.name.span(),
-                format!("dependency name \"{name}\" is empty or has characters other than letters, digits, - and _"),
-                "give it a name like \"payments\"",
-            );
-        }
+        let name = ctx.plain_name("dependency", &r.name);
         ctx.unique(&mut seen, "dependency", &name, r.name.span());
         if r.endpoints.is_empty() || r.endpoints.len() > MAX_ENDPOINTS {
             ctx.at(

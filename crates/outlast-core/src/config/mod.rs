@@ -18,7 +18,7 @@ pub use steering::{
     parse_networks, read_networks, Cidr, LatencyProbe, NetworkSites, Selector, Steering,
 };
 pub use tls::{for_site, PeerTls, SiteFiles};
-pub use validate::line_col;
+pub use validate::{line_col, plain_name};
 
 use std::collections::BTreeMap;
 use std::fmt;

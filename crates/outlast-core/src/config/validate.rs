@@ -21,6 +21,16 @@ pub(super) struct Ctx<'a> {
     warnings: Vec<Problem>,
 }
 
+/// The one rule for names that become paths (sites, streams, datasets, backups,
+/// dependencies): 1 to 64 ASCII letters, digits, '-' and '_'. So `..`, `.`, `a/b` never
+/// reach a path join.
+pub fn plain_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 impl Ctx<'_> {
     pub(super) fn warn(
         &mut self,
@@ -40,6 +50,20 @@ impl Ctx<'_> {
     ) {
         self.problems
             .push(Problem::at(self.file, self.text, span.start, what, fix));
+    }
+
+    /// The name of a site, stream, dataset, backup or dependency, trimmed; reported when
+    /// it breaks [`plain_name`] (each becomes a file or folder name under `data_dir`).
+    pub(super) fn plain_name(&mut self, kind: &str, raw: &S<String>) -> String {
+        let name = raw.get_ref().trim().to_string();
+        if !plain_name(&name) {
+            self.at(
+                raw.span(),
+                format!("{kind} name \"{}\" is not a plain name", raw.get_ref()),
+                "use letters, digits, '-' and '_' only (1 to 64 of them; the name becomes a file name)",
+            );
+        }
+        name
     }
 
     pub(super) fn line_of(&self, span: &Range<usize>) -> usize {
@@ -499,18 +523,7 @@ fn sites(ctx: &mut Ctx<'_>, raw: &[S<RawSite>], base: &Path, cluster: &S<RawClus
     let mut seen: HashMap<String, Range<usize>> = HashMap::new();
     for s in raw {
         let r = s.get_ref();
-        let name = r.name.get_ref().trim().to_string();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            ctx.at(
-                r.name.span(),
-                format!("site name \"{}\" is not a plain name", r.name.get_ref()),
-                "use letters, digits, '-' and '_' only",
-            );
-        }
+        let name = ctx.plain_name("site", &r.name);
         if let Some(first) = seen.get(&name) {
             let line = ctx.line_of(first);
             ctx.at(
@@ -1129,14 +1142,7 @@ fn streams(
     let mut seen: HashMap<String, Range<usize>> = HashMap::new();
     for s in raw {
         let r = s.get_ref();
-        let name = r.name.get_ref().trim().to_string();
-        if name.is_empty() || name.contains('/') {
-            ctx.at(
-                r.name.span(),
-                format!("stream name \"{name}\" is not usable"),
-                "use a plain name without '/'",
-            );
-        }
+        let name = ctx.plain_name("stream", &r.name);
         ctx.unique(&mut seen, "stream", &name, r.name.span());
         let ack = ctx.choice(
             "ack",
