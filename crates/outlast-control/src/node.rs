@@ -217,6 +217,13 @@ pub struct DbReport {
     pub sync_want: BTreeMap<String, Vec<String>>,
     /// Per service: this site's server's WAL position.
     pub lsn: BTreeMap<String, u64>,
+    /// Per service: this site's server's role in words (`primary`, `standby`, `fenced`,
+    /// `down`, `cloning`, `rewinding`), so that every site, the witness included, judges
+    /// a dataset from what its members say of themselves.
+    pub role: BTreeMap<String, String>,
+    /// Per service whose server here is a standby: how long since the last commit it
+    /// replayed was made (ms).
+    pub replay_age_ms: BTreeMap<String, u64>,
 }
 
 impl Node {
@@ -826,6 +833,8 @@ impl Node {
             handed_over: self.db.handed_over.clone(),
             db_sync: self.db.sync_want.clone(),
             db_lsn: self.db.lsn.clone(),
+            db_role: self.db.role.clone(),
+            db_replay_age_ms: self.db.replay_age_ms.clone(),
             deps: self.deps.clone(),
             rtt_us: self.rtt_us.clone(),
         }

@@ -381,6 +381,12 @@ pub struct Report {
     /// a failover promotes the most advanced.
     #[serde(default)]
     pub db_lsn: BTreeMap<String, u64>,
+    /// Per service: this site's dataset server's role in words (see `DbReport::role`).
+    #[serde(default)]
+    pub db_role: BTreeMap<String, String>,
+    /// Per service: a standby's replay age (ms).
+    #[serde(default)]
+    pub db_replay_age_ms: BTreeMap<String, u64>,
     /// Per dependency: this data site's verdict (`up`, `degraded`, `down`, `unknown`).
     #[serde(default)]
     pub deps: BTreeMap<String, String>,

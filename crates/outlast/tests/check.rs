@@ -639,5 +639,10 @@ fn names_that_would_become_paths_are_refused_where_they_stand() {
     let text = VALID.replace("name = \"west\"", "name = \"../west\"");
     let c = check(&text);
     assert_eq!(c.code, 64);
-    assert!(c.stderr.contains("site name \"../west\" is not a plain name"), "{}", c.stderr);
+    assert!(
+        c.stderr
+            .contains("site name \"../west\" is not a plain name"),
+        "{}",
+        c.stderr
+    );
 }

@@ -516,6 +516,25 @@ fn a_site_loss_moves_the_database_and_loses_no_acknowledged_commit() {
         "made and cloned by the agents, in sync (west recorded as the synchronous standby), {:?} after the start",
         t.elapsed()
     );
+    // Issue 38: every site's public status page gives the same verdict for a healthy
+    // dataset, the witness's too (it runs no member; it said "Major Service Outage: no
+    // member takes writes").
+    for site in ["east", "west", "witness"] {
+        c.wait_for(
+            site,
+            Duration::from_secs(10),
+            "the dataset seen whole",
+            |st| member(st, "east")["role"] == "primary" && member(st, "west")["role"] == "standby",
+        );
+        let page: Value =
+            serde_json::from_str(&c.get(site, "/status.json").expect("status.json")).expect("json");
+        let orders = page["components"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["id"] == "dataset-orders"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(orders["status"], "operational", "{site}'s page: {orders}");
+    }
     app_sql(
         &format!("127.0.0.11:{}", b + 20),
         "CREATE TABLE seq (n bigint PRIMARY KEY)",

@@ -105,6 +105,8 @@ fn report(site: &str, applied: u64, acting: &[&str], grant_age_east: u64) -> Rep
         handed_over: Default::default(),
         db_sync: Default::default(),
         db_lsn: Default::default(),
+        db_role: Default::default(),
+        db_replay_age_ms: Default::default(),
         deps: Default::default(),
         rtt_us: Default::default(),
     }

@@ -136,6 +136,8 @@ fn report(site: &str, at: u64, down: &[&str], down_for: u64, services_up: bool) 
             handed_over: Default::default(),
             db_sync: Default::default(),
             db_lsn: Default::default(),
+            db_role: Default::default(),
+            db_replay_age_ms: Default::default(),
             deps: Default::default(),
             rtt_us: Default::default(),
         },

@@ -371,6 +371,10 @@ impl Datasets {
             if let Some(lsn) = st.lsn_pos {
                 out.lsn.insert(m.service.clone(), lsn);
             }
+            out.role.insert(m.service.clone(), role_word(st.role));
+            if let (Role::Standby, Some(age)) = (st.role, st.lag_ms) {
+                out.replay_age_ms.insert(m.service.clone(), age);
+            }
         }
         out
     }
@@ -425,18 +429,49 @@ impl Datasets {
     }
 
     /// Every dataset of the config as this site sees it.
-    pub fn status(&self, config: &Config, state: &ClusterState) -> Vec<DatasetStatus> {
+    /// Every dataset as this site shows it. `reported` gives a site's fresh report, if
+    /// any: each member is judged from what its own site says of it (so every site, the
+    /// witness included, gives the same verdict), else from this site's own look at its
+    /// server.
+    pub fn status(
+        &self,
+        config: &Config,
+        state: &ClusterState,
+        reported: &dyn Fn(&str) -> Option<outlast_control::Report>,
+    ) -> Vec<DatasetStatus> {
         config
             .datasets
             .iter()
             .map(|d| {
                 let mine = self.members.iter().find(|m| m.dataset == d.name);
                 let own = mine.map(|m| m.status.borrow().clone());
-                let others = mine.map(|m| m.others.borrow().clone()).unwrap_or_default();
+                let mut others = mine.map(|m| m.others.borrow().clone()).unwrap_or_default();
+                for site in d.members.keys() {
+                    if let Some(r) = reported(site).and_then(|r| member_of(&r, &d.service)) {
+                        others.insert(site.clone(), r);
+                    }
+                }
                 status_of(d, state, own.as_ref(), &others)
             })
             .collect()
     }
+}
+
+/// What a site's report says of its own server for `service`, if it says anything.
+fn member_of(r: &outlast_control::Report, service: &str) -> Option<Remote> {
+    let role = match r.db_role.get(service)?.as_str() {
+        "primary" => Role::Primary,
+        "standby" => Role::Standby,
+        "fenced" => Role::Fenced,
+        "cloning" => Role::Cloning,
+        "rewinding" => Role::Rewinding,
+        _ => Role::Down,
+    };
+    Some(Remote {
+        role: Some(role),
+        lsn: r.db_lsn.get(service).copied(),
+        replay_age_ms: r.db_replay_age_ms.get(service).copied(),
+    })
 }
 
 fn role_word(r: Role) -> String {

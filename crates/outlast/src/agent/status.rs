@@ -140,7 +140,12 @@ impl Agent {
             faults: self.faults.list(),
             failovers,
             at_ms: wall_now,
-            datasets: self.datasets.status(&self.config, &state),
+            datasets: {
+                let node = self.node();
+                self.datasets.status(&self.config, &state, &|site| {
+                    node.fresh_report(site, now).cloned()
+                })
+            },
             backups: self.backups.status(),
             history: state.history,
             dependencies,
