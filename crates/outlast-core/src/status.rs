@@ -389,6 +389,14 @@ pub struct UdpStatus {
     pub dropped_cap: u64,
     pub dropped_truncated: u64,
     pub dropped_send_failed: u64,
+    /// Datagrams that would have opened a session past `max_sessions_per_source` while
+    /// none of that client address's sessions was idle enough to give way.
+    #[serde(default)]
+    pub dropped_source_cap: u64,
+    /// Idle sessions ended to make room (at the per-source limit, or at the cap for a
+    /// client address holding more than its share).
+    #[serde(default)]
+    pub sessions_evicted: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -265,6 +265,8 @@ pub struct UdpOptions {
     /// every datagram it sent (0: one-way, ends after its datagram is forwarded). None:
     /// only the idle timeout ends it.
     pub responses: Option<u32>,
+    /// Sessions one client address may hold at once (`max_sessions_per_source`).
+    pub max_per_source: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

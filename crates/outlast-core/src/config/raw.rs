@@ -141,6 +141,8 @@ pub struct RawService {
     pub idle_timeout: Option<S<String>>,
     /// protocol = "udp": answers expected per client datagram (0 one-way, 1 request/answer).
     pub responses: Option<S<u32>>,
+    /// protocol = "udp": sessions one client address may hold at once.
+    pub max_sessions_per_source: Option<S<u64>>,
     /// How DNS picks among the service's healthy sites for each client.
     pub steering: Option<S<RawSteering>>,
     #[serde(default)]

@@ -897,6 +897,10 @@ fn udp_options(ctx: &mut Ctx<'_>, r: &RawService, protocol: Protocol) -> Option<
             ("affinity", r.affinity.as_ref().map(|v| v.span())),
             ("idle_timeout", r.idle_timeout.as_ref().map(|v| v.span())),
             ("responses", r.responses.as_ref().map(|v| v.span())),
+            (
+                "max_sessions_per_source",
+                r.max_sessions_per_source.as_ref().map(|v| v.span()),
+            ),
         ];
         for (field, span) in given {
             if let Some(span) = span {
@@ -943,10 +947,29 @@ fn udp_options(ctx: &mut Ctx<'_>, r: &RawService, protocol: Protocol) -> Option<
             "use 0 for one-way traffic (syslog), 1 for request/answer (DNS), or drop it",
         );
     }
+    let cap = r
+        .max_connections
+        .as_ref()
+        .map_or(DEFAULT_GATEWAY_CONNECTIONS as u64, |v| *v.get_ref());
+    let max_per_source = match &r.max_sessions_per_source {
+        None => (cap / 10).max(1),
+        Some(v) => {
+            let n = *v.get_ref();
+            if n == 0 || n > cap {
+                ctx.at(
+                    v.span(),
+                    format!("max_sessions_per_source = {n} is out of range"),
+                    format!("give 1 to max_connections ({cap}); unset, it is a tenth of max_connections"),
+                );
+            }
+            n.clamp(1, cap.max(1))
+        }
+    };
     Some(UdpOptions {
         affinity,
         idle_timeout,
         responses: r.responses.as_ref().map(|v| *v.get_ref()),
+        max_per_source,
     })
 }
 

@@ -125,6 +125,7 @@ fn options(affinity: Affinity, responses: Option<u32>) -> UdpOptions {
         affinity,
         idle_timeout: Duration::from_secs(5),
         responses,
+        max_per_source: 100,
     }
 }
 
@@ -327,4 +328,103 @@ fn answers_leave_many_to_a_call_and_in_the_order_they_came() {
         let (n, _) = clients[0].recv_from(&mut buf).expect("queued answer");
         assert_eq!(&buf[..n], format!("seq {i}").as_bytes());
     }
+}
+
+/// `n` datagrams from `ip`, each from a new port (a new session each), without waiting for
+/// answers.
+fn flood(ip: &str, to: SocketAddr, n: usize) {
+    for i in 0..n {
+        let s = StdUdp::bind((ip, 0)).expect("flood socket");
+        let _ = s.send_to(format!("flood{i}").as_bytes(), to);
+    }
+}
+
+/// How many of `n` new clients at `ip`, all asking at once, get an answer within 500 ms.
+fn served(ip: &str, to: SocketAddr, n: usize) -> usize {
+    let clients: Vec<StdUdp> = (0..n)
+        .map(|i| {
+            let c = StdUdp::bind((ip, 0)).expect("client");
+            let _ = c.send_to(format!("hello{i}").as_bytes(), to);
+            c
+        })
+        .collect();
+    let deadline = outlast_core::clock::now() + Duration::from_millis(500);
+    clients
+        .iter()
+        .filter(|c| {
+            let left = deadline.saturating_duration_since(outlast_core::clock::now());
+            let _ = c.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            let mut buf = [0u8; 256];
+            c.recv_from(&mut buf).is_ok()
+        })
+        .count()
+}
+
+/// Issue 38: 30,000 datagrams from two addresses filled a site's session cap in 0.7 s, and
+/// new legitimate sessions were dropped until the flood's sessions idled out. With the
+/// per-address limit (a tenth of the cap by default) the two addresses hold 1,000 sessions
+/// each and everyone else gets in; without it (the limit at the cap) nobody does.
+#[test]
+fn a_flood_from_two_addresses_leaves_room_for_everyone_else() {
+    let echo = Echo::start("A:");
+    let mut figures = Vec::new();
+    for per_source in [10_000u64, 1_000] {
+        let mut o = options(Affinity::Session, None);
+        o.max_per_source = per_source;
+        o.idle_timeout = Duration::from_secs(30);
+        let gw = Gw::start(&[echo.addr], o, 10_000);
+        let t = outlast_core::clock::now();
+        flood("127.0.0.2", gw.addr, 15_000);
+        flood("127.0.0.3", gw.addr, 15_000);
+        let flooded = t.elapsed();
+        std::thread::sleep(Duration::from_millis(100));
+        let ok = served("127.0.0.4", gw.addr, 50);
+        let c = gw.gw.counters();
+        println!(
+            "max_sessions_per_source {per_source}: 30,000 datagrams from 2 addresses in {flooded:?}; \
+             sessions open {}, dropped at the cap {}, at the per-address limit {}; \
+             then {ok} of 50 new clients of a third address answered",
+            c.sessions_open, c.dropped_cap, c.dropped_source_cap
+        );
+        figures.push((per_source, ok, c));
+    }
+    let (_, ok_without, without) = &figures[0];
+    let (_, ok_with, with) = &figures[1];
+    assert_eq!(*ok_without, 0, "the flood filled the cap: {without:?}");
+    assert_eq!(*ok_with, 50, "{with:?}");
+    assert!(with.sessions_open <= 2_050, "{with:?}");
+    assert!(with.dropped_source_cap >= 20_000, "{with:?}");
+}
+
+/// At its limit, a client address gives up its own session idle the longest (a phone behind
+/// a NAT that changed port keeps working); a busy one is not ended.
+#[test]
+fn at_its_limit_an_address_gives_up_its_idlest_session() {
+    let echo = Echo::start("A:");
+    let mut o = options(Affinity::Session, None);
+    o.max_per_source = 3;
+    let gw = Gw::start(&[echo.addr], o, 100);
+    let clients: Vec<StdUdp> = (0..3).map(|_| client()).collect();
+    for c in &clients {
+        assert!(ask(c, gw.addr, "hi").is_some());
+    }
+    let fourth = client();
+    assert!(
+        ask(&fourth, gw.addr, "busy").is_none(),
+        "none idle yet: dropped"
+    );
+    assert_eq!(gw.gw.counters().dropped_source_cap, 1);
+    std::thread::sleep(EVICTABLE_AFTER + Duration::from_millis(100));
+    assert!(ask(&clients[1], gw.addr, "still here").is_some());
+    assert!(
+        ask(&fourth, gw.addr, "now").is_some(),
+        "an idle one gave way"
+    );
+    let c = gw.gw.counters();
+    assert_eq!(c.sessions_evicted, 1);
+    assert_eq!(c.sessions_open, 3);
+    assert!(
+        ask(&clients[1], gw.addr, "kept").is_some(),
+        "the busy one kept its session"
+    );
 }
