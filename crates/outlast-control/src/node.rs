@@ -106,7 +106,7 @@ pub struct Tick {
     pub phases: Vec<(String, &'static str, u64)>,
 }
 
-/// The phases of a failover as one site saw them, in its local ms (DESIGN.md section 5,
+/// The phases of a failover as one site saw them, in its local ms (docs/api.md,
 /// `failovers[]`): `last-heard` (the old primary's site, last heard from here),
 /// `declared` (the move committed and applied here), `old-lease-over` (at the new primary:
 /// the old one let go or a majority's promises to it ran out), `acting` (the new primary
@@ -192,6 +192,8 @@ pub struct Node {
     quorum_ack_ms: Option<u64>,
     elections: bool,
     links_alerted: BTreeSet<(String, String)>,
+    /// Links seen cut, and since when (local ms).
+    links_since: BTreeMap<(String, String), u64>,
     /// The services whose failover `max_lag` holds back, as last told (leader only).
     held_alerted: BTreeSet<String>,
     /// The latest failovers, newest last.
@@ -267,6 +269,7 @@ impl Node {
             quorum_ack_ms: None,
             elections: true,
             links_alerted: BTreeSet::new(),
+            links_since: BTreeMap::new(),
             held_alerted: BTreeSet::new(),
             failovers: std::collections::VecDeque::new(),
             new_phases: Vec::new(),
@@ -1054,7 +1057,21 @@ impl Node {
             out.elections_changed = Some(allow);
         }
         if self.is_leader() {
-            let now = self.cut_links(now_ms);
+            // A cut is told once it has lasted past detection: a site lost whole, or one
+            // still starting, looks cut for a moment to each other site (that was a warning
+            // and two alerts at every start and every site loss).
+            let cut = self.cut_links(now_ms);
+            self.links_since.retain(|pair, _| cut.contains(pair));
+            for pair in &cut {
+                self.links_since.entry(pair.clone()).or_insert(now_ms);
+            }
+            let settled = self.cfg.params.detection_ms;
+            let now: BTreeSet<(String, String)> = self
+                .links_since
+                .iter()
+                .filter(|(_, since)| now_ms.saturating_sub(**since) >= settled)
+                .map(|(pair, _)| pair.clone())
+                .collect();
             out.links_cut = now.difference(&self.links_alerted).cloned().collect();
             out.links_restored = self.links_alerted.difference(&now).cloned().collect();
             self.links_alerted = now;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::faults::FaultView;
 
-/// `GET /v1/status` (DESIGN.md section 5). Fields are only ever added.
+/// `GET /v1/status` (docs/api.md). Fields are only ever added.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub cluster: String,

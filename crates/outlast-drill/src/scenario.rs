@@ -1,4 +1,4 @@
-//! The drill scenario (DESIGN.md section 5): TOML, checked with line:col and a fix.
+//! The drill scenario (docs/scenario.md): TOML, checked with line:col and a fix.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -668,6 +668,76 @@ pub fn certs(config: &Path, dir: Option<std::path::PathBuf>, renew: &[String], d
     }
 }
 
+/// Writes `bytes` to stdout: 0, or 1 on a write error. A reader that went away (`outlast
+/// completions bash | head -1`) is not an error: exit quietly.
+pub fn emit(bytes: &[u8]) -> i32 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: cannot write: {e}");
+            1
+        }
+    }
+}
+
+/// `cmd` as man pages show it: without clap's `help` commands (every page's `--help` says
+/// the same), so a page names only pages that exist.
+pub fn for_man(cmd: clap::Command) -> clap::Command {
+    let names: Vec<&'static str> = cmd
+        .get_subcommands()
+        .map(|s| &*Box::leak(s.get_name().to_string().into_boxed_str()))
+        .collect();
+    let mut cmd = cmd.disable_help_subcommand(true);
+    for name in names {
+        cmd = cmd.mut_subcommand(name, for_man);
+    }
+    cmd
+}
+
+/// `outlast man --dir DIR`: outlast.1 and a page per command, nested ones included
+/// (outlast-backup-run.1), each named as the pages above it refer to it.
+pub fn man_pages(cmd: clap::Command, dir: &std::path::Path) -> i32 {
+    fn write_all(
+        cmd: clap::Command,
+        name: String,
+        dir: &std::path::Path,
+        n: &mut usize,
+    ) -> Result<(), String> {
+        // clap names are &'static str without its "string" feature; this command ends soon.
+        let page = cmd.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page)
+            .render(&mut out)
+            .map_err(|e| format!("cannot render {name}.1: {e}"))?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, out).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        *n += 1;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write_all(sub.clone(), format!("{name}-{}", sub.get_name()), dir, n)?;
+        }
+        Ok(())
+    }
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("error: cannot create {}: {e}", dir.display());
+        return 1;
+    }
+    let cmd = for_man(cmd);
+    let mut n = 0;
+    match write_all(cmd, "outlast".into(), dir, &mut n) {
+        Ok(()) => {
+            println!("{n} man pages in {}", dir.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// The filter used when `OUTLAST_LOG` is not set.
-pub const DEFAULT_FILTER: &str = "info,openraft=warn,rustic_core=warn,opendal=error";
+pub const DEFAULT_FILTER: &str = "info,openraft=error,rustic_core=warn,opendal=error";
 
 /// Installs the process's logger; call once, first thing.
 pub fn init() {

@@ -96,7 +96,9 @@ enum Command {
     /// report; stops everything it started.
     #[command(after_help = "Example:\n  outlast demo")]
     Demo {
-        /// Where the demo's config, data, sinks and report go (default: a new temp folder).
+        /// Where the demo's config, data, sinks and report go (default: a new folder
+        /// ./outlast-demo/run-TIME per run, the last three kept, the drills in
+        /// ./outlast-demo/drills so a second run shows a trend).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -169,9 +171,16 @@ enum Command {
         after_help = "Example:\n  outlast completions bash > /etc/bash_completion.d/outlast"
     )]
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff).
-    #[command(after_help = "Example:\n  outlast man > outlast.1 && man ./outlast.1")]
-    Man,
+    /// Print the man page (roff), or write one page per command into a folder.
+    #[command(
+        after_help = "Examples:\n  outlast man > outlast.1 && man ./outlast.1\n  outlast man --dir /usr/local/share/man/man1   (outlast.1, outlast-agent.1, ...)"
+    )]
+    Man {
+        /// Write outlast.1 and a page for every command (outlast-agent.1, outlast-backup-run.1,
+        /// ...) into DIR instead of printing outlast.1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// The demo's click-tracking backend (started by `outlast demo`).
     #[command(hide = true)]
     DemoBackend {
@@ -506,16 +515,23 @@ fn main() -> ExitCode {
         } => outlast::commands::certs(&config, dir, &renew, days),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "outlast", &mut std::io::stdout());
-            0
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "outlast", &mut out);
+            outlast::commands::emit(&out)
         }
-        Command::Man => {
+        Command::Man { dir } => {
             let cmd = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    1
+            match dir {
+                Some(dir) => outlast::commands::man_pages(cmd, &dir),
+                None => {
+                    let mut out = Vec::new();
+                    match clap_mangen::Man::new(outlast::commands::for_man(cmd)).render(&mut out) {
+                        Ok(()) => outlast::commands::emit(&out),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            1
+                        }
+                    }
                 }
             }
         }

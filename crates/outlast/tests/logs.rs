@@ -39,6 +39,26 @@ fn a_redirected_log_is_plain_and_a_peer_restart_is_no_error() {
     }
 }
 
+/// Issue 38: every start warned of routine things (the file limit, links "cut" while the
+/// peers came up, Raft's election chatter). A healthy start logs no WARN: one is kept for
+/// what a person must act on.
+#[test]
+fn a_healthy_start_logs_no_warning() {
+    let mut c = Cluster::new(Opts::new(11160));
+    c.start_all();
+    c.wait_healthy();
+    std::thread::sleep(Duration::from_millis(1500));
+    for site in ["east", "west", "witness"] {
+        let log = std::fs::read_to_string(c.log_path(site)).expect("log");
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+        assert!(
+            warnings.is_empty(),
+            "{site} warned at a healthy start:\n{}",
+            warnings.join("\n")
+        );
+    }
+}
+
 #[test]
 fn json_logs_are_one_object_a_line() {
     let mut c = Cluster::new(Opts::new(8080));

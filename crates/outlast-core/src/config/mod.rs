@@ -1,4 +1,4 @@
-//! The config: one TOML file for all sites (DESIGN.md section 5).
+//! The config: one TOML file for all sites (docs/config.md).
 //!
 //! Parsing goes in two steps, as vector's compiler does: serde reads the raw form (which keeps
 //! spans), then [`validate`] checks the meaning and collects every problem, each with the

@@ -1,4 +1,4 @@
-//! `GET /v1/status` as this site sees it (DESIGN.md section 5).
+//! `GET /v1/status` as this site sees it (docs/api.md).
 
 use outlast_core::config::Mode;
 use outlast_core::Health;

@@ -1,4 +1,4 @@
-//! The zone as this site answers it (DESIGN.md: only healthy sites, short TTL): a pure
+//! The zone as this site answers it (docs/config.md, `[dns]`: only healthy sites, short TTL): a pure
 //! function of the committed state, with the memory `all_down = "fail-open"` needs.
 
 use std::collections::BTreeMap;
