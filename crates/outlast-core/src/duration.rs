@@ -6,6 +6,19 @@ use std::time::Duration;
 /// that far out overflows a clock's arithmetic.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// A duration as a person reads it: "850 ms", "1.4 s", "24 s", "3 min", "2 h", "5 d". The
+/// one form for every page and command (dashboard, status page, `outlast status`).
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=9_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        10_000..=59_999 => format!("{} s", ms / 1000),
+        60_000..=3_599_999 => format!("{} min", ms / 60_000),
+        3_600_000..=86_399_999 => format!("{} h", ms / 3_600_000),
+        _ => format!("{} d", ms / 86_400_000),
+    }
+}
+
 /// Parses a duration such as `250ms` or `1m30s`. Returns a sentence saying what is wrong.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();

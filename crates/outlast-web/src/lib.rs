@@ -398,17 +398,7 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A duration as a person reads it: "850 ms", "1.4 s", "24 s", "3 min", "2 h", "5 d".
-pub fn human_ms(ms: u64) -> String {
-    match ms {
-        0..=999 => format!("{ms} ms"),
-        1_000..=9_999 => format!("{:.1} s", ms as f64 / 1000.0),
-        10_000..=59_999 => format!("{} s", ms / 1000),
-        60_000..=3_599_999 => format!("{} min", ms / 60_000),
-        3_600_000..=86_399_999 => format!("{} h", ms / 3_600_000),
-        _ => format!("{} d", ms / 86_400_000),
-    }
-}
+pub use outlast_core::duration::human_ms;
 
 fn state_colour(state: &str) -> &'static str {
     match state {

@@ -654,17 +654,7 @@ fn bars_html(s: &mut String, c: &Component) {
     );
 }
 
-fn human_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else if ms < 120_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else if ms < 7_200_000 {
-        format!("{} min", ms / 60_000)
-    } else {
-        format!("{:.1} h", ms as f64 / 3_600_000.0)
-    }
-}
+use outlast_core::duration::human_ms;
 
 fn incident_html(s: &mut String, i: &Incident, colour: &str) {
     let _ = write!(

@@ -94,7 +94,7 @@ async fn ask(
     method: reqwest::Method,
     path: &str,
 ) -> anyhow::Result<(String, serde_json::Value)> {
-    let token = auth.token()?;
+    let token = auth.token_for(target)?;
     let client = target.client(RUN_WAIT)?;
     let mut why = Vec::new();
     for base in target.candidates()? {
@@ -130,6 +130,50 @@ async fn ask(
         anyhow::bail!("{url} answered {code}: {reason}");
     }
     anyhow::bail!("no agent could: {}", why.join("; "))
+}
+
+/// Every backup as the sites see it, each taken from the site that takes it now (else the
+/// one whose last snapshot is the newest), with that site's API address: a site that does
+/// not take a backup knows nothing of its runs.
+async fn every_site_backups(
+    target: &ApiTarget,
+    auth: &TokenArg,
+) -> anyhow::Result<Vec<(String, BackupStatus)>> {
+    let token = auth.token_for(target)?;
+    let client = target.client(Duration::from_secs(5))?;
+    let mut best: std::collections::BTreeMap<String, (String, BackupStatus)> = Default::default();
+    let mut why = Vec::new();
+    for base in target.candidates()? {
+        let url = format!("{}/v1/backups", base.trim_end_matches('/'));
+        let got = match client.get(&url).bearer_auth(&token).send().await {
+            Ok(r) if r.status().is_success() => r.json::<Vec<BackupStatus>>().await,
+            Ok(r) => {
+                why.push(format!("{base} answered {}", r.status()));
+                continue;
+            }
+            Err(e) => {
+                why.push(format!("{base}: {e}"));
+                continue;
+            }
+        };
+        let Ok(list) = got else {
+            why.push(format!("{base}: not a backup list"));
+            continue;
+        };
+        for b in list {
+            let newest = |x: &BackupStatus| x.last_ok.as_ref().map_or(0, |r| r.at_ms);
+            let better = best
+                .get(&b.name)
+                .is_none_or(|(_, have)| (b.takes, newest(&b)) > (have.takes, newest(have)));
+            if better {
+                best.insert(b.name.clone(), (base.clone(), b));
+            }
+        }
+    }
+    if best.is_empty() && !why.is_empty() {
+        anyhow::bail!("no agent answered: {}", why.join("; "));
+    }
+    Ok(best.into_values().collect())
 }
 
 /// `outlast backup run NAME`: a snapshot now, at the site that takes it.
@@ -214,10 +258,9 @@ pub async fn verify(target: &ApiTarget, auth: &TokenArg, name: &str) -> anyhow::
 /// answering site; with one, every snapshot each repository holds.
 pub async fn list(target: &ApiTarget, auth: &TokenArg, name: Option<&str>) -> anyhow::Result<i32> {
     let Some(name) = name else {
-        let (base, v) = ask(target, auth, reqwest::Method::GET, "/v1/backups").await?;
-        let all: Vec<BackupStatus> = serde_json::from_value(v)?;
-        println!("backups at {base}:");
-        for b in all {
+        let all = every_site_backups(target, auth).await?;
+        println!("backups (each as the site that takes it reports it):");
+        for (site, b) in all {
             let last = b.last_ok.as_ref().map_or("never".to_string(), |r| {
                 format!(
                     "{} s ago ({})",
@@ -229,10 +272,10 @@ pub async fn list(target: &ApiTarget, auth: &TokenArg, name: Option<&str>) -> an
                 format!("restore {} ms, {} s old", v.restore_ms, v.age_ms / 1000)
             });
             println!(
-                "  {:<12} {:<24} takes here: {:<5} last snapshot: {last}; last verified: {ver}{}",
+                "  {:<12} {:<24} at {:<22} last snapshot: {last}; last verified: {ver}{}",
                 b.name,
                 b.source,
-                b.takes,
+                site,
                 b.problem
                     .map(|p| format!("; PROBLEM: {p}"))
                     .unwrap_or_default()

@@ -255,15 +255,34 @@ pub async fn dns_explain(
     Ok(())
 }
 
-/// The token a mutation sends: `--token-file`, else `OUTLAST_TOKEN`.
+/// The token a mutation sends: `--token-file`, else `OUTLAST_TOKEN`, else the config's own
+/// `[api] token` / `token_file` when the command was given `--config`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TokenArg {
-    /// A file holding the API token (`[api] token`); else OUTLAST_TOKEN.
+    /// A file holding the API token (`[api] token`); else OUTLAST_TOKEN, else the token the
+    /// --config file names.
     #[arg(long)]
     pub token_file: Option<std::path::PathBuf>,
 }
 
 impl TokenArg {
+    /// The token for a command aimed at `target` (its `--config`, if any, is read last).
+    pub fn token_for(&self, target: &ApiTarget) -> anyhow::Result<String> {
+        match (self.token(), &target.config) {
+            (Ok(t), _) => Ok(t),
+            (Err(e), None) => Err(e),
+            (Err(_), Some(path)) => {
+                let c = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+                c.api.token.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "this needs the API token: {} has no [api] token or token_file; set OUTLAST_TOKEN or pass --token-file FILE",
+                        path.display()
+                    )
+                })
+            }
+        }
+    }
+
     pub fn token(&self) -> anyhow::Result<String> {
         if let Some(path) = &self.token_file {
             let text = std::fs::read_to_string(path)
@@ -291,7 +310,7 @@ async fn mutate<T: serde::de::DeserializeOwned>(
     path: &str,
     body: &impl serde::Serialize,
 ) -> anyhow::Result<T> {
-    let token = auth.token()?;
+    let token = auth.token_for(target)?;
     let api = target.resolve().await?;
     let url = format!("{}{path}", api.trim_end_matches('/'));
     // The agent answers once the move is done: its own bound is under two minutes.
@@ -556,26 +575,102 @@ pub fn render_status(st: &outlast_web::Status) -> String {
         ));
     }
     if !st.streams.is_empty() {
-        let rows: Vec<[String; 9]> = st.streams.iter().map(|x| x.cells()).collect();
-        let heads = outlast_web::StreamStatus::HEADINGS.map(String::from);
-        let mut widths = [0; 9];
-        for row in std::iter::once(&heads).chain(&rows) {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count());
+        let rows: Vec<Vec<String>> = st.streams.iter().map(|x| x.cells().to_vec()).collect();
+        s.push('\n');
+        s.push_str(&table(&outlast_web::StreamStatus::HEADINGS, &rows));
+    }
+    if !st.datasets.is_empty() {
+        let mut rows = Vec::new();
+        for d in &st.datasets {
+            for (i, m) in d.members.iter().enumerate() {
+                let first = i == 0;
+                rows.push(vec![
+                    if first { d.name.clone() } else { String::new() },
+                    if first {
+                        format!("{} {}", d.kind, d.replication)
+                    } else {
+                        String::new()
+                    },
+                    m.site.clone(),
+                    m.role.clone(),
+                    m.lsn.clone().unwrap_or_else(|| "-".into()),
+                    match (m.lag_bytes, m.lag_ms) {
+                        (Some(b), Some(ms)) => format!("{b} B, {ms} ms"),
+                        (Some(b), None) => format!("{b} B"),
+                        (None, Some(ms)) => format!("{ms} ms"),
+                        (None, None) => "-".into(),
+                    },
+                    m.sync.clone().unwrap_or_else(|| "-".into()),
+                ]);
             }
         }
         s.push('\n');
-        for row in std::iter::once(&heads).chain(&rows) {
-            let line: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            s.push_str(line.join("  ").trim_end());
-            s.push('\n');
-        }
+        s.push_str(&table(
+            &["DATASET", "KIND", "MEMBER", "ROLE", "LSN", "LAG", "SYNC"],
+            &rows,
+        ));
+    }
+    if !st.backups.is_empty() {
+        let now = outlast_core::clock::unix_ms();
+        let ago = |at: u64| outlast_core::duration::human_ms(now.saturating_sub(at));
+        let rows: Vec<Vec<String>> = st
+            .backups
+            .iter()
+            .map(|b| {
+                vec![
+                    b.name.clone(),
+                    b.source.clone(),
+                    if b.takes { "yes" } else { "no" }.into(),
+                    b.last_ok.as_ref().map_or("never".into(), |r| {
+                        format!("{} ago, {:.1} MB", ago(r.at_ms), r.bytes as f64 / 1e6)
+                    }),
+                    b.verify_ok.as_ref().map_or("never".into(), |v| {
+                        format!(
+                            "{} ago, restored in {}",
+                            ago(v.at_ms),
+                            outlast_core::duration::human_ms(v.restore_ms)
+                        )
+                    }),
+                    b.problem.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        s.push('\n');
+        s.push_str(&table(
+            &[
+                "BACKUP",
+                "SOURCE",
+                "TAKEN HERE",
+                "LAST SNAPSHOT",
+                "LAST VERIFIED RESTORE",
+                "PROBLEM",
+            ],
+            &rows,
+        ));
     }
     s
+}
+
+/// Columns padded to their widest cell, two spaces apart, a heading row first.
+fn table(heads: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = heads.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let heads: Vec<String> = heads.iter().map(|h| h.to_string()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&heads).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// With `[tls]` certificate files: each site's certificate that is on this machine must
@@ -781,5 +876,45 @@ mod tests {
             .collect();
         assert_eq!(cells.len(), 9, "{text}");
         assert_eq!(cells[7..], ["east: 5", "-"], "{text}");
+    }
+
+    /// Datasets and backups have their own tables: one row per member, one per backup.
+    #[test]
+    fn status_shows_datasets_and_backups() {
+        let st: outlast_web::Status = serde_json::from_value(serde_json::json!({
+            "cluster": "shop", "site": "west", "leader": "west", "term": 1, "epoch": 1,
+            "sites": [], "services": [], "streams": [],
+            "datasets": [{"name": "orders", "kind": "postgres", "replication": "sync",
+                "epoch": 2, "diverged": [],
+                "members": [
+                    {"site": "west", "role": "primary", "lsn": "0/3000060"},
+                    {"site": "east", "role": "standby", "lsn": "0/3000060",
+                     "lag_bytes": 0, "lag_ms": 12, "sync": "sync"}]}],
+            "backups": [{"name": "nightly", "source": "dataset:orders", "takes": true,
+                "every_ms": 3600000, "verify_every_ms": 86400000,
+                "problem": "verify failed: MAC check failed"}]
+        }))
+        .expect("a status");
+        let text = render_status(&st);
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("DATASET"))
+            .collect();
+        assert!(
+            rows[1].starts_with("orders") && rows[1].contains("primary"),
+            "{text}"
+        );
+        assert!(
+            rows[2].trim_start().starts_with("east") && rows[2].contains("0 B, 12 ms"),
+            "{text}"
+        );
+        let backup = text
+            .lines()
+            .find(|l| l.starts_with("nightly"))
+            .expect(&text);
+        assert!(
+            backup.contains("yes") && backup.contains("never") && backup.contains("MAC check"),
+            "{text}"
+        );
     }
 }
