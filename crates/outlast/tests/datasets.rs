@@ -1208,8 +1208,15 @@ fn a_failover_max_lag_holds_back_alerts_and_a_switchover_still_moves_it() {
         "CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g",
     )
     .expect("write on east");
-    // West's report of its (paused) position, then east's of its own, reach the leader.
-    std::thread::sleep(Duration::from_secs(2));
+    // West's report of its (paused) position, then east's of its own, reach every site
+    // (the leader among them): each sees west more than max_lag behind.
+    for site in ["east", "west", "witness"] {
+        c.wait_for(site, Duration::from_secs(20), "west's lag reported", |st| {
+            member(st, "west")["lag_bytes"]
+                .as_u64()
+                .is_some_and(|l| l > 64 * 1024)
+        });
+    }
     let east_dir = c.dir.path().join("east/pg");
     let pid = outlast_db::running_postmaster(&east_dir).expect("east's postmaster");
     c.kill9("east");

@@ -10,7 +10,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -650,17 +650,22 @@ fn websocket_upgrade_and_h2c_pass_through() {
     assert_eq!(code, 200);
 }
 
-/// Answers GET / at once (health checks) and GET /slow after two seconds.
-fn slow_backend(port: u16) {
+/// Answers GET / at once (health checks) and GET /slow after two seconds; the flag it
+/// returns is raised when a GET /slow has arrived.
+fn slow_backend(port: u16) -> Arc<AtomicBool> {
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind backend");
+    let arrived = Arc::new(AtomicBool::new(false));
+    let flag = arrived.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            let flag = flag.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(stream);
                 let Some((line, _, _)) = read_head(&mut r) else {
                     return;
                 };
                 if line.contains("/slow") {
+                    flag.store(true, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_secs(2));
                 }
                 let mut s = r.into_inner();
@@ -670,19 +675,28 @@ fn slow_backend(port: u16) {
             });
         }
     });
+    arrived
 }
 
 #[test]
 fn sigterm_drains_requests_in_flight() {
     let mut opts = Opts::new(7700);
     opts.python_backends = [false, true];
-    slow_backend(7710);
+    let arrived = slow_backend(7710);
     let mut c = Cluster::new(opts);
     c.start_all();
     c.wait_healthy();
     let gw = c.gateway("east");
     let inflight = std::thread::spawn(move || request(gw, "GET /slow HTTP/1.1\r\n", ""));
-    std::thread::sleep(Duration::from_millis(500));
+    // SIGTERM once the request is at the backend (in flight through the gateway).
+    let t = Instant::now();
+    while !arrived.load(Ordering::SeqCst) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "GET /slow never reached the backend"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let t0 = Instant::now();
     let status = c
         .terminate("east", Duration::from_secs(10))
