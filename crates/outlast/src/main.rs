@@ -76,7 +76,7 @@ enum Command {
     /// scenario's faults under a workload, and write a report (exit 1 when an expectation
     /// fails).
     #[command(
-        after_help = "Example:\n  outlast drill --config examples/local.toml --scenario region-loss.toml --report ./report"
+        after_help = "Example:\n  outlast drill --config examples/local.toml --scenario examples/region-loss.toml --report ./report"
     )]
     Drill {
         /// The cluster's config file.

@@ -226,3 +226,37 @@ fn every_fault_and_drill_metric_is_in_the_scenario_page() {
     );
     assert!(missing.is_empty(), "docs/scenario.md lacks {missing:?}");
 }
+
+/// Every command `outlast --help` lists is in README's command table and in docs/cli.md.
+#[test]
+fn every_command_is_in_the_readme_and_the_cli_page() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outlast"))
+        .arg("--help")
+        .output()
+        .expect("outlast --help");
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 15, "{help}");
+    let readme = read("README.md");
+    let table = section(&readme, "What works today").expect("README: What works today");
+    let cli = read("docs/cli.md");
+    let missing: Vec<String> = commands
+        .iter()
+        .flat_map(|c| {
+            let used = format!("`outlast {c}");
+            [
+                (!table.contains(&used)).then(|| format!("README.md lacks {c}")),
+                (!cli.contains(&used)).then(|| format!("docs/cli.md lacks {c}")),
+            ]
+        })
+        .flatten()
+        .collect();
+    assert!(missing.is_empty(), "{missing:?}");
+}

@@ -170,47 +170,80 @@ fn init_writes_a_cluster_that_checks_verifies_refuses_to_overwrite_and_survives_
         before
     );
 
-    // The cluster it describes runs: a backend beside the sites, a drill losing east.
+    // The cluster it describes runs: a backend beside the sites, and the shipped
+    // region-loss drill, first with --attach against agents started as its units start
+    // them (the token from the config's token_file), then in local mode.
     let mut backend = common::http_backend(BASE + 10, "app");
-    let scenario = dir.join("loss.toml");
-    std::fs::write(
-        &scenario,
-        r#"name = "init-loss"
-duration = "16s"
-[workload]
-service = "web"
-rate = 50
-[[steps]]
-at = "4s"
-fault = "kill"
-site = "east"
-[[steps]]
-at = "9s"
-fault = "restart"
-site = "east"
-[expect]
-rto_ms = "< 5000"
-"#,
-    )
-    .expect("scenario");
-    let report = dir.join("report");
-    let drill = Command::new(common::bin())
-        .args(["drill", "--config"])
-        .arg(&config)
-        .arg("--scenario")
-        .arg(&scenario)
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .expect("drill");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/region-loss.toml");
+    let mut agents = Vec::new();
+    for site in ["east", "west", "witness"] {
+        let log = std::fs::File::create(dir.join(format!("{site}.log"))).expect("log");
+        let child = Command::new(common::bin())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .args(["--site", site])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("agent");
+        agents.push(child);
+    }
+    let api = std::net::SocketAddr::from(([127, 0, 0, 11], BASE + 1));
+    let t = std::time::Instant::now();
+    loop {
+        let st = common::http_get(api, "/v1/status")
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok());
+        if st
+            .as_ref()
+            .is_some_and(|st| common::all_up(st) && st["dns"]["ready"] == true)
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "init's cluster never came up: {st:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let drill = |report: &Path, attach: bool| {
+        let mut cmd = Command::new(common::bin());
+        cmd.args(["drill", "--config"])
+            .arg(&config)
+            .arg("--scenario")
+            .arg(&scenario)
+            .arg("--report")
+            .arg(report)
+            .env_remove("OUTLAST_TOKEN");
+        if attach {
+            cmd.arg("--attach");
+        }
+        let out = cmd.output().expect("drill");
+        let json = std::fs::read_to_string(report.join("report.json")).unwrap_or_default();
+        (out, json)
+    };
+    let (attached, json) = drill(&dir.join("report-attach"), true);
+    for mut a in agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    assert!(
+        attached.status.success(),
+        "the shipped drill, attached to init's cluster: {}\n{}\n{json}",
+        String::from_utf8_lossy(&attached.stdout),
+        String::from_utf8_lossy(&attached.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&json).expect("report");
+    println!("attached drill on init's cluster: rto_ms {}", r["rto_ms"]);
+    assert!(r["rto_ms"].as_u64().is_some());
+
+    let (local, json) = drill(&dir.join("report"), false);
     let _ = backend.kill();
     let _ = backend.wait();
-    let json = std::fs::read_to_string(report.join("report.json")).unwrap_or_default();
     assert!(
-        drill.status.success(),
+        local.status.success(),
         "the drill on init's cluster: {}\n{}\n{json}",
-        String::from_utf8_lossy(&drill.stdout),
-        String::from_utf8_lossy(&drill.stderr)
+        String::from_utf8_lossy(&local.stdout),
+        String::from_utf8_lossy(&local.stderr)
     );
     let r: serde_json::Value = serde_json::from_str(&json).expect("report");
     println!("drill on init's cluster: rto_ms {}", r["rto_ms"]);
