@@ -157,6 +157,33 @@ pub struct PhaseAt {
 pub struct FaultAt {
     pub at_ms: u64,
     pub what: String,
+    /// Whether the fault can take service away (see [`crate::scenario::Fault::disrupts`]).
+    #[serde(default)]
+    pub disrupts: bool,
+    /// For a disruptive fault with a service workload: the downtime it caused, from the
+    /// fault to recovery (0 when service did not degrade before the next step).
+    #[serde(default)]
+    pub rto_ms: Option<u64>,
+    /// The same for the dataset workload's commits.
+    #[serde(default)]
+    pub db_rto_ms: Option<u64>,
+}
+
+/// A stretch of the drill in which fewer than 99% of the answers (or commits) of each
+/// 250 ms were served in time: every dip, the ones inside a fault's downtime and the
+/// ones after it (a failback, clients still sent to a dead site by a cached DNS answer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Dip {
+    /// `"requests"` or `"commits"`.
+    pub of: String,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// The lowest share served in one bucket of the dip, in percent.
+    pub worst_pct: f64,
+    /// Answers (commits) in the dip that were not served in time.
+    pub not_served: u64,
+    /// What the drill knows of why: the step or the primary move it follows.
+    pub cause: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -266,6 +293,9 @@ pub struct Report {
     /// Each `[[dependencies]]` during the drill.
     #[serde(default)]
     pub dependencies: Vec<DepRun>,
+    /// Every stretch served below 99%, with its likely cause.
+    #[serde(default)]
+    pub dips: Vec<Dip>,
     pub expectations: Vec<Verdict>,
     pub passed: bool,
 }
@@ -293,11 +323,24 @@ pub fn rto(
     end_ms: u64,
     ok_within_ms: u64,
 ) -> Option<u64> {
+    rto_before(requests, fault_ms, u64::MAX, end_ms, ok_within_ms)
+}
+
+/// [`rto`] for a fault whose downtime must start before `bad_before` (the next step): a
+/// failure after that belongs to the next step, not to this fault.
+pub fn rto_before(
+    requests: &[RequestOutcome],
+    fault_ms: u64,
+    bad_before: u64,
+    end_ms: u64,
+    ok_within_ms: u64,
+) -> Option<u64> {
     let first_bad = requests
         .iter()
         .filter(|r| r.answered_ms() >= fault_ms && !r.served(ok_within_ms))
         .map(RequestOutcome::answered_ms)
-        .min()?;
+        .min()
+        .filter(|t| *t < bad_before)?;
     let last = requests
         .iter()
         .map(RequestOutcome::answered_ms)
@@ -360,11 +403,42 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         .map(|r| r.latency_ms.max(0.0).ceil() as u64)
         .max()
         .unwrap_or(0);
-    let rto_ms = match (sc.workload.service.is_some(), rec.faults.first()) {
-        (true, Some(f)) => Some(rto(&rec.requests, f.at_ms, rec.duration_ms, within).unwrap_or(0)),
-        (true, None) => Some(0),
-        (false, _) => None,
+    // Downtime is counted from each disruptive fault, up to the next step: a delay at 1 s
+    // and a kill at 10 s is the kill's downtime, not 11 s.
+    let per_fault = |outcomes: &[RequestOutcome]| -> Vec<Option<u64>> {
+        rec.faults
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let next = rec.faults[i + 1..]
+                    .iter()
+                    .map(|n| n.at_ms)
+                    .find(|t| *t > f.at_ms)
+                    .unwrap_or(u64::MAX);
+                f.disrupts.then(|| {
+                    rto_before(outcomes, f.at_ms, next, rec.duration_ms, within).unwrap_or(0)
+                })
+            })
+            .collect()
     };
+    let mut faults = rec.faults.clone();
+    let rto_ms = if sc.workload.service.is_some() {
+        let each = per_fault(&rec.requests);
+        for (f, r) in faults.iter_mut().zip(&each) {
+            f.rto_ms = *r;
+        }
+        Some(each.into_iter().flatten().max().unwrap_or(0))
+    } else {
+        None
+    };
+    let db_each = rec
+        .db
+        .as_ref()
+        .map(|d| per_fault(&d.commits))
+        .unwrap_or_default();
+    for (f, r) in faults.iter_mut().zip(&db_each) {
+        f.db_rto_ms = *r;
+    }
     let db = rec.db.as_ref().map(|d| {
         let acked: std::collections::BTreeSet<u64> = d.acked.iter().map(|(n, _)| *n).collect();
         Db {
@@ -373,12 +447,7 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
                 .found
                 .as_ref()
                 .map(|f| acked.iter().filter(|n| !f.contains(n)).count() as u64),
-            rto_ms: Some(
-                rec.faults
-                    .first()
-                    .and_then(|f| rto(&d.commits, f.at_ms, rec.duration_ms, within))
-                    .unwrap_or(0),
-            ),
+            rto_ms: Some(db_each.iter().flatten().copied().max().unwrap_or(0)),
             diverged: d.archives.len() as u64,
             archives: d.archives.clone(),
             failed: d.commits.iter().filter(|c| !c.ok).count() as u64,
@@ -449,6 +518,20 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         b.p50_ms = pct(lat, 0.5);
         b.p99_ms = pct(lat, 0.99);
     }
+    let mut dips = dips_of(
+        &timeline,
+        "requests",
+        |b| (b.answered, b.served),
+        &faults,
+        &rec.phases,
+    );
+    dips.extend(dips_of(
+        &timeline,
+        "commits",
+        |b| (b.commits, b.commits_ok),
+        &faults,
+        &rec.phases,
+    ));
     let actual = |e: &Expect| -> Option<f64> {
         Some(match e.metric.as_str() {
             "rto_ms" => rto_ms? as f64,
@@ -491,7 +574,7 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         started: outlast_relay::utc_timestamp(started_ms),
         started_ms,
         duration_ms: rec.duration_ms,
-        faults: rec.faults.clone(),
+        faults,
         rto_ms,
         ok_within_ms: within,
         longest_wait_ms,
@@ -506,8 +589,104 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         rebuilds: rec.rebuilds.clone(),
         restores: rec.restores.clone(),
         dependencies: rec.dependencies.clone(),
+        dips,
         expectations,
     }
+}
+
+/// Every run of buckets in which fewer than 99% of the answers were served (`count` gives
+/// a bucket's answered and served), each with the likeliest cause the drill knows: the
+/// last step before it, or a primary move in it or just before it.
+fn dips_of(
+    timeline: &[Bucket],
+    of: &str,
+    count: impl Fn(&Bucket) -> (u64, u64),
+    faults: &[FaultAt],
+    phases: &[PhaseAt],
+) -> Vec<Dip> {
+    let mut dips: Vec<Dip> = Vec::new();
+    let mut open: Option<Dip> = None;
+    for b in timeline {
+        let (answered, served) = count(b);
+        let low = answered > 0 && served * 100 < answered * 99;
+        match (&mut open, low) {
+            (Some(d), true) => {
+                d.to_ms = b.t_ms + BUCKET_MS;
+                d.worst_pct = d.worst_pct.min(pct_of(served, answered));
+                d.not_served += answered - served;
+            }
+            (None, true) => {
+                open = Some(Dip {
+                    of: of.to_string(),
+                    from_ms: b.t_ms,
+                    to_ms: b.t_ms + BUCKET_MS,
+                    worst_pct: pct_of(served, answered),
+                    not_served: answered - served,
+                    cause: String::new(),
+                })
+            }
+            (Some(_), false) if answered > 0 => dips.extend(open.take()),
+            _ => {}
+        }
+    }
+    dips.extend(open);
+    for d in &mut dips {
+        d.cause = dip_cause(d, faults, phases);
+    }
+    dips
+}
+
+fn pct_of(part: u64, whole: u64) -> f64 {
+    (1000.0 * part as f64 / whole.max(1) as f64).round() / 10.0
+}
+
+fn dip_cause(d: &Dip, faults: &[FaultAt], phases: &[PhaseAt]) -> String {
+    let step = faults.iter().rev().find(|f| f.at_ms <= d.to_ms);
+    // A move whose acting phase falls in the dip, or up to 2 s before it.
+    // Commits dip with the dataset's moves (those with a db-promoted phase).
+    let is_db = |what: &str| {
+        phases
+            .iter()
+            .any(|p| p.what == what && p.name == "db-promoted")
+    };
+    let moved = phases
+        .iter()
+        .filter(|p| p.name == "acting" || p.name == "declared")
+        .filter(|p| {
+            (d.of == "commits") == is_db(&p.what) || !phases.iter().any(|q| q.name == "db-promoted")
+        })
+        .rev()
+        .find(|p| p.at_ms <= d.to_ms && p.at_ms + 2000 >= d.from_ms);
+    let downtime = |f: &FaultAt| {
+        if d.of == "commits" {
+            f.db_rto_ms
+        } else {
+            f.rto_ms
+        }
+    };
+    let mut why = match step {
+        Some(f) if f.disrupts && downtime(f).is_some_and(|r| d.from_ms <= f.at_ms + r) => {
+            format!("the downtime after {} at {} ms", f.what, f.at_ms)
+        }
+        Some(f) if f.disrupts => format!(
+            "{} ms after {} (past its downtime: clients still sent to where a cached DNS answer or an open connection points, or retries)",
+            d.from_ms.saturating_sub(f.at_ms),
+            f.what
+        ),
+        Some(f) => format!("{} ms after {}", d.from_ms.saturating_sub(f.at_ms), f.what),
+        None => "before any step".to_string(),
+    };
+    if let Some(p) = moved {
+        let from = p.from.as_deref().unwrap_or("none");
+        why.push_str(&format!(
+            "; {} moved {from} -> {} (epoch {})",
+            p.what, p.to, p.epoch
+        ));
+        if step.is_some_and(|f| !f.disrupts && f.what.starts_with("restart")) {
+            why.push_str(": the failback, whose hand-over fails or retries what was in flight");
+        }
+    }
+    why
 }
 
 fn esc(s: &str) -> String {
@@ -545,18 +724,31 @@ pub fn timeline_svg(r: &Report) -> String {
         s,
         r##"<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>"##
     );
-    // Both downtimes shaded first, their labels after, so no shade hides a label.
+    // Every dip below 99% shaded pale, then each fault's downtimes over them, their labels
+    // after, so no shade hides a label.
     let mut labels = String::new();
-    let db_rto = r.db.as_ref().and_then(|d| d.rto_ms).filter(|v| *v > 0);
-    let shades = [
-        (db_rto, "#fdebd0", "#b60", "DB RTO", 22.0),
-        (r.rto_ms, "#fde2e2", "#b00", "RTO", 6.0),
-    ];
-    for (rto, fill, ink, name, above) in shades {
-        let (Some(rto), Some(f)) = (rto, r.faults.first()) else {
+    for d in &r.dips {
+        let (a, b) = (x(d.from_ms as f64), x(d.to_ms as f64));
+        let _ = write!(
+            s,
+            r##"<rect x="{a:.1}" y="{top}" width="{:.1}" height="{ph}" fill="#fff1b8" opacity="0.8"><title>{} below 99%: {} ({} not served, worst {}%)</title></rect>"##,
+            (b - a).max(1.0),
+            esc(&d.of),
+            esc(&d.cause),
+            d.not_served,
+            d.worst_pct
+        );
+    }
+    let mut shades = Vec::new();
+    for f in &r.faults {
+        shades.push((f.at_ms, f.db_rto_ms, "#fdebd0", "#b60", "DB RTO", 22.0));
+        shades.push((f.at_ms, f.rto_ms, "#fde2e2", "#b00", "RTO", 6.0));
+    }
+    for (at_ms, rto, fill, ink, name, above) in shades {
+        let Some(rto) = rto.filter(|v| *v > 0) else {
             continue;
         };
-        let (a, b) = (x(f.at_ms as f64), x((f.at_ms + rto) as f64));
+        let (a, b) = (x(at_ms as f64), x((at_ms + rto) as f64));
         let _ = write!(
             s,
             r##"<rect x="{a:.1}" y="{top}" width="{:.1}" height="{ph}" fill="{fill}" opacity="0.8"/>"##,
@@ -907,6 +1099,22 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
     s.push_str(&rebuild_rows(&r.rebuilds));
     s.push_str(&restore_rows(&r.restores, r.started_ms + r.duration_ms));
     s.push_str(&dependency_rows(&r.dependencies));
+    if !r.dips.is_empty() {
+        s.push_str("<h2>Served below 99%</h2><table><tr><th>of</th><th>from</th><th>to</th><th>worst</th><th>not served</th><th>likely cause</th></tr>");
+        for d in &r.dips {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{:.2} s</td><td>{:.2} s</td><td>{}%</td><td>{}</td><td>{}</td></tr>",
+                esc(&d.of),
+                d.from_ms as f64 / 1000.0,
+                d.to_ms as f64 / 1000.0,
+                d.worst_pct,
+                d.not_served,
+                esc(&d.cause)
+            );
+        }
+        s.push_str("</table>");
+    }
     let rows = failover_rows(&r.phases);
     if !rows.is_empty() {
         s.push_str("<h2>Failover phases</h2><table><tr><th>move</th><th>phase</th><th>at</th><th>since the first</th></tr>");
@@ -1141,6 +1349,90 @@ mod tests {
             .collect()
     }
 
+    fn web_scenario() -> Scenario {
+        Scenario {
+            name: "x".into(),
+            duration: std::time::Duration::from_secs(10),
+            workload: crate::scenario::Workload {
+                service: Some("web".into()),
+                rate: 20,
+                stream: None,
+                event_rate: 1,
+                ok_within: std::time::Duration::from_secs(1),
+                dataset: None,
+                write_rate: 1,
+            },
+            steps: Vec::new(),
+            expect: Vec::new(),
+        }
+    }
+
+    fn step(at_ms: u64, what: &str, disrupts: bool) -> FaultAt {
+        FaultAt {
+            at_ms,
+            what: what.into(),
+            disrupts,
+            rto_ms: None,
+            db_rto_ms: None,
+        }
+    }
+
+    /// A delay at 1 s that hurts nobody and a kill at 5 s: the downtime is the kill's,
+    /// counted from the kill (it was counted from the delay, 4 s too long), each fault
+    /// carries its own, and a later dip after the restart is listed with its cause.
+    #[test]
+    fn downtime_counts_from_the_fault_that_caused_it_and_every_dip_is_listed() {
+        let mut requests = reqs(5200..6000);
+        for r in &mut requests {
+            if (8000..8300).contains(&r.t_ms) {
+                r.ok = false;
+            }
+        }
+        let rec = Recording {
+            duration_ms: 10_000,
+            requests,
+            faults: vec![
+                step(1000, "delay east 40 ms", true),
+                step(5000, "kill east", true),
+                step(7500, "restart east", false),
+            ],
+            phases: vec![PhaseAt {
+                what: "web".into(),
+                epoch: 3,
+                from: Some("west".into()),
+                to: "east".into(),
+                name: "acting".into(),
+                at_ms: 7900,
+            }],
+            ..Recording::default()
+        };
+        let r = analyse(&web_scenario(), &rec, 0);
+        assert_eq!(r.faults[0].rto_ms, Some(0), "{:?}", r.faults);
+        assert_eq!(r.faults[1].rto_ms, Some(1000), "{:?}", r.faults);
+        assert_eq!(r.faults[2].rto_ms, None, "a restart is not a fault start");
+        assert_eq!(r.rto_ms, Some(1000));
+        let dips: Vec<(u64, u64)> = r.dips.iter().map(|d| (d.from_ms, d.to_ms)).collect();
+        assert_eq!(dips, [(5000, 6000), (8000, 8500)], "{:?}", r.dips);
+        assert!(
+            r.dips[0].cause.contains("downtime after kill east"),
+            "{:?}",
+            r.dips
+        );
+        assert!(
+            r.dips[1].cause.contains("after restart east")
+                && r.dips[1].cause.contains("web moved west -> east")
+                && r.dips[1].cause.contains("failback"),
+            "{:?}",
+            r.dips
+        );
+        assert_eq!(r.dips[1].not_served, 6);
+        let page = html(&r, &[], &[]);
+        assert!(
+            page.contains("after restart east"),
+            "the page lists the dips"
+        );
+    }
+
     #[test]
     fn rto_is_the_outage_not_zero_and_not_the_whole_drill() {
         // Fault at 2 s, failures from 2.3 s to 4.5 s, drill 10 s.
@@ -1205,6 +1497,9 @@ mod tests {
             faults: vec![FaultAt {
                 at_ms: 2000,
                 what: "kill east".into(),
+                disrupts: true,
+                rto_ms: None,
+                db_rto_ms: None,
             }],
             db: Some(DbRecording {
                 commits,
@@ -1296,6 +1591,9 @@ mod tests {
             faults: vec![FaultAt {
                 at_ms: 2000,
                 what: "kill east".into(),
+                disrupts: true,
+                rto_ms: None,
+                db_rto_ms: None,
             }],
             phases: vec![
                 phase("last-heard", 1990),

@@ -1234,6 +1234,9 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
             faults.push(FaultAt {
                 at_ms,
                 what: step.fault.describe(),
+                disrupts: step.fault.disrupts(),
+                rto_ms: None,
+                db_rto_ms: None,
             });
         }
         let ok = lock(&requests)

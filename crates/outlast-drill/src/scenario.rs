@@ -87,6 +87,22 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// Whether this fault can take service away (downtime is counted from it): a kill, a
+    /// stop, a wipe, a partition, a delay, a sink or a dependency down. Restarts, heals and
+    /// the other ends of faults are not, though what they set off (a failback) is shown.
+    pub fn disrupts(&self) -> bool {
+        matches!(
+            self,
+            Fault::Kill(_)
+                | Fault::Stop(_)
+                | Fault::Wipe(_)
+                | Fault::Partition { .. }
+                | Fault::Delay { .. }
+                | Fault::SinkDown(_)
+                | Fault::DepDown { .. }
+        )
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Fault::Kill(s) => format!("kill {s}"),

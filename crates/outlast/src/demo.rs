@@ -18,10 +18,23 @@ fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
+/// The events line: what the stream workload saw, or that there was none to see (an RPO
+/// of 0 ms would claim a loss measured that never was).
+fn events_line(r: &outlast_drill::Report) -> String {
+    let w = &r.writes;
+    if w.acked == 0 && w.lost == 0 && w.duplicated == 0 && w.refused == 0 {
+        return "none sent (the scenario has no stream workload)".into();
+    }
+    format!(
+        "{} acked, {} lost, {} duplicated (RPO {} ms)",
+        w.acked, w.lost, w.duplicated, r.rpo_ms
+    )
+}
+
 fn summary(r: &outlast_drill::Report, dir: &Path) -> String {
     let ms = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
     let mut s = format!(
-        "drill {}: {}\n  downtime (RTO)   {}\n  requests         {} sent, {} served within {} ms, {} late, {} failed; longest wait {} ms\n  events           {} acked, {} lost, {} duplicated (RPO {} ms)\n  failback         {}\n",
+        "drill {}: {}\n  downtime (RTO)   {}\n  requests         {} sent, {} served within {} ms, {} late, {} failed; longest wait {} ms\n  events           {}\n  failback         {}\n",
         r.scenario,
         if r.passed { "PASSED" } else { "FAILED" },
         ms(r.rto_ms),
@@ -31,19 +44,44 @@ fn summary(r: &outlast_drill::Report, dir: &Path) -> String {
         r.requests.late,
         r.requests.failed,
         r.longest_wait_ms,
-        r.writes.acked,
-        r.writes.lost,
-        r.writes.duplicated,
-        r.rpo_ms,
+        events_line(r),
         ms(r.failback_ms),
     );
     if let Some(db) = &r.db {
         s.push_str(&format!(
-            "  database         {} commits acked, {} lost; write downtime {}; {} diverged histories kept\n",
+            "  database         {} commits acked, {} lost; write downtime {}; {}\n",
             db.acked,
-            db.lost.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
+            db.lost
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             ms(db.rto_ms),
-            db.diverged
+            match db.diverged {
+                0 => "no diverged history".to_string(),
+                1 => "1 diverged history kept".to_string(),
+                n => format!("{n} diverged histories kept"),
+            }
+        ));
+    }
+    for f in r.faults.iter().filter(|f| f.disrupts) {
+        s.push_str(&format!(
+            "  fault            {} at {:.1} s: downtime {}{}\n",
+            f.what,
+            f.at_ms as f64 / 1000.0,
+            ms(f.rto_ms),
+            f.db_rto_ms
+                .map(|d| format!(", write downtime {d} ms"))
+                .unwrap_or_default()
+        ));
+    }
+    for d in &r.dips {
+        s.push_str(&format!(
+            "  below 99%        {} {:.2}-{:.2} s (worst {}%, {} not served): {}\n",
+            d.of,
+            d.from_ms as f64 / 1000.0,
+            d.to_ms as f64 / 1000.0,
+            d.worst_pct,
+            d.not_served,
+            d.cause
         ));
     }
     for row in outlast_drill::failover_rows(&r.phases) {
@@ -94,6 +132,11 @@ fn run_drill(opts: outlast_drill::DrillOptions) -> i32 {
         Ok((report, dir)) => {
             print!("{}", summary(&report, &dir));
             i32::from(!report.passed)
+        }
+        // A bad scenario (or config): every problem, one a line, and exit 64 as `check`.
+        Err(outlast_drill::DrillError::Invalid(problems)) => {
+            eprintln!("{problems}");
+            64
         }
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -202,7 +202,7 @@ fn a_bad_scenario_is_refused_with_line_and_column() {
         .output()
         .expect("outlast drill");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(
         err.contains("scenario.toml:10:9: fault \"explode\" is not known"),
         "{err}"
