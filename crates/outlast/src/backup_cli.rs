@@ -611,7 +611,8 @@ pub fn ready_for_server(config: &Config, b: &Backup, to: &Path) -> anyhow::Resul
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))?;
     // A restored copy never acts as a member by accident: it listens on localhost only,
     // archives nowhere (the member's archive_command would feed the live dataset's WAL
-    // spool) and streams from no one.
+    // spool) and streams from no one. Its socket is in its own dir, where the user who
+    // runs it can write.
     let conf = to.join("outlast.conf");
     let member = std::fs::read_to_string(&conf).unwrap_or_default();
     std::fs::write(
@@ -619,7 +620,10 @@ pub fn ready_for_server(config: &Config, b: &Backup, to: &Path) -> anyhow::Resul
         format!(
             "{member}\n# A copy of dataset {d} restored by outlast restore: not a member of the cluster.\n\
              listen_addresses = 'localhost'\n\
-             archive_mode = off\n"
+             unix_socket_directories = '{}'\n\
+             archive_mode = off\n\
+             synchronous_standby_names = ''\n",
+            to.display()
         ),
     )?;
     std::fs::write(
@@ -627,6 +631,20 @@ pub fn ready_for_server(config: &Config, b: &Backup, to: &Path) -> anyhow::Resul
         "# Cleared by outlast restore (the member's primary_conninfo and slot).\n",
     )?;
     let _ = std::fs::remove_file(to.join("standby.signal"));
+    // The member's pg_hba.conf admits the dataset's user from the sites' addresses only:
+    // the copy admits it (and any role with its password) from this machine.
+    let hba = to.join("pg_hba.conf");
+    let member_hba = std::fs::read_to_string(&hba).unwrap_or_default();
+    std::fs::write(
+        &hba,
+        format!(
+            "# Added by outlast restore: password logins from this machine (socket and loopback).\n\
+             local all all scram-sha-256\n\
+             host all all 127.0.0.1/32 scram-sha-256\n\
+             host all all ::1/128 scram-sha-256\n\
+             # The member's own lines:\n{member_hba}"
+        ),
+    )?;
     let user = ds.postgres.os_user.clone();
     let root = outlast_db::os::is_root();
     if root {
@@ -638,9 +656,34 @@ pub fn ready_for_server(config: &Config, b: &Backup, to: &Path) -> anyhow::Resul
             anyhow::bail!("chown -R {user}: {} failed", to.display());
         }
     }
+    // The server programs of the copy's own major version (Debian keeps them off PATH).
+    let version = std::fs::read_to_string(to.join("PG_VERSION")).unwrap_or_default();
+    let bin = Some(PathBuf::from(format!(
+        "/usr/lib/postgresql/{}/bin",
+        version.trim()
+    )))
+    .filter(|b| !version.trim().is_empty() && b.join("pg_ctl").exists())
+    .or_else(outlast_db::postgres::find_bin_dir);
+    let pg_ctl = bin.map_or_else(
+        || "pg_ctl".to_string(),
+        |b| b.join("pg_ctl").display().to_string(),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(5432, |a| a.port());
+    let run_as = if root {
+        format!("runuser -u {user} -- ")
+    } else {
+        String::new()
+    };
+    let dir = to.display();
     Ok(Some(format!(
-        "{} is a PostgreSQL data dir of dataset {d}{}; start it with: runuser -u {user} -- pg_ctl -D {0} -o \"-c port=PORT\" start",
-        to.display(),
-        if root { format!(", owned by {user}") } else { String::new() }
+        "{dir} is a PostgreSQL data dir of dataset {d}{}, not a member of the cluster\n\
+         start it with: {run_as}{pg_ctl} -D {dir} -l {dir}/restored.log -o \"-c port={port}\" -w start\n\
+         query it with: psql -h {dir} -p {port} -U {} {} (or -h 127.0.0.1; the dataset's password)\n\
+         stop it with:  {run_as}{pg_ctl} -D {dir} -m fast stop",
+        if root { format!(", owned by {user}") } else { String::new() },
+        ds.postgres.user,
+        ds.postgres.database,
     )))
 }

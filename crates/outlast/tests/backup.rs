@@ -448,17 +448,58 @@ options = {s3opts}
         t.elapsed().as_millis()
     );
     let _reaper2 = PgReaper(vec![restored.clone()]);
-    let n = query_restored(
-        &bin,
-        &restored,
-        &root.path().join("sock"),
-        b + 40,
-        "SELECT count(*), max(n) FROM orders",
+    // Started exactly as printed (a shell line a user pastes), then queried as the dataset's
+    // user with its password, over loopback and over the socket in the copy's dir.
+    let _ = Command::new("chmod").arg("o+x").arg(root.path()).status();
+    let printed = |what: &str| {
+        said.lines()
+            .find_map(|l| l.trim().strip_prefix(what))
+            .unwrap_or_else(|| panic!("no '{what}' line in: {said}"))
+            .trim()
+            .to_string()
+    };
+    let start = printed("start it with:");
+    assert!(
+        start.starts_with("runuser -u postgres -- /"),
+        "a full path: {start}"
     );
-    assert_eq!(
-        n, "5000|5000",
-        "the restored dataset holds every row committed before the snapshot"
+    let out = Command::new("sh")
+        .args(["-c", &start])
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{start}: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(restored.join("restored.log")).unwrap_or_default()
     );
+    let query = printed("query it with:");
+    let psql = query.split(" (or").next().unwrap_or_default().to_string();
+    for line in [
+        psql.clone(),
+        psql.replace(&format!("-h {}", restored.display()), "-h 127.0.0.1"),
+    ] {
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                &format!("{line} -Atc 'SELECT count(*), max(n) FROM orders'"),
+            ])
+            .env("PGPASSWORD", "app-password-1")
+            .output()
+            .expect("psql");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "5000|5000",
+            "{line}: {}; the restored dataset holds every row committed before the snapshot",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stop = printed("stop it with:");
+    assert!(Command::new("sh")
+        .args(["-c", &stop])
+        .status()
+        .expect("sh")
+        .success());
 
     // outlast restore of the path, from the s3:// repository.
     let restored_files = root.path().join("restored-files");
