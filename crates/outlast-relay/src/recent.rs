@@ -67,6 +67,11 @@ impl Chunk {
         self.index.len()
     }
 
+    /// What the chunk holds in memory: its buffer and its index.
+    fn held_bytes(&self) -> usize {
+        self.bytes.capacity() + self.index.capacity() * std::mem::size_of::<Entry>()
+    }
+
     fn get(&self, i: usize) -> Option<(u64, &[u8], &[u8])> {
         let e = self.index.get(i)?;
         let id = self.bytes.get(e.start..e.start + e.id_len)?;
@@ -76,20 +81,26 @@ impl Chunk {
 }
 
 /// The chunks of the last commits, oldest first, holding at least `max` records once
-/// that many were kept.
+/// that many were kept, unless they pass `max_bytes`: whole chunks go, oldest first, while
+/// the rest still holds `max` records or passes `max_bytes` (the newest chunk always
+/// stays). Memory is then bounded by bytes whatever the events' size.
 #[derive(Debug)]
 pub(crate) struct Recent {
     chunks: VecDeque<Chunk>,
     len: usize,
+    bytes: usize,
     max: usize,
+    max_bytes: usize,
 }
 
 impl Recent {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, max_bytes: usize) -> Self {
         Recent {
             chunks: VecDeque::new(),
             len: 0,
+            bytes: 0,
             max,
+            max_bytes,
         }
     }
 
@@ -98,14 +109,26 @@ impl Recent {
             return;
         }
         self.len += chunk.len();
+        self.bytes += chunk.held_bytes();
         self.chunks.push_back(chunk);
-        while let Some(front) = self.chunks.front() {
-            if self.len - front.len() < self.max {
+        while self.chunks.len() > 1 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let enough = self.len - front.len() >= self.max;
+            if !enough && self.bytes <= self.max_bytes {
                 break;
             }
             self.len -= front.len();
+            self.bytes -= front.held_bytes();
             self.chunks.pop_front();
         }
+    }
+
+    /// Bytes the held chunks take (their buffers and indexes).
+    #[cfg(test)]
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The first number held, if any.
@@ -154,7 +177,7 @@ mod tests {
 
     #[test]
     fn records_come_back_in_order_from_any_number() {
-        let mut r = Recent::new(10);
+        let mut r = Recent::new(10, usize::MAX);
         r.push(chunk(1..5));
         r.push(chunk(5..9));
         r.push(Chunk::default());
@@ -177,5 +200,30 @@ mod tests {
         r.push(chunk(13..20));
         assert_eq!(r.first_seq(), Some(9), "11 records are left");
         assert_eq!(r.from(0).count(), 11);
+    }
+
+    /// Large events: the bytes bound lets chunks go before the count is reached, and
+    /// the memory held stays under it however many events pass.
+    #[test]
+    fn memory_is_bounded_by_bytes_too() {
+        let mut r = Recent::new(1_000_000, 64 * 1024);
+        let big = vec![b'x'; 4096];
+        for n in 0..1000u64 {
+            let mut c = Chunk::with_capacity(4, 4 * 4200);
+            for s in n * 4..n * 4 + 4 {
+                c.stage(&format!("id-{s}"), &[&big]);
+                c.keep(s);
+            }
+            r.push(c);
+            assert!(r.held_bytes() <= 64 * 1024, "{} bytes held", r.held_bytes());
+        }
+        assert_eq!(r.from(0).next().map(|(s, _, _)| s), r.first_seq());
+        assert!(r.first_seq() > Some(3900), "{:?}", r.first_seq());
+        // The newest chunk stays even alone over the bound.
+        let mut c = Chunk::with_capacity(1, 200_000);
+        c.stage("huge", &[&vec![b'y'; 200_000]]);
+        c.keep(9_999);
+        r.push(c);
+        assert_eq!(r.first_seq(), Some(9_999));
     }
 }

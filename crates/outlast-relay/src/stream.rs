@@ -30,8 +30,10 @@ const REPLICATE_MAX: usize = 4000;
 /// (`max_event_bytes`, at most [`outlast_core::config::MAX_EVENT_BYTES`]), so every event
 /// fits in a frame of its own.
 pub(crate) const FRAME_MAX_BYTES: usize = 4 << 20;
-/// Own events kept in memory for the replicators.
+/// Own events kept in memory for the replicators: this many at most, and at most
+/// RECENT_MAX_BYTES of them (a replicator further behind reads the spool).
 const RECENT_MAX: usize = 200_000;
+const RECENT_MAX_BYTES: usize = 24 << 20;
 /// How long an ingest waits for a second site before answering 503.
 const REPLICATED_WAIT: Duration = Duration::from_secs(5);
 /// Frames in flight at once to a peer that takes them in order.
@@ -326,7 +328,7 @@ impl StreamRelay {
             dir: dir.to_path_buf(),
             own: Mutex::new(own),
             replicas: Mutex::new(replicas),
-            recent: Mutex::new(Recent::new(RECENT_MAX)),
+            recent: Mutex::new(Recent::new(RECENT_MAX, RECENT_MAX_BYTES)),
             jobs,
             jobs_rx: Mutex::new(Some(jobs_rx)),
             writer_thread: Mutex::new(None),
