@@ -1603,22 +1603,7 @@ mod tests {
             ],
             ..Recording::default()
         };
-        let sc = Scenario {
-            name: "x".into(),
-            duration: std::time::Duration::from_secs(10),
-            workload: crate::scenario::Workload {
-                service: Some("web".into()),
-                rate: 20,
-                stream: None,
-                event_rate: 1,
-                ok_within: std::time::Duration::from_secs(1),
-                dataset: None,
-                write_rate: 1,
-            },
-            steps: Vec::new(),
-            expect: Vec::new(),
-        };
-        let r = analyse(&sc, &rec, 0);
+        let r = analyse(&web_scenario(), &rec, 0);
         assert_eq!(r.phases.len(), 4);
         let svg = timeline_svg(&r);
         assert!(svg.contains("web: east → west (epoch 1)"), "{svg}");

@@ -75,26 +75,8 @@ fn load_with(
     fault_at: Duration,
     fault: impl FnOnce(),
 ) -> Vec<Result<(u16, String), String>> {
-    let start = Instant::now();
-    let total = per_sec * secs;
-    let handles = std::thread::spawn(move || {
-        let mut hs = Vec::new();
-        for i in 0..total {
-            let due = start + Duration::from_micros(i * 1_000_000 / per_sec);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let send = send.clone();
-            hs.push(std::thread::spawn(send));
-        }
-        hs
-    });
-    std::thread::sleep(fault_at);
-    fault();
-    let hs = handles.join().expect("load thread");
-    hs.into_iter()
-        .map(|h| h.join().unwrap_or_else(|_| Err("panicked".into())))
-        .collect()
+    let (timed, _) = timed_load(send, per_sec, secs, fault_at, fault);
+    timed.into_iter().map(|t| t.result).collect()
 }
 
 fn summarize(results: &[Result<(u16, String), String>]) -> (usize, usize, usize, Vec<String>) {
@@ -261,7 +243,17 @@ fn timed_load(
     let fault_ran = start.elapsed();
     fault();
     let hs = handles.join().expect("load thread");
-    let out = hs.into_iter().filter_map(|h| h.join().ok()).collect();
+    // A request thread that panicked counts as a failed request.
+    let out = hs
+        .into_iter()
+        .map(|h| {
+            h.join().unwrap_or_else(|_| Timed {
+                start: Duration::ZERO,
+                took: Duration::ZERO,
+                result: Err("panicked".into()),
+            })
+        })
+        .collect();
     (out, fault_ran)
 }
 
