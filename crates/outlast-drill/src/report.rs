@@ -1082,16 +1082,28 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
         fb = fmt_ms(r.failback_ms),
         db = r.db.as_ref().map(db_rows).unwrap_or_default(),
     );
-    s.push_str("<h2>Faults</h2><table><tr><th>at</th><th>fault</th></tr>");
-    let mut events: Vec<(u64, String)> = r.faults.iter().map(|f| (f.at_ms, esc(&f.what))).collect();
+    s.push_str("<h2>Faults</h2><table><tr><th>at</th><th>fault</th><th>downtime</th><th>write downtime</th></tr>");
+    let downtime = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_default();
+    let mut events: Vec<(u64, String, String, String)> = r
+        .faults
+        .iter()
+        .map(|f| {
+            (
+                f.at_ms,
+                esc(&f.what),
+                downtime(f.rto_ms),
+                downtime(f.db_rto_ms),
+            )
+        })
+        .collect();
     if let Some((at, what)) = failback_mark(r) {
-        events.push((at, what));
+        events.push((at, what, String::new(), String::new()));
     }
-    events.sort_by_key(|(at, _)| *at);
-    for (at, what) in events {
+    events.sort_by_key(|e| e.0);
+    for (at, what, rto, db_rto) in events {
         let _ = write!(
             s,
-            "<tr><td>{:.2} s</td><td>{what}</td></tr>",
+            "<tr><td>{:.2} s</td><td>{what}</td><td>{rto}</td><td>{db_rto}</td></tr>",
             at as f64 / 1000.0
         );
     }
