@@ -655,9 +655,13 @@ fn idle_crowds_and_slowloris_do_not_hold_the_doors() {
     let soft = soft_fd_limit(pid);
     assert!(soft > 4096, "east kept a soft file limit of {soft}");
     let (api, gw) = (c.api("east"), c.gateway("east"));
+    // 3 s per connect: a SYN dropped when a burst fills the listen queue is sent again by
+    // the kernel after 1 s, as for any client; a 1 s timeout gave up at that very moment
+    // (12 of 2,000 once on a loaded machine). What is under test is that the crowd does
+    // not hold the doors, not how fast a burst of connects lands.
     let connect = |addr: SocketAddr, n: usize| -> Vec<TcpStream> {
         (0..n)
-            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok())
             .collect()
     };
     let t0 = Instant::now();
