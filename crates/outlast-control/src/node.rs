@@ -183,6 +183,11 @@ pub struct Node {
     /// This site's verdict per dependency (data sites).
     deps: BTreeMap<String, String>,
     rtt_us: BTreeMap<String, u64>,
+    /// This site's own clock runs off the majority's past the bound: it holds no lease.
+    clock_odd: bool,
+    /// Peers whose clocks run off this site's past the bound (while this one's agrees
+    /// with the majority): their heartbeats get no promise.
+    clock_odd_peers: BTreeSet<String>,
     fenced: bool,
     /// The site whose entries this site last took as its leader's, and when.
     leader_heard: Option<(String, u64)>,
@@ -263,6 +268,8 @@ impl Node {
             health: BTreeMap::new(),
             deps: BTreeMap::new(),
             rtt_us: BTreeMap::new(),
+            clock_odd: false,
+            clock_odd_peers: BTreeSet::new(),
             fenced: true,
             leader_heard: None,
             raft_leader: None,
@@ -316,6 +323,15 @@ impl Node {
     /// last was.
     fn own_vote(&self) -> Option<u64> {
         (self.log_epoch > self.state.epoch).then_some(self.log_current_ms)
+    }
+
+    /// What the links' clock rates say (measured by the caller from the heartbeats): this
+    /// site's own clock is the odd one (it then holds no lease, so it fences itself and
+    /// takes no primary role), or these peers' clocks are (they get no promise from here).
+    /// Leases are sound only for clocks within the bound of each other.
+    pub fn set_clocks(&mut self, own_odd: bool, odd_peers: BTreeSet<String>) {
+        self.clock_odd = own_odd;
+        self.clock_odd_peers = odd_peers;
     }
 
     /// What this site's dataset servers are now (reported with every heartbeat).
@@ -643,12 +659,15 @@ impl Node {
 
     /// A peer's heartbeat: its report is kept, and the answer is a grant of its lease when
     /// this site's log is not ahead of what the peer has applied.
+    /// A site whose clock runs off the bound gets an answer with the largest log epoch
+    /// there is: no site counts it for its lease (nor did any version before this rule).
     pub fn on_report(&mut self, report: Report, now_ms: u64) -> Answer {
+        let odd = self.clock_odd_peers.contains(&report.site);
         let answer = Answer {
-            log_epoch: self.log_epoch,
+            log_epoch: if odd { u64::MAX } else { self.log_epoch },
             applied_epoch: self.state.epoch,
         };
-        if self.log_epoch <= report.applied_epoch {
+        if self.log_epoch <= report.applied_epoch && !odd {
             self.grants.insert(report.site.clone(), now_ms);
         }
         self.reports.insert(
@@ -663,11 +682,14 @@ impl Node {
 
     /// The lease ends at this local time (None: not held at all).
     pub fn lease_expires(&self) -> Option<u64> {
+        if self.clock_odd {
+            return None;
+        }
         self.lease.expires_at(self.own_vote())
     }
 
     pub fn holds_lease(&self, now_ms: u64) -> bool {
-        self.lease.holds(now_ms, self.own_vote())
+        !self.clock_odd && self.lease.holds(now_ms, self.own_vote())
     }
 
     /// How long since this site last granted each peer's lease (since it started, for a

@@ -52,6 +52,35 @@ pub struct Status {
     /// without `[dns]`).
     #[serde(default)]
     pub dns: Option<DnsStatus>,
+    /// The answering site's links to every other site, measured from its heartbeats.
+    #[serde(default)]
+    pub links: Vec<LinkStatus>,
+    /// When the answering site's own clock runs more than the bound (5%) off every peer's,
+    /// all the same way: the mean rate it measures for them, in ppm. Such a site takes no
+    /// primary role and renews no lease.
+    #[serde(default)]
+    pub clock_odd_ppm: Option<i64>,
+}
+
+/// One link of the answering site, as its heartbeats measure it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkStatus {
+    pub peer: String,
+    /// The round trip's moving average (a new sample weighs 1/8), ms.
+    pub rtt_ms: Option<f64>,
+    /// The p99 of the last 128 round trips, ms.
+    pub rtt_p99_ms: Option<f64>,
+    /// The share of the last 100 heartbeats not answered within their timeout (0 to 1).
+    pub loss: f64,
+    /// How long a heartbeat to this peer waits now before it counts as missed, ms.
+    pub probe_timeout_ms: u64,
+    /// The peer's clock rate against the answering site's, in ppm (+: the peer runs fast);
+    /// absent until 5 s of answers.
+    pub clock_ppm: Option<i64>,
+    /// The peer's clock runs more than the bound off this site's while this site's agrees
+    /// with the others: it gets no lease promise from here.
+    #[serde(default)]
+    pub clock_odd: bool,
 }
 
 /// The answering site's authoritative DNS.

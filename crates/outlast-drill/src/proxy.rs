@@ -6,12 +6,19 @@
 //! address, so b still sees a's address. A cut link refuses new connections and closes the
 //! open ones at once; a delay holds every chunk for `delay_ms` after it was read, in each
 //! direction, keeping the order and the throughput (a round trip grows by twice the delay).
+//!
+//! A WAN beyond a fixed delay: `jitter_ms` draws each chunk's delay from `delay_ms ±
+//! jitter_ms` (TCP keeps the order, so a chunk never passes the one before it); `loss_ppm`
+//! loses chunks as TCP sees it, the chunk held back a retransmission (Linux's least
+//! retransmission timeout, 200 ms, plus a round trip) with every chunk behind it waiting
+//! too; `bandwidth_bps` lets each direction carry at most that many bits a second.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::error::{io, Result};
+use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -22,7 +29,15 @@ use tokio::time::Instant;
 pub struct LinkState {
     pub cut: bool,
     pub delay_ms: u64,
+    pub jitter_ms: u64,
+    /// Chunks lost (and retransmitted), per million.
+    pub loss_ppm: u32,
+    /// Bits per second each way; 0: no cap.
+    pub bandwidth_bps: u64,
 }
+
+/// Linux's least TCP retransmission timeout.
+const MIN_RTO: Duration = Duration::from_millis(200);
 
 struct Link {
     listen: SocketAddr,
@@ -94,6 +109,13 @@ impl FaultProxy {
             if x == site || y == site {
                 link.state.send_modify(&f);
             }
+        }
+    }
+
+    /// Every link of the cluster.
+    pub fn all(&self, f: impl Fn(&mut LinkState)) {
+        for link in self.links.values() {
+            link.state.send_modify(&f);
         }
     }
 
@@ -194,9 +216,31 @@ async fn pump(
         }
     };
     let writer = async move {
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        // When the chunk before left (order is kept) and when the link is free again
+        // under a bandwidth cap.
+        let mut last_due = Instant::now();
+        let mut free_at = Instant::now();
         while let Some((read_at, buf)) = rx.recv().await {
-            let delay = Duration::from_millis(state.borrow().delay_ms);
-            tokio::time::sleep_until(read_at + delay).await;
+            let link = *state.borrow();
+            let mut delay = Duration::from_millis(link.delay_ms);
+            if link.jitter_ms > 0 {
+                let j = rng.gen_range(0..=2 * link.jitter_ms);
+                delay = (delay + Duration::from_millis(j))
+                    .saturating_sub(Duration::from_millis(link.jitter_ms));
+            }
+            if link.loss_ppm > 0 && rng.gen_range(0..1_000_000) < link.loss_ppm {
+                delay += MIN_RTO + Duration::from_millis(2 * link.delay_ms);
+            }
+            let mut due = (read_at + delay).max(last_due);
+            if link.bandwidth_bps > 0 {
+                // Delivered once its last bit has passed the link.
+                let secs = buf.len() as f64 * 8.0 / link.bandwidth_bps as f64;
+                free_at = due.max(free_at) + Duration::from_secs_f64(secs);
+                due = free_at;
+            }
+            last_due = due;
+            tokio::time::sleep_until(due).await;
             if w.write_all(&buf).await.is_err() {
                 return;
             }
@@ -271,5 +315,62 @@ mod tests {
         proxy.heal();
         let healed = round_trip(via).await.expect("healed link");
         assert!(healed < Duration::from_millis(50), "{healed:?}");
+    }
+
+    /// 30 ± 10 ms each way keeps the bytes in order; a 1 Mbit/s cap stretches 64 KiB to
+    /// half a second; a link that loses every chunk makes each wait a retransmission.
+    #[tokio::test]
+    async fn jitter_keeps_the_order_bandwidth_caps_and_loss_waits_a_retransmission() {
+        let (proxy, via) = setup().await;
+        proxy.all(|s| {
+            s.delay_ms = 30;
+            s.jitter_ms = 10;
+        });
+        let mut c = TcpStream::connect(via).await.expect("connect");
+        let sent: Vec<u8> = (0..200u32).flat_map(|i| i.to_le_bytes()).collect();
+        for chunk in sent.chunks(4) {
+            c.write_all(chunk).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut got = vec![0u8; sent.len()];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(got, sent, "the order is kept");
+
+        proxy.all(|s| {
+            *s = LinkState {
+                bandwidth_bps: 1_000_000,
+                ..Default::default()
+            }
+        });
+        let mut c = TcpStream::connect(via).await.expect("connect");
+        let t = Instant::now();
+        let big = vec![7u8; 64 * 1024];
+        c.write_all(&big).await.expect("write");
+        let mut back = vec![0u8; big.len()];
+        tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut back))
+            .await
+            .expect("in time")
+            .expect("read");
+        // 512 kbit each way, one after the other at worst: at least 0.5 s.
+        assert!(
+            t.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+
+        proxy.all(|s| {
+            *s = LinkState {
+                loss_ppm: 1_000_000,
+                ..Default::default()
+            }
+        });
+        let lossy = round_trip(via).await.expect("lossy link");
+        assert!(
+            lossy >= 2 * MIN_RTO,
+            "each direction waits a retransmission: {lossy:?}"
+        );
     }
 }

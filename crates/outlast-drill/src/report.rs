@@ -57,6 +57,34 @@ pub struct Recording {
     pub restores: Vec<VerifiedRestore>,
     /// Each dependency as the sites saw it during the drill.
     pub dependencies: Vec<DepRun>,
+    /// Each link as its sites measured it during the drill.
+    pub links: Vec<LinkRun>,
+    /// Each Raft term seen during the drill, with its leader.
+    pub leaders: Vec<LeaderSeen>,
+}
+
+/// One link during a drill, as the site at its near end measured it (its `/v1/status`
+/// `links[]`, sampled every 250 ms): the worst figures seen.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LinkRun {
+    pub site: String,
+    pub peer: String,
+    /// The largest moving-average round trip seen, ms.
+    pub rtt_ms_max: Option<f64>,
+    /// The largest p99 round trip seen, ms.
+    pub rtt_p99_ms_max: Option<f64>,
+    /// The largest share of heartbeats unanswered in time seen.
+    pub loss_max: f64,
+    /// The peer's clock rate against the site's, as last seen (ppm).
+    pub clock_ppm: Option<i64>,
+}
+
+/// A Raft term first seen during the drill (drill time), and its leader as then known.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LeaderSeen {
+    pub at_ms: u64,
+    pub term: u64,
+    pub leader: Option<String>,
 }
 
 /// One dependency during a drill: its committed state over time, where each site's egress
@@ -293,6 +321,12 @@ pub struct Report {
     /// Each `[[dependencies]]` during the drill.
     #[serde(default)]
     pub dependencies: Vec<DepRun>,
+    /// Each link as its near site measured it (the worst seen).
+    #[serde(default)]
+    pub links: Vec<LinkRun>,
+    /// The Raft terms seen, each with its leader: more than one is a leader change.
+    #[serde(default)]
+    pub leaders: Vec<LeaderSeen>,
     /// Every stretch served below 99%, with its likely cause.
     #[serde(default)]
     pub dips: Vec<Dip>,
@@ -549,6 +583,12 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
             "db_diverged" => db.as_ref()?.diverged as f64,
             "rebuild_ms" => rec.rebuilds.last()?.total_ms? as f64,
             "dep_down_ms" => rec.dependencies.iter().map(|d| d.not_up_ms).max()? as f64,
+            "leader_changes" => rec.leaders.len().saturating_sub(1) as f64,
+            "rtt_ms_max" => rec
+                .links
+                .iter()
+                .filter_map(|l| l.rtt_p99_ms_max)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))?,
             _ => return None,
         })
     };
@@ -589,6 +629,8 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
         rebuilds: rec.rebuilds.clone(),
         restores: rec.restores.clone(),
         dependencies: rec.dependencies.clone(),
+        links: rec.links.clone(),
+        leaders: rec.leaders.clone(),
         dips,
         expectations,
     }
@@ -1111,6 +1153,7 @@ pub fn html(r: &Report, history: &[Report], logs: &[String]) -> String {
     s.push_str(&rebuild_rows(&r.rebuilds));
     s.push_str(&restore_rows(&r.restores, r.started_ms + r.duration_ms));
     s.push_str(&dependency_rows(&r.dependencies));
+    s.push_str(&link_rows(r));
     if !r.dips.is_empty() {
         s.push_str("<h2>Served below 99%</h2><table><tr><th>of</th><th>from</th><th>to</th><th>worst</th><th>not served</th><th>likely cause</th></tr>");
         for d in &r.dips {
@@ -1342,6 +1385,51 @@ pub fn history(history_dir: &Path, scenario: &str) -> Vec<Report> {
         .collect();
     out.sort_by_key(|r| r.started_ms);
     out
+}
+
+/// The links as the sites measured them, and the Raft terms seen.
+fn link_rows(r: &Report) -> String {
+    if r.links.is_empty() {
+        return String::new();
+    }
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+    let mut s = String::from(
+        "<h2>Links (the worst each site measured)</h2><table><tr><th>site</th><th>to</th><th>round trip</th><th>p99</th><th>heartbeats lost</th><th>clock rate</th></tr>",
+    );
+    for l in &r.links {
+        s.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td></tr>",
+            esc(&l.site),
+            esc(&l.peer),
+            ms(l.rtt_ms_max),
+            ms(l.rtt_p99_ms_max),
+            l.loss_max * 100.0,
+            l.clock_ppm
+                .map_or("-".to_string(), |p| format!("{:+.2}%", p as f64 / 10_000.0)),
+        ));
+    }
+    s.push_str("</table>");
+    let terms: Vec<String> = r
+        .leaders
+        .iter()
+        .map(|l| {
+            format!(
+                "term {} at {:.2} s ({})",
+                l.term,
+                l.at_ms as f64 / 1000.0,
+                l.leader.as_deref().map_or("no leader".to_string(), esc)
+            )
+        })
+        .collect();
+    if !terms.is_empty() {
+        s.push_str(&format!(
+            "<p>Raft: {} ({} leader change{}).</p>",
+            terms.join(", "),
+            terms.len() - 1,
+            if terms.len() == 2 { "" } else { "s" }
+        ));
+    }
+    s
 }
 
 #[cfg(test)]

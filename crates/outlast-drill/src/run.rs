@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::proxy::{Endpoint, FaultProxy};
 use crate::report::{self, FaultAt, Recording, Report, RequestOutcome};
-use crate::scenario::{Fault, Scenario};
+use crate::scenario::{DelayLinks, Fault, Scenario};
 
 pub struct DrillOptions {
     pub config: PathBuf,
@@ -183,7 +183,25 @@ impl Sites {
                 self.start_rebuild(s)?;
             }
             Fault::Partition { sites, from } => self.proxy.between(sites, from, |l| l.cut = true),
-            Fault::Delay { site, ms } => self.proxy.around(site, |l| l.delay_ms = *ms),
+            Fault::Delay {
+                links,
+                ms,
+                jitter_ms,
+                loss_ppm,
+                bandwidth_bps,
+            } => {
+                let set = |l: &mut crate::proxy::LinkState| {
+                    l.delay_ms = *ms;
+                    l.jitter_ms = *jitter_ms;
+                    l.loss_ppm = *loss_ppm;
+                    l.bandwidth_bps = *bandwidth_bps;
+                };
+                match links {
+                    DelayLinks::Site(site) => self.proxy.around(site, set),
+                    DelayLinks::Between { sites, from } => self.proxy.between(sites, from, set),
+                    DelayLinks::All => self.proxy.all(set),
+                }
+            }
             Fault::Heal => self.proxy.heal(),
             Fault::SinkDown(_) | Fault::SinkUp(_) | Fault::DepDown { .. } | Fault::DepUp { .. } => {
             }
@@ -416,15 +434,39 @@ impl Driver {
                         }
                         Ok(())
                     }
-                    Fault::Delay { site, ms: d } => {
+                    Fault::Delay {
+                        links,
+                        ms: d,
+                        jitter_ms,
+                        loss_ppm,
+                        bandwidth_bps,
+                    } => {
+                        if *jitter_ms > 0 || *loss_ppm > 0 || *bandwidth_bps > 0 {
+                            return Err(DrillError::Refused(
+                                "jitter_ms, loss and bandwidth need local mode (the drill's fault proxy); an attached agent can only add a fixed delay to its calls".into(),
+                            ));
+                        }
                         // An agent delays the calls it makes; the proxy delays each
                         // direction. Twice the delay on calls gives round trips the same
-                        // growth in both modes.
-                        let body = json!({"kind": "delay", "ms": d * 2, "for_ms": ms(lasting)});
-                        api.inject(site, body, Some(Undo::Heal)).await?;
-                        for other in config.sites.iter().filter(|x| &x.name != site) {
-                            let body = json!({"kind": "delay", "ms": d * 2, "to": [site], "for_ms": ms(lasting)});
-                            api.inject(&other.name, body, Some(Undo::Heal)).await?;
+                        // growth in both modes. Each pair of sites: (caller, callees).
+                        let names: Vec<String> = config.sites.iter().map(|x| x.name.clone()).collect();
+                        let pairs: Vec<(String, Vec<String>)> = match links {
+                            DelayLinks::Site(site) => std::iter::once((site.clone(), names.iter().filter(|x| *x != site).cloned().collect()))
+                                .chain(names.iter().filter(|x| *x != site).map(|x| (x.clone(), vec![site.clone()])))
+                                .collect(),
+                            DelayLinks::Between { sites, from } => sites
+                                .iter()
+                                .map(|s| (s.clone(), from.clone()))
+                                .chain(from.iter().map(|f| (f.clone(), sites.clone())))
+                                .collect(),
+                            DelayLinks::All => names
+                                .iter()
+                                .map(|s| (s.clone(), names.iter().filter(|x| *x != s).cloned().collect()))
+                                .collect(),
+                        };
+                        for (site, to) in pairs {
+                            let body = json!({"kind": "delay", "ms": d * 2, "to": to, "for_ms": ms(lasting)});
+                            api.inject(&site, body, Some(Undo::Heal)).await?;
                         }
                         Ok(())
                     }
@@ -1176,6 +1218,53 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
         }));
     }
 
+    // Every site's links and Raft term, every 250 ms: the worst each link measured, and
+    // each term as first seen.
+    let link_runs: Arc<Mutex<BTreeMap<(String, String), report::LinkRun>>> = Arc::default();
+    let leaders: Arc<Mutex<Vec<report::LeaderSeen>>> = Arc::default();
+    {
+        let (http, apis) = (http.clone(), apis.clone());
+        let (link_runs, leaders) = (link_runs.clone(), leaders.clone());
+        tasks.push(tokio::spawn(async move {
+            while t0.elapsed() < end + Duration::from_secs(1) {
+                for (_, api) in &apis {
+                    let Some(st) = status(&http, *api).await else {
+                        continue;
+                    };
+                    let mut runs = lock(&link_runs);
+                    for l in &st.links {
+                        let r = runs
+                            .entry((st.site.clone(), l.peer.clone()))
+                            .or_insert_with(|| report::LinkRun {
+                                site: st.site.clone(),
+                                peer: l.peer.clone(),
+                                ..Default::default()
+                            });
+                        let max = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                        r.rtt_ms_max = max(r.rtt_ms_max, l.rtt_ms);
+                        r.rtt_p99_ms_max = max(r.rtt_p99_ms_max, l.rtt_p99_ms);
+                        r.loss_max = r.loss_max.max(l.loss);
+                        r.clock_ppm = l.clock_ppm.or(r.clock_ppm);
+                    }
+                    drop(runs);
+                    let mut seen = lock(&leaders);
+                    let newest = seen.iter().map(|l| l.term).max();
+                    if st.leader.is_some() && newest.is_none_or(|t| st.term > t) {
+                        seen.push(report::LeaderSeen {
+                            at_ms: t0.elapsed().as_millis() as u64,
+                            term: st.term,
+                            leader: st.leader.clone(),
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }));
+    }
+
     // The faults, on time, with a progress bar.
     let bar = if opts.progress {
         let b = ProgressBar::new(end.as_millis() as u64);
@@ -1400,6 +1489,10 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
         db,
         rebuilds,
         restores: restores.into_values().collect(),
+        links: std::mem::take(&mut *lock(&link_runs))
+            .into_values()
+            .collect(),
+        leaders: std::mem::take(&mut *lock(&leaders)),
     };
     let mut rec = rec;
     rec.requests.sort_by_key(|r| r.t_ms);

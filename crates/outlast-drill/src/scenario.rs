@@ -43,8 +43,37 @@ struct RawStep {
     sites: Option<Vec<String>>,
     from: Option<Vec<String>>,
     ms: Option<u64>,
+    jitter_ms: Option<u64>,
+    loss: Option<Spanned<f64>>,
+    bandwidth: Option<Spanned<String>>,
     dep: Option<Spanned<String>>,
     endpoint: Option<Spanned<String>>,
+}
+
+/// Which links a `delay` slows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DelayLinks {
+    /// Every link to or from the site.
+    Site(String),
+    /// Every link between a site of `sites` and a site of `from`.
+    Between {
+        sites: Vec<String>,
+        from: Vec<String>,
+    },
+    /// Every link of the cluster.
+    All,
+}
+
+impl DelayLinks {
+    pub fn describe(&self) -> String {
+        match self {
+            DelayLinks::Site(s) => s.clone(),
+            DelayLinks::Between { sites, from } => {
+                format!("{}-{}", sites.join(","), from.join(","))
+            }
+            DelayLinks::All => "all".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,10 +91,17 @@ pub enum Fault {
         sites: Vec<String>,
         from: Vec<String>,
     },
-    /// Links to and from the site carry `ms` more latency each way.
+    /// Links carry `ms` more latency each way (each chunk `ms ± jitter_ms`, order kept),
+    /// lose a share of chunks as TCP would (the chunk and those behind it wait a
+    /// retransmission), and carry at most `bandwidth_bps` each way.
     Delay {
-        site: String,
+        links: DelayLinks,
         ms: u64,
+        jitter_ms: u64,
+        /// Chunks lost, per million.
+        loss_ppm: u32,
+        /// Bits per second each way; 0: no cap.
+        bandwidth_bps: u64,
     },
     /// Writes to the sinks of the site (every sink when None) fail.
     SinkDown(Option<String>),
@@ -114,7 +150,26 @@ impl Fault {
             Fault::Partition { sites, from } => {
                 format!("partition {} from {}", sites.join(","), from.join(","))
             }
-            Fault::Delay { site, ms } => format!("delay {site} {ms} ms"),
+            Fault::Delay {
+                links,
+                ms,
+                jitter_ms,
+                loss_ppm,
+                bandwidth_bps,
+            } => {
+                let mut d = format!("delay {} {ms}", links.describe());
+                if *jitter_ms > 0 {
+                    d += &format!("±{jitter_ms}");
+                }
+                d += " ms";
+                if *loss_ppm > 0 {
+                    d += &format!(", {}% loss", *loss_ppm as f64 / 10_000.0);
+                }
+                if *bandwidth_bps > 0 {
+                    d += &format!(", {}", bandwidth_words(*bandwidth_bps));
+                }
+                d
+            }
             Fault::SinkDown(Some(s)) => format!("sink-down {s}"),
             Fault::SinkDown(None) => "sink-down".into(),
             Fault::SinkUp(Some(s)) => format!("sink-up {s}"),
@@ -200,6 +255,8 @@ pub const METRICS: &[&str] = &[
     "db_diverged",
     "rebuild_ms",
     "dep_down_ms",
+    "leader_changes",
+    "rtt_ms_max",
 ];
 
 #[derive(Debug, Clone)]
@@ -351,9 +408,80 @@ impl Scenario {
                     Fault::Partition { sites: p, from: f }
                 }
                 "delay" => {
-                    let site = site(&st.site, &st.fault, &mut at);
+                    let links = match (&st.site, &st.sites, &st.from) {
+                        (Some(_), None, None) => {
+                            DelayLinks::Site(site(&st.site, &st.fault, &mut at))
+                        }
+                        (None, None, None) => DelayLinks::All,
+                        (None, Some(p), Some(f)) => {
+                            let bad: Vec<&String> = p
+                                .iter()
+                                .chain(f)
+                                .filter(|s| !sites.contains(&s.as_str()))
+                                .collect();
+                            if p.is_empty() || f.is_empty() || !bad.is_empty() {
+                                at(
+                                    st.fault.span(),
+                                    format!("delay's sites and from must name sites of the config (unknown: {bad:?})"),
+                                    &format!("write sites = [\"east\"], from = [\"west\"] with names from: {known}"),
+                                );
+                            }
+                            DelayLinks::Between {
+                                sites: p.clone(),
+                                from: f.clone(),
+                            }
+                        }
+                        _ => {
+                            at(
+                                st.fault.span(),
+                                "delay takes site (its links), or sites and from (the links between the two groups), or neither (every link)".into(),
+                                "keep site alone, or sites with from",
+                            );
+                            DelayLinks::All
+                        }
+                    };
+                    let loss_ppm = match &st.loss {
+                        None => 0,
+                        Some(l) if (0.0..=0.5).contains(l.get_ref()) => {
+                            (l.get_ref() * 1e6).round() as u32
+                        }
+                        Some(l) => {
+                            at(
+                                l.span(),
+                                format!("loss {} is not a share from 0 to 0.5", l.get_ref()),
+                                "write loss = 0.01 for 1% of chunks lost",
+                            );
+                            0
+                        }
+                    };
+                    let bandwidth_bps = match &st.bandwidth {
+                        None => 0,
+                        Some(b) => parse_bandwidth(b.get_ref()).unwrap_or_else(|| {
+                            at(
+                                b.span(),
+                                format!("bandwidth \"{}\" is not a rate", b.get_ref()),
+                                "write it like \"10mbit\", \"512kbit\" or \"1gbit\" (bits per second, each way)",
+                            );
+                            0
+                        }),
+                    };
+                    let jitter_ms = st.jitter_ms.unwrap_or(0);
                     match st.ms {
-                        Some(ms) if ms <= 60_000 => Fault::Delay { site, ms },
+                        Some(ms) if ms <= 60_000 && jitter_ms <= ms => Fault::Delay {
+                            links,
+                            ms,
+                            jitter_ms,
+                            loss_ppm,
+                            bandwidth_bps,
+                        },
+                        Some(ms) if ms <= 60_000 => {
+                            at(
+                                st.fault.span(),
+                                format!("jitter_ms {jitter_ms} is more than ms {ms}: a chunk cannot arrive before it was sent"),
+                                &format!("use jitter_ms = {} or less", ms),
+                            );
+                            Fault::Heal
+                        }
                         _ => {
                             at(
                                 st.fault.span(),
@@ -563,5 +691,33 @@ impl Scenario {
             steps,
             expect,
         })
+    }
+}
+
+/// A rate in bits per second from "10mbit", "512kbit", "1gbit" or "800bit".
+pub fn parse_bandwidth(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let (num, mult) = [
+        ("gbit", 1_000_000_000u64),
+        ("mbit", 1_000_000),
+        ("kbit", 1_000),
+        ("bit", 1),
+    ]
+    .iter()
+    .find_map(|(unit, m)| t.strip_suffix(unit).map(|n| (n.trim().to_string(), *m)))?;
+    let v: f64 = num.parse().ok()?;
+    (v.is_finite() && v > 0.0)
+        .then(|| (v * mult as f64).round() as u64)
+        .filter(|bps| *bps >= 8_000)
+}
+
+/// "10 Mbit/s" for a rate in bits per second.
+pub fn bandwidth_words(bps: u64) -> String {
+    if bps >= 1_000_000_000 {
+        format!("{} Gbit/s", bps as f64 / 1e9)
+    } else if bps >= 1_000_000 {
+        format!("{} Mbit/s", bps as f64 / 1e6)
+    } else {
+        format!("{} kbit/s", bps as f64 / 1e3)
     }
 }

@@ -233,7 +233,7 @@ fn lease_not_longer_than_detection() {
         &text,
         "\"800ms\"",
         0,
-        "lease 800ms is not longer than detection (3 × probe_interval 100ms + grace 500ms = 800ms): a primary would fence itself on a blip the others do not even act on; set lease above 800ms, or shorten probe_interval, fall or grace",
+        "lease 800ms is not longer than detection at the largest round trip (2 × probe_interval 100ms + a heartbeat's timeout 275ms (max_rtt 250ms + probe_interval / 4) + grace 500ms = 975ms): a primary would fence itself on a blip the others do not even act on; set lease above 975ms, or shorten probe_interval, fall, grace or max_rtt",
     );
 }
 

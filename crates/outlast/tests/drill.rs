@@ -45,7 +45,7 @@ site = "west"
         &scenario,
         format!(
             r#"name = "t{base}"
-duration = "12s"
+duration = "{duration}"
 [workload]
 service = "db"
 rate = 100
@@ -56,7 +56,12 @@ event_rate = 200
 writes_lost = "== 0"
 writes_duplicated = "== 0"
 {extra_expect}
-"#
+"#,
+            duration = if steps.contains("at = \"10s\"") {
+                "16s"
+            } else {
+                "12s"
+            }
         ),
     )
     .expect("scenario");
@@ -213,6 +218,35 @@ fn a_bad_scenario_is_refused_with_line_and_column() {
     );
     // Nothing was started: the ports are free.
     assert!(std::net::TcpListener::bind("127.0.0.11:7921").is_ok());
+}
+
+#[test]
+fn a_wan_delay_with_bad_jitter_loss_or_bandwidth_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (config, scenario) = setup(
+        dir.path(),
+        7920,
+        "[[steps]]\nat = \"1s\"\nfault = \"delay\"\nms = 40\njitter_ms = 50\n[[steps]]\nat = \"2s\"\nfault = \"delay\"\nms = 40\nloss = 0.9\nbandwidth = \"fast\"\n[[steps]]\nat = \"3s\"\nfault = \"delay\"\nsite = \"east\"\nsites = [\"west\"]\nms = 5\n",
+        "",
+        "",
+    );
+    let out = Command::new(common::bin())
+        .args(["drill", "--config"])
+        .arg(&config)
+        .arg("--scenario")
+        .arg(&scenario)
+        .output()
+        .expect("outlast drill");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    for want in [
+        "jitter_ms 50 is more than ms 40: a chunk cannot arrive before it was sent; use jitter_ms = 40 or less",
+        "loss 0.9 is not a share from 0 to 0.5",
+        "bandwidth \"fast\" is not a rate; write it like \"10mbit\"",
+        "delay takes site (its links), or sites and from",
+    ] {
+        assert!(err.contains(want), "{want} not in {err}");
+    }
 }
 
 #[test]
@@ -580,4 +614,67 @@ check = {{ kind = "http", path = "/", interval = "200ms", timeout = "200ms" }}
         "the witness's status page showed the dependency degraded"
     );
     assert!(incident, "and an incident for it");
+}
+
+/// Sites far apart: every link `ms` each way (± `jitter` %, `loss` of chunks lost) from
+/// 1 s, east (the primary) killed at 10 s. Returns the report and the downtime the kill
+/// caused, after the checks every such drill must pass: nothing failed under the delay
+/// alone, no leader change before the kill, nothing lost.
+fn across_an_ocean(base: u16, ms: u64, jitter_pct: u64, loss: f64) -> (Value, u64) {
+    let steps = format!(
+        "[[steps]]\nat = \"1s\"\nfault = \"delay\"\nms = {ms}\njitter_ms = {}\nloss = {loss}\n[[steps]]\nat = \"10s\"\nfault = \"kill\"\nsite = \"east\"\n",
+        ms * jitter_pct / 100
+    );
+    let (r, code) = drill(base, &steps, "");
+    assert_eq!(code, 0, "{r}");
+    let faults = r["faults"].as_array().expect("faults");
+    assert_eq!(
+        faults[0]["rto_ms"], 0,
+        "the delay alone failed requests (before the kill): {r}"
+    );
+    let kill_at = faults[1]["at_ms"].as_u64().expect("kill at");
+    let leaders = r["leaders"].as_array().expect("leaders");
+    let changed_before_kill = leaders
+        .iter()
+        .skip(1)
+        .filter(|l| l["at_ms"].as_u64().is_some_and(|t| t < kill_at))
+        .count();
+    assert_eq!(
+        changed_before_kill, 0,
+        "the leader changed under the delay: {leaders:?}"
+    );
+    let rtt = r["links"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .filter_map(|l| l["rtt_p99_ms_max"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(
+        rtt >= (2 * ms) as f64,
+        "the sites measured {rtt} ms round trips at most"
+    );
+    assert_eq!(r["writes"]["lost"], 0);
+    let rto = faults[1]["rto_ms"].as_u64().expect("the kill's downtime");
+    println!(
+        "{} ms round trips (±{jitter_pct}%, {}% loss): east killed, served again after {rto} ms; links {}",
+        2 * ms,
+        loss * 100.0,
+        r["links"]
+    );
+    (r, rto)
+}
+
+#[test]
+fn sites_80_ms_apart_fail_over_within_2_s_and_lose_nothing_before() {
+    let (_, rto) = across_an_ocean(8080, 40, 0, 0.0);
+    // Floor: detection (3 probes + grace 500 ms = 800 ms, from the last answer) and the
+    // old lease (1 s from its last grant) plus its margin (225 ms), then a round trip or
+    // two to commit and to tell the gateways.
+    assert!(rto < 2000, "{rto} ms");
+}
+
+#[test]
+fn sites_240_ms_apart_fail_over_within_3_s_and_lose_nothing_before() {
+    let (_, rto) = across_an_ocean(8100, 120, 0, 0.0);
+    assert!(rto < 3000, "{rto} ms");
 }

@@ -149,6 +149,8 @@ pub struct Timing {
     pub grace: Duration,
     pub lease: Duration,
     pub failback_after: Duration,
+    /// The longest round trip between two sites the timings must work at.
+    pub max_rtt: Duration,
 }
 
 impl Default for Timing {
@@ -160,16 +162,72 @@ impl Default for Timing {
             grace: Duration::from_secs(1),
             lease: Duration::from_secs(2),
             failback_after: Duration::from_secs(30),
+            max_rtt: Duration::from_millis(250),
         }
     }
 }
 
 impl Timing {
-    /// How long the majority needs to call a site down: `fall` missed probes, then `grace`.
+    /// How long a site must stay unheard before the majority calls it down: `fall` probe
+    /// intervals, then `grace` (and `fall` heartbeats in a row must have gone unanswered,
+    /// see [`Self::worst_detection`]).
     pub fn detection(&self) -> Duration {
         self.probe_interval
             .saturating_mul(self.fall)
             .saturating_add(self.grace)
+    }
+
+    /// The longest a heartbeat waits for its answer before it counts as missed: the round
+    /// trip allowed (`max_rtt`) and a quarter probe interval, and never under one probe
+    /// interval.
+    pub fn probe_timeout_cap(&self) -> Duration {
+        self.probe_interval
+            .max(self.max_rtt.saturating_add(self.probe_interval / 4))
+    }
+
+    /// How long a heartbeat waits for its answer on a link whose round trips measure
+    /// `rtt_p99` (None before the first): 3/2 of it plus 10 ms, at least one probe
+    /// interval, at most [`Self::probe_timeout_cap`]. On a near link a lost site is found
+    /// as fast as the probe interval allows; a far one is not taken for lost.
+    pub fn probe_timeout(&self, rtt_p99: Option<Duration>) -> Duration {
+        let wanted = rtt_p99.map_or(self.probe_timeout_cap(), |r| {
+            r.saturating_mul(3) / 2 + Duration::from_millis(10)
+        });
+        wanted
+            .max(self.probe_interval)
+            .min(self.probe_timeout_cap())
+    }
+
+    /// The longest the majority can take to call a site down at a round trip of
+    /// `max_rtt`: the `fall`th missed heartbeat is known (fall - 1) probe intervals plus
+    /// its timeout after the first, then `grace`, and never under [`Self::detection`].
+    pub fn worst_detection(&self) -> Duration {
+        self.probe_interval
+            .saturating_mul(self.fall.saturating_sub(1))
+            .saturating_add(self.probe_timeout_cap())
+            .saturating_add(self.grace)
+            .max(self.detection())
+    }
+
+    /// Raft's heartbeat interval, which openraft also takes as the timeout of every
+    /// AppendEntries and vote call: it must outlast the longest round trip allowed with
+    /// room for the follower's disk (`max_rtt` and a quarter probe interval, at least half
+    /// a probe interval and 20 ms). Under a round trip a commit never completes, and a
+    /// proposal that never commits wedges the cluster.
+    pub fn raft_heartbeat(&self) -> Duration {
+        (self.probe_interval / 2)
+            .max(self.max_rtt.saturating_add(self.probe_interval / 4))
+            .max(Duration::from_millis(20))
+    }
+
+    /// Raft's shortest election timeout: three probe intervals, at least two Raft
+    /// heartbeats (a follower hears the leader at least twice before it may stand), and
+    /// 150 ms. The longest is twice this.
+    pub fn raft_election_min(&self) -> Duration {
+        self.probe_interval
+            .saturating_mul(3)
+            .max(self.raft_heartbeat().saturating_mul(2))
+            .max(Duration::from_millis(150))
     }
 
     /// Extra wait past a lease before a new primary acts, and how long past its lease a

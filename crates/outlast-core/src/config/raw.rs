@@ -64,6 +64,7 @@ pub struct RawTiming {
     pub grace: Option<S<String>>,
     pub lease: Option<S<String>>,
     pub failback_after: Option<S<String>>,
+    pub max_rtt: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -459,6 +459,7 @@ fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
             t.failback_after.as_ref(),
             d.failback_after,
         ),
+        max_rtt: ctx.duration("max_rtt", t.max_rtt.as_ref(), d.max_rtt),
     };
     // Bounds that keep every derived deadline (detection, lease, report freshness) in the
     // range a failover tool can use; far past them is a typo, not a setting.
@@ -471,6 +472,7 @@ fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
         ),
         ("grace", t.grace.as_ref(), timing.grace, 3600),
         ("lease", t.lease.as_ref(), timing.lease, 3600),
+        ("max_rtt", t.max_rtt.as_ref(), timing.max_rtt, 10),
     ] {
         if d > Duration::from_secs(max) {
             let span = value.map(|s| s.span()).unwrap_or(raw.span());
@@ -492,25 +494,35 @@ fn timing(ctx: &mut Ctx<'_>, raw: Option<&S<RawTiming>>) -> Timing {
             .unwrap_or(raw.span());
         ctx.at(span, "probe_interval is under 10ms", "use 10ms or more");
     }
-    let detection = timing.detection();
+    if timing.max_rtt.is_zero() {
+        let span = t.max_rtt.as_ref().map(|s| s.span()).unwrap_or(raw.span());
+        ctx.at(
+            span,
+            "max_rtt = 0 is no network at all",
+            "use the longest round trip between two of your sites, e.g. \"80ms\" (the default is 250ms)",
+        );
+    }
     // A duration that did not parse fell back to its default; judging the others against
     // that default would only report a problem the user does not have.
     let unparsed = ctx.problems.len() > problems_before;
+    let detection = timing.worst_detection();
     if timing.lease <= detection && !unparsed {
         let span = t.lease.as_ref().map(|s| s.span()).unwrap_or(raw.span());
+        let fall_rest = timing.fall.saturating_sub(1);
         ctx.at(
             span,
             format!(
-                "lease {} is not longer than detection ({} × probe_interval {} + grace {} = {}): \
+                "lease {} is not longer than detection at the largest round trip ({fall_rest} × probe_interval {} + a heartbeat's timeout {} (max_rtt {} + probe_interval / 4) + grace {} = {}): \
                  a primary would fence itself on a blip the others do not even act on",
                 format_duration(timing.lease),
-                timing.fall,
                 format_duration(timing.probe_interval),
+                format_duration(timing.probe_timeout_cap()),
+                format_duration(timing.max_rtt),
                 format_duration(timing.grace),
                 format_duration(detection)
             ),
             format!(
-                "set lease above {}, or shorten probe_interval, fall or grace",
+                "set lease above {}, or shorten probe_interval, fall, grace or max_rtt",
                 format_duration(detection)
             ),
         );

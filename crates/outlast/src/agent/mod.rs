@@ -14,6 +14,7 @@ pub(crate) mod datasets;
 mod deps;
 mod faults;
 mod limits;
+mod links;
 mod moves;
 pub mod peer;
 mod routes;
@@ -31,9 +32,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::BasicNode;
 use outlast_control::store::{AppliedChange, LogStore, NodeId, Raft, StateMachineStore};
-use outlast_control::{
-    Answer, ClusterState, Node, NodeConfig, Params, Report, ServiceView, SiteState,
-};
+use outlast_control::{ClusterState, Node, NodeConfig, Params, Report, ServiceView, SiteState};
 use outlast_core::faults::Faults;
 use outlast_core::{Config, Health};
 use outlast_gateway::limits::ConnLimit;
@@ -99,6 +98,8 @@ pub struct Agent {
     backups: Arc<backups::Backups>,
     /// Asks the leader to commit an operator's request when this site does not lead.
     peer_client: OnceLock<Arc<PeerClient>>,
+    /// The links to the other sites as the heartbeats measure them.
+    links: links::Links,
 }
 
 /// What `outlast agent` may be told beyond the config.
@@ -435,6 +436,13 @@ impl Agent {
             node.set_deps(self.deps.verdicts());
             node.set_holding(self.datasets.holding());
             node.set_db(self.datasets.report());
+            let by = alerts::Sender {
+                cluster: &self.config.cluster.name,
+                me: &self.me,
+                epoch: node.applied_epoch(),
+                unix_ms: unix_ms(),
+            };
+            links::clock_step(self, &mut node, &by);
             let tick = node.tick(now);
             self.update_lease_clock(&node);
             let proposal = node.is_leader().then(|| node.propose(now)).flatten();
@@ -584,6 +592,7 @@ impl Agent {
         drop(node);
         let m = self.raft().metrics().borrow().clone();
         metrics::gauge!("outlast_raft_term").set(m.current_term as f64);
+        self.links.export_metrics();
     }
 }
 
@@ -603,6 +612,7 @@ impl PeerHandler for Agent {
             site: self.me.clone(),
             log_epoch: answer.log_epoch,
             applied_epoch: answer.applied_epoch,
+            clock_ms: Some(now),
         }
     }
 
@@ -872,12 +882,15 @@ fn prometheus() -> Option<PrometheusHandle> {
 /// How long a stopping gateway lets requests in flight finish.
 const GATEWAY_DRAIN: Duration = Duration::from_secs(5);
 
+/// Raft's timing from the config's (see `Timing::raft_heartbeat`): openraft takes its
+/// heartbeat interval as the timeout of every AppendEntries and vote call, so it follows
+/// the largest round trip allowed, not the probe interval alone.
 fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
-    let probe = config.timing.probe_interval.as_millis() as u64;
-    let election_min = (probe * 3).max(150);
+    let ms = |d: Duration| d.as_millis() as u64;
+    let election_min = ms(config.timing.raft_election_min());
     let c = openraft::Config {
         cluster_name: config.cluster.name.clone(),
-        heartbeat_interval: (probe / 2).max(20),
+        heartbeat_interval: ms(config.timing.raft_heartbeat()),
         election_timeout_min: election_min,
         election_timeout_max: election_min * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
@@ -1033,6 +1046,7 @@ pub async fn run(
         fault_token: config.api.token.clone().or(opts.fault_token),
         peer_auth: auth.clone(),
         peer_tls: peer_tls.clone(),
+        links: links::Links::new(&config.timing, peer_addrs.keys().cloned()),
         backups: Arc::new(backups::Backups::new(&config, &me.name, datasets.servers())),
         datasets,
         config,
@@ -1344,7 +1358,7 @@ pub async fn run(
         let client = client.clone();
         let stop = back.token();
         back.spawn(format!("heartbeat {peer_name}"), async move {
-            heartbeats(agent, client, peer_name, stop).await
+            links::heartbeats(agent, client, peer_name, stop).await
         });
     }
     // The control step on the probe interval: the node's tick and the leader's proposals.
@@ -1474,56 +1488,6 @@ pub async fn run(
             raft_dir.display()
         )),
         None => Ok(()),
-    }
-}
-
-/// The heartbeat loop to one peer: this site's report each probe interval; the answer (or
-/// its absence) goes to the node.
-async fn heartbeats(
-    agent: Arc<Agent>,
-    client: Arc<PeerClient>,
-    peer: String,
-    stop: CancellationToken,
-) {
-    let interval = agent.config.timing.probe_interval;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let sent_at = agent.now_ms();
-        let report = agent.node().report(sent_at);
-        let started = Instant::now();
-        let timeout = interval.max(Duration::from_millis(50));
-        let res: Result<HeartbeatAck, _> = client
-            .call(&peer, "/peer/heartbeat", &report, timeout)
-            .await;
-        metrics::histogram!("outlast_probe_seconds", "kind" => "peer", "peer" => peer.clone())
-            .record(started.elapsed().as_secs_f64());
-        let now = agent.now_ms();
-        let changed = match res {
-            Ok(ack) => {
-                let answer = Answer {
-                    log_epoch: ack.log_epoch,
-                    applied_epoch: ack.applied_epoch,
-                };
-                let mut node = agent.node();
-                let changed = node.on_answer(&peer, sent_at, answer, now);
-                agent.update_lease_clock(&node);
-                changed
-            }
-            Err(e) => {
-                tracing::debug!(peer, error = %e, "heartbeat failed");
-                agent.node().on_miss(&peer, now)
-            }
-        };
-        if let Some(h) = changed {
-            tracing::info!(peer, reachable = ?h, "peer reachability changed");
-            metrics::gauge!("outlast_peer_reachable", "peer" => peer.clone())
-                .set(if h == Health::Up { 1.0 } else { 0.0 });
-        }
     }
 }
 

@@ -293,6 +293,10 @@ pub struct HeartbeatAck {
     /// The highest epoch in the answering site's Raft log (see the lease design).
     pub log_epoch: u64,
     pub applied_epoch: u64,
+    /// The answering site's clock when it answered (ms since its agent started), for the
+    /// asking site's estimate of its rate.
+    #[serde(default)]
+    pub clock_ms: Option<u64>,
 }
 
 /// What the peer server needs from the agent.

@@ -164,6 +164,8 @@ impl Agent {
                     ..Default::default()
                 },
             },
+            links: self.links.views(),
+            clock_odd_ppm: self.links.own_clock_odd(),
         }
     }
 }
