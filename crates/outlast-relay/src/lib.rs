@@ -265,7 +265,8 @@ impl Relay {
         });
     }
 
-    /// The stream a peer's request is for; a site may only send its own events.
+    /// The stream a peer's request is for; a site may only send its own events, or copies
+    /// of a down site's events to the site that takes them over (see `stream/forward.rs`).
     fn addressed(
         &self,
         from: &str,
@@ -273,7 +274,12 @@ impl Relay {
         origin: &str,
     ) -> Result<Arc<StreamRelay>, RelayError> {
         if origin != from {
-            return Err(RelayError::Stranger(format!("{from} sending for {origin}")));
+            let down = self.down.borrow();
+            let taking = down.contains(origin)
+                && self.sites.taker(origin, &down) == Some(self.sites.me.as_str());
+            if !taking {
+                return Err(RelayError::Stranger(format!("{from} sending for {origin}")));
+            }
         }
         Ok(self.stream(stream)?.clone())
     }

@@ -21,6 +21,8 @@ use crate::spool::{IdKey, Record, SpoolError, TouchAhead};
 use crate::wire::{FrameRef, FrameWriter};
 use crate::{lock, RelayError, ReplicateReq, ReplicateResp, Sites, Transport};
 
+mod forward;
+
 /// A peer that answered within this long counts as live: its copy gates shipping.
 const LIVE: Duration = Duration::from_secs(2);
 /// Most events in one replication request.
@@ -393,6 +395,12 @@ impl StreamRelay {
             tasks.push(tokio::spawn(
                 async move { me.replicator(peer, t, stop).await },
             ));
+        }
+        {
+            let me = self.clone();
+            let t = transport.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move { me.forwarder(t, stop).await }));
         }
         let me = self.clone();
         let sinks = lock(&self.sinks).take().unwrap_or_default();

@@ -211,12 +211,13 @@ impl Timing {
 
     /// Raft's heartbeat interval, which openraft also takes as the timeout of every
     /// AppendEntries and vote call: it must outlast the longest round trip allowed with
-    /// room for the follower's disk (`max_rtt` and a quarter probe interval, at least half
-    /// a probe interval and 20 ms). Under a round trip a commit never completes, and a
-    /// proposal that never commits wedges the cluster.
+    /// room for jitter and the follower's disk (3/2 of `max_rtt`, at least half a probe
+    /// interval and 20 ms). Under a round trip a commit never completes, and a proposal
+    /// that never commits wedges the cluster; a call that times out now and then ages the
+    /// leader's quorum acknowledgement, and the others may depose it.
     pub fn raft_heartbeat(&self) -> Duration {
         (self.probe_interval / 2)
-            .max(self.max_rtt.saturating_add(self.probe_interval / 4))
+            .max(self.max_rtt.saturating_mul(3) / 2)
             .max(Duration::from_millis(20))
     }
 
