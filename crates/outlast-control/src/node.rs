@@ -186,8 +186,9 @@ pub struct Node {
     /// This site's own clock runs off the majority's past the bound: it holds no lease.
     clock_odd: bool,
     /// Peers whose clocks run off this site's past the bound (while this one's agrees
-    /// with the majority): their heartbeats get no promise.
-    clock_odd_peers: BTreeSet<String>,
+    /// with the majority), and since when (local ms): their heartbeats get no promise, and
+    /// this site's reports count them unreachable, so the majority moves their primaries.
+    clock_odd_peers: BTreeMap<String, u64>,
     fenced: bool,
     /// The site whose entries this site last took as its leader's, and when.
     leader_heard: Option<(String, u64)>,
@@ -269,7 +270,7 @@ impl Node {
             deps: BTreeMap::new(),
             rtt_us: BTreeMap::new(),
             clock_odd: false,
-            clock_odd_peers: BTreeSet::new(),
+            clock_odd_peers: BTreeMap::new(),
             fenced: true,
             leader_heard: None,
             raft_leader: None,
@@ -327,11 +328,16 @@ impl Node {
 
     /// What the links' clock rates say (measured by the caller from the heartbeats): this
     /// site's own clock is the odd one (it then holds no lease, so it fences itself and
-    /// takes no primary role), or these peers' clocks are (they get no promise from here).
-    /// Leases are sound only for clocks within the bound of each other.
-    pub fn set_clocks(&mut self, own_odd: bool, odd_peers: BTreeSet<String>) {
+    /// takes no primary role), or these peers' clocks are (they get no promise from here,
+    /// and count as unreachable in this site's reports: a site whose clock runs off is
+    /// declared down and its primaries move). Leases are sound only for clocks within the
+    /// bound of each other.
+    pub fn set_clocks(&mut self, own_odd: bool, odd_peers: BTreeSet<String>, now_ms: u64) {
         self.clock_odd = own_odd;
-        self.clock_odd_peers = odd_peers;
+        self.clock_odd_peers.retain(|p, _| odd_peers.contains(p));
+        for p in odd_peers {
+            self.clock_odd_peers.entry(p).or_insert(now_ms);
+        }
     }
 
     /// What this site's dataset servers are now (reported with every heartbeat).
@@ -662,7 +668,7 @@ impl Node {
     /// A site whose clock runs off the bound gets an answer with the largest log epoch
     /// there is: no site counts it for its lease (nor did any version before this rule).
     pub fn on_report(&mut self, report: Report, now_ms: u64) -> Answer {
-        let odd = self.clock_odd_peers.contains(&report.site);
+        let odd = self.clock_odd_peers.contains_key(&report.site);
         let answer = Answer {
             log_epoch: if odd { u64::MAX } else { self.log_epoch },
             applied_epoch: self.state.epoch,
@@ -829,10 +835,17 @@ impl Node {
             .peers
             .iter()
             .map(|(name, t)| {
-                let view = PeerView {
-                    reachable: t.counter.state(),
-                    for_ms: now_ms.saturating_sub(t.since_ms),
-                    last_heard_ms: t.last_heard_ms.map(|h| now_ms.saturating_sub(h)),
+                let view = match self.clock_odd_peers.get(name) {
+                    Some(since) => PeerView {
+                        reachable: Health::Down,
+                        for_ms: now_ms.saturating_sub(*since),
+                        last_heard_ms: Some(now_ms.saturating_sub(*since)),
+                    },
+                    None => PeerView {
+                        reachable: t.counter.state(),
+                        for_ms: now_ms.saturating_sub(t.since_ms),
+                        last_heard_ms: t.last_heard_ms.map(|h| now_ms.saturating_sub(h)),
+                    },
                 };
                 (name.clone(), view)
             })

@@ -238,7 +238,7 @@ impl Links {
 pub(super) fn clock_step(agent: &Agent, node: &mut outlast_control::Node, by: &alerts::Sender<'_>) {
     let own = agent.links.own_clock_odd();
     let peers = agent.links.odd_peers();
-    node.set_clocks(own.is_some(), peers.clone());
+    node.set_clocks(own.is_some(), peers.clone(), agent.now_ms());
     let mut told = agent.links.told.lock().unwrap_or_else(|e| e.into_inner());
     if (own.is_some(), &peers) == (told.0, &told.1) {
         return;
@@ -264,7 +264,7 @@ pub(super) fn clock_step(agent: &Agent, node: &mut outlast_control::Node, by: &a
         news.push((
             p.clone(),
             format!(
-                "site {} sees the clock of site {p} run {:+.1}% off its own (the bound is ±5%): it promises {p} no lease, so {p} cannot stay primary on its word",
+                "site {} sees the clock of site {p} run {:+.1}% off its own (the bound is ±5%): it promises {p} no lease and counts it unreachable, so {p} cannot stay primary on its word and its primaries move",
                 agent.me,
                 ppm as f64 / 10_000.0
             ),
