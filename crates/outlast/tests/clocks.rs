@@ -1,5 +1,5 @@
-//! Clocks that run at the wrong rate, with libfaketime (Debian `faketime`) under a site's
-//! agent: the odd clock is found from the heartbeats and named in status, its site holds
+//! Clocks that run at the wrong rate, with libfaketime (Debian `faketime`) preloaded into a
+//! site's agent: the odd clock is found from the heartbeats and named in status, its site holds
 //! no lease (fenced), the others count it unreachable so its primary moves, and no two
 //! sites act as primary at once. Leases are sound only for clocks within 5% of each other.
 
@@ -25,19 +25,22 @@ fn acting_primary_is_any(st: &Value, site: &str) -> bool {
 /// site named `odd` is found odd by the others and by itself, the service acts at
 /// `new_primary`, and no moment had two sites acting (polled every 20 ms from the start).
 fn odd_clock(base: u16, fake: &[(&str, &str)], odd: &str, new_primary: &'static str) {
-    if std::process::Command::new("faketime")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        panic!("faketime is missing: apt-get install faketime (scripts/test installs it)");
-    }
+    // The library itself, preloaded through `env` (which execs): the agent keeps the pid
+    // the harness stops it by. (The `faketime` command forks, and its child outlived it.)
+    let lib = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .iter()
+        .map(|arch| format!("/usr/lib/{arch}/faketime/libfaketimeMT.so.1"))
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("libfaketime is missing: apt-get install faketime (scripts/test installs it)")
+        });
     let mut c = Cluster::new(Opts::new(base));
     for site in ["east", "west", "witness"] {
         match fake.iter().find(|(s, _)| *s == site) {
             Some((_, rate)) => {
-                let f = format!("+0 x{rate}");
-                c.start_wrapped(site, &["faketime", "-f", &f]);
+                let preload = format!("LD_PRELOAD={lib}");
+                let f = format!("FAKETIME=+0 x{rate}");
+                c.start_wrapped(site, &["env", &preload, &f]);
             }
             None => c.start(site),
         }

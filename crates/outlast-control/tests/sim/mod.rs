@@ -47,6 +47,13 @@ pub struct SimConfig {
     pub clock_jitter: f64,
     /// Chance that a message is lost on the way.
     pub loss: f64,
+    /// Each link's one-way delay is drawn once from 0 to this (ms), the same both ways:
+    /// sites far apart. 0 keeps the near-sites model (and every seed's draws) as it was.
+    pub max_link_ms: u64,
+    /// Each message's share of its link's delay added or taken at random (0.2 = ±20%).
+    pub link_jitter: f64,
+    /// `[timing] max_rtt`: the heartbeats' longest timeout follows from it.
+    pub max_rtt_ms: u64,
 }
 
 impl SimConfig {
@@ -64,6 +71,9 @@ impl SimConfig {
             failback_after_ms: 3000,
             clock_jitter: 0.05,
             loss: 0.01,
+            max_link_ms: 0,
+            link_jitter: 0.0,
+            max_rtt_ms: 250,
         }
     }
 
@@ -90,6 +100,20 @@ impl SimConfig {
 
     pub fn detection_ms(&self) -> u64 {
         self.probe_ms * u64::from(self.fall) + self.grace_ms
+    }
+
+    /// The agents' timing, for what follows from it (a heartbeat's timeout).
+    pub fn timing(&self) -> outlast_core::config::Timing {
+        let ms = std::time::Duration::from_millis;
+        outlast_core::config::Timing {
+            probe_interval: ms(self.probe_ms),
+            fall: self.fall,
+            rise: self.rise,
+            grace: ms(self.grace_ms),
+            lease: ms(self.lease_ms),
+            failback_after: ms(self.failback_after_ms),
+            max_rtt: ms(self.max_rtt_ms),
+        }
     }
 
     pub fn params(&self) -> Params {
@@ -197,8 +221,12 @@ struct Site {
     phase: u64,
     /// The control logic the agents run.
     node: Node,
-    /// Heartbeats sent and not answered yet, per peer: (request id, sent at local ms).
-    pending: BTreeMap<String, (u64, u64)>,
+    /// Heartbeats sent and not answered yet, by request id: (peer, local ms by which it
+    /// counts as missed). As in the agent, several may be in flight to one peer, and an
+    /// answer after its deadline still counts (the lease uses the send time).
+    pending: BTreeMap<u64, (String, u64)>,
+    /// The last round trips measured to each peer (local ms), for the timeout.
+    rtts: BTreeMap<String, VecDeque<u64>>,
     /// Whether this site may start elections (the node's word).
     elections: bool,
     log: Vec<Entry>,
@@ -211,6 +239,18 @@ struct Site {
     backend_ok: bool,
     svc_counter: Hysteresis,
     svc_since: u64,
+}
+
+impl Msg {
+    /// (from, to).
+    fn ends(&self) -> (usize, usize) {
+        match self {
+            Msg::HbReq { from, to, .. }
+            | Msg::HbResp { from, to, .. }
+            | Msg::Append { from, to, .. }
+            | Msg::AppendAck { from, to, .. } => (*from, *to),
+        }
+    }
 }
 
 enum Msg {
@@ -250,6 +290,8 @@ pub struct Sim {
     now: u64,
     sites: Vec<Site>,
     links: Vec<Vec<bool>>,
+    /// Each link's one-way delay (ms).
+    base: Vec<Vec<u64>>,
     msgs: Vec<(u64, Msg)>,
     faults: Vec<(u64, Fault)>,
     leader: Option<usize>,
@@ -282,6 +324,7 @@ impl Sim {
                 phase: rng.gen_range(0..cfg.probe_ms / STEP_MS) * STEP_MS,
                 node: Node::new(cfg.node_config(name), initial.clone(), 0),
                 pending: BTreeMap::new(),
+                rtts: BTreeMap::new(),
                 elections: true,
                 log: Vec::new(),
                 known_term: 0,
@@ -294,7 +337,19 @@ impl Sim {
                 svc_since: 0,
             })
             .collect();
+        let mut base = vec![vec![0u64; n]; n];
+        if cfg.max_link_ms > 0 {
+            let pairs: Vec<(usize, usize)> = (0..n)
+                .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
+                .collect();
+            for (a, b) in pairs {
+                let d = rng.gen_range(0..=cfg.max_link_ms);
+                base[a][b] = d;
+                base[b][a] = d;
+            }
+        }
         let mut sim = Sim {
+            base,
             election_timeout: rng.gen_range(300..=600),
             cfg,
             seed,
@@ -356,6 +411,7 @@ impl Sim {
         let s = &mut self.sites[i];
         s.node = Node::new(cfg.node_config(&s.name), s.state.clone(), local);
         s.pending.clear();
+        s.rtts.clear();
         s.elections = true;
         s.svc_counter = Hysteresis::new(cfg.fall, cfg.rise);
         s.svc_since = local;
@@ -406,7 +462,15 @@ impl Sim {
         } else {
             self.rng.gen_range(1..=15)
         };
-        self.msgs.push((self.now + delay, msg));
+        let (from, to) = msg.ends();
+        let mut far = self.base[from][to] as f64;
+        if self.cfg.link_jitter > 0.0 && far > 0.0 {
+            far *= 1.0
+                + self
+                    .rng
+                    .gen_range(-self.cfg.link_jitter..=self.cfg.link_jitter);
+        }
+        self.msgs.push((self.now + delay + far as u64, msg));
     }
 
     fn apply_fault(&mut self, f: Fault) {
@@ -443,12 +507,7 @@ impl Sim {
     }
 
     fn deliver(&mut self, msg: Msg) {
-        let (from, to) = match &msg {
-            Msg::HbReq { from, to, .. }
-            | Msg::HbResp { from, to, .. }
-            | Msg::Append { from, to, .. }
-            | Msg::AppendAck { from, to, .. } => (*from, *to),
-        };
+        let (from, to) = msg.ends();
         if !self.links[from][to] || !self.runs(to) {
             return;
         }
@@ -481,10 +540,13 @@ impl Sim {
                 let local = self.local(to);
                 let peer = self.cfg.sites[from].clone();
                 let s = &mut self.sites[to];
-                if s.pending.get(&peer).map(|(pid, _)| *pid) != Some(id) {
-                    return; // late: the probe already counted as failed
+                // In time, or late (its miss already counted): a round trip and a grant.
+                s.pending.remove(&id);
+                let rtts = s.rtts.entry(peer.clone()).or_default();
+                if rtts.len() == 32 {
+                    rtts.pop_front();
                 }
-                s.pending.remove(&peer);
+                rtts.push_back(local.saturating_sub(sent_local));
                 s.node.on_answer(&peer, sent_local, answer, local);
             }
             Msg::Append {
@@ -644,9 +706,16 @@ impl Sim {
         // quorum acknowledged it (here: now, when it reaches one).
         let quorum_ack = (self.leader == Some(i)).then_some(0);
         let s = &mut self.sites[i];
-        let missed: Vec<String> = std::mem::take(&mut s.pending).into_keys().collect();
-        for peer in missed {
-            s.node.on_miss(&peer, local);
+        let missed: Vec<u64> = s
+            .pending
+            .iter()
+            .filter(|(_, (_, by))| *by <= local)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in missed {
+            if let Some((peer, _)) = s.pending.remove(&id) {
+                s.node.on_miss(&peer, local);
+            }
         }
         if s.has_backends && s.svc_counter.record(s.backend_ok).is_some() {
             s.svc_since = local;
@@ -679,7 +748,19 @@ impl Sim {
             self.next_id += 1;
             let id = self.next_id;
             let peer = self.cfg.sites[j].clone();
-            self.sites[i].pending.insert(peer, (id, local));
+            // The agent's timeout: from the p99 of the last round trips measured.
+            let p99 = self.sites[i].rtts.get(&peer).and_then(|r| {
+                let mut v: Vec<u64> = r.iter().copied().collect();
+                v.sort_unstable();
+                v.get((v.len() * 99).div_ceil(100).saturating_sub(1))
+                    .copied()
+            });
+            let timeout = self
+                .cfg
+                .timing()
+                .probe_timeout(p99.map(std::time::Duration::from_millis))
+                .as_millis() as u64;
+            self.sites[i].pending.insert(id, (peer, local + timeout));
             self.send(Msg::HbReq {
                 from: i,
                 to: j,
