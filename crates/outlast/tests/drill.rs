@@ -21,6 +21,10 @@ fn setup(
 ) -> (std::path::PathBuf, std::path::PathBuf) {
     let mut o = common::Opts::new(base);
     o.dns = true;
+    // Drills that slow the links model sites far apart: the default max_rtt.
+    if steps.contains("fault = \"delay\"") {
+        o.max_rtt = "250ms";
+    }
     o.extra = r#"
 [[streams]]
 name = "clicks"

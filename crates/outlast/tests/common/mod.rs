@@ -47,6 +47,9 @@ pub struct Opts {
     /// How peer traffic is protected: "certificates" (the default: a CA and a certificate
     /// per site made by `outlast certs` in the config's folder), "secret" or "off".
     pub tls: &'static str,
+    /// `[timing] max_rtt`: "50ms" (the sites share this machine) unless a test models
+    /// sites far apart.
+    pub max_rtt: &'static str,
 }
 
 impl Opts {
@@ -61,6 +64,7 @@ impl Opts {
             netns: false,
             dns: false,
             tls: "certificates",
+            max_rtt: "50ms",
         }
     }
 }
@@ -90,8 +94,10 @@ rise = 3
 grace = "500ms"
 lease = "1s"
 failback_after = "{fa}"
+max_rtt = "{rtt}"
 "#,
-        fa = o.failback_after
+        fa = o.failback_after,
+        rtt = o.max_rtt
     );
     for (name, addr) in SITES {
         s.push_str(&format!(
