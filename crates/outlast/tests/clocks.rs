@@ -21,20 +21,21 @@ fn acting_primary_is_any(st: &Value, site: &str) -> bool {
     st["services"][0]["primary"] == site && st["services"][0]["primary_acting"] == true
 }
 
-/// Starts the cluster with `fake` sites under `faketime -f "+0 xRATE"`; waits until the
-/// site named `odd` is found odd by the others and by itself, the service acts at
-/// `new_primary`, and no moment had two sites acting (polled every 20 ms from the start).
-fn odd_clock(base: u16, fake: &[(&str, &str)], odd: &str, new_primary: &'static str) {
-    // The library itself, preloaded through `env` (which execs): the agent keeps the pid
-    // the harness stops it by. (The `faketime` command forks, and its child outlived it.)
-    let lib = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+/// libfaketime's library, preloaded through `env` (which execs): the agent keeps the pid the
+/// harness stops it by. (The `faketime` command forks, and its child outlived it.)
+fn faketime_lib() -> String {
+    ["x86_64-linux-gnu", "aarch64-linux-gnu"]
         .iter()
         .map(|arch| format!("/usr/lib/{arch}/faketime/libfaketimeMT.so.1"))
         .find(|p| std::path::Path::new(p).exists())
         .unwrap_or_else(|| {
             panic!("libfaketime is missing: apt-get install faketime (scripts/test installs it)")
-        });
-    let mut c = Cluster::new(Opts::new(base));
+        })
+}
+
+/// Starts every site, those in `fake` with their clock at the given rate.
+fn start_sites(c: &mut Cluster, fake: &[(&str, &str)]) {
+    let lib = faketime_lib();
     for site in ["east", "west", "witness"] {
         match fake.iter().find(|(s, _)| *s == site) {
             Some((_, rate)) => {
@@ -45,6 +46,23 @@ fn odd_clock(base: u16, fake: &[(&str, &str)], odd: &str, new_primary: &'static 
             None => c.start(site),
         }
     }
+}
+
+/// Whether `judge`'s status names `odd`'s clock as off the bound.
+fn names_odd(c: &Cluster, judge: &str, odd: &str) -> bool {
+    c.status(judge).is_some_and(|st| {
+        st["links"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["peer"] == odd && x["clock_odd"] == true))
+    })
+}
+
+/// Starts the cluster with `fake` sites under `faketime -f "+0 xRATE"`; waits until the
+/// site named `odd` is found odd by the others and by itself, the service acts at
+/// `new_primary`, and no moment had two sites acting (polled every 20 ms from the start).
+fn odd_clock(base: u16, fake: &[(&str, &str)], odd: &str, new_primary: &'static str) {
+    let mut c = Cluster::new(Opts::new(base));
+    start_sites(&mut c, fake);
     let start = Instant::now();
     let mut both = Vec::new();
     let mut moved = None;
@@ -59,11 +77,7 @@ fn odd_clock(base: u16, fake: &[(&str, &str)], odd: &str, new_primary: &'static 
             both.push(start.elapsed());
         }
         let judge = if odd == "east" { "west" } else { "east" };
-        named |= c.status(judge).is_some_and(|st| {
-            st["links"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(|x| x["peer"] == odd && x["clock_odd"] == true))
-        });
+        named |= names_odd(&c, judge, odd);
         own |= c
             .status(odd)
             .is_some_and(|st| st["clock_odd_ppm"].as_i64().is_some());
@@ -123,4 +137,146 @@ fn a_standby_whose_clock_runs_four_times_as_fast_takes_no_primary_role() {
     // West would be the new primary; its clock is the odd one, so it fences itself and
     // the others promise it nothing: east stays primary.
     odd_clock(11260, &[("west", "4")], "west", "east");
+}
+
+/// The acceptance with a cut: clocks set by libfaketime, the cluster in a network
+/// namespace of its own, 100 GETs/s from clients to each data site's gateway. Once the odd
+/// clock (if any) is named in status and an alert went out, east (the configured primary)
+/// is cut off from both other sites. The backends log when they answer a client, in true
+/// time: east's backend must never answer after west's first answer (0 ms of overlap),
+/// whichever way the service moved (for the odd clock before the cut, or for the cut).
+/// `west_serves`: whether west may take the service at all (not when its clock is odd).
+fn cut_east_with_clocks(base: u16, fake: &[(&str, &str)], odd: Option<&str>, west_serves: bool) {
+    let alerts = tempfile::tempdir().expect("tempdir");
+    let alert_file = alerts.path().join("alerts.jsonl");
+    let mut opts = Opts::new(base);
+    opts.netns = true;
+    opts.backend_logs = true;
+    opts.extra = format!(
+        "\n[[alerts]]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> '{}'; echo >> '{}'\"]\n",
+        alert_file.display(),
+        alert_file.display()
+    );
+    let mut c = Cluster::new(opts);
+    start_sites(&mut c, fake);
+    let start = Instant::now();
+    match odd {
+        Some(odd) => {
+            let judge = if odd == "east" { "west" } else { "east" };
+            let settled = |c: &Cluster| {
+                let acting = if odd == "east" { "west" } else { "east" };
+                names_odd(c, judge, odd)
+                    && std::fs::read_to_string(&alert_file)
+                        .is_ok_and(|a| a.contains(&format!("the clock of site {odd}")))
+                    && c.status(acting)
+                        .is_some_and(|st| acting_primary_is(acting)(&st))
+            };
+            while !settled(&c) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(45),
+                    "{odd}'s clock not named in status and an alert, or the service not settled\n{}",
+                    c.logs()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        None => {
+            c.wait_healthy();
+            // Long enough for a rate estimate (a window of 5 s at least), which must name
+            // nobody: a clock within the bound is not odd.
+            std::thread::sleep(Duration::from_secs(7));
+            for judge in ["east", "west", "witness"] {
+                let st = c.status(judge).expect("status");
+                let links = st["links"].as_array().cloned().unwrap_or_default();
+                assert!(
+                    links.iter().all(|l| l["clock_odd"] == false),
+                    "{judge} names a clock within the bound: {links:?}"
+                );
+                assert!(
+                    links.iter().any(|l| l["clock_ppm"].as_i64().is_some()),
+                    "{judge} has no rate estimate yet: {links:?}"
+                );
+            }
+        }
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/load.py");
+    let loads: Vec<_> = ["east", "west"]
+        .iter()
+        .map(|site| {
+            let gw = c.gateway(site);
+            c.command("python3")
+                .args([script, &gw.ip().to_string(), &gw.port().to_string()])
+                .args(["100", "10", "2", "/load"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("load")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let cut_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    c.isolate("east");
+    let mut answered_after_cut = 0;
+    for load in loads {
+        let out = load.wait_with_output().expect("load");
+        let results: Vec<(f64, f64, String, String)> =
+            serde_json::from_slice(&out.stdout).expect("load's JSON");
+        answered_after_cut += results.iter().filter(|r| r.0 > 2.5 && r.2 == "200").count();
+    }
+    let east = c.served("east", "/load");
+    let west = c.served("west", "/load");
+    let logs = c.logs();
+    println!(
+        "{fake:?}, east cut off: east's backend answered {} (last {:+.0} ms from the cut), west's {} (first {:+.0} ms from the cut); {answered_after_cut} client answers after the cut",
+        east.len(),
+        east.last().map_or(f64::NAN, |t| (t - cut_at) * 1000.0),
+        west.len(),
+        west.first().map_or(f64::NAN, |t| (t - cut_at) * 1000.0),
+    );
+    if let (Some(last_east), Some(first_west)) = (east.last(), west.first()) {
+        assert!(
+            last_east < first_west,
+            "east's backend answered {:.0} ms after west's first answer\n{logs}",
+            (last_east - first_west) * 1000.0
+        );
+    }
+    if west_serves {
+        assert!(
+            west.last().is_some_and(|t| *t > cut_at + 3.0),
+            "west does not serve after the cut\n{logs}"
+        );
+    } else {
+        assert!(west.is_empty(), "west (odd clock) served\n{logs}");
+        assert!(
+            east.last().is_some_and(|t| *t < cut_at + 1.2),
+            "east served past its lease after the cut\n{logs}"
+        );
+    }
+}
+
+#[test]
+fn a_primary_whose_clock_runs_slow_within_the_bound_cut_off_never_overlaps_the_new_one() {
+    cut_east_with_clocks(11280, &[("east", "0.96")], None, true);
+}
+
+#[test]
+fn a_primary_whose_clock_runs_at_three_quarters_cut_off_never_overlaps_the_new_one() {
+    cut_east_with_clocks(11300, &[("east", "0.75")], Some("east"), true);
+}
+
+#[test]
+fn a_new_primary_and_witness_at_double_rate_cut_from_the_primary_never_overlap_it() {
+    cut_east_with_clocks(
+        11320,
+        &[("west", "2"), ("witness", "2")],
+        Some("east"),
+        true,
+    );
+}
+
+#[test]
+fn a_standby_at_four_times_the_rate_takes_nothing_when_the_primary_is_cut_off() {
+    cut_east_with_clocks(11340, &[("west", "4")], Some("west"), false);
 }

@@ -50,6 +50,8 @@ pub struct Opts {
     /// `[timing] max_rtt`: "50ms" (the sites share this machine) unless a test models
     /// sites far apart.
     pub max_rtt: &'static str,
+    /// The python backends log every GET they answer (see [`Cluster::served`]).
+    pub backend_logs: bool,
 }
 
 impl Opts {
@@ -65,6 +67,7 @@ impl Opts {
             dns: false,
             tls: "certificates",
             max_rtt: "50ms",
+            backend_logs: false,
         }
     }
 }
@@ -243,9 +246,11 @@ impl Cluster {
                 continue;
             }
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
+            let log = format!("log={}", c.served_log(site).display());
             let child = c
                 .command("python3")
                 .args([script, &port.to_string(), site])
+                .args(c.opts.backend_logs.then_some(log))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -265,6 +270,24 @@ impl Cluster {
             }
             None => Command::new(program),
         }
+    }
+
+    fn served_log(&self, site: &str) -> PathBuf {
+        self.dir.path().join(format!("{site}-backend.log"))
+    }
+
+    /// When `site`'s python backend answered a GET for `path` (seconds since the epoch,
+    /// in order), with `Opts::backend_logs`.
+    pub fn served(&self, site: &str, path: &str) -> Vec<f64> {
+        let text = std::fs::read_to_string(self.served_log(site)).unwrap_or_default();
+        let mut times: Vec<f64> = text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, p)| *p == path)
+            .filter_map(|(t, _)| t.parse().ok())
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times
     }
 
     pub fn log_path(&self, site: &str) -> PathBuf {

@@ -3,7 +3,7 @@ their client inside a network namespace. Prints one JSON object: every request's
 duration (seconds from the load's start), its status ("ERR" when none) and the start of
 its body.
 
-usage: load.py HOST PORT RATE SECONDS TIMEOUT"""
+usage: load.py HOST PORT RATE SECONDS TIMEOUT [PATH]   (PATH: "/" unless given)"""
 import json
 import socket
 import sys
@@ -12,6 +12,7 @@ import time
 
 host, port = sys.argv[1], int(sys.argv[2])
 rate, secs, patience = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+path = sys.argv[6] if len(sys.argv) > 6 else "/"
 results = []
 lock = threading.Lock()
 
@@ -22,7 +23,7 @@ def one(t0):
     try:
         s = socket.create_connection((host, port), timeout=patience)
         s.settimeout(max(0.01, patience - (time.monotonic() - start)))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n" % path.encode())
         buf = b""
         while True:
             d = s.recv(65536)
