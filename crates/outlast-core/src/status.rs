@@ -369,6 +369,14 @@ pub struct SiteStatus {
     /// before, or older than the replay window).
     #[serde(default)]
     pub replays_refused: u64,
+    /// Authentic peer requests of this site that the answering site refused because this
+    /// site's clock was more than 60 s off its own.
+    #[serde(default)]
+    pub clock_refused: u64,
+    /// While this site gets nothing through to the answering site for its clock: how far
+    /// its clock is off the answering site's (ms, + ahead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
     /// Sites this one and it cannot reach each other, though neither is down (a cut link,
     /// from the fresh reports of both sides as the answering site has them).
     #[serde(default)]

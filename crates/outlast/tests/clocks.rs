@@ -35,17 +35,30 @@ fn faketime_lib() -> String {
 
 /// Starts every site, those in `fake` with their clock at the given rate.
 fn start_sites(c: &mut Cluster, fake: &[(&str, &str)]) {
-    let lib = faketime_lib();
     for site in ["east", "west", "witness"] {
         match fake.iter().find(|(s, _)| *s == site) {
-            Some((_, rate)) => {
-                let preload = format!("LD_PRELOAD={lib}");
-                let f = format!("FAKETIME=+0 x{rate}");
-                c.start_wrapped(site, &["env", &preload, &f]);
-            }
+            Some((_, rate)) => start_faked(c, site, &format!("FAKETIME=+0 x{rate}"), &[]),
             None => c.start(site),
         }
     }
+}
+
+/// Starts `site` with libfaketime set by `faketime` (`FAKETIME=...`) and `more` variables.
+fn start_faked(c: &mut Cluster, site: &str, faketime: &str, more: &[&str]) {
+    let preload = format!("LD_PRELOAD={}", faketime_lib());
+    let mut wrapper = vec!["env", preload.as_str(), faketime];
+    wrapper.extend_from_slice(more);
+    c.start_wrapped(site, &wrapper);
+}
+
+/// An alert channel that appends every alert to a file in `dir`: the config text and the file.
+fn alert_file(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let file = dir.join("alerts.jsonl");
+    let f = file.display();
+    (
+        format!("\n[[alerts]]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> '{f}'; echo >> '{f}'\"]\n"),
+        file,
+    )
 }
 
 /// Whether `judge`'s status names `odd`'s clock as off the bound.
@@ -148,15 +161,11 @@ fn a_standby_whose_clock_runs_four_times_as_fast_takes_no_primary_role() {
 /// `west_serves`: whether west may take the service at all (not when its clock is odd).
 fn cut_east_with_clocks(base: u16, fake: &[(&str, &str)], odd: Option<&str>, west_serves: bool) {
     let alerts = tempfile::tempdir().expect("tempdir");
-    let alert_file = alerts.path().join("alerts.jsonl");
+    let (channel, alert_file) = alert_file(alerts.path());
     let mut opts = Opts::new(base);
     opts.netns = true;
     opts.backend_logs = true;
-    opts.extra = format!(
-        "\n[[alerts]]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> '{}'; echo >> '{}'\"]\n",
-        alert_file.display(),
-        alert_file.display()
-    );
+    opts.extra = channel;
     let mut c = Cluster::new(opts);
     start_sites(&mut c, fake);
     let start = Instant::now();
@@ -279,4 +288,59 @@ fn a_new_primary_and_witness_at_double_rate_cut_from_the_primary_never_overlap_i
 #[test]
 fn a_standby_at_four_times_the_rate_takes_nothing_when_the_primary_is_cut_off() {
     cut_east_with_clocks(11340, &[("west", "4")], Some("west"), false);
+}
+
+/// Issue 39: signed peer requests carry the sender's wall clock and are refused beyond 60 s
+/// of difference; a site whose wall clock was a minute and a half behind was cut off in
+/// silence. Now the others name it in status and in an alert, in words, and it logs why
+/// its requests are refused.
+#[test]
+fn a_site_whose_wall_clock_is_ninety_seconds_behind_is_named_not_cut_off_in_silence() {
+    let alerts = tempfile::tempdir().expect("tempdir");
+    let (channel, file) = alert_file(alerts.path());
+    let mut opts = Opts::new(11360);
+    opts.extra = channel;
+    let mut c = Cluster::new(opts);
+    c.start("east");
+    c.start("witness");
+    // The wall clock only: its monotonic clock (leases, timers) runs true.
+    start_faked(&mut c, "west", "FAKETIME=-90", &["DONT_FAKE_MONOTONIC=1"]);
+    c.wait_for(
+        "east",
+        Duration::from_secs(20),
+        "west named for its clock",
+        |st| {
+            st["sites"].as_array().is_some_and(|s| {
+                s.iter().any(|x| {
+                    x["name"] == "west"
+                        && x["clock_refused"].as_u64() > Some(0)
+                        && x["clock_offset_ms"]
+                            .as_i64()
+                            .is_some_and(|o| (-95_000..=-85_000).contains(&o))
+                })
+            })
+        },
+    );
+    println!(
+        "east sees west: {:?}",
+        c.status("east").map(|s| s["sites"].clone())
+    );
+    let t0 = Instant::now();
+    let said = |c: &Cluster| {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains("the wall clock of west is 90 s behind")
+            && std::fs::read_to_string(c.log_path("west"))
+                .unwrap_or_default()
+                .contains("refuses this site's requests")
+    };
+    while !said(&c) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no alert or log line in words:\n{}\n{}",
+            std::fs::read_to_string(&file).unwrap_or_default(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -23,7 +23,7 @@ use outlast_core::Health;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::peer::{HeartbeatAck, PeerClient};
+use super::peer::{CallError, HeartbeatAck, PeerClient};
 use super::{alerts, Agent};
 
 /// Round trips kept for the p99.
@@ -38,6 +38,9 @@ const CLOCK_MIN_SPAN: u64 = 5_000;
 /// The clock-rate bound the leases assume, in ppm: every clock within 5% of the
 /// majority's (see docs/config.md, "Clocks").
 pub const CLOCK_BOUND_PPM: i64 = 50_000;
+/// A peer whose signed requests were refused for its wall clock within this many ms, with
+/// none accepted since, is cut off by its clock (see `PeerAuth::cut_by_clock`).
+pub const CLOCK_CUT_WITHIN_MS: u64 = 10_000;
 
 #[derive(Default)]
 struct Link {
@@ -46,6 +49,8 @@ struct Link {
     outcomes: VecDeque<bool>,
     /// (this site's clock at the middle of the round trip, the peer's clock), both ms.
     clock: VecDeque<(f64, f64)>,
+    /// When this site last logged that the peer refuses its requests for its clock.
+    clock_refusal_logged: Option<Instant>,
 }
 
 impl Link {
@@ -93,6 +98,8 @@ pub struct Links {
     links: Mutex<BTreeMap<String, Link>>,
     /// The clock verdict last told (own clock odd; odd peers), for the alerts.
     told: Mutex<(bool, BTreeSet<String>)>,
+    /// Peers last told cut off from this site by their wall clock.
+    told_cut: Mutex<BTreeSet<String>>,
 }
 
 impl Links {
@@ -101,6 +108,7 @@ impl Links {
             timing: *timing,
             links: Mutex::new(peers.into_iter().map(|p| (p, Link::default())).collect()),
             told: Mutex::default(),
+            told_cut: Mutex::default(),
         }
     }
 
@@ -204,6 +212,30 @@ impl Links {
         }
     }
 
+    /// Whether `err` is `peer` refusing this site's request for its wall clock, and that was
+    /// not logged within the last minute.
+    pub fn refused_for_clock(&self, peer: &str, err: &CallError) -> bool {
+        let CallError::Status {
+            code: 401, reason, ..
+        } = err
+        else {
+            return false;
+        };
+        if !reason.starts_with("clock:") {
+            return false;
+        }
+        self.with(peer, |l| {
+            let due = l
+                .clock_refusal_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+            if due {
+                l.clock_refusal_logged = Some(Instant::now());
+            }
+            due
+        })
+        .unwrap_or(false)
+    }
+
     /// Whether this site's own clock is the odd one: every peer it measures (and at least
     /// one) runs more than the bound off it, all the same way. Then the majority's clocks
     /// agree with each other, not with this one.
@@ -236,6 +268,7 @@ impl Links {
 /// Once a control step: the clock verdict goes to the node (an odd own clock fences this
 /// site; odd peers get no promise), and a change of it to the logs and the alerts.
 pub(super) fn clock_step(agent: &Agent, node: &mut outlast_control::Node, by: &alerts::Sender<'_>) {
+    wall_clock_step(agent, by);
     let own = agent.links.own_clock_odd();
     let peers = agent.links.odd_peers();
     node.set_clocks(own.is_some(), peers.clone(), agent.now_ms());
@@ -288,6 +321,55 @@ pub(super) fn clock_step(agent: &Agent, node: &mut outlast_control::Node, by: &a
             ..Default::default()
         };
         let key = format!("{}-{site}-{}", agent.me, by.unix_ms);
+        agent.alert(alerts::event(by, "clock", &key, fields, msg));
+    }
+}
+
+/// Peers whose signed requests this site refuses for their wall clock (more than a minute
+/// off): a change of that set goes to the logs and the alerts, in words. (Such a peer is
+/// cut off from this site: it gets no heartbeat, vote or entry through.)
+fn wall_clock_step(agent: &Agent, by: &alerts::Sender<'_>) {
+    let cut = agent
+        .peer_auth
+        .cut_by_clock(outlast_core::clock::unix_ms(), CLOCK_CUT_WITHIN_MS);
+    let mut told = agent
+        .links
+        .told_cut
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut news = Vec::new();
+    for (p, offset) in &cut {
+        if !told.contains(p) {
+            news.push((
+                p.clone(),
+                format!(
+                    "site {} refuses every request from site {p}: the wall clock of {p} is {} s {} its own, and signed peer requests may differ by 60 s at most; {p} is cut off from {} until one of the clocks is set right (NTP, a VM's clock)",
+                    agent.me,
+                    offset.unsigned_abs() / 1000,
+                    if *offset > 0 { "ahead of" } else { "behind" },
+                    agent.me
+                ),
+            ));
+        }
+    }
+    for p in told.iter().filter(|p| !cut.contains_key(*p)) {
+        news.push((
+            p.clone(),
+            format!(
+                "site {} takes requests from site {p} again: their wall clocks agree within 60 s",
+                agent.me
+            ),
+        ));
+    }
+    *told = cut.into_keys().collect();
+    drop(told);
+    for (site, msg) in news {
+        tracing::warn!(site, "{msg}");
+        let fields = alerts::Fields {
+            site: Some(site.clone()),
+            ..Default::default()
+        };
+        let key = format!("{}-wall-{site}-{}", agent.me, by.unix_ms);
         agent.alert(alerts::event(by, "clock", &key, fields, msg));
     }
 }
@@ -354,6 +436,12 @@ async fn heartbeat(agent: Arc<Agent>, client: Arc<PeerClient>, peer: String) {
             changed
         }
         Err(e) if in_time => {
+            if agent.links.refused_for_clock(&peer, &e) {
+                tracing::warn!(
+                    peer,
+                    "{peer} refuses this site's requests (logged once a minute): {e}"
+                );
+            }
             tracing::debug!(peer, error = %e, "heartbeat failed");
             agent.links.missed(&peer);
             agent.node().on_miss(&peer, now)

@@ -7,7 +7,10 @@
 //! nothing, not even which site names are members) and counting for nothing (no heartbeat,
 //! no vote, no lease): a request from a site that is not a member, with a MAC that does not
 //! match, addressed to another site, with a nonce more than a minute from this site's
-//! clock, or one seen before.
+//! clock, or one seen before. One reason is told: a member's authentic request whose nonce
+//! is more than a minute off is answered "clock: ..." in words, counted
+//! (`outlast_peer_clock_refused_total`, status `sites[].clock_refused`) and, while that
+//! member gets nothing through, alerted as a clock problem.
 //!
 //! # Replays
 //! A nonce is the sender's clock in microseconds, bumped so that it grows strictly within a
@@ -65,6 +68,18 @@ pub struct PeerAuth {
     nonce: AtomicU64,
     /// Per sender: the nonces seen in the window.
     seen: Mutex<HashMap<String, Window>>,
+    /// Per member: its authentic requests refused because its clock was more than
+    /// [`MAX_SKEW_MS`] off this site's.
+    skewed: Mutex<BTreeMap<String, Skewed>>,
+}
+
+/// A member's requests refused for its clock: how many, and by how much it was off the last
+/// time (ms; + when its clock is ahead of this site's), and when (this site's Unix ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skewed {
+    pub refused: u64,
+    pub offset_ms: i64,
+    pub last_unix_ms: u64,
 }
 
 /// One sender's recent nonces: everything at or below `floor` is refused, and so is every
@@ -74,6 +89,8 @@ struct Window {
     floor: u64,
     held: BTreeSet<u64>,
     refused: u64,
+    /// When a request of this sender was last accepted (this site's Unix ms).
+    last_ok_ms: u64,
 }
 
 impl Window {
@@ -107,8 +124,8 @@ pub enum AuthError {
     Stranger(String),
     #[error("addressed to {0:?}, not to this site")]
     NotForMe(String),
-    #[error("nonce is {0} ms away from this site's clock")]
-    Skew(u64),
+    #[error("the clock of site {site} is {} s {} this site's (signed peer requests may differ by {} s at most): its requests are refused until the clocks agree; set the wrong one right (NTP, a VM's clock)", .offset_ms.unsigned_abs() / 1000, if *.offset_ms > 0 { "ahead of" } else { "behind" }, MAX_SKEW_MS / 1000)]
+    Skew { site: String, offset_ms: i64 },
     #[error("signature does not match (another cluster secret?)")]
     BadMac,
     #[error("a request from {0} seen before (a replay)")]
@@ -140,6 +157,7 @@ impl PeerAuth {
             members: members.into_iter().collect(),
             nonce: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
+            skewed: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -241,18 +259,33 @@ impl PeerAuth {
         body: &[u8],
     ) -> Result<(String, u64), AuthError> {
         let s = self.parse(header)?;
-        let skew = unix_ms().abs_diff(s.nonce / 1000);
-        if skew > MAX_SKEW_MS {
-            return Err(AuthError::Skew(skew));
-        }
+        // The signature first: only a member's authentic request can be reported as a
+        // clock problem of that member.
         self.check_mac(&s, path, body)?;
+        let now = unix_ms();
+        let offset_ms = (s.nonce / 1000) as i64 - now as i64;
+        if offset_ms.unsigned_abs() > MAX_SKEW_MS {
+            metrics::counter!("outlast_peer_clock_refused_total", "peer" => s.site.to_string())
+                .increment(1);
+            let mut skewed = self.skewed.lock().unwrap_or_else(|p| p.into_inner());
+            let k = skewed.entry(s.site.to_string()).or_default();
+            k.refused += 1;
+            k.offset_ms = offset_ms;
+            k.last_unix_ms = now;
+            return Err(AuthError::Skew {
+                site: s.site.to_string(),
+                offset_ms,
+            });
+        }
         // Only an authentic request reaches the window: strangers cannot fill it.
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if !seen.entry(s.site.to_string()).or_default().take(s.nonce) {
+        let window = seen.entry(s.site.to_string()).or_default();
+        if !window.take(s.nonce) {
             metrics::counter!("outlast_peer_replays_refused_total", "peer" => s.site.to_string())
                 .increment(1);
             return Err(AuthError::Replay(s.site.to_string()));
         }
+        window.last_ok_ms = now;
         Ok((s.site.to_string(), s.nonce))
     }
 
@@ -273,6 +306,32 @@ impl PeerAuth {
             return Err(AuthError::NotMyAnswer);
         }
         self.check_mac(&s, &format!("{path}#answer"), body)
+    }
+
+    /// Per member: its requests refused for its clock since this agent started.
+    pub fn clock_refused(&self) -> BTreeMap<String, Skewed> {
+        self.skewed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Members cut off from this site by their clock now: their requests were refused for
+    /// it within `within_ms` of `now` and none was accepted since. (A captured request
+    /// replayed later is refused the same way, but its sender's own requests still pass:
+    /// that is no clock problem.) Each with how far its clock was off (ms).
+    pub fn cut_by_clock(&self, now: u64, within_ms: u64) -> BTreeMap<String, i64> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let skewed = self.skewed.lock().unwrap_or_else(|p| p.into_inner());
+        skewed
+            .iter()
+            .filter(|(site, k)| {
+                let ok = seen.get(*site).map_or(0, |w| w.last_ok_ms);
+                now.saturating_sub(k.last_unix_ms) <= within_ms
+                    && ok < k.last_unix_ms.saturating_sub(within_ms)
+            })
+            .map(|(site, k)| (site.clone(), k.offset_ms))
+            .collect()
     }
 
     /// Per peer: requests refused as replays since this agent started.
@@ -404,6 +463,11 @@ async fn handle(
     };
     let (from, nonce) = match srv.auth.verify(headers.get(AUTH_HEADER), &path, &body) {
         Ok(v) => v,
+        Err(e @ AuthError::Skew { .. }) => {
+            // An authentic member (its signature checked): it may know why, in words.
+            let _ = refused(&e);
+            return (StatusCode::UNAUTHORIZED, format!("clock: {e}")).into_response();
+        }
         Err(e) => return refused(&e),
     };
     // The certificate the connection showed must name the site the request is from: a
@@ -817,11 +881,48 @@ mod tests {
             west.verify(Some(&junk), "/p", b""),
             Err(AuthError::Malformed)
         ));
+        // An old nonce with a forged MAC: refused for the MAC, not blamed on east's clock.
         let old = HeaderValue::from_static("site=east;to=west;n=1;mac=00");
         assert!(matches!(
             west.verify(Some(&old), "/p", b""),
-            Err(AuthError::Skew(_))
+            Err(AuthError::BadMac)
         ));
+        assert!(west.clock_refused().is_empty());
+    }
+
+    /// Issue 39: a member whose clock ran more than a minute off was refused in silence.
+    #[test]
+    fn a_member_whose_clock_is_a_minute_off_is_refused_and_named() {
+        let east = auth("s3cret", "east");
+        let west = auth("s3cret", "west");
+        let now = unix_ms();
+        let behind = (now - 90_000) * 1000;
+        let sig = header(&east.header("west", behind, "/p", b""));
+        match west.verify(Some(&sig), "/p", b"") {
+            Err(e @ AuthError::Skew { .. }) => {
+                let words = e.to_string();
+                assert!(
+                    words.contains("clock of site east is 90 s behind"),
+                    "{words}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let k = west.clock_refused()["east"];
+        assert_eq!(k.refused, 1);
+        assert!((-90_100..=-89_900).contains(&k.offset_ms), "{k:?}");
+        assert_eq!(
+            west.cut_by_clock(now + 1000, 10_000)
+                .get("east")
+                .map(|o| o / 1000),
+            Some(-90)
+        );
+        // East's own, fresh requests pass: the old one was a replay, not east's clock.
+        let (fresh, _) = east.sign("west", "/p", b"");
+        assert!(west.verify(Some(&header(&fresh)), "/p", b"").is_ok());
+        assert!(west.cut_by_clock(now + 1000, 10_000).is_empty());
+        // Long after the last refusal, no longer cut either.
+        assert!(west.cut_by_clock(now + 60_000, 10_000).is_empty());
     }
 
     /// Found by probing: a captured request (a step-down replayed once a second forced an

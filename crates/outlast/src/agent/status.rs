@@ -22,11 +22,18 @@ impl Agent {
         let state = node.state().clone();
         let my_acting = node.acting(now);
         let replays = self.peer_auth.replays_refused();
+        let clock_refused = self.peer_auth.clock_refused();
+        let cut_by_clock = self.peer_auth.cut_by_clock(
+            outlast_core::clock::unix_ms(),
+            super::links::CLOCK_CUT_WITHIN_MS,
+        );
         let sites = node
             .site_views(now)
             .into_iter()
             .map(|v| outlast_web::SiteStatus {
                 replays_refused: replays.get(&v.name).copied().unwrap_or(0),
+                clock_refused: clock_refused.get(&v.name).map_or(0, |k| k.refused),
+                clock_offset_ms: cut_by_clock.get(&v.name).copied(),
                 api: self
                     .config
                     .site(&v.name)
