@@ -36,8 +36,9 @@ pub fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// `outlast check`: 0 when valid, 64 with every problem listed when not.
-pub fn check(path: &Path) -> i32 {
+/// `outlast check`: 0 when valid, 64 with every problem listed when not. With `rtt`, also
+/// what the timing means at that round trip (64 when it cannot work at it).
+pub fn check(path: &Path, rtt: Option<std::time::Duration>) -> i32 {
     match load_config(path) {
         Ok(c) => {
             for w in &c.warnings {
@@ -63,7 +64,19 @@ pub fn check(path: &Path) -> i32 {
                     format!("; {}", count(c.warnings.len(), "warning", "warnings"))
                 }
             );
-            0
+            match rtt.map(|r| c.timing.at(r)) {
+                Some(at) => {
+                    for line in at.lines(&c.timing) {
+                        println!("{line}");
+                    }
+                    if at.fails.is_some() {
+                        EXIT_CONFIG
+                    } else {
+                        0
+                    }
+                }
+                None => 0,
+            }
         }
         Err(code) => code,
     }

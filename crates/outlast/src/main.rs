@@ -55,11 +55,18 @@ enum Command {
         peer_via: Vec<(String, std::net::SocketAddr)>,
     },
     /// Validate a config; print every problem as file:line:col (exit 64 when any).
-    #[command(after_help = "Example:\n  outlast check --config examples/local.toml")]
+    #[command(
+        after_help = "Examples:\n  outlast check --config examples/local.toml\n  outlast check --config examples/local.toml --rtt 80ms   # what the timing means 80 ms apart"
+    )]
     Check {
         /// The config file to check (docs/config.md lists every field).
         #[arg(long)]
         config: PathBuf,
+        /// Also explain the [timing] at this round trip between sites: each wait in
+        /// milliseconds and round trips, and the failover to expect (exit 64 when the
+        /// timing cannot work at it).
+        #[arg(long, value_parser = outlast_core::duration::parse_duration)]
+        rtt: Option<std::time::Duration>,
     },
     /// Show the cluster as one site's agent sees it.
     #[command(
@@ -446,7 +453,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     outlast::logging::init();
     let code = match cli.command {
-        Command::Check { config } => outlast::commands::check(&config),
+        Command::Check { config, rtt } => outlast::commands::check(&config, rtt),
         Command::Init {
             dir,
             cluster,

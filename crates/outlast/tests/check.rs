@@ -646,3 +646,43 @@ fn names_that_would_become_paths_are_refused_where_they_stand() {
         c.stderr
     );
 }
+
+/// Issue 39: `check --rtt` says what the timing means at a round trip, in milliseconds and
+/// round trips, and refuses a round trip the timing cannot work at.
+#[test]
+fn check_explains_the_timing_at_a_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("outlast.toml");
+    std::fs::write(&file, VALID).expect("write");
+    let run = |rtt: &str| {
+        Command::new(env!("CARGO_BIN_EXE_outlast"))
+            .args(["check", "--config"])
+            .arg(&file)
+            .args(["--rtt", rtt])
+            .output()
+            .expect("run outlast check")
+    };
+    let out = run("80ms");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for want in [
+        "timing at a round trip of 80ms between sites (max_rtt 250ms)",
+        "each waits 130ms for its answer (1.6 round trips)",
+        "called down at most 830ms after it goes (10.4 round trips)",
+        "a new primary acts 1.225s after the old one's last renewal",
+        "clients served again about 1.305s after their site is lost (16.3 round trips)",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let out = run("300ms");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    assert!(
+        text.contains("does not hold: a round trip of 300ms is above max_rtt 250ms")
+            && text.contains("set [timing] max_rtt to 300ms or more"),
+        "{text}"
+    );
+    let out = run("eighty");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rtt"));
+}

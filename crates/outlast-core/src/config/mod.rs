@@ -7,6 +7,7 @@
 mod backups;
 mod datasets;
 mod dependencies;
+mod explain;
 mod raw;
 mod recover;
 mod steering;
@@ -14,6 +15,7 @@ mod tls;
 mod validate;
 
 pub use dependencies::split_endpoint;
+pub use explain::TimingAt;
 pub use steering::{
     parse_networks, read_networks, Cidr, LatencyProbe, NetworkSites, Selector, Steering,
 };
@@ -202,11 +204,7 @@ impl Timing {
     /// `max_rtt`: the `fall`th missed heartbeat is known (fall - 1) probe intervals plus
     /// its timeout after the first, then `grace`, and never under [`Self::detection`].
     pub fn worst_detection(&self) -> Duration {
-        self.probe_interval
-            .saturating_mul(self.fall.saturating_sub(1))
-            .saturating_add(self.probe_timeout_cap())
-            .saturating_add(self.grace)
-            .max(self.detection())
+        self.detection_with(self.probe_timeout_cap())
     }
 
     /// Raft's heartbeat interval, which openraft also takes as the timeout of every
