@@ -499,6 +499,54 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
+/// The answering site's links, as its heartbeats measure them: round trip, loss, the
+/// heartbeat's wait, and the peer's clock (its rate against this site's; a wall clock the
+/// peer's requests are refused for).
+fn render_links(st: &Status) -> String {
+    if st.links.is_empty() {
+        return String::new();
+    }
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+    let mut rows = String::new();
+    for l in &st.links {
+        let refused = st
+            .sites
+            .iter()
+            .find(|s| s.name == l.peer)
+            .and_then(|s| s.clock_offset_ms);
+        let clock = match (l.clock_ppm, refused) {
+            (_, Some(off)) => format!(
+                "<b style=\"color:#cf222e\">wall clock {:+.0} s off: its requests are refused</b>",
+                off as f64 / 1000.0
+            ),
+            (Some(ppm), None) if l.clock_odd => format!(
+                "<b style=\"color:#cf222e\">{:+.1}% rate: past the 5% bound, no lease for it</b>",
+                ppm as f64 / 10_000.0
+            ),
+            (Some(ppm), None) => format!("{ppm:+} ppm"),
+            (None, None) => "measuring".into(),
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{} ms</td><td>{clock}</td></tr>",
+            esc(&l.peer),
+            ms(l.rtt_ms),
+            ms(l.rtt_p99_ms),
+            l.loss * 100.0,
+            l.probe_timeout_ms,
+        ));
+    }
+    let own = st.clock_odd_ppm.map_or(String::new(), |ppm| {
+        format!(
+            "<p style=\"color:#cf222e;font-weight:bold\">This site's clock runs off every other site's ({:+.1}% as measured against them): it holds no primary role and renews no lease until it agrees again.</p>",
+            ppm as f64 / 10_000.0
+        )
+    });
+    format!(
+        "<h2>Links from {}</h2>{own}<table><tr><th>to</th><th>round trip</th><th>p99</th><th>loss</th><th>heartbeat waits</th><th>clock</th></tr>{rows}</table>",
+        esc(&st.site)
+    )
+}
+
 /// The alerts this site tried to deliver.
 fn render_alerts_sent(st: &Status) -> String {
     if st.alerts_sent.is_empty() {
@@ -724,6 +772,7 @@ pub fn render_dashboard(st: &Status) -> String {
     let incidents = render_incidents(st);
     let dependencies = render_dependencies(st);
     let alerts_sent = render_alerts_sent(st);
+    let links = render_links(st);
     let faults = if st.faults.is_empty() {
         String::new()
     } else {
@@ -752,7 +801,7 @@ pub fn render_dashboard(st: &Status) -> String {
          table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}\
          #stale{{display:none;background:#fff8c5;border:1px solid #d4a72c;padding:.6em 1em;margin-bottom:1em;font-weight:bold}}</style>\
          </head><body><div id=\"stale\"></div><div id=\"live\"><h1>{cluster}</h1><p>answered by <b>{site}</b> · leader <b>{leader}</b> · term {term} · epoch {epoch}</p>\
-         <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th><th>cut links</th></tr>{rows}</table>\
+         <h2>Sites</h2><table><tr><th>site</th><th>state</th><th>last heard</th><th>cut links</th></tr>{rows}</table>{links}\
          <h2>Services</h2><table><tr><th>service</th><th>mode</th><th>primary</th><th>acting</th><th>active at</th><th>requests here</th><th>epoch</th></tr>{svcs}</table>\
          {incidents}{backends}{dependencies}{datasets}{backups}{failovers}{streams}{alerts_sent}{faults}</div>\
          <script>const sites=[{apis}];let current=location.origin,lastOk=Date.now();\
@@ -849,6 +898,36 @@ mod tests {
         assert!(!render_dashboard(&st).contains("Last failovers"));
         assert_eq!(human_ms(999), "999 ms");
         assert_eq!(human_ms(7_200_000), "2 h");
+    }
+
+    /// Issue 39: the links' round trips, loss and clocks on the page, odd clocks in red.
+    #[test]
+    fn the_dashboard_shows_each_link_and_an_odd_clock_in_words() {
+        let st: Status = serde_json::from_value(serde_json::json!({
+            "cluster": "shop", "site": "east", "leader": "east", "term": 3, "epoch": 7,
+            "sites": [
+                {"name": "west", "state": "down", "witness": false, "last_seen_ms": null,
+                 "clock_refused": 40, "clock_offset_ms": -90_004},
+                {"name": "witness", "state": "up", "witness": true, "last_seen_ms": 3}
+            ],
+            "services": [], "streams": [],
+            "links": [
+                {"peer": "west", "rtt_ms": null, "rtt_p99_ms": null, "loss": 1.0,
+                 "probe_timeout_ms": 275, "clock_ppm": null},
+                {"peer": "witness", "rtt_ms": 80.4, "rtt_p99_ms": 97.0, "loss": 0.01,
+                 "probe_timeout_ms": 155, "clock_ppm": 250_000, "clock_odd": true}
+            ]
+        }))
+        .expect("a status");
+        let page = render_dashboard(&st);
+        for want in [
+            "<h2>Links from east</h2>",
+            "<td>witness</td><td>80.4 ms</td><td>97.0 ms</td><td>1.0%</td><td>155 ms</td>",
+            "+25.0% rate: past the 5% bound, no lease for it",
+            "wall clock -90 s off: its requests are refused",
+        ] {
+            assert!(page.contains(want), "{want} missing in\n{page}");
+        }
     }
 
     #[test]
