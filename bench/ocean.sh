@@ -6,7 +6,8 @@
 # at 10 s. Prints per round trip: the downtime a client saw after the kill, requests
 # failed under the delay alone, events acknowledged and lost, the Raft terms seen, and
 # the round trips the sites measured. Then the relay's throughput with ack = "replicated"
-# at the same round trips (bench/relay.sh's far turn, FAR_MS), as a ratio to loopback.
+# at the same round trips (bench/relay.sh's far turn, FAR_MS), as a ratio to loopback, and
+# what a synchronous PostgreSQL commit costs at them (bench/db-far.sh).
 #   bench/ocean.sh [drill runs per round trip (1)] [relay seconds per turn (5)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,3 +72,7 @@ for far in 80 240; do
   out=$(FAR_MS=$far OUTLAST_BIN=$bin bench/relay.sh "$relay_secs" 32 2>/dev/null || true)
   echo "$out" | grep -E '^ack=' | sed "s/^/  FAR_MS=$far: /"
 done
+
+echo
+echo "PostgreSQL, synchronous commits through the gateway (bench/db-far.sh, $relay_secs s a turn):"
+OUTLAST_BIN=$bin bench/db-far.sh "$relay_secs" 2>/dev/null | sed 's/^/  /'

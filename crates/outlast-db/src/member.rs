@@ -712,6 +712,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, s)| (s.to_string(), IpAddr::from([127, 0, 0, 11 + i as u8])))
                 .collect(),
+            replication_via: Default::default(),
             clients: Vec::new(),
             settings: BTreeMap::new(),
             wal: None,

@@ -64,6 +64,9 @@ pub struct PgSpec {
     pub admin_password: String,
     /// Every member site and its address, this one included.
     pub members: BTreeMap<String, IpAddr>,
+    /// Stream from these members at another address (a local drill puts its fault proxy
+    /// there, to give replication the distance between sites).
+    pub replication_via: BTreeMap<String, std::net::SocketAddr>,
     /// Addresses and networks (CIDR) allowed to log in as `user`: every data site's
     /// address (its gateway dials from there), and `allow` from the config.
     pub clients: Vec<String>,
@@ -136,9 +139,13 @@ impl PgSpec {
 
     fn conninfo(&self, site: &str, extra: &str) -> Option<String> {
         let addr = self.members.get(site)?;
+        let (host, port) = match self.replication_via.get(site) {
+            Some(via) => (via.ip(), via.port()),
+            None => (*addr, self.port),
+        };
         Some(format!(
-            "host={addr} port={} user={ADMIN_ROLE} password={} {extra}",
-            self.port, self.admin_password
+            "host={host} port={port} user={ADMIN_ROLE} password={} {extra}",
+            self.admin_password
         ))
     }
 
@@ -1065,6 +1072,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            replication_via: BTreeMap::new(),
             clients: vec!["127.0.0.11".into(), "10.0.0.0/8".into()],
             settings: [("shared_buffers".to_string(), "32MB".to_string())]
                 .into_iter()

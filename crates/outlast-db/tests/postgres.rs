@@ -46,6 +46,7 @@ fn spec(me: &str, dir: &Path, port: u16, bin: &Path) -> PgSpec {
         ]
         .into_iter()
         .collect(),
+        replication_via: Default::default(),
         clients: vec!["127.0.0.1".into()],
         settings: [("shared_buffers".to_string(), "16MB".to_string())]
             .into_iter()

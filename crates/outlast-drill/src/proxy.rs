@@ -7,6 +7,10 @@
 //! open ones at once; a delay holds every chunk for `delay_ms` after it was read, in each
 //! direction, keeping the order and the throughput (a round trip grows by twice the delay).
 //!
+//! A PostgreSQL dataset's replication crosses the same links: one listener more per ordered
+//! pair of its members, the standby at `a` started with `--dataset-via DATASET/b=<it>`, so a
+//! synchronous commit waits for the delayed link as it would between far sites.
+//!
 //! A WAN beyond a fixed delay: `jitter_ms` draws each chunk's delay from `delay_ms ±
 //! jitter_ms` (TCP keeps the order, so a chunk never passes the one before it); `loss_ppm`
 //! loses chunks as TCP sees it, the chunk held back a retransmission (Linux's least
@@ -45,57 +49,79 @@ struct Link {
     task: JoinHandle<()>,
 }
 
-/// The proxy for a set of sites: `(from, to)` → link.
+/// The proxy for a set of sites: `(from, to, channel)` → link. The channel is "" for the
+/// agents' peer port, else a dataset's name (its standby streams from the other member).
 pub struct FaultProxy {
-    links: BTreeMap<(String, String), Link>,
+    links: BTreeMap<(String, String, String), Link>,
 }
 
-/// A site as the proxy needs it: name, own address, peer listener.
+/// A site as the proxy needs it: name, own address, peer listener, and the listeners of
+/// its PostgreSQL dataset servers (dataset, address).
 pub struct Endpoint {
     pub name: String,
     pub address: IpAddr,
     pub peer: SocketAddr,
+    pub datasets: Vec<(String, SocketAddr)>,
 }
 
 impl FaultProxy {
-    /// Opens one listener per ordered pair of sites, on 127.0.0.1 with a free port.
+    /// Opens one listener per ordered pair of sites, and one per ordered pair of members
+    /// of each dataset, on 127.0.0.1 with a free port.
     pub async fn start(sites: &[Endpoint]) -> Result<Self> {
         let mut links = BTreeMap::new();
         for a in sites {
             for b in sites.iter().filter(|b| b.name != a.name) {
-                let listener = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(io("the fault proxy cannot listen on 127.0.0.1"))?;
-                let listen = listener
-                    .local_addr()
-                    .map_err(io("the fault proxy's address"))?;
-                let (state, _) = watch::channel(LinkState::default());
-                let task = tokio::spawn(serve(listener, a.address, b.peer, state.subscribe()));
-                links.insert(
-                    (a.name.clone(), b.name.clone()),
-                    Link {
-                        listen,
-                        state,
-                        task,
-                    },
-                );
+                let mut channels = vec![(String::new(), b.peer)];
+                for (ds, target) in &b.datasets {
+                    if a.datasets.iter().any(|(d, _)| d == ds) {
+                        channels.push((ds.clone(), *target));
+                    }
+                }
+                for (channel, target) in channels {
+                    let listener = TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .map_err(io("the fault proxy cannot listen on 127.0.0.1"))?;
+                    let listen = listener
+                        .local_addr()
+                        .map_err(io("the fault proxy's address"))?;
+                    let (state, _) = watch::channel(LinkState::default());
+                    let task = tokio::spawn(serve(listener, a.address, target, state.subscribe()));
+                    links.insert(
+                        (a.name.clone(), b.name.clone(), channel),
+                        Link {
+                            listen,
+                            state,
+                            task,
+                        },
+                    );
+                }
             }
         }
         Ok(Self { links })
     }
 
-    /// Where `from` must dial each other site: `(to, proxy address)`.
+    /// Where `from` must dial each other site's peer port: `(to, proxy address)`.
     pub fn dial_map(&self, from: &str) -> Vec<(String, SocketAddr)> {
         self.links
             .iter()
-            .filter(|((a, _), _)| a == from)
-            .map(|((_, b), l)| (b.clone(), l.listen))
+            .filter(|((a, _, c), _)| a == from && c.is_empty())
+            .map(|((_, b, _), l)| (b.clone(), l.listen))
+            .collect()
+    }
+
+    /// Where `from`'s standbys must stream from each other member: `(dataset, to, proxy
+    /// address)`.
+    pub fn dataset_dial_map(&self, from: &str) -> Vec<(String, String, SocketAddr)> {
+        self.links
+            .iter()
+            .filter(|((a, _, c), _)| a == from && !c.is_empty())
+            .map(|((_, b, c), l)| (c.clone(), b.clone(), l.listen))
             .collect()
     }
 
     /// Changes every link between a site of `a` and a site of `b`, both directions.
     pub fn between(&self, a: &[String], b: &[String], f: impl Fn(&mut LinkState)) {
-        for ((x, y), link) in &self.links {
+        for ((x, y, _), link) in &self.links {
             let hit = (a.contains(x) && b.contains(y)) || (b.contains(x) && a.contains(y));
             if hit {
                 link.state.send_modify(&f);
@@ -105,7 +131,7 @@ impl FaultProxy {
 
     /// Every link to or from `site`.
     pub fn around(&self, site: &str, f: impl Fn(&mut LinkState)) {
-        for ((x, y), link) in &self.links {
+        for ((x, y, _), link) in &self.links {
             if x == site || y == site {
                 link.state.send_modify(&f);
             }
@@ -129,7 +155,7 @@ impl FaultProxy {
     #[cfg(test)]
     fn state(&self, from: &str, to: &str) -> Option<LinkState> {
         self.links
-            .get(&(from.to_string(), to.to_string()))
+            .get(&(from.to_string(), to.to_string(), String::new()))
             .map(|l| *l.state.borrow())
     }
 }
@@ -270,6 +296,7 @@ mod tests {
             name: name.into(),
             address: "127.0.0.1".parse().expect("ip"),
             peer: echo_addr,
+            datasets: Vec::new(),
         };
         let proxy = FaultProxy::start(&[ep("a"), ep("b")]).await.expect("proxy");
         let via = proxy.dial_map("a")[0].1;

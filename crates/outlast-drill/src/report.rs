@@ -236,6 +236,21 @@ pub struct Writes {
     pub refused: u64,
 }
 
+/// The `pct`th percentile of the acknowledged commits' waits, ms, one decimal.
+fn acked_percentile(commits: &[RequestOutcome], pct: usize) -> Option<f64> {
+    let mut waits: Vec<f64> = commits
+        .iter()
+        .filter(|c| c.ok)
+        .map(|c| c.latency_ms)
+        .collect();
+    if waits.is_empty() {
+        return None;
+    }
+    waits.sort_by(f64::total_cmp);
+    let i = (waits.len() * pct).div_ceil(100).saturating_sub(1);
+    Some((waits[i.min(waits.len() - 1)] * 10.0).round() / 10.0)
+}
+
 /// The dataset workload's figures.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Db {
@@ -253,6 +268,12 @@ pub struct Db {
     pub failed: u64,
     /// The longest a commit waited for its acknowledgement or its failure.
     pub longest_wait_ms: u64,
+    /// The median and the 99th percentile of the acknowledged commits' waits (ms): what a
+    /// synchronous commit costs, a round trip to the standby included.
+    #[serde(default)]
+    pub commit_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub commit_p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -491,6 +512,8 @@ pub fn analyse(sc: &Scenario, rec: &Recording, started_ms: u64) -> Report {
                 .map(|c| c.latency_ms.max(0.0).ceil() as u64)
                 .max()
                 .unwrap_or(0),
+            commit_p50_ms: acked_percentile(&d.commits, 50),
+            commit_p99_ms: acked_percentile(&d.commits, 99),
         }
     });
     let lost: Vec<u64> = rec

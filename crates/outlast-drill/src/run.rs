@@ -107,6 +107,13 @@ impl Sites {
         for (to, via) in self.proxy.dial_map(site) {
             cmd.arg("--peer-via").arg(format!("{to}={via}"));
         }
+        // `rebuild` takes no --dataset-via: a rebuilt site streams over the direct link.
+        if command.first() == Some(&"agent") {
+            for (dataset, to, via) in self.proxy.dataset_dial_map(site) {
+                cmd.arg("--dataset-via")
+                    .arg(format!("{dataset}/{to}={via}"));
+            }
+        }
         let child = cmd
             .env(
                 "OUTLAST_LOG",
@@ -878,6 +885,13 @@ pub async fn run(opts: &DrillOptions) -> Result<(Report, PathBuf)> {
                 name: s.name.clone(),
                 address: s.address,
                 peer: s.peer_addr(),
+                datasets: config
+                    .datasets
+                    .iter()
+                    .filter(|d| d.kind == outlast_core::config::DatasetKind::Postgres)
+                    .filter(|d| d.members.contains_key(&s.name))
+                    .map(|d| (d.name.clone(), SocketAddr::new(s.address, d.port)))
+                    .collect(),
             })
             .collect();
         let token = config

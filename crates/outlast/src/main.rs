@@ -53,6 +53,10 @@ enum Command {
         /// SITE=ADDR: dial that site's peer port at ADDR instead (a drill's fault proxy).
         #[arg(long, value_name = "SITE=ADDR", value_parser = parse_peer_via)]
         peer_via: Vec<(String, std::net::SocketAddr)>,
+        /// DATASET/SITE=ADDR: a PostgreSQL standby of DATASET streams from SITE's server at
+        /// ADDR instead (a drill's fault proxy, so replication crosses the drill's links).
+        #[arg(long, value_name = "DATASET/SITE=ADDR", value_parser = parse_dataset_via)]
+        dataset_via: Vec<((String, String), std::net::SocketAddr)>,
     },
     /// Validate a config; print every problem as file:line:col (exit 64 when any).
     #[command(
@@ -439,6 +443,14 @@ enum EventsCommand {
     },
 }
 
+fn parse_dataset_via(s: &str) -> Result<((String, String), std::net::SocketAddr), String> {
+    let (name, addr) = parse_peer_via(s)?;
+    let (dataset, site) = name.split_once('/').ok_or_else(|| {
+        format!("{s:?} is not DATASET/SITE=ADDR (like orders/west=127.0.0.1:7500)")
+    })?;
+    Ok(((dataset.to_string(), site.to_string()), addr))
+}
+
 fn parse_peer_via(s: &str) -> Result<(String, std::net::SocketAddr), String> {
     let (site, addr) = s
         .split_once('=')
@@ -546,12 +558,15 @@ fn main() -> ExitCode {
             config,
             site,
             peer_via,
+            dataset_via,
         } => match outlast::commands::load_config(&config) {
             Err(code) => code,
             Ok(config) => runtime(async move {
                 let shutdown = CancellationToken::new();
                 spawn_signal_handler(shutdown.clone());
-                outlast::agent::run(config, &site, agent_options(peer_via), shutdown).await
+                let mut opts = agent_options(peer_via);
+                opts.dataset_via = dataset_via.into_iter().collect();
+                outlast::agent::run(config, &site, opts, shutdown).await
             }),
         },
         Command::Status { target, json } => runtime(outlast::commands::status(&target, json)),
@@ -723,6 +738,7 @@ fn main() -> ExitCode {
 fn agent_options(peer_via: Vec<(String, std::net::SocketAddr)>) -> outlast::agent::AgentOptions {
     outlast::agent::AgentOptions {
         peer_via: peer_via.into_iter().collect(),
+        dataset_via: Default::default(),
         fault_token: std::env::var("OUTLAST_FAULT_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),

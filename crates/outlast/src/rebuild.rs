@@ -131,7 +131,9 @@ pub async fn run(
     let root = outlast_db::os::is_root();
     let mut servers = Vec::new();
     for d in &config.datasets {
-        if let Some(s) = crate::agent::datasets::server_for(&config, d, site, root)? {
+        if let Some(s) =
+            crate::agent::datasets::server_for(&config, d, site, root, &Default::default())?
+        {
             servers.push(s);
         }
     }

@@ -100,6 +100,7 @@ pub fn spec_for(
         password: d.postgres.password.clone(),
         admin_password: outlast_db::admin_password(&config.cluster.secret, &d.name),
         members,
+        replication_via: Default::default(),
         clients,
         settings: d.postgres.settings.clone(),
         wal,
@@ -136,11 +137,13 @@ pub fn redis_spec_for(
 
 /// This site's server of `d`, when it is a member; an error when it cannot run here (its
 /// server's programs are not installed).
+/// `via`: (dataset, site) → where to stream from that site's PostgreSQL server instead.
 pub(crate) fn server_for(
     config: &Config,
     d: &Dataset,
     me: &str,
     root: bool,
+    via: &BTreeMap<(String, String), std::net::SocketAddr>,
 ) -> anyhow::Result<Option<Server>> {
     if !d.members.contains_key(me) {
         return Ok(None);
@@ -163,7 +166,14 @@ pub(crate) fn server_for(
                     bin_dir.display()
                 );
             }
-            spec_for(config, d, me, root, bin_dir).map(|s| Server::Postgres(Postgres::new(s)))
+            spec_for(config, d, me, root, bin_dir).map(|mut s| {
+                s.replication_via = via
+                    .iter()
+                    .filter(|((ds, _), _)| *ds == d.name)
+                    .map(|((_, site), a)| (site.clone(), *a))
+                    .collect();
+                Server::Postgres(Postgres::new(s))
+            })
         }
         DatasetKind::Redis => {
             let bin = match &d.redis.server_bin {
@@ -268,12 +278,16 @@ pub struct Datasets {
 impl Datasets {
     /// This site's members of the config's datasets; an error when one cannot run here
     /// (PostgreSQL is not installed).
-    pub fn new(config: &Config, me: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &Config,
+        me: &str,
+        via: &BTreeMap<(String, String), std::net::SocketAddr>,
+    ) -> anyhow::Result<Self> {
         let mut members = Vec::new();
         let mut pending = Vec::new();
         let root = outlast_db::os::is_root();
         for d in &config.datasets {
-            let Some(server) = server_for(config, d, me, root)? else {
+            let Some(server) = server_for(config, d, me, root, via)? else {
                 continue;
             };
             let (want_tx, want_rx) = watch::channel(Want::default());

@@ -108,6 +108,9 @@ pub struct AgentOptions {
     /// Dial these sites' peer ports at another address: a local drill puts its fault
     /// proxy there.
     pub peer_via: BTreeMap<String, SocketAddr>,
+    /// (dataset, site) → where this site's PostgreSQL standby of that dataset streams from
+    /// that site's server instead (a local drill's fault proxy).
+    pub dataset_via: BTreeMap<(String, String), SocketAddr>,
     /// A token for `/v1/faults` only, when the config sets none (given by a local drill).
     pub fault_token: Option<String>,
 }
@@ -946,6 +949,16 @@ pub async fn run(
             anyhow::bail!("--peer-via names {name:?}, which is not another site of this cluster");
         }
     }
+    for (dataset, site) in opts.dataset_via.keys() {
+        let member = config
+            .datasets
+            .iter()
+            .find(|d| d.name == *dataset)
+            .is_some_and(|d| d.members.contains_key(site));
+        if !member || *site == me.name {
+            anyhow::bail!("--dataset-via names {dataset}/{site}, which is not another member of a dataset of this cluster");
+        }
+    }
     let dial: BTreeMap<String, SocketAddr> = peer_addrs
         .iter()
         .map(|(n, a)| (n.clone(), opts.peer_via.get(n).copied().unwrap_or(*a)))
@@ -998,7 +1011,7 @@ pub async fn run(
         .collect();
     let relay = outlast_relay::Relay::open(&config, &me.name, &me.data_dir, &faults)
         .context("cannot open the event relay")?;
-    let datasets = datasets::Datasets::new(&config, &me.name)?;
+    let datasets = datasets::Datasets::new(&config, &me.name, &opts.dataset_via)?;
     let agent = Arc::new(Agent {
         relay,
         me: me.name.clone(),
