@@ -13,8 +13,7 @@
 
 mod sim;
 
-use rand::Rng;
-use sim::{seeds, Fault, Sim, SimConfig};
+use sim::{median_and_worst, outage_of_the_primary, random_schedule, seeds, Sim, SimConfig};
 
 fn far() -> SimConfig {
     SimConfig {
@@ -62,28 +61,7 @@ fn far_links_never_give_two_primaries_and_heal_to_one() {
     let mut moves = 0;
     for seed in 0..seeds() / 2 {
         let mut sim = Sim::new(far(), seed);
-        let n = 3;
-        for _ in 0..sim.rng().gen_range(2..=6) {
-            let at = sim.rng().gen_range(3_000..25_000);
-            let a = sim.rng().gen_range(0..n);
-            let b = (a + sim.rng().gen_range(1..n)) % n;
-            let dur = sim.rng().gen_range(50..6_000);
-            let (start, end) = match sim.rng().gen_range(0..5) {
-                0 => (Fault::Crash(a), Fault::Restart(a)),
-                1 => (Fault::Pause(a), Fault::Resume(a)),
-                2 => (Fault::Isolate(a), Fault::HealAll),
-                3 => (Fault::Cut(a, b), Fault::HealAll),
-                _ => (Fault::BackendDown(a), Fault::BackendUp(a)),
-            };
-            sim.schedule(at, start);
-            sim.schedule(at + dur, end);
-        }
-        sim.schedule(26_000, Fault::HealAll);
-        for i in 0..n {
-            sim.schedule(26_000, Fault::Restart(i));
-            sim.schedule(26_000, Fault::Resume(i));
-            sim.schedule(26_000, Fault::BackendUp(i));
-        }
+        random_schedule(&mut sim, 3, 3_000, 6, false);
         sim.run_until(42_000);
         let acting = sim.acting();
         assert_eq!(
@@ -113,32 +91,8 @@ fn an_outage_of_a_far_primary_ends_in_a_new_primary() {
             + 2 * cfg.probe_ms
             + 100
             + 2 * 2 * cfg.max_link_ms * 12 / 10;
-        let preferred = cfg.preferred.clone();
         let mut sim = Sim::new(cfg, seed);
-        sim.run_until(4_000);
-        assert_eq!(
-            sim.acting(),
-            vec![preferred.clone()],
-            "seed {seed}: warm-up\n{}",
-            sim.trace()
-        );
-        let p = sim.site_index(&preferred);
-        let fault = match sim.rng().gen_range(0..3) {
-            0 => Fault::Crash(p),
-            1 => Fault::Pause(p),
-            _ => Fault::Isolate(p),
-        };
-        let t0 = 4_000 + sim.rng().gen_range(0..100);
-        sim.schedule(t0, fault);
-        let took = sim
-            .run_until_true(t0 + 15_000, |s| s.acting().iter().any(|a| *a != preferred))
-            .map(|t| t - t0)
-            .unwrap_or_else(|| {
-                panic!(
-                    "seed {seed}: no new primary after {fault:?}\n{}",
-                    sim.trace()
-                )
-            });
+        let (fault, took) = outage_of_the_primary(&mut sim, seed, 4_000, 15_000);
         assert!(
             took <= bound,
             "seed {seed}: {fault:?} took {took} ms > {bound} ms\n{}",
@@ -146,11 +100,9 @@ fn an_outage_of_a_far_primary_ends_in_a_new_primary() {
         );
         times.push(took);
     }
-    times.sort_unstable();
+    let (median, worst) = median_and_worst(&mut times);
     println!(
-        "{} outages of a far primary: a new one after median {} ms, worst {} ms",
-        times.len(),
-        times[times.len() / 2],
-        times[times.len() - 1]
+        "{} outages of a far primary: a new one after median {median} ms, worst {worst} ms",
+        times.len()
     );
 }

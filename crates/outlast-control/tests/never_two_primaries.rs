@@ -5,38 +5,7 @@
 
 mod sim;
 
-use rand::Rng;
-use sim::{seeds, Fault, Sim, SimConfig};
-
-fn random_schedule(sim: &mut Sim, n: usize) {
-    let count = sim.rng().gen_range(2..=8);
-    for _ in 0..count {
-        let at = sim.rng().gen_range(2_000..25_000);
-        let a = sim.rng().gen_range(0..n);
-        let mut b = sim.rng().gen_range(0..n);
-        if b == a {
-            b = (a + 1) % n;
-        }
-        let dur = sim.rng().gen_range(50..6_000);
-        let (start, end) = match sim.rng().gen_range(0..6) {
-            0 => (Fault::Crash(a), Fault::Restart(a)),
-            1 => (Fault::Pause(a), Fault::Resume(a)),
-            2 => (Fault::Isolate(a), Fault::HealAll),
-            3 => (Fault::Cut(a, b), Fault::HealAll),
-            4 => (Fault::CutOneWay(a, b), Fault::HealAll),
-            _ => (Fault::BackendDown(a), Fault::BackendUp(a)),
-        };
-        sim.schedule(at, start);
-        sim.schedule(at + dur, end);
-    }
-    // Whatever is still broken is mended at 26s.
-    sim.schedule(26_000, Fault::HealAll);
-    for i in 0..n {
-        sim.schedule(26_000, Fault::Restart(i));
-        sim.schedule(26_000, Fault::Resume(i));
-        sim.schedule(26_000, Fault::BackendUp(i));
-    }
-}
+use sim::{random_schedule, seeds, Sim, SimConfig};
 
 #[test]
 fn never_two_primaries() {
@@ -49,7 +18,7 @@ fn never_two_primaries() {
         };
         let n = cfg.sites.len();
         let mut sim = Sim::new(cfg, seed);
-        random_schedule(&mut sim, n);
+        random_schedule(&mut sim, n, 2_000, 8, true);
         sim.run_until(40_000);
         let acting = sim.acting();
         assert_eq!(

@@ -10,8 +10,7 @@
 
 mod sim;
 
-use rand::Rng;
-use sim::{seeds, Fault, Sim, SimConfig};
+use sim::{median_and_worst, outage_of_the_primary, seeds, Sim, SimConfig};
 
 #[test]
 fn outage_ends_in_new_primary_within_bound() {
@@ -24,33 +23,8 @@ fn outage_ends_in_new_primary_within_bound() {
         };
         cfg.clock_jitter = 0.01;
         let bound = cfg.detection_ms().max(cfg.lease_ms + cfg.margin_ms()) + 2 * cfg.probe_ms + 100;
-        let preferred = cfg.preferred.clone();
         let mut sim = Sim::new(cfg, seed);
-        sim.run_until(3_000);
-        assert_eq!(
-            sim.acting(),
-            vec![preferred.clone()],
-            "seed {seed}: warm-up\n{}",
-            sim.trace()
-        );
-        let p = sim.site_index(&preferred);
-        let jitter = sim.rng().gen_range(0..100);
-        let fault = match sim.rng().gen_range(0..3) {
-            0 => Fault::Crash(p),
-            1 => Fault::Pause(p),
-            _ => Fault::Isolate(p),
-        };
-        let t0 = 3_000 + jitter;
-        sim.schedule(t0, fault);
-        let took = sim
-            .run_until_true(t0 + 10_000, |s| s.acting().iter().any(|a| *a != preferred))
-            .map(|t| t - t0);
-        let took = took.unwrap_or_else(|| {
-            panic!(
-                "seed {seed}: no new primary after {fault:?}\n{}",
-                sim.trace()
-            )
-        });
+        let (fault, took) = outage_of_the_primary(&mut sim, seed, 3_000, 10_000);
         assert!(
             took <= bound,
             "seed {seed}: {fault:?} took {took} ms > bound {bound} ms\n{}",
@@ -58,11 +32,9 @@ fn outage_ends_in_new_primary_within_bound() {
         );
         times.push(took);
     }
-    times.sort_unstable();
+    let (median, worst) = median_and_worst(&mut times);
     println!(
-        "{} outages: new primary after median {} ms, worst {} ms",
-        times.len(),
-        times[times.len() / 2],
-        times[times.len() - 1]
+        "{} outages: new primary after median {median} ms, worst {worst} ms",
+        times.len()
     );
 }

@@ -266,7 +266,11 @@ async fn pump(
                 due = free_at;
             }
             last_due = due;
-            tokio::time::sleep_until(due).await;
+            // A deadline already past goes at once: a sleep would still wait for the
+            // timer's next tick (about a millisecond), on every chunk of an undelayed link.
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
             if w.write_all(&buf).await.is_err() {
                 return;
             }

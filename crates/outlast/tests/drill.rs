@@ -193,6 +193,21 @@ fn restart_of_the_primary_measures_failback() {
     assert!(fb >= 2000, "{r}");
 }
 
+/// Runs `outlast drill` on a scenario it must refuse before starting anything (exit 64);
+/// what it said on stderr.
+fn refused(config: &Path, scenario: &Path) -> String {
+    let out = Command::new(common::bin())
+        .args(["drill", "--config"])
+        .arg(config)
+        .arg("--scenario")
+        .arg(scenario)
+        .output()
+        .expect("outlast drill");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    err
+}
+
 #[test]
 fn a_bad_scenario_is_refused_with_line_and_column() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -203,15 +218,7 @@ fn a_bad_scenario_is_refused_with_line_and_column() {
         "",
         "",
     );
-    let out = Command::new(common::bin())
-        .args(["drill", "--config"])
-        .arg(&config)
-        .arg("--scenario")
-        .arg(&scenario)
-        .output()
-        .expect("outlast drill");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let err = refused(&config, &scenario);
     assert!(
         err.contains("scenario.toml:10:9: fault \"explode\" is not known"),
         "{err}"
@@ -234,15 +241,7 @@ fn a_wan_delay_with_bad_jitter_loss_or_bandwidth_is_refused_with_the_fix() {
         "",
         "",
     );
-    let out = Command::new(common::bin())
-        .args(["drill", "--config"])
-        .arg(&config)
-        .arg("--scenario")
-        .arg(&scenario)
-        .output()
-        .expect("outlast drill");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let err = refused(&config, &scenario);
     for want in [
         "jitter_ms 50 is more than ms 40: a chunk cannot arrive before it was sent; use jitter_ms = 40 or less",
         "loss 0.9 is not a share from 0 to 0.5",

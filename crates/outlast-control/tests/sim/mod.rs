@@ -877,3 +877,79 @@ pub fn seeds() -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000)
 }
+
+/// A random fault schedule for the `n` sites of `sim`: 2 to `most` faults starting between
+/// `from_ms` and 25 s, each lasting 50 ms to 6 s (crash, pause, isolation, a cut link, a
+/// backend down, and with `one_way` a link cut one way), and everything mended at 26 s.
+pub fn random_schedule(sim: &mut Sim, n: usize, from_ms: u64, most: usize, one_way: bool) {
+    let count = sim.rng().gen_range(2..=most);
+    let kinds = if one_way { 6 } else { 5 };
+    for _ in 0..count {
+        let at = sim.rng().gen_range(from_ms..25_000);
+        let a = sim.rng().gen_range(0..n);
+        let b = (a + sim.rng().gen_range(1..n)) % n;
+        let dur = sim.rng().gen_range(50..6_000);
+        let (start, end) = match sim.rng().gen_range(0..kinds) {
+            0 => (Fault::Crash(a), Fault::Restart(a)),
+            1 => (Fault::Pause(a), Fault::Resume(a)),
+            2 => (Fault::Isolate(a), Fault::HealAll),
+            3 => (Fault::Cut(a, b), Fault::HealAll),
+            4 => (Fault::BackendDown(a), Fault::BackendUp(a)),
+            _ => (Fault::CutOneWay(a, b), Fault::HealAll),
+        };
+        sim.schedule(at, start);
+        sim.schedule(at + dur, end);
+    }
+    sim.schedule(26_000, Fault::HealAll);
+    for i in 0..n {
+        sim.schedule(26_000, Fault::Restart(i));
+        sim.schedule(26_000, Fault::Resume(i));
+        sim.schedule(26_000, Fault::BackendUp(i));
+    }
+}
+
+/// Runs `sim` to `warmup_ms` (its preferred site must act as primary by then), then takes
+/// that site out within the next 100 ms by a crash, a pause or an isolation (drawn at
+/// random): the fault and how long until another site acts. Panics when none does within
+/// `limit_ms`.
+pub fn outage_of_the_primary(
+    sim: &mut Sim,
+    seed: u64,
+    warmup_ms: u64,
+    limit_ms: u64,
+) -> (Fault, u64) {
+    let preferred = sim.cfg.preferred.clone();
+    sim.run_until(warmup_ms);
+    assert_eq!(
+        sim.acting(),
+        vec![preferred.clone()],
+        "seed {seed}: warm-up\n{}",
+        sim.trace()
+    );
+    let p = sim.site_index(&preferred);
+    let fault = match sim.rng().gen_range(0..3) {
+        0 => Fault::Crash(p),
+        1 => Fault::Pause(p),
+        _ => Fault::Isolate(p),
+    };
+    let t0 = warmup_ms + sim.rng().gen_range(0..100);
+    sim.schedule(t0, fault);
+    let took = sim
+        .run_until_true(t0 + limit_ms, |s| {
+            s.acting().iter().any(|a| *a != preferred)
+        })
+        .map(|t| t - t0)
+        .unwrap_or_else(|| {
+            panic!(
+                "seed {seed}: no new primary after {fault:?}\n{}",
+                sim.trace()
+            )
+        });
+    (fault, took)
+}
+
+/// The median and the worst of `times`, sorted in place.
+pub fn median_and_worst(times: &mut [u64]) -> (u64, u64) {
+    times.sort_unstable();
+    (times[times.len() / 2], times[times.len() - 1])
+}
