@@ -314,13 +314,19 @@ pub(super) fn clock_step(agent: &Agent, node: &mut outlast_control::Node, by: &a
     }
     *told = (own.is_some(), peers);
     drop(told);
+    tell_clock(agent, by, "rate", news);
+}
+
+/// Each (site, words) to the log and as a `clock` alert about that site; `what` keeps the
+/// alerts of the rate and of the wall clock apart in their keys.
+fn tell_clock(agent: &Agent, by: &alerts::Sender<'_>, what: &str, news: Vec<(String, String)>) {
     for (site, msg) in news {
         tracing::warn!(site, "{msg}");
         let fields = alerts::Fields {
             site: Some(site.clone()),
             ..Default::default()
         };
-        let key = format!("{}-{site}-{}", agent.me, by.unix_ms);
+        let key = format!("{}-{what}-{site}-{}", agent.me, by.unix_ms);
         agent.alert(alerts::event(by, "clock", &key, fields, msg));
     }
 }
@@ -363,15 +369,7 @@ fn wall_clock_step(agent: &Agent, by: &alerts::Sender<'_>) {
     }
     *told = cut.into_keys().collect();
     drop(told);
-    for (site, msg) in news {
-        tracing::warn!(site, "{msg}");
-        let fields = alerts::Fields {
-            site: Some(site.clone()),
-            ..Default::default()
-        };
-        let key = format!("{}-wall-{site}-{}", agent.me, by.unix_ms);
-        agent.alert(alerts::event(by, "clock", &key, fields, msg));
-    }
+    tell_clock(agent, by, "wall", news);
 }
 
 /// The heartbeat loop to one peer: this site's report each probe interval, without waiting
